@@ -1,0 +1,51 @@
+"""Command line: ``schoolvision <command> ...``.
+
+Each command lives in ``schoolvision/commands/<name>.py`` with ``add_arguments(parser)`` and
+``run(args) -> int``. A :class:`~schoolvision.errors.UserError` becomes one line on stderr and exit
+code 2; nothing else is caught.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+COMMANDS: dict[str, str] = {
+    "demo": "Generate synthetic georeferenced towns with known school footprints.",
+    "chips": "Cut labelled chips from imagery and school labels.",
+    "train": "Train a school / not_school classifier.",
+    "evaluate": "Recompute test metrics of a run from its best checkpoint.",
+    "explain": "Explain predictions with CAM methods or SHAP; write georeferenced heatmaps.",
+    "cluster": "Cluster penultimate-layer features of chips.",
+    "scan": "Scan whole scenes; write a probability raster and school candidates.",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="schoolvision", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    for name, help_text in COMMANDS.items():
+        module = importlib.import_module(f"schoolvision.commands.{name}")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except UserError as exc:
+        print(f"schoolvision {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"schoolvision {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

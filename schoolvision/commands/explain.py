@@ -1,0 +1,13 @@
+"""`schoolvision explain` (placeholder until its issue lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    pass
+
+
+def run(args: argparse.Namespace) -> int:
+    raise NotImplementedError("schoolvision explain is not implemented yet")
