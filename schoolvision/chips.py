@@ -1,0 +1,410 @@
+"""Labelled chips from imagery and school footprints, split spatially.
+
+Labelling rule (``ChipConfig``): a chip is ``school`` when it holds at least
+``min_school_fraction`` of some school's footprint, or school footprints cover at least
+``min_chip_cover`` of the chip (large compounds never fit in one chip); ``not_school`` when it
+touches no school at all; anything in between (a sliver of a school) is ambiguous and left out.
+
+Windows come from a regular grid (``stride``) plus ``centred_views`` jittered windows centred on
+each school, so every school gives several positive views. ``not_school`` chips of the train
+split are under-sampled to ``negative_ratio`` per positive; val and test keep every negative
+(``eval_negative_ratio`` to change that), so their class balance stays what a scan would see.
+
+Splits are spatial, never per chip: by scene (sorted names: last = test, the one before = val,
+unless ``test_scenes`` / ``val_scenes`` say otherwise), or, with one or two scenes, by square
+blocks of ``block_size`` pixels assigned by ``seed``; chips that straddle blocks of two splits
+are dropped, so overlapping chips never leak between splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rasterio.windows import Window
+from shapely import STRtree
+from shapely.geometry import box
+from tqdm.auto import tqdm
+
+from . import CLASSES
+from .atomic import write_json, write_text
+from .errors import UserError
+from .gis import write_geotiff
+from .imagery import ImagerySource, list_sources, open_source, read_window, source_info
+from .labels import POINT_BUFFER_M, read_schools
+
+SPLITS = ("train", "val", "test")
+CSV_COLUMNS = [
+    "chip_id", "path", "label", "split", "scene", "row_off", "col_off", "minx", "miny", "maxx", "maxy",
+    "crs", "school_fraction", "school_cover", "school_name", "view",
+]
+
+
+@dataclass
+class ChipConfig:
+    """Parameters of chip extraction; all of them are recorded in ``dataset.json``."""
+
+    chip_size: int = 128
+    stride: int | None = None  # pixels between grid windows; None = chip_size // 2
+    gsd: float | None = None  # metres per pixel; None = native GSD of the first source
+    crs: str | None = None  # CRS for rasters without one (e.g. "EPSG:32636")
+    bands: tuple[int, int, int] | None = None  # RGB band numbers (1-based) for non-RGB rasters
+    min_school_fraction: float = 0.5  # share of a school's footprint inside the chip for `school`
+    min_chip_cover: float = 0.25  # or: share of the chip covered by school footprints
+    point_buffer_m: float = POINT_BUFFER_M  # radius of the disc that stands for a school point
+    centred_views: int = 4  # extra jittered windows centred on each school
+    jitter: float = 0.25  # max shift of centred views, as a share of chip_size
+    negative_ratio: float | None = 3.0  # not_school per school chip in train; None = keep all
+    eval_negative_ratio: float | None = None  # same for val/test; None = keep all
+    val_scenes: tuple[str, ...] | None = None
+    test_scenes: tuple[str, ...] | None = None
+    block_size: int = 512  # pixels per split block when there are fewer than three scenes
+    block_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of blocks
+    max_nodata_fraction: float = 0.1  # chips with more nodata / black pixels are skipped
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stride is None:
+            self.stride = max(1, self.chip_size // 2)
+        if self.chip_size < 8 or self.stride < 1:
+            raise UserError(f"chip size {self.chip_size} / stride {self.stride} too small")
+        if self.gsd is not None and self.gsd <= 0:
+            raise UserError(f"--gsd must be positive, got {self.gsd}")
+        if self.bands is not None:
+            self.bands = tuple(int(b) for b in self.bands)
+        for name in ("val_scenes", "test_scenes"):
+            value = getattr(self, name)
+            if value is not None:
+                setattr(self, name, tuple(value))
+
+
+@dataclass
+class ChipSummary:
+    """What :func:`make_chips` wrote."""
+
+    out_dir: Path
+    counts: dict[str, dict[str, int]]
+    skipped: dict[str, int]
+    gsd: float
+    chip_size: int
+    scenes: dict[str, dict] = field(default_factory=dict)
+    reused: bool = False
+
+    @property
+    def n_chips(self) -> int:
+        return sum(sum(c.values()) for c in self.counts.values())
+
+    def __str__(self) -> str:
+        lines = [f"{self.n_chips} chips of {self.chip_size} px at {self.gsd:g} m/px in {self.out_dir}"]
+        for split in SPLITS:
+            c = self.counts.get(split, {})
+            n = sum(c.values())
+            share = c.get("school", 0) / n if n else 0.0
+            lines.append(f"  {split:5s}: " + ", ".join(f"{k} {c.get(k, 0)}" for k in CLASSES) + f" ({share:.0%} school)")
+        lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())))
+        return "\n".join(lines)
+
+
+def make_chips(
+    imagery: list[str | Path] | str | Path,
+    schools: str | Path,
+    out_dir: str | Path,
+    config: ChipConfig | None = None,
+    overwrite: bool = False,
+) -> ChipSummary:
+    """Cut labelled, georeferenced chips and write ``out_dir`` (layout in the team contract).
+
+    The folder is built beside ``out_dir`` and renamed at the end, so an interrupted run leaves
+    nothing half-written. An ``out_dir`` holding the same dataset (same inputs and config) is
+    reused; one holding anything else is refused unless ``overwrite``.
+    """
+    config = config or ChipConfig()
+    out_dir = Path(out_dir)
+    sources = list_sources([imagery] if isinstance(imagery, (str, Path)) else imagery)
+    fingerprint = _fingerprint(sources, Path(schools), config)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        existing = _read_existing(out_dir)
+        if existing is not None and existing.get("fingerprint") == fingerprint and not overwrite:
+            return _summary_from_json(out_dir, existing, reused=True)
+        if not overwrite:
+            raise UserError("output folder already holds a different dataset or other files; "
+                            "pass --overwrite to replace it", out_dir)
+    labels = read_schools(schools, config.point_buffer_m)
+    infos = {s.name: source_info(s, config.crs) for s in sources}
+    _check_overlap(labels, infos, schools)
+    gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
+    scene_split = _scene_splits([s.name for s in sources], config)
+
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        rows: list[dict] = []
+        skipped: Counter = Counter()
+        scenes: dict[str, dict] = {}
+        for source in sources:
+            scene_rows, scene_meta = _chip_scene(source, labels, scene_split[source.name], gsd, config, tmp, skipped)
+            rows.extend(scene_rows)
+            scenes[source.name] = scene_meta
+        counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
+        _write_csv(tmp / "chips.csv", rows)
+        write_text(tmp / "schools.geojson", labels.to_json(drop_id=True, to_wgs84=True))
+        meta = {
+            "chip_size": config.chip_size,
+            "gsd": gsd,
+            "stride": config.stride,
+            "seed": config.seed,
+            "classes": list(CLASSES),
+            "counts": counts,
+            "skipped": dict(sorted(skipped.items())),
+            "scenes": scenes,
+            "labelling": {
+                "rule": "school if >= min_school_fraction of a school footprint is inside the chip or footprints "
+                        "cover >= min_chip_cover of the chip; not_school if no footprint touches it; else skipped",
+                "min_school_fraction": config.min_school_fraction,
+                "min_chip_cover": config.min_chip_cover,
+                "point_buffer_m": config.point_buffer_m,
+                "max_nodata_fraction": config.max_nodata_fraction,
+                "negative_ratio": config.negative_ratio,
+                "eval_negative_ratio": config.eval_negative_ratio,
+            },
+            "schools": "schools.geojson",
+            "schools_source": str(Path(schools).resolve()),
+            "config": _config_dict(config),
+            "fingerprint": fingerprint,
+        }
+        write_json(tmp / "dataset.json", meta)
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    summary = _summary_from_json(out_dir, meta)
+    return summary
+
+
+def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, config: ChipConfig, out: Path,
+                skipped: Counter) -> tuple[list[dict], dict]:
+    """Label, split, sample and write the chips of one scene."""
+    cs, rng = config.chip_size, np.random.default_rng([config.seed, _stable_int(source.name)])
+    with open_source(source, gsd=gsd, crs=config.crs, bands=config.bands) as ds:
+        crs = ds.crs
+        crs_text = crs.to_string()
+        schools = labels.to_crs(crs)
+        scene_box = box(*ds.bounds)
+        schools = schools[schools.intersects(scene_box)].reset_index(drop=True)
+        tree = STRtree(list(schools.geometry))
+        school_areas = schools.geometry.area.to_numpy()
+        windows = _candidate_windows(ds, schools, cs, config, rng)
+        blocks = _block_splits(ds.height, ds.width, config, source.name) if split_rule == "blocks" else None
+        labelled: list[dict] = []
+        for row, col, view in windows:
+            split = split_rule if blocks is None else _window_split(blocks, row, col, cs, config.block_size)
+            if split is None:
+                skipped["straddles_split_blocks"] += 1
+                continue
+            t = ds.window_transform(Window(col, row, cs, cs))
+            chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
+            label, frac, cover, name = _label(chip_box, tree, schools, school_areas, config)
+            if label is None:
+                skipped["ambiguous"] += 1
+                continue
+            labelled.append(dict(row_off=row, col_off=col, view=view, split=split, label=label,
+                                 school_fraction=round(frac, 4), school_cover=round(cover, 4), school_name=name,
+                                 minx=chip_box.bounds[0], miny=chip_box.bounds[1], maxx=chip_box.bounds[2],
+                                 maxy=chip_box.bounds[3]))
+        chosen = _undersample(labelled, config, rng, skipped)
+        rows = []
+        for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False):
+            window = Window(r["col_off"], r["row_off"], cs, cs)
+            arr = read_window(ds, window, source.path)
+            nodata = _nodata_fraction(arr, ds.nodata)
+            if nodata > config.max_nodata_fraction:
+                skipped["nodata_or_black"] += 1
+                continue
+            chip_id = f"{source.name}_r{r['row_off']:05d}_c{r['col_off']:05d}"
+            rel = f"{r['split']}/{r['label']}/{chip_id}.tif"
+            write_geotiff(out / rel, arr.astype(np.uint8, copy=False), crs, ds.window_transform(window),
+                          tiled=False, overviews=False)
+            rows.append({"chip_id": chip_id, "path": rel, "scene": source.name, "crs": crs_text, **r})
+        meta = {"path": str(Path(source.path).resolve()), "crs": crs_text, "split": split_rule,
+                "width": ds.width, "height": ds.height, "bounds": list(ds.bounds), "kind": source.kind}
+    return rows, meta
+
+
+def _candidate_windows(ds, schools, cs: int, config: ChipConfig, rng) -> list[tuple[int, int, str]]:
+    """Grid windows plus jittered windows centred on each school; unique by origin, in a stable order."""
+    h, w = ds.height, ds.width
+    if h < cs or w < cs:
+        return []
+    seen: dict[tuple[int, int], str] = {}
+    for row in range(0, h - cs + 1, config.stride):
+        for col in range(0, w - cs + 1, config.stride):
+            seen[(row, col)] = "grid"
+    inv = ~ds.transform
+    max_shift = config.jitter * cs
+    for geom in schools.geometry:
+        c = geom.centroid
+        cx, cy = inv * (c.x, c.y)
+        for k in range(config.centred_views):
+            dx, dy = (0.0, 0.0) if k == 0 else rng.uniform(-max_shift, max_shift, 2)
+            row = int(np.clip(round(cy + dy - cs / 2), 0, h - cs))
+            col = int(np.clip(round(cx + dx - cs / 2), 0, w - cs))
+            seen.setdefault((row, col), "centred")
+    return [(r, c, v) for (r, c), v in sorted(seen.items())]
+
+
+def _label(chip_box, tree, schools, areas, config: ChipConfig) -> tuple[str | None, float, float, str]:
+    """Apply the labelling rule (module docstring) to one chip footprint."""
+    hits = tree.query(chip_box, predicate="intersects")
+    if len(hits) == 0:
+        return "not_school", 0.0, 0.0, ""
+    best, best_frac, covered = "", 0.0, []
+    for i in hits:
+        inter = schools.geometry.iloc[i].intersection(chip_box)
+        frac = inter.area / areas[i] if areas[i] > 0 else 0.0
+        covered.append(inter)
+        if frac > best_frac:
+            best, best_frac = schools["name"].iloc[i], frac
+    from shapely import union_all
+
+    cover = union_all(covered).area / chip_box.area
+    if best_frac == 0.0 and cover == 0.0:
+        return "not_school", 0.0, 0.0, ""  # touches a school boundary only
+    if best_frac >= config.min_school_fraction or cover >= config.min_chip_cover:
+        return "school", best_frac, cover, best
+    return None, best_frac, cover, best
+
+
+def _undersample(rows: list[dict], config: ChipConfig, rng, skipped: Counter) -> list[dict]:
+    """Keep at most ratio x positives of not_school chips per split (seeded), in a stable order."""
+    keep = []
+    for split in SPLITS:
+        these = [r for r in rows if r["split"] == split]
+        pos = [r for r in these if r["label"] == "school"]
+        neg = [r for r in these if r["label"] == "not_school"]
+        ratio = config.negative_ratio if split == "train" else config.eval_negative_ratio
+        if ratio is not None and pos and len(neg) > math.ceil(ratio * len(pos)):
+            n = math.ceil(ratio * len(pos))
+            idx = np.sort(rng.choice(len(neg), size=n, replace=False))
+            skipped["undersampled_not_school"] += len(neg) - n
+            neg = [neg[i] for i in idx]
+        keep.extend(pos + neg)
+    return sorted(keep, key=lambda r: (r["row_off"], r["col_off"]))
+
+
+def _nodata_fraction(arr: np.ndarray, nodata) -> float:
+    """Share of pixels that are nodata in every band, or pure black (outside a warped scene)."""
+    empty = np.all(arr == 0, axis=0)
+    if nodata is not None and nodata != 0:
+        empty |= np.all(arr == nodata, axis=0)
+    return float(empty.mean())
+
+
+def _scene_splits(names: list[str], config: ChipConfig) -> dict[str, str]:
+    """Split per scene, or 'blocks' for scenes split by spatial blocks."""
+    names = sorted(names)
+    for opt in ("val_scenes", "test_scenes"):
+        unknown = sorted(set(getattr(config, opt) or ()) - set(names))
+        if unknown:
+            raise UserError(f"{opt} names unknown scenes {unknown}; scenes are {names}")
+    if config.test_scenes is not None or config.val_scenes is not None:
+        test = set(config.test_scenes or ())
+        val = set(config.val_scenes or ())
+        return {n: "test" if n in test else "val" if n in val else "train" for n in names}
+    if len(names) >= 3:
+        return {n: "test" if n == names[-1] else "val" if n == names[-2] else "train" for n in names}
+    return {n: "blocks" for n in names}
+
+
+def _block_splits(height: int, width: int, config: ChipConfig, scene: str) -> np.ndarray:
+    """Assign each block a split index (0 train, 1 val, 2 test), seeded, each split at least once."""
+    nby, nbx = math.ceil(height / config.block_size), math.ceil(width / config.block_size)
+    n = nby * nbx
+    counts = np.maximum(1, np.round(np.array(config.block_fractions) * n).astype(int)) if n >= 3 else np.array([n, 0, 0])
+    counts[0] = max(0, n - counts[1] - counts[2])
+    labels = np.repeat(np.arange(3), counts)[:n]
+    rng = np.random.default_rng([config.seed, _stable_int(scene), 7])
+    return rng.permutation(labels).reshape(nby, nbx)
+
+
+def _window_split(blocks: np.ndarray, row: int, col: int, cs: int, block: int) -> str | None:
+    """The split of the blocks under a window, or None if it straddles two splits."""
+    r0, r1 = row // block, (row + cs - 1) // block
+    c0, c1 = col // block, (col + cs - 1) // block
+    values = np.unique(blocks[r0 : r1 + 1, c0 : c1 + 1])
+    return SPLITS[int(values[0])] if len(values) == 1 else None
+
+
+def _check_overlap(labels, infos: dict[str, dict], schools_path) -> None:
+    """Refuse labels that lie entirely outside all imagery, naming both extents (EPSG:4326)."""
+    boxes = [box(*i["bounds_4326"]) for i in infos.values()]
+    if any(labels.intersects(b).any() for b in boxes):
+        return
+    lb = labels.total_bounds
+    ib = np.array([i["bounds_4326"] for i in infos.values()])
+    img = (ib[:, 0].min(), ib[:, 1].min(), ib[:, 2].max(), ib[:, 3].max())
+    fmt = lambda b: "(" + ", ".join(f"{v:.5f}" for v in b) + ")"  # noqa: E731
+    raise UserError(f"no school lies inside the imagery: schools cover lon/lat {fmt(lb)}, imagery covers "
+                    f"{fmt(img)} (EPSG:4326 west, south, east, north)", schools_path)
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["label"], r["chip_id"])):
+        writer.writerow(r)
+    write_text(path, buf.getvalue())
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move the finished folder into place; an old one is removed only after the new one is complete."""
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _config_dict(config: ChipConfig) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig) -> str:
+    """Hash of inputs (paths, sizes, mtimes) and config: same fingerprint = same dataset."""
+    h = hashlib.sha256(json.dumps(_config_dict(config), sort_keys=True).encode())
+    files = [Path(t[3]) for s in sources for t in s.tiles] if any(s.tiles for s in sources) else []
+    files += [Path(s.path) for s in sources if s.kind == "raster"] + [schools]
+    for f in files:
+        if f.exists():
+            st = f.stat()
+            h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def _read_existing(out_dir: Path) -> dict | None:
+    try:
+        return json.loads((out_dir / "dataset.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _summary_from_json(out_dir: Path, meta: dict, reused: bool = False) -> ChipSummary:
+    return ChipSummary(out_dir=out_dir, counts=meta["counts"], skipped=meta.get("skipped", {}), gsd=meta["gsd"],
+                       chip_size=meta["chip_size"], scenes=meta.get("scenes", {}), reused=reused)
+
+
+def _stable_int(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
