@@ -1,0 +1,195 @@
+"""Penultimate-layer features of chips, extracted once and cached.
+
+Clustering is cheap and is re-run with other k, methods and subsets; the model pass is not. So
+features (and the model's own P(school) from the same pass, plus small thumbnails for the projector
+sprite) are cached as ``.npy`` + an index ``.csv`` keyed by the checkpoint's hash, the hash of
+``chips.csv`` and the split. Subsets (predicted school, true school, false positives) are filters on
+the cached rows, so changing the subset never re-runs the model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import CLASSES, SCHOOL
+from .atomic import atomic_path
+from .errors import UserError
+
+SUBSETS = ("all", "predicted-school", "true-school", "false-positive")
+SPLITS = ("all", "train", "val", "test")
+THUMB_SIZE = 48
+
+
+@dataclass
+class FeatureConfig:
+    """Which model, which chips, and where the cache lives (default ``RUN/features``)."""
+
+    run: Path
+    chips_dir: Path
+    split: str = "all"
+    subset: str = "all"
+    batch_size: int = 64
+    device: str = "auto"
+    cache_dir: Path | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class Features:
+    """Feature vectors and one index row per vector (chips.csv columns + ``prob``, ``prediction``)."""
+
+    vectors: np.ndarray  # (N, D) float32
+    frame: pd.DataFrame  # N rows, same order as vectors
+    thumbnails: np.ndarray  # (N, THUMB_SIZE, THUMB_SIZE, 3) uint8
+    key: str  # cache key: checkpoint hash, chips.csv hash, split
+
+    def select(self, mask: np.ndarray) -> Features:
+        mask = np.asarray(mask, dtype=bool)
+        return Features(self.vectors[mask], self.frame[mask].reset_index(drop=True), self.thumbnails[mask], self.key)
+
+
+def file_hash(path: str | Path, length: int = 16) -> str:
+    """Short SHA-256 of a file's bytes (cache keys)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:length]
+
+
+@torch.no_grad()
+def extract_features(
+    model: torch.nn.Module,
+    dataset: torch.utils.data.Dataset,
+    *,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+    temperature: float = 1.0,
+    num_workers: int = 0,
+    thumb_size: int = THUMB_SIZE,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Run ``model.embed`` over a dataset of ``{"image", "index"}`` items.
+
+    Returns ``(vectors (N, D) float32, prob (N,) P(school), index (N,) dataset rows, thumbnails)``.
+    The head is applied to the same embedding, so P(school) costs nothing extra. Mixed precision
+    (float16 autocast) on CUDA; float32 on CPU, where autocast only slows things down.
+    """
+    device = torch.device(device)
+    model = model.to(device).eval()
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
+    vectors, probs, index, thumbs = [], [], [], []
+    for batch in tqdm(loader, desc="features", unit="batch", disable=not progress):
+        x = batch["image"].to(device, non_blocking=True)
+        with autocast:
+            emb = model.embed(x)
+            logits = model.head(emb)
+        vectors.append(emb.float().cpu().numpy())
+        probs.append(torch.softmax(logits.float() / temperature, dim=1)[:, SCHOOL].cpu().numpy())
+        index.append(np.asarray(batch["index"]))
+        small = torch.nn.functional.interpolate(x.float(), size=(thumb_size, thumb_size), mode="area")
+        thumbs.append((small.clamp(0, 1) * 255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+    if not vectors:
+        raise UserError("no chips to extract features from (empty split?)")
+    return np.concatenate(vectors), np.concatenate(probs), np.concatenate(index), np.concatenate(thumbs)
+
+
+def load_features(config: FeatureConfig, *, progress: bool = True) -> Features:
+    """Features of the chips in ``config.split``, from the cache or the model, filtered to ``config.subset``."""
+    if config.subset not in SUBSETS:
+        raise UserError(f"unknown subset {config.subset!r}; use one of {', '.join(SUBSETS)}")
+    if config.split not in SPLITS:
+        raise UserError(f"unknown split {config.split!r}; use one of {', '.join(SPLITS)}")
+    run, chips_dir = Path(config.run), Path(config.chips_dir)
+    ckpt = run / "best.pt" if run.is_dir() else run
+    if not ckpt.is_file():
+        raise UserError("checkpoint not found (train a model first: schoolvision train --chips DIR --out RUN)", ckpt)
+    chips_csv = chips_dir / "chips.csv"
+    if not chips_csv.is_file():
+        raise UserError("chips.csv not found (cut chips first: schoolvision chips ...)", chips_csv)
+    key = f"{file_hash(ckpt)}-{file_hash(chips_csv)}-{config.split}"
+    cache_dir = Path(config.cache_dir) if config.cache_dir else (ckpt.parent / "features")
+    feats = _read_cache(cache_dir, key)
+    if feats is None:
+        feats = _compute(config, ckpt, chips_dir, key, progress)
+        _write_cache(cache_dir, feats)
+    return feats.select(subset_mask(feats.frame, config.subset))
+
+
+def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:
+    """Boolean mask of rows in ``subset`` (``label`` and ``prediction`` are class names)."""
+    true_school = (frame["label"] == CLASSES[SCHOOL]).to_numpy()
+    pred_school = (frame["prediction"] == CLASSES[SCHOOL]).to_numpy()
+    masks = {
+        "all": np.ones(len(frame), dtype=bool),
+        "predicted-school": pred_school,
+        "true-school": true_school,
+        "false-positive": pred_school & ~true_school,
+    }
+    if subset not in masks:
+        raise UserError(f"unknown subset {subset!r}; use one of {', '.join(SUBSETS)}")
+    return masks[subset]
+
+
+def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, progress: bool) -> Features:
+    from .checkpoint import load_classifier
+    from .dataset import ChipDataset
+    from .device import resolve_device
+
+    device = resolve_device(config.device)
+    model, meta = load_classifier(ckpt, device)
+    ds = ChipDataset(chips_dir, split=None if config.split == "all" else config.split, augment=False, image_size=meta.image_size)
+    if len(ds) == 0:
+        raise UserError(f"no chips in split {config.split!r}", chips_dir / "chips.csv")
+    vectors, prob, index, thumbs = extract_features(
+        model, ds, batch_size=config.batch_size, device=device, temperature=meta.temperature,
+        num_workers=config.num_workers, progress=progress,
+    )
+    frame = ds.frame.iloc[index].reset_index(drop=True).copy()
+    frame["label"] = frame["label"].map(_class_name)
+    frame["prob"] = prob.astype(float)
+    frame["prediction"] = np.where(prob >= meta.threshold, CLASSES[SCHOOL], CLASSES[1 - SCHOOL])
+    return Features(vectors.astype(np.float32), frame, thumbs, key)
+
+
+def _class_name(value) -> str:
+    """chips.csv holds class names, predictions.csv 0/1: accept both."""
+    if isinstance(value, str) and value in CLASSES:
+        return value
+    return CLASSES[int(value)]
+
+
+def _paths(cache_dir: Path, key: str) -> tuple[Path, Path, Path]:
+    base = cache_dir / f"features-{key}"
+    return base.with_suffix(".npy"), base.with_suffix(".csv"), Path(f"{base}.thumbs.npy")
+
+
+def _read_cache(cache_dir: Path, key: str) -> Features | None:
+    vec_path, csv_path, thumb_path = _paths(cache_dir, key)
+    if not (vec_path.is_file() and csv_path.is_file() and thumb_path.is_file()):
+        return None
+    vectors = np.load(vec_path)
+    frame = pd.read_csv(csv_path, dtype={"chip_id": str, "path": str})
+    thumbs = np.load(thumb_path)
+    if len(vectors) != len(frame) or len(thumbs) != len(frame):
+        return None  # an interrupted or foreign cache: recompute
+    return Features(vectors, frame, thumbs, key)
+
+
+def _write_cache(cache_dir: Path, feats: Features) -> None:
+    vec_path, csv_path, thumb_path = _paths(cache_dir, feats.key)
+    for path, array in ((vec_path, feats.vectors), (thumb_path, feats.thumbnails)):
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+    with atomic_path(csv_path) as tmp:
+        feats.frame.to_csv(tmp, index=False)

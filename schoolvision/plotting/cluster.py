@@ -1,0 +1,282 @@
+"""Figures for feature clustering: k selection, PCA variance, 2-D embedding, galleries, composition, map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from .. import CLASSES, SCHOOL
+
+NOISE_COLOUR = (0.6, 0.6, 0.6, 1.0)
+
+
+def cluster_colours(k: int) -> list[tuple]:
+    """One colour per cluster (tab10, then tab20 for more)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(max(k, 1))]
+
+
+def _colour_of(labels: np.ndarray, k: int) -> list[tuple]:
+    colours = cluster_colours(k)
+    return [NOISE_COLOUR if c < 0 else colours[c] for c in labels]
+
+
+def plot_k_selection(table: pd.DataFrame, chosen_k: int | None = None) -> Figure:
+    """Silhouette (higher is better), Davies-Bouldin (lower) and mixture BIC (lower) against k."""
+    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    axes = fig.subplots(1, 3)
+    for ax, col, better in zip(axes, ("silhouette", "davies_bouldin", "bic"), ("higher", "lower", "lower")):
+        ax.plot(table["k"], table[col], "o-", color="C0")
+        if chosen_k is not None and chosen_k in set(table["k"]):
+            ax.axvline(chosen_k, color="C3", ls="--", lw=1, label=f"chosen k={chosen_k}")
+            ax.legend(fontsize=8)
+        ax.set_xlabel("k")
+        ax.set_title(f"{col.replace('_', '-')} ({better} is better)", fontsize=10)
+        ax.set_xticks(list(table["k"]))
+    return fig
+
+
+def plot_pca_variance(explained: np.ndarray, dims: int, threshold: float | None = None) -> Figure:
+    """Cumulative explained variance of the PCA components, with the kept dimensions marked."""
+    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    ax = fig.subplots()
+    ax.plot(np.arange(1, len(explained) + 1), explained, ".-")
+    ax.axvline(dims, color="C3", ls="--", lw=1, label=f"kept {dims} dims ({explained[dims - 1]:.0%})")
+    if threshold is not None:
+        ax.axhline(threshold, color="grey", ls=":", lw=1, label=f"threshold {threshold:.0%}")
+    ax.set(xlabel="PCA components", ylabel="cumulative explained variance", ylim=(0, 1.02))
+    ax.legend(fontsize=8)
+    return fig
+
+
+def plot_embedding(
+    xy: np.ndarray,
+    clusters: np.ndarray,
+    labels: np.ndarray,
+    thumbnails: np.ndarray | None = None,
+    n_thumbnails: int = 30,
+    seed: int = 0,
+) -> Figure:
+    """t-SNE map coloured by cluster (left, with chip thumbnails) and by true label (right)."""
+    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+
+    k = int(clusters.max() + 1) if len(clusters) else 0
+    fig = Figure(figsize=(12, 5.5), layout="constrained")
+    ax_c, ax_l = fig.subplots(1, 2)
+    ax_c.scatter(xy[:, 0], xy[:, 1], c=_colour_of(clusters, k), s=18, edgecolors="none")
+    if thumbnails is not None and len(thumbnails):
+        rng = np.random.default_rng(seed)
+        pick = rng.choice(len(xy), size=min(n_thumbnails, len(xy)), replace=False)
+        for i in pick:
+            colour = NOISE_COLOUR if clusters[i] < 0 else cluster_colours(k)[clusters[i]]
+            box = AnnotationBbox(OffsetImage(thumbnails[i], zoom=0.5), xy[i], frameon=True, pad=0.1, bboxprops={"edgecolor": colour, "lw": 1.5})
+            ax_c.add_artist(box)
+    for c in range(k):
+        ax_c.scatter([], [], color=cluster_colours(k)[c], label=f"cluster {c}")
+    if (clusters < 0).any():
+        ax_c.scatter([], [], color=NOISE_COLOUR, label="noise")
+    ax_c.legend(fontsize=8, loc="best")
+    ax_c.set_title("t-SNE of chip features, by cluster")
+    for name, colour in zip(CLASSES, ("tab:gray", "black")):
+        m = labels == name
+        ax_l.scatter(xy[m, 0], xy[m, 1], s=18, color=colour, label=name, edgecolors="none")
+    ax_l.legend(fontsize=8)
+    ax_l.set_title("by true label")
+    for ax in (ax_c, ax_l):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return fig
+
+
+def plot_gallery(
+    images: dict[int, list[np.ndarray]],
+    cams: dict[int, list[np.ndarray | None]] | None = None,
+    captions: dict[int, list[str]] | None = None,
+    sizes: dict[int, int] | None = None,
+) -> Figure:
+    """One row per cluster: its chips nearest the centre, with a CAM overlay where one is given."""
+    rows = sorted(images)
+    ncols = max((len(v) for v in images.values()), default=1)
+    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.7 * max(len(rows), 1)), layout="constrained")
+    axes = np.atleast_2d(fig.subplots(max(len(rows), 1), ncols, squeeze=False))
+    colours = cluster_colours(len(rows))
+    for r, c in enumerate(rows):
+        for j in range(ncols):
+            ax = axes[r, j]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if j >= len(images[c]):
+                continue
+            ax.imshow(images[c][j])
+            cam = None if cams is None else cams.get(c, [None] * ncols)[j]
+            if cam is not None:
+                ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(-0.5, images[c][j].shape[1] - 0.5, images[c][j].shape[0] - 0.5, -0.5))
+            for s in ax.spines.values():
+                s.set_visible(True)
+                s.set_edgecolor(colours[c % len(colours)])
+                s.set_linewidth(2)
+            if captions:
+                ax.set_title(captions[c][j], fontsize=7)
+        size = f" (n={sizes[c]})" if sizes else ""
+        axes[r, 0].set_ylabel(f"cluster {c}{size}", fontsize=9)
+    return fig
+
+
+def cluster_gallery(table: pd.DataFrame, result, chips_dir: str | Path, cams_dir: str | Path | None = None, n: int = 8) -> Figure:
+    """Gallery of the chips nearest each cluster centre, read at full resolution from ``chips_dir``."""
+    from ..clustering import nearest_to_centre
+
+    chips_dir = Path(chips_dir)
+    nearest = nearest_to_centre(result, n)
+    cam_paths = find_cams(cams_dir, table["chip_id"]) if cams_dir else {}
+    images, cams, captions = {}, {}, {}
+    for c, idx in nearest.items():
+        rows = table.iloc[idx]
+        images[c] = [read_chip_rgb(chips_dir / p) for p in rows["path"]]
+        cams[c] = [_read_cam(cam_paths[cid], img.shape[:2]) if cid in cam_paths else None for cid, img in zip(rows["chip_id"], images[c])]
+        captions[c] = [f"{_outcome(lab, pred)} p={prob:.2f}" for lab, pred, prob in zip(rows["label"], rows["prediction"], rows["prob"])]
+    sizes = {c: int((result.labels == c).sum()) for c in nearest}
+    return plot_gallery(images, cams if cam_paths else None, captions, sizes)
+
+
+def _outcome(label: str, prediction: str) -> str:
+    school = CLASSES[SCHOOL]
+    if label == school:
+        return "school" if prediction == school else "missed school"
+    return "false pos." if prediction == school else "not school"
+
+
+def plot_composition(table: pd.DataFrame) -> Figure:
+    """Per cluster: share of detected / missed schools, false positives and negatives; chips per town."""
+    school = CLASSES[SCHOOL]
+    is_school, pred_school = table["label"] == school, table["prediction"] == school
+    kind = np.select(
+        [is_school & pred_school, is_school & ~pred_school, ~is_school & pred_school],
+        ["school (detected)", "school (missed)", "false positive"],
+        "not school",
+    )
+    frame = table.assign(kind=kind, cluster=table["cluster"].map(lambda c: "noise" if c < 0 else f"{c}"))
+    order = sorted(frame["cluster"].unique(), key=lambda s: (s == "noise", int(s) if s != "noise" else 0))
+    shares = pd.crosstab(frame["cluster"], frame["kind"], normalize="index").reindex(order)
+    kinds = [k for k in ("school (detected)", "school (missed)", "false positive", "not school") if k in shares.columns]
+    towns = pd.crosstab(frame["cluster"], frame["scene"]).reindex(order)
+    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    colours = {"school (detected)": "C2", "school (missed)": "C1", "false positive": "C3", "not school": "C7"}
+    bottom = np.zeros(len(order))
+    for k in kinds:
+        ax1.bar(order, shares[k], bottom=bottom, color=colours[k], label=k)
+        bottom += shares[k].to_numpy()
+    ax1.set(xlabel="cluster", ylabel="share of chips", title="what each cluster holds")
+    ax1.legend(fontsize=7)
+    bottom = np.zeros(len(order))
+    for i, town in enumerate(towns.columns):
+        ax2.bar(order, towns[town], bottom=bottom, color=f"C{i % 10}", label=town)
+        bottom += towns[town].to_numpy()
+    ax2.set(xlabel="cluster", ylabel="chips", title="chips per town")
+    ax2.legend(fontsize=7, ncols=2)
+    return fig
+
+
+def plot_cluster_map(table: pd.DataFrame, scene_path: str | Path, scene: str, max_pixels: int = 1024) -> Figure:
+    """Chip footprints of one scene, coloured by cluster, over the scene image; axes in the scene CRS."""
+    import rasterio
+    from matplotlib.patches import Patch
+
+    from ..clustering import footprints
+
+    with rasterio.open(scene_path) as src:
+        scale = max(1, int(np.ceil(max(src.width, src.height) / max_pixels)))
+        img = src.read([1, 2, 3], out_shape=(3, src.height // scale, src.width // scale))
+        bounds, crs = src.bounds, src.crs
+    part = table[table["scene"] == scene]
+    k = int(table["cluster"].max() + 1) if len(table) else 0
+    fig = Figure(figsize=(7.5, 7), layout="constrained")
+    ax = fig.subplots()
+    ax.imshow(np.moveaxis(img, 0, -1), extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
+    for gdf in footprints(part).values():
+        gdf = gdf.to_crs(crs)
+        colours = _colour_of(gdf["cluster"].to_numpy(), k)
+        gdf.plot(ax=ax, facecolor=[(*c[:3], 0.35) for c in colours], edgecolor=colours, linewidth=1.2)
+    present = sorted(part["cluster"].unique())
+    handles = [Patch(color=NOISE_COLOUR if c < 0 else cluster_colours(k)[c], label="noise" if c < 0 else f"cluster {c}") for c in present]
+    ax.legend(handles=handles, fontsize=8, loc="upper right")
+    ax.set(xlim=(bounds.left, bounds.right), ylim=(bounds.bottom, bounds.top))
+    unit = "m" if crs is not None and crs.is_projected else "deg"
+    ax.set_xlabel(f"easting ({unit})")
+    ax.set_ylabel(f"northing ({unit})")
+    ax.set_title(f"{scene}: {len(part)} clustered chips ({crs.to_string() if crs else 'no CRS'})", fontsize=10)
+    ax.ticklabel_format(style="plain", useOffset=False)
+    ax.tick_params(axis="x", labelrotation=30)
+    return fig
+
+
+def read_chip_rgb(path: str | Path) -> np.ndarray:
+    """A chip GeoTIFF (or PNG/JPEG) as an (H, W, 3) uint8 array."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return np.moveaxis(src.read([1, 2, 3]), 0, -1)
+    from PIL import Image
+
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def find_cams(cams_dir: str | Path, chip_ids) -> dict[str, Path]:
+    """Heatmap GeoTIFFs in ``cams_dir`` (any depth) whose name starts with a chip id."""
+    wanted = set(map(str, chip_ids))
+    found = {}
+    for p in sorted(Path(cams_dir).rglob("*.tif")):
+        stem = p.stem
+        for cid in (stem, stem.rsplit("_", 1)[0], stem.split(".", 1)[0]):
+            if cid in wanted and cid not in found:
+                found[cid] = p
+                break
+    return found
+
+
+def _read_cam(path: Path, shape: tuple[int, int]) -> np.ndarray:
+    import rasterio
+    from rasterio.enums import Resampling
+
+    with rasterio.open(path) as src:
+        cam = src.read(1, out_shape=shape, resampling=Resampling.bilinear).astype(float)
+    cam = np.nan_to_num(cam)
+    span = cam.max() - cam.min()
+    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+
+
+def write_cluster_figures(report, chips_dir: str | Path, cams_dir: str | Path | None = None, gallery_size: int = 8) -> list[Path]:
+    """Every clustering figure as PNG in ``report.out_dir``: k selection, PCA, t-SNE, gallery, composition, maps."""
+    from ..atomic import atomic_path
+    from ..clustering import read_scene_paths
+
+    result, table, out = report.result, report.table, Path(report.out_dir)
+    figs: dict[str, Figure] = {
+        "k_selection.png": plot_k_selection(result.k_selection, result.k if result.method != "hdbscan" else None),
+        "pca_variance.png": plot_pca_variance(result.explained, result.dims, report.summary["config"]["variance"]),
+        "composition.png": plot_composition(table),
+    }
+    if result.embedding_2d is not None:
+        figs["embedding.png"] = plot_embedding(result.embedding_2d, result.labels, table["label"].to_numpy(), report.thumbnails)
+    if result.k > 0:
+        figs["gallery.png"] = cluster_gallery(table, result, chips_dir, cams_dir, gallery_size)
+    scenes = read_scene_paths(Path(chips_dir))
+    for scene in sorted(table["scene"].unique()):
+        if scene in scenes and scenes[scene].is_file():
+            figs[f"map_{scene}.png"] = plot_cluster_map(table, scenes[scene], scene)
+    paths = []
+    for name, fig in figs.items():
+        with atomic_path(out / name) as tmp:
+            fig.savefig(tmp, dpi=110)
+        paths.append(out / name)
+    return paths
