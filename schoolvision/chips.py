@@ -79,6 +79,14 @@ class ChipConfig:
             raise UserError(f"chip size {self.chip_size} / stride {self.stride} too small")
         if self.gsd is not None and self.gsd <= 0:
             raise UserError(f"--gsd must be positive, got {self.gsd}")
+        if self.crs is not None:
+            from rasterio.crs import CRS
+            from rasterio.errors import CRSError
+
+            try:
+                self.crs = CRS.from_user_input(self.crs).to_string()
+            except CRSError:
+                raise UserError(f"--crs {self.crs!r} is not a CRS; use e.g. EPSG:32636") from None
         if self.bands is not None:
             self.bands = tuple(int(b) for b in self.bands)
         for name in ("val_scenes", "test_scenes"):
@@ -252,7 +260,7 @@ def _candidate_windows(ds, schools, cs: int, config: ChipConfig, rng) -> list[tu
     max_shift = config.jitter * cs
     for geom in schools.geometry:
         c = geom.centroid
-        cx, cy = inv * (c.x, c.y)
+        cx, cy = inv @ (c.x, c.y)
         for k in range(config.centred_views):
             dx, dy = (0.0, 0.0) if k == 0 else rng.uniform(-max_shift, max_shift, 2)
             row = int(np.clip(round(cy + dy - cs / 2), 0, h - cs))

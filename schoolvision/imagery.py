@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +29,7 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
@@ -113,8 +114,10 @@ def xyz_vrt_xml(source: ImagerySource) -> str:
     x0, y0 = min(xs), min(ys)
     first = source.tiles[0][3]
     try:
-        with rasterio.open(first) as ds:
-            size, count = ds.width, ds.count
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)  # tiles are georeferenced by name
+            with rasterio.open(first) as ds:
+                size, count = ds.width, ds.count
     except RasterioError as exc:
         raise UserError(f"not a readable image tile ({exc})", first) from None
     if count < 3:
@@ -171,7 +174,7 @@ def choose_bands(count: int, colorinterp: Sequence[ColorInterp], bands: Sequence
         bands = tuple(int(b) for b in bands)
         if len(bands) != 3 or not all(1 <= b <= count for b in bands):
             raise UserError(f"--bands {','.join(map(str, bands))} does not fit a {count}-band raster; "
-                            "give three band numbers from 1 to {count}", path)
+                            f"give three band numbers from 1 to {count}", path)
         return bands
     if count == 3:
         return (1, 2, 3)

@@ -91,7 +91,7 @@ def _buffer_points(points: gpd.GeoDataFrame, radius_m: float) -> gpd.GeoSeries:
         info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(p.x, p.y, p.x, p.y))
         zones.setdefault(info[0].code if info else "3857", []).append(idx)
     for code, idxs in zones.items():
-        sub = points.geometry.loc[idxs].to_crs(f"EPSG:{code}").buffer(radius_m, resolution=16)
+        sub = points.geometry.loc[idxs].to_crs(f"EPSG:{code}").buffer(radius_m, quad_segs=16)
         result.loc[idxs] = sub.to_crs("EPSG:4326")
     return result
 

@@ -39,8 +39,8 @@ def write_scene(path: Path, *, seed: int = 0, size: int = 256, gsd: float = 1.0,
             ds.colorinterp = colorinterp
     polys = []
     for row, col, side in schools_px:
-        x0, y0 = transform * (col, row + side)
-        x1, y1 = transform * (col + side, row)
+        x0, y0 = transform @ (col, row + side)
+        x1, y1 = transform @ (col + side, row)
         polys.append(box(x0, y0, x1, y1))
     return polys
 
