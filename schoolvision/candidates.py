@@ -1,0 +1,146 @@
+"""School candidates: connected regions of a probability raster above the run's tuned threshold.
+
+Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks are placed by
+:func:`schoolvision.scan.place_at_cam_peaks`) with its maximum and mean probability and its area.
+Regions are labelled on a decimated read (at most ``max_side`` pixels a side, through the raster's
+overviews) so a country-size raster never has to fit in memory; at 1 m GSD and 4096 px this is
+still far finer than the scan stride. Scenes that overlap give the same school twice: points from
+different scenes closer than ``merge_distance`` are merged, keeping the most probable.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.features import shapes
+from scipy import ndimage
+from shapely.geometry import Point, shape
+
+from .scan import NODATA
+
+COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
+
+
+def read_probability(path: str | Path, max_side: int = 4096):
+    """(prob float32 with NaN for nodata, transform, crs) of a probability raster, decimated to ``max_side``."""
+    with rasterio.open(path) as src:
+        f = max(1, math.ceil(max(src.width, src.height) / max_side))
+        shape_ = (max(1, src.height // f), max(1, src.width // f))
+        prob = src.read(1, out_shape=shape_, resampling=Resampling.average if f > 1 else Resampling.nearest, masked=True)
+        transform = src.transform @ src.transform.scale(src.width / shape_[1], src.height / shape_[0])
+        return prob.filled(np.nan).astype(np.float32), transform, src.crs
+
+
+def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene: str = "",
+                       min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """(points, region polygons) of connected regions where ``prob >= threshold`` (8-connected), ranked."""
+    above = np.nan_to_num(prob, nan=0.0) >= threshold
+    labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
+    px_area = abs(transform.a * transform.e - transform.b * transform.d)
+    if n == 0:
+        return _empty(crs), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs=crs)
+    idx = np.arange(1, n + 1)
+    vals = np.nan_to_num(prob, nan=0.0)
+    maxs = ndimage.maximum(vals, labels, idx)
+    means = ndimage.mean(vals, labels, idx)
+    counts = ndimage.sum(np.ones_like(vals), labels, idx)
+    peaks = ndimage.maximum_position(vals, labels, idx)
+    rows = []
+    for i, (mx, mn, cnt, (r, c)) in enumerate(zip(maxs, means, counts, peaks), start=1):
+        area = float(cnt * px_area)
+        if area < min_area_m2:
+            continue
+        x, y = transform * (c + 0.5, r + 0.5)
+        rows.append({"label": i, "scene": scene, "max_prob": float(mx), "mean_prob": float(mn), "area_m2": area,
+                     "peak": "probability", "geometry": Point(x, y)})
+    points = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs) if rows else _empty(crs)
+    keep = set(points["label"]) if rows else set()
+    polys = [{"scene": scene, "label": int(v), "geometry": shape(g)}
+             for g, v in shapes(labels.astype(np.int32), mask=labels > 0, transform=transform) if int(v) in keep]
+    regions = gpd.GeoDataFrame(polys, geometry="geometry", crs=crs) if polys else gpd.GeoDataFrame(
+        {"scene": [], "label": []}, geometry=[], crs=crs)
+    if len(regions):
+        regions = regions.dissolve(by=["scene", "label"], as_index=False)
+    return rank(points), regions
+
+
+def _empty(crs) -> gpd.GeoDataFrame:
+    return gpd.GeoDataFrame({c: pd.Series(dtype="float64" if "prob" in c or c == "area_m2" else "object")
+                             for c in COLUMNS if c != "geometry"}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
+
+
+def rank(cands: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """Sort by max then mean probability (descending) and number them 1..N."""
+    if not len(cands):
+        return cands
+    out = cands.sort_values(["max_prob", "mean_prob", "scene"], ascending=[False, False, True], kind="stable")
+    out = out.reset_index(drop=True)
+    out["rank"] = np.arange(1, len(out) + 1)
+    return out[[c for c in COLUMNS if c in out.columns] + [c for c in out.columns if c not in COLUMNS]]
+
+
+def merge_duplicates(cands: gpd.GeoDataFrame, distance: float) -> gpd.GeoDataFrame:
+    """Merge candidates from *different* scenes closer than ``distance`` metres; keep the most probable."""
+    if len(cands) < 2 or cands["scene"].nunique() < 2:
+        return cands
+    metric = cands if cands.crs.is_projected else cands.to_crs(cands.estimate_utm_crs())
+    xy = np.column_stack([metric.geometry.x, metric.geometry.y])
+    scenes = cands["scene"].to_numpy()
+    parent = list(range(len(cands)))
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    d = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
+    for i, j in zip(*np.nonzero(np.triu(d <= distance, 1))):
+        if scenes[i] != scenes[j]:
+            parent[find(i)] = find(j)
+    roots = np.array([find(i) for i in range(len(cands))])
+    keep = [int(np.flatnonzero(roots == r)[np.argmax(cands["max_prob"].to_numpy()[roots == r])]) for r in np.unique(roots)]
+    return rank(cands.iloc[sorted(keep)].copy())
+
+
+def common_crs(crss: Sequence):
+    """The scenes' CRS when they share one, else EPSG:4326 (metric work reprojects to local UTM)."""
+    unique = {rasterio.crs.CRS.from_user_input(c).to_string() for c in crss}
+    return next(iter(unique)) if len(unique) == 1 else "EPSG:4326"
+
+
+def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,
+                min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked."""
+    if not scenes:
+        return _empty("EPSG:4326"), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs="EPSG:4326")
+    crs = common_crs([s.crs for s in scenes])
+    pts, regs = [], []
+    for s in scenes:
+        prob, transform, scrs = read_probability(s.probability)
+        p, r = extract_candidates(prob, transform, scrs, threshold, s.scene, min_area_m2)
+        pts.append(p.to_crs(crs))
+        regs.append(r.to_crs(crs))
+    points = gpd.GeoDataFrame(pd.concat(pts, ignore_index=True), geometry="geometry", crs=crs)
+    regions = gpd.GeoDataFrame(pd.concat(regs, ignore_index=True), geometry="geometry", crs=crs)
+    points = merge_duplicates(rank(points), merge_distance) if len(points) else _empty(crs)
+    return points, regions
+
+
+def write_candidates(cands: gpd.GeoDataFrame, out_dir: str | Path,
+                     extra_layers: Mapping[str, object] | None = None) -> dict[str, Path]:
+    """Write ``candidates.gpkg`` (layer ``candidates`` plus ``extra_layers``) and ``candidates.geojson`` (EPSG:4326)."""
+    from .gis import write_vectors
+
+    out_dir = Path(out_dir)
+    cols = [c for c in cands.columns if c != "label"]
+    write_vectors(cands[cols], gpkg=out_dir / "candidates.gpkg", geojson=out_dir / "candidates.geojson",
+                  layer="candidates", extra_layers=extra_layers)
+    return {"gpkg": out_dir / "candidates.gpkg", "geojson": out_dir / "candidates.geojson"}

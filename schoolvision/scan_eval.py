@@ -1,0 +1,142 @@
+"""Evaluate a scan against known schools: which schools were found, which candidates are false alarms.
+
+A school is found when a candidate point lies within ``distance`` metres (default 50) of its
+footprint (its point, for point labels); matching is one-to-one and greedy, most probable
+candidate first, nearest school first. Only schools inside the scanned scenes' data count.
+The precision-recall curve re-extracts candidates from the probability rasters at each
+threshold (probability peaks), so it also covers thresholds below the tuned one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.warp import transform_geom
+from shapely.geometry import box, mapping, shape
+
+from .atomic import write_json
+from .errors import UserError
+
+
+def load_schools(path: str | Path, scenes: Sequence) -> gpd.GeoDataFrame:
+    """Known schools (any vector file with a CRS) that fall inside the scanned scenes, in EPSG:4326."""
+    path = Path(path)
+    try:
+        gdf = gpd.read_file(path)
+    except Exception as exc:  # noqa: BLE001 - any OGR failure is the user's file
+        raise UserError(f"not a readable vector file ({type(exc).__name__})", path) from None
+    if gdf.crs is None:
+        raise UserError("school file has no CRS; save it with one (e.g. EPSG:4326)", path)
+    gdf = gdf.to_crs("EPSG:4326")
+    footprints = [shape(transform_geom(s.crs, "EPSG:4326", mapping(box(*_bounds(s))))) for s in scenes]
+    inside = np.zeros(len(gdf), bool)
+    for fp in footprints:
+        inside |= gdf.geometry.intersects(fp).to_numpy()
+    out = gdf[inside].reset_index(drop=True)
+    if "name" not in out.columns:
+        out["name"] = [f"school_{i}" for i in range(len(out))]
+    return out
+
+
+def _bounds(scene) -> tuple[float, float, float, float]:
+    with rasterio.open(scene.probability) as src:
+        return tuple(src.bounds)
+
+
+def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float) -> list[tuple[int, int, float]]:
+    """One-to-one (candidate index, school index, metres) pairs within ``distance``, greedy by probability."""
+    if not len(cands) or not len(schools):
+        return []
+    utm = schools.estimate_utm_crs() if len(schools) else cands.to_crs("EPSG:4326").estimate_utm_crs()
+    c = cands.to_crs(utm).geometry.reset_index(drop=True)
+    s = schools.to_crs(utm).geometry.reset_index(drop=True)
+    d = np.array([[cg.distance(sg) for sg in s] for cg in c])
+    order = np.argsort(-cands["max_prob"].to_numpy(), kind="stable")
+    pairs, taken = [], set()
+    for i in order:
+        for j in np.argsort(d[i], kind="stable"):
+            if d[i, j] > distance:
+                break
+            if j not in taken:
+                taken.add(int(j))
+                pairs.append((int(i), int(j), float(d[i, j])))
+                break
+    return pairs
+
+
+def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
+    """Recall, precision and F1 (0 when undefined)."""
+    recall = tp / n_schools if n_schools else 0.0
+    precision = tp / n_cands if n_cands else 0.0
+    f1 = 2 * recall * precision / (recall + precision) if recall + precision else 0.0
+    return {"recall": round(recall, 4), "precision": round(precision, 4), "f1": round(f1, 4)}
+
+
+def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
+             thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))) -> list[dict]:
+    """Recall/precision/F1 of probability-peak candidates re-extracted at each threshold."""
+    from .candidates import extract_candidates, read_probability
+
+    rasters = [(s.scene, *read_probability(s.probability)) for s in scenes]
+    curve = []
+    for t in thresholds:
+        parts = [extract_candidates(p, tf, crs, float(t), name)[0].to_crs("EPSG:4326") for name, p, tf, crs in rasters]
+        parts = [p for p in parts if len(p)]
+        cands = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326") if parts else None
+        n = 0 if cands is None else len(cands)
+        tp = len(match(cands, schools, distance)) if n else 0
+        curve.append({"threshold": float(t), "candidates": n, "true_positives": tp, **scores(n, len(schools), tp)})
+    return curve
+
+
+def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path, distance: float = 50.0,
+                  threshold: float | None = None) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+    """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms)."""
+    schools = load_schools(schools_path, scenes)
+    pairs = match(cands, schools, distance)
+    matched_c = {i: (j, d) for i, j, d in pairs}
+    matched_s = {j: (i, d) for i, j, d in pairs}
+    s4326 = schools.copy()
+    s4326["found"] = [j in matched_s for j in range(len(schools))]
+    s4326["candidate_rank"] = [int(cands["rank"].iloc[matched_s[j][0]]) if j in matched_s else -1 for j in range(len(schools))]
+    s4326["distance_m"] = [round(matched_s[j][1], 2) if j in matched_s else np.nan for j in range(len(schools))]
+    missed = s4326[~s4326["found"]]
+    c = cands.copy()
+    c["matched_school"] = [str(schools["name"].iloc[matched_c[i][0]]) if i in matched_c else "" for i in range(len(c))]
+    false_alarms = c[c["matched_school"] == ""]
+    cpts = c.to_crs("EPSG:4326")
+
+    def pt(g):
+        g = g if g.geom_type == "Point" else g.representative_point()
+        return round(g.x, 7), round(g.y, 7)
+
+    evaluation = {
+        "match_distance_m": distance,
+        "threshold": threshold,
+        "schools": len(schools),
+        "candidates": len(cands),
+        "true_positives": len(pairs),
+        **scores(len(cands), len(schools), len(pairs)),
+        "pr_curve": pr_curve(scenes, schools, distance),
+        "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
+                           for _, r in missed.iterrows()],
+        "unmatched_candidates": [{"rank": int(r["rank"]), "scene": str(r["scene"]), "max_prob": round(float(r["max_prob"]), 4),
+                                  "lon_lat": pt(cpts.geometry.iloc[i])} for i, (_, r) in enumerate(c.iterrows())
+                                 if r["matched_school"] == ""],
+        "matches": [{"rank": int(cands["rank"].iloc[i]), "school": str(schools["name"].iloc[j]), "distance_m": round(d, 2)}
+                    for i, j, d in sorted(pairs)],
+    }
+    keep = [col for col in s4326.columns if col in ("name", "scene", "found", "candidate_rank", "distance_m", "geometry")]
+    layers = {"known_schools": s4326[keep], "missed_schools": missed[keep],
+              "false_alarms": false_alarms[[col for col in false_alarms.columns if col != "label"]]}
+    return evaluation, layers
+
+
+def write_evaluation(path: str | Path, evaluation: dict) -> Path:
+    """Write ``evaluation.json`` atomically."""
+    return write_json(path, evaluation)

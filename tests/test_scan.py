@@ -1,0 +1,210 @@
+"""Scene scanning: grid coverage, blending, resampling back to the scene grid, bad input, CLI.
+
+Scenes are small seeded GeoTIFFs with a real UTM CRS, written here. Most tests use a tiny
+"red roof" model (P(school) rises with the share of red pixels in a window) so that where the
+probability must be high is known; the CLI test uses a real checkpoint from ``save_checkpoint``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from affine import Affine
+from rasterio.crs import CRS
+
+from schoolvision.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.errors import UserError
+from schoolvision.imagery import list_sources
+from schoolvision.models import build_model
+from schoolvision.scan import ScanConfig, gaussian_weight, run_scan, scan_scene, shard, window_offsets
+
+UTM = CRS.from_epsg(32636)
+ORIGIN = (500_000.0, 100_000.0)
+
+
+class RedModel(torch.nn.Module):
+    """Logit of 'school' = 40 * (share of red pixels - 0.05): a red square is a school."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)  # a target layer, so grad-CAM has something to hook
+        self.target_layer = self.conv
+
+    def forward(self, x):
+        red = ((x[:, 0] > 0.8) & (x[:, 1] < 0.3)).float().mean((1, 2))
+        feat = self.conv(x).mean((1, 2, 3)) * 0
+        s = 40 * (red - 0.05) + feat
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def meta(chip=64, gsd=1.0, image_size=64):
+    return CheckpointMeta(backbone="efficientnet_lite0", image_size=image_size, chip_size=chip, gsd=gsd, threshold=0.5)
+
+
+def write_scene(path: Path, h: int, w: int, gsd: float = 1.0, squares=(), crs=UTM, nodata_rows: int = 0, seed: int = 0,
+                transform: Affine | None = None) -> Path:
+    """Grey noise with red squares (row, col, size) in pixel units; optional nodata (0) top rows."""
+    rng = np.random.default_rng(seed)
+    img = rng.integers(60, 120, (3, h, w), dtype=np.uint8)
+    for r, c, s in squares:
+        img[0, r : r + s, c : c + s] = 230
+        img[1:, r : r + s, c : c + s] = 20
+    if nodata_rows:
+        img[:, :nodata_rows] = 0
+    tf = transform or Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1])
+    prof = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs=crs, transform=tf)
+    if nodata_rows:
+        prof["nodata"] = 0
+    if w >= 256 and h >= 256:
+        prof.update(tiled=True, blockxsize=256, blockysize=256)
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(img)
+    return path
+
+
+def scan(tmp_path, scene, m=None, **kw):
+    src = list_sources([scene])[0]
+    out = tmp_path / f"{src.name}_probability.tif"
+    res = scan_scene(RedModel(), m or meta(), src, out, progress=False, **kw)
+    with rasterio.open(out) as ds:
+        return res, ds.read(1), ds.profile, ds
+
+
+def test_window_offsets_cover_every_pixel():
+    for length in (1, 63, 64, 65, 100, 128, 129, 1000):
+        offs = window_offsets(length, 64, 32)
+        covered = np.zeros(max(length, 64), bool)
+        for o in offs:
+            covered[o : o + 64] = True
+        assert covered[:length].all(), length
+        assert offs == sorted(set(offs)) and offs[0] == 0
+        assert all(o + 64 <= max(length, 64) for o in offs)
+    with pytest.raises(UserError):
+        window_offsets(100, 64, 0)
+
+
+def test_shard_no_duplicate_no_gap():
+    items = list(range(17))
+    for world in (1, 2, 3, 5):
+        parts = [shard(items, r, world) for r in range(world)]
+        flat = sorted(x for p in parts for x in p)
+        assert flat == items
+
+
+def test_gaussian_weight_peaks_in_centre_and_is_positive():
+    w = gaussian_weight(64)
+    assert w.shape == (64, 64) and w.min() > 0
+    assert w[31, 31] == w.max() and w[0, 0] == w.min()
+
+
+def test_probability_raster_matches_scene_grid_and_finds_red(tmp_path):
+    scene = write_scene(tmp_path / "s.tif", 300, 333, squares=[(100, 150, 30)])
+    res, prob, prof, _ = scan(tmp_path, scene, stride=16)
+    with rasterio.open(scene) as s:
+        assert (prof["crs"], prof["transform"], prof["width"], prof["height"]) == (s.crs, s.transform, s.width, s.height)
+    assert prof["dtype"] == "float32" and prof["nodata"] == -1
+    assert (prob >= 0).all() and (prob <= 1).all()  # every data pixel has a value, border strips included
+    assert prob[110:125, 160:175].mean() > 0.8
+    assert prob[:40, :40].max() < 0.2 and prob[-40:, -40:].max() < 0.2
+    assert res.windows == len(window_offsets(300, 64, 16)) * len(window_offsets(333, 64, 16))
+
+
+def test_resampled_scan_goes_back_to_scene_grid(tmp_path):
+    scene = write_scene(tmp_path / "fine.tif", 400, 380, gsd=0.5, squares=[(200, 200, 60)])
+    res, prob, prof, _ = scan(tmp_path, scene, m=meta(gsd=1.0))
+    assert res.scan_gsd == pytest.approx(1.0)
+    with rasterio.open(scene) as s:
+        assert (prof["crs"], prof["transform"], prof["width"], prof["height"]) == (s.crs, s.transform, s.width, s.height)
+    assert (prob >= 0).all()
+    assert prob[220:240, 220:240].mean() > 0.6
+
+
+def test_geographic_scene_is_scanned_in_utm_and_written_in_its_crs(tmp_path):
+    tf = Affine(1e-5, 0, 33.0, 0, -1e-5, 1.0)
+    scene = write_scene(tmp_path / "geo.tif", 200, 200, crs=CRS.from_epsg(4326), transform=tf, squares=[(80, 80, 40)])
+    res, prob, prof, _ = scan(tmp_path, scene)
+    assert prof["crs"] == CRS.from_epsg(4326) and prof["transform"] == tf
+    assert CRS.from_user_input("EPSG:32636") is not None and res.crs == "EPSG:4326"
+    assert (prob >= 0).all()
+    assert prob[90:110, 90:110].mean() > 0.6
+
+
+def test_nodata_is_skipped_not_scored(tmp_path):
+    scene = write_scene(tmp_path / "nd.tif", 256, 256, nodata_rows=128)
+    res, prob, _, _ = scan(tmp_path, scene, stride=32)
+    assert (prob[:128] == -1).all()
+    assert (prob[128:] >= 0).all()
+    assert res.skipped_windows > 0
+
+
+def test_small_scene_is_padded_with_warning(tmp_path):
+    scene = write_scene(tmp_path / "tiny.tif", 40, 30, squares=[(5, 5, 20)])
+    with pytest.warns(UserWarning, match="smaller than one"):
+        res, prob, prof, _ = scan(tmp_path, scene)
+    assert prob.shape == (40, 30) and (prob >= 0).all() and res.windows == 1
+
+
+def test_native_resolution_far_from_training_gsd_warns(tmp_path):
+    scene = write_scene(tmp_path / "coarse.tif", 128, 128, gsd=3.0)
+    with pytest.warns(UserWarning, match="may not transfer"):
+        res, *_ = scan(tmp_path, scene, native_resolution=True)
+    assert res.scan_gsd == pytest.approx(3.0)
+
+
+def test_scan_memory_is_a_band_of_rows(tmp_path):
+    """The blender holds chip + 256 rows, never the whole scene (the benchmark measures RSS)."""
+    from schoolvision.scan import BLOCK, _RowBlender
+
+    class Sink:
+        rows = 0
+
+        def write(self, arr, window):
+            Sink.rows += window.height
+
+    b = _RowBlender(Sink(), 100, 2000, 64)
+    for ro in window_offsets(2000, 64, 32):
+        for co in window_offsets(100, 64, 32):
+            b.add(ro, co, 0.5, np.ones((64, 64), bool))
+        assert b.acc.shape == (BLOCK + 64, 100)
+    b.finish()
+    assert Sink.rows == 2000
+
+
+# --------------------------------------------------------------------------- whole command
+
+
+@pytest.fixture
+def fake_run(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", pretrained=False)
+    run = tmp_path / "run"
+    save_checkpoint(run / "best.pt", model, meta(chip=64, image_size=64))
+    return run
+
+
+def test_cli_scan_with_a_bad_scene_and_existing_output(tmp_path, fake_run):
+    from schoolvision.cli import main
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_scene(scenes / "a.tif", 200, 150, squares=[(50, 50, 30)])
+    (scenes / "b.tif").write_bytes(b"not a tiff at all")
+    out = tmp_path / "out"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        code = main(["scan", "--run", str(fake_run), "--imagery", str(scenes), "--out", str(out), "--threshold", "0.0",
+                     "--device", "cpu", "--no-map"])
+    assert code == 2  # b.tif failed; a.tif was still scanned
+    assert (out / "a_probability.tif").is_file() and not (out / "b_probability.tif").exists()
+    assert (out / "candidates.gpkg").is_file() and (out / "candidates.geojson").is_file()
+    import json
+
+    summary = json.loads((out / "scan.json").read_text())
+    assert list(summary["failed"]) == ["b"]
+    code = main(["scan", "--run", str(fake_run), "--imagery", str(scenes / "a.tif"), "--out", str(out)])
+    assert code == 2  # refuses the existing folder
