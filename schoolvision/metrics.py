@@ -1,0 +1,164 @@
+"""Classification metrics for school / not_school, computed on P(school) with school as positive.
+
+The reference project scored its ROC curve on the max-class probability with the wrong positive
+label and selected models by accuracy on an imbalanced set. Here every metric takes the
+probability of the *school* class, the threshold is tuned on validation for F-beta, probabilities
+are calibrated by temperature scaling, and AUPRC (not accuracy) is the model-selection score.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score
+
+from . import CLASSES
+
+METRIC_KEYS = (
+    "accuracy", "precision", "recall", "f1", "f2", "roc_auc", "auprc",
+    "confusion_matrix", "threshold", "ece", "n_chips",
+)
+
+
+def fbeta(precision: float, recall: float, beta: float) -> float:
+    """F-beta from precision and recall (0 when both are 0); beta > 1 favours recall."""
+    b2 = beta * beta
+    denom = b2 * precision + recall
+    return float((1 + b2) * precision * recall / denom) if denom > 0 else 0.0
+
+
+def auprc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Area under the precision-recall curve (average precision) with school as positive."""
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(average_precision_score(labels, probs))
+
+
+def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return float("nan")
+    return float(roc_auc_score(labels, probs))
+
+
+def tune_threshold(labels: np.ndarray, probs: np.ndarray, beta: float = 1.0) -> float:
+    """Threshold on P(school) that maximises F-beta on (validation) ``labels``.
+
+    Candidates are the observed probabilities; among ties the highest threshold wins (fewest
+    false alarms at the same score). With no positives the neutral 0.5 is returned.
+    """
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    if labels.sum() == 0 or labels.sum() == len(labels):
+        return 0.5
+    precision, recall, thresholds = precision_recall_curve(labels, probs)
+    b2 = beta * beta
+    p, r = precision[:-1], recall[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        score = np.where(b2 * p + r > 0, (1 + b2) * p * r / (b2 * p + r), 0.0)
+    best = np.flatnonzero(score == score.max())
+    return float(thresholds[best[-1]])
+
+
+def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
+    """Per-bin mean P(school), observed school frequency and count (equal-width bins on [0, 1])."""
+    labels = np.asarray(labels, dtype=np.float64)
+    probs = np.asarray(probs, dtype=np.float64)
+    idx = np.clip((probs * bins).astype(int), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        conf = np.bincount(idx, weights=probs, minlength=bins) / count
+        freq = np.bincount(idx, weights=labels, minlength=bins) / count
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    return {"edges": edges, "confidence": conf, "frequency": freq, "count": count}
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> float:
+    """ECE of P(school): count-weighted mean |frequency of schools - mean P(school)| over bins."""
+    rel = reliability(labels, probs, bins)
+    used = rel["count"] > 0
+    if not used.any():
+        return float("nan")
+    gap = np.abs(rel["frequency"][used] - rel["confidence"][used])
+    return float(np.sum(gap * rel["count"][used]) / rel["count"].sum())
+
+
+def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200) -> float:
+    """Temperature T minimising the NLL of softmax(logits / T) on (validation) data.
+
+    Optimises log T with L-BFGS in float64 (deterministic); T is clamped to [0.05, 20] so a
+    degenerate validation split cannot produce an absurd scale.
+    """
+    z = torch.as_tensor(np.asarray(logits), dtype=torch.float64)
+    y = torch.as_tensor(np.asarray(labels), dtype=torch.long)
+    log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.5, max_iter=max_iter, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(z / log_t.exp(), y)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    t = float(log_t.detach().exp())
+    return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
+    """Every metric of ``metrics.json`` for P(school) ``probs`` at ``threshold`` (school = 1)."""
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    pred = (probs >= threshold).astype(int)
+    cm = confusion_matrix(labels, pred, labels=[0, 1])
+    tn, fp, fn, tp = (int(v) for v in cm.ravel())
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    return {
+        "accuracy": float((tp + tn) / max(len(labels), 1)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": fbeta(precision, recall, 1.0),
+        "f2": fbeta(precision, recall, 2.0),
+        "roc_auc": roc_auc(labels, probs),
+        "auprc": auprc(labels, probs),
+        "confusion_matrix": cm.tolist(),  # rows = true (not_school, school), columns = predicted
+        "threshold": float(threshold),
+        "ece": expected_calibration_error(labels, probs),
+        "n_chips": {CLASSES[0]: int((labels == 0).sum()), CLASSES[1]: int((labels == 1).sum())},
+    }
+
+
+def bootstrap_ci(
+    labels: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Percentile bootstrap interval for F1 and AUPRC (chips resampled with replacement).
+
+    Resamples without a positive are skipped for AUPRC (undefined there).
+    """
+    labels = np.asarray(labels).astype(int)
+    probs = np.asarray(probs, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    f1s, aps = [], []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(labels), len(labels))
+        y, p = labels[i], probs[i]
+        pred = p >= threshold
+        tp = int(np.sum(pred & (y == 1)))
+        fp = int(np.sum(pred & (y == 0)))
+        fn = int(np.sum(~pred & (y == 1)))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        if 0 < y.sum() < len(y):
+            aps.append(average_precision_score(y, p))
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    out = {"f1": [float(v) for v in np.percentile(f1s, [lo, hi])]}
+    out["auprc"] = [float(v) for v in np.percentile(aps, [lo, hi])] if aps else [float("nan")] * 2
+    return {**out, "level": level, "n_boot": n_boot}
