@@ -1,0 +1,395 @@
+"""Book tooling: repository-relative paths for chapters, and the notebook pipeline behind ``make book``.
+
+Chapters are jupytext percent scripts (``book/NN_name.py``, the only file a person edits); their
+``.ipynb`` twins are derived deterministically (cell ids from the cell index, no random ids, no
+execution timings) so that regenerating or re-executing a notebook gives a small, readable diff.
+
+Command line (what the Makefile calls)::
+
+    python -m schoolvision.book sync              # .py -> .ipynb where the code changed
+    python -m schoolvision.book execute --profile cpu [--only 02_training]
+    python -m schoolvision.book params --profile gpu 02_training > gpu_02.yaml   # flat file for papermill -f
+    python -m schoolvision.book check [--executed] # pairs in sync; executed notebooks clean
+    python -m schoolvision.book list               # notebooks in _toc.yml order
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from schoolvision.errors import UserError
+
+ROOT_MARKER = "_config.yml"
+INJECTED_TAG = "injected-parameters"
+# How the papermill-injected cell shows in the HTML: collapsed, one click away, so a reader can see
+# which profile produced the page without it interrupting the story.
+INJECTED_DISPLAY_TAG = "hide-cell"
+STRAY_OUTPUT = re.compile(r"^(Text\(|<Figure size|<Axes|\[<matplotlib|<matplotlib\.)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Paths used inside chapters
+# --------------------------------------------------------------------------------------------------
+def repo_root(start: str | Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the cwd) holding ``_config.yml``.
+
+    Papermill runs chapters from the root, nbval from ``book/`` and Jupyter from wherever it was
+    started; resolving against this folder makes all three read and write the same files.
+    """
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / ROOT_MARKER).is_file():
+            return folder
+    package_root = Path(__file__).resolve().parents[1]  # editable install inside the repository
+    if (package_root / ROOT_MARKER).is_file():
+        return package_root
+    raise UserError(f"no {ROOT_MARKER} in this folder or any parent: run from inside the schoolvision repository", here)
+
+
+def resolve(path: str | Path) -> Path:
+    """``path`` if absolute, else ``path`` under the repository root."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else repo_root() / path
+
+
+def resolve_paths(*paths: str | Path, **named: str | Path) -> Any:
+    """:func:`resolve` for several paths: positional -> tuple (one -> a Path), keywords -> namespace."""
+    if named and paths:
+        raise TypeError("resolve_paths takes positional or keyword paths, not both")
+    if named:
+        return SimpleNamespace(**{key: resolve(value) for key, value in named.items()})
+    resolved = tuple(resolve(p) for p in paths)
+    return resolved[0] if len(resolved) == 1 else resolved
+
+
+def require(path: str | Path, chapter: str) -> Path:
+    """Return the resolved ``path``; if it does not exist, say which chapter makes it.
+
+    ``chapter`` is a notebook name such as ``"01_data"`` (the message then gives the papermill
+    command) or free text naming what to run first.
+    """
+    target = resolve(path)
+    if target.exists():
+        return target
+    stem = Path(chapter).stem
+    if re.fullmatch(r"\d\d_\w+", stem):
+        how = f"run chapter {stem} first (papermill book/{stem}.ipynb book/{stem}.ipynb, or make book)"
+    else:
+        how = f"run {chapter} first"
+    raise UserError(f"not found: {how}", target)
+
+
+# --------------------------------------------------------------------------------------------------
+# Table of contents and notebook pairs
+# --------------------------------------------------------------------------------------------------
+def toc_files(root: Path | None = None) -> list[str]:
+    """Every ``file:``/``root:`` entry of ``_toc.yml`` in reading order (no extension)."""
+    import yaml
+
+    root = root or repo_root()
+    toc = yaml.safe_load((root / "_toc.yml").read_text())
+    entries: list[str] = [toc["root"]] if "root" in toc else []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if "file" in node:
+                entries.append(str(node["file"]))
+            for key in ("chapters", "sections", "parts"):
+                for child in node.get(key, []) or []:
+                    walk(child)
+        elif isinstance(node, list):
+            for child in node:
+                walk(child)
+
+    walk({key: toc[key] for key in ("chapters", "parts") if key in toc})
+    return [str(Path(entry).with_suffix("")) if Path(entry).suffix else entry for entry in entries]
+
+
+def chapter_sources(root: Path | None = None, *, existing_only: bool = True) -> list[Path]:
+    """Jupytext sources (``book/NN_name.py``) of the toc entries, in toc order."""
+    root = root or repo_root()
+    pages = [entry for entry in toc_files(root) if not (root / f"{entry}.md").exists()]
+    sources = [root / f"{entry}.py" for entry in pages]
+    return [s for s in sources if s.exists()] if existing_only else sources
+
+
+def notebook_of(source: Path) -> Path:
+    return source.with_suffix(".ipynb")
+
+
+def _code_sources(nb: Any) -> list[str]:
+    """Code cell sources, without papermill's injected cell, whitespace-normalised."""
+    return [
+        cell.source.strip()
+        for cell in nb.cells
+        if cell.cell_type == "code" and INJECTED_TAG not in cell.metadata.get("tags", [])
+    ]
+
+
+def _text_sources(nb: Any) -> list[tuple[str, str]]:
+    return [
+        (cell.cell_type, cell.source.strip())
+        for cell in nb.cells
+        if INJECTED_TAG not in cell.metadata.get("tags", [])
+    ]
+
+
+def read_source(source: Path) -> Any:
+    """The notebook jupytext derives from a percent script, with deterministic ids and metadata."""
+    import jupytext
+
+    nb = jupytext.read(source)
+    nb.metadata.pop("jupytext", None)
+    nb.metadata.setdefault(
+        "kernelspec", {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    )
+    nb.metadata["jupytext"] = {"formats": "ipynb,py:percent"}
+    return normalise(nb)
+
+
+def normalise(nb: Any) -> Any:
+    """Deterministic ids and no run-dependent metadata (timings, papermill bookkeeping)."""
+    nb.nbformat, nb.nbformat_minor = 4, 5
+    for index, cell in enumerate(nb.cells):
+        cell["id"] = f"cell-{index:03d}"
+        cell.metadata.pop("papermill", None)
+        cell.metadata.pop("execution", None)
+        tags = cell.metadata.get("tags", [])
+        if INJECTED_TAG in tags and INJECTED_DISPLAY_TAG not in tags:
+            cell.metadata["tags"] = [*tags, INJECTED_DISPLAY_TAG]
+    nb.metadata.pop("papermill", None)
+    nb.metadata.pop("widgets", None)
+    return nb
+
+
+def pair_differences(source: Path) -> list[str]:
+    """Why ``source`` and its ``.ipynb`` differ (empty when in sync)."""
+    import nbformat
+
+    notebook = notebook_of(source)
+    if not notebook.exists():
+        return [f"{notebook} is missing: run `python -m schoolvision.book sync`"]
+    expected, actual = read_source(source), nbformat.read(notebook, as_version=4)
+    problems = []
+    if _code_sources(expected) != _code_sources(actual):
+        problems.append(f"{notebook} code cells differ from {source.name}: run `python -m schoolvision.book sync`")
+    elif _text_sources(expected) != _text_sources(actual):
+        problems.append(f"{notebook} markdown differs from {source.name}: run `python -m schoolvision.book sync`")
+    return problems
+
+
+def sync(root: Path | None = None, sources: Iterable[Path] | None = None) -> list[Path]:
+    """Write each source's ``.ipynb`` where it is missing or out of date; return the written ones.
+
+    A notebook whose cells already match its source is left alone, outputs included, so that an
+    executed book is not wiped by a no-op sync.
+    """
+    import nbformat
+
+    from schoolvision.atomic import write_text
+
+    root = root or repo_root()
+    written = []
+    for source in sources if sources is not None else chapter_sources(root):
+        if not pair_differences(source):
+            continue
+        write_text(notebook_of(source), nbformat.writes(read_source(source)) + "\n")
+        written.append(notebook_of(source))
+    return written
+
+
+# --------------------------------------------------------------------------------------------------
+# Profiles and execution
+# --------------------------------------------------------------------------------------------------
+def profile_path(profile: str, root: Path | None = None) -> Path:
+    """``cpu``/``gpu``/``auto`` -> ``book/params/<name>.yaml``; anything else is a path."""
+    root = root or repo_root()
+    if profile == "auto":
+        profile = detect_profile()
+    candidate = root / "book" / "params" / f"{profile}.yaml"
+    path = candidate if profile in ("cpu", "gpu") else resolve(profile)
+    if not path.is_file():
+        raise UserError("parameter profile not found: use cpu, gpu or a YAML file", path)
+    return path
+
+
+def detect_profile() -> str:
+    """``gpu`` when CUDA is usable, else ``cpu``."""
+    import torch
+
+    return "gpu" if torch.cuda.is_available() else "cpu"
+
+
+def chapter_parameters(profile_file: Path, chapter: str, declared: Iterable[str] | None = None) -> dict:
+    """``common`` merged with the chapter's section, keeping only parameters the notebook declares."""
+    import yaml
+
+    profile = yaml.safe_load(profile_file.read_text()) or {}
+    if not isinstance(profile, dict):
+        raise UserError("a profile is a mapping: common: {...} and one section per chapter", profile_file)
+    params = {**(profile.get("common") or {}), **(profile.get(chapter) or {})}
+    if declared is not None:
+        declared = set(declared)
+        params = {key: value for key, value in params.items() if key in declared}
+    return params
+
+
+def declared_parameters(notebook: Path) -> set[str]:
+    """Names in the notebook's ``parameters`` cell (papermill's own parser)."""
+    import papermill
+
+    return set(papermill.inspect_notebook(str(notebook)))
+
+
+def execute(
+    profile: str = "auto",
+    only: Iterable[str] | None = None,
+    root: Path | None = None,
+    timings_file: Path | None = None,
+) -> dict[str, float]:
+    """Run the toc's notebooks in order with papermill, in place, from the repository root.
+
+    Stops at the first failing chapter (later chapters read its outputs). Returns seconds per chapter.
+    """
+    import nbformat
+    import papermill
+
+    from schoolvision.atomic import write_json, write_text
+
+    root = root or repo_root()
+    profile_file = profile_path(profile, root)
+    wanted = set(only or [])
+    sources = chapter_sources(root)
+    unknown = wanted - {s.stem for s in sources}
+    if unknown:
+        raise UserError(f"no chapter named {', '.join(sorted(unknown))} in _toc.yml", root / "_toc.yml")
+    # Progress bars belong in a terminal; in the published page they are stderr noise.
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    timings: dict[str, float] = {}
+    for source in sources:
+        if wanted and source.stem not in wanted:
+            continue
+        notebook = notebook_of(source)
+        if not notebook.exists():
+            raise UserError("notebook missing: run `python -m schoolvision.book sync` first", notebook)
+        params = chapter_parameters(profile_file, source.stem, declared_parameters(notebook))
+        print(f"[book] {source.stem}: {profile_file.name} {json.dumps(params, sort_keys=True)}", flush=True)
+        start = time.perf_counter()
+        try:
+            papermill.execute_notebook(
+                str(notebook), str(notebook), parameters=params, cwd=str(root), kernel_name="python3",
+                progress_bar=False, request_save_on_cell_execute=False, report_mode=False,
+            )
+        finally:
+            timings[source.stem] = round(time.perf_counter() - start, 1)
+            nb = normalise(nbformat.read(notebook, as_version=4))
+            write_text(notebook, nbformat.writes(nb) + "\n")
+        print(f"[book] {source.stem}: done in {timings[source.stem]:.0f} s", flush=True)
+    if timings_file is not None:
+        write_json(timings_file, {"profile": profile_file.name, "seconds": timings, "total": sum(timings.values())})
+    return timings
+
+
+def output_problems(notebook: Path) -> list[str]:
+    """Errors, stderr and stray ``Text(...)``/``<Figure ...>`` outputs in an executed notebook."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    problems = []
+    for index, cell in enumerate(nb.cells):
+        for output in cell.get("outputs", []):
+            where = f"{notebook.name} cell {index}"
+            if output.output_type == "error":
+                problems.append(f"{where}: {output.ename}: {output.evalue}")
+            elif output.output_type == "stream" and output.name == "stderr":
+                problems.append(f"{where}: stderr output: {output.text.strip()[:120]!r}")
+            elif output.output_type == "execute_result":
+                text = output.get("data", {}).get("text/plain", "")
+                if STRAY_OUTPUT.match(text):
+                    problems.append(f"{where}: stray output {text[:60]!r} (end the plot line with ';')")
+    return problems
+
+
+def check(root: Path | None = None, executed: bool = False) -> list[str]:
+    """Every problem with the book's notebooks: unsynced pairs, and (executed) bad outputs."""
+    root = root or repo_root()
+    problems = []
+    for source in chapter_sources(root, existing_only=False):
+        if not source.exists():
+            problems.append(f"{source.relative_to(root)} listed in _toc.yml does not exist")
+            continue
+        problems += pair_differences(source)
+        if executed and notebook_of(source).exists():
+            problems += output_problems(notebook_of(source))
+    return problems
+
+
+def flat_parameters(profile: str, chapter: str, root: Path | None = None) -> str:
+    """A flat YAML of one chapter's parameters in a profile, for ``papermill -f``."""
+    import yaml
+
+    root = root or repo_root()
+    notebook = root / "book" / f"{chapter}.ipynb"
+    declared = declared_parameters(notebook) if notebook.exists() else None
+    params = chapter_parameters(profile_path(profile, root), chapter, declared)
+    return yaml.safe_dump(copy.deepcopy(params), sort_keys=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m schoolvision.book", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("sync", help="write .ipynb from the jupytext sources where they differ")
+    p_exec = sub.add_parser("execute", help="run the chapters with papermill, in place")
+    p_exec.add_argument("--profile", default="auto", help="cpu, gpu, auto (default) or a YAML file")
+    p_exec.add_argument("--only", nargs="*", default=None, help="chapter names, e.g. 02_training")
+    p_exec.add_argument("--timings", type=Path, default=None, help="write seconds per chapter to this JSON")
+    p_params = sub.add_parser("params", help="print one chapter's flat parameters (for papermill -f)")
+    p_params.add_argument("--profile", default="auto")
+    p_params.add_argument("chapter")
+    p_check = sub.add_parser("check", help="fail when a pair is out of sync (or an executed notebook is dirty)")
+    p_check.add_argument("--executed", action="store_true", help="also check outputs of executed notebooks")
+    sub.add_parser("list", help="print the notebooks in _toc.yml order")
+    sub.add_parser("profile", help="print the profile `auto` picks on this machine")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "sync":
+            for path in sync():
+                print(f"[book] wrote {path.relative_to(repo_root())}")
+        elif args.command == "execute":
+            execute(args.profile, args.only, timings_file=args.timings)
+        elif args.command == "params":
+            sys.stdout.write(flat_parameters(args.profile, args.chapter))
+        elif args.command == "check":
+            problems = check(executed=args.executed)
+            for problem in problems:
+                print(f"[book] {problem}", file=sys.stderr)
+            return 1 if problems else 0
+        elif args.command == "list":
+            root = repo_root()
+            print(" ".join(str(notebook_of(s).relative_to(root)) for s in chapter_sources(root)))
+        elif args.command == "profile":
+            print(detect_profile())
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except Exception as error:  # papermill's execution error: the notebook on disk shows the traceback
+        if type(error).__name__ != "PapermillExecutionError":
+            raise
+        print(f"error: a chapter failed: {error.ename}: {error.evalue} (cell {error.exec_count}; "
+              "its traceback is in the notebook's outputs)", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,125 @@
+"""The key numbers of a book build, read from the run folders' JSON (never typed by hand).
+
+The results page (``book/07_results``) shows them next to the reference project's published
+figures; a test checks that the page shows exactly what the JSON files hold.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+# Figures published by the project this one follows, on its own data (real imagery of Colombian
+# schools). A different data set: they say what a good result looks like, they are not a target.
+REFERENCE = pd.DataFrame(
+    [
+        ("test accuracy", "about 0.84", "chip classifier, held-out tiles"),
+        ("school F1", "about 0.77-0.80", "chip classifier, held-out tiles"),
+    ],
+    columns=["metric", "reference value", "what"],
+)
+
+# Sub-trees that are settings or lists rather than results.
+SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messages", "table", "table_all_school_chips",
+                       "files", "labelling", "scenes"})
+
+
+@dataclass(frozen=True)
+class Source:
+    """One results file: which page section it feeds and which chapter writes it."""
+
+    section: str
+    path: Path
+    chapter: str
+
+
+@dataclass
+class Results:
+    """Key numbers (one row per metric), extra tables, and what could not be found."""
+
+    key_numbers: pd.DataFrame
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+
+    def to_markdown(self, digits: int = 3) -> str:
+        """The key numbers as a Markdown table (what the results page displays)."""
+        lines = ["| section | metric | value | file |", "| --- | --- | --- | --- |"]
+        for row in self.key_numbers.itertuples(index=False):
+            lines.append(f"| {row.section} | {row.metric} | {format_value(row.value, digits)} | `{row.file}` |")
+        return "\n".join(lines) + "\n"
+
+
+def format_value(value: Any, digits: int = 3) -> str:
+    """Integers as they are, floats rounded to ``digits``, missing as an em dash."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int):
+        return str(value)
+    return f"{float(value):.{digits}f}"
+
+
+def flatten_numbers(obj: dict, prefix: str = "", depth: int = 2) -> dict[str, float | int]:
+    """Numeric leaves of a JSON object as ``{"a.b": value}``, ``depth`` levels deep, settings skipped."""
+    out: dict[str, float | int] = {}
+    for key, value in obj.items():
+        if key in SKIP_KEYS:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, (int, float)):
+            out[name] = value
+        elif isinstance(value, dict) and depth > 1:
+            out.update(flatten_numbers(value, f"{name}.", depth - 1))
+    return out
+
+
+def default_sources(
+    run_dir: str | Path = "runs/quick",
+    gradcam_dir: str | Path = "outputs/gradcam",
+    clustering_dir: str | Path = "outputs/clustering",
+    mapping_dir: str | Path = "outputs/mapping",
+) -> list[Source]:
+    """The four results files of a build, in book order."""
+    return [
+        Source("test metrics", Path(run_dir) / "metrics.json", "02_training"),
+        Source("explanation faithfulness", Path(gradcam_dir) / "faithfulness.json", "03_gradcam"),
+        Source("clustering", Path(clustering_dir) / "summary.json", "05_clustering"),
+        Source("scan", Path(mapping_dir) / "evaluation.json", "06_mapping"),
+    ]
+
+
+def gather_results(sources: list[Source], root: str | Path | None = None) -> Results:
+    """Read every source that exists; list the others in ``missing`` with the chapter that writes them.
+
+    ``root`` is used only to shorten the file names shown on the page.
+    """
+    rows, tables, missing = [], {}, []
+    for source in sources:
+        shown = _shown(source.path, root)
+        if not source.path.is_file():
+            missing.append(f"{source.section}: {shown} not found (written by chapter {source.chapter})")
+            continue
+        data = json.loads(source.path.read_text())
+        rows += [(source.section, metric, value, shown) for metric, value in flatten_numbers(data).items()]
+        table = data.get("table") if isinstance(data, dict) else None
+        if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
+            tables[source.section] = pd.DataFrame.from_dict(table, orient="index")
+    frame = pd.DataFrame(rows, columns=["section", "metric", "value", "file"])
+    return Results(frame, tables, missing)
+
+
+def _shown(path: Path, root: str | Path | None) -> str:
+    if root is not None:
+        try:
+            return Path(path).resolve().relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return Path(path).as_posix()
