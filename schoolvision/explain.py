@@ -1,0 +1,477 @@
+"""Why does the model call a chip a school? CAM methods, guided backprop and SHAP, as heatmaps.
+
+Every explainer is a context manager (hooks are released on exit, so explaining thousands of chips
+does not leak) that yields a callable ``maps = explain(x)``: ``x`` is a batch of RGB chips in
+[0, 1], shape (B, 3, H, W), ``maps`` a float32 array (B, H, W) in which positive values are
+evidence *for* the target class. CAM maps are in [0, 1]; SHAP maps are signed.
+
+The layer is the model's own ``target_layer`` (never chosen from labels), or one the user names.
+The target is the log-odds of the class (``logit[c] - logit[other]``): that is what moves
+P(school), whereas the raw school logit also rewards features shared with ``not_school``.
+
+:func:`explain_chips` runs a method over a chips folder and writes georeferenced heatmaps, PNG
+overlays, galleries and the faithfulness table (see :mod:`schoolvision.faithfulness`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import CLASSES, SCHOOL
+from .errors import UserError
+from .models import conv_layer_names
+
+Explain = Callable[[torch.Tensor], np.ndarray]
+
+METHODS: dict[str, str] = {
+    "gradcam": "Grad-CAM: channel weights from the mean gradient at the last conv block",
+    "gradcam++": "Grad-CAM++: second-order channel weights, better for several objects",
+    "eigencam": "EigenCAM: first principal component of the activations (gradient-free)",
+    "guided-backprop": "guided backpropagation: positive gradients to the input pixels",
+    "guided-gradcam": "guided backprop times Grad-CAM: fine detail, class-discriminative",
+    "shap": "SHAP GradientExplainer (expected gradients) against a training background",
+}
+CAM_METHODS = ("gradcam", "gradcam++", "eigencam")
+# Activations whose backward pass guided backprop rectifies.
+GUIDED_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.Hardswish, nn.SiLU, nn.GELU)
+
+
+def check_method(name: str) -> str:
+    """Return ``name`` if it is a known method, else a :class:`UserError` listing them."""
+    if name not in METHODS:
+        raise UserError(f"unknown explanation method {name!r}; available: {', '.join(METHODS)}")
+    return name
+
+
+def class_index(target_class: str | int) -> int:
+    """Index of a class given by name (``school``) or number."""
+    if isinstance(target_class, int) or str(target_class).isdigit():
+        idx = int(target_class)
+        if 0 <= idx < len(CLASSES):
+            return idx
+    elif target_class in CLASSES:
+        return CLASSES.index(target_class)
+    raise UserError(f"unknown target class {target_class!r}; available: {', '.join(CLASSES)}")
+
+
+def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
+    """The layer to explain: the model's ``target_layer`` unless ``name`` is given."""
+    if name is None:
+        return model.target_layer_name, model.target_layer
+    modules = dict(model.named_modules())
+    if not name or name not in modules:
+        raise UserError(f"layer {name!r} is not in the model; convolutional layers: {', '.join(conv_layer_names(model))}")
+    return name, modules[name]
+
+
+class LogOddsTarget:
+    """pytorch-grad-cam target: ``logit[c] - logsumexp(other logits)`` (the log-odds of class c)."""
+
+    def __init__(self, category: int):
+        self.category = category
+
+    def __call__(self, output: torch.Tensor) -> torch.Tensor:
+        out = output if output.ndim == 2 else output[None]
+        others = torch.cat([out[:, : self.category], out[:, self.category + 1 :]], dim=1)
+        score = out[:, self.category] - torch.logsumexp(others, dim=1)
+        return score if output.ndim == 2 else score[0]
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """Eval mode and no parameter gradients (explanations need input or activation gradients only)."""
+    was_training = model.training
+    flags = [p.requires_grad for p in model.parameters()]
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in zip(model.parameters(), flags):
+            p.requires_grad_(flag)
+        model.train(was_training)
+
+
+@contextlib.contextmanager
+def graph_from(layer: nn.Module) -> Iterator[dict]:
+    """Start the autograd graph at ``layer``'s output: CAM gradients then cost a head's backward only.
+
+    Must be entered before the CAM object registers its own hooks (they see the new leaf tensor).
+    Yields a switch: set ``switch["on"] = False`` for a pass that needs gradients down to the input.
+    """
+    switch = {"on": True}
+
+    def hook(module, inputs, output):
+        return output.detach().requires_grad_(True) if switch["on"] else None
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        yield switch
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def guided_activations(model: nn.Module) -> Iterator[None]:
+    """Guided backprop: only positive gradients pass back through each activation.
+
+    A forward hook clamps the gradient arriving at every activation's output; the activation's own
+    derivative then masks negative inputs. In-place activations are switched off while active
+    (their outputs cannot carry hooks) and restored on exit.
+    """
+    handles, inplace = [], []
+    for m in model.modules():
+        if isinstance(m, GUIDED_ACTIVATIONS):
+            if getattr(m, "inplace", False):
+                inplace.append(m)
+                m.inplace = False
+            handles.append(m.register_forward_hook(_clamp_gradient))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        for m in inplace:
+            m.inplace = True
+
+
+def _clamp_gradient(module, inputs, output):
+    if output.requires_grad:
+        output.register_hook(lambda g: g.clamp(min=0))
+
+
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """Scale each map to [0, 1] by its maximum (negative values clipped)."""
+    maps = np.clip(maps, 0, None)
+    peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
+    return (maps / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+
+
+def guided_backprop(model: nn.Module, x: torch.Tensor, target: int = SCHOOL) -> np.ndarray:
+    """Guided-backprop gradients of the class log-odds w.r.t. the input, (B, 3, H, W)."""
+    device = next(model.parameters()).device
+    with frozen(model), guided_activations(model):
+        x = x.to(device).clone().requires_grad_(True)
+        score = LogOddsTarget(target)(model(x)).sum()
+        (grad,) = torch.autograd.grad(score, x)
+    return grad.detach().cpu().numpy().astype(np.float32)
+
+
+def saliency_from_gradients(grad: np.ndarray) -> np.ndarray:
+    """A (B, H, W) map in [0, 1] from input gradients: the largest positive channel gradient."""
+    return _normalise(grad.max(axis=1))
+
+
+@contextlib.contextmanager
+def explainer(
+    model: nn.Module,
+    method: str,
+    *,
+    layer: str | None = None,
+    target: int = SCHOOL,
+    background: torch.Tensor | None = None,
+    shap_nsamples: int = 32,
+    seed: int = 0,
+) -> Iterator[Explain]:
+    """Context manager yielding ``explain(x) -> maps (B, H, W) float32`` for ``method``.
+
+    ``background`` (chips from the training split) is needed by ``shap`` only.
+    """
+    from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+
+    check_method(method)
+    _, module = resolve_layer(model, layer)
+    device = next(model.parameters()).device
+    cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "guided-gradcam": GradCAM}.get(method)
+
+    if method == "shap":
+        from .shap_explain import gradient_shap
+
+        if background is None:
+            raise UserError("the shap method needs background chips (from the training split)")
+
+        def explain_shap(x: torch.Tensor) -> np.ndarray:
+            values = gradient_shap(model, x, background, nsamples=shap_nsamples, seed=seed, target=target, layer=layer)
+            return values.sum(axis=1).astype(np.float32) if values.ndim == 4 else values
+
+        with frozen(model):
+            yield explain_shap
+        return
+
+    if method == "guided-backprop":
+        yield lambda x: saliency_from_gradients(guided_backprop(model, x, target))
+        return
+
+    with frozen(model), graph_from(module) as switch, cam_class(model=model, target_layers=[module]) as cam:
+
+        def explain_cam(x: torch.Tensor) -> np.ndarray:
+            x = x.to(device)
+            maps = cam(x, targets=[LogOddsTarget(target)] * len(x)).astype(np.float32)
+            cam.activations_and_grads.clear()  # drop the batch's activations now, not at the next call
+            if method == "guided-gradcam":
+                switch["on"] = False
+                try:
+                    maps = _normalise(saliency_from_gradients(guided_backprop(model, x, target)) * maps)
+                finally:
+                    switch["on"] = True
+                    cam.activations_and_grads.clear()
+            return maps
+
+        yield explain_cam
+
+
+def explain_batch(model: nn.Module, x: torch.Tensor, method: str, **kwargs) -> np.ndarray:
+    """One-shot convenience: maps (B, H, W) for ``x`` (opens and closes the explainer)."""
+    with explainer(model, method, **kwargs) as explain:
+        return explain(x)
+
+
+def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize of (B, h, w) maps to the chips' native grid."""
+    if maps.shape[-2:] == (height, width):
+        return maps.astype(np.float32)
+    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
+    return F.interpolate(t, size=(height, width), mode="bilinear", align_corners=False)[:, 0].numpy()
+
+
+# --- running over a chips folder ---------------------------------------------------------------
+
+NODATA = -9999.0
+
+
+@dataclass
+class ExplainConfig:
+    """Parameters of ``schoolvision explain`` (one folder per method under ``out_dir``)."""
+
+    run: Path
+    chips_dir: Path
+    out_dir: Path
+    methods: list[str] = field(default_factory=lambda: ["gradcam"])
+    split: str = "test"
+    limit: int | None = None
+    layer: str | None = None
+    target_class: str = "school"
+    batch_size: int = 16
+    device: str = "auto"
+    seed: int = 0
+    background_size: int = 16
+    shap_nsamples: int = 32
+    gallery_size: int = 6
+    write_maps: bool = True
+    overwrite: bool = False
+
+
+@dataclass
+class ExplainSummary:
+    """What :func:`explain_chips` did: the faithfulness table and where the files are."""
+
+    out_dir: Path
+    n_chips: int
+    methods: list[str]
+    table: dict[str, dict[str, float]]
+    table_all_schools: dict[str, dict[str, float]]
+    outcomes: dict[str, int]
+    records: list[dict] = field(repr=False, default_factory=list)
+
+
+def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise UserError("output folder is not empty; use --overwrite or another --out", out_dir)
+
+
+def _load_schools(chips_dir: Path):
+    """School footprints of a chips folder (``dataset.json`` -> ``schools``), or None."""
+    import geopandas as gpd
+
+    meta_path = chips_dir / "dataset.json"
+    name = "schools.geojson"
+    if meta_path.is_file():
+        name = json.loads(meta_path.read_text()).get("schools") or name
+    path = chips_dir / name
+    return gpd.read_file(path) if path.is_file() else None
+
+
+def _select(n: int, limit: int | None, seed: int) -> list[int]:
+    if limit is None or limit >= n:
+        return list(range(n))
+    return sorted(np.random.default_rng(seed).choice(n, size=limit, replace=False).tolist())
+
+
+def explain_chips(config: ExplainConfig) -> ExplainSummary:
+    """Explain every chip of a split with each method; write maps, galleries and faithfulness.json."""
+    from tqdm.auto import tqdm
+
+    from . import faithfulness as fm
+    from .atomic import write_json
+    from .checkpoint import load_classifier
+    from .dataset import ChipDataset
+    from .device import resolve_device
+
+    for m in config.methods:
+        check_method(m)
+    if config.limit is not None and config.limit <= 0:
+        raise UserError(f"--limit must be a positive number of chips (got {config.limit})")
+    target = class_index(config.target_class)
+    out_dir = Path(config.out_dir)
+    chips_dir = Path(config.chips_dir)
+    device = resolve_device(config.device)
+    model, meta = load_classifier(config.run, device)
+    layer_name, _ = resolve_layer(model, config.layer)
+    ds = ChipDataset(chips_dir, split=config.split, image_size=meta.image_size)
+    if len(ds) == 0:
+        raise UserError(f"split {config.split!r} has no chips; choose another --split", chips_dir)
+    _check_out_dir(out_dir, config.overwrite)
+    indices = _select(len(ds), config.limit, config.seed)
+    schools = _load_schools(chips_dir)
+    if schools is None:
+        warnings.warn(f"{chips_dir}: no schools.geojson, so no footprint metrics (pointing game, energy share)", stacklevel=2)
+    background = None
+    if "shap" in config.methods:
+        from .shap_explain import background_from_split
+
+        background = background_from_split(chips_dir, meta.image_size, config.background_size, config.seed).to(device)
+
+    rng = np.random.default_rng(config.seed)
+    records: list[dict] = []
+    gallery: dict[str, dict[str, list]] = {m: {"TP": [], "FP": [], "FN": []} for m in config.methods}
+    seconds: dict[str, float] = {m: 0.0 for m in config.methods}
+    warned_crs = False
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=config.batch_size, shuffle=False)
+    explainers = contextlib.ExitStack()
+    with explainers:
+        explain_fns = {
+            m: explainers.enter_context(
+                explainer(model, m, layer=config.layer, target=target, background=background,
+                          shap_nsamples=config.shap_nsamples, seed=config.seed)
+            )
+            for m in config.methods
+        }
+        for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
+            x = batch["image"].to(device)
+            with torch.no_grad():
+                prob = torch.softmax(model(x) / meta.temperature, dim=1)[:, SCHOOL].cpu().numpy()
+            maps_by_method = {}
+            for m, fn in explain_fns.items():
+                start = time.perf_counter()
+                maps_by_method[m] = fn(x)
+                seconds[m] += time.perf_counter() - start
+            chips = [ds.read_chip(int(i)) for i in batch["index"]]
+            georefs = [ds.georef(int(i)) for i in batch["index"]]
+            baselines_in = {"random": fm.random_maps(x.shape[0], x.shape[-2:], rng), "centre-gaussian": fm.centre_gaussian(x.shape[0], x.shape[-2:])}
+            for b, idx in enumerate(batch["index"].tolist()):
+                row = ds.frame.iloc[idx]
+                label = int(batch["label"][b])
+                pred = int(prob[b] >= meta.threshold)
+                outcome = {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(label, pred)]
+                chip = chips[b]
+                crs, transform = georefs[b]
+                mask = None
+                if schools is not None and crs is not None and label == 1:
+                    from .labels import footprint_mask
+
+                    mask = footprint_mask(schools, crs, transform, chip.shape[-2:])
+                    mask = mask if mask.any() else None
+                for name, maps in {**maps_by_method, **baselines_in}.items():
+                    is_method = name in maps_by_method
+                    heat = resize_maps(maps[b : b + 1], *chip.shape[-2:])[0]
+                    rec = {"chip_id": str(row["chip_id"]), "method": name, "label": label, "prob": float(prob[b]),
+                           "pred": pred, "outcome": outcome, "has_footprint": mask is not None}
+                    if mask is not None:
+                        rec["pointing_game"] = fm.pointing_game(heat, mask)
+                        rec["energy_share"] = fm.energy_share(heat, mask)
+                    if is_method and config.write_maps:
+                        if not warned_crs and crs is None:
+                            warnings.warn(f"{chips_dir}: chips have no CRS; heatmaps written as plain PNG, not georeferenced", stacklevel=2)
+                            warned_crs = True
+                        rec["heatmap"] = _write_heatmap(out_dir / name, str(row["chip_id"]), heat, crs, transform)
+                        rec["overlay"] = _write_overlay(out_dir / name, str(row["chip_id"]), chip, heat, name)
+                    if is_method and outcome in gallery[name] and len(gallery[name][outcome]) < config.gallery_size:
+                        gallery[name][outcome].append((str(row["chip_id"]), chip, heat, mask, float(prob[b])))
+                    records.append(rec)
+            # ROAD on the school chips of the batch (model input grid)
+            school = np.flatnonzero(batch["label"].numpy() == 1)
+            if len(school):
+                for name, maps in {**maps_by_method, **baselines_in}.items():
+                    drops = fm.road_drop(model, x[school], maps[school], target)
+                    for k, b in enumerate(school):
+                        rec = _find(records, name, str(ds.frame.iloc[int(batch["index"][b])]["chip_id"]))
+                        rec["road_drop"] = float(drops[k])
+    n = len(indices)
+    spc = {m: seconds[m] / n for m in config.methods}
+    table = fm.summarise(records, spc, subset="correct_school")
+    table_all = fm.summarise(records, spc, subset="school")
+    outcomes = {k: sum(1 for r in records if r["method"] == config.methods[0] and r["outcome"] == k) for k in ("TP", "FP", "FN", "TN")}
+    if config.write_maps:
+        from .plotting.explain import save_gallery
+
+        for m in config.methods:
+            for outcome, items in gallery[m].items():
+                if items:
+                    save_gallery(out_dir / m / f"gallery_{outcome.lower()}.png", items, title=f"{m}: {outcome} ({config.split} split)")
+    write_json(out_dir / "faithfulness.json", {
+        "run": str(config.run), "chips_dir": str(chips_dir), "split": config.split, "n_chips": n,
+        "layer": layer_name, "target_class": CLASSES[target], "threshold": meta.threshold,
+        "outcomes": outcomes, "subset": "correctly classified school chips with a footprint",
+        "table": table, "table_all_school_chips": table_all,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
+    })
+    _write_records(out_dir / "explanations.csv", records)
+    return ExplainSummary(out_dir, n, list(config.methods), table, table_all, outcomes, records)
+
+
+def _find(records: list[dict], method: str, chip_id: str) -> dict:
+    for rec in reversed(records):
+        if rec["method"] == method and rec["chip_id"] == chip_id:
+            return rec
+    raise KeyError((method, chip_id))  # pragma: no cover
+
+
+def _write_heatmap(folder: Path, chip_id: str, heat: np.ndarray, crs, transform) -> str:
+    """A float32 single-band GeoTIFF on the chip's grid, or a plain 8-bit PNG without a CRS."""
+    if crs is None:
+        from PIL import Image
+
+        from .atomic import atomic_path
+
+        path = folder / "heatmaps" / f"{chip_id}.png"
+        scale = max(float(np.abs(heat).max()), 1e-12)
+        img = np.clip(heat / scale * 127.5 + 127.5 if heat.min() < 0 else heat / scale * 255, 0, 255).astype(np.uint8)
+        with atomic_path(path) as tmp:
+            Image.fromarray(img).save(tmp)
+        return f"heatmaps/{chip_id}.png"
+    from .gis import write_geotiff
+
+    write_geotiff(folder / "heatmaps" / f"{chip_id}.tif", heat.astype(np.float32), crs, transform, nodata=NODATA,
+                  band_names=["evidence for class"])
+    return f"heatmaps/{chip_id}.tif"
+
+
+def _write_overlay(folder: Path, chip_id: str, chip: np.ndarray, heat: np.ndarray, method: str) -> str:
+    from PIL import Image
+
+    from .atomic import atomic_path
+    from .plotting.explain import overlay_rgb
+
+    with atomic_path(folder / "overlays" / f"{chip_id}.png") as tmp:
+        Image.fromarray(overlay_rgb(chip, heat, signed=method == "shap")).save(tmp)
+    return f"overlays/{chip_id}.png"
+
+
+def _write_records(path: Path, records: list[dict]) -> None:
+    import pandas as pd
+
+    from .atomic import write_text
+
+    write_text(path, pd.DataFrame(records).to_csv(index=False))
