@@ -1,0 +1,141 @@
+"""Chip extraction: labels, spatial splits, georeference and pixels that match the scene."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+from rasterio.windows import Window
+
+from fixtures import make_towns, write_scene
+from schoolvision.chips import CSV_COLUMNS, ChipConfig, make_chips
+from schoolvision.errors import UserError
+
+SMALL = dict(chip_size=64, stride=32)
+
+
+@pytest.fixture(scope="module")
+def towns(tmp_path_factory):
+    root = tmp_path_factory.mktemp("towns")
+    scenes, schools = make_towns(root)
+    out = root / "chips"
+    summary = make_chips([scenes], schools, out, ChipConfig(**SMALL))
+    return scenes, schools, out, summary
+
+
+def check_chips_match_scenes(out):
+    """Every chip lies inside its scene and equals the scene's pixels at its window (native GSD)."""
+    meta = json.loads((out / "dataset.json").read_text())
+    frame = pd.read_csv(out / "chips.csv", keep_default_na=False)
+    cs = meta["chip_size"]
+    for scene, rows in frame.groupby("scene"):
+        with rasterio.open(meta["scenes"][scene]["path"]) as src:
+            b = src.bounds
+            for r in rows.itertuples():
+                assert b.left <= r.minx < r.maxx <= b.right and b.bottom <= r.miny < r.maxy <= b.top
+                expected = src.read((1, 2, 3), window=Window(r.col_off, r.row_off, cs, cs))
+                with rasterio.open(out / r.path) as chip:
+                    assert chip.crs == src.crs and chip.shape == (cs, cs)
+                    assert np.allclose(chip.bounds, (r.minx, r.miny, r.maxx, r.maxy))
+                    assert np.array_equal(chip.read(), expected)
+    return frame
+
+
+def test_both_classes_in_every_split_and_test_is_a_whole_town(towns):
+    _, _, out, summary = towns
+    frame = pd.read_csv(out / "chips.csv", keep_default_na=False)
+    assert list(frame.columns) == CSV_COLUMNS
+    for split in ("train", "val", "test"):
+        assert set(frame[frame.split == split].label) == {"school", "not_school"}
+        assert summary.counts[split]["school"] > 0
+    assert set(frame[frame.split == "test"].scene) == {"town_02"}
+    assert set(frame[frame.split == "val"].scene) == {"town_01"}
+    for r in frame.itertuples():
+        assert r.path == f"{r.split}/{r.label}/{r.chip_id}.tif" and (out / r.path).is_file()
+    school = frame[frame.label == "school"]
+    assert ((school.school_fraction >= 0.5) | (school.school_cover >= 0.25)).all()
+    assert (frame[frame.label == "not_school"].school_cover == 0).all()
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["counts"] == summary.counts and meta["schools"] == "schools.geojson" and meta["gsd"] == 1.0
+    assert (out / "schools.geojson").is_file()
+
+
+def test_chip_pixels_and_bounds_equal_the_scene(towns):
+    check_chips_match_scenes(towns[2])
+
+
+def test_train_negatives_undersampled(towns):
+    frame = pd.read_csv(towns[2] / "chips.csv", keep_default_na=False)
+    train = frame[frame.split == "train"]
+    assert (train.label == "not_school").sum() <= 3 * (train.label == "school").sum()
+    assert towns[3].skipped.get("ambiguous", 0) > 0
+
+
+def test_same_inputs_give_same_chips_and_reuse(towns, tmp_path):
+    scenes, schools, out, _ = towns
+    again = make_chips([scenes], schools, tmp_path / "again", ChipConfig(**SMALL))
+    assert (tmp_path / "again" / "chips.csv").read_bytes() == (out / "chips.csv").read_bytes()
+    assert make_chips([scenes], schools, out, ChipConfig(**SMALL)).reused
+    assert not again.reused
+
+
+def test_single_scene_split_by_blocks_without_overlap(tmp_path):
+    schools_px = [(r, c, 40) for r in (30, 200, 330) for c in (30, 200, 330)]
+    polys = write_scene(tmp_path / "one.tif", size=400, schools_px=schools_px)
+    import geopandas as gpd
+
+    gpd.GeoDataFrame(geometry=polys, crs="EPSG:32636").to_file(tmp_path / "s.geojson", driver="GeoJSON")
+    out = tmp_path / "chips"
+    make_chips([tmp_path / "one.tif"], tmp_path / "s.geojson", out, ChipConfig(**SMALL, block_size=128))
+    frame = check_chips_match_scenes(out)
+    assert set(frame.split) == {"train", "val", "test"}
+    boxes = {s: frame[frame.split == s][["minx", "miny", "maxx", "maxy"]].to_numpy() for s in ("train", "val", "test")}
+    for a in ("train", "val", "test"):
+        for b in ("train", "val", "test"):
+            if a < b:
+                for p in boxes[a]:
+                    q = boxes[b]
+                    overlap = (np.minimum(p[2], q[:, 2]) > np.maximum(p[0], q[:, 0])) & (
+                        np.minimum(p[3], q[:, 3]) > np.maximum(p[1], q[:, 1]))
+                    assert not overlap.any()
+
+
+def test_interrupted_run_leaves_nothing(towns, tmp_path, monkeypatch):
+    import schoolvision.chips as chips_mod
+
+    calls = {"n": 0}
+    real = chips_mod.write_geotiff
+
+    def failing(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 5:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(chips_mod, "write_geotiff", failing)
+    with pytest.raises(KeyboardInterrupt):
+        make_chips([towns[0]], towns[1], tmp_path / "out", ChipConfig(**SMALL))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_scene_overrides_and_unknown_scene(towns, tmp_path):
+    scenes, schools, _, _ = towns
+    s = make_chips([scenes], schools, tmp_path / "o", ChipConfig(**SMALL, test_scenes=("town_00",), val_scenes=("town_02",)))
+    assert s.scenes["town_00"]["split"] == "test" and s.scenes["town_01"]["split"] == "train"
+    with pytest.raises(UserError, match="unknown scenes"):
+        make_chips([scenes], schools, tmp_path / "p", ChipConfig(**SMALL, test_scenes=("nope",)))
+
+
+def test_demo_chips_both_classes_per_split_and_pixels_match(request):
+    pytest.importorskip("schoolvision.synthetic")
+    out = request.getfixturevalue("chips_dir")
+    frame = check_chips_match_scenes(out)
+    meta = json.loads((out / "dataset.json").read_text())
+    scenes = sorted(meta["scenes"])
+    for split in ("train", "val", "test"):
+        assert set(frame[frame.split == split].label) == {"school", "not_school"}
+    assert set(frame[frame.split == "test"].scene) == {scenes[-1]}
+    assert meta["scenes"][scenes[-1]]["split"] == "test"
