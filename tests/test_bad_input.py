@@ -31,12 +31,12 @@ def run_chips(tmp_path, capsys, imagery, schools, *extra, out=None):
     return rc, err, out
 
 
-def assert_refused(rc, err, out, name):
+def assert_refused(rc, err, out, name, existing=False):
     assert rc == 2
     lines = [line for line in err.splitlines() if line.strip()]
     assert len(lines) == 1 and "Traceback" not in err, err
     assert str(name) in lines[0], lines[0]
-    assert not out.exists() or (out / "dataset.json").is_file()  # nothing new or half-written
+    assert existing or not out.exists()  # nothing new or half-written
     assert not [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.")]
 
 
@@ -135,7 +135,7 @@ def test_out_folder_with_different_dataset_needs_overwrite(tmp_path, capsys, tow
     assert rc == 0
     before = (out / "chips.csv").read_bytes()
     rc, err, out = run_chips(tmp_path, capsys, [towns[0]], towns[1], "--seed", "1", "--negative-ratio", "1")
-    assert_refused(rc, err, out, out)
+    assert_refused(rc, err, out, out, existing=True)
     assert (out / "chips.csv").read_bytes() == before
     rc, err, out = run_chips(tmp_path, capsys, [towns[0]], towns[1], "--negative-ratio", "1", "--overwrite")
     assert rc == 0 and (out / "chips.csv").read_bytes() != before
@@ -143,5 +143,5 @@ def test_out_folder_with_different_dataset_needs_overwrite(tmp_path, capsys, tow
     other.mkdir()
     (other / "notes.txt").write_text("mine")
     rc, err, _ = run_chips(tmp_path, capsys, [towns[0]], towns[1], out=other)
-    assert_refused(rc, err, other, other)
+    assert_refused(rc, err, other, other, existing=True)
     assert (other / "notes.txt").read_text() == "mine"
