@@ -1,0 +1,122 @@
+"""Feature extraction: shapes, agreement with the model, subsets and the on-disk cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from schoolvision.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.errors import UserError
+from schoolvision.features import FeatureConfig, extract_features, load_features, subset_mask
+from schoolvision.models import build_model
+
+
+@pytest.fixture(scope="session")
+def small_chips(tmp_path_factory):
+    """Three 256 px towns (two bright-square schools each) cut into 64 px chips: one town per split."""
+    from fixtures import make_towns
+
+    from schoolvision.chips import ChipConfig, make_chips
+
+    root = tmp_path_factory.mktemp("cluster_data")
+    scenes, schools = make_towns(root, n=3, size=256)
+    make_chips([scenes], schools, root / "chips", ChipConfig(chip_size=64))
+    return root / "chips"
+
+
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """A fake run folder: ImageNet efficientnet_lite0 with an untrained head, saved as best.pt at 32 px."""
+    run = tmp_path_factory.mktemp("cluster_run")
+    torch.manual_seed(0)
+    save_checkpoint(run / "best.pt", build_model("efficientnet_lite0", pretrained=True), CheckpointMeta("efficientnet_lite0", 32, 64, 1.0))
+    return run
+
+
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, n: int, size: int = 32, seed: int = 0):
+        self.x = torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return {"image": self.x[i], "label": 0, "index": i}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("efficientnet_lite0", pretrained=False).eval()
+
+
+def test_extract_matches_embed_and_head(model):
+    ds = _Images(7)
+    vectors, prob, index, thumbs = extract_features(model, ds, batch_size=3, temperature=2.0, progress=False)
+    assert vectors.shape == (7, model.feature_dim) and vectors.dtype == np.float32
+    assert index.tolist() == list(range(7))
+    assert thumbs.shape == (7, 48, 48, 3) and thumbs.dtype == np.uint8
+    with torch.no_grad():
+        emb = model.embed(ds.x)
+        want = torch.softmax(model(ds.x) / 2.0, dim=1)[:, 1].numpy()
+    np.testing.assert_allclose(vectors, emb.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(prob, want, rtol=1e-5, atol=1e-6)
+    assert not torch.is_grad_enabled() or all(p.grad is None for p in model.parameters())
+
+
+def test_empty_dataset_is_a_user_error(model):
+    with pytest.raises(UserError, match="no chips"):
+        extract_features(model, _Images(0), progress=False)
+
+
+def test_subset_masks():
+    frame = pd.DataFrame(
+        {"label": ["school", "school", "not_school", "not_school"], "prediction": ["school", "not_school", "school", "not_school"]}
+    )
+    assert subset_mask(frame, "all").tolist() == [True] * 4
+    assert subset_mask(frame, "true-school").tolist() == [True, True, False, False]
+    assert subset_mask(frame, "predicted-school").tolist() == [True, False, True, False]
+    assert subset_mask(frame, "false-positive").tolist() == [False, False, True, False]
+    with pytest.raises(UserError, match="unknown subset"):
+        subset_mask(frame, "schools")
+
+
+def test_load_features_caches_and_filters(small_chips, small_run, tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    cfg = FeatureConfig(small_run, small_chips, split="test", subset="all", batch_size=16, device="cpu", cache_dir=cache)
+    feats = load_features(cfg, progress=False)
+    rows = pd.read_csv(small_chips / "chips.csv")
+    assert len(feats.frame) == (rows["split"] == "test").sum() == len(feats.vectors)
+    assert set(feats.frame["prediction"]) <= {"school", "not_school"}
+    assert ((feats.frame["prob"] >= 0) & (feats.frame["prob"] <= 1)).all()
+    assert len(list(cache.glob("features-*.npy"))) == 2  # vectors + thumbnails
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran although the features were cached")
+
+    monkeypatch.setattr("schoolvision.features.extract_features", boom)
+    schools = load_features(FeatureConfig(small_run, small_chips, split="test", subset="true-school", cache_dir=cache), progress=False)
+    assert (schools.frame["label"] == "school").all()
+    assert len(schools.frame) == (feats.frame["label"] == "school").sum()
+    np.testing.assert_array_equal(schools.vectors, feats.vectors[(feats.frame["label"] == "school").to_numpy()])
+
+
+def test_cache_key_follows_checkpoint(small_chips, small_run, tmp_path):
+    other = tmp_path / "other"
+    torch.manual_seed(1)
+    save_checkpoint(other / "best.pt", build_model(pretrained=False), CheckpointMeta("efficientnet_lite0", 32, 64, 1.0))
+    a = load_features(FeatureConfig(small_run, small_chips, split="val", device="cpu", cache_dir=tmp_path / "c"), progress=False)
+    b = load_features(FeatureConfig(other, small_chips, split="val", device="cpu", cache_dir=tmp_path / "c"), progress=False)
+    assert a.key != b.key and a.key.endswith("-val")
+    assert not np.allclose(a.vectors, b.vectors)
+
+
+def test_missing_inputs_are_user_errors(small_chips, small_run, tmp_path):
+    with pytest.raises(UserError, match="checkpoint not found"):
+        load_features(FeatureConfig(tmp_path / "nope", small_chips))
+    with pytest.raises(UserError, match="chips.csv not found"):
+        load_features(FeatureConfig(small_run, tmp_path))
+    with pytest.raises(UserError, match="unknown split"):
+        load_features(FeatureConfig(small_run, small_chips, split="holdout"))
