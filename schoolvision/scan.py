@@ -424,8 +424,11 @@ def prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
 
 
-def run_scan(config: ScanConfig) -> ScanSummary:
-    """Scan every scene, then (on rank 0) extract candidates, evaluate against known schools, draw the map."""
+def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None) -> ScanSummary:
+    """Scan every scene, then (on rank 0) extract candidates, evaluate against known schools, draw the map.
+
+    ``model`` and ``meta`` replace the run's checkpoint when given (tests, notebooks holding a model).
+    """
     from .candidates import extract_all, write_candidates
     from .checkpoint import load_classifier
     from .device import resolve_device
@@ -440,7 +443,9 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     if rank == 0:
         prepare_out_dir(out_dir, config.overwrite)
     _barrier(world)
-    model, meta = load_classifier(config.run, device)
+    if model is None or meta is None:
+        model, meta = load_classifier(config.run, device)
+    model = model.to(device).eval()
     threshold = float(meta.threshold if config.threshold is None else config.threshold)
     sources = list_sources([Path(p) for p in config.imagery])
     if not sources:
@@ -485,10 +490,10 @@ def run_scan(config: ScanConfig) -> ScanSummary:
     summary.candidates = len(cands)
     summary.files.update(candidates_gpkg=str(out_dir / "candidates.gpkg"), candidates_geojson=str(out_dir / "candidates.geojson"))
     if config.make_map and scenes:
-        from .webmap import scan_map
+        from .webmap import save_map, scan_map
 
-        scan_map(scenes, cands, {s.scene: by_name[s.scene] for s in scenes}, schools=config.schools,
-                 evaluation_layers=extra).save_offline(out_dir / "map.html")
+        save_map(scan_map(scenes, cands, {s.scene: by_name[s.scene] for s in scenes}, schools=config.schools,
+                          evaluation_layers=extra), out_dir / "map.html")
         summary.files["map"] = str(out_dir / "map.html")
     write_json(out_dir / "scan.json", {**asdict(summary), "run": str(config.run), "gsd": meta.gsd,
                                         "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2})

@@ -1,0 +1,219 @@
+"""Interactive map of a scan: scene image, probability layer, candidates, known schools (folium/Leaflet).
+
+Works offline. folium links Leaflet (and jQuery, Bootstrap, Font Awesome) from CDNs; a map for
+field teams must render without internet, so :func:`offline_map` drops those links and inlines
+Leaflet 1.9.4's JS and CSS (with its icons as data URIs) from the ``django-js-lib-leaflet`` wheel,
+a dependency-free PyPI package that only ships the Leaflet dist files (BSD-2, like Leaflet).
+Markers are ``CircleMarker`` s (SVG), so no icon font is needed; there is no basemap tile layer.
+The scene and the probability raster are warped to Web Mercator (what Leaflet displays) and
+embedded as downsampled PNG overlays, so the HTML file is self-contained.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from importlib import resources
+from pathlib import Path
+
+import folium
+import numpy as np
+import rasterio
+from branca.element import Element, MacroElement
+from jinja2 import Template
+from matplotlib import colormaps
+from PIL import Image
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform as warp_points
+from rasterio.warp import transform_bounds
+from rasterio.windows import from_bounds
+
+from .atomic import write_text
+
+MERCATOR = "EPSG:3857"
+
+
+def leaflet_assets() -> tuple[str, str] | None:
+    """(leaflet.js, leaflet.css with images inlined) from the installed wheel, or None when it is missing."""
+    try:
+        root = resources.files("js_lib_leaflet") / "static" / "js_lib_leaflet"
+        js = (root / "leaflet.js").read_text(encoding="utf-8")
+        css = (root / "leaflet.css").read_text(encoding="utf-8")
+    except (ModuleNotFoundError, FileNotFoundError):
+        return None
+
+    def data_uri(match: re.Match) -> str:
+        name = match.group(1)
+        data = (root / "images" / name).read_bytes()
+        return f"url(data:image/png;base64,{base64.b64encode(data).decode()})"
+
+    return js, re.sub(r"url\(images/([\w\-]+\.png)\)", data_uri, css)
+
+
+def offline_map(**kwargs) -> folium.Map:
+    """A ``folium.Map`` without CDN links, Leaflet inlined (falls back to the CDN with a warning)."""
+    m = folium.Map(tiles=None, control_scale=True, **kwargs)
+    assets = leaflet_assets()
+    if assets is None:
+        warnings.warn("django-js-lib-leaflet is not installed: map.html loads Leaflet from a CDN (needs internet)", stacklevel=2)
+        return m
+    js, css = assets
+    m.default_js = []
+    m.default_css = []
+    m.get_root().header.add_child(Element(f"<style>{css}</style>\n<script>{js}</script>"), name="leaflet_inline")
+    return m
+
+
+def png_data_uri(rgba: np.ndarray) -> str:
+    """(H, W, 3|4) uint8 -> ``data:image/png;base64,...``."""
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def mercator_overlay(ds, max_side: int = 1024, bands: Sequence[int] = (1, 2, 3)):
+    """Read ``ds`` warped to Web Mercator, at most ``max_side`` px: (array (b, h, w), mask (h, w), [[s, w], [n, e]])."""
+    with WarpedVRT(ds, crs=MERCATOR, resampling=Resampling.bilinear) as vrt:
+        f = max(1.0, max(vrt.width, vrt.height) / max_side)
+        shape = (max(1, round(vrt.height / f)), max(1, round(vrt.width / f)))
+        arr = vrt.read(list(bands), out_shape=(len(bands), *shape), resampling=Resampling.average)
+        mask = vrt.dataset_mask(out_shape=shape) > 0
+        w, s, e, n = transform_bounds(MERCATOR, "EPSG:4326", *vrt.bounds)
+    return arr, mask, [[s, w], [n, e]]
+
+
+def scene_png(ds, max_side: int = 1024) -> tuple[str, list]:
+    """RGB overlay of a scene (transparent outside its data)."""
+    arr, mask, bounds = mercator_overlay(ds, max_side, bands=(1, 2, 3)[: min(3, ds.count)])
+    rgb = np.moveaxis(arr, 0, -1).astype(np.uint8)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, -1)
+    return png_data_uri(np.dstack([rgb, (mask * 255).astype(np.uint8)])), bounds
+
+
+def probability_png(path: str | Path, max_side: int = 1024, cmap: str = "inferno") -> tuple[str, list]:
+    """Probability overlay: colour map, transparent where P is low or nodata."""
+    with rasterio.open(path) as ds:
+        arr, mask, bounds = mercator_overlay(ds, max_side, bands=(1,))
+    p = np.clip(arr[0], 0, 1)
+    rgba = (colormaps[cmap](p) * 255).astype(np.uint8)
+    rgba[..., 3] = np.where(mask, (np.clip(p * 1.5, 0, 1) * 255), 0).astype(np.uint8)
+    return png_data_uri(rgba), bounds
+
+
+def thumbnail(ds, x: float, y: float, crs, size_m: float = 128.0, px: int = 96) -> str:
+    """PNG data URI of the scene around (x, y) in ``crs``: what a mapper checks in the popup."""
+    xs, ys = warp_points(crs, ds.crs, [x], [y])
+    if ds.crs.is_geographic:  # half-size in degrees, roughly
+        half = size_m / 2 / 111_320.0
+        halfx = half / max(np.cos(np.radians(ys[0])), 1e-6)
+    else:
+        half = halfx = size_m / 2
+    win = from_bounds(xs[0] - halfx, ys[0] - half, xs[0] + halfx, ys[0] + half, ds.transform)
+    arr = ds.read((1, 2, 3)[: min(3, ds.count)], window=win, out_shape=(min(3, ds.count), px, px), boundless=True, fill_value=0)
+    rgb = np.moveaxis(arr, 0, -1).astype(np.uint8)
+    if rgb.shape[-1] == 1:
+        rgb = np.repeat(rgb, 3, -1)
+    return png_data_uri(rgb)
+
+
+class HtmlPopup(MacroElement):
+    """``layer.bindPopup(html)`` without jQuery (folium's Popup needs ``$``, which is not inlined)."""
+
+    _template = Template(
+        "{% macro script(this, kwargs) %}"
+        "{{ this._parent.get_name() }}.bindPopup({{ this.html|tojson }}, {maxWidth: {{ this.max_width }}});"
+        "{% endmacro %}"
+    )
+
+    def __init__(self, html: str, max_width: int = 260):
+        super().__init__()
+        self._name = "HtmlPopup"
+        self.html, self.max_width = html, int(max_width)
+
+
+def _popup(row, thumb: str | None) -> HtmlPopup:
+    parts = [f"<b>candidate #{int(row['rank'])}</b>",
+             f"P(school) max {row['max_prob']:.3f}, mean {row['mean_prob']:.3f}",
+             f"area {row['area_m2']:.0f} m&sup2;, scene {html.escape(str(row['scene']))}",
+             f"point at the {html.escape(str(row.get('peak', 'probability')))} peak"]
+    if row.get("matched_school"):
+        parts.append(f"known school: {html.escape(str(row['matched_school']))}")
+    if thumb:
+        parts.append(f'<img src="{thumb}" width="128" height="128" style="image-rendering:pixelated">')
+    return HtmlPopup("<br>".join(parts))
+
+
+def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | None = None,
+             evaluation_layers: Mapping | None = None, max_side: int = 1024, max_overlays: int = 20,
+             max_markers: int = 2000) -> folium.Map:
+    """Build the map of a scan (``SceneScan`` items, candidates GeoDataFrame, scene name -> imagery source).
+
+    Layers: scene image, P(school), candidates (popups with probability and a chip thumbnail), known
+    schools (found: green, missed: red) when ``evaluation_layers`` holds ``known_schools``.
+    """
+    from .scan import scene_grid
+
+    m = offline_map()
+    g_scene = folium.FeatureGroup(name="scene", show=True).add_to(m)
+    g_prob = folium.FeatureGroup(name="P(school)", show=True).add_to(m)
+    bounds_all = []
+    for s in list(scenes)[:max_overlays]:
+        with scene_grid(sources[s.scene]) as ds:
+            uri, bounds = scene_png(ds, max_side)
+        folium.raster_layers.ImageOverlay(uri, bounds=bounds, name=s.scene, interactive=False).add_to(g_scene)
+        uri, bounds = probability_png(s.probability, max_side)
+        folium.raster_layers.ImageOverlay(uri, bounds=bounds, opacity=0.6, name=f"P {s.scene}").add_to(g_prob)
+        bounds_all.append(bounds)
+    layers = dict(evaluation_layers or {})
+    fa = layers.get("false_alarms")
+    matched = {}
+    if fa is not None and "known_schools" in layers:
+        fa_ranks = set(fa["rank"].astype(int))
+        matched = {int(r): "" if int(r) in fa_ranks else "yes" for r in cands["rank"]}
+    g_c = folium.FeatureGroup(name="candidates", show=True).add_to(m)
+    if len(cands):
+        pts = cands.to_crs("EPSG:4326")
+        for (_, row), geom, orig in zip(cands.head(max_markers).iterrows(), pts.geometry, cands.geometry):
+            thumb = None
+            src = sources.get(row["scene"])
+            if src is not None:
+                with scene_grid(src) as ds:
+                    thumb = thumbnail(ds, orig.x, orig.y, cands.crs)
+            color = "#ff9800" if matched.get(int(row["rank"])) == "" else "#00e5ff"
+            marker = folium.CircleMarker([geom.y, geom.x], radius=9, color=color, weight=3, fill=True, fill_opacity=0.3,
+                                         tooltip=f"#{int(row['rank'])} P={row['max_prob']:.2f}", class_name="sv-candidate")
+            _popup(row, thumb).add_to(marker)
+            marker.add_to(g_c)
+    known = layers.get("known_schools")
+    if known is None and schools is not None:
+        import geopandas as gpd
+
+        known = gpd.read_file(schools)
+    if known is not None and len(known):
+        g_k = folium.FeatureGroup(name="known schools", show=True).add_to(m)
+        k = known.to_crs("EPSG:4326")
+        for _, row in k.iterrows():
+            found = bool(row.get("found", True))
+            p = row.geometry if row.geometry.geom_type == "Point" else row.geometry.representative_point()
+            label = f"{row.get('name', 'school')}: {'found' if found else 'MISSED'}"
+            folium.CircleMarker([p.y, p.x], radius=5, color="#00c853" if found else "#d50000", weight=2, fill=True,
+                                fill_opacity=0.9, tooltip=html.escape(label), class_name="sv-school").add_to(g_k)
+    folium.LayerControl(collapsed=False).add_to(m)
+    if bounds_all:
+        s = min(b[0][0] for b in bounds_all)
+        w = min(b[0][1] for b in bounds_all)
+        n = max(b[1][0] for b in bounds_all)
+        e = max(b[1][1] for b in bounds_all)
+        m.fit_bounds([[s, w], [n, e]])
+    return m
+
+
+def save_map(m: folium.Map, path: str | Path) -> Path:
+    """Write the map's self-contained HTML atomically."""
+    return write_text(path, m.get_root().render())
