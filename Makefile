@@ -12,7 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= auto
 PIP_FLAGS ?= --quiet --disable-pip-version-check
-NBVAL_FLAGS ?= --nbval-lax --sanitize-with book/nbval_sanitize.cfg --nbval-cell-timeout=1800
+NBVAL_FLAGS ?= --nbval-lax --nbval-sanitize-with book/nbval_sanitize.cfg --nbval-cell-timeout=1800
 
 .PHONY: help install notebooks execute html book test test-lib test-notebooks check clean
 

@@ -112,7 +112,9 @@ def gather_results(sources: list[Source], root: str | Path | None = None) -> Res
         table = data.get("table") if isinstance(data, dict) else None
         if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):
             tables[source.section] = pd.DataFrame.from_dict(table, orient="index")
-    frame = pd.DataFrame(rows, columns=["section", "metric", "value", "file"])
+    columns = ["section", "metric", "value", "file"]
+    # object dtype: counts stay integers instead of becoming floats next to the metrics
+    frame = pd.DataFrame({name: pd.Series([r[i] for r in rows], dtype=object) for i, name in enumerate(columns)})
     return Results(frame, tables, missing)
 
 

@@ -1,0 +1,238 @@
+"""The book as a product: paired sources, chapter conventions, profiles, nbval that can fail, results page."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from schoolvision import book
+from schoolvision.errors import UserError
+from schoolvision.results import default_sources, format_value, gather_results
+
+ROOT = Path(__file__).resolve().parents[1]
+SOURCES = book.chapter_sources(ROOT)
+MAX_CELL_LINES = 12
+
+
+def _code_cells(source: Path) -> list[str]:
+    nb = book.read_source(source)
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+def _executed(notebook: Path) -> bool:
+    return notebook.exists() and any(c.get("outputs") for c in nbformat.read(notebook, as_version=4).cells)
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_source_and_notebook_are_in_sync(source):
+    assert book.pair_differences(source) == []
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_chapter_starts_with_a_literal_parameters_cell(source):
+    nb = book.read_source(source)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    assert "parameters" in first.metadata.get("tags", []), "first code cell must be tagged parameters"
+    for statement in ast.parse(first.source).body:
+        assert isinstance(statement, ast.Assign) and len(statement.targets) == 1, ast.unparse(statement)
+        ast.literal_eval(statement.value)  # raises on anything but a literal
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_cells_only_call_the_library(source):
+    for cell in _code_cells(source):
+        tree = ast.parse(cell)
+        defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+        assert not defs, f"definitions belong in schoolvision/, not in a chapter:\n{cell}"
+        lines = [line for line in cell.splitlines() if line.strip() and not line.strip().startswith("#")]
+        assert len(lines) <= MAX_CELL_LINES, f"cell longer than {MAX_CELL_LINES} lines:\n{cell}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_chapter_follows_the_skeleton(source):
+    text = "\n".join(c.source for c in book.read_source(source).cells if c.cell_type == "markdown").lower()
+    for part in ("what you will learn", "prerequisites", "summary"):
+        assert part in text, f"{source.name}: no '{part}' section"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_executed_notebook_is_clean(source):
+    notebook = book.notebook_of(source)
+    if not _executed(notebook):
+        pytest.skip("not executed yet (make book)")
+    assert book.output_problems(notebook) == []
+
+
+def test_profiles_have_the_same_shape_and_only_declared_parameters():
+    chapters = {s.stem for s in book.chapter_sources(ROOT, existing_only=False)}
+    profiles = {name: yaml.safe_load((ROOT / "book" / "params" / f"{name}.yaml").read_text()) for name in ("cpu", "gpu")}
+    assert set(profiles["cpu"]) == set(profiles["gpu"])
+    assert set(profiles["cpu"]) - {"common"} <= chapters
+    declared = {s.stem: book.declared_parameters(book.notebook_of(s)) for s in SOURCES if book.notebook_of(s).exists()}
+    for name, profile in profiles.items():
+        for chapter, params in profile.items():
+            if chapter == "common":
+                if len(declared) == len(chapters):  # only meaningful once every chapter exists
+                    unused = set(params) - set().union(*declared.values())
+                    assert not unused, f"{name}.yaml common parameters no chapter declares: {unused}"
+            elif chapter in declared:
+                unknown = set(params) - declared[chapter]
+                assert not unknown, f"{name}.yaml sets {unknown} that {chapter} does not declare"
+
+
+def test_chapter_parameters_merge_common_and_keep_declared(tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("common: {seed: 1, run_dir: runs/a}\n02_training: {seed: 2, epochs: 3}\n")
+    assert book.chapter_parameters(profile, "02_training") == {"seed": 2, "run_dir": "runs/a", "epochs": 3}
+    assert book.chapter_parameters(profile, "02_training", {"epochs", "seed"}) == {"seed": 2, "epochs": 3}
+    assert book.chapter_parameters(profile, "03_gradcam", {"run_dir"}) == {"run_dir": "runs/a"}
+
+
+def test_resolve_from_root_from_book_and_from_elsewhere(monkeypatch, tmp_path):
+    monkeypatch.chdir(ROOT)
+    assert book.resolve("data/demo") == ROOT / "data/demo"
+    monkeypatch.chdir(ROOT / "book")
+    assert book.resolve("data/demo") == ROOT / "data/demo"
+    assert book.resolve(tmp_path) == tmp_path
+    other = tmp_path / "project"
+    (other / "book").mkdir(parents=True)
+    (other / "_config.yml").write_text("title: x\n")
+    monkeypatch.chdir(other / "book")
+    assert book.resolve("runs/quick") == other / "runs/quick"
+    assert book.resolve_paths("a", "b") == (other / "a", other / "b")
+    assert book.resolve_paths(run_dir="r").run_dir == other / "r"
+
+
+def test_require_names_the_chapter_to_run_first(monkeypatch, tmp_path):
+    (tmp_path / "_config.yml").write_text("title: x\n")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserError, match=r"run chapter 02_training first \(papermill book/02_training.ipynb"):
+        book.require("runs/quick/best.pt", "02_training")
+    (tmp_path / "here").mkdir()
+    assert book.require("here", "01_data") == tmp_path / "here"
+
+
+def test_sync_is_deterministic_and_keeps_executed_outputs(tmp_path):
+    (tmp_path / "book").mkdir()
+    (tmp_path / "_config.yml").write_text("title: x\n")
+    (tmp_path / "_toc.yml").write_text("format: jb-book\nroot: book/intro\nchapters:\n  - file: book/01_x\n")
+    (tmp_path / "book" / "intro.md").write_text("# x\n")
+    source = tmp_path / "book" / "01_x.py"
+    source.write_text('# %% [markdown]\n# # X\n\n# %% tags=["parameters"]\nn = 1\n\n# %%\nprint(n)\n')
+    assert book.sync(tmp_path) == [source.with_suffix(".ipynb")]
+    first = source.with_suffix(".ipynb").read_bytes()
+    nb = nbformat.reads(first.decode(), as_version=4)
+    assert [c["id"] for c in nb.cells] == ["cell-000", "cell-001", "cell-002"]
+    nb.cells[2].outputs = [nbformat.v4.new_output("stream", name="stdout", text="1\n")]
+    nbformat.write(nb, source.with_suffix(".ipynb"))
+    assert book.sync(tmp_path) == []  # code unchanged: outputs kept
+    source.write_text(source.read_text().replace("print(n)", "print(n + 1)"))
+    assert book.check(tmp_path) != []
+    assert book.sync(tmp_path) == [source.with_suffix(".ipynb")]
+    assert book.check(tmp_path) == []
+
+
+def test_output_problems_catch_stray_reprs_and_stderr(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("plt.title('x')")
+    cell.outputs = [
+        nbformat.v4.new_output("execute_result", data={"text/plain": "Text(0.5, 1.0, 'x')"}, execution_count=1),
+        nbformat.v4.new_output("stream", name="stderr", text="UserWarning: something\n"),
+    ]
+    nb.cells = [cell]
+    nbformat.write(nb, tmp_path / "n.ipynb")
+    problems = book.output_problems(tmp_path / "n.ipynb")
+    assert len(problems) == 2 and "stray output" in problems[0] and "stderr" in problems[1]
+
+
+def _tiny_notebook(path: Path, stored: str) -> Path:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    checked = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(6 * 7)", id="cell-000", execution_count=1)
+    checked.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
+    free = nbformat.v4.new_code_cell("import time\nprint(time.time())", id="cell-001", execution_count=2)
+    free.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0\n")]  # unchecked: may differ
+    nb.cells = [checked, free]
+    nbformat.write(nb, path)
+    return path
+
+
+def _nbval(notebook: Path) -> subprocess.CompletedProcess:
+    sanitize = ROOT / "book" / "nbval_sanitize.cfg"
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax",
+           "--nbval-sanitize-with", str(sanitize), str(notebook)]
+    return subprocess.run(cmd, cwd=notebook.parent, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_nbval_fails_when_a_checked_output_changes(tmp_path):
+    good = _nbval(_tiny_notebook(tmp_path / "good.ipynb", "42\n"))
+    assert good.returncode == 0, good.stdout + good.stderr
+    broken = _nbval(_tiny_notebook(tmp_path / "broken.ipynb", "43\n"))
+    assert broken.returncode != 0 and "failed" in broken.stdout, broken.stdout
+
+
+def test_gather_results_reads_what_the_json_holds(tmp_path):
+    run, cam, clu, scan = (tmp_path / n for n in ("run", "cam", "clu", "scan"))
+    for folder in (run, cam, clu):
+        folder.mkdir()
+    metrics = {"accuracy": 0.8123, "f1": 0.7, "n_chips": {"school": 12, "not_school": 40},
+               "val": {"f1": 0.9}, "confusion_matrix": [[1, 2], [3, 4]], "backbone": "x", "pretrained": True}
+    (run / "metrics.json").write_text(json.dumps(metrics))
+    (cam / "faithfulness.json").write_text(json.dumps({"n_chips": 5, "table": {"gradcam": {"pointing_game": 0.6}}}))
+    (clu / "summary.json").write_text(json.dumps({"k": 3, "silhouette": 0.25, "config": {"seed": 0}}))
+    results = gather_results(default_sources(run, cam, clu, scan), root=tmp_path)
+    got = {(r.section, r.metric): r.value for r in results.key_numbers.itertuples()}
+    assert all(type(v) is int for k, v in got.items() if k[1].startswith(("n_chips", "k")))
+    assert got == {
+        ("test metrics", "accuracy"): 0.8123, ("test metrics", "f1"): 0.7,
+        ("test metrics", "n_chips.school"): 12, ("test metrics", "n_chips.not_school"): 40,
+        ("explanation faithfulness", "n_chips"): 5,
+        ("clustering", "k"): 3, ("clustering", "silhouette"): 0.25,
+    }
+    assert results.tables["explanation faithfulness"].loc["gradcam", "pointing_game"] == 0.6
+    assert len(results.missing) == 1 and "scan/evaluation.json" in results.missing[0] and "06_mapping" in results.missing[0]
+    table = results.to_markdown()
+    assert "| test metrics | accuracy | 0.812 | `run/metrics.json` |" in table
+    assert "| clustering | k | 3 |" in table
+
+
+def _notebook_parameters(nb) -> dict:
+    """Defaults overridden by papermill's injected values: what the executed notebook really used."""
+    params: dict = {}
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if cell.cell_type == "code" and ("parameters" in tags or book.INJECTED_TAG in tags):
+            for statement in ast.parse(cell.source).body:
+                params[statement.targets[0].id] = ast.literal_eval(statement.value)
+    return params
+
+
+def test_results_page_shows_the_numbers_in_the_json(monkeypatch):
+    notebook = ROOT / "book" / "07_results.ipynb"
+    if not _executed(notebook):
+        pytest.skip("results page not executed yet (make book)")
+    nb = nbformat.read(notebook, as_version=4)
+    shown = [o["data"]["text/markdown"] for c in nb.cells for o in c.get("outputs", [])
+             if "text/markdown" in o.get("data", {}) and "| section |" in o["data"]["text/markdown"]]
+    assert len(shown) == 1, "the results page should show one key-numbers table"
+    p = _notebook_parameters(nb)
+    monkeypatch.chdir(ROOT)
+    sources = default_sources(*(book.resolve(p[k]) for k in ("run_dir", "gradcam_dir", "clustering_dir", "mapping_dir")))
+    if not any(s.path.exists() for s in sources):
+        pytest.skip("no run folders on disk (make book)")
+    results = gather_results(sources, root=ROOT)
+    assert shown[0] == results.to_markdown(), "results page is stale: rerun book/07_results (make book)"
+    for source in sources:  # and independently of gather_results: every shown number is in the JSON
+        if source.path.exists():
+            data = json.loads(source.path.read_text())
+            for key in ("accuracy", "f1", "auprc"):
+                if isinstance(data.get(key), float):
+                    assert f"| {key} | {format_value(data[key])} |" in shown[0]
