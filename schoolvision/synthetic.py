@@ -1,0 +1,787 @@
+"""Synthetic georeferenced towns with known school footprints: the project's embedded demo data.
+
+No imagery can be downloaded here, so the demo paints overhead views of small towns: textured land
+cover, roads, water, trees and many houses, with schools (long classroom blocks in I, L or U shapes
+around a yard, often a marked sports field, a boundary wall) and hard negatives that share their
+parts (warehouses, markets, clinics, bare sports fields, parks, walled compounds, dense housing), so
+that only the spatial arrangement, not colour, tells a school apart. Roofs of schools and houses come
+from the same palette for the same reason.
+
+Everything is drawn in pixel units from sizes in metres (``gsd`` m/px) and seeded per town, so the
+same seed gives byte-identical files.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+from scipy import ndimage
+from skimage.draw import circle_perimeter
+from skimage.draw import polygon as draw_polygon
+
+from .errors import UserError
+
+# (place, EPSG of its UTM zone, easting, northing of the scene's upper-left corner) — plausible origins.
+LOCATIONS = (
+    ("Dodoma, Tanzania", 32736, 803000, 9318000),
+    ("Patna, India", 32645, 309000, 2833000),
+    ("Lima outskirts, Peru", 32718, 282000, 8673000),
+    ("Kampala, Uganda", 32636, 453000, 36000),
+    ("Dhaka outskirts, Bangladesh", 32646, 235000, 2633000),
+    ("Kumasi, Ghana", 32630, 652000, 740000),
+    ("Quetzaltenango, Guatemala", 32615, 659000, 1640000),
+    ("Nakuru, Kenya", 32737, 170000, 9968000),
+)
+
+# Roof materials shared by houses, schools and hard negatives (RGB in [0, 1]).
+ROOFS = (
+    (0.63, 0.65, 0.67),  # galvanised metal
+    (0.42, 0.44, 0.47),  # weathered dark metal
+    (0.33, 0.46, 0.62),  # painted blue metal
+    (0.55, 0.33, 0.22),  # rusted metal
+    (0.70, 0.39, 0.27),  # terracotta tiles
+    (0.60, 0.53, 0.37),  # thatch
+    (0.76, 0.74, 0.70),  # concrete
+    (0.35, 0.50, 0.40),  # painted green metal
+    (0.62, 0.24, 0.20),  # painted red metal
+)
+SOILS = ((0.62, 0.45, 0.33), (0.58, 0.50, 0.40), (0.66, 0.52, 0.38), (0.55, 0.47, 0.42))
+GREEN_GRASS = (0.30, 0.40, 0.20)
+DRY_GRASS = (0.58, 0.53, 0.36)
+TREE = (0.17, 0.27, 0.13)
+ASPHALT = (0.36, 0.36, 0.37)
+LINE = (0.93, 0.93, 0.90)
+WALLS = ((0.80, 0.77, 0.72), (0.62, 0.42, 0.32), (0.70, 0.70, 0.68))
+NEGATIVE_KINDS = ("warehouse", "market", "clinic", "sports_field", "park", "walled_compound", "dense_housing")
+
+
+@dataclass(frozen=True)
+class TownConfig:
+    """Knobs of one synthetic town; densities are per km² so small test towns stay proportionate."""
+
+    schools_per_km2: tuple[float, float] = (3.4, 6.0)
+    min_schools: int = 2
+    school_size_m: tuple[float, float] = (50.0, 120.0)
+    edge_margin_px: int = 64
+    school_spacing_m: float = 30.0
+    negatives_per_km2: float = 11.0
+    houses_per_km2: float = 2600.0
+    fields_per_km2: float = 12.0
+
+
+@dataclass
+class Landmark:
+    """A hard negative: something that shares parts with a school but is not one."""
+
+    kind: str
+    polygon: object  # shapely Polygon in the scene CRS
+
+
+@dataclass
+class Town:
+    """One painted scene with its georeference and the true school footprints (scene CRS)."""
+
+    name: str
+    image: np.ndarray  # (3, H, W) uint8 RGB
+    crs: str
+    transform: Affine
+    gsd: float
+    place: str
+    schools: list  # shapely Polygons in the scene CRS
+    landmarks: list[Landmark]
+    style: dict = field(default_factory=dict)
+
+
+@dataclass
+class DemoInfo:
+    """What :func:`make_demo` wrote."""
+
+    out_dir: Path
+    scenes: list[Path]
+    schools: Path
+    landmarks: Path
+    meta: Path
+    n_schools: dict[str, int]
+    n_landmarks: dict[str, int]
+
+
+# --------------------------------------------------------------------------- drawing helpers
+
+
+def _bspline_matrix(n: int, scale: float) -> np.ndarray:
+    """(n, m) cubic B-spline weights that upsample a coarse grid by ``scale`` (smooth, C2)."""
+    m = int(n / scale) + 4
+    t = (np.arange(n, dtype=np.float32) + 0.5) / scale + 1.5
+    x = np.abs(t[:, None] - np.arange(m, dtype=np.float32)[None, :])
+    return np.where(x < 1, 2 / 3 - x**2 + x**3 / 2, np.where(x < 2, (2 - x) ** 3 / 6, 0)).astype(np.float32)
+
+
+def _noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
+    """Smooth noise (std ~1, float32) with features of ``scale`` px.
+
+    Fine noise is blurred white noise; coarse noise is a small random grid upsampled with B-splines as
+    two matrix products, which is far faster than filtering or ``ndimage.zoom`` at large scales.
+    """
+    h, w = shape
+    if scale < 3:
+        out = ndimage.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), scale / 2)
+    else:
+        ay, ax = _bspline_matrix(h, scale), _bspline_matrix(w, scale)
+        out = ay @ rng.standard_normal((ay.shape[1], ax.shape[1]), dtype=np.float32) @ ax.T
+    return ((out - out.mean()) / (out.std() + 1e-6)).astype(np.float32)
+
+
+def _rect(cx: float, cy: float, u0: float, u1: float, v0: float, v1: float, angle: float) -> np.ndarray:
+    """Corners (4, 2) as (x, y) pixels of the local rectangle [u0,u1]x[v0,v1] rotated by ``angle``."""
+    ca, sa = math.cos(angle), math.sin(angle)
+    uv = np.array([(u0, v0), (u1, v0), (u1, v1), (u0, v1)], dtype=float)
+    return np.stack([cx + uv[:, 0] * ca - uv[:, 1] * sa, cy + uv[:, 0] * sa + uv[:, 1] * ca], axis=1)
+
+
+def _pixels(corners: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel rows/cols whose centres lie inside a polygon given in continuous (x, y) pixel coordinates."""
+    return draw_polygon(corners[:, 1] - 0.5, corners[:, 0] - 0.5, shape)
+
+
+def _hull(points: np.ndarray) -> np.ndarray:
+    """Convex hull (monotone chain) — the outline of a building plus its cast shadow."""
+    pts = sorted(map(tuple, np.round(points, 6)))
+    if len(pts) <= 2:
+        return np.array(pts)
+
+    def half(seq):
+        out: list = []
+        for p in seq:
+            while len(out) >= 2 and (
+                (out[-1][0] - out[-2][0]) * (p[1] - out[-2][1]) - (out[-1][1] - out[-2][1]) * (p[0] - out[-2][0])
+            ) <= 0:
+                out.pop()
+            out.append(p)
+        return out
+
+    lower, upper = half(pts), half(reversed(pts))
+    return np.array(lower[:-1] + upper[:-1])
+
+
+def _segment(p0: np.ndarray, p1: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels of a 1-px line from p0 to p1 (continuous x, y)."""
+    n = int(math.ceil(np.hypot(*(p1 - p0)) * 2)) + 1
+    t = np.linspace(0.0, 1.0, n)
+    xs = np.floor(p0[0] + t * (p1[0] - p0[0])).astype(int)
+    ys = np.floor(p0[1] + t * (p1[1] - p0[1])).astype(int)
+    ok = (xs >= 0) & (ys >= 0) & (xs < shape[1]) & (ys < shape[0])
+    return ys[ok], xs[ok]
+
+
+class _Canvas:
+    """The scene being painted: colour, what stands above ground (no shadow on it) and shadows."""
+
+    def __init__(self, ground: np.ndarray):
+        self.img = ground
+        self.shape = ground.shape[1:]
+        self.raised = np.zeros(self.shape, bool)
+        self.shadow = np.zeros(self.shape, bool)
+        self.occupied = np.zeros(self.shape, bool)
+
+    def paint(self, rr, cc, colour, alpha: float = 1.0, texture: np.ndarray | None = None):
+        col = np.asarray(colour, np.float32)[:, None]
+        if texture is not None:
+            col = col * texture[None, :]
+        if alpha >= 1.0:
+            self.img[:, rr, cc] = col
+        else:
+            self.img[:, rr, cc] = (1 - alpha) * self.img[:, rr, cc] + alpha * col
+
+    def free(self, corners: np.ndarray, margin: float = 0.0) -> bool:
+        """True when the polygon's bounding box (plus margin) is inside the scene and unoccupied."""
+        x0, y0 = np.floor(corners.min(0) - margin).astype(int)
+        x1, y1 = np.ceil(corners.max(0) + margin).astype(int)
+        if x0 < 0 or y0 < 0 or x1 >= self.shape[1] or y1 >= self.shape[0]:
+            return False
+        return not self.occupied[y0 : y1 + 1, x0 : x1 + 1].any()
+
+    def occupy(self, corners: np.ndarray, margin: float = 0.0):
+        x0, y0 = np.floor(corners.min(0) - margin).astype(int)
+        x1, y1 = np.ceil(corners.max(0) + margin).astype(int)
+        self.occupied[max(y0, 0) : y1 + 1, max(x0, 0) : x1 + 1] = True
+
+
+@dataclass
+class _Building:
+    corners: np.ndarray
+    colour: tuple
+    height: float  # shadow length in px
+    ridge: bool = True
+    corrugated: bool = False
+
+
+def _draw_building(cv: _Canvas, b: _Building, sun: np.ndarray, rng: np.random.Generator):
+    """Shadow hull, then the roof: two halves shaded by the sun (gable) or flat, optional corrugation."""
+    shape = cv.shape
+    off = -sun * b.height
+    rr, cc = _pixels(_hull(np.vstack([b.corners, b.corners + off])), shape)
+    cv.shadow[rr, cc] = True
+    c = b.corners
+    col = np.asarray(b.colour, np.float32) * rng.uniform(0.9, 1.1)
+    long_first = np.hypot(*(c[1] - c[0])) >= np.hypot(*(c[2] - c[1]))
+    if not long_first:
+        c = np.roll(c, -1, axis=0)  # c[0]->c[1] is now the long side (ridge direction)
+    if b.ridge:
+        mid0, mid1 = (c[0] + c[3]) / 2, (c[1] + c[2]) / 2
+        halves = (np.array([c[0], c[1], mid1, mid0]), np.array([mid0, mid1, c[2], c[3]]))
+        normal = c[3] - c[0]
+        normal = normal / (np.hypot(*normal) + 1e-9)
+        shades = (1.0 - 0.22 * float(normal @ sun), 1.0 + 0.22 * float(normal @ sun))
+    else:
+        halves, shades = (c,), (1.0,)
+    ridge_dir = (c[1] - c[0]) / (np.hypot(*(c[1] - c[0])) + 1e-9)
+    for poly, shade in zip(halves, shades):
+        rr, cc = _pixels(poly, shape)
+        if rr.size == 0:
+            continue
+        tex = None
+        if b.corrugated:
+            s = (cc + 0.5) * ridge_dir[0] + (rr + 0.5) * ridge_dir[1]
+            tex = (1.0 + 0.06 * np.sin(s * 2.1)).astype(np.float32)
+        cv.paint(rr, cc, np.clip(col * shade, 0, 1), texture=tex)
+        cv.raised[rr, cc] = True
+
+
+def _draw_wall(cv: _Canvas, corners: np.ndarray, colour, height: float, sun: np.ndarray, gate: int):
+    """A boundary wall: 1-px light line with its shadow, one gate gap on side ``gate``."""
+    for k in range(4):
+        p0, p1 = corners[k], corners[(k + 1) % 4]
+        pieces = [(p0, p1)]
+        if k == gate:
+            length = np.hypot(*(p1 - p0))
+            g0, g1 = 0.45, 0.45 + min(6.0 / max(length, 1), 0.2)
+            pieces = [(p0, p0 + (p1 - p0) * g0), (p0 + (p1 - p0) * g1, p1)]
+        for a, b in pieces:
+            rr, cc = _segment(a - sun * height, b - sun * height, cv.shape)
+            cv.shadow[rr, cc] = True
+            rr, cc = _segment(a, b, cv.shape)
+            cv.paint(rr, cc, colour)
+            cv.raised[rr, cc] = True
+
+
+def _draw_field(cv: _Canvas, cx, cy, fl, fw, angle, colour, m: float):
+    """A sports pitch: coloured rectangle, white outline, halfway line and centre circle."""
+    corners = _rect(cx, cy, -fl / 2, fl / 2, -fw / 2, fw / 2, angle)
+    rr, cc = _pixels(corners, cv.shape)
+    cv.paint(rr, cc, colour)
+    inner = _rect(cx, cy, -fl / 2 + 1.5 * m, fl / 2 - 1.5 * m, -fw / 2 + 1.5 * m, fw / 2 - 1.5 * m, angle)
+    for k in range(4):
+        rr, cc = _segment(inner[k], inner[(k + 1) % 4], cv.shape)
+        cv.paint(rr, cc, LINE, alpha=0.85)
+    half = _rect(cx, cy, 0, 0, -fw / 2 + 1.5 * m, fw / 2 - 1.5 * m, angle)
+    rr, cc = _segment(half[0], half[3], cv.shape)
+    cv.paint(rr, cc, LINE, alpha=0.85)
+    rr, cc = circle_perimeter(int(cy), int(cx), max(int(min(fw * 0.15, 9 * m)), 2), shape=cv.shape)
+    cv.paint(rr, cc, LINE, alpha=0.85)
+    return corners
+
+
+# --------------------------------------------------------------------------- the town
+
+
+def _walk(rng, start, heading, length, turn_sd) -> np.ndarray:
+    """A smooth random-walk polyline sampled every 0.5 px: roads, tracks and rivers."""
+    n = max(int(length / 0.5), 2)
+    turns = ndimage.gaussian_filter1d(rng.normal(0, turn_sd, n), 40)
+    head = heading + np.cumsum(turns)
+    steps = 0.5 * np.stack([np.cos(head), np.sin(head)], axis=1)
+    return np.asarray(start, float) + np.cumsum(steps, axis=0)
+
+
+def _stroke(points_list, widths, shape, classes=None):
+    """Distance to the nearest centre line, its half width and class — for soft-edged roads and rivers."""
+    centre = np.zeros(shape, bool)
+    half = np.zeros(shape, np.float32)
+    cls = np.zeros(shape, np.int8)
+    for i, (pts, w) in enumerate(zip(points_list, widths)):
+        xs, ys = np.floor(pts[:, 0]).astype(int), np.floor(pts[:, 1]).astype(int)
+        ok = (xs >= 0) & (ys >= 0) & (xs < shape[1]) & (ys < shape[0])
+        xs, ys = xs[ok], ys[ok]
+        centre[ys, xs] = True
+        half[ys, xs] = np.maximum(half[ys, xs], w / 2)
+        if classes is not None:
+            cls[ys, xs] = classes[i]
+    if not centre.any():
+        return None
+    dist, (iy, ix) = ndimage.distance_transform_edt(~centre, return_indices=True)
+    return dist.astype(np.float32), half[iy, ix], cls[iy, ix]
+
+
+def _town_style(rng: np.random.Generator, gsd: float) -> dict:
+    """Per-town look: sun, season, haze, sensor noise and colour balance."""
+    elev = rng.uniform(35, 70)
+    return {
+        "sun_azimuth_deg": round(float(rng.uniform(0, 360)), 2),
+        "sun_elevation_deg": round(float(elev), 2),
+        "shadow_px_per_m": 1.0 / math.tan(math.radians(elev)) / gsd,
+        "greenness": round(float(rng.uniform(0.1, 0.95)), 3),
+        "haze": round(float(rng.uniform(0.0, 0.18)), 3),
+        "noise": round(float(rng.uniform(0.006, 0.02)), 4),
+        "gains": [round(float(g), 3) for g in rng.uniform(0.92, 1.08, 3)],
+        "soil": int(rng.integers(len(SOILS))),
+        "roof_weights": [round(float(w), 4) for w in rng.dirichlet(np.full(len(ROOFS), 1.5))],
+    }
+
+
+def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int = 0, config: TownConfig | None = None) -> Town:
+    """Paint town number ``index`` of demo ``seed``: a square ``size`` px scene at ``gsd`` m/px."""
+    from shapely.geometry import Polygon
+
+    cfg = config or TownConfig()
+    rng = np.random.default_rng([seed, index])
+    shape = (size, size)
+    m = 1.0 / gsd  # px per metre
+    km2 = (size * gsd / 1000.0) ** 2
+    st = _town_style(rng, gsd)
+    az = math.radians(st["sun_azimuth_deg"])
+    sun = np.array([math.sin(az), -math.cos(az)])  # towards the sun, image x right / y down
+    sh = st["shadow_px_per_m"]
+    green = st["greenness"]
+    soil = np.array(SOILS[st["soil"]], np.float32)
+    grass = (np.array(DRY_GRASS) * (1 - green) + np.array(GREEN_GRASS) * green).astype(np.float32)
+    yard_col = np.clip(soil * 1.12 + 0.03, 0, 1).astype(np.float32)
+    roof_p = np.array(st["roof_weights"])
+    roof_p = roof_p / roof_p.sum()
+
+    def roof():
+        return ROOFS[int(rng.choice(len(ROOFS), p=roof_p))]
+
+    # ground: soil/grass mix at two scales, fine texture
+    veg = 1 / (1 + np.exp(-(1.4 * _noise(rng, shape, 90 * m) + 0.7 * _noise(rng, shape, 22 * m) + 2.5 * (green - 0.5))))
+    ctr = np.array([size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65)])
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    dens = np.exp(-(((xx - ctr[0]) ** 2 + (yy - ctr[1]) ** 2) / (0.42 * size) ** 2)) + 0.2 * _noise(rng, shape, 150 * m)
+    dens = np.clip(dens, 0, 1).astype(np.float32)
+    veg = veg * (1 - 0.5 * dens)
+    ground = soil[:, None, None] * (1 - veg) + grass[:, None, None] * veg
+    ground = ground * (1 + 0.07 * _noise(rng, shape, 4 * m) + 0.04 * _noise(rng, shape, 1.5 * m))[None]
+    cv = _Canvas(ground.astype(np.float32))
+
+    # water: a river across the scene or a pond, with a soft sandy shore
+    kind_water = rng.choice(["river", "pond", "none"], p=[0.4, 0.35, 0.25])
+    water_col = np.array((0.12, 0.20, 0.22)) * (1 - (t := rng.uniform(0, 1))) + np.array((0.36, 0.35, 0.26)) * t
+    water_col = water_col.astype(np.float32)
+    if kind_water != "none":
+        if kind_water == "river":
+            start = (rng.uniform(0, size), -20) if rng.random() < 0.5 else (-20, rng.uniform(0, size))
+            heading = math.pi / 2 if start[1] < 0 else 0.0
+            res = _stroke([_walk(rng, start, heading + rng.normal(0, 0.3), size * 1.6, 0.02)], [rng.uniform(14, 35) * m], shape)
+            dist, half, _ = res
+            edge = half - dist
+        else:
+            pc = rng.uniform(0.15, 0.85, 2) * size
+            r = rng.uniform(25, 60) * m
+            edge = r * (1 + 0.25 * _noise(rng, shape, 30 * m)) - np.hypot(xx - pc[0], yy - pc[1])
+        shore = np.clip((edge + 4 * m) / (3 * m), 0, 1)
+        wet = np.clip(edge / (4 * m), 0, 1)
+        sand = np.clip(soil * 1.2, 0, 1).astype(np.float32)
+        cv.img = cv.img * (1 - shore) + sand[:, None, None] * shore
+        wtex = 1 + 0.04 * _noise(rng, shape, 6 * m)
+        cv.img = cv.img * (1 - wet) + (water_col[:, None, None] * wtex) * wet
+        cv.occupied |= edge > -8 * m
+
+    # roads: main paved roads through the centre, a street grid where dense, dirt tracks outward
+    lines, widths, classes = [], [], []
+    for _ in range(int(rng.integers(2, 4))):
+        ang = rng.uniform(0, 2 * math.pi)
+        start = ctr - np.array([math.cos(ang), math.sin(ang)]) * size * 0.9 + rng.normal(0, 60 * m, 2)
+        lines.append(_walk(rng, start, ang, size * 2, 0.01))
+        widths.append(rng.uniform(6, 10) * m)
+        classes.append(1)
+    theta = rng.uniform(0, math.pi / 2)
+    spacing = rng.uniform(70, 120) * m
+    for k in range(-int(size / spacing) - 1, int(size / spacing) + 2):
+        for perp in (0, math.pi / 2):
+            a = theta + perp
+            d = np.array([math.cos(a), math.sin(a)])
+            n = np.array([-d[1], d[0]])
+            start = ctr + n * (k * spacing + rng.normal(0, 8 * m)) - d * size * 1.5
+            pts = _walk(rng, start, a, size * 3, 0.004)
+            xi, yi = np.clip(pts[:, 0].astype(int), 0, size - 1), np.clip(pts[:, 1].astype(int), 0, size - 1)
+            keep = dens[yi, xi] > 0.45 + 0.1 * rng.random()
+            if keep.sum() > 20:
+                lines.append(pts[keep])
+                paved = rng.random() < 0.25
+                widths.append(rng.uniform(4, 7) * m if paved else rng.uniform(3.5, 5.5) * m)
+                classes.append(1 if paved else 2)
+    n_tracks = int(rng.integers(12, 24) * km2 / 2.36 + 2)
+    for _ in range(n_tracks):
+        base = lines[int(rng.integers(len(lines)))]
+        start = base[int(rng.integers(len(base)))]
+        lines.append(_walk(rng, start, rng.uniform(0, 2 * math.pi), rng.uniform(100, 500) * m, 0.05))
+        widths.append(rng.uniform(2.5, 4) * m)
+        classes.append(2)
+    dist, half, cls = _stroke(lines, widths, shape, classes)
+    alpha = np.clip(half - dist + 0.5, 0, 1)
+    shoulder = np.clip(half + 1.5 * m - dist + 0.5, 0, 1) * (cls == 1)
+    dirt = np.clip(soil * 1.18 + 0.04, 0, 1).astype(np.float32)
+    road_tex = 1 + 0.05 * _noise(rng, shape, 3 * m)
+    cv.img = cv.img * (1 - shoulder) + (dirt[:, None, None] * road_tex) * shoulder
+    surface = np.where((cls == 1)[None], np.array(ASPHALT, np.float32)[:, None, None], dirt[:, None, None]) * road_tex
+    cv.img = cv.img * (1 - alpha) + surface * alpha
+    near_road = dist < half + 2.5 * m
+    cv.occupied |= near_road & (cls == 1)  # compounds may sit over streets and tracks, not paved roads
+
+    buildings: list[_Building] = []
+    walls: list[tuple] = []
+    yard_trees: list[tuple[float, float, float]] = []
+    hs = 3.5 * sh  # shadow of a one-storey building
+
+    def yard(corners):
+        rr, cc = _pixels(corners, shape)
+        cv.paint(rr, cc, yard_col, texture=(1 + 0.04 * rng.standard_normal(rr.size)).astype(np.float32))
+
+    # schools: compound with wall and yard, 1-3 long classroom blocks (I, L, U), often a field
+    schools = []
+    lo, hi = cfg.schools_per_km2
+    n_target = max(cfg.min_schools, int(rng.integers(round(lo * km2), round(hi * km2) + 1)))
+    margin = cfg.edge_margin_px
+    for _ in range(n_target * 60):
+        if len(schools) >= n_target:
+            break
+        L = rng.uniform(*cfg.school_size_m) * m
+        W = L * rng.uniform(0.6, 1.0)
+        ang = rng.uniform(0, math.pi)
+        cx, cy = rng.uniform(margin + L / 2, size - margin - L / 2, 2)
+        comp = _rect(cx, cy, -L / 2, L / 2, -W / 2, W / 2, ang)
+        if comp.min() < margin or comp.max() > size - margin or not cv.free(comp, 3 * m):
+            continue
+        cv.occupy(comp, cfg.school_spacing_m * m)
+        yard(comp)
+        inset, bw = rng.uniform(3, 7) * m, rng.uniform(7, 10) * m
+        layout = rng.choice(["I", "II", "L", "U"], p=[0.2, 0.15, 0.3, 0.35])
+        col = roof()
+        u0, u1, v0 = -L / 2 + inset, L / 2 - inset, -W / 2 + inset
+        blocks = [(u0, u1, v0, v0 + bw)]
+        if layout == "II":
+            blocks.append((u0 + rng.uniform(0, 0.3) * L, u1, v0 + bw + rng.uniform(8, 14) * m, v0 + 2 * bw + 11 * m))
+        side = rng.uniform(0.45, 0.7) * W
+        if layout in ("L", "U"):
+            blocks.append((u0, u0 + bw, v0 + bw + 2 * m, v0 + bw + side))
+        if layout == "U":
+            blocks.append((u1 - bw, u1, v0 + bw + 2 * m, v0 + bw + side))
+        for b in blocks:
+            buildings.append(_Building(_rect(cx, cy, *b, ang), col, hs, ridge=rng.random() < 0.8, corrugated=True))
+        # free part of the yard: between the side blocks, below the top block(s)
+        fu0 = u0 + (bw + 3 * m if layout in ("L", "U") else 0)
+        fu1 = u1 - (bw + 3 * m if layout == "U" else 0)
+        fv0 = max(b[3] for b in blocks) + 4 * m
+        fv1 = W / 2 - inset
+        if rng.random() < 0.7 and fv1 - fv0 > 18 * m and fu1 - fu0 > 25 * m:
+            fl = min((fu1 - fu0) * rng.uniform(0.75, 0.95), 100 * m)
+            fw = min((fv1 - fv0) * rng.uniform(0.8, 0.95), fl * 0.7)
+            fc = _rect(cx, cy, (fu0 + fu1) / 2, (fu0 + fu1) / 2, (fv0 + fv1) / 2, (fv0 + fv1) / 2, ang)[0]
+            fcol = grass * rng.uniform(0.9, 1.05) if rng.random() < 0.6 else yard_col * 0.95
+            _draw_field(cv, fc[0], fc[1], fl, fw, ang, fcol, m)
+        elif rng.random() < 0.5:  # a latrine block in a corner of the yard
+            buildings.append(_Building(_rect(cx, cy, fu1 - 8 * m, fu1 - 2 * m, fv1 - 5 * m, fv1, ang), roof(), hs * 0.8))
+        for _ in range(int(rng.integers(0, 4))):
+            p = _rect(cx, cy, *(rng.uniform(-0.45, 0.45) * L,) * 2, *(rng.uniform(0.1, 0.45) * W,) * 2, ang)[0]
+            yard_trees.append((p[0], p[1], rng.uniform(2, 4) * m))
+        walls.append((comp, WALLS[int(rng.integers(len(WALLS)))], 2.0 * sh, int(rng.integers(4))))
+        schools.append(comp)
+
+    # hard negatives: each shares some part of a school, never the whole arrangement
+    landmarks: list[tuple[str, np.ndarray]] = []
+    n_neg = max(int(round(cfg.negatives_per_km2 * km2 * rng.uniform(0.85, 1.15))), len(NEGATIVE_KINDS) if km2 > 0.5 else 3)
+    kinds = [NEGATIVE_KINDS[(i + int(rng.integers(7))) % 7] if i >= 7 else NEGATIVE_KINDS[i] for i in range(n_neg)]
+    kinds = [k for k in kinds] + ["walled_compound"] * (n_neg // 3)
+    for kind in kinds:
+        for _try in range(40):
+            L = rng.uniform(40, 115) * m
+            W = L * rng.uniform(0.55, 1.0)
+            ang = rng.uniform(0, math.pi)
+            cx, cy = rng.uniform(L / 2 + 8, size - L / 2 - 8, 2)
+            comp = _rect(cx, cy, -L / 2, L / 2, -W / 2, W / 2, ang)
+            if comp.min() < 4 or comp.max() > size - 4 or not cv.free(comp, 3 * m):
+                continue
+            cv.occupy(comp, 12 * m)
+            _paint_negative(kind, cv, rng, cx, cy, L, W, ang, comp, m, hs, sh, roof, yard, yard_col, grass,
+                            buildings, walls, yard_trees)
+            landmarks.append((kind, comp))
+            break
+
+    cv.occupied |= near_road
+
+    # crop fields with row patterns where the town thins out
+    rural = dens < 0.3
+    for _ in range(int(cfg.fields_per_km2 * km2 * 3)):
+        fl, fw = rng.uniform(40, 170, 2) * m
+        ang = rng.uniform(0, math.pi)
+        cx, cy = rng.uniform(0, size, 2)
+        if not rural[int(cy), int(cx)]:
+            continue
+        corners = _rect(cx, cy, -fl / 2, fl / 2, -fw / 2, fw / 2, ang)
+        cx0, cy0 = np.clip(corners.min(0).astype(int), 0, size - 1)
+        cx1, cy1 = np.clip(corners.max(0).astype(int), 0, size - 1)
+        if cv.occupied[cy0 : cy1 + 1, cx0 : cx1 + 1].mean() > 0.02:
+            continue
+        rr, cc = _pixels(corners, shape)
+        if rr.size == 0:
+            continue
+        crop = rng.choice(3)
+        base = (grass * rng.uniform(0.75, 1.1), soil * rng.uniform(0.8, 1.0), np.array(DRY_GRASS) * rng.uniform(0.9, 1.15))[crop]
+        period = rng.uniform(2.5, 6) * m
+        s = (cc * math.cos(ang) + rr * math.sin(ang)) * 2 * math.pi / period
+        cv.paint(rr, cc, base, texture=(1 + 0.12 * np.sin(s)).astype(np.float32))
+        cv.occupied[cy0 : cy1 + 1, cx0 : cx1 + 1] = True
+
+    # houses: many small gable or flat roofs, aligned to the street grid, densest in the centre
+    n_houses = int(cfg.houses_per_km2 * km2)
+    weights = (dens**1.5).ravel().astype(np.float64)
+    n_cand = n_houses * 3
+    cand = rng.choice(size * size, size=n_cand, p=weights / weights.sum())
+    cy, cx = np.divmod(cand, size)
+    centres = np.stack([cx, cy], 1) + rng.random((n_cand, 2))
+    hl, hw = rng.uniform(6, 15, n_cand) * m, rng.uniform(5, 9, n_cand) * m
+    angs = theta + rng.integers(0, 2, n_cand) * (math.pi / 2) + rng.normal(0, 0.12, n_cand)
+    du = np.stack([np.cos(angs), np.sin(angs)], 1)
+    dv = np.stack([-du[:, 1], du[:, 0]], 1)
+    sign = np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], float)
+    corners_all = centres[:, None] + (sign[None, :, :1] * hl[:, None, None] / 2) * du[:, None] \
+        + (sign[None, :, 1:] * hw[:, None, None] / 2) * dv[:, None]
+    lo_xy = np.floor(corners_all.min(1) - 1.5 * m).astype(int)
+    hi_xy = np.ceil(corners_all.max(1) + 1.5 * m).astype(int)
+    plot, heights = rng.random(n_cand) < 0.35, hs * rng.uniform(0.8, 1.3, n_cand)
+    ridged, corr = rng.random(n_cand) < 0.7, rng.random(n_cand) < 0.3
+    roofs = rng.choice(len(ROOFS), size=n_cand, p=roof_p)
+    placed = 0
+    occ = cv.occupied
+    for i in range(n_cand):
+        if placed >= n_houses:
+            break
+        (x0, y0), (x1, y1) = lo_xy[i], hi_xy[i]
+        if x0 < 0 or y0 < 0 or x1 >= size or y1 >= size or occ[y0 : y1 + 1, x0 : x1 + 1].any():
+            continue
+        corners = corners_all[i]
+        if plot[i]:  # swept-earth plot around the house
+            yard(_rect(*centres[i], -hl[i] / 2 - 3 * m, hl[i] / 2 + 3 * m, -hw[i] / 2 - 3 * m, hw[i] / 2 + 3 * m, angs[i]))
+        occ[y0 + 1 : y1, x0 + 1 : x1] = True
+        buildings.append(_Building(corners, ROOFS[roofs[i]], heights[i], ridge=bool(ridged[i]), corrugated=bool(corr[i])))
+        placed += 1
+
+    # trees: clumpy crowns as domes (EDT to scattered trunks), shaded and casting shadows
+    tree_p = (0.0015 + 0.006 * green) * np.clip(0.6 + 0.8 * _noise(rng, shape, 40 * m), 0, 3) / m**2
+    trunks = (rng.random(shape, dtype=np.float32) < tree_p) & ~cv.occupied
+    for x, y, _r in yard_trees:
+        if 0 <= int(y) < size and 0 <= int(x) < size:
+            trunks[int(y), int(x)] = True
+    radius = np.zeros(shape, np.float32)
+    radius[trunks] = rng.uniform(1.5, 4.5, int(trunks.sum())) * m
+    for x, y, r in yard_trees:
+        if 0 <= int(y) < size and 0 <= int(x) < size:
+            radius[int(y), int(x)] = r
+    if trunks.any():
+        d, (iy, ix) = ndimage.distance_transform_edt(~trunks, return_indices=True)
+        r = radius[iy, ix]
+        hmap = np.sqrt(np.clip(r**2 - d**2, 0, None)).astype(np.float32)
+        canopy = hmap > 0
+        gy, gx = np.gradient(hmap)
+        shade = np.clip(0.85 + 0.25 * (gx * sun[0] + gy * sun[1]), 0.55, 1.25) * (1 + 0.12 * _noise(rng, shape, 1.2 * m))
+        tcol = (np.array(TREE) * (0.8 + 0.4 * green)).astype(np.float32)
+        cv.img = np.where(canopy[None], tcol[:, None, None] * shade[None], cv.img).astype(np.float32)
+        cv.raised |= canopy
+        off = -sun * 6 * sh
+        cv.shadow |= ndimage.shift(canopy, (off[1], off[0]), order=0, mode="constant", cval=False)
+
+    for b in buildings:
+        _draw_building(cv, b, sun, rng)
+    for corners, colour, height, gate in walls:
+        _draw_wall(cv, corners, colour, height, sun, gate)
+    cv.img[:, cv.shadow & ~cv.raised] *= np.float32(0.5)
+    image = _finish(cv.img, st, rng, m)
+
+    x0 = float(LOCATIONS[index % len(LOCATIONS)][2] + 5000 * (index // len(LOCATIONS)) + 100 * int(rng.integers(0, 20)))
+    y0 = float(LOCATIONS[index % len(LOCATIONS)][3] + 100 * int(rng.integers(0, 20)))
+    transform = Affine(gsd, 0.0, x0, 0.0, -gsd, y0)
+    place, epsg = LOCATIONS[index % len(LOCATIONS)][:2]
+
+    def to_crs(corners):
+        return Polygon([(x0 + x * gsd, y0 - y * gsd) for x, y in corners])
+
+    st = {k: v for k, v in st.items() if k != "shadow_px_per_m"} | {"water": str(kind_water), "houses": placed}
+    return Town(
+        name=f"town_{index:02d}",
+        image=image,
+        crs=f"EPSG:{epsg}",
+        transform=transform,
+        gsd=gsd,
+        place=place,
+        schools=[to_crs(c) for c in schools],
+        landmarks=[Landmark(k, to_crs(c)) for k, c in landmarks],
+        style=st,
+    )
+
+
+def _paint_negative(kind, cv, rng, cx, cy, L, W, ang, comp, m, hs, sh, roof, yard, yard_col, grass,
+                    buildings, walls, yard_trees):
+    """Paint one hard negative of ``kind`` into the compound rectangle ``comp``."""
+    wall_col = WALLS[int(rng.integers(len(WALLS)))]
+    if kind == "warehouse":  # big corrugated sheds on a concrete apron, no wall, no yard
+        rr, cc = _pixels(comp, cv.shape)
+        cv.paint(rr, cc, np.array(ASPHALT) * rng.uniform(1.1, 1.6))
+        n = int(rng.integers(1, 3))
+        for i in range(n):
+            v0 = -W / 2 + 5 * m + i * (W - 10 * m) / n
+            buildings.append(_Building(_rect(cx, cy, -L / 2 + 6 * m, L / 2 - 6 * m, v0, v0 + (W - 10 * m) / n - 4 * m, ang),
+                                       roof(), hs * 1.8, ridge=rng.random() < 0.5, corrugated=True))
+        if rng.random() < 0.4:
+            walls.append((comp, wall_col, 2.0 * sh, int(rng.integers(4))))
+    elif kind == "market":  # many small stalls in rows on bare ground
+        yard(comp)
+        step_u, step_v = rng.uniform(5, 8) * m, rng.uniform(6, 9) * m
+        for u in np.arange(-L / 2 + 4 * m, L / 2 - 6 * m, step_u):
+            for v in np.arange(-W / 2 + 4 * m, W / 2 - 6 * m, step_v):
+                if rng.random() < 0.85:
+                    buildings.append(_Building(_rect(cx, cy, u, u + step_u - 1.5 * m, v, v + step_v - 3 * m, ang),
+                                               roof(), hs * 0.6, ridge=False))
+    elif kind == "clinic":  # long blocks like classrooms, in a comb, amid grass and trees, no wall
+        col = roof()
+        n = int(rng.integers(2, 4))
+        bw = rng.uniform(7, 10) * m
+        for i in range(n):
+            v0 = -W / 2 + 4 * m + i * (W - 8 * m) / n
+            buildings.append(_Building(_rect(cx, cy, -L / 2 + 8 * m, L / 2 - 4 * m, v0, v0 + bw, ang), col, hs, corrugated=True))
+        buildings.append(_Building(_rect(cx, cy, -L / 2 + 2 * m, -L / 2 + 6 * m, -W / 2 + 4 * m, W / 2 - 6 * m, ang), col, hs * 0.7, ridge=False))
+        for _ in range(int(rng.integers(2, 6))):
+            p = _rect(cx, cy, *(rng.uniform(-0.5, 0.5) * L,) * 2, *(rng.uniform(-0.5, 0.5) * W,) * 2, ang)[0]
+            yard_trees.append((p[0], p[1], rng.uniform(2, 4.5) * m))
+    elif kind == "sports_field":  # a marked pitch with no school around it
+        fl, fw = L * 0.9, min(W * 0.9, L * 0.65)
+        fcol = grass * rng.uniform(0.9, 1.05) if rng.random() < 0.6 else yard_col * 0.95
+        _draw_field(cv, cx, cy, fl, fw, ang, fcol, m)
+    elif kind == "park":  # lawn, tree clumps, paths
+        rr, cc = _pixels(comp, cv.shape)
+        cv.paint(rr, cc, np.array(GREEN_GRASS) * rng.uniform(0.9, 1.2))
+        for v in (-W / 4, W / 4):
+            path = _rect(cx, cy, -L / 2, L / 2, v - 1 * m, v + 1 * m, ang + rng.normal(0, 0.2))
+            rr, cc = _pixels(path, cv.shape)
+            cv.paint(rr, cc, yard_col)
+        for _ in range(int(rng.integers(6, 16))):
+            p = _rect(cx, cy, *(rng.uniform(-0.45, 0.45) * L,) * 2, *(rng.uniform(-0.45, 0.45) * W,) * 2, ang)[0]
+            yard_trees.append((p[0], p[1], rng.uniform(2.5, 5) * m))
+    elif kind == "walled_compound":  # wall + bare yard, but small square houses (or nothing), no long blocks
+        yard(comp)
+        walls.append((comp, wall_col, 2.0 * sh, int(rng.integers(4))))
+        for _ in range(int(rng.integers(0, 5))):
+            s1, s2 = rng.uniform(7, 14, 2) * m
+            u, v = rng.uniform(-L / 2 + 4 * m, L / 2 - 4 * m - s1), rng.uniform(-W / 2 + 4 * m, W / 2 - 4 * m - s2)
+            buildings.append(_Building(_rect(cx, cy, u, u + s1, v, v + s2, ang), roof(), hs, ridge=rng.random() < 0.6))
+        for _ in range(int(rng.integers(0, 4))):
+            p = _rect(cx, cy, *(rng.uniform(-0.4, 0.4) * L,) * 2, *(rng.uniform(-0.4, 0.4) * W,) * 2, ang)[0]
+            yard_trees.append((p[0], p[1], rng.uniform(2, 4) * m))
+    elif kind == "dense_housing":  # tightly packed small houses with narrow lanes
+        yard(comp)
+        for u in np.arange(-L / 2 + 2 * m, L / 2 - 8 * m, 10 * m):
+            for v in np.arange(-W / 2 + 2 * m, W / 2 - 7 * m, 9 * m):
+                du, dv = rng.uniform(6, 9) * m, rng.uniform(5, 7.5) * m
+                buildings.append(_Building(_rect(cx, cy, u, u + du, v, v + dv, ang + rng.normal(0, 0.05)), roof(),
+                                           hs * rng.uniform(0.8, 1.2), ridge=rng.random() < 0.7))
+
+
+def _finish(img: np.ndarray, st: dict, rng: np.random.Generator, m: float) -> np.ndarray:
+    """Camera look: optics blur, colour balance, haze, sensor noise, 8-bit quantisation."""
+    img = ndimage.gaussian_filter(img, (0, 0.55, 0.55))
+    img *= np.asarray(st["gains"], np.float32)[:, None, None]
+    haze = np.float32(st["haze"]) * (1 + 0.5 * _noise(rng, img.shape[1:], 300 * m))[None]
+    img = img * (1 - haze) + np.float32(0.78) * haze * np.array([0.95, 0.98, 1.05], np.float32)[:, None, None]
+    img += np.float32(st["noise"]) * rng.standard_normal(img.shape, dtype=np.float32)
+    return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- writing the demo
+
+
+def _params(towns: int, seed: int, size: int, gsd: float) -> dict:
+    return {"towns": int(towns), "seed": int(seed), "size": int(size), "gsd": float(gsd)}
+
+
+def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: float = 1.0, overwrite: bool = False,
+              config: TownConfig | None = None) -> DemoInfo:
+    """Write ``towns`` synthetic scenes, their school footprints and hard negatives to ``out_dir``.
+
+    Refuses a non-empty folder that is not this very demo unless ``overwrite``; the same parameters
+    regenerate byte-identical files.
+    """
+    import geopandas as gpd
+    import shapely
+    from tqdm.auto import tqdm
+
+    from .atomic import atomic_path, write_json
+    from .gis import write_geotiff
+
+    out = Path(out_dir)
+    if towns < 1 or size < 256 or gsd <= 0:
+        raise UserError(f"need towns >= 1, size >= 256 px and gsd > 0 (got towns={towns}, size={size}, gsd={gsd})", out)
+    params = _params(towns, seed, size, gsd)
+    if out.exists() and not out.is_dir():
+        raise UserError("output exists and is not a folder; choose another --out", out)
+    if out.exists() and any(out.iterdir()):
+        meta = out / "demo.json"
+        same = False
+        if meta.exists():
+            import json
+
+            try:
+                same = json.loads(meta.read_text()).get("parameters") == params
+            except ValueError:
+                same = False
+        if not same and not overwrite:
+            raise UserError("folder already holds something else; pass --overwrite (overwrite=True) or another --out", out)
+        if overwrite and not same:
+            for p in (out / "scenes").glob("town_*.tif") if (out / "scenes").exists() else ():
+                p.unlink()
+    scenes, rows, marks, per_town = [], [], [], []
+    for i in tqdm(range(towns), desc="towns", leave=False):
+        town = generate_town(seed, size, gsd, index=i, config=config)
+        path = out / "scenes" / f"{town.name}.tif"
+        write_geotiff(path, town.image, town.crs, town.transform, overviews=True, photometric="RGB")
+        scenes.append(path)
+        sgdf = gpd.GeoDataFrame(
+            {"name": [f"School {town.name} #{k + 1}" for k in range(len(town.schools))], "scene": town.name},
+            geometry=town.schools, crs=town.crs,
+        ).to_crs("EPSG:4326")
+        rows.append(sgdf)
+        lgdf = gpd.GeoDataFrame(
+            {"kind": [lm.kind for lm in town.landmarks],
+             "name": [f"{lm.kind} {town.name} #{k + 1}" for k, lm in enumerate(town.landmarks)], "scene": town.name},
+            geometry=[lm.polygon for lm in town.landmarks], crs=town.crs,
+        ).to_crs("EPSG:4326")
+        marks.append(lgdf)
+        kinds = {k: sum(lm.kind == k for lm in town.landmarks) for k in NEGATIVE_KINDS}
+        per_town.append({"name": town.name, "path": f"scenes/{town.name}.tif", "crs": town.crs, "place": town.place,
+                         "gsd": gsd, "size": size, "schools": len(town.schools), "landmarks": kinds, "style": town.style})
+
+    def rounded(gdf):
+        gdf = gdf.copy()
+        gdf["geometry"] = shapely.transform(gdf.geometry.values, lambda xy: np.round(xy, 7))
+        return gdf
+
+    import pandas as pd
+
+    schools = rounded(gpd.GeoDataFrame(pd.concat(rows, ignore_index=True), crs="EPSG:4326"))
+    landmarks = rounded(gpd.GeoDataFrame(pd.concat(marks, ignore_index=True), crs="EPSG:4326"))
+    for gdf, name in ((schools, "schools"), (landmarks, "landmarks")):
+        # not gis.write_vectors: it lets GDAL name the collection after the random temporary file
+        with atomic_path(out / f"{name}.geojson") as tmp:
+            gdf.to_file(tmp, driver="GeoJSON", layer=name)
+    meta = write_json(out / "demo.json", {
+        "parameters": params,
+        "generator": "schoolvision.synthetic",
+        "schools": "schools.geojson",
+        "landmarks": "landmarks.geojson",
+        "towns": per_town,
+        "total_schools": int(len(schools)),
+    })
+    return DemoInfo(out, scenes, out / "schools.geojson", out / "landmarks.geojson", meta,
+                    {t["name"]: t["schools"] for t in per_town},
+                    {t["name"]: sum(t["landmarks"].values()) for t in per_town})
