@@ -59,7 +59,7 @@ print("\n".join(results.missing) or "Every results file of this build was found.
 # depends on the highlighted pixels.
 
 # %%
-results.tables.get("explanation faithfulness", REFERENCE.iloc[:0]).round(3)
+results.table("explanation faithfulness").round(3)
 
 # %% [markdown]
 # ### Next to the reference project

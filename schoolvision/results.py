@@ -22,7 +22,7 @@ REFERENCE = pd.DataFrame(
         ("school F1", "about 0.77-0.80", "chip classifier, held-out tiles"),
     ],
     columns=["metric", "reference value", "what"],
-)
+).set_index("metric")
 
 # Sub-trees that are settings or lists rather than results.
 SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messages", "table", "table_all_school_chips",
@@ -45,6 +45,12 @@ class Results:
     key_numbers: pd.DataFrame
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
+
+    def table(self, section: str) -> pd.DataFrame:
+        """The extra table of ``section`` (e.g. the faithfulness table), or a one-row note when absent."""
+        if section in self.tables:
+            return self.tables[section]
+        return pd.DataFrame({"note": [f"no {section} table in this build"]})
 
     def to_markdown(self, digits: int = 3) -> str:
         """The key numbers as a Markdown table (what the results page displays)."""
