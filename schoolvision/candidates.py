@@ -41,7 +41,7 @@ def read_probability(path: str | Path, max_side: int = 4096):
 def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene: str = "",
                        min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """(points, region polygons) of connected regions where ``prob >= threshold`` (8-connected), ranked."""
-    above = np.nan_to_num(prob, nan=0.0) >= threshold
+    above = np.isfinite(prob) & (np.nan_to_num(prob, nan=0.0) >= threshold)
     labels, n = ndimage.label(above, structure=np.ones((3, 3), bool))
     px_area = abs(transform.a * transform.e - transform.b * transform.d)
     if n == 0:
@@ -57,7 +57,7 @@ def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene
         area = float(cnt * px_area)
         if area < min_area_m2:
             continue
-        x, y = transform * (c + 0.5, r + 0.5)
+        x, y = transform @ (c + 0.5, r + 0.5)
         rows.append({"label": i, "scene": scene, "max_prob": float(mx), "mean_prob": float(mn), "area_m2": area,
                      "peak": "probability", "geometry": Point(x, y)})
     points = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs) if rows else _empty(crs)

@@ -520,30 +520,22 @@ def read_chip_at(source, meta, x: float, y: float, crs, *, native_resolution: bo
         return img, ds.crs, ds.window_transform(Window(c0, r0, chip, chip))
 
 
-def cam_map(model: torch.nn.Module, image: np.ndarray, image_size: int, device) -> np.ndarray:
-    """Grad-CAM of the school class for one uint8 (3,H,W) chip, returned at (H,W) in [0,1].
+def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 16) -> np.ndarray:
+    """Grad-CAM of the school class for uint8 (N,3,H,W) chips, returned at (N,H,W) in [0,1].
 
-    Uses ``schoolvision.explain.gradcam`` when the explanations module provides it, else
-    pytorch-grad-cam directly (same method, same target layer).
+    Uses :func:`schoolvision.explain.explainer` (log-odds target, the model's own target layer).
     """
-    x = torch.from_numpy(_to_float(image))[None].to(device)
-    h, w = image.shape[-2:]
-    if (h, w) != (image_size, image_size):
-        x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    try:
-        from .explain import gradcam  # type: ignore[attr-defined]
+    from .explain import explainer, resize_maps
 
-        heat = np.asarray(gradcam(model, x, target=SCHOOL))
-    except (ImportError, AttributeError, TypeError):
-        from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        with torch.enable_grad(), GradCAM(model=model, target_layers=[model.target_layer]) as cam:
-            heat = cam(input_tensor=x, targets=[ClassifierOutputTarget(SCHOOL)])
-    heat = np.asarray(heat, dtype=np.float32).reshape(-1, *np.asarray(heat).shape[-2:])[0]
-    if heat.shape != (h, w):
-        heat = F.interpolate(torch.from_numpy(heat)[None, None], size=(h, w), mode="bilinear", align_corners=False)[0, 0].numpy()
-    return heat
+    out = []
+    h, w = images.shape[-2:]
+    with explainer(model, "gradcam") as explain:
+        for i in range(0, len(images), batch_size):
+            x = torch.from_numpy(_to_float(images[i : i + batch_size])).to(device)
+            if (h, w) != (image_size, image_size):
+                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
+            out.append(resize_maps(explain(x), h, w))
+    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 
 
 def place_at_cam_peaks(model, meta, cands, sources: dict, device, native_resolution: bool = False):
@@ -552,23 +544,21 @@ def place_at_cam_peaks(model, meta, cands, sources: dict, device, native_resolut
     The CAM says where inside the window the evidence for "school" is, which is sharper than the
     blended probability (whose resolution is the stride). Candidates whose CAM is flat keep their point.
     """
+    from rasterio.warp import transform as warp_points
     from shapely.geometry import Point
 
     cands = cands.copy()
-    crs = cands.crs
+    chips = [read_chip_at(sources[scene], meta, g.x, g.y, cands.crs, native_resolution=native_resolution)
+             for g, scene in zip(cands.geometry, cands["scene"])]
+    heats = cam_maps(model, np.stack([c[0] for c in chips]), meta.image_size, device)
     points, kinds = [], []
-    for geom, scene in zip(cands.geometry, cands["scene"]):
-        img, ccrs, ctf = read_chip_at(sources[scene], meta, geom.x, geom.y, crs, native_resolution=native_resolution)
-        heat = cam_map(model, img, meta.image_size, device)
+    for geom, (_, ccrs, ctf), heat in zip(cands.geometry, chips, heats):
         if not np.isfinite(heat).all() or heat.max() <= heat.min():
             points.append(geom)
             kinds.append("probability")
             continue
         r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        px, py = ctf * (c + 0.5, r + 0.5)
-        from rasterio.warp import transform as warp_points
-
-        xs, ys = warp_points(ccrs, crs, [px], [py])
+        xs, ys = warp_points(ccrs, cands.crs, [(ctf @ (c + 0.5, r + 0.5))[0]], [(ctf @ (c + 0.5, r + 0.5))[1]])
         points.append(Point(xs[0], ys[0]))
         kinds.append("cam")
     cands["geometry"] = points

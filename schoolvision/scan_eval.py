@@ -48,11 +48,19 @@ def _bounds(scene) -> tuple[float, float, float, float]:
         return tuple(src.bounds)
 
 
-def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float) -> list[tuple[int, int, float]]:
-    """One-to-one (candidate index, school index, metres) pairs within ``distance``, greedy by probability."""
+def metric_crs(gdf: gpd.GeoDataFrame):
+    """The frame's own CRS when projected (metres), else its local UTM zone."""
+    return gdf.crs if gdf.crs.is_projected else gdf.estimate_utm_crs()
+
+
+def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float, crs=None) -> list[tuple[int, int, float]]:
+    """One-to-one (candidate index, school index, metres) pairs within ``distance``, greedy by probability.
+
+    Distances are measured in ``crs`` (default: :func:`metric_crs` of the schools).
+    """
     if not len(cands) or not len(schools):
         return []
-    utm = schools.estimate_utm_crs() if len(schools) else cands.to_crs("EPSG:4326").estimate_utm_crs()
+    utm = crs or metric_crs(schools)
     c = cands.to_crs(utm).geometry.reset_index(drop=True)
     s = schools.to_crs(utm).geometry.reset_index(drop=True)
     d = np.array([[cg.distance(sg) for sg in s] for cg in c])
@@ -83,13 +91,14 @@ def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
     from .candidates import extract_candidates, read_probability
 
     rasters = [(s.scene, *read_probability(s.probability)) for s in scenes]
+    utm = metric_crs(schools) if len(schools) else None
     curve = []
     for t in thresholds:
         parts = [extract_candidates(p, tf, crs, float(t), name)[0].to_crs("EPSG:4326") for name, p, tf, crs in rasters]
         parts = [p for p in parts if len(p)]
         cands = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326") if parts else None
         n = 0 if cands is None else len(cands)
-        tp = len(match(cands, schools, distance)) if n else 0
+        tp = len(match(cands, schools, distance, utm)) if n else 0
         curve.append({"threshold": float(t), "candidates": n, "true_positives": tp, **scores(n, len(schools), tp)})
     return curve
 

@@ -34,6 +34,7 @@ class RedModel(torch.nn.Module):
         super().__init__()
         self.conv = torch.nn.Conv2d(3, 1, 1)  # a target layer, so grad-CAM has something to hook
         self.target_layer = self.conv
+        self.target_layer_name = "conv"
 
     def forward(self, x):
         red = ((x[:, 0] > 0.8) & (x[:, 1] < 0.3)).float().mean((1, 2))

@@ -1,0 +1,132 @@
+"""Candidates from probability rasters, border de-duplication, evaluation against known schools, the map."""
+
+from __future__ import annotations
+
+import json
+
+import geopandas as gpd
+import numpy as np
+import pytest
+from affine import Affine
+from shapely.geometry import Point, box
+
+from schoolvision.candidates import extract_all, extract_candidates, merge_duplicates, read_probability, write_candidates
+from schoolvision.gis import write_geotiff
+from schoolvision.scan import SceneScan
+from schoolvision.scan_eval import evaluate_scan, match, scores
+
+CRS = "EPSG:32636"
+
+
+def blobs(shape, centres, sigma=10.0):
+    yy, xx = np.mgrid[0 : shape[0], 0 : shape[1]]
+    p = np.zeros(shape, np.float32)
+    for r, c, peak in centres:
+        p = np.maximum(p, peak * np.exp(-((yy - r) ** 2 + (xx - c) ** 2) / (2 * sigma**2)).astype(np.float32))
+    return p
+
+
+def scene_scan(tmp_path, name, prob, x0=500_000.0, y0=100_000.0, gsd=1.0):
+    tf = Affine(gsd, 0, x0, 0, -gsd, y0)
+    path = write_geotiff(tmp_path / f"{name}_probability.tif", prob, CRS, tf, nodata=-1.0, overviews=True)
+    return SceneScan(name, "", str(path), CRS, prob.shape[1], prob.shape[0], gsd, 0, 0, 0.0, 0.0), tf
+
+
+def test_regions_become_ranked_candidates_at_their_peaks():
+    prob = blobs((200, 300), [(50, 60, 0.9), (150, 220, 0.7), (150, 60, 0.4)])
+    tf = Affine(2.0, 0, 1000.0, 0, -2.0, 5000.0)
+    pts, regions = extract_candidates(prob, tf, CRS, 0.5, "s")
+    assert list(pts["rank"]) == [1, 2] and pts["max_prob"].iloc[0] == pytest.approx(0.9, abs=1e-3)
+    assert (pts["max_prob"] >= pts["mean_prob"]).all() and (pts["mean_prob"] >= 0.5).all()
+    first = pts.geometry.iloc[0]
+    assert (first.x, first.y) == pytest.approx((1000 + 60.5 * 2, 5000 - 50.5 * 2))
+    # area of a thresholded Gaussian: pi * r^2 with r = sigma * sqrt(2 ln(peak / t)), in m^2 (4 m^2 per pixel)
+    r = 10 * np.sqrt(2 * np.log(0.9 / 0.5))
+    assert pts["area_m2"].iloc[0] == pytest.approx(np.pi * r**2 * 4, rel=0.1)
+    assert len(regions) == 2 and regions.geometry.iloc[0].contains(pts.geometry.iloc[0]) or regions.geometry.iloc[1].contains(first)
+
+
+def test_nothing_above_threshold_gives_an_empty_layer_that_still_writes(tmp_path):
+    pts, _ = extract_candidates(np.full((50, 50), 0.1, np.float32), Affine(1, 0, 0, 0, -1, 0), CRS, 0.5)
+    assert len(pts) == 0 and pts.crs == CRS
+    write_candidates(pts, tmp_path)
+    assert gpd.read_file(tmp_path / "candidates.gpkg").empty
+    assert json.loads((tmp_path / "candidates.geojson").read_text())["features"] == []
+
+
+def test_nodata_is_never_a_candidate():
+    prob = np.full((40, 40), np.nan, np.float32)
+    assert len(extract_candidates(prob, Affine(1, 0, 0, 0, -1, 0), CRS, 0.0)[0]) == 0
+
+
+def test_overlapping_scenes_give_one_candidate_per_school(tmp_path):
+    # two 200 m scenes overlapping by 100 m, one school in the overlap: seen by both
+    a, _ = scene_scan(tmp_path, "a", blobs((200, 200), [(100, 150, 0.9)]))
+    b, _ = scene_scan(tmp_path, "b", blobs((200, 200), [(100, 52, 0.8)]), x0=500_100.0)
+    cands, _ = extract_all([a, b], 0.5, merge_distance=30)
+    assert len(cands) == 1 and cands["scene"].iloc[0] == "a" and cands["max_prob"].iloc[0] == pytest.approx(0.9, abs=1e-3)
+    # two distinct schools close together in one scene are kept apart
+    c, _ = scene_scan(tmp_path, "c", blobs((200, 200), [(100, 60, 0.9), (100, 140, 0.9)]))
+    assert len(extract_all([c], 0.5, merge_distance=200)[0]) == 2
+
+
+def test_merge_only_joins_different_scenes():
+    g = gpd.GeoDataFrame({"scene": ["a", "a", "b"], "max_prob": [0.9, 0.8, 0.7], "mean_prob": [0.6] * 3,
+                          "area_m2": [1.0] * 3, "rank": [1, 2, 3]},
+                         geometry=[Point(0, 0), Point(10, 0), Point(5, 0)], crs=CRS)
+    merged = merge_duplicates(g, 20)
+    assert len(merged) == 1 and merged["max_prob"].iloc[0] == 0.9
+
+
+def test_read_probability_decimates_big_rasters(tmp_path):
+    s, tf = scene_scan(tmp_path, "big", blobs((600, 500), [(300, 250, 0.9)], sigma=40))
+    prob, tf2, crs = read_probability(s.probability, max_side=100)
+    assert prob.shape == (100, 83) or max(prob.shape) <= 100
+    assert tf2.a == pytest.approx(tf.a * 500 / prob.shape[1])
+    assert np.nanmax(prob) > 0.8
+
+
+def test_evaluation_counts_found_missed_and_false_alarms(tmp_path):
+    s, tf = scene_scan(tmp_path, "t", blobs((300, 300), [(50, 50, 0.95), (150, 150, 0.8), (250, 250, 0.6)]))
+    cands, _ = extract_all([s], 0.5)
+    x0, y0 = 500_000.0, 100_000.0
+    schools = gpd.GeoDataFrame(
+        {"name": ["near", "second", "far"]},
+        geometry=[box(x0 + 40, y0 - 60, x0 + 60, y0 - 40),      # contains candidate 1
+                  box(x0 + 180, y0 - 140, x0 + 200, y0 - 120),  # 30 m from candidate 2
+                  box(x0 + 20, y0 - 280, x0 + 40, y0 - 260)],   # nowhere near a candidate
+        crs=CRS,
+    ).to_crs("EPSG:4326")
+    path = tmp_path / "schools.geojson"
+    schools.to_file(path)
+    ev, layers = evaluate_scan(cands, [s], path, distance=50, threshold=0.5)
+    assert (ev["schools"], ev["candidates"], ev["true_positives"]) == (3, 3, 2)
+    assert ev["recall"] == pytest.approx(2 / 3, abs=1e-3) and ev["precision"] == pytest.approx(2 / 3, abs=1e-3)
+    assert [m["name"] for m in ev["missed_schools"]] == ["far"]
+    assert [u["rank"] for u in ev["unmatched_candidates"]] == [3]
+    assert len(layers["missed_schools"]) == 1 and len(layers["false_alarms"]) == 1
+    ev20, _ = evaluate_scan(cands, [s], path, distance=20, threshold=0.5)
+    assert ev20["true_positives"] == 1  # "second" is 30 m away
+    curve = {round(p["threshold"], 2): p for p in ev["pr_curve"]}
+    assert curve[0.9]["candidates"] == 1 and curve[0.9]["precision"] == 1.0
+    assert curve[0.5]["recall"] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_matching_is_one_to_one():
+    c = gpd.GeoDataFrame({"max_prob": [0.9, 0.8]}, geometry=[Point(0, 0), Point(1, 0)], crs=CRS)
+    s = gpd.GeoDataFrame({"name": ["x"]}, geometry=[Point(0.5, 0)], crs=CRS)
+    assert match(c, s, 10) == [(0, 0, 0.5)]
+    assert scores(0, 0, 0) == {"recall": 0.0, "precision": 0.0, "f1": 0.0}
+
+
+def test_map_is_self_contained(tmp_path):
+    from schoolvision.imagery import list_sources
+    from schoolvision.webmap import save_map, scan_map
+
+    img = np.random.default_rng(0).integers(0, 255, (3, 200, 200), dtype=np.uint8)
+    write_geotiff(tmp_path / "t.tif", img, CRS, Affine(1, 0, 500_000.0, 0, -1, 100_000.0))
+    s, _ = scene_scan(tmp_path, "t", blobs((200, 200), [(100, 100, 0.9)]))
+    cands, _ = extract_all([s], 0.5)
+    html = save_map(scan_map([s], cands, {"t": list_sources([tmp_path / "t.tif"])[0]}), tmp_path / "map.html").read_text()
+    assert "cdn." not in html and "https://code.jquery" not in html
+    assert "L.imageOverlay" in html and "sv-candidate" in html and "bindPopup" in html and "data:image/png;base64" in html
