@@ -54,8 +54,13 @@ def prediction_frame(frame: pd.DataFrame, split: str, probs: np.ndarray, thresho
 
 def write_predictions(path: str | Path, frames: list[pd.DataFrame]) -> Path:
     with atomic_path(path) as tmp:
-        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False, float_format="%.9g")
+        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)  # repr floats: exact round trip
     return Path(path)
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """``predictions.csv`` with probabilities parsed exactly as written."""
+    return pd.read_csv(path, dtype={"chip_id": str}, float_precision="round_trip")
 
 
 @dataclass
@@ -65,7 +70,7 @@ class EvalConfig:
     run_dir: Path
     chips_dir: Path
     split: str = "test"
-    batch_size: int = 64
+    batch_size: int | None = None  # None: the run's batch size (same batches -> bitwise-equal predictions)
     device: str = "cpu"
     n_boot: int = 1000
     seed: int = 0
@@ -82,13 +87,14 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
 
     run_dir = Path(config.run_dir)
     model, meta = load_classifier(run_dir / "best.pt", config.device)
+    batch_size = config.batch_size or int(_read_json(run_dir / "config.json").get("batch_size", 64))
     splits = [config.split, "val"] if config.split == "test" else [config.split]
     reports, probs_by_split = {}, {}
     for split in splits:
         ds = ChipDataset(config.chips_dir, split=split, augment=False, image_size=meta.image_size)
         if len(ds) == 0:
             raise UserError(f"split {split!r} has no chips", Path(config.chips_dir) / "chips.csv")
-        logits, _ = predict_logits(model, ds, config.batch_size, config.device)
+        logits, _ = predict_logits(model, ds, batch_size, config.device)
         probs = school_probability(logits, meta.temperature)
         probs_by_split[split] = (ds.frame, probs)
         reports[split] = split_report(label_array(ds.frame), probs, meta.threshold, meta.temperature, config.n_boot, config.seed)
@@ -109,16 +115,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _predictions_match(path: Path, probs_by_split: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> bool | None:
-    """True when ``predictions.csv`` holds the same P(school) (to its 9 printed digits) per chip."""
+    """True when ``predictions.csv`` holds exactly the same P(school) per chip."""
     if not path.is_file():
         return None
-    saved = pd.read_csv(path, dtype={"chip_id": str})
+    saved = read_predictions(path)
     for split, (frame, probs) in probs_by_split.items():
         rows = saved[saved["split"] == split]
         if rows.empty:
             continue
         now = prediction_frame(frame, split, probs, 0.5)
-        now["prob"] = now["prob"].map(lambda v: float(f"{v:.9g}"))
         if len(rows) != len(now) or not np.array_equal(rows["chip_id"].astype(str).to_numpy(), now["chip_id"].astype(str).to_numpy()):
             return False
         if not np.array_equal(rows["prob"].to_numpy(), now["prob"].to_numpy()):

@@ -10,7 +10,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run folder (holds best.pt)")
     parser.add_argument("--chips", required=True, type=Path, help="chips folder the run was trained on")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"))
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
 

@@ -67,7 +67,9 @@ def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, threshold: float, tit
 
 
 def _predictions(run_dir: str | Path, split: str) -> pd.DataFrame:
-    frame = pd.read_csv(Path(run_dir) / "predictions.csv", dtype={"chip_id": str})
+    from ..evaluation import read_predictions
+
+    frame = read_predictions(Path(run_dir) / "predictions.csv")
     return frame[frame["split"] == split].reset_index(drop=True)
 
 

@@ -1,0 +1,269 @@
+"""Training: run folder, exact resume, selection, calibration, bad input, kill -9, DDP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import torch
+from rasterio.transform import from_origin
+
+from schoolvision import training
+from schoolvision.checkpoint import load_classifier, read_checkpoint
+from schoolvision.errors import UserError
+from schoolvision.evaluation import EvalConfig, evaluate_run, read_predictions
+from schoolvision.inference import predict
+from schoolvision.metrics import METRIC_KEYS
+from schoolvision.training import TrainConfig, class_weights, fit, rng_state, set_rng_state, warmup_cosine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def make_fake_chips(root: Path, counts=(10, 6), size=32, seed=0, splits=("train", "val", "test")) -> Path:
+    """A tiny chips folder per the chips contract: school chips hold a bright square."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for s, split in enumerate(splits):
+        scene = f"town_{s:02d}"
+        for label, n in zip(("not_school", "school"), counts):
+            for k in range(n):
+                img = rng.integers(40, 120, (3, size, size), dtype=np.uint8)
+                if label == "school":
+                    a = int(rng.integers(2, size // 2))
+                    img[:, a : a + size // 3, a : a + size // 3] = 230
+                cid = f"{scene}_{label}_{k:03d}"
+                rel = f"{split}/{label}/{cid}.tif"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                tr = from_origin(500000 + k * size, 4000000, 1.0, 1.0)
+                with rasterio.open(root / rel, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                                   crs="EPSG:32636", transform=tr) as ds:
+                    ds.write(img)
+                rows.append(dict(chip_id=cid, path=rel, label=label, split=split, scene=scene, row_off=0, col_off=k * size,
+                                 minx=tr.c, miny=tr.f - size, maxx=tr.c + size, maxy=tr.f, crs="EPSG:32636",
+                                 school_fraction=float(label == "school"), school_name="s" if label == "school" else ""))
+    pd.DataFrame(rows).to_csv(root / "chips.csv", index=False)
+    (root / "dataset.json").write_text(json.dumps({"chip_size": size, "gsd": 1.0, "stride": size, "seed": seed,
+                                                   "classes": ["not_school", "school"]}))
+    return root
+
+
+@pytest.fixture(scope="module")
+def fake_chips(tmp_path_factory):
+    return make_fake_chips(tmp_path_factory.mktemp("fake") / "chips")
+
+
+def tiny(chips, out, **kw) -> TrainConfig:
+    args = dict(chips_dir=chips, out_dir=out, epochs=2, batch_size=8, device="cpu", seed=0, pretrained=False, n_boot=50)
+    return TrainConfig(**{**args, **kw})
+
+
+@pytest.fixture(scope="module")
+def fake_run(fake_chips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    metrics = fit(tiny(fake_chips, out))
+    return out, metrics
+
+
+# --- units -------------------------------------------------------------------------------------
+
+
+def test_warmup_then_cosine():
+    f = warmup_cosine(4, 20)
+    values = [f(s) for s in range(21)]
+    assert values[0] == 0.25 and values[3] == 1.0
+    assert all(a >= b for a, b in zip(values[3:], values[4:]))
+    assert values[20] == pytest.approx(0.0)
+
+
+def test_class_weights_balance_the_classes():
+    w = class_weights(np.array([0] * 30 + [1] * 10))
+    assert w[0] * 30 == pytest.approx(w[1] * 10)
+
+
+def test_rng_state_roundtrip_is_weights_only_safe(tmp_path):
+    import io
+    import random
+
+    state = rng_state()
+    a = (torch.rand(3), np.random.rand(3), random.random())
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    set_rng_state(torch.load(buf, weights_only=True))
+    b = (torch.rand(3), np.random.rand(3), random.random())
+    assert torch.equal(a[0], b[0]) and np.array_equal(a[1], b[1]) and a[2] == b[2]
+
+
+# --- a full (tiny) run -------------------------------------------------------------------------
+
+
+def test_run_folder_contents(fake_run, fake_chips):
+    out, metrics = fake_run
+    for name in ("best.pt", "last.pt", "config.json", "metrics.json", "predictions.csv", "history.json"):
+        assert (out / name).is_file(), name
+    saved = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) | {"temperature", "val", "bootstrap"} <= set(saved)
+    assert saved["n_chips"] == {"not_school": 10, "school": 6}
+    assert set(METRIC_KEYS) <= set(saved["val"])
+    config = json.loads((out / "config.json").read_text())
+    assert config["chips_dir"] == str(fake_chips.resolve())
+    assert len(config["chips_index_sha256"]) == 64 and "torch" in config["versions"]
+    assert config["resolved"]["image_size"] == 32
+    history = json.loads((out / "history.json").read_text())
+    assert [r["epoch"] for r in history] == [1, 2]
+    last = read_checkpoint(out / "last.pt")  # weights_only=True inside
+    assert last["epoch"] == 2 and {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
+    pred = read_predictions(out / "predictions.csv")
+    assert list(pred.columns) == ["chip_id", "path", "split", "scene", "label", "prob", "pred"]
+    assert sorted(set(pred["split"])) == ["test", "val"]
+    assert ((pred["prob"] >= saved["threshold"]).astype(int) == pred["pred"]).all()
+
+
+def test_best_checkpoint_reproduces_the_test_predictions(fake_run, fake_chips):
+    from schoolvision.dataset import ChipDataset
+
+    out, _ = fake_run
+    model, meta = load_classifier(out / "best.pt")
+    assert meta.image_size == 32 and meta.chip_size == 32 and meta.gsd == 1.0
+    probs = predict(model, ChipDataset(fake_chips, split="test"), batch_size=8, temperature=meta.temperature)
+    saved = read_predictions(out / "predictions.csv")
+    assert np.array_equal(probs, saved[saved["split"] == "test"]["prob"].to_numpy())
+
+
+def test_evaluate_recomputes_metrics_json(fake_run, fake_chips):
+    out, _ = fake_run
+    before = json.loads((out / "metrics.json").read_text())
+    result = evaluate_run(EvalConfig(out, fake_chips, n_boot=50))
+    assert result["predictions_match"] is True
+    after = json.loads((out / "metrics.json").read_text())
+    after.pop("predictions_match")
+    assert after == before
+
+
+def test_tensorboard_holds_curves_figures_and_hparams(fake_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out, _ = fake_run
+    acc = EventAccumulator(str(out / "tensorboard"), size_guidance={"images": 0, "tensors": 0}).Reload()
+    tags = acc.Tags()
+    for tag in ("loss/train", "loss/val", "accuracy/val", "f1/val", "auprc/val", "lr"):
+        assert tag in tags["scalars"], tag
+    for tag in ("confusion_matrix/val", "confusion_matrix/test", "test_chips"):
+        assert tag in tags["images"], tag
+    assert {"pr_curve/val", "pr_curve/test"} <= set(tags["tensors"])
+
+
+def test_refuses_an_existing_run_folder(fake_run, fake_chips):
+    out, _ = fake_run
+    with pytest.raises(UserError, match="overwrite"):
+        fit(tiny(fake_chips, out))
+
+
+def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
+    whole = fit(tiny(fake_chips, tmp_path / "whole"))
+    calls = {"n": 0}
+    real = training._train_epoch
+
+    def interrupted(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # killed during the second epoch
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit(tiny(fake_chips, tmp_path / "split"))
+    assert read_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
+    assert not (tmp_path / "split" / "metrics.json").exists()
+    monkeypatch.setattr(training, "_train_epoch", real)
+    resumed = fit(tiny(fake_chips, tmp_path / "split", resume=True))
+    assert json.loads((tmp_path / "split" / "metrics.json").read_text()) == json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    assert resumed == whole
+
+
+def test_resume_refuses_corrupt_or_foreign_checkpoints(fake_run, fake_chips, tmp_path):
+    out, _ = fake_run
+    with pytest.raises(UserError, match="backbone"):
+        fit(tiny(fake_chips, out, backbone="resnet18", resume=True))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "last.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(UserError, match="last.pt"):
+        fit(tiny(fake_chips, bad, resume=True))
+    assert (bad / "last.pt").read_bytes() == b"not a checkpoint" and sorted(p.name for p in bad.iterdir()) == ["last.pt"]
+    with pytest.raises(UserError, match="best.pt"):
+        evaluate_run(EvalConfig(bad, fake_chips))
+
+
+def test_missing_class_or_split_is_a_one_line_error(tmp_path):
+    chips = make_fake_chips(tmp_path / "noschool", counts=(6, 0))
+    with pytest.raises(UserError, match="school") as err:
+        fit(tiny(chips, tmp_path / "r1"))
+    assert "\n" not in str(err.value)
+    chips = make_fake_chips(tmp_path / "noval", counts=(4, 3), splits=("train", "test"))
+    with pytest.raises(UserError, match="val"):
+        fit(tiny(chips, tmp_path / "r2"))
+
+
+def test_cli_train_reports_a_bad_chips_folder(tmp_path):
+    from schoolvision.cli import main
+
+    assert main(["train", "--chips", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), "--device", "cpu"]) == 2
+
+
+def test_fit_on_the_demo_chips_fixture(trained_run):
+    """Integration with the real chips and dataset of the shared fixtures."""
+    metrics = json.loads((trained_run / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    model, meta = load_classifier(trained_run)
+    assert meta.image_size == 64 and 0.0 <= meta.threshold <= 1.0 and meta.temperature > 0
+
+
+# --- processes: kill -9 and DDP ------------------------------------------------------------------
+
+
+def _train_cmd(chips, out, *extra):
+    return [sys.executable, "-m", "schoolvision", "train", "--chips", str(chips), "--out", str(out), "--device", "cpu",
+            "--batch-size", "4", "--no-pretrained", "--num-workers", "0", *extra]
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume(fake_chips, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(_train_cmd(fake_chips, out, "--epochs", "6"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not (out / "last.pt").exists():
+        time.sleep(0.2)
+    time.sleep(1.0)  # somewhere inside the next epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "last.pt").exists(), "training never wrote last.pt"
+    read_checkpoint(out / "last.pt")
+    load_classifier(out / "best.pt")
+    done = subprocess.run(_train_cmd(fake_chips, out, "--epochs", "6", "--resume"), cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert set(METRIC_KEYS) <= set(json.loads((out / "metrics.json").read_text()))
+    assert read_checkpoint(out / "last.pt")["epoch"] >= 1
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_gloo(fake_chips, tmp_path):
+    out = tmp_path / "ddp"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517", "-m", "schoolvision",
+           *_train_cmd(fake_chips, out, "--epochs", "1")[3:]]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(METRIC_KEYS) <= set(metrics)
+    assert metrics["n_chips"] == {"not_school": 10, "school": 6}
+    assert json.loads((out / "config.json").read_text())["resolved"]["world_size"] == 2
