@@ -5,8 +5,10 @@ Labelling rule (``ChipConfig``): a chip is ``school`` when it holds at least
 ``min_chip_cover`` of the chip (large compounds never fit in one chip); ``not_school`` when it
 touches no school at all; anything in between (a sliver of a school) is ambiguous and left out.
 
-Windows come from a regular grid (``stride``) plus ``centred_views`` jittered windows centred on
-each school, so every school gives several positive views. ``not_school`` chips of the train
+Windows come from a regular grid (``stride``); in the splits listed in ``centred_splits`` (train
+by default) each school also gives ``centred_views`` jittered windows centred on it, so the model
+sees every school several times. Val and test stay grid-only: an unbiased sample of what a scan
+sees, so their metrics are not flattered by school-centred views. ``not_school`` chips of the train
 split are under-sampled to ``negative_ratio`` per positive; val and test keep every negative
 (``eval_negative_ratio`` to change that), so their class balance stays what a scan would see.
 
@@ -62,6 +64,7 @@ class ChipConfig:
     min_chip_cover: float = 0.25  # or: share of the chip covered by school footprints
     point_buffer_m: float = POINT_BUFFER_M  # radius of the disc that stands for a school point
     centred_views: int = 4  # extra jittered windows centred on each school
+    centred_splits: tuple[str, ...] = ("train",)  # splits that get the centred views
     jitter: float = 0.25  # max shift of centred views, as a share of chip_size
     negative_ratio: float | None = 3.0  # not_school per school chip in train; None = keep all
     eval_negative_ratio: float | None = None  # same for val/test; None = keep all
@@ -89,6 +92,7 @@ class ChipConfig:
                 raise UserError(f"--crs {self.crs!r} is not a CRS; use e.g. EPSG:32636") from None
         if self.bands is not None:
             self.bands = tuple(int(b) for b in self.bands)
+        self.centred_splits = tuple(self.centred_splits)
         for name in ("val_scenes", "test_scenes"):
             value = getattr(self, name)
             if value is not None:
@@ -217,6 +221,8 @@ def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, conf
             split = split_rule if blocks is None else _window_split(blocks, row, col, cs, config.block_size)
             if split is None:
                 skipped["straddles_split_blocks"] += 1
+                continue
+            if view == "centred" and split not in config.centred_splits:
                 continue
             t = ds.window_transform(Window(col, row, cs, cs))
             chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
