@@ -151,7 +151,7 @@ def make_chips(
             raise UserError("output folder already holds a different dataset or other files; "
                             "pass --overwrite to replace it", out_dir)
     labels = read_schools(schools, config.point_buffer_m)
-    infos = {s.name: source_info(s, config.crs) for s in sources}
+    infos = {s.name: source_info(s, config.crs, config.bands) for s in sources}
     _check_overlap(labels, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
     scene_split = _scene_splits([s.name for s in sources], config)
@@ -397,14 +397,21 @@ def _config_dict(config: ChipConfig) -> dict:
 
 
 def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig) -> str:
-    """Hash of inputs (paths, sizes, mtimes) and config: same fingerprint = same dataset."""
+    """Hash of the inputs' contents and the config: same fingerprint = same dataset.
+
+    Content, not modification times, so regenerating identical demo files keeps the chips valid;
+    files over 256 MiB are identified by path, size and mtime to keep this cheap.
+    """
     h = hashlib.sha256(json.dumps(_config_dict(config), sort_keys=True).encode())
-    files = [Path(t[3]) for s in sources for t in s.tiles] if any(s.tiles for s in sources) else []
-    files += [Path(s.path) for s in sources if s.kind == "raster"] + [schools]
-    for f in files:
-        if f.exists():
-            st = f.stat()
+    files = [Path(t[3]) for s in sources for t in s.tiles] + [Path(s.path) for s in sources if s.kind == "raster"]
+    for f in [*files, schools]:
+        if not f.is_file():
+            continue
+        st = f.stat()
+        if st.st_size > 256 * 2**20:
             h.update(f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        else:
+            h.update(f.name.encode() + hashlib.sha256(f.read_bytes()).digest())
     return h.hexdigest()[:16]
 
 

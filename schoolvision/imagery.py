@@ -218,9 +218,9 @@ def utm_crs_for(ds) -> CRS:
     return CRS.from_epsg(int(info[0].code))
 
 
-def source_info(source: ImagerySource, crs: str | None = None) -> dict:
-    """CRS (after ``crs`` override), native GSD, and bounds in EPSG:4326 of a source, without reading pixels."""
-    with _open_raw(source, crs, bands=None, check_bands=False) as ds:
+def source_info(source: ImagerySource, crs: str | None = None, bands: Sequence[int] | None = None) -> dict:
+    """CRS, native GSD and EPSG:4326 bounds of a source; checks it opens (CRS, bands) without reading pixels."""
+    with _open_raw(source, crs, bands) as ds:
         return {
             "crs": ds.crs.to_string(),
             "native_gsd": native_gsd(ds),
@@ -229,7 +229,7 @@ def source_info(source: ImagerySource, crs: str | None = None) -> dict:
 
 
 @contextlib.contextmanager
-def _open_raw(source: ImagerySource, crs, bands, check_bands: bool = True) -> Iterator:
+def _open_raw(source: ImagerySource, crs, bands) -> Iterator:
     """Open the file or mosaic with RGB bands selected and a CRS, without resampling."""
     if source.kind == "xyz":
         with rasterio.open(xyz_vrt_xml(source)) as ds:
@@ -245,7 +245,7 @@ def _open_raw(source: ImagerySource, crs, bands, check_bands: bool = True) -> It
         if ds.crs is None and crs is None:
             raise UserError("raster has no CRS; pass --crs EPSG:xxxx", path)
         the_crs = CRS.from_user_input(crs) if ds.crs is None else ds.crs
-        chosen = choose_bands(ds.count, ds.colorinterp, bands, path) if check_bands else (1, 2, 3)[: min(3, ds.count)]
+        chosen = choose_bands(ds.count, ds.colorinterp, bands, path)
         if ds.crs is not None and chosen == (1, 2, 3) and ds.count == 3:
             yield ds
             return
