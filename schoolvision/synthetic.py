@@ -147,6 +147,13 @@ def _pixels(corners: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np
     return draw_polygon(corners[:, 1] - 0.5, corners[:, 0] - 0.5, shape)
 
 
+def _box(corners: np.ndarray, margin: float) -> tuple[slice, slice]:
+    """Row/column slices of the bounding box of ``corners`` grown by ``margin`` px (clipped at 0)."""
+    x0, y0 = np.floor(corners.min(0) - margin).astype(int)
+    x1, y1 = np.ceil(corners.max(0) + margin).astype(int)
+    return slice(max(y0, 0), y1 + 1), slice(max(x0, 0), x1 + 1)
+
+
 def _hull(points: np.ndarray) -> np.ndarray:
     """Convex hull (monotone chain) — the outline of a building plus its cast shadow."""
     pts = sorted(map(tuple, np.round(points, 6)))
@@ -442,6 +449,7 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
 
     # schools: compound with wall and yard, 1-3 long classroom blocks (I, L, U), often a field
     schools = []
+    reserved = np.zeros(shape, bool)  # compounds plus their spacing
     lo, hi = cfg.schools_per_km2
     n_target = max(cfg.min_schools, int(rng.integers(round(lo * km2), round(hi * km2) + 1)))
     margin = cfg.edge_margin_px
@@ -453,9 +461,10 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
         ang = rng.uniform(0, math.pi)
         cx, cy = rng.uniform(margin + L / 2, size - margin - L / 2, 2)
         comp = _rect(cx, cy, -L / 2, L / 2, -W / 2, W / 2, ang)
-        if comp.min() < margin or comp.max() > size - margin or not cv.free(comp, 3 * m):
+        if comp.min() < margin or comp.max() > size - margin or not cv.free(comp, 3 * m) or reserved[_box(comp, 0)].any():
             continue
-        cv.occupy(comp, cfg.school_spacing_m * m)
+        reserved[_box(comp, cfg.school_spacing_m * m)] = True  # schools never touch each other
+        cv.occupy(comp, 4 * m)  # but houses may crowd up to the wall
         yard(comp)
         inset, bw = rng.uniform(3, 7) * m, rng.uniform(7, 10) * m
         layout = rng.choice(["I", "II", "L", "U"], p=[0.2, 0.15, 0.3, 0.35])
@@ -502,9 +511,10 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
             ang = rng.uniform(0, math.pi)
             cx, cy = rng.uniform(L / 2 + 8, size - L / 2 - 8, 2)
             comp = _rect(cx, cy, -L / 2, L / 2, -W / 2, W / 2, ang)
-            if comp.min() < 4 or comp.max() > size - 4 or not cv.free(comp, 3 * m):
+            if comp.min() < 4 or comp.max() > size - 4 or not cv.free(comp, 3 * m) or reserved[_box(comp, 0)].any():
                 continue
-            cv.occupy(comp, 12 * m)
+            reserved[_box(comp, 12 * m)] = True
+            cv.occupy(comp, 4 * m)
             _paint_negative(kind, cv, rng, cx, cy, L, W, ang, comp, m, hs, sh, roof, yard, yard_col, grass,
                             buildings, walls, yard_trees)
             landmarks.append((kind, comp))
@@ -538,7 +548,7 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
     # houses: many small gable or flat roofs, aligned to the street grid, densest in the centre
     n_houses = int(cfg.houses_per_km2 * km2)
     weights = (dens**1.5).ravel().astype(np.float64)
-    n_cand = n_houses * 3
+    n_cand = n_houses * 5
     cand = rng.choice(size * size, size=n_cand, p=weights / weights.sum())
     cy, cx = np.divmod(cand, size)
     centres = np.stack([cx, cy], 1) + rng.random((n_cand, 2))
