@@ -409,7 +409,22 @@ def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any
         set_rng_state(last["rng"])
 
     writer = tblog.open_writer(out / "tensorboard") if ddp.main else None
-    meta = CheckpointMeta(config.backbone, image_size, chip_size, chips_meta.get("gsd"))
+    try:
+        _epochs(config, ddp, device, net, model, loader, sampler, train_ds, val_ds, optimizer, scheduler, scaler, loss_fn,
+                amp, amp_dtype, channels_last, writer, start_epoch, best_score, best_epoch, stale, history, stopped,
+                CheckpointMeta(config.backbone, image_size, chip_size, chips_meta.get("gsd")))
+        return _finish(config, ddp, device, model, splits, history, writer, num_workers)
+    finally:
+        if writer is not None:
+            writer.close()  # idempotent; _finish already closed and checked it on success
+
+
+def _epochs(config, ddp, device, net, model, loader, sampler, train_ds, val_ds, optimizer, scheduler, scaler, loss_fn,
+            amp, amp_dtype, channels_last, writer, start_epoch, best_score, best_epoch, stale, history, stopped, meta) -> None:
+    """The epoch loop: train, validate, keep the best by val AUPRC, write best.pt / last.pt / history."""
+    from . import tblog
+
+    out = config.out_dir
     for epoch in range(start_epoch, config.epochs):
         if stopped:
             break
@@ -443,7 +458,7 @@ def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any
                 meta.metrics = {f"val_{k}": float(val_m[k]) for k in ("auprc", "f1", "accuracy")}
                 save_checkpoint(out / "best.pt", model, meta)
             save_checkpoint(
-                last_path, model, meta, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                out / "last.pt", model, meta, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                 scaler=scaler.state_dict(), epoch=epoch + 1, best_score=best_score, best_epoch=best_epoch, stale=stale,
                 stopped=stopped, history=history, rng=rng_state(), config=_jsonable_config(config),
             )
@@ -451,8 +466,6 @@ def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any
             tblog.log_epoch(writer, row)
         if ddp.world > 1:
             dist.barrier()
-
-    return _finish(config, ddp, device, model, splits, history, best_epoch, writer, num_workers)
 
 
 def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, device, amp, amp_dtype, channels_last, frozen, ddp, config, epoch) -> dict[str, float]:
@@ -494,7 +507,7 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, devi
     return {"loss": float(loss_sum) / len(labels), "accuracy": m["accuracy"], "f1": m["f1"], "auprc": auprc(labels, probs), "n": len(labels)}
 
 
-def _finish(config, ddp, device, model, splits, history, best_epoch, writer, num_workers) -> dict[str, Any]:
+def _finish(config, ddp, device, model, splits, history, writer, num_workers) -> dict[str, Any]:
     """Calibrate and tune the best model on validation, score test, write the run's outputs."""
     from . import tblog
 
@@ -502,6 +515,7 @@ def _finish(config, ddp, device, model, splits, history, best_epoch, writer, num
     best = read_checkpoint(out / "best.pt")
     model.load_state_dict(best["model"])
     meta = CheckpointMeta(**best["meta"])
+    best_epoch = meta.epoch
     reports, frames, probs_by_split = {}, [], {}
     for split in ("val", "test"):
         logits, labels = _gather_logits(model, splits[split], ddp, config.batch_size, device, num_workers)

@@ -168,6 +168,7 @@ def test_refuses_an_existing_run_folder(fake_run, fake_chips):
         fit(tiny(fake_chips, out))
 
 
+@pytest.mark.slow
 def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
     whole = fit(tiny(fake_chips, tmp_path / "whole"))
     calls = {"n": 0}
