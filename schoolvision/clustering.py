@@ -35,6 +35,7 @@ class ClusterConfig:
     stability_seeds: int = 5
     silhouette_sample: int = 3000  # silhouette is O(n^2): score a seeded sample above this
     tsne: bool = True
+    threads: int | None = 1  # BLAS/OpenMP threads; 1 avoids oversubscription (many times faster on busy CPUs); None = all
     seed: int = 0
 
 
@@ -182,19 +183,32 @@ def stability(reduced: np.ndarray, labels: np.ndarray, k: int, config: ClusterCo
 
 
 def embed_2d(reduced: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
-    """Seeded t-SNE to two dimensions (perplexity shrunk for small sets)."""
+    """Seeded t-SNE to two dimensions (perplexity shrunk for small sets).
+
+    Runs on one OpenMP thread: Barnes-Hut's threaded gradient is many times slower on a busy
+    machine, and one thread gives the same map on every machine.
+    """
     from sklearn.manifold import TSNE
+    from threadpoolctl import threadpool_limits
 
     n = len(reduced)
     if reduced.shape[1] < 2 or n < 5:
         return np.pad(reduced[:, :2], ((0, 0), (0, max(0, 2 - reduced.shape[1]))))
     perp = float(min(perplexity, max(2.0, (n - 1) / 3)))
-    return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
+    with threadpool_limits(limits=1, user_api="openmp"):
+        return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
 
 
 def cluster_features(vectors: np.ndarray, config: ClusterConfig | None = None) -> Clustering:
     """Reduce, choose k, cluster, measure stability and embed in 2-D."""
+    from threadpoolctl import threadpool_limits
+
     config = config or ClusterConfig()
+    with threadpool_limits(limits=config.threads):
+        return _cluster_features(vectors, config)
+
+
+def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
     if config.method not in METHODS:
         raise UserError(f"unknown clustering method {config.method!r}; use one of {', '.join(METHODS)}")
     reduced, explained, dims = reduce_features(vectors, config.variance, config.max_dims, config.seed)

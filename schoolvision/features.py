@@ -147,7 +147,7 @@ def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, progr
 
     device = resolve_device(config.device)
     model, meta = load_classifier(ckpt, device)
-    ds = ChipDataset(chips_dir, split=None if config.split == "all" else config.split, augment=False, image_size=meta.image_size)
+    ds = ChipDataset(chips_dir, split=None if config.split == "all" else config.split, augment=False, image_size=meta.image_size, require_classes=False)
     if len(ds) == 0:
         raise UserError(f"no chips in split {config.split!r}", chips_dir / "chips.csv")
     vectors, prob, index, thumbs = extract_features(
