@@ -289,6 +289,8 @@ def execute(
             papermill.execute_notebook(
                 str(notebook), str(notebook), parameters=params, cwd=str(root), kernel_name="python3",
                 progress_bar=False, request_save_on_cell_execute=False, report_mode=False,
+                # the kernel's own log (TCP transport notice, shutdown chatter) is not the chapter's output
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         finally:
             timings[source.stem] = round(time.perf_counter() - start, 1)
