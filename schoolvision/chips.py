@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 from rasterio.windows import Window
-from shapely import STRtree
+from shapely import STRtree, union_all
 from shapely.geometry import box
 from tqdm.auto import tqdm
 
@@ -198,8 +198,7 @@ def make_chips(
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    summary = _summary_from_json(out_dir, meta)
-    return summary
+    return _summary_from_json(out_dir, meta)
 
 
 def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, config: ChipConfig, out: Path,
@@ -287,8 +286,6 @@ def _label(chip_box, tree, schools, areas, config: ChipConfig) -> tuple[str | No
         covered.append(inter)
         if frac > best_frac:
             best, best_frac = schools["name"].iloc[i], frac
-    from shapely import union_all
-
     cover = union_all(covered).area / chip_box.area
     if best_frac == 0.0 and cover == 0.0:
         return "not_school", 0.0, 0.0, ""  # touches a school boundary only
