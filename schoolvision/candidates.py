@@ -3,8 +3,8 @@
 Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks are placed by
 :func:`schoolvision.scan.place_at_cam_peaks`) with its maximum and mean probability and its area.
 Regions are labelled on a decimated read (at most ``max_side`` pixels a side, through the raster's
-overviews) so a country-size raster never has to fit in memory; at 1 m GSD and 4096 px this is
-still far finer than the scan stride. Scenes that overlap give the same school twice: points from
+overviews) so a country-size raster never has to fit in memory; a 2048 px side is still finer than
+the scan stride for scenes up to 2048 x stride pixels (131 km at 1 m, stride 64). Scenes that overlap give the same school twice: points from
 different scenes closer than ``merge_distance`` are merged, keeping the most probable.
 """
 
@@ -28,7 +28,7 @@ from .scan import NODATA
 COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
 
 
-def read_probability(path: str | Path, max_side: int = 4096):
+def read_probability(path: str | Path, max_side: int = 2048):
     """(prob float32 with NaN for nodata, transform, crs) of a probability raster, decimated to ``max_side``."""
     with rasterio.open(path) as src:
         f = max(1, math.ceil(max(src.width, src.height) / max_side))
@@ -50,7 +50,7 @@ def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene
     vals = np.nan_to_num(prob, nan=0.0)
     maxs = ndimage.maximum(vals, labels, idx)
     means = ndimage.mean(vals, labels, idx)
-    counts = ndimage.sum(np.ones_like(vals), labels, idx)
+    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
     peaks = ndimage.maximum_position(vals, labels, idx)
     rows = []
     for i, (mx, mn, cnt, (r, c)) in enumerate(zip(maxs, means, counts, peaks), start=1):

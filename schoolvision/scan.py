@@ -58,6 +58,9 @@ NODATA = -1.0
 BLOCK = 256
 """GeoTIFF tile size; rows are flushed in multiples of it."""
 
+GDAL_CACHE_MB = 128
+"""GDAL block cache while scanning."""
+
 GSD_TRANSFER_RATIO = 1.5
 """A native GSD further than this factor from the training GSD gets a warning."""
 
@@ -358,7 +361,18 @@ def scan_scene(
     prefetch_depth: int = 4,
     progress: bool = True,
 ) -> SceneScan:
-    """Scan one imagery source; write its float32 probability GeoTIFF on the scene grid to ``out_path``."""
+    """Scan one imagery source; write its float32 probability GeoTIFF on the scene grid to ``out_path``.
+
+    GDAL's block cache is capped at ``GDAL_CACHE_MB`` (its default is 5% of RAM, gigabytes on a big
+    machine) so memory stays flat whatever the scene size.
+    """
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+        return _scan_scene(model, meta, source, Path(out_path), stride=stride, batch_size=batch_size, device=device,
+                           native_resolution=native_resolution, prefetch_depth=prefetch_depth, progress=progress)
+
+
+def _scan_scene(model, meta, source, out_path: Path, *, stride, batch_size, device, native_resolution, prefetch_depth,
+                progress) -> SceneScan:
     from .imagery import native_gsd, open_source
 
     out_path = Path(out_path)
@@ -536,6 +550,23 @@ def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device
                 x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
             out.append(resize_maps(explain(x), h, w))
     return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
+
+
+def explain_points(model, meta, points, sources: dict, device="cpu", native_resolution: bool = False):
+    """Chips centred on ``points`` (GeoDataFrame with a ``scene`` column), their P(school) and grad-CAM.
+
+    Returns (chips uint8 (N,3,c,c), probabilities (N,), cams (N,c,c)): what a mapper looks at to
+    judge a missed school or a false alarm.
+    """
+    chip = int(meta.chip_size)
+    if not len(points):
+        return np.zeros((0, 3, chip, chip), np.uint8), np.zeros(0, np.float32), np.zeros((0, chip, chip), np.float32)
+    geoms = [g if g.geom_type == "Point" else g.representative_point() for g in points.geometry]
+    chips = np.stack([read_chip_at(sources[scene], meta, g.x, g.y, points.crs, native_resolution=native_resolution)[0]
+                      for g, scene in zip(geoms, points["scene"])])
+    device = torch.device(device) if isinstance(device, str) else device
+    probs = predict_windows(model.to(device).eval(), _to_float(chips), meta.image_size, meta.temperature, device)
+    return chips, probs, cam_maps(model, chips, meta.image_size, device)
 
 
 def place_at_cam_peaks(model, meta, cands, sources: dict, device, native_resolution: bool = False):

@@ -149,3 +149,15 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
 def write_evaluation(path: str | Path, evaluation: dict) -> Path:
     """Write ``evaluation.json`` atomically."""
     return write_json(path, evaluation)
+
+
+def read_layer(gpkg: str | Path, layer: str) -> gpd.GeoDataFrame:
+    """A layer of ``candidates.gpkg``; empty (EPSG:4326) when the scan wrote none (e.g. no missed school)."""
+    import pyogrio
+
+    gpkg = Path(gpkg)
+    if not gpkg.is_file():
+        raise UserError("no candidates.gpkg here; run schoolvision scan first", gpkg)
+    if layer not in {name for name, _ in pyogrio.list_layers(gpkg)}:
+        return gpd.GeoDataFrame({"scene": [], "name": []}, geometry=[], crs="EPSG:4326")
+    return gpd.read_file(gpkg, layer=layer)

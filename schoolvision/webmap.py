@@ -174,7 +174,7 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
     fa = layers.get("false_alarms")
     matched = {}
     if fa is not None and "known_schools" in layers:
-        fa_ranks = set(fa["rank"].astype(int))
+        fa_ranks = set(fa["rank"].astype(int)) if "rank" in fa.columns else set()
         matched = {int(r): "" if int(r) in fa_ranks else "yes" for r in cands["rank"]}
     g_c = folium.FeatureGroup(name="candidates", show=True).add_to(m)
     if len(cands):
@@ -212,6 +212,25 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
         e = max(b[1][1] for b in bounds_all)
         m.fit_bounds([[s, w], [n, e]])
     return m
+
+
+def scan_map_from_dir(out_dir: str | Path, **kwargs) -> folium.Map:
+    """Rebuild the map of a finished scan folder (``scan.json``, ``candidates.gpkg``) e.g. in a notebook."""
+    import json
+
+    from .imagery import list_sources
+    from .scan import SceneScan
+    from .scan_eval import read_layer
+
+    out_dir = Path(out_dir)
+    info = json.loads((out_dir / "scan.json").read_text())
+    scenes = [SceneScan(**s) for s in info["scenes"]]
+    sources = {s.scene: src for s in scenes for src in list_sources([s.source]) if src.name == s.scene}
+    gpkg = out_dir / "candidates.gpkg"
+    cands = read_layer(gpkg, "candidates")
+    layers = {name: read_layer(gpkg, name) for name in ("known_schools", "false_alarms")}
+    layers = {k: v for k, v in layers.items() if len(v) or (k == "false_alarms" and "evaluation" in info["files"])}
+    return scan_map(scenes, cands, sources, evaluation_layers=layers or None, **kwargs)
 
 
 def save_map(m: folium.Map, path: str | Path) -> Path:

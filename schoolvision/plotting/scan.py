@@ -1,0 +1,108 @@
+"""Figures of the mapping chapter: the probability raster over the scene, the PR curve, case galleries.
+
+Map axes are in the scene's projected CRS (metres); candidates and schools are reprojected to it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import geopandas as gpd
+import matplotlib.pyplot as plt
+import numpy as np
+import rasterio
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from rasterio.enums import Resampling
+
+from .data import _map_axes, _scale_bar, read_rgb
+from .explain import overlay_rgb
+
+
+def read_probability_display(path: str | Path, max_side: int = 1024) -> np.ndarray:
+    """Decimated probability raster as a masked array (nodata masked)."""
+    with rasterio.open(path) as src:
+        f = max(1.0, max(src.width, src.height) / max_side)
+        shape = (max(1, int(src.height / f)), max(1, int(src.width / f)))
+        return src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
+
+
+def plot_probability(scene: str | Path, probability: str | Path, candidates: gpd.GeoDataFrame | None = None,
+                     schools: gpd.GeoDataFrame | None = None, threshold: float | None = None,
+                     max_side: int = 1024) -> Figure:
+    """Scene (left) and P(school) over it (right) with candidates (numbered) and known schools (found / missed)."""
+    rgb, extent, crs = read_rgb(scene, max_side)
+    prob = read_probability_display(probability, max_side)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharex=True, sharey=True)
+    axes[0].imshow(rgb, extent=extent)
+    axes[1].imshow(rgb, extent=extent)
+    im = axes[1].imshow(np.ma.masked_less(prob, 0.05), extent=extent, cmap="inferno", vmin=0, vmax=1, alpha=0.65)
+    fig.colorbar(im, ax=axes[1], fraction=0.035, label="P(school)")
+    if threshold is not None:
+        axes[1].contour(np.asarray(prob.filled(0)), levels=[threshold], colors="cyan", linewidths=0.8,
+                        extent=extent, origin="upper")
+    handles = []
+    if schools is not None and len(schools):
+        s = schools.to_crs(crs)
+        found = s["found"].to_numpy(bool) if "found" in s.columns else np.ones(len(s), bool)
+        for ax in axes:
+            s[found].boundary.plot(ax=ax, color="lime", linewidth=1.2)
+            s[~found].boundary.plot(ax=ax, color="red", linewidth=1.6)
+        handles += [Line2D([], [], color="lime", label="known school, found"), Line2D([], [], color="red", label="known school, missed")]
+    if candidates is not None and len(candidates):
+        c = candidates.to_crs(crs)
+        axes[1].scatter(c.geometry.x, c.geometry.y, s=60, facecolors="none", edgecolors="cyan", linewidths=1.5)
+        for x, y, r in zip(c.geometry.x, c.geometry.y, c["rank"]):
+            axes[1].annotate(str(int(r)), (x, y), xytext=(4, 4), textcoords="offset points", color="cyan", fontsize=8)
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="cyan", label="candidate (rank)"))
+    _map_axes(axes[0], crs, Path(scene).stem)
+    _map_axes(axes[1], crs, "P(school), blended windows")
+    _scale_bar(axes[0], extent)
+    if handles:
+        axes[0].legend(handles=handles, loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_pr_curve(evaluation: dict) -> Figure:
+    """Recall and precision of candidates against known schools over thresholds, the tuned one marked."""
+    curve = evaluation["pr_curve"]
+    t = [p["threshold"] for p in curve]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    axes[0].plot(t, [p["recall"] for p in curve], label="recall", marker=".")
+    axes[0].plot(t, [p["precision"] for p in curve], label="precision", marker=".")
+    axes[0].plot(t, [p["f1"] for p in curve], label="F1", linestyle="--")
+    if evaluation.get("threshold") is not None:
+        axes[0].axvline(evaluation["threshold"], color="grey", linewidth=1, label="tuned threshold")
+    axes[0].set(xlabel="P(school) threshold", ylabel="score", ylim=(-0.02, 1.02),
+                title=f"{evaluation['match_distance_m']:g} m matching, {evaluation['schools']} known schools")
+    axes[0].legend(fontsize=8)
+    axes[1].plot([p["recall"] for p in curve], [p["precision"] for p in curve], marker=".")
+    axes[1].scatter([evaluation["recall"]], [evaluation["precision"]], color="red", zorder=3, label="scan output")
+    axes[1].set(xlabel="recall", ylabel="precision", xlim=(-0.02, 1.02), ylim=(-0.02, 1.02), title="precision-recall")
+    axes[1].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cases(chips: np.ndarray, cams: np.ndarray, titles: Sequence[str], columns: int = 6) -> Figure:
+    """Chips (top row of each pair) and their grad-CAM overlays (bottom); chips (N,3,H,W) uint8, cams (N,H,W)."""
+    n = len(chips)
+    if n == 0:
+        fig, ax = plt.subplots(figsize=(4, 1))
+        ax.text(0.5, 0.5, "none", ha="center", va="center")
+        ax.axis("off")
+        return fig
+    cols = min(columns, n)
+    rows = int(np.ceil(n / cols))
+    fig, axes = plt.subplots(2 * rows, cols, figsize=(2.1 * cols, 4.3 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for i in range(n):
+        r, c = divmod(i, cols)
+        axes[2 * r, c].imshow(np.moveaxis(chips[i], 0, -1))
+        axes[2 * r, c].set_title(titles[i], fontsize=8)
+        axes[2 * r + 1, c].imshow(overlay_rgb(chips[i], cams[i]))
+    fig.tight_layout()
+    return fig
