@@ -339,64 +339,153 @@ def _town_style(rng: np.random.Generator, gsd: float) -> dict:
     }
 
 
+@dataclass
+class _Ctx:
+    """What the painting stages of one town share: its random stream, canvas, sun and palette."""
+
+    rng: np.random.Generator
+    cfg: TownConfig
+    size: int
+    m: float  # px per metre
+    sun: np.ndarray  # unit vector towards the sun, image x right / y down
+    sh: float  # shadow px per metre of height
+    green: float
+    soil: np.ndarray
+    grass: np.ndarray
+    yard_col: np.ndarray
+    roof_p: np.ndarray
+    cv: _Canvas | None = None
+    dens: np.ndarray | None = None  # 0..1 how built-up each pixel is
+    ctr: np.ndarray | None = None
+    theta: float = 0.0  # street-grid orientation
+    buildings: list = field(default_factory=list)
+    walls: list = field(default_factory=list)
+    yard_trees: list = field(default_factory=list)
+    reserved: np.ndarray | None = None
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.size, self.size)
+
+    @property
+    def hs(self) -> float:
+        return 3.5 * self.sh  # shadow of a one-storey building
+
+    def roof(self) -> tuple:
+        return ROOFS[int(self.rng.choice(len(ROOFS), p=self.roof_p))]
+
+    def yard(self, corners: np.ndarray) -> None:
+        """Packed earth: school yards, walled compounds, markets and swept house plots all share it."""
+        rr, cc = _pixels(corners, self.shape)
+        self.cv.paint(rr, cc, self.yard_col, texture=(1 + 0.04 * self.rng.standard_normal(rr.size)).astype(np.float32))
+
+
 def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int = 0, config: TownConfig | None = None) -> Town:
     """Paint town number ``index`` of demo ``seed``: a square ``size`` px scene at ``gsd`` m/px."""
     from shapely.geometry import Polygon
 
     cfg = config or TownConfig()
     rng = np.random.default_rng([seed, index])
-    shape = (size, size)
-    m = 1.0 / gsd  # px per metre
-    km2 = (size * gsd / 1000.0) ** 2
+    m = 1.0 / gsd
     st = _town_style(rng, gsd)
     az = math.radians(st["sun_azimuth_deg"])
-    sun = np.array([math.sin(az), -math.cos(az)])  # towards the sun, image x right / y down
-    sh = st["shadow_px_per_m"]
     green = st["greenness"]
     soil = np.array(SOILS[st["soil"]], np.float32)
-    grass = (np.array(DRY_GRASS) * (1 - green) + np.array(GREEN_GRASS) * green).astype(np.float32)
-    yard_col = np.clip(soil * 1.12 + 0.03, 0, 1).astype(np.float32)
     roof_p = np.array(st["roof_weights"])
-    roof_p = roof_p / roof_p.sum()
+    ctx = _Ctx(
+        rng=rng, cfg=cfg, size=size, m=m, sun=np.array([math.sin(az), -math.cos(az)]), sh=st["shadow_px_per_m"],
+        green=green, soil=soil,
+        grass=(np.array(DRY_GRASS) * (1 - green) + np.array(GREEN_GRASS) * green).astype(np.float32),
+        yard_col=np.clip(soil * 1.12 + 0.03, 0, 1).astype(np.float32), roof_p=roof_p / roof_p.sum(),
+    )
+    _paint_ground(ctx)
+    water = _paint_water(ctx)
+    near_road = _paint_roads(ctx)
+    schools = _place_schools(ctx)
+    landmarks = _place_negatives(ctx)
+    ctx.cv.occupied |= near_road
+    _paint_crops(ctx)
+    houses = _place_houses(ctx)
+    _paint_trees(ctx)
+    cv = ctx.cv
+    for b in ctx.buildings:
+        _draw_building(cv, b, ctx.sun, rng)
+    for corners, colour, height, gate in ctx.walls:
+        _draw_wall(cv, corners, colour, height, ctx.sun, gate)
+    cv.img[:, cv.shadow & ~cv.raised] *= np.float32(0.5)
+    image = _finish(cv.img, st, rng, m)
 
-    def roof():
-        return ROOFS[int(rng.choice(len(ROOFS), p=roof_p))]
+    place, epsg, east, north = LOCATIONS[index % len(LOCATIONS)]
+    x0 = float(east + 5000 * (index // len(LOCATIONS)) + 100 * int(rng.integers(0, 20)))
+    y0 = float(north + 100 * int(rng.integers(0, 20)))
 
-    # ground: soil/grass mix at two scales, fine texture
-    veg = 1 / (1 + np.exp(-(1.4 * _noise(rng, shape, 90 * m) + 0.7 * _noise(rng, shape, 22 * m) + 2.5 * (green - 0.5))))
-    ctr = np.array([size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65)])
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    dens = np.exp(-(((xx - ctr[0]) ** 2 + (yy - ctr[1]) ** 2) / (0.42 * size) ** 2)) + 0.2 * _noise(rng, shape, 150 * m)
-    dens = np.clip(dens, 0, 1).astype(np.float32)
-    veg = veg * (1 - 0.5 * dens)
-    ground = soil[:, None, None] * (1 - veg) + grass[:, None, None] * veg
+    def to_crs(corners):
+        return Polygon([(x0 + x * gsd, y0 - y * gsd) for x, y in corners])
+
+    st = {k: v for k, v in st.items() if k != "shadow_px_per_m"} | {"water": water, "houses": houses}
+    return Town(
+        name=f"town_{index:02d}",
+        image=image,
+        crs=f"EPSG:{epsg}",
+        transform=Affine(gsd, 0.0, x0, 0.0, -gsd, y0),
+        gsd=gsd,
+        place=place,
+        schools=[to_crs(c) for c in schools],
+        landmarks=[Landmark(k, to_crs(c)) for k, c in landmarks],
+        style=st,
+    )
+
+
+def _paint_ground(ctx: _Ctx) -> None:
+    """Soil/grass mix at two scales with fine texture; greener away from the built-up centre."""
+    rng, size, m, shape = ctx.rng, ctx.size, ctx.m, ctx.shape
+    veg = 1 / (1 + np.exp(-(1.4 * _noise(rng, shape, 90 * m) + 0.7 * _noise(rng, shape, 22 * m) + 2.5 * (ctx.green - 0.5))))
+    ctx.ctr = np.array([size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65)])
+    yy, xx = np.ogrid[0:size, 0:size]
+    yy, xx = yy.astype(np.float32), xx.astype(np.float32)
+    dens = np.exp(-(((xx - ctx.ctr[0]) ** 2 + (yy - ctx.ctr[1]) ** 2) / (0.42 * size) ** 2)) + 0.2 * _noise(rng, shape, 150 * m)
+    ctx.dens = np.clip(dens, 0, 1).astype(np.float32)
+    veg = veg * (1 - 0.5 * ctx.dens)
+    ground = ctx.soil[:, None, None] * (1 - veg) + ctx.grass[:, None, None] * veg
     ground = ground * (1 + 0.07 * _noise(rng, shape, 4 * m) + 0.04 * _noise(rng, shape, 1.5 * m))[None]
-    cv = _Canvas(ground.astype(np.float32))
+    ctx.cv = _Canvas(ground.astype(np.float32))
 
-    # water: a river across the scene or a pond, with a soft sandy shore
-    kind_water = rng.choice(["river", "pond", "none"], p=[0.4, 0.35, 0.25])
-    water_col = np.array((0.12, 0.20, 0.22)) * (1 - (t := rng.uniform(0, 1))) + np.array((0.36, 0.35, 0.26)) * t
-    water_col = water_col.astype(np.float32)
-    if kind_water != "none":
-        if kind_water == "river":
-            start = (rng.uniform(0, size), -20) if rng.random() < 0.5 else (-20, rng.uniform(0, size))
-            heading = math.pi / 2 if start[1] < 0 else 0.0
-            res = _stroke([_walk(rng, start, heading + rng.normal(0, 0.3), size * 1.6, 0.02)], [rng.uniform(14, 35) * m], shape)
-            dist, half, _ = res
-            edge = half - dist
-        else:
-            pc = rng.uniform(0.15, 0.85, 2) * size
-            r = rng.uniform(25, 60) * m
-            edge = r * (1 + 0.25 * _noise(rng, shape, 30 * m)) - np.hypot(xx - pc[0], yy - pc[1])
-        shore = np.clip((edge + 4 * m) / (3 * m), 0, 1)
-        wet = np.clip(edge / (4 * m), 0, 1)
-        sand = np.clip(soil * 1.2, 0, 1).astype(np.float32)
-        cv.img = cv.img * (1 - shore) + sand[:, None, None] * shore
-        wtex = 1 + 0.04 * _noise(rng, shape, 6 * m)
-        cv.img = cv.img * (1 - wet) + (water_col[:, None, None] * wtex) * wet
-        cv.occupied |= edge > -8 * m
 
-    # roads: main paved roads through the centre, a street grid where dense, dirt tracks outward
+def _paint_water(ctx: _Ctx) -> str:
+    """A river across the scene or a pond (or none), with a soft sandy shore."""
+    rng, size, m, shape, cv = ctx.rng, ctx.size, ctx.m, ctx.shape, ctx.cv
+    kind_water = str(rng.choice(["river", "pond", "none"], p=[0.4, 0.35, 0.25]))
+    t = rng.uniform(0, 1)
+    water_col = (np.array((0.12, 0.20, 0.22)) * (1 - t) + np.array((0.36, 0.35, 0.26)) * t).astype(np.float32)
+    if kind_water == "none":
+        return kind_water
+    if kind_water == "river":
+        start = (rng.uniform(0, size), -20) if rng.random() < 0.5 else (-20, rng.uniform(0, size))
+        heading = math.pi / 2 if start[1] < 0 else 0.0
+        dist, half, _ = _stroke([_walk(rng, start, heading + rng.normal(0, 0.3), size * 1.6, 0.02)], [rng.uniform(14, 35) * m], shape)
+        edge = half - dist
+    else:
+        pc = rng.uniform(0.15, 0.85, 2) * size
+        r = rng.uniform(25, 60) * m
+        yy, xx = np.ogrid[0:size, 0:size]
+        edge = r * (1 + 0.25 * _noise(rng, shape, 30 * m)) - np.hypot(xx.astype(np.float32) - pc[0], yy.astype(np.float32) - pc[1])
+    shore = np.clip((edge + 4 * m) / (3 * m), 0, 1)
+    wet = np.clip(edge / (4 * m), 0, 1)
+    sand = np.clip(ctx.soil * 1.2, 0, 1).astype(np.float32)
+    cv.img = cv.img * (1 - shore) + sand[:, None, None] * shore
+    wtex = 1 + 0.04 * _noise(rng, shape, 6 * m)
+    cv.img = cv.img * (1 - wet) + (water_col[:, None, None] * wtex) * wet
+    cv.occupied |= edge > -8 * m
+    return kind_water
+
+
+def _paint_roads(ctx: _Ctx) -> np.ndarray:
+    """Main paved roads through the centre, a wobbly street grid where built up, dirt tracks outward.
+
+    Returns the pixels near any road; only paved ones block compounds (a school may sit on a track).
+    """
+    rng, size, m, shape, cv, ctr, dens = ctx.rng, ctx.size, ctx.m, ctx.shape, ctx.cv, ctx.ctr, ctx.dens
+    km2 = (size / m / 1000.0) ** 2
     lines, widths, classes = [], [], []
     for _ in range(int(rng.integers(2, 4))):
         ang = rng.uniform(0, 2 * math.pi)
@@ -404,7 +493,7 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
         lines.append(_walk(rng, start, ang, size * 2, 0.01))
         widths.append(rng.uniform(6, 10) * m)
         classes.append(1)
-    theta = rng.uniform(0, math.pi / 2)
+    ctx.theta = theta = rng.uniform(0, math.pi / 2)
     spacing = rng.uniform(70, 120) * m
     for k in range(-int(size / spacing) - 1, int(size / spacing) + 2):
         for perp in (0, math.pi / 2):
@@ -420,8 +509,7 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
                 paved = rng.random() < 0.25
                 widths.append(rng.uniform(4, 7) * m if paved else rng.uniform(3.5, 5.5) * m)
                 classes.append(1 if paved else 2)
-    n_tracks = int(rng.integers(12, 24) * km2 / 2.36 + 2)
-    for _ in range(n_tracks):
+    for _ in range(int(rng.integers(12, 24) * km2 / 2.36 + 2)):
         base = lines[int(rng.integers(len(lines)))]
         start = base[int(rng.integers(len(base)))]
         lines.append(_walk(rng, start, rng.uniform(0, 2 * math.pi), rng.uniform(100, 500) * m, 0.05))
@@ -430,26 +518,23 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
     dist, half, cls = _stroke(lines, widths, shape, classes)
     alpha = np.clip(half - dist + 0.5, 0, 1)
     shoulder = np.clip(half + 1.5 * m - dist + 0.5, 0, 1) * (cls == 1)
-    dirt = np.clip(soil * 1.18 + 0.04, 0, 1).astype(np.float32)
+    dirt = np.clip(ctx.soil * 1.18 + 0.04, 0, 1).astype(np.float32)
     road_tex = 1 + 0.05 * _noise(rng, shape, 3 * m)
     cv.img = cv.img * (1 - shoulder) + (dirt[:, None, None] * road_tex) * shoulder
     surface = np.where((cls == 1)[None], np.array(ASPHALT, np.float32)[:, None, None], dirt[:, None, None]) * road_tex
     cv.img = cv.img * (1 - alpha) + surface * alpha
     near_road = dist < half + 2.5 * m
-    cv.occupied |= near_road & (cls == 1)  # compounds may sit over streets and tracks, not paved roads
+    cv.occupied |= near_road & (cls == 1)
+    ctx.reserved = np.zeros(shape, bool)  # compounds plus their spacing
+    return near_road
 
-    buildings: list[_Building] = []
-    walls: list[tuple] = []
-    yard_trees: list[tuple[float, float, float]] = []
-    hs = 3.5 * sh  # shadow of a one-storey building
 
-    def yard(corners):
-        rr, cc = _pixels(corners, shape)
-        cv.paint(rr, cc, yard_col, texture=(1 + 0.04 * rng.standard_normal(rr.size)).astype(np.float32))
-
-    # schools: compound with wall and yard, 1-3 long classroom blocks (I, L, U), often a field
+def _place_schools(ctx: _Ctx) -> list[np.ndarray]:
+    """Schools: walled yard, 1-3 long classroom blocks (I, II, L, U), often a marked field; corners in px."""
+    rng, size, m, cv, cfg, reserved = ctx.rng, ctx.size, ctx.m, ctx.cv, ctx.cfg, ctx.reserved
+    km2 = (size / m / 1000.0) ** 2
+    hs = ctx.hs
     schools = []
-    reserved = np.zeros(shape, bool)  # compounds plus their spacing
     lo, hi = cfg.schools_per_km2
     n_target = max(cfg.min_schools, int(rng.integers(round(lo * km2), round(hi * km2) + 1)))
     margin = cfg.edge_margin_px
@@ -465,10 +550,10 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
             continue
         reserved[_box(comp, cfg.school_spacing_m * m)] = True  # schools never touch each other
         cv.occupy(comp, 4 * m)  # but houses may crowd up to the wall
-        yard(comp)
+        ctx.yard(comp)
         inset, bw = rng.uniform(3, 7) * m, rng.uniform(7, 10) * m
         layout = rng.choice(["I", "II", "L", "U"], p=[0.2, 0.15, 0.3, 0.35])
-        col = roof()
+        col = ctx.roof()
         u0, u1, v0 = -L / 2 + inset, L / 2 - inset, -W / 2 + inset
         blocks = [(u0, u1, v0, v0 + bw)]
         if layout == "II":
@@ -479,7 +564,7 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
         if layout == "U":
             blocks.append((u1 - bw, u1, v0 + bw + 2 * m, v0 + bw + side))
         for b in blocks:
-            buildings.append(_Building(_rect(cx, cy, *b, ang), col, hs, ridge=rng.random() < 0.8, corrugated=True))
+            ctx.buildings.append(_Building(_rect(cx, cy, *b, ang), col, hs, ridge=rng.random() < 0.8, corrugated=True))
         # free part of the yard: between the side blocks, below the top block(s)
         fu0 = u0 + (bw + 3 * m if layout in ("L", "U") else 0)
         fu1 = u1 - (bw + 3 * m if layout == "U" else 0)
@@ -489,21 +574,26 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
             fl = min((fu1 - fu0) * rng.uniform(0.75, 0.95), 100 * m)
             fw = min((fv1 - fv0) * rng.uniform(0.8, 0.95), fl * 0.7)
             fc = _rect(cx, cy, (fu0 + fu1) / 2, (fu0 + fu1) / 2, (fv0 + fv1) / 2, (fv0 + fv1) / 2, ang)[0]
-            fcol = grass * rng.uniform(0.9, 1.05) if rng.random() < 0.6 else yard_col * 0.95
+            fcol = ctx.grass * rng.uniform(0.9, 1.05) if rng.random() < 0.6 else ctx.yard_col * 0.95
             _draw_field(cv, fc[0], fc[1], fl, fw, ang, fcol, m)
         elif rng.random() < 0.5:  # a latrine block in a corner of the yard
-            buildings.append(_Building(_rect(cx, cy, fu1 - 8 * m, fu1 - 2 * m, fv1 - 5 * m, fv1, ang), roof(), hs * 0.8))
+            ctx.buildings.append(_Building(_rect(cx, cy, fu1 - 8 * m, fu1 - 2 * m, fv1 - 5 * m, fv1, ang), ctx.roof(), hs * 0.8))
         for _ in range(int(rng.integers(0, 4))):
             p = _rect(cx, cy, *(rng.uniform(-0.45, 0.45) * L,) * 2, *(rng.uniform(0.1, 0.45) * W,) * 2, ang)[0]
-            yard_trees.append((p[0], p[1], rng.uniform(2, 4) * m))
-        walls.append((comp, WALLS[int(rng.integers(len(WALLS)))], 2.0 * sh, int(rng.integers(4))))
+            ctx.yard_trees.append((p[0], p[1], rng.uniform(2, 4) * m))
+        ctx.walls.append((comp, WALLS[int(rng.integers(len(WALLS)))], 2.0 * ctx.sh, int(rng.integers(4))))
         schools.append(comp)
+    return schools
 
-    # hard negatives: each shares some part of a school, never the whole arrangement
+
+def _place_negatives(ctx: _Ctx) -> list[tuple[str, np.ndarray]]:
+    """Hard negatives: each shares some part of a school (yard, wall, long roofs, field), never all of it."""
+    rng, size, m, cv, cfg, reserved = ctx.rng, ctx.size, ctx.m, ctx.cv, ctx.cfg, ctx.reserved
+    km2 = (size / m / 1000.0) ** 2
     landmarks: list[tuple[str, np.ndarray]] = []
     n_neg = max(int(round(cfg.negatives_per_km2 * km2 * rng.uniform(0.85, 1.15))), len(NEGATIVE_KINDS) if km2 > 0.5 else 3)
     kinds = [NEGATIVE_KINDS[(i + int(rng.integers(7))) % 7] if i >= 7 else NEGATIVE_KINDS[i] for i in range(n_neg)]
-    kinds = [k for k in kinds] + ["walled_compound"] * (n_neg // 3)
+    kinds += ["walled_compound"] * (n_neg // 3)  # the closest look-alike, so the most frequent
     for kind in kinds:
         for _try in range(40):
             L = rng.uniform(40, 115) * m
@@ -515,16 +605,18 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
                 continue
             reserved[_box(comp, 12 * m)] = True
             cv.occupy(comp, 4 * m)
-            _paint_negative(kind, cv, rng, cx, cy, L, W, ang, comp, m, hs, sh, roof, yard, yard_col, grass,
-                            buildings, walls, yard_trees)
+            _paint_negative(ctx, kind, cx, cy, L, W, ang, comp)
             landmarks.append((kind, comp))
             break
+    return landmarks
 
-    cv.occupied |= near_road
 
-    # crop fields with row patterns where the town thins out
-    rural = dens < 0.3
-    for _ in range(int(cfg.fields_per_km2 * km2 * 3)):
+def _paint_crops(ctx: _Ctx) -> None:
+    """Crop fields with row patterns where the town thins out."""
+    rng, size, m, cv = ctx.rng, ctx.size, ctx.m, ctx.cv
+    km2 = (size / m / 1000.0) ** 2
+    rural = ctx.dens < 0.3
+    for _ in range(int(ctx.cfg.fields_per_km2 * km2 * 3)):
         fl, fw = rng.uniform(40, 170, 2) * m
         ang = rng.uniform(0, math.pi)
         cx, cy = rng.uniform(0, size, 2)
@@ -535,25 +627,32 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
         cx1, cy1 = np.clip(corners.max(0).astype(int), 0, size - 1)
         if cv.occupied[cy0 : cy1 + 1, cx0 : cx1 + 1].mean() > 0.02:
             continue
-        rr, cc = _pixels(corners, shape)
+        rr, cc = _pixels(corners, ctx.shape)
         if rr.size == 0:
             continue
         crop = rng.choice(3)
-        base = (grass * rng.uniform(0.75, 1.1), soil * rng.uniform(0.8, 1.0), np.array(DRY_GRASS) * rng.uniform(0.9, 1.15))[crop]
+        base = (ctx.grass * rng.uniform(0.75, 1.1), ctx.soil * rng.uniform(0.8, 1.0), np.array(DRY_GRASS) * rng.uniform(0.9, 1.15))[crop]
         period = rng.uniform(2.5, 6) * m
         s = (cc * math.cos(ang) + rr * math.sin(ang)) * 2 * math.pi / period
         cv.paint(rr, cc, base, texture=(1 + 0.12 * np.sin(s)).astype(np.float32))
         cv.occupied[cy0 : cy1 + 1, cx0 : cx1 + 1] = True
 
-    # houses: many small gable or flat roofs, aligned to the street grid, densest in the centre
-    n_houses = int(cfg.houses_per_km2 * km2)
-    weights = (dens**1.5).ravel().astype(np.float64)
+
+def _place_houses(ctx: _Ctx) -> int:
+    """Many small gable or flat roofs aligned to the street grid, densest in the centre; returns the count.
+
+    Candidates are drawn in one vectorised batch; the loop only checks and marks occupancy.
+    """
+    rng, size, m, cv = ctx.rng, ctx.size, ctx.m, ctx.cv
+    km2 = (size / m / 1000.0) ** 2
+    n_houses = int(ctx.cfg.houses_per_km2 * km2)
+    weights = (ctx.dens**1.5).ravel().astype(np.float64)
     n_cand = n_houses * 5
     cand = rng.choice(size * size, size=n_cand, p=weights / weights.sum())
     cy, cx = np.divmod(cand, size)
     centres = np.stack([cx, cy], 1) + rng.random((n_cand, 2))
     hl, hw = rng.uniform(6, 15, n_cand) * m, rng.uniform(5, 9, n_cand) * m
-    angs = theta + rng.integers(0, 2, n_cand) * (math.pi / 2) + rng.normal(0, 0.12, n_cand)
+    angs = ctx.theta + rng.integers(0, 2, n_cand) * (math.pi / 2) + rng.normal(0, 0.12, n_cand)
     du = np.stack([np.cos(angs), np.sin(angs)], 1)
     dv = np.stack([-du[:, 1], du[:, 0]], 1)
     sign = np.array([(-1, -1), (1, -1), (1, 1), (-1, 1)], float)
@@ -561,9 +660,9 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
         + (sign[None, :, 1:] * hw[:, None, None] / 2) * dv[:, None]
     lo_xy = np.floor(corners_all.min(1) - 1.5 * m).astype(int)
     hi_xy = np.ceil(corners_all.max(1) + 1.5 * m).astype(int)
-    plot, heights = rng.random(n_cand) < 0.35, hs * rng.uniform(0.8, 1.3, n_cand)
+    plot, heights = rng.random(n_cand) < 0.35, ctx.hs * rng.uniform(0.8, 1.3, n_cand)
     ridged, corr = rng.random(n_cand) < 0.7, rng.random(n_cand) < 0.3
-    roofs = rng.choice(len(ROOFS), size=n_cand, p=roof_p)
+    roofs = rng.choice(len(ROOFS), size=n_cand, p=ctx.roof_p)
     placed = 0
     occ = cv.occupied
     for i in range(n_cand):
@@ -572,69 +671,46 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
         (x0, y0), (x1, y1) = lo_xy[i], hi_xy[i]
         if x0 < 0 or y0 < 0 or x1 >= size or y1 >= size or occ[y0 : y1 + 1, x0 : x1 + 1].any():
             continue
-        corners = corners_all[i]
         if plot[i]:  # swept-earth plot around the house
-            yard(_rect(*centres[i], -hl[i] / 2 - 3 * m, hl[i] / 2 + 3 * m, -hw[i] / 2 - 3 * m, hw[i] / 2 + 3 * m, angs[i]))
+            ctx.yard(_rect(*centres[i], -hl[i] / 2 - 3 * m, hl[i] / 2 + 3 * m, -hw[i] / 2 - 3 * m, hw[i] / 2 + 3 * m, angs[i]))
         occ[y0 + 1 : y1, x0 + 1 : x1] = True
-        buildings.append(_Building(corners, ROOFS[roofs[i]], heights[i], ridge=bool(ridged[i]), corrugated=bool(corr[i])))
+        ctx.buildings.append(_Building(corners_all[i], ROOFS[roofs[i]], heights[i], ridge=bool(ridged[i]), corrugated=bool(corr[i])))
         placed += 1
+    return placed
 
-    # trees: clumpy crowns as domes (EDT to scattered trunks), shaded and casting shadows
-    tree_p = (0.0015 + 0.006 * green) * np.clip(0.6 + 0.8 * _noise(rng, shape, 40 * m), 0, 3) / m**2
+
+def _paint_trees(ctx: _Ctx) -> None:
+    """Clumpy crowns as domes (distance to scattered trunks), sun-shaded and casting shadows."""
+    rng, size, m, shape, cv, sun = ctx.rng, ctx.size, ctx.m, ctx.shape, ctx.cv, ctx.sun
+    tree_p = (0.0015 + 0.006 * ctx.green) * np.clip(0.6 + 0.8 * _noise(rng, shape, 40 * m), 0, 3) / m**2
     trunks = (rng.random(shape, dtype=np.float32) < tree_p) & ~cv.occupied
-    for x, y, _r in yard_trees:
+    for x, y, _r in ctx.yard_trees:
         if 0 <= int(y) < size and 0 <= int(x) < size:
             trunks[int(y), int(x)] = True
     radius = np.zeros(shape, np.float32)
     radius[trunks] = rng.uniform(1.5, 4.5, int(trunks.sum())) * m
-    for x, y, r in yard_trees:
+    for x, y, r in ctx.yard_trees:
         if 0 <= int(y) < size and 0 <= int(x) < size:
             radius[int(y), int(x)] = r
-    if trunks.any():
-        d, (iy, ix) = ndimage.distance_transform_edt(~trunks, return_indices=True)
-        r = radius[iy, ix]
-        hmap = np.sqrt(np.clip(r**2 - d**2, 0, None)).astype(np.float32)
-        canopy = hmap > 0
-        gy, gx = np.gradient(hmap)
-        shade = np.clip(0.85 + 0.25 * (gx * sun[0] + gy * sun[1]), 0.55, 1.25) * (1 + 0.12 * _noise(rng, shape, 1.2 * m))
-        tcol = (np.array(TREE) * (0.8 + 0.4 * green)).astype(np.float32)
-        cv.img = np.where(canopy[None], tcol[:, None, None] * shade[None], cv.img).astype(np.float32)
-        cv.raised |= canopy
-        off = -sun * 6 * sh
-        cv.shadow |= ndimage.shift(canopy, (off[1], off[0]), order=0, mode="constant", cval=False)
-
-    for b in buildings:
-        _draw_building(cv, b, sun, rng)
-    for corners, colour, height, gate in walls:
-        _draw_wall(cv, corners, colour, height, sun, gate)
-    cv.img[:, cv.shadow & ~cv.raised] *= np.float32(0.5)
-    image = _finish(cv.img, st, rng, m)
-
-    x0 = float(LOCATIONS[index % len(LOCATIONS)][2] + 5000 * (index // len(LOCATIONS)) + 100 * int(rng.integers(0, 20)))
-    y0 = float(LOCATIONS[index % len(LOCATIONS)][3] + 100 * int(rng.integers(0, 20)))
-    transform = Affine(gsd, 0.0, x0, 0.0, -gsd, y0)
-    place, epsg = LOCATIONS[index % len(LOCATIONS)][:2]
-
-    def to_crs(corners):
-        return Polygon([(x0 + x * gsd, y0 - y * gsd) for x, y in corners])
-
-    st = {k: v for k, v in st.items() if k != "shadow_px_per_m"} | {"water": str(kind_water), "houses": placed}
-    return Town(
-        name=f"town_{index:02d}",
-        image=image,
-        crs=f"EPSG:{epsg}",
-        transform=transform,
-        gsd=gsd,
-        place=place,
-        schools=[to_crs(c) for c in schools],
-        landmarks=[Landmark(k, to_crs(c)) for k, c in landmarks],
-        style=st,
-    )
+    if not trunks.any():
+        return
+    d, (iy, ix) = ndimage.distance_transform_edt(~trunks, return_indices=True)
+    r = radius[iy, ix]
+    hmap = np.sqrt(np.clip(r**2 - d**2, 0, None)).astype(np.float32)
+    canopy = hmap > 0
+    gy, gx = np.gradient(hmap)
+    shade = np.clip(0.85 + 0.25 * (gx * sun[0] + gy * sun[1]), 0.55, 1.25) * (1 + 0.12 * _noise(rng, shape, 1.2 * m))
+    tcol = (np.array(TREE) * (0.8 + 0.4 * ctx.green)).astype(np.float32)
+    cv.img = np.where(canopy[None], tcol[:, None, None] * shade[None], cv.img).astype(np.float32)
+    cv.raised |= canopy
+    off = -sun * 6 * ctx.sh
+    cv.shadow |= ndimage.shift(canopy, (off[1], off[0]), order=0, mode="constant", cval=False)
 
 
-def _paint_negative(kind, cv, rng, cx, cy, L, W, ang, comp, m, hs, sh, roof, yard, yard_col, grass,
-                    buildings, walls, yard_trees):
-    """Paint one hard negative of ``kind`` into the compound rectangle ``comp``."""
+def _paint_negative(ctx: _Ctx, kind: str, cx: float, cy: float, L: float, W: float, ang: float, comp: np.ndarray) -> None:
+    """Paint one hard negative of ``kind`` into the compound rectangle ``comp`` (L x W px, rotated ``ang``)."""
+    cv, rng, m, hs, sh, roof, yard = ctx.cv, ctx.rng, ctx.m, ctx.hs, ctx.sh, ctx.roof, ctx.yard
+    yard_col, grass, buildings, walls, yard_trees = ctx.yard_col, ctx.grass, ctx.buildings, ctx.walls, ctx.yard_trees
     wall_col = WALLS[int(rng.integers(len(WALLS)))]
     if kind == "warehouse":  # big corrugated sheds on a concrete apron, no wall, no yard
         rr, cc = _pixels(comp, cv.shape)
