@@ -51,8 +51,10 @@ def test_cells_only_call_the_library(source):
         tree = ast.parse(cell)
         defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         assert not defs, f"definitions belong in schoolvision/, not in a chapter:\n{cell}"
-        lines = [line for line in cell.splitlines() if line.strip() and not line.strip().startswith("#")]
-        assert len(lines) <= MAX_CELL_LINES, f"cell longer than {MAX_CELL_LINES} lines:\n{cell}"
+        # imports are not logic: a cell may import what the chapter needs and still do one thing
+        lines = [line for line in cell.splitlines()
+                 if line.strip() and not line.strip().startswith(("#", "import ", "from "))]
+        assert len(lines) <= MAX_CELL_LINES, f"cell longer than {MAX_CELL_LINES} lines (imports aside):\n{cell}"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
