@@ -329,9 +329,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     device = resolve_device(config.device)
     model, meta = load_classifier(config.run, device)
     layer_name, _ = resolve_layer(model, config.layer)
-    ds = ChipDataset(chips_dir, split=config.split, image_size=meta.image_size)
-    if len(ds) == 0:
-        raise UserError(f"split {config.split!r} has no chips; choose another --split", chips_dir)
+    ds = ChipDataset(chips_dir, split=config.split, image_size=meta.image_size, require_classes=False)
     _check_out_dir(out_dir, config.overwrite)
     indices = _select(len(ds), config.limit, config.seed)
     schools = _load_schools(chips_dir)
@@ -368,7 +366,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
                 maps_by_method[m] = fn(x)
                 seconds[m] += time.perf_counter() - start
             chips = [ds.read_chip(int(i)) for i in batch["index"]]
-            georefs = [ds.georef(int(i)) for i in batch["index"]]
+            georefs = [ds.georef(int(i)) or (None, None) for i in batch["index"]]
             baselines_in = {"random": fm.random_maps(x.shape[0], x.shape[-2:], rng), "centre-gaussian": fm.centre_gaussian(x.shape[0], x.shape[-2:])}
             for b, idx in enumerate(batch["index"].tolist()):
                 row = ds.frame.iloc[idx]

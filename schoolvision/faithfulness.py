@@ -26,7 +26,7 @@ ROAD_PERCENTILES = (50, 70, 90)  # remove the top 50 %, 30 %, 10 % of pixels
 
 
 def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) -> float:
-    """1.0 if the map's maximum lies inside ``mask`` (dilated by ``tolerance_px``), else 0.0.
+    """1.0 if the map's maximum lies inside ``mask`` (or within ``tolerance_px`` of it), else 0.0.
 
     A map without positive values points nowhere and scores 0. Ties take the first maximum.
     """
@@ -35,7 +35,7 @@ def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) 
     if not np.isfinite(heatmap).any() or np.nanmax(heatmap) <= 0:
         return 0.0
     if tolerance_px > 0:
-        mask = ndimage.binary_dilation(mask, iterations=tolerance_px)
+        mask = ndimage.distance_transform_edt(~mask) <= tolerance_px
     peak = np.unravel_index(np.nanargmax(heatmap), heatmap.shape)
     return float(bool(mask[peak]))
 
@@ -80,10 +80,25 @@ def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int, 
 
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
-    maps = np.nan_to_num(np.asarray(maps, dtype=np.float32))
+    maps = _ranks(np.nan_to_num(np.asarray(maps, dtype=np.float32)))
     targets = [_ProbTarget(target)] * len(x)
     diffs = [ROADMostRelevantFirst(percentile=p)(x, maps, targets, model) for p in percentiles]
     return -np.mean(diffs, axis=0).astype(np.float32)
+
+
+def _ranks(maps: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Per-map pixel ranks in [0, 1], ties broken at random (seeded).
+
+    CAM maps hold many exact zeros; on raw values a percentile threshold would then remove every
+    pixel or none, whatever the map says.
+    """
+    rng = np.random.default_rng(seed)
+    flat = maps.reshape(len(maps), -1)
+    out = np.empty_like(flat)
+    for i, row in enumerate(flat):
+        order = np.lexsort((rng.random(row.size), row))
+        out[i, order] = np.arange(row.size, dtype=np.float32) / max(row.size - 1, 1)
+    return out.reshape(maps.shape)
 
 
 def summarise(records: list[dict], seconds_per_chip: dict[str, float] | None = None, subset: str = "correct_school") -> dict[str, dict[str, float | None]]:

@@ -115,8 +115,38 @@ class _DistinctReluBasicBlock(nn.Module):
         return self.relus[-1](out + identity)
 
 
+class _ReluMaxPool(nn.Module):
+    """The ResNet stem max-pool rewritten as ``max(a, b) = relu(a - b) + b`` over the window's shifts.
+
+    Same outputs for non-negative inputs (it follows a ReLU), but built from operations DeepLIFT's
+    rescale rule handles exactly: shap's max-pool rule does not add up for overlapping windows
+    (max-unpooling overwrites instead of summing), which fails the additivity check.
+    """
+
+    def __init__(self, pool: nn.MaxPool2d):
+        super().__init__()
+        k, st, pad = (v if isinstance(v, int) else v[0] for v in (pool.kernel_size, pool.stride, pool.padding))
+        self.k, self.stride, self.pad = k, st, pad
+        self.relus = nn.ModuleList(nn.ReLU() for _ in range(k * k - 1))
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        ho, wo = (h + 2 * self.pad - self.k) // self.stride + 1, (w + 2 * self.pad - self.k) // self.stride + 1
+        xp = F.pad(x, (self.pad,) * 4, value=0.0)
+        s = self.stride
+        views = [xp[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s] for i in range(self.k) for j in range(self.k)]
+        out = views[0]
+        for relu, v in zip(self.relus, views[1:]):
+            out = relu(v - out) + out
+        return out
+
+
 def deeplift_copy(model: nn.Module) -> nn.Module:
-    """A copy of a ResNet classifier that DeepExplainer can explain exactly (no shared or in-place ReLUs)."""
+    """A copy of a ResNet classifier that DeepExplainer can explain exactly.
+
+    No shared or in-place ReLUs (DeepLIFT keeps per-module state) and the stem max-pool rewritten
+    with ReLUs (:class:`_ReluMaxPool`); the copy computes the same function.
+    """
     if not deep_explainer_supported(model):
         raise UserError(
             f"DeepExplainer is only valid for ResNet backbones here (got {getattr(model, 'backbone', type(model).__name__)}); "
@@ -127,6 +157,7 @@ def deeplift_copy(model: nn.Module) -> nn.Module:
         stage = net.trunk.get_submodule(name)
         for i, block in enumerate(list(stage)):
             stage[i] = _DistinctReluBasicBlock(block)
+    net.trunk.maxpool = _ReluMaxPool(net.trunk.maxpool)
     for m in net.modules():
         if isinstance(m, nn.ReLU):
             m.inplace = False

@@ -1,0 +1,179 @@
+"""Explanations: every method on every backbone, no hook leaks, georeferenced heatmaps, SHAP additivity, CLI errors."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import rasterio
+import torch
+from PIL import Image
+
+from schoolvision.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.cli import main
+from schoolvision.errors import UserError
+from schoolvision.explain import (
+    CAM_METHODS,
+    METHODS,
+    ExplainConfig,
+    LogOddsTarget,
+    explain_batch,
+    explain_chips,
+    explainer,
+    resolve_layer,
+)
+from schoolvision.models import available_backbones, build_model
+
+
+def _hooks(model) -> int:
+    return sum(len(m._forward_hooks) + len(m._backward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    torch.manual_seed(0)
+    return build_model("efficientnet_lite0", pretrained=False).eval()
+
+
+@pytest.mark.parametrize("backbone", available_backbones())
+def test_every_method_on_every_backbone_releases_hooks(backbone):
+    torch.manual_seed(0)
+    model = build_model(backbone, pretrained=False).eval()
+    x = torch.rand(2, 3, 64, 64)
+    inplace = [m.inplace for m in model.modules() if hasattr(m, "inplace")]
+    for method in [m for m in METHODS if m != "shap"]:
+        maps = explain_batch(model, x, method)
+        assert maps.shape == (2, 64, 64) and maps.dtype == np.float32, method
+        assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-5, method
+        assert _hooks(model) == 0, f"{method} left hooks on {backbone}"
+    assert [m.inplace for m in model.modules() if hasattr(m, "inplace")] == inplace
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_hooks_released_on_error(lite0):
+    with pytest.raises(RuntimeError):
+        with explainer(lite0, "gradcam") as explain:
+            explain(torch.rand(1, 2, 32, 32))  # wrong channel count
+    assert _hooks(lite0) == 0
+
+
+def test_fast_gradcam_equals_library_gradcam():
+    """Cutting the graph at the target layer must not change Grad-CAM."""
+    from pytorch_grad_cam import GradCAM
+
+    torch.manual_seed(1)
+    model = build_model("resnet18", pretrained=False).eval()
+    x = torch.rand(3, 3, 64, 64)
+    with GradCAM(model=model, target_layers=[model.target_layer]) as cam:
+        ref = cam(x, targets=[LogOddsTarget(1)] * 3)
+    np.testing.assert_allclose(explain_batch(model, x, "gradcam"), ref, atol=1e-5)
+
+
+def test_layer_and_method_errors(lite0):
+    assert resolve_layer(lite0)[0] == lite0.target_layer_name
+    name, module = resolve_layer(lite0, "trunk.conv_head")
+    assert module is lite0.trunk.conv_head
+    with pytest.raises(UserError, match="trunk.conv_stem"):
+        resolve_layer(lite0, "layer4.1")
+    with pytest.raises(UserError, match="gradcam\\+\\+.*guided-backprop.*shap"):
+        explain_batch(lite0, torch.rand(1, 3, 32, 32), "lime")
+    maps = explain_batch(lite0, torch.rand(1, 3, 64, 64), "gradcam", layer="trunk.blocks.5")
+    assert maps.shape == (1, 64, 64)
+
+
+def test_deep_explainer_additivity_and_gradient_explainer_gap():
+    from schoolvision.shap_explain import additivity, deep_shap, deeplift_copy, gradient_shap
+
+    torch.manual_seed(0)
+    model = build_model("resnet18", pretrained=False).eval()
+    x, bg = torch.rand(2, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    with torch.no_grad():  # the DeepLIFT-ready copy is the same function
+        torch.testing.assert_close(deeplift_copy(model)(x), model(x), atol=1e-5, rtol=1e-5)
+    deep = deep_shap(model, x, bg)  # shap raises if additivity fails
+    assert deep.shape == (2, 3, 32, 32)
+    info = additivity(model, x, bg, deep)
+    np.testing.assert_allclose(info["shap_sum"], info["output_minus_background"], rtol=1e-2, atol=1e-3)
+    assert _hooks(model) == 0 and any(m.inplace for m in model.modules() if hasattr(m, "inplace"))
+    with pytest.raises(UserError, match="ResNet"):
+        deeplift_copy(build_model("efficientnet_lite0", pretrained=False))
+    grad = gradient_shap(model, x, bg, nsamples=800, seed=0)
+    assert grad.shape == (2, 3, 32, 32)
+    gap = additivity(model, x, bg, grad)["relative_gap"]
+    assert max(gap) < 0.3  # expected gradients: approximate (about 0.4 at 200 samples here), converging with nsamples
+    few = gradient_shap(model, x, bg, nsamples=16, seed=3)
+    np.testing.assert_array_equal(few, gradient_shap(model, x, bg, nsamples=16, seed=3))  # seeded
+    layer_maps = gradient_shap(model, x, bg, nsamples=8, layer="trunk.layer4")
+    assert layer_maps.shape == (2, 32, 32)
+
+
+# --- a chips folder without georeference and a fake run --------------------------------------
+
+
+@pytest.fixture()
+def png_chips(tmp_path):
+    rng = np.random.default_rng(0)
+    for label in ("school", "not_school"):
+        (tmp_path / "chips" / label).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "chips" / label / f"{label}_{i}.png")
+    torch.manual_seed(0)
+    model = build_model("efficientnet_lite0", pretrained=False)
+    save_checkpoint(tmp_path / "run" / "best.pt", model, CheckpointMeta("efficientnet_lite0", image_size=64, chip_size=48, gsd=None))
+    return tmp_path
+
+
+def test_chips_without_crs_give_png_heatmaps_and_a_warning(png_chips):
+    out = png_chips / "out"
+    with pytest.warns(UserWarning, match="no CRS"):
+        summary = explain_chips(ExplainConfig(run=png_chips / "run", chips_dir=png_chips / "chips", out_dir=out,
+                                              split=None, device="cpu", methods=["gradcam"]))
+    assert summary.n_chips == 6
+    pngs = sorted((out / "gradcam" / "heatmaps").glob("*.png"))
+    assert len(pngs) == 6 and Image.open(pngs[0]).size == (48, 48)
+    assert len(list((out / "gradcam" / "overlays").glob("*.png"))) == 6
+    assert "gradcam" in json.loads((out / "faithfulness.json").read_text())["table"]
+    with pytest.raises(UserError, match="not empty"):
+        explain_chips(ExplainConfig(run=png_chips / "run", chips_dir=png_chips / "chips", out_dir=out, split=None, device="cpu"))
+
+
+def test_cli_bad_input(png_chips, capsys):
+    base = ["explain", "--run", str(png_chips / "run"), "--chips", str(png_chips / "chips"), "--out", str(png_chips / "o")]
+    assert main(base + ["--method", "lime"]) == 2
+    assert "available: gradcam" in capsys.readouterr().err
+    assert main(base + ["--method", "gradcam", "--limit", "0"]) == 2
+    assert "--limit" in capsys.readouterr().err
+    assert main(base + ["--method", "gradcam", "--layer", "nope"]) == 2
+    assert "trunk.conv_stem" in capsys.readouterr().err
+    assert not (png_chips / "o").exists()
+
+
+# --- the real chips and run of the shared fixtures ---------------------------------------------
+
+
+@pytest.mark.slow
+def test_explain_real_run_writes_aligned_geotiffs(chips_dir, trained_run, tmp_path):
+    out = tmp_path / "explain"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # georeferenced chips: no CRS warning
+        summary = explain_chips(ExplainConfig(run=trained_run, chips_dir=chips_dir, out_dir=out, methods=["gradcam", "guided-gradcam"],
+                                              limit=12, device="cpu", batch_size=8))
+    assert summary.n_chips == 12
+    tifs = sorted((out / "gradcam" / "heatmaps").glob("*.tif"))
+    assert len(tifs) == 12
+    from schoolvision.dataset import ChipDataset
+
+    ds = ChipDataset(chips_dir, split="test", require_classes=False)
+    paths = dict(zip(ds.frame["chip_id"].astype(str), ds.frame["path"]))
+    for tif in tifs[:4]:
+        with rasterio.open(tif) as h, rasterio.open(chips_dir / paths[tif.stem]) as c:
+            assert h.crs == c.crs and h.transform == c.transform
+            assert (h.width, h.height) == (c.width, c.height)
+            assert h.count == 1 and h.dtypes[0] == "float32" and h.nodata is not None
+    data = json.loads((out / "faithfulness.json").read_text())
+    assert set(data["table"]) == {"gradcam", "guided-gradcam", "random", "centre-gaussian"}
+    assert data["layer"] == "trunk.bn2" and data["n_chips"] == 12
+    args = ["explain", "--run", str(trained_run), "--chips", str(chips_dir), "--method", "gradcam", "--out", str(tmp_path / "o")]
+    assert main(args + ["--split", "nosuch"]) == 2  # empty split: one clear line, exit 2
+    assert not (tmp_path / "o").exists()
