@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from affine import Affine
 from rasterio.windows import Window
 from shapely import STRtree, union_all
 from shapely.geometry import box
@@ -223,7 +224,7 @@ def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, conf
                 continue
             if view == "centred" and split not in config.centred_splits:
                 continue
-            t = ds.window_transform(Window(col, row, cs, cs))
+            t = ds.transform @ Affine.translation(col, row)
             chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
             label, frac, cover, name = _label(chip_box, tree, schools, school_areas, config)
             if label is None:
@@ -244,7 +245,8 @@ def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, conf
                 continue
             chip_id = f"{source.name}_r{r['row_off']:05d}_c{r['col_off']:05d}"
             rel = f"{r['split']}/{r['label']}/{chip_id}.tif"
-            write_geotiff(out / rel, arr.astype(np.uint8, copy=False), crs, ds.window_transform(window),
+            write_geotiff(out / rel, arr.astype(np.uint8, copy=False), crs,
+                          ds.transform @ Affine.translation(r["col_off"], r["row_off"]),
                           tiled=False, overviews=False)
             rows.append({"chip_id": chip_id, "path": rel, "scene": source.name, "crs": crs_text, **r})
         meta = {"path": str(Path(source.path).resolve()), "crs": crs_text, "split": split_rule,

@@ -10,7 +10,7 @@ so chips, scans and explanations share one pixel grid whatever the input looked 
 - an XYZ tile folder (``z-x-y.png`` or ``z/x/y.png``) becomes one VRT mosaic in EPSG:3857
   (georeferenced with ``mercantile``; missing tiles are nodata), then is warped like the above.
 
-Band rule: 3 bands are RGB. RGBA (4 bands, the 4th flagged alpha) uses bands 1-3. Any other
+Pixels must be 8-bit (uint8), as chips are stored as 8-bit RGB. Band rule: 3 bands are RGB. RGBA (4 bands, the 4th flagged alpha) uses bands 1-3. Any other
 band count needs ``bands=(r, g, b)`` (``--bands``); ``--bands 1,1,1`` turns a grey band into RGB.
 """
 
@@ -246,6 +246,9 @@ def _open_raw(source: ImagerySource, crs, bands) -> Iterator:
             raise UserError("raster has no CRS; pass --crs EPSG:xxxx", path)
         the_crs = CRS.from_user_input(crs) if ds.crs is None else ds.crs
         chosen = choose_bands(ds.count, ds.colorinterp, bands, path)
+        if ds.dtypes[chosen[0] - 1] != "uint8":
+            raise UserError(f"raster holds {ds.dtypes[0]} pixels but 8-bit RGB is needed; convert it, e.g. "
+                            "gdal_translate -ot Byte -scale IN OUT", path)
         if ds.crs is not None and chosen == (1, 2, 3) and ds.count == 3:
             yield ds
             return

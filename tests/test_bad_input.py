@@ -145,3 +145,11 @@ def test_out_folder_with_different_dataset_needs_overwrite(tmp_path, capsys, tow
     rc, err, _ = run_chips(tmp_path, capsys, [towns[0]], towns[1], out=other)
     assert_refused(rc, err, other, other, existing=True)
     assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_16_bit_imagery_refused(tmp_path, capsys, towns):
+    bad = tmp_path / "sixteen.tif"
+    write_geotiff(bad, scene_array(0, 256, []).astype("uint16") * 100, "EPSG:32636", Affine(1, 0, 500_000, 0, -1, 100_000))
+    rc, err, out = run_chips(tmp_path, capsys, [bad], towns[1])
+    assert_refused(rc, err, out, bad)
+    assert "8-bit" in err
