@@ -290,7 +290,8 @@ class ClusterRunConfig:
     device: str = "auto"
     batch_size: int = 64
     cache_dir: Path | None = None
-    cams_dir: Path | None = None
+    cams_dir: Path | None = None  # heatmap GeoTIFFs <chip_id>.tif for the gallery (e.g. explain output)
+    gradcam: bool = True  # else: Grad-CAM of the gallery chips, computed here (if schoolvision.explain exists)
     gallery_size: int = 8
     overwrite: bool = False
     figures: bool = True
@@ -359,11 +360,44 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
     report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
     if config.figures:
-        from .plotting.cluster import write_cluster_figures
+        from .plotting.cluster import read_cams, write_cluster_figures
 
-        summary["figures"] = [p.name for p in write_cluster_figures(report, config.chips_dir, config.cams_dir, config.gallery_size)]
+        gallery = np.concatenate([*nearest_to_centre(result, config.gallery_size).values(), np.zeros(0, int)])
+        if config.cams_dir:
+            cams = read_cams(config.cams_dir, table["chip_id"].iloc[gallery])
+        elif config.gradcam:
+            cams = gallery_cams(config.run, config.chips_dir, table["chip_id"].iloc[gallery], config.device)
+        else:
+            cams = {}
+        summary["gallery_cams"] = len(cams)
+        summary["figures"] = [p.name for p in write_cluster_figures(report, config.chips_dir, cams, config.gallery_size)]
     write_json(out / "summary.json", summary)
     return report
+
+
+def gallery_cams(run: Path, chips_dir: Path, chip_ids, device: str = "auto", method: str = "gradcam") -> dict[str, np.ndarray]:
+    """Grad-CAM maps (chip id -> (h, w) in [0, 1]) of a few chips, or ``{}`` without ``schoolvision.explain``."""
+    try:
+        from .explain import explain_batch
+    except ImportError:
+        return {}
+    import torch
+
+    from .checkpoint import load_classifier
+    from .dataset import ChipDataset
+    from .device import resolve_device
+
+    ids = [str(c) for c in chip_ids]
+    if not ids:
+        return {}
+    model, meta = load_classifier(run, resolve_device(device))
+    ds = ChipDataset(chips_dir, image_size=meta.image_size, require_classes=False)
+    row_of = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
+    maps = []
+    for start in range(0, len(ids), 32):
+        x = torch.stack([ds[row_of[c]]["image"] for c in ids[start : start + 32]])
+        maps.append(explain_batch(model, x.to(next(model.parameters()).device), method))
+    return dict(zip(ids, np.concatenate(maps)))
 
 
 def footprints(table: pd.DataFrame):

@@ -155,6 +155,7 @@ def test_outputs_are_complete_and_consistent(clustered, small_chips):  # noqa: F
     assert summary["n_chips"] == len(table) and summary["k"] == table["cluster"].nunique()
     assert 2 <= summary["k"] <= 5 and -1 <= summary["silhouette"] <= 1
     assert summary["pca_dims"] >= 1 and len(summary["stability_ari"]) == 2
+    assert summary["gallery_cams"] > 0  # live Grad-CAM overlays on the gallery chips
     ksel = pd.read_csv(out / "k_selection.csv")
     assert list(ksel["k"]) == [2, 3, 4, 5]
     for name in ("k_selection.png", "pca_variance.png", "embedding.png", "gallery.png", "composition.png", "map_town_00.png"):
@@ -227,3 +228,34 @@ def test_real_run_on_demo_chips(chips_dir, trained_run, tmp_path):
     gdf = gpd.read_file(tmp_path / "demo" / "clusters.geojson")
     assert len(gdf) == len(report.table) > 3
     assert report.result.k >= 2 and np.isfinite(report.result.silhouette)
+
+
+def test_read_cams_scales_and_masks_nodata(tmp_path):
+    from affine import Affine
+
+    from schoolvision.gis import write_geotiff
+    from schoolvision.plotting.cluster import read_cams
+
+    heat = np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)
+    heat[0, 0] = -9999.0
+    write_geotiff(tmp_path / "gradcam" / "heatmaps" / "chip_a.tif", heat, "EPSG:32636", Affine(1, 0, 0, 0, -1, 0), nodata=-9999.0)
+    cams = read_cams(tmp_path, ["chip_a", "chip_b"])
+    assert set(cams) == {"chip_a"}
+    assert cams["chip_a"].min() == 0 and cams["chip_a"].max() == 1 and cams["chip_a"][0, 0] == 0
+
+
+def test_several_crs_give_one_layer_each(tmp_path):
+    from schoolvision.clustering import write_cluster_vectors
+
+    table = pd.DataFrame({
+        "chip_id": ["a", "b"], "cluster": [0, 1], "scene": ["s1", "s2"],
+        "minx": [500000.0, 400000.0], "miny": [100000.0, 200000.0], "maxx": [500064.0, 400064.0], "maxy": [100064.0, 200064.0],
+        "crs": ["EPSG:32636", "EPSG:32637"],
+    })
+    write_cluster_vectors(table, tmp_path / "c.gpkg", tmp_path / "c.geojson")
+    main_layer = gpd.read_file(tmp_path / "c.gpkg", layer="clusters")
+    assert main_layer.crs.to_epsg() == 4326 and len(main_layer) == 2
+    exact = gpd.read_file(tmp_path / "c.gpkg", layer="clusters_epsg_32637")
+    assert exact.crs.to_epsg() == 32637 and exact["chip_id"].tolist() == ["b"]
+    assert exact.geometry.iloc[0].bounds == (400000.0, 200000.0, 400064.0, 200064.0)
+    assert len(gpd.read_file(tmp_path / "c.geojson")) == 2

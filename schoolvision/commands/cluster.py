@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-cluster-size", type=int, default=None, help="HDBSCAN (default max(3, n/20))")
     parser.add_argument("--stability-seeds", type=int, default=5)
     parser.add_argument("--cams", type=Path, default=None, help="folder of heatmap GeoTIFFs named after chip ids (gallery overlays)")
+    parser.add_argument("--no-gradcam", action="store_true", help="no Grad-CAM overlays in the gallery (when --cams is not given)")
     parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default RUN/features)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -52,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     config = ClusterRunConfig(
         run=args.run, chips_dir=args.chips, out_dir=args.out, subset=args.subset, split=args.split,
         clustering=clustering, device=args.device, batch_size=args.batch_size, cache_dir=args.cache,
-        cams_dir=args.cams, overwrite=args.overwrite,
+        cams_dir=args.cams, gradcam=not args.no_gradcam, overwrite=args.overwrite,
     )
     report = cluster_chips(config)
     s = report.summary

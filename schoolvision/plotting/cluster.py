@@ -100,6 +100,8 @@ def plot_gallery(
     sizes: dict[int, int] | None = None,
 ) -> Figure:
     """One row per cluster: its chips nearest the centre, with a CAM overlay where one is given."""
+    import matplotlib
+
     rows = sorted(images)
     ncols = max((len(v) for v in images.values()), default=1)
     fig = Figure(figsize=(1.6 * ncols + 0.8, 1.7 * max(len(rows), 1)), layout="constrained")
@@ -116,8 +118,11 @@ def plot_gallery(
                 continue
             ax.imshow(images[c][j])
             cam = None if cams is None else cams.get(c, [None] * ncols)[j]
-            if cam is not None:
-                ax.imshow(cam, cmap="jet", alpha=0.4, vmin=0, vmax=1, extent=(-0.5, images[c][j].shape[1] - 0.5, images[c][j].shape[0] - 0.5, -0.5))
+            if cam is not None:  # opacity follows the heat, so a cold map leaves the chip visible
+                rgba = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))
+                rgba[..., 3] = 0.6 * np.clip(cam, 0, 1)
+                h, w = images[c][j].shape[:2]
+                ax.imshow(rgba, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="bilinear")
             for s in ax.spines.values():
                 s.set_visible(True)
                 s.set_edgecolor(colours[c % len(colours)])
@@ -129,21 +134,25 @@ def plot_gallery(
     return fig
 
 
-def cluster_gallery(table: pd.DataFrame, result, chips_dir: str | Path, cams_dir: str | Path | None = None, n: int = 8) -> Figure:
-    """Gallery of the chips nearest each cluster centre, read at full resolution from ``chips_dir``."""
+def cluster_gallery(
+    table: pd.DataFrame, result, chips_dir: str | Path, cams: dict[str, np.ndarray] | None = None, n: int = 8
+) -> Figure:
+    """Gallery of the chips nearest each cluster centre, read at full resolution from ``chips_dir``.
+
+    ``cams`` maps chip id -> heatmap in [0, 1] (any size; drawn stretched over the chip).
+    """
     from ..clustering import nearest_to_centre
 
     chips_dir = Path(chips_dir)
-    nearest = nearest_to_centre(result, n)
-    cam_paths = find_cams(cams_dir, table["chip_id"]) if cams_dir else {}
-    images, cams, captions = {}, {}, {}
-    for c, idx in nearest.items():
+    cams = cams or {}
+    images, overlays, captions = {}, {}, {}
+    for c, idx in nearest_to_centre(result, n).items():
         rows = table.iloc[idx]
         images[c] = [read_chip_rgb(chips_dir / p) for p in rows["path"]]
-        cams[c] = [_read_cam(cam_paths[cid], img.shape[:2]) if cid in cam_paths else None for cid, img in zip(rows["chip_id"], images[c])]
+        overlays[c] = [cams.get(str(cid)) for cid in rows["chip_id"]]
         captions[c] = [f"{_outcome(lab, pred)} p={prob:.2f}" for lab, pred, prob in zip(rows["label"], rows["prediction"], rows["prob"])]
-    sizes = {c: int((result.labels == c).sum()) for c in nearest}
-    return plot_gallery(images, cams if cam_paths else None, captions, sizes)
+    sizes = {c: int((result.labels == c).sum()) for c in images}
+    return plot_gallery(images, overlays if cams else None, captions, sizes)
 
 
 def _outcome(label: str, prediction: str) -> str:
@@ -231,31 +240,23 @@ def read_chip_rgb(path: str | Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 
 
-def find_cams(cams_dir: str | Path, chip_ids) -> dict[str, Path]:
-    """Heatmap GeoTIFFs in ``cams_dir`` (any depth) whose name starts with a chip id."""
+def read_cams(cams_dir: str | Path, chip_ids) -> dict[str, np.ndarray]:
+    """Heatmap GeoTIFFs named ``<chip_id>.tif`` anywhere under ``cams_dir`` (e.g. ``schoolvision explain``
+    output), scaled to [0, 1] with nodata as 0; the first match in sorted path order wins."""
+    import rasterio
+
     wanted = set(map(str, chip_ids))
-    found = {}
+    found: dict[str, np.ndarray] = {}
     for p in sorted(Path(cams_dir).rglob("*.tif")):
-        stem = p.stem
-        for cid in (stem, stem.rsplit("_", 1)[0], stem.split(".", 1)[0]):
-            if cid in wanted and cid not in found:
-                found[cid] = p
-                break
+        if p.stem in wanted and p.stem not in found:
+            with rasterio.open(p) as src:
+                cam = src.read(1, masked=True).astype(float).filled(0.0)
+            span = cam.max() - cam.min()
+            found[p.stem] = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
     return found
 
 
-def _read_cam(path: Path, shape: tuple[int, int]) -> np.ndarray:
-    import rasterio
-    from rasterio.enums import Resampling
-
-    with rasterio.open(path) as src:
-        cam = src.read(1, out_shape=shape, resampling=Resampling.bilinear).astype(float)
-    cam = np.nan_to_num(cam)
-    span = cam.max() - cam.min()
-    return (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
-
-
-def write_cluster_figures(report, chips_dir: str | Path, cams_dir: str | Path | None = None, gallery_size: int = 8) -> list[Path]:
+def write_cluster_figures(report, chips_dir: str | Path, cams: dict[str, np.ndarray] | None = None, gallery_size: int = 8) -> list[Path]:
     """Every clustering figure as PNG in ``report.out_dir``: k selection, PCA, t-SNE, gallery, composition, maps."""
     from ..atomic import atomic_path
     from ..clustering import read_scene_paths
@@ -269,7 +270,7 @@ def write_cluster_figures(report, chips_dir: str | Path, cams_dir: str | Path | 
     if result.embedding_2d is not None:
         figs["embedding.png"] = plot_embedding(result.embedding_2d, result.labels, table["label"].to_numpy(), report.thumbnails)
     if result.k > 0:
-        figs["gallery.png"] = cluster_gallery(table, result, chips_dir, cams_dir, gallery_size)
+        figs["gallery.png"] = cluster_gallery(table, result, chips_dir, cams, gallery_size)
     scenes = read_scene_paths(Path(chips_dir))
     for scene in sorted(table["scene"].unique()):
         if scene in scenes and scenes[scene].is_file():
