@@ -209,3 +209,34 @@ def test_cli_scan_with_a_bad_scene_and_existing_output(tmp_path, fake_run):
     assert list(summary["failed"]) == ["b"]
     code = main(["scan", "--run", str(fake_run), "--imagery", str(scenes / "a.tif"), "--out", str(out)])
     assert code == 2  # refuses the existing folder
+
+
+@pytest.mark.slow
+def test_scan_of_the_held_out_demo_town(demo_dir, chips_dir, trained_run, tmp_path):
+    """End to end on the shared fixtures: files, grid, evaluation and map of the test town."""
+    import json
+
+    import geopandas as gpd
+
+    from schoolvision.cli import main
+
+    dataset = json.loads((chips_dir / "dataset.json").read_text())
+    town = next(name for name, s in dataset["scenes"].items() if s["split"] == "test")
+    scene = demo_dir / "scenes" / f"{town}.tif"
+    out = tmp_path / "scan"
+    code = main(["scan", "--run", str(trained_run), "--imagery", str(scene), "--out", str(out), "--device", "cpu",
+                 "--schools", str(chips_dir / "schools.geojson")])
+    assert code == 0
+    with rasterio.open(out / f"{town}_probability.tif") as p, rasterio.open(scene) as s:
+        assert (p.crs, p.transform, p.width, p.height) == (s.crs, s.transform, s.width, s.height)
+        prob, data = p.read(1), s.dataset_mask() > 0
+        assert (prob[data] >= 0).all() and (prob[data] <= 1).all()
+        assert p.overviews(1)
+    ev = json.loads((out / "evaluation.json").read_text())
+    n_schools = len(gpd.read_file(chips_dir / "schools.geojson").query("scene == @town"))
+    assert ev["schools"] == n_schools and 0 <= ev["recall"] <= 1 and len(ev["pr_curve"]) == 19
+    assert ev["true_positives"] + len(ev["missed_schools"]) == ev["schools"]
+    assert ev["true_positives"] + len(ev["unmatched_candidates"]) == ev["candidates"]
+    c = gpd.read_file(out / "candidates.geojson")
+    assert c.crs.to_epsg() == 4326 and len(c) == ev["candidates"]
+    assert (out / "map.html").stat().st_size > 10_000
