@@ -47,8 +47,10 @@ def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
 def tune_threshold(labels: np.ndarray, probs: np.ndarray, beta: float = 1.0) -> float:
     """Threshold on P(school) that maximises F-beta on (validation) ``labels``.
 
-    Candidates are the observed probabilities; among ties the highest threshold wins (fewest
-    false alarms at the same score). With no positives the neutral 0.5 is returned.
+    Among ties the highest optimum wins (fewest false alarms at the same score); the threshold is
+    then placed midway between it and the next lower validation score, so it makes exactly the same
+    validation decisions without sitting on a validation chip's probability. With a single class
+    the neutral 0.5 is returned.
     """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -59,8 +61,10 @@ def tune_threshold(labels: np.ndarray, probs: np.ndarray, beta: float = 1.0) -> 
     p, r = precision[:-1], recall[:-1]
     with np.errstate(divide="ignore", invalid="ignore"):
         score = np.where(b2 * p + r > 0, (1 + b2) * p * r / (b2 * p + r), 0.0)
-    best = np.flatnonzero(score == score.max())
-    return float(thresholds[best[-1]])
+    best = float(thresholds[np.flatnonzero(score == score.max())[-1]])
+    below = probs[probs < best]
+    # Midway to the next lower score: the same decisions on validation, a margin for unseen data.
+    return (best + float(below.max())) / 2 if below.size else best
 
 
 def reliability(labels: np.ndarray, probs: np.ndarray, bins: int = 10) -> dict[str, np.ndarray]:
