@@ -13,8 +13,9 @@ same seed gives byte-identical files.
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -787,8 +788,10 @@ def _finish(img: np.ndarray, st: dict, rng: np.random.Generator, m: float) -> np
 # --------------------------------------------------------------------------- writing the demo
 
 
-def _params(towns: int, seed: int, size: int, gsd: float) -> dict:
-    return {"towns": int(towns), "seed": int(seed), "size": int(size), "gsd": float(gsd)}
+def _params(towns: int, seed: int, size: int, gsd: float, config: TownConfig) -> dict:
+    """Everything that determines the output, as plain JSON values (compared on re-runs)."""
+    cfg = json.loads(json.dumps(asdict(config)))
+    return {"towns": int(towns), "seed": int(seed), "size": int(size), "gsd": float(gsd), "config": cfg}
 
 
 def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: float = 1.0, overwrite: bool = False,
@@ -808,15 +811,14 @@ def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: flo
     out = Path(out_dir)
     if towns < 1 or size < 256 or gsd <= 0:
         raise UserError(f"need towns >= 1, size >= 256 px and gsd > 0 (got towns={towns}, size={size}, gsd={gsd})", out)
-    params = _params(towns, seed, size, gsd)
+    config = config or TownConfig()
+    params = _params(towns, seed, size, gsd, config)
     if out.exists() and not out.is_dir():
         raise UserError("output exists and is not a folder; choose another --out", out)
     if out.exists() and any(out.iterdir()):
         meta = out / "demo.json"
         same = False
         if meta.exists():
-            import json
-
             try:
                 same = json.loads(meta.read_text()).get("parameters") == params
             except ValueError:

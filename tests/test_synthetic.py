@@ -87,7 +87,8 @@ def test_schools_geojson_matches_scenes(demo_dir):
     assert schools.crs.to_epsg() == 4326 and marks.crs.to_epsg() == 4326
     assert {"name", "scene"} <= set(schools.columns) and schools["name"].is_unique
     assert set(marks["kind"]) <= set(NEGATIVE_KINDS) and len(set(marks["kind"])) >= 5
-    assert meta["parameters"] == {"towns": 3, "seed": 0, "size": 768, "gsd": 1.0}
+    assert {k: meta["parameters"][k] for k in ("towns", "seed", "size", "gsd")} == {"towns": 3, "seed": 0, "size": 768, "gsd": 1.0}
+    assert meta["parameters"]["config"]["edge_margin_px"] == 64
     for town in meta["towns"]:
         assert town["schools"] >= 2
         assert (schools["scene"] == town["name"]).sum() == town["schools"]
