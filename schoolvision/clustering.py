@@ -199,13 +199,20 @@ def embed_2d(reduced: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np
         return TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed).fit_transform(reduced)
 
 
-def cluster_features(vectors: np.ndarray, config: ClusterConfig | None = None) -> Clustering:
-    """Reduce, choose k, cluster, measure stability and embed in 2-D."""
+def cluster_features(vectors: np.ndarray, config: ClusterConfig | None = None, *, warn: bool = True) -> Clustering:
+    """Reduce, choose k, cluster, measure stability and embed in 2-D.
+
+    Problems short of an error (k range clipped, HDBSCAN all noise) are in ``result.messages`` and,
+    with ``warn``, also raised as warnings.
+    """
     from threadpoolctl import threadpool_limits
 
     config = config or ClusterConfig()
     with threadpool_limits(limits=config.threads):
-        return _cluster_features(vectors, config)
+        result = _cluster_features(vectors, config)
+    for message in result.messages if warn else ():
+        warnings.warn(message, stacklevel=2)
+    return result
 
 
 def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
@@ -220,8 +227,6 @@ def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
         if not 2 <= k_fixed <= n - 1:
             raise UserError(f"k={k_fixed} does not fit {n} chips; use 2 <= k <= {n - 1} or --k auto")
         ks, messages = k_range(n, min(config.k_min, k_fixed), max(config.k_max, k_fixed))
-    for m in messages:
-        warnings.warn(m, stacklevel=2)
     table = select_k(reduced, ks, config)
     if config.method == "hdbscan":
         labels = fit_labels(reduced, "hdbscan", None, config.seed, config)
@@ -232,7 +237,6 @@ def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
                 f"HDBSCAN labelled all {n} chips as noise (min_cluster_size={mcs}); "
                 "try a smaller --min-cluster-size, more chips (--split all), or --method kmeans"
             )
-            warnings.warn(messages[-1], stacklevel=2)
     else:
         k = choose_k(table) if config.k == "auto" else int(config.k)
         labels = fit_labels(reduced, config.method, k, config.seed, config)
@@ -308,6 +312,7 @@ class ClusterReport:
     out_dir: Path
     thumbnails: np.ndarray
     vectors: np.ndarray
+    cams: dict[str, np.ndarray] = field(default_factory=dict)  # gallery heatmaps by chip id
 
 
 CLUSTER_COLUMNS = ["chip_id", "path", "cluster", "distance", "label", "prediction", "prob", "scene", "split"]
@@ -358,21 +363,42 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
 
         meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]].assign(prob=table["prob"].round(3))
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
-    report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
-    if config.figures:
-        from .plotting.cluster import read_cams, write_cluster_figures
-
-        gallery = np.concatenate([*nearest_to_centre(result, config.gallery_size).values(), np.zeros(0, int)])
+    cams: dict[str, np.ndarray] = {}
+    if config.figures and result.k > 0:
+        gallery = np.concatenate(list(nearest_to_centre(result, config.gallery_size).values()))
         if config.cams_dir:
+            from .plotting.cluster import read_cams
+
             cams = read_cams(config.cams_dir, table["chip_id"].iloc[gallery])
         elif config.gradcam:
             cams = gallery_cams(config.run, config.chips_dir, table["chip_id"].iloc[gallery], config.device)
-        else:
-            cams = {}
         summary["gallery_cams"] = len(cams)
+    report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors, cams)
+    if config.figures:
+        from .plotting.cluster import write_cluster_figures
+
         summary["figures"] = [p.name for p in write_cluster_figures(report, config.chips_dir, cams, config.gallery_size)]
     write_json(out / "summary.json", summary)
     return report
+
+
+def cluster_profile(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per cluster: size, share of true schools and of false positives, mean P(school), towns."""
+    from . import CLASSES, SCHOOL
+
+    school = CLASSES[SCHOOL]
+    t = table.assign(
+        true_school=table["label"] == school,
+        false_positive=(table["prediction"] == school) & (table["label"] != school),
+    )
+    return t.groupby("cluster").agg(
+        chips=("chip_id", "size"),
+        true_school=("true_school", "mean"),
+        false_positive=("false_positive", "mean"),
+        mean_prob=("prob", "mean"),
+        towns=("scene", "nunique"),
+        main_town=("scene", lambda s: s.value_counts().idxmax()),
+    ).round(3)
 
 
 def gallery_cams(run: Path, chips_dir: Path, chip_ids, device: str = "auto", method: str = "gradcam") -> dict[str, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -28,7 +29,7 @@ def _colour_of(labels: np.ndarray, k: int) -> list[tuple]:
 
 def plot_k_selection(table: pd.DataFrame, chosen_k: int | None = None) -> Figure:
     """Silhouette (higher is better), Davies-Bouldin (lower) and mixture BIC (lower) against k."""
-    fig = Figure(figsize=(11, 3.2), layout="constrained")
+    fig = plt.figure(figsize=(11, 3.2), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, col, better in zip(axes, ("silhouette", "davies_bouldin", "bic"), ("higher", "lower", "lower")):
         ax.plot(table["k"], table[col], "o-", color="C0")
@@ -43,7 +44,7 @@ def plot_k_selection(table: pd.DataFrame, chosen_k: int | None = None) -> Figure
 
 def plot_pca_variance(explained: np.ndarray, dims: int, threshold: float | None = None) -> Figure:
     """Cumulative explained variance of the PCA components, with the kept dimensions marked."""
-    fig = Figure(figsize=(5, 3.2), layout="constrained")
+    fig = plt.figure(figsize=(5, 3.2), layout="constrained")
     ax = fig.subplots()
     ax.plot(np.arange(1, len(explained) + 1), explained, ".-")
     ax.axvline(dims, color="C3", ls="--", lw=1, label=f"kept {dims} dims ({explained[dims - 1]:.0%})")
@@ -66,7 +67,7 @@ def plot_embedding(
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     k = int(clusters.max() + 1) if len(clusters) else 0
-    fig = Figure(figsize=(12, 5.5), layout="constrained")
+    fig = plt.figure(figsize=(12, 5.5), layout="constrained")
     ax_c, ax_l = fig.subplots(1, 2)
     ax_c.scatter(xy[:, 0], xy[:, 1], c=_colour_of(clusters, k), s=18, edgecolors="none")
     if thumbnails is not None and len(thumbnails):
@@ -104,7 +105,7 @@ def plot_gallery(
 
     rows = sorted(images)
     ncols = max((len(v) for v in images.values()), default=1)
-    fig = Figure(figsize=(1.6 * ncols + 0.8, 1.7 * max(len(rows), 1)), layout="constrained")
+    fig = plt.figure(figsize=(1.6 * ncols + 0.8, 1.7 * max(len(rows), 1)), layout="constrained")
     axes = np.atleast_2d(fig.subplots(max(len(rows), 1), ncols, squeeze=False))
     colours = cluster_colours(len(rows))
     for r, c in enumerate(rows):
@@ -176,7 +177,7 @@ def plot_composition(table: pd.DataFrame) -> Figure:
     shares = pd.crosstab(frame["cluster"], frame["kind"], normalize="index").reindex(order)
     kinds = [k for k in ("school (detected)", "school (missed)", "false positive", "not school") if k in shares.columns]
     towns = pd.crosstab(frame["cluster"], frame["scene"]).reindex(order)
-    fig = Figure(figsize=(11, 3.6), layout="constrained")
+    fig = plt.figure(figsize=(11, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     colours = {"school (detected)": "C2", "school (missed)": "C1", "false positive": "C3", "not school": "C7"}
     bottom = np.zeros(len(order))
@@ -207,7 +208,7 @@ def plot_cluster_map(table: pd.DataFrame, scene_path: str | Path, scene: str, ma
         bounds, crs = src.bounds, src.crs
     part = table[table["scene"] == scene]
     k = int(table["cluster"].max() + 1) if len(table) else 0
-    fig = Figure(figsize=(7.5, 7), layout="constrained")
+    fig = plt.figure(figsize=(7.5, 7), layout="constrained")
     ax = fig.subplots()
     ax.imshow(np.moveaxis(img, 0, -1), extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
     for gdf in footprints(part).values():
@@ -279,5 +280,6 @@ def write_cluster_figures(report, chips_dir: str | Path, cams: dict[str, np.ndar
     for name, fig in figs.items():
         with atomic_path(out / name) as tmp:
             fig.savefig(tmp, dpi=110)
+        plt.close(fig)  # pyplot figures (so notebooks show them) must be closed by the command line
         paths.append(out / name)
     return paths
