@@ -238,7 +238,7 @@ def test_read_cams_scales_and_masks_nodata(tmp_path):
 
     heat = np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)
     heat[0, 0] = -9999.0
-    write_geotiff(tmp_path / "gradcam" / "heatmaps" / "chip_a.tif", heat, "EPSG:32636", Affine(1, 0, 0, 0, -1, 0), nodata=-9999.0)
+    write_geotiff(tmp_path / "gradcam" / "heatmaps" / "chip_a.tif", heat, "EPSG:32636", Affine(1, 0, 500000, 0, -1, 100000), nodata=-9999.0)
     cams = read_cams(tmp_path, ["chip_a", "chip_b"])
     assert set(cams) == {"chip_a"}
     assert cams["chip_a"].min() == 0 and cams["chip_a"].max() == 1 and cams["chip_a"][0, 0] == 0
