@@ -114,7 +114,9 @@ def graph_from(layer: nn.Module) -> Iterator[dict]:
     switch = {"on": True}
 
     def hook(module, inputs, output):
-        return output.detach().requires_grad_(True) if switch["on"] else None
+        if not switch["on"] or (output.requires_grad and output.grad_fn is None):
+            return None  # off, or already a leaf (another explainer cut here)
+        return output.detach().requires_grad_(True)
 
     handle = layer.register_forward_hook(hook)
     try:
@@ -270,6 +272,7 @@ class ExplainConfig:
     shap_nsamples: int = 32
     gallery_size: int = 6
     write_maps: bool = True
+    chip_ids: list[str] | None = None  # explain only these chips of the split
     overwrite: bool = False
 
 
@@ -331,7 +334,14 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     layer_name, _ = resolve_layer(model, config.layer)
     ds = ChipDataset(chips_dir, split=config.split, image_size=meta.image_size, require_classes=False)
     _check_out_dir(out_dir, config.overwrite)
-    indices = _select(len(ds), config.limit, config.seed)
+    if config.chip_ids is not None:
+        wanted = set(map(str, config.chip_ids))
+        indices = [i for i, c in enumerate(ds.frame["chip_id"].astype(str)) if c in wanted]
+        if not indices:
+            raise UserError(f"none of the requested chip ids are in split {config.split!r}", chips_dir)
+        indices = indices[: config.limit] if config.limit else indices
+    else:
+        indices = _select(len(ds), config.limit, config.seed)
     schools = _load_schools(chips_dir)
     if schools is None:
         warnings.warn(f"{chips_dir}: no schools.geojson, so no footprint metrics (pointing game, energy share)", stacklevel=2)
@@ -347,65 +357,58 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     seconds: dict[str, float] = {m: 0.0 for m in config.methods}
     warned_crs = False
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=config.batch_size, shuffle=False)
-    explainers = contextlib.ExitStack()
-    with explainers:
-        explain_fns = {
-            m: explainers.enter_context(
-                explainer(model, m, layer=config.layer, target=target, background=background,
-                          shap_nsamples=config.shap_nsamples, seed=config.seed)
-            )
-            for m in config.methods
-        }
-        for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
-            x = batch["image"].to(device)
-            with torch.no_grad():
-                prob = torch.softmax(model(x) / meta.temperature, dim=1)[:, SCHOOL].cpu().numpy()
-            maps_by_method = {}
-            for m, fn in explain_fns.items():
+    for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
+        x = batch["image"].to(device)
+        with torch.no_grad():
+            prob = torch.softmax(model(x) / meta.temperature, dim=1)[:, SCHOOL].cpu().numpy()
+        maps_by_method = {}
+        for m in config.methods:  # one method's hooks at a time
+            with explainer(model, m, layer=config.layer, target=target, background=background,
+                           shap_nsamples=config.shap_nsamples, seed=config.seed) as explain:
                 start = time.perf_counter()
-                maps_by_method[m] = fn(x)
+                maps_by_method[m] = explain(x)
                 seconds[m] += time.perf_counter() - start
-            chips = [ds.read_chip(int(i)) for i in batch["index"]]
-            georefs = [ds.georef(int(i)) or (None, None) for i in batch["index"]]
-            baselines_in = {"random": fm.random_maps(x.shape[0], x.shape[-2:], rng), "centre-gaussian": fm.centre_gaussian(x.shape[0], x.shape[-2:])}
-            for b, idx in enumerate(batch["index"].tolist()):
-                row = ds.frame.iloc[idx]
-                label = int(batch["label"][b])
-                pred = int(prob[b] >= meta.threshold)
-                outcome = {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(label, pred)]
-                chip = chips[b]
-                crs, transform = georefs[b]
-                mask = None
-                if schools is not None and crs is not None and label == 1:
-                    from .labels import footprint_mask
+        chips = [ds.read_chip(int(i)) for i in batch["index"]]
+        georefs = [ds.georef(int(i)) or (None, None) for i in batch["index"]]
+        baselines_in = {"random": fm.random_maps(x.shape[0], x.shape[-2:], rng), "centre-gaussian": fm.centre_gaussian(x.shape[0], x.shape[-2:])}
+        for b, idx in enumerate(batch["index"].tolist()):
+            row = ds.frame.iloc[idx]
+            label = int(batch["label"][b])
+            pred = int(prob[b] >= meta.threshold)
+            outcome = {(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(label, pred)]
+            chip = chips[b]
+            crs, transform = georefs[b]
+            mask = None
+            if schools is not None and crs is not None and label == 1:
+                from .labels import footprint_mask
 
-                    mask = footprint_mask(schools, crs, transform, chip.shape[-2:])
-                    mask = mask if mask.any() else None
-                for name, maps in {**maps_by_method, **baselines_in}.items():
-                    is_method = name in maps_by_method
-                    heat = resize_maps(maps[b : b + 1], *chip.shape[-2:])[0]
-                    rec = {"chip_id": str(row["chip_id"]), "method": name, "label": label, "prob": float(prob[b]),
-                           "pred": pred, "outcome": outcome, "has_footprint": mask is not None}
-                    if mask is not None:
-                        rec["pointing_game"] = fm.pointing_game(heat, mask)
-                        rec["energy_share"] = fm.energy_share(heat, mask)
-                    if is_method and config.write_maps:
-                        if not warned_crs and crs is None:
-                            warnings.warn(f"{chips_dir}: chips have no CRS; heatmaps written as plain PNG, not georeferenced", stacklevel=2)
-                            warned_crs = True
-                        rec["heatmap"] = _write_heatmap(out_dir / name, str(row["chip_id"]), heat, crs, transform)
-                        rec["overlay"] = _write_overlay(out_dir / name, str(row["chip_id"]), chip, heat, name)
-                    if is_method and outcome in gallery[name] and len(gallery[name][outcome]) < config.gallery_size:
-                        gallery[name][outcome].append((str(row["chip_id"]), chip, heat, mask, float(prob[b])))
-                    records.append(rec)
-            # ROAD on the school chips of the batch (model input grid)
-            school = np.flatnonzero(batch["label"].numpy() == 1)
-            if len(school):
-                for name, maps in {**maps_by_method, **baselines_in}.items():
-                    drops = fm.road_drop(model, x[school], maps[school], target)
-                    for k, b in enumerate(school):
-                        rec = _find(records, name, str(ds.frame.iloc[int(batch["index"][b])]["chip_id"]))
-                        rec["road_drop"] = float(drops[k])
+                mask = footprint_mask(schools, crs, transform, chip.shape[-2:])
+                mask = mask if mask.any() else None
+            for name, maps in {**maps_by_method, **baselines_in}.items():
+                is_method = name in maps_by_method
+                heat = resize_maps(maps[b : b + 1], *chip.shape[-2:])[0]
+                rec = {"chip_id": str(row["chip_id"]), "method": name, "label": label, "prob": float(prob[b]),
+                       "pred": pred, "outcome": outcome, "has_footprint": mask is not None}
+                if mask is not None:
+                    rec["pointing_game"] = fm.pointing_game(heat, mask)
+                    rec["energy_share"] = fm.energy_share(heat, mask)
+                if is_method and config.write_maps:
+                    if not warned_crs and crs is None:
+                        warnings.warn(f"{chips_dir}: chips have no CRS; heatmaps written as plain PNG, not georeferenced", stacklevel=2)
+                        warned_crs = True
+                    rec["heatmap"] = _write_heatmap(out_dir / name, str(row["chip_id"]), heat, crs, transform)
+                    rec["overlay"] = _write_overlay(out_dir / name, str(row["chip_id"]), chip, heat, name)
+                if is_method and outcome in gallery[name] and len(gallery[name][outcome]) < config.gallery_size:
+                    gallery[name][outcome].append((str(row["chip_id"]), chip, heat, mask, float(prob[b])))
+                records.append(rec)
+        # ROAD on the school chips of the batch (model input grid)
+        school = np.flatnonzero(batch["label"].numpy() == 1)
+        if len(school):
+            for name, maps in {**maps_by_method, **baselines_in}.items():
+                drops = fm.road_drop(model, x[school], maps[school], target)
+                for k, b in enumerate(school):
+                    rec = _find(records, name, str(ds.frame.iloc[int(batch["index"][b])]["chip_id"]))
+                    rec["road_drop"] = float(drops[k])
     n = len(indices)
     spc = {m: seconds[m] / n for m in config.methods}
     table = fm.summarise(records, spc, subset="correct_school")
@@ -473,3 +476,104 @@ def _write_records(path: Path, records: list[dict]) -> None:
     from .atomic import write_text
 
     write_text(path, pd.DataFrame(records).to_csv(index=False))
+
+
+# --- a few chips for figures -------------------------------------------------------------------
+
+
+@dataclass
+class ChipSample:
+    """A handful of chips to show side by side: model inputs, native pixels, footprints, predictions."""
+
+    chip_ids: list[str]
+    images: torch.Tensor  # (N, 3, H, W) model input in [0, 1]
+    chips: list[np.ndarray]  # uint8 (3, h, w) as stored
+    masks: list[np.ndarray | None]  # school footprint on the chip grid
+    probs: list[float]
+    outcomes: list[str]
+
+
+def pick_chips(predictions: str | Path, chips_dir: str | Path, image_size: int | None, *, outcome: str | None = None,
+               label: int | None = None, pred: int | None = None, n: int = 4, by: str = "chip_id", split: str = "test") -> ChipSample:
+    """``n`` chips of ``split`` chosen from a predictions table, with their pixels and footprints.
+
+    ``predictions``: a run's ``predictions.csv`` or an :func:`explain_chips` ``explanations.csv``
+    (columns chip_id, label, prob, pred). Filter by ``outcome`` (TP, FP, FN, TN) or ``label``/``pred``;
+    order by ``chip_id`` or by ``prob`` (highest first: e.g. the not_school chips the model likes most).
+    """
+    import pandas as pd
+
+    from .dataset import ChipDataset
+
+    predictions, chips_dir = Path(predictions), Path(chips_dir)
+    rec = pd.read_csv(predictions, dtype={"chip_id": str})
+    if "method" in rec:
+        rec = rec[rec["method"] == rec["method"].iloc[0]]
+    if "split" in rec:
+        rec = rec[rec["split"] == split]
+    rec = rec.assign(outcome=[{(1, 1): "TP", (0, 1): "FP", (1, 0): "FN", (0, 0): "TN"}[(int(a), int(b))]
+                              for a, b in zip(rec["label"], rec["pred"])])
+    for col, value in (("outcome", outcome), ("label", label), ("pred", pred)):
+        if value is not None:
+            rec = rec[rec[col] == value]
+    rec = rec.sort_values(["prob", "chip_id"], ascending=[False, True]) if by == "prob" else rec.sort_values("chip_id")
+    rec = rec.head(n)
+    if rec.empty:
+        raise UserError(f"no chips match outcome={outcome} label={label} pred={pred} in split {split!r}", predictions)
+    ds = ChipDataset(chips_dir, split=split, image_size=image_size, require_classes=False)
+    pos = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
+    schools = _load_schools(chips_dir)
+    idx = [pos[c] for c in rec["chip_id"]]
+    chips = [ds.read_chip(i) for i in idx]
+    masks: list[np.ndarray | None] = []
+    for i, chip in zip(idx, chips):
+        georef = ds.georef(i)
+        if schools is None or georef is None:
+            masks.append(None)
+            continue
+        from .labels import footprint_mask
+
+        masks.append(footprint_mask(schools, georef[0], georef[1], chip.shape[-2:]))
+    return ChipSample(list(rec["chip_id"]), torch.stack([ds[i]["image"] for i in idx]), chips, masks,
+                      rec["prob"].astype(float).tolist(), rec["outcome"].tolist())
+
+
+def focus_chip_ids(predictions: str | Path, split: str = "test", negatives: int = 16) -> list[str]:
+    """Every school chip of ``split`` plus the ``negatives`` not-school chips with the highest P(school).
+
+    What a chapter explains on CPU: the faithfulness subset, every false positive (they have the
+    highest P among negatives) and the closest calls, without the hundreds of easy negatives.
+    """
+    import pandas as pd
+
+    rec = pd.read_csv(predictions, dtype={"chip_id": str})
+    rec = rec[rec["split"] == split] if "split" in rec else rec
+    neg = rec[rec["label"] == 0].sort_values(["prob", "chip_id"], ascending=[False, True]).head(negatives)
+    return sorted(rec.loc[rec["label"] == 1, "chip_id"].tolist() + neg["chip_id"].tolist())
+
+
+def check_alignment(explain_dir: str | Path, chips_dir: str | Path, method: str = "gradcam", split: str = "test", n: int = 10) -> dict:
+    """Do the first ``n`` heatmap GeoTIFFs share their chip's CRS, transform and size? (for the book)"""
+    import rasterio
+
+    from .dataset import ChipDataset
+
+    ds = ChipDataset(Path(chips_dir), split=split, require_classes=False)
+    paths = dict(zip(ds.frame["chip_id"].astype(str), ds.frame["path"]))
+    tifs = sorted((Path(explain_dir) / method / "heatmaps").glob("*.tif"))[:n]
+    same = {"crs": True, "transform": True, "size": True}
+    dtype, nodata = None, None
+    for tif in tifs:
+        with rasterio.open(tif) as h, rasterio.open(Path(chips_dir) / paths[tif.stem]) as c:
+            same["crs"] &= h.crs == c.crs
+            same["transform"] &= h.transform == c.transform
+            same["size"] &= (h.width, h.height) == (c.width, c.height)
+            dtype, nodata = h.dtypes[0], h.nodata
+    return {"heatmaps_checked": len(tifs), **{f"same_{k}": v for k, v in same.items()}, "dtype": dtype, "nodata": nodata}
+
+
+def compare_methods(model: nn.Module, sample: ChipSample, methods: list[str], **kwargs) -> dict[str, np.ndarray]:
+    """Maps of each method for the same chips, on the chips' native grid: {method: (N, h, w)}."""
+    device = next(model.parameters()).device
+    h, w = sample.chips[0].shape[-2:]
+    return {m: resize_maps(explain_batch(model, sample.images.to(device), m, **kwargs), h, w) for m in methods}

@@ -60,30 +60,28 @@ def centre_gaussian(n: int, shape: Sequence[int], sigma: float = 0.25) -> np.nda
     return np.repeat(g[None].astype(np.float32), n, axis=0)
 
 
-class _ProbTarget:
-    """P(class) from logits, the score ROAD perturbs."""
-
-    def __init__(self, category: int):
-        self.category = category
-
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(output, dim=-1)[..., self.category]
-
-
 def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int, percentiles: Sequence[int] = ROAD_PERCENTILES) -> np.ndarray:
     """ROAD most-relevant-first: mean fall of P(target) over ``percentiles`` of removed pixels, (B,).
 
-    ``maps`` are on the model input grid (B, H, W). Uses pytorch-grad-cam's ``ROADMostRelevantFirst``
-    (noisy linear imputation, which avoids the out-of-distribution artefacts of plain deletion).
+    ``maps`` are on the model input grid (B, H, W). The perturbation is pytorch-grad-cam's
+    ``RemoveMostRelevantFirst`` with its noisy linear imputer (as in ``ROADMostRelevantFirst``, which
+    avoids the out-of-distribution artefacts of plain deletion); all perturbed chips go through the
+    model in one batch.
     """
-    from pytorch_grad_cam.metrics.road import ROADMostRelevantFirst
+    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveMostRelevantFirst
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
-    maps = _ranks(np.nan_to_num(np.asarray(maps, dtype=np.float32)))
-    targets = [_ProbTarget(target)] * len(x)
-    diffs = [ROADMostRelevantFirst(percentile=p)(x, maps, targets, model) for p in percentiles]
-    return -np.mean(diffs, axis=0).astype(np.float32)
+    ranks = torch.from_numpy(_ranks(np.nan_to_num(np.asarray(maps, dtype=np.float32))))
+    imputer = NoisyLinearImputer()
+    xs = x.detach().cpu()
+    perturbed = [RemoveMostRelevantFirst(p, imputer)(xs[i], ranks[i]) for p in percentiles for i in range(len(xs))]
+    batch = torch.cat([xs, torch.stack(perturbed)]).to(x.device)
+    with torch.no_grad():
+        prob = torch.softmax(model(batch), dim=-1)[:, target].cpu().numpy()
+    before, after = prob[: len(xs)], prob[len(xs) :].reshape(len(percentiles), len(xs))
+    return (before[None] - after).mean(axis=0).astype(np.float32)
 
 
 def _ranks(maps: np.ndarray, seed: int = 0) -> np.ndarray:

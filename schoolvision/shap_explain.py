@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +193,28 @@ def additivity(model: nn.Module, x: torch.Tensor, background: torch.Tensor, valu
 def summary_json(info: dict) -> str:
     """Round the additivity record for printing in a book cell."""
     return json.dumps({k: (np.round(v, 3).tolist() if isinstance(v, list) else round(v, 3)) for k, v in info.items()})
+
+
+@dataclass
+class ShapResult:
+    """SHAP values of a few chips, their channel-summed maps on the chip grid, cost and additivity."""
+
+    values: np.ndarray  # (N, 3, H, W) on the model input grid
+    maps: np.ndarray  # (N, h, w) summed over channels, on the chips' grid
+    seconds_per_chip: float
+    additivity: dict[str, list[float]]
+
+
+def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsamples: int = 32, seed: int = 0,
+                   target: int = SCHOOL) -> ShapResult:
+    """GradientExplainer on a :class:`~schoolvision.explain.ChipSample`, timed, with its additivity gap."""
+    import time
+
+    from .explain import resize_maps
+
+    start = time.perf_counter()
+    values = gradient_shap(model, sample.images, background, nsamples=nsamples, seed=seed, target=target)
+    seconds = (time.perf_counter() - start) / len(sample.images)
+    h, w = sample.chips[0].shape[-2:]
+    return ShapResult(values, resize_maps(values.sum(axis=1), h, w), seconds,
+                      additivity(model, sample.images, background, values, target))

@@ -1,0 +1,136 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 3. Where does the model look? Grad-CAM and friends
+#
+# **What you will learn**
+#
+# - how Grad-CAM, Grad-CAM++, guided backprop and guided Grad-CAM explain a "school" call, side by side;
+# - how to *measure* whether an explanation points at the school, using the true footprints of the demo
+#   (pointing game, energy share, ROAD), against a random map and a centre-Gaussian map;
+# - what the model looks at when it is wrong or nearly wrong.
+#
+# **Prerequisites**: chapter 1 (the chips in `chips_dir`) and chapter 2 (the trained model in `run_dir`).
+# Every heatmap is written as a GeoTIFF on its chip's grid, so it opens in QGIS exactly over the chip.
+
+# %% tags=["parameters"]
+chips_dir = "data/chips"
+run_dir = "runs/quick"
+out_dir = "outputs/gradcam"
+n_chips = 4
+negatives = 16
+seed = 0
+device = "auto"
+
+# %%
+import pandas as pd
+
+from schoolvision.book import require, resolve
+from schoolvision.checkpoint import load_classifier
+from schoolvision.device import resolve_device
+from schoolvision.explain import (ExplainConfig, check_alignment, compare_methods, explain_chips, focus_chip_ids,
+                                 pick_chips)
+from schoolvision.plotting import explain as plots
+
+chips_path, run_path = require(chips_dir, "01_data"), require(run_dir, "02_training")
+out_path = resolve(out_dir)
+model, meta = load_classifier(run_path, resolve_device(device))
+
+# %% [markdown]
+# ## The work
+#
+# ### Explain the test town
+#
+# Grad-CAM weights the channels of the model's last convolutional block (`model.target_layer`, the same
+# layer whatever the label) by the gradient of the *school log-odds*, and keeps the positive part.
+# Grad-CAM++ uses second-order weights; EigenCAM needs no gradient at all. Guided backprop lets only
+# positive gradients flow back to the pixels; multiplied by Grad-CAM it becomes guided Grad-CAM.
+# One call explains the chips and scores each map against the school footprints. To stay within a few
+# CPU minutes it takes every school chip of the test town plus the `negatives` not-school chips the model
+# finds most school-like (the false positives come first); `schoolvision explain` does the whole split.
+
+# %%
+methods = ["gradcam", "gradcam++", "eigencam", "guided-backprop", "guided-gradcam"]
+chip_ids = focus_chip_ids(run_path / "predictions.csv", "test", negatives=negatives)
+config = ExplainConfig(run=run_path, chips_dir=chips_path, out_dir=out_path, methods=methods, split="test",
+                       chip_ids=chip_ids, device=device, seed=seed, overwrite=True)
+summary = explain_chips(config)
+
+# %%
+# NBVAL_CHECK_OUTPUT
+print("methods:", summary.methods)
+print("table rows:", list(summary.table))
+print("layer:", meta.backbone, model.target_layer_name)
+
+# %% [markdown]
+# Each heatmap is a float32 single-band GeoTIFF with the chip's CRS, transform and size (and a nodata
+# value), next to a PNG overlay for a quick look:
+
+# %%
+# NBVAL_CHECK_OUTPUT
+check_alignment(out_path, chips_path, "gradcam")
+
+# %% [markdown]
+# ### Four explanations of the same schools
+#
+# Correctly found schools of the test town; the white outline is the true school compound.
+
+# %%
+found = pick_chips(out_path / "explanations.csv", chips_path, meta.image_size, outcome="TP", n=n_chips)
+maps = compare_methods(model, found, ["gradcam", "gradcam++", "guided-backprop", "guided-gradcam"])
+plots.plot_methods(found.chips, maps, found.masks, found.probs, title="Correctly found schools (outline: true footprint)");
+
+# %% [markdown]
+# ### Do the maps point at the school?
+#
+# On correctly classified school chips: the **pointing game** (is the map's peak inside the footprint?),
+# the **energy share** (how much of the positive map lies inside it) and the **ROAD drop** (how much
+# P(school) falls when the most relevant pixels are imputed away; higher means the map found what the
+# model uses). The random and centre-Gaussian rows are the baselines: a method is only useful where it
+# clearly beats them (chips cut around schools often have the school near the middle).
+
+# %%
+pd.DataFrame(summary.table).T.round(3)
+
+# %%
+plots.plot_faithfulness(summary.table);
+
+# %% [markdown]
+# All school chips of the test town, including the missed ones:
+
+# %%
+pd.DataFrame(summary.table_all_school_chips).T.round(3)
+
+# %% [markdown]
+# ### What do the false positives look at?
+#
+# The not-school chips the model likes most (the false positives first, then the closest calls). If the
+# maps sit on large bright roofs or on open fields, those hard negatives (markets, warehouses, parks)
+# are what the model confuses with classroom blocks around a yard.
+
+# %%
+near = pick_chips(out_path / "explanations.csv", chips_path, meta.image_size, label=0, by="prob", n=n_chips)
+near_maps = compare_methods(model, near, ["gradcam", "guided-gradcam"])
+plots.plot_methods(near.chips, near_maps, None, near.probs, title="Not-school chips with the highest P(school)");
+
+# %% [markdown]
+# ## Summary and next
+#
+# - Grad-CAM-family maps are computed on the model's own last convolutional block, for the class asked
+#   for, and written as GeoTIFFs aligned with their chips (`outputs/gradcam/<method>/heatmaps/`), with
+#   galleries of true positives, false positives and false negatives in each method's folder.
+# - The faithfulness table (`faithfulness.json`) says how often each method points at the true school and
+#   how much the prediction depends on what it highlights, against two baselines.
+# - Next, chapter 4 explains the same model with SHAP, which attributes the log-odds to pixels with
+#   signs: evidence for and against a school.
