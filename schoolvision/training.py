@@ -24,7 +24,7 @@ import platform
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from .models import build_model
 
 RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.json", "predictions.csv", "history.json", "tensorboard")
 # Settings that may differ between an interrupted run and its resumption.
-RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every", "epochs", "patience"}
+RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every"}
 
 
 @dataclass
@@ -78,7 +78,6 @@ class TrainConfig:
     log_every: int = 10  # batches between progress-bar updates
     overwrite: bool = False
     n_boot: int = 1000  # bootstrap resamples for the F1 / AUPRC intervals
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.chips_dir = Path(self.chips_dir)
