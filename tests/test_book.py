@@ -58,6 +58,14 @@ def test_cells_only_call_the_library(source):
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_checked_cells_hold_no_plots(source):
+    """nbval runs cells without history, so IPython misses a trailing ';' and the Text(...) repr appears."""
+    for cell in _code_cells(source):
+        if cell.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
+            assert not cell.rstrip().endswith(";"), f"checked cell ends with a ';' plot line:\n{cell}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_chapter_follows_the_skeleton(source):
     text = "\n".join(c.source for c in book.read_source(source).cells if c.cell_type == "markdown").lower()
     for part in ("what you will learn", "prerequisites", "summary"):
