@@ -101,4 +101,5 @@ def write_vectors(
                     other.to_file(tmp, layer=name, driver="GPKG")
     if geojson is not None:
         with atomic_path(geojson) as tmp:
-            gdf.to_crs("EPSG:4326").to_file(tmp, driver="GeoJSON")
+            # name the layer after the target: GDAL would otherwise record the temporary file's name
+            gdf.to_crs("EPSG:4326").to_file(tmp, driver="GeoJSON", layer=Path(geojson).stem)
