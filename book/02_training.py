@@ -30,7 +30,7 @@ chips_dir = "data/chips"
 run_dir = "runs/quick"
 backbone = "efficientnet_lite0"
 pretrained = True
-epochs = 6
+epochs = 10
 batch_size = 32
 image_size = 64
 lr = 0.001
@@ -143,7 +143,7 @@ plots.plot_extreme_chips(run_path, chips_path, split="test", n=8, worst=True);
 # `torchrun --nproc_per_node=N` to train on several GPUs):
 #
 # ```bash
-# schoolvision train --chips data/chips --out runs/quick --epochs 6 --image-size 64
+# schoolvision train --chips data/chips --out runs/quick --epochs 10 --image-size 64
 # schoolvision evaluate --run runs/quick --chips data/chips
 # ```
 #
