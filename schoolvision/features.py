@@ -4,7 +4,8 @@ Clustering is cheap and is re-run with other k, methods and subsets; the model p
 features (and the model's own P(school) from the same pass, plus small thumbnails for the projector
 sprite) are cached as ``.npy`` + an index ``.csv`` keyed by the checkpoint's hash, the hash of
 ``chips.csv`` and the split. Subsets (predicted school, true school, false positives) are filters on
-the cached rows, so changing the subset never re-runs the model.
+the cached rows, so changing the subset never re-runs the model. The one exception: asked for true
+schools first, only the school chips go through the model (they are known from the labels).
 """
 
 from __future__ import annotations
@@ -118,9 +119,12 @@ def load_features(config: FeatureConfig, *, progress: bool = True) -> Features:
         raise UserError("chips.csv not found (cut chips first: schoolvision chips ...)", chips_csv)
     key = f"{file_hash(ckpt)}-{file_hash(chips_csv)}-{config.split}"
     cache_dir = Path(config.cache_dir) if config.cache_dir else (ckpt.parent / "features")
-    feats = _read_cache(cache_dir, key)
+    # True schools are known without the model: extract only those (a few % of the chips), unless
+    # the whole split is cached already. Every other subset needs the predictions of the whole split.
+    schools_only = config.subset == "true-school"
+    feats = _read_cache(cache_dir, key) or (_read_cache(cache_dir, key + "-school") if schools_only else None)
     if feats is None:
-        feats = _compute(config, ckpt, chips_dir, key, progress)
+        feats = _compute(config, ckpt, chips_dir, key + ("-school" if schools_only else ""), schools_only, progress)
         _write_cache(cache_dir, feats)
     return feats.select(subset_mask(feats.frame, config.subset))
 
@@ -140,7 +144,7 @@ def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:
     return masks[subset]
 
 
-def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, progress: bool) -> Features:
+def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, schools_only: bool, progress: bool) -> Features:
     from .checkpoint import load_classifier
     from .dataset import ChipDataset
     from .device import resolve_device
@@ -148,10 +152,11 @@ def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, progr
     device = resolve_device(config.device)
     model, meta = load_classifier(ckpt, device)
     ds = ChipDataset(chips_dir, split=None if config.split == "all" else config.split, augment=False, image_size=meta.image_size, require_classes=False)
-    if len(ds) == 0:
-        raise UserError(f"no chips in split {config.split!r}", chips_dir / "chips.csv")
+    rows = np.flatnonzero(ds.labels == SCHOOL) if schools_only else np.arange(len(ds))
+    if len(rows) == 0:
+        raise UserError(f"no {'school ' if schools_only else ''}chips in split {config.split!r}", chips_dir / "chips.csv")
     vectors, prob, index, thumbs = extract_features(
-        model, ds, batch_size=config.batch_size, device=device, temperature=meta.temperature,
+        model, torch.utils.data.Subset(ds, rows.tolist()), batch_size=config.batch_size, device=device, temperature=meta.temperature,
         num_workers=config.num_workers, progress=progress,
     )
     frame = ds.frame.iloc[index].reset_index(drop=True).copy()

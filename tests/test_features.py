@@ -103,6 +103,16 @@ def test_load_features_caches_and_filters(small_chips, small_run, tmp_path, monk
     np.testing.assert_array_equal(schools.vectors, feats.vectors[(feats.frame["label"] == "school").to_numpy()])
 
 
+def test_true_schools_alone_skip_the_other_chips(small_chips, small_run, tmp_path):
+    feats = load_features(FeatureConfig(small_run, small_chips, split="val", subset="true-school", device="cpu", cache_dir=tmp_path), progress=False)
+    rows = pd.read_csv(small_chips / "chips.csv")
+    assert len(feats.frame) == ((rows["split"] == "val") & (rows["label"] == "school")).sum() > 0
+    assert feats.key.endswith("-val-school")
+    everything = load_features(FeatureConfig(small_run, small_chips, split="val", subset="all", device="cpu", cache_dir=tmp_path), progress=False)
+    assert len(everything.frame) == (rows["split"] == "val").sum()
+    np.testing.assert_allclose(everything.vectors[(everything.frame["label"] == "school").to_numpy()], feats.vectors, rtol=1e-4, atol=1e-5)
+
+
 def test_cache_key_follows_checkpoint(small_chips, small_run, tmp_path):
     other = tmp_path / "other"
     torch.manual_seed(1)
