@@ -61,6 +61,9 @@ BLOCK = 256
 GDAL_CACHE_MB = 128
 """GDAL block cache while scanning."""
 
+MIN_CAM_CELLS = 4
+"""Grad-CAM places candidates only when the feature map is at least this many cells a side."""
+
 GSD_TRANSFER_RATIO = 1.5
 """A native GSD further than this factor from the training GSD gets a warning."""
 
@@ -489,7 +492,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     by_name = {s.name: s for s in sources}
     cands, regions = extract_all(scenes, threshold, merge_distance=meta.chip_size * (meta.gsd or 1.0) / 2)
     if config.cam_peaks and len(cands):
-        cands = place_at_cam_peaks(model, meta, cands, {s.scene: by_name[s.scene] for s in scenes}, device)
+        cands = place_at_cam_peaks(model, meta, cands, {s.scene: by_name[s.scene] for s in scenes}, device, regions)
     evaluation = None
     extra = {"regions": regions}
     if config.schools is not None:
@@ -569,29 +572,51 @@ def explain_points(model, meta, points, sources: dict, device="cpu", native_reso
     return chips, probs, cam_maps(model, chips, meta.image_size, device)
 
 
-def place_at_cam_peaks(model, meta, cands, sources: dict, device, native_resolution: bool = False):
+def cam_cells(model: torch.nn.Module, image_size: int, device) -> int:
+    """Side of the model's last feature map at ``image_size``: the grid grad-CAM can localise on."""
+    try:
+        with torch.no_grad():
+            fm = model.feature_map(torch.zeros(1, 3, image_size, image_size, device=device))
+        return int(min(fm.shape[-2:]))
+    except (AttributeError, RuntimeError):
+        return image_size
+
+
+def place_at_cam_peaks(model, meta, cands, sources: dict, device, regions=None, native_resolution: bool = False):
     """Move each candidate point to the grad-CAM peak of the chip centred on its probability peak.
 
-    The CAM says where inside the window the evidence for "school" is, which is sharper than the
-    blended probability (whose resolution is the stride). Candidates whose CAM is flat keep their point.
+    The CAM says where inside the window the evidence for "school" is, which can be sharper than the
+    blended probability (whose resolution is the stride) - but only when the feature map has at least
+    ``MIN_CAM_CELLS`` cells a side (at 64 px, efficientnet's 2 x 2 map would snap every point to a cell
+    centre 45 m from the school). A CAM peak outside the candidate's region (when ``regions`` is given)
+    or a flat CAM keeps the probability peak. The ``peak`` column says which one each point is.
     """
     from rasterio.warp import transform as warp_points
     from shapely.geometry import Point
 
     cands = cands.copy()
+    if not len(cands) or cam_cells(model, meta.image_size, device) < MIN_CAM_CELLS:
+        return cands
     chips = [read_chip_at(sources[scene], meta, g.x, g.y, cands.crs, native_resolution=native_resolution)
              for g, scene in zip(cands.geometry, cands["scene"])]
     heats = cam_maps(model, np.stack([c[0] for c in chips]), meta.image_size, device)
+    shapes = {}
+    if regions is not None and len(regions) and "label" in cands.columns:
+        shapes = {(sc, int(lb)): g for sc, lb, g in zip(regions["scene"], regions["label"], regions.to_crs(cands.crs).geometry)}
     points, kinds = [], []
-    for geom, (_, ccrs, ctf), heat in zip(cands.geometry, chips, heats):
-        if not np.isfinite(heat).all() or heat.max() <= heat.min():
-            points.append(geom)
-            kinds.append("probability")
-            continue
-        r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
-        xs, ys = warp_points(ccrs, cands.crs, [(ctf @ (c + 0.5, r + 0.5))[0]], [(ctf @ (c + 0.5, r + 0.5))[1]])
-        points.append(Point(xs[0], ys[0]))
-        kinds.append("cam")
+    for geom, scene, label, (_, ccrs, ctf), heat in zip(cands.geometry, cands["scene"], cands.get("label", [None] * len(cands)),
+                                                         chips, heats):
+        point, kind = geom, "probability"
+        if np.isfinite(heat).all() and heat.max() > heat.min():
+            r, c = np.unravel_index(int(np.argmax(heat)), heat.shape)
+            px, py = ctf @ (c + 0.5, r + 0.5)
+            xs, ys = warp_points(ccrs, cands.crs, [px], [py])
+            cam_point = Point(xs[0], ys[0])
+            region = shapes.get((scene, int(label))) if label is not None else None
+            if region is None or region.contains(cam_point):
+                point, kind = cam_point, "cam"
+        points.append(point)
+        kinds.append(kind)
     cands["geometry"] = points
     cands["peak"] = kinds
     return cands

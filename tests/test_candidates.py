@@ -46,6 +46,22 @@ def test_regions_become_ranked_candidates_at_their_peaks():
     assert len(regions) == 2 and regions.geometry.iloc[0].contains(pts.geometry.iloc[0]) or regions.geometry.iloc[1].contains(first)
 
 
+def test_neighbouring_schools_blurred_together_are_split_but_a_plateau_is_not():
+    tf = Affine(1.0, 0, 0.0, 0, -1.0, 0.0)
+    logit = lambda z: 1 / (1 + np.exp(-z))  # noqa: E731
+    yy, xx = np.mgrid[0:100, 0:200]
+    two = np.maximum(9 - ((yy - 50) ** 2 + (xx - 70) ** 2) / 300, 9 - ((yy - 50) ** 2 + (xx - 130) ** 2) / 300)
+    prob = logit(two).astype(np.float32)
+    assert prob[50, 100] > 0.99  # one region above 0.5 and saturated: only log-odds see the valley
+    from scipy import ndimage
+
+    assert ndimage.label(prob >= 0.5)[1] == 1
+    pts, _ = extract_candidates(prob, tf, CRS, 0.5)
+    assert len(pts) == 2 and sorted(round(g.x) for g in pts.geometry) == [70, 130]
+    plateau = logit(np.minimum(12.0, 9 - ((yy - 50) ** 2 + (xx - 100) ** 2) / 400)).astype(np.float32)
+    assert len(extract_candidates(plateau, tf, CRS, 0.5)[0]) == 1
+
+
 def test_nothing_above_threshold_gives_an_empty_layer_that_still_writes(tmp_path):
     pts, _ = extract_candidates(np.full((50, 50), 0.1, np.float32), Affine(1, 0, 0, 0, -1, 0), CRS, 0.5)
     assert len(pts) == 0 and pts.crs == CRS
