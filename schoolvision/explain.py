@@ -5,9 +5,10 @@ does not leak) that yields a callable ``maps = explain(x)``: ``x`` is a batch of
 [0, 1], shape (B, 3, H, W), ``maps`` a float32 array (B, H, W) in which positive values are
 evidence *for* the target class. CAM maps are in [0, 1]; SHAP maps are signed.
 
-The layer is the model's own ``target_layer`` (never chosen from labels), or one the user names.
-The target is the log-odds of the class (``logit[c] - logit[other]``): that is what moves
-P(school), whereas the raw school logit also rewards features shared with ``not_school``.
+The layer is the model's own ``target_layer`` (never chosen from labels; for inputs so small that
+its map would be under 4 x 4 cells, the deepest block that keeps 4 x 4), or one the user names.
+CAM methods and guided backprop explain the class logit (pytorch-grad-cam's
+``ClassifierOutputTarget``); SHAP explains the class log-odds (one output, see ``shap_explain``).
 
 :func:`explain_chips` runs a method over a chips folder and writes georeferenced heatmaps, PNG
 overlays, galleries and the faithfulness table (see :mod:`schoolvision.faithfulness`).
@@ -65,9 +66,20 @@ def class_index(target_class: str | int) -> int:
     raise UserError(f"unknown target class {target_class!r}; available: {', '.join(CLASSES)}")
 
 
-def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Module]:
-    """The layer to explain: the model's ``target_layer`` unless ``name`` is given."""
-    if name is None:
+MIN_CAM_CELLS = 4
+
+
+def resolve_layer(model: nn.Module, name: str | None = None, image_size: int | None = None) -> tuple[str, nn.Module]:
+    """The layer to explain: ``name`` if given, else the model's ``target_layer``.
+
+    With ``image_size``, a ``target_layer`` whose map would be coarser than 4 x 4 cells (a 64 px input
+    gives 2 x 2 at stride 32, too coarse to point at anything) is replaced by the deepest block of the
+    trunk that still gives 4 x 4: see :func:`auto_layer`. The choice depends on the model and the input
+    size only, never on labels. ``name="target"`` forces ``target_layer``.
+    """
+    if name is None and image_size is not None:
+        name = auto_layer(model, image_size)
+    if name is None or name == "target":
         return model.target_layer_name, model.target_layer
     modules = dict(model.named_modules())
     if not name or name not in modules:
@@ -75,17 +87,35 @@ def resolve_layer(model: nn.Module, name: str | None = None) -> tuple[str, nn.Mo
     return name, modules[name]
 
 
-class LogOddsTarget:
-    """pytorch-grad-cam target: ``logit[c] - logsumexp(other logits)`` (the log-odds of class c)."""
+def auto_layer(model: nn.Module, image_size: int, min_cells: int = MIN_CAM_CELLS) -> str:
+    """``target_layer`` if its map has at least ``min_cells`` per side at ``image_size``, else the last
+    trunk block holding a convolution (``trunk.X`` or ``trunk.X.Y``, in execution order) whose map does."""
+    sizes: dict[str, tuple[int, int]] = {}
 
-    def __init__(self, category: int):
-        self.category = category
+    def record(name: str):
+        def hook(module, inputs, output):
+            if torch.is_tensor(output) and output.ndim == 4:
+                sizes.setdefault(name, tuple(output.shape[-2:]))
 
-    def __call__(self, output: torch.Tensor) -> torch.Tensor:
-        out = output if output.ndim == 2 else output[None]
-        others = torch.cat([out[:, : self.category], out[:, self.category + 1 :]], dim=1)
-        score = out[:, self.category] - torch.logsumexp(others, dim=1)
-        return score if output.ndim == 2 else score[0]
+        return hook
+
+    handles = [
+        module.register_forward_hook(record(name))
+        for name, module in model.named_modules()
+        if name == model.target_layer_name
+        or (name.startswith("trunk.") and name.count(".") <= 2 and any(isinstance(m, nn.Conv2d) for m in module.modules()))
+    ]
+    try:
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, 3, image_size, image_size, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    if min(sizes.get(model.target_layer_name, (0, 0))) >= min_cells:
+        return model.target_layer_name
+    fine = [n for n, hw in sizes.items() if min(hw) >= min_cells]  # dict order = execution order
+    return fine[-1] if fine else model.target_layer_name
 
 
 @contextlib.contextmanager
@@ -162,11 +192,11 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: int = SCHOOL) -> np.ndarray:
-    """Guided-backprop gradients of the class log-odds w.r.t. the input, (B, 3, H, W)."""
+    """Guided-backprop gradients of the class logit w.r.t. the input, (B, 3, H, W)."""
     device = next(model.parameters()).device
     with frozen(model), guided_activations(model):
         x = x.to(device).clone().requires_grad_(True)
-        score = LogOddsTarget(target)(model(x)).sum()
+        score = model(x)[:, target].sum()
         (grad,) = torch.autograd.grad(score, x)
     return grad.detach().cpu().numpy().astype(np.float32)
 
@@ -186,15 +216,18 @@ def explainer(
     background: torch.Tensor | None = None,
     shap_nsamples: int = 32,
     seed: int = 0,
+    image_size: int | None = None,
 ) -> Iterator[Explain]:
     """Context manager yielding ``explain(x) -> maps (B, H, W) float32`` for ``method``.
 
-    ``background`` (chips from the training split) is needed by ``shap`` only.
+    ``background`` (chips from the training split) is needed by ``shap`` only. ``image_size`` lets
+    the default layer adapt to small inputs (see :func:`resolve_layer`).
     """
     from pytorch_grad_cam import EigenCAM, GradCAM, GradCAMPlusPlus
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     check_method(method)
-    _, module = resolve_layer(model, layer)
+    _, module = resolve_layer(model, layer, image_size)
     device = next(model.parameters()).device
     cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "guided-gradcam": GradCAM}.get(method)
 
@@ -220,7 +253,7 @@ def explainer(
 
         def explain_cam(x: torch.Tensor) -> np.ndarray:
             x = x.to(device)
-            maps = cam(x, targets=[LogOddsTarget(target)] * len(x)).astype(np.float32)
+            maps = cam(x, targets=[ClassifierOutputTarget(target)] * len(x)).astype(np.float32)
             cam.activations_and_grads.clear()  # drop the batch's activations now, not at the next call
             if method == "guided-gradcam":
                 switch["on"] = False
@@ -236,6 +269,7 @@ def explainer(
 
 def explain_batch(model: nn.Module, x: torch.Tensor, method: str, **kwargs) -> np.ndarray:
     """One-shot convenience: maps (B, H, W) for ``x`` (opens and closes the explainer)."""
+    kwargs.setdefault("image_size", int(x.shape[-1]))
     with explainer(model, method, **kwargs) as explain:
         return explain(x)
 
@@ -284,7 +318,7 @@ class ExplainSummary:
     n_chips: int
     methods: list[str]
     table: dict[str, dict[str, float]]
-    table_all_schools: dict[str, dict[str, float]]
+    table_all_school_chips: dict[str, dict[str, float]]
     outcomes: dict[str, int]
     records: list[dict] = field(repr=False, default_factory=list)
 
@@ -331,7 +365,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     chips_dir = Path(config.chips_dir)
     device = resolve_device(config.device)
     model, meta = load_classifier(config.run, device)
-    layer_name, _ = resolve_layer(model, config.layer)
+    layer_name, _ = resolve_layer(model, config.layer, meta.image_size)
     ds = ChipDataset(chips_dir, split=config.split, image_size=meta.image_size, require_classes=False)
     _check_out_dir(out_dir, config.overwrite)
     if config.chip_ids is not None:
@@ -356,6 +390,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     gallery: dict[str, dict[str, list]] = {m: {"TP": [], "FP": [], "FN": []} for m in config.methods}
     seconds: dict[str, float] = {m: 0.0 for m in config.methods}
     warned_crs = False
+    schools_in: dict[str, object] = {}
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, indices), batch_size=config.batch_size, shuffle=False)
     for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
         x = batch["image"].to(device)
@@ -363,7 +398,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
             prob = torch.softmax(model(x) / meta.temperature, dim=1)[:, SCHOOL].cpu().numpy()
         maps_by_method = {}
         for m in config.methods:  # one method's hooks at a time
-            with explainer(model, m, layer=config.layer, target=target, background=background,
+            with explainer(model, m, layer=layer_name if m != "shap" else config.layer, target=target, background=background,
                            shap_nsamples=config.shap_nsamples, seed=config.seed) as explain:
                 start = time.perf_counter()
                 maps_by_method[m] = explain(x)
@@ -382,7 +417,9 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
             if schools is not None and crs is not None and label == 1:
                 from .labels import footprint_mask
 
-                mask = footprint_mask(schools, crs, transform, chip.shape[-2:])
+                if str(crs) not in schools_in:  # reproject the footprints once per CRS, not per chip
+                    schools_in[str(crs)] = schools.to_crs(crs)
+                mask = footprint_mask(schools_in[str(crs)], crs, transform, chip.shape[-2:])
                 mask = mask if mask.any() else None
             for name, maps in {**maps_by_method, **baselines_in}.items():
                 is_method = name in maps_by_method

@@ -18,7 +18,6 @@ from schoolvision.explain import (
     CAM_METHODS,
     METHODS,
     ExplainConfig,
-    LogOddsTarget,
     explain_batch,
     explain_chips,
     explainer,
@@ -62,13 +61,24 @@ def test_hooks_released_on_error(lite0):
 def test_fast_gradcam_equals_library_gradcam():
     """Cutting the graph at the target layer must not change Grad-CAM."""
     from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     torch.manual_seed(1)
     model = build_model("resnet18", pretrained=False).eval()
     x = torch.rand(3, 3, 64, 64)
     with GradCAM(model=model, target_layers=[model.target_layer]) as cam:
-        ref = cam(x, targets=[LogOddsTarget(1)] * 3)
-    np.testing.assert_allclose(explain_batch(model, x, "gradcam"), ref, atol=1e-5)
+        ref = cam(x, targets=[ClassifierOutputTarget(1)] * 3)
+    np.testing.assert_allclose(explain_batch(model, x, "gradcam", layer="target"), ref, atol=1e-5)
+
+
+def test_default_layer_adapts_to_tiny_inputs_only(lite0):
+    """At 64 px the last block is 2 x 2: the deepest 4 x 4 block is used; at 128 px the target layer."""
+    assert resolve_layer(lite0, None, 128)[0] == lite0.target_layer_name
+    name, _ = resolve_layer(lite0, None, 64)
+    assert name == "trunk.blocks.4"
+    assert resolve_layer(lite0, "target", 64)[0] == lite0.target_layer_name
+    resnet = build_model("resnet18", pretrained=False).eval()
+    assert resolve_layer(resnet, None, 64)[0].startswith("trunk.layer3")
 
 
 def test_layer_and_method_errors(lite0):
@@ -173,7 +183,7 @@ def test_explain_real_run_writes_aligned_geotiffs(chips_dir, trained_run, tmp_pa
             assert h.count == 1 and h.dtypes[0] == "float32" and h.nodata is not None
     data = json.loads((out / "faithfulness.json").read_text())
     assert set(data["table"]) == {"gradcam", "guided-gradcam", "random", "centre-gaussian"}
-    assert data["layer"] == "trunk.bn2" and data["n_chips"] == 12
+    assert data["layer"] == "trunk.blocks.4" and data["n_chips"] == 12  # the fixture run trains at 64 px
     args = ["explain", "--run", str(trained_run), "--chips", str(chips_dir), "--method", "gradcam", "--out", str(tmp_path / "o")]
     assert main(args + ["--split", "nosuch"]) == 2  # empty split: one clear line, exit 2
     assert not (tmp_path / "o").exists()
