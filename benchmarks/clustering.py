@@ -59,6 +59,9 @@ def extraction(args) -> dict:
 
 
 def clustering(args) -> dict:
+    import sklearn.cluster  # noqa: F401 - imports are not what we time
+    import sklearn.decomposition  # noqa: F401
+    import sklearn.mixture  # noqa: F401
     from threadpoolctl import threadpool_limits
 
     from schoolvision.clustering import ClusterConfig, embed_2d, fit_labels, reduce_features, select_k, stability

@@ -94,7 +94,7 @@ def reduce_features(vectors: np.ndarray, variance: float = 0.9, max_dims: int = 
             f"all {len(x)} feature vectors are identical (an untrained model or blank chips?); nothing to cluster"
         )
     keep = std > 1e-6 * std.max()  # near-constant units would be blown up to unit variance: drop them
-    z = (x[:, keep] - x[:, keep].mean(axis=0)) / std[keep]
+    z = ((x[:, keep] - x[:, keep].mean(axis=0)) / std[keep]).astype(np.float32)  # float32 SVD: 2x faster
     n_comp = int(min(max_dims, z.shape[0], z.shape[1]))
     solver = "randomized" if min(z.shape) > 500 else "full"
     pca = PCA(n_components=n_comp, svd_solver=solver, random_state=seed).fit(z)
