@@ -2,8 +2,9 @@
 
 Same model, batch size and image size in both. ``fit`` chips/s is measured over its training
 phases (data loading, augmentation, optimiser, scheduler, progress bar and logging included; the
-per-epoch validation is reported separately in ``fit_end_to_end_chips_per_second``). Prints one
-JSON object. Default chips: ``data/chips`` if present, else a small demo is generated.
+per-epoch validation is reported separately in ``fit_end_to_end_chips_per_second``).
+``fit_data_wait_share`` is the share of fit's training time spent waiting for batches: unlike the
+ratio of two timings it does not depend on what else the machine runs. Prints one JSON object. Default chips: ``data/chips`` if present, else a small demo is generated.
 
     .venv/bin/python benchmarks/train_throughput.py [--chips DIR] [--epochs 2] [--image-size 64]
 """
@@ -98,6 +99,7 @@ def main() -> None:
         "bare_train_chips_per_second": round(bare, 2),
         "bare_train_runs": [round(bare_before, 2), round(bare_after, 2)],
         "fit_over_bare": round(fit_train / bare, 3),
+        "fit_data_wait_share": round(sum(r["train_data_seconds"] for r in history) / train_seconds, 4),
         "inference_chips_per_second_from_disk": round(infer_disk, 2),
         "inference_chips_per_second_bare": round(infer_bare, 2),
         "test_auprc": round(metrics["auprc"], 4),

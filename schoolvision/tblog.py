@@ -44,14 +44,14 @@ def log_split(writer: SummaryWriter, split: str, labels: np.ndarray, probs: np.n
     writer.add_figure(f"confusion_matrix/{split}", confusion_figure(np.array(cm), title=f"{split} (threshold {threshold:.2f})"), step)
 
 
-def log_chip_grid(writer: SummaryWriter, dataset, probs: np.ndarray, labels: np.ndarray, step: int, n: int = 16) -> None:
+def log_chip_grid(writer: SummaryWriter, dataset, probs: np.ndarray, labels: np.ndarray, threshold: float, step: int, n: int = 16) -> None:
     """A grid of test chips (evenly spaced by P(school)) titled with probability and true label."""
     from .plotting.training import chip_grid_figure
 
     order = np.argsort(probs)
     pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
     images = [dataset.read_chip(int(i)).transpose(1, 2, 0) for i in pick]
-    writer.add_figure("test_chips", chip_grid_figure(images, probs[pick], labels[pick]), step)
+    writer.add_figure("test_chips", chip_grid_figure(images, probs[pick], labels[pick], threshold), step)
 
 
 def log_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: dict[str, float]) -> None:

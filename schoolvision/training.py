@@ -441,7 +441,8 @@ def _epochs(config, ddp, device, net, model, loader, sampler, train_ds, val_ds, 
         val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels), weight=loss_fn.weight.cpu()))
         row = {
             "epoch": epoch + 1, "lr": optimizer.param_groups[1]["lr"], "train_seconds": train_seconds,
-            "train_chips_per_second": train_stats.pop("n") / train_seconds, **{f"train_{k}": v for k, v in train_stats.items()},
+            "train_chips_per_second": train_stats.pop("n") / train_seconds, "train_data_seconds": train_stats.pop("data_seconds"),
+            **{f"train_{k}": v for k, v in train_stats.items()},
             "val_loss": val_loss, "val_accuracy": val_m["accuracy"], "val_f1": val_m["f1"], "val_auprc": val_m["auprc"],
         }
         history.append(row)
@@ -475,7 +476,9 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, devi
     loss_sum = torch.zeros((), dtype=torch.float64)
     logits_all, labels_all = [], []
     bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not ddp.main)
+    data_seconds, tick = 0.0, time.perf_counter()
     for step, batch in enumerate(bar):
+        data_seconds += time.perf_counter() - tick  # waiting for the loader (and the progress bar)
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
         if channels_last:
@@ -493,6 +496,7 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, devi
         labels_all.append(y.cpu())
         if step % config.log_every == 0:
             bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[1]['lr']:.2e}")
+        tick = time.perf_counter()
     logits_t, labels_t = torch.cat(logits_all), torch.cat(labels_all)
     if ddp.world > 1:
         parts: list[Any] = [None] * ddp.world
@@ -503,7 +507,8 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, devi
     probs = school_probability(logits_t)
     labels = labels_t.numpy()
     m = classification_metrics(labels, probs, 0.5)
-    return {"loss": float(loss_sum) / len(labels), "accuracy": m["accuracy"], "f1": m["f1"], "auprc": auprc(labels, probs), "n": len(labels)}
+    return {"loss": float(loss_sum) / len(labels), "accuracy": m["accuracy"], "f1": m["f1"], "auprc": auprc(labels, probs),
+            "n": len(labels), "data_seconds": data_seconds}
 
 
 def _finish(config, ddp, device, model, splits, history, writer, num_workers) -> dict[str, Any]:
@@ -535,7 +540,7 @@ def _finish(config, ddp, device, model, splits, history, writer, num_workers) ->
     write_json(out / "metrics.json", metrics)
     for split, (labels, probs) in probs_by_split.items():
         tblog.log_split(writer, split, labels, probs, meta.threshold, len(history))
-    tblog.log_chip_grid(writer, splits["test"], probs_by_split["test"][1], probs_by_split["test"][0], len(history))
+    tblog.log_chip_grid(writer, splits["test"], probs_by_split["test"][1], probs_by_split["test"][0], meta.threshold, len(history))
     hparams = {k: v for k, v in _jsonable_config(config).items() if isinstance(v, (int, float, str, bool))}
     tblog.log_hparams(writer, hparams, {f"hparam/test_{k}": float(metrics[k]) for k in ("auprc", "f1", "f2", "roc_auc", "accuracy", "ece")})
     tblog.close(writer, out / "tensorboard")

@@ -33,15 +33,15 @@ def confusion_figure(cm: np.ndarray, title: str = "") -> Figure:
     return fig
 
 
-def chip_grid_figure(images: list[np.ndarray], probs: np.ndarray, labels: np.ndarray, cols: int = 4) -> Figure:
-    """Chips (H, W, 3 uint8) titled with P(school) and the true label; a green title = correct at 0.5."""
+def chip_grid_figure(images: list[np.ndarray], probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5, cols: int = 4) -> Figure:
+    """Chips (H, W, 3 uint8) titled with P(school) and the true label; green = correct at ``threshold``."""
     rows = max(1, int(np.ceil(len(images) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
     for ax in axes.ravel():
         ax.axis("off")
     for ax, img, p, y in zip(axes.ravel(), images, probs, labels):
         ax.imshow(img)
-        ax.set_title(f"P={p:.2f} {CLASSES[int(y)]}", fontsize=8, color="green" if (p >= 0.5) == bool(y) else "red")
+        ax.set_title(f"P={p:.2f} {CLASSES[int(y)]}", fontsize=8, color="green" if (p >= threshold) == bool(y) else "red")
     fig.tight_layout()
     return fig
 
@@ -138,7 +138,7 @@ def plot_extreme_chips(run_dir: str | Path, chips_dir: str | Path, split: str = 
     ds = ChipDataset(chips_dir, split=split)
     pos = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
     images = [ds.read_chip(pos[frame["chip_id"][i]]).transpose(1, 2, 0) for i in order]
-    fig = chip_grid_figure(images, frame["prob"].to_numpy()[order], frame["label"].to_numpy()[order])
+    fig = chip_grid_figure(images, frame["prob"].to_numpy()[order], frame["label"].to_numpy()[order], _threshold(run_dir))
     fig.suptitle(f"{'worst' if worst else 'best'} {split} chips")
     fig.tight_layout()
     return fig
