@@ -238,8 +238,12 @@ def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
                 "try a smaller --min-cluster-size, more chips (--split all), or --method kmeans"
             )
     else:
-        k = choose_k(table) if config.k == "auto" else int(config.k)
-        labels = fit_labels(reduced, config.method, k, config.seed, config)
+        asked = choose_k(table) if config.k == "auto" else int(config.k)
+        # a mixture can leave a component empty: renumber so that clusters are 0..k-1 and non-empty
+        labels = np.unique(fit_labels(reduced, config.method, asked, config.seed, config), return_inverse=True)[1]
+        k = int(labels.max() + 1)
+        if k < asked:
+            messages.append(f"{config.method} left {asked - k} of {asked} clusters empty; reporting k={k}")
     centres = np.stack([reduced[labels == c].mean(axis=0) for c in range(k)]) if k else np.zeros((0, dims))
     distances = np.full(n, np.nan)
     clustered = labels >= 0
@@ -272,10 +276,6 @@ def _scores(reduced: np.ndarray, labels: np.ndarray, config: ClusterConfig) -> t
 
 def _round(x: float | None, nd: int = 4) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
-
-
-def config_dict(config: ClusterConfig) -> dict:
-    return asdict(config)
 
 
 # --- the chips pipeline: features -> clusters -> files ------------------------------------------
@@ -356,7 +356,7 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
         "chips_dir": str(config.chips_dir),
         "features_key": feats.key,
         "feature_dim": int(feats.vectors.shape[1]),
-        "config": config_dict(config.clustering),
+        "config": asdict(config.clustering),
     }
     if config.projector:
         from .projector import write_projector
