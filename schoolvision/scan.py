@@ -139,10 +139,10 @@ def window_offsets(length: int, chip: int, stride: int) -> list[int]:
     return offs
 
 
-def gaussian_weight(chip: int) -> np.ndarray:
-    """(chip, chip) blending weight peaking at the window centre, sigma = chip / 4, never zero."""
+def gaussian_weight(chip: int, sigma: float = 0.25) -> np.ndarray:
+    """(chip, chip) blending weight peaking at the window centre, sigma = ``sigma`` x chip, never zero."""
     x = np.arange(chip, dtype=np.float64) - (chip - 1) / 2
-    g = np.exp(-0.5 * (x / (chip / 4)) ** 2)
+    g = np.maximum(np.exp(-0.5 * (x / (chip * sigma)) ** 2), 1e-6)
     return np.outer(g, g).astype(np.float32)
 
 

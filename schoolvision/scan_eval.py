@@ -103,6 +103,21 @@ def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
     return curve
 
 
+def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
+    """The curve's best-F1 threshold, and the highest recall with precision >= ``min_precision``."""
+    if not curve:
+        return {}
+    best = max(curve, key=lambda p: (p["f1"], p["threshold"]))
+    ok = [p for p in curve if p["precision"] >= min_precision]
+    top = max(ok, key=lambda p: (p["recall"], p["precision"])) if ok else None
+    return {
+        "best_f1": best["f1"], "best_f1_threshold": best["threshold"],
+        "best_f1_recall": best["recall"], "best_f1_precision": best["precision"],
+        f"recall_at_precision_{min_precision:g}": top["recall"] if top else 0.0,
+        f"threshold_for_recall_at_precision_{min_precision:g}": top["threshold"] if top else None,
+    }
+
+
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path, distance: float = 50.0,
                   threshold: float | None = None) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms)."""
@@ -131,7 +146,8 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
         "candidates": len(cands),
         "true_positives": len(pairs),
         **scores(len(cands), len(schools), len(pairs)),
-        "pr_curve": pr_curve(scenes, schools, distance),
+        "pr_curve": (curve := pr_curve(scenes, schools, distance)),
+        **operating_points(curve),
         "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
                            for _, r in missed.iterrows()],
         "unmatched_candidates": [{"rank": int(r["rank"]), "scene": str(r["scene"]), "max_prob": round(float(r["max_prob"]), 4),
