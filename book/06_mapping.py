@@ -159,6 +159,6 @@ scan_map_from_dir(out_path)
 # - A scan turns the chip classifier into a map: a probability GeoTIFF on the scene's grid, ranked
 #   candidates as GeoPackage/GeoJSON, an evaluation against known schools and an offline web map.
 # - The same command scales out: `schoolvision scan --run RUN --imagery FOLDER... --out DIR` streams many
-#   scenes or XYZ folders, and `torchrun --nproc-per-node N -m schoolvision scan ...` splits scenes across
+#   scenes or XYZ folders, and `torchrun --nproc-per-node N -m schoolvision -- scan ...` splits scenes across
 #   GPUs (see the sizing notes in `schoolvision/scan.py`).
 # - Next: [7. Results](07_results) gathers the metrics of every chapter.

@@ -22,7 +22,8 @@ efficientnet_lite0 at 128 px chips / 1 m GSD and stride 64, scanning runs at abo
 single recent GPU (H100-class) runs lite0 at several thousand windows/s at 128 px; with stride 64 and
 1 m GSD every window adds 4096 m^2, so 3000 windows/s ~ 12 km^2/s ~ 44,000 km^2/hour per GPU, where
 reading (GDAL, a few cores per GPU) becomes the limit. A 1.1 M km^2 country at 1 m is then ~25 GPU-hours
-of inference; use ``torchrun --nproc-per-node N`` to split scenes across GPUs (each rank scans
+of inference; use ``torchrun --nproc-per-node N -m schoolvision -- scan ...`` (the ``--`` keeps torchrun from
+reading ``--run``) to split scenes across GPUs (each rank scans
 scenes ``rank, rank + N, ...``: no duplicate, no gap; rank 0 merges candidates).
 """
 
@@ -118,6 +119,7 @@ class ScanSummary:
     candidates: int = 0
     files: dict[str, str] = field(default_factory=dict)
     evaluation: dict | None = None
+    rank: int = 0  # under torchrun, only rank 0 holds the merged results
 
 
 # --------------------------------------------------------------------------- windows
@@ -486,7 +488,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
         dist.all_gather_object(gathered, (scenes, failed))
         scenes = sorted((s for part in gathered for s in part[0]), key=lambda s: s.scene)
         failed = {k: v for part in gathered for k, v in part[1].items()}
-    summary = ScanSummary(out_dir=str(out_dir), scenes=scenes, failed=failed, threshold=threshold)
+    summary = ScanSummary(out_dir=str(out_dir), scenes=scenes, failed=failed, threshold=threshold, rank=rank)
     if rank != 0:
         return summary
     by_name = {s.name: s for s in sources}

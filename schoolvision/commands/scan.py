@@ -1,5 +1,6 @@
 """`schoolvision scan`: probability rasters, ranked candidates, evaluation and a map for whole scenes.
 
+Under ``torchrun --nproc-per-node N -m schoolvision -- scan ...`` scenes are split across ranks.
 Exit code 2 when any scene failed (after the others were scanned and written) or on a user error.
 """
 
@@ -35,6 +36,8 @@ def run(args: argparse.Namespace) -> int:
         native_resolution=args.native_resolution, overwrite=args.overwrite, cam_peaks=not args.no_cam,
         make_map=not args.no_map,
     ))
+    if summary.rank != 0:  # rank 0 prints the merged summary
+        return 2 if summary.failed else 0
     if summary.scenes or summary.failed:
         area = sum(s.area_km2 for s in summary.scenes)
         print(f"scanned {len(summary.scenes)} scene(s), {area:.2f} km2; {summary.candidates} candidate(s) "
