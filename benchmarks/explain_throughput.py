@@ -21,11 +21,12 @@ def main() -> None:
     parser.add_argument("--backbone", default="efficientnet_lite0")
     parser.add_argument("--run", default=None, help="use this run's model and image size")
     parser.add_argument("--image-size", type=int, default=128)
-    parser.add_argument("--chips", type=int, default=64)
+    parser.add_argument("--chips", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shap-chips", type=int, default=2)
     parser.add_argument("--shap-nsamples", type=int, default=32)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="best of N passes (the machine is shared)")
     args = parser.parse_args()
 
     from schoolvision.explain import METHODS, explainer
@@ -46,13 +47,19 @@ def main() -> None:
 
     def rate(fn) -> float:
         fn(batches[0][:2])  # warm-up
-        start = time.perf_counter()
-        for b in batches:
-            fn(b)
-        return args.chips / (time.perf_counter() - start)
+        best = float("inf")
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            for b in batches:
+                fn(b)
+            best = min(best, time.perf_counter() - start)
+        return args.chips / best
 
-    with torch.no_grad():
-        inference = rate(model)
+    def infer(b):
+        with torch.no_grad():
+            return model(b)
+
+    inference = rate(infer)
     result: dict = {"device": "cpu", "threads": torch.get_num_threads(), "backbone": getattr(model, "backbone", args.backbone),
                     "image_size": size, "chips": args.chips, "batch_size": args.batch_size,
                     "inference_chips_per_s": round(inference, 2), "chips_per_s": {}, "ratio_to_inference": {}}
@@ -64,10 +71,14 @@ def main() -> None:
     background = torch.rand(16, 3, size, size, generator=g)
     with explainer(model, "shap", background=background, shap_nsamples=args.shap_nsamples) as explain:
         explain(x[:1])
-        start = time.perf_counter()
-        explain(x[: args.shap_chips])
-        result["shap_gradient_s_per_chip"] = round((time.perf_counter() - start) / args.shap_chips, 3)
+        best = float("inf")
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            explain(x[: args.shap_chips])
+            best = min(best, time.perf_counter() - start)
+        result["shap_gradient_s_per_chip"] = round(best / args.shap_chips, 3)
     result["shap_nsamples"] = args.shap_nsamples
+    result["load_average_1min"] = round(__import__("os").getloadavg()[0], 2)
     result["targets_met"] = {
         "gradcam_ratio>=0.3": result["ratio_to_inference"]["gradcam"] >= 0.3,
         "shap_s_per_chip<3": result["shap_gradient_s_per_chip"] < 3.0,

@@ -20,8 +20,8 @@ def overlay_rgb(chip: np.ndarray, heat: np.ndarray, alpha: float = 0.5, signed: 
     from matplotlib import colormaps
 
     img = _rgb(chip)
-    if signed:
-        scale = max(float(np.abs(heat).max()), 1e-12)
+    if signed:  # pixel attributions are spiky: scale by the 99th percentile so the pattern shows
+        scale = max(float(np.percentile(np.abs(heat), 99)), 1e-12)
         colours = colormaps["RdBu_r"](np.clip(heat / scale, -1, 1) * 0.5 + 0.5)[..., :3]
         weight = alpha * np.clip(np.abs(heat) / scale, 0, 1)[..., None]
     else:
@@ -96,7 +96,7 @@ def plot_shap(chips: np.ndarray, values: np.ndarray, masks: Sequence[np.ndarray 
     fig, axes = plt.subplots(2, n, figsize=(2.4 * n, 5), squeeze=False)
     for i in range(n):
         axes[0, i].imshow(_rgb(chips[i]))
-        lim = max(float(np.abs(maps[i]).max()), 1e-12)
+        lim = max(float(np.percentile(np.abs(maps[i]), 99)), 1e-12)  # spiky values: clip the top 1 %
         im = axes[1, i].imshow(maps[i], cmap="RdBu_r", vmin=-lim, vmax=lim)
         _outline(axes[1, i], None if masks is None else masks[i])
         fig.colorbar(im, ax=axes[1, i], fraction=0.046, pad=0.02)
