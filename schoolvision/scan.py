@@ -16,15 +16,26 @@ How a scene is scanned
 - When the scan grid differs from the scene's (resampled or warped), the scan-grid raster is warped
   back block by block onto the scene's exact CRS, transform, width and height.
 
-Sizing a country-scale run (numbers from ``benchmarks/scan_throughput.py``): on 2 CPU cores with
-efficientnet_lite0 at 128 px chips / 1 m GSD and stride 64, scanning runs at about 0.9 of bare inference
-(~60 windows/s), i.e. ``60 * 64 * 64 m^2 = 0.25 km^2/s`` ~ 0.9 km^2/min ~ 53 km^2/hour per machine. A
-single recent GPU (H100-class) runs lite0 at several thousand windows/s at 128 px; with stride 64 and
-1 m GSD every window adds 4096 m^2, so 3000 windows/s ~ 12 km^2/s ~ 44,000 km^2/hour per GPU, where
-reading (GDAL, a few cores per GPU) becomes the limit. A 1.1 M km^2 country at 1 m is then ~25 GPU-hours
-of inference; use ``torchrun --nproc-per-node N -m schoolvision -- scan ...`` (the ``--`` keeps torchrun from
-reading ``--run``) to split scenes across GPUs (each rank scans
-scenes ``rank, rank + N, ...``: no duplicate, no gap; rank 0 merges candidates).
+Sizing a country-scale run (``benchmarks/scan_throughput.py``; measured on the 2-core CPU dev machine,
+shared with other jobs, so best-of-3 interleaved runs): efficientnet_lite0, 128 px chips at 1 m, stride 64
+(every window adds 64 x 64 m = 0.0041 km^2):
+
+- model input 128 px: bare ~19 windows/s, scan ~19 windows/s (0.99 of bare), ~5.4 km^2/min;
+- model input 64 px (the quick run): bare ~54 windows/s, scan ~47 windows/s (0.87 of bare),
+  ~13 km^2/min, ~0.8 thousand km^2/hour per machine.
+
+km^2/hour = windows/s x 0.0041 x 3600 ~ 14.7 x windows/s. No GPU was available to measure; lite0 at
+128 px typically runs at several thousand windows/s on one data-centre GPU (e.g. 3000/s ->
+~44,000 km^2/hour), where reading and decoding become the limit: give each GPU rank enough CPU cores
+(GDAL releases the GIL in the reader thread) and put scenes on local disk. A 1.1 million km^2 country at
+1 m and stride 64 is ~270 million windows: ~25 GPU-hours at 3000 windows/s, ~1,400 machine-hours on
+2 CPU cores. Use ``torchrun --nproc-per-node N -m schoolvision -- scan ...`` (the ``--`` keeps torchrun
+from reading ``--run``) to split scenes across GPUs (each rank scans scenes ``rank, rank + N, ...``:
+no duplicate, no gap; rank 0 gathers the results and writes candidates, evaluation and map).
+
+Memory (``benchmarks/scan_memory.py``): peak RSS 0.85 GB at 2048 px and 1.29 GB at 8192 px, of which
+~0.6 GB is torch itself; the rest is GDAL's block cache (capped at ``GDAL_CACHE_MB``) and the blending
+band of ``chip + 256`` rows (grows with scene *width* only: 25 MB at 8192 px).
 """
 
 from __future__ import annotations
