@@ -31,6 +31,7 @@ class ClusterConfig:
     variance: float = 0.9  # PCA keeps the fewest dimensions explaining this share of variance ...
     max_dims: int = 64  # ... but never more than this
     covariance: str = "diag"  # GMM covariance: "diag" stays well-posed with few chips per cluster
+    min_cluster_share: float = 0.05  # auto k skips k whose smallest cluster is below this share (outlier pairs)
     min_cluster_size: int | None = None  # HDBSCAN; None = max(3, n // 20)
     stability_seeds: int = 5
     silhouette_sample: int = 3000  # silhouette is O(n^2): score a seeded sample above this
@@ -147,15 +148,19 @@ def select_k(reduced: np.ndarray, ks: list[int], config: ClusterConfig) -> pd.Da
     for k in ks:
         labels = fit_labels(reduced, method, k, config.seed, config)
         sil, db = _scores(reduced, labels, config)
+        smallest = int(np.bincount(labels, minlength=k).min())
         gmm = GaussianMixture(n_components=k, covariance_type=config.covariance, reg_covar=1e-4, random_state=config.seed)
         bic = float(gmm.fit(reduced).bic(reduced))
-        rows.append({"k": k, "silhouette": sil, "davies_bouldin": db, "bic": bic, "method": method})
+        rows.append({"k": k, "silhouette": sil, "davies_bouldin": db, "bic": bic, "smallest": smallest, "method": method})
     return pd.DataFrame(rows)
 
 
-def choose_k(table: pd.DataFrame) -> int:
-    """The k with the highest silhouette (the smaller k on ties)."""
+def choose_k(table: pd.DataFrame, min_size: int = 1) -> int:
+    """The k with the highest silhouette (the smaller k on ties) among those whose smallest cluster
+    has ``min_size`` chips; silhouette alone likes to split off a pair of outliers."""
     valid = table.dropna(subset=["silhouette"])
+    if "smallest" in valid and (valid["smallest"] >= min_size).any():
+        valid = valid[valid["smallest"] >= min_size]
     if valid.empty:
         return int(table["k"].min())
     best = valid["silhouette"].max()
@@ -238,7 +243,8 @@ def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
                 "try a smaller --min-cluster-size, more chips (--split all), or --method kmeans"
             )
     else:
-        asked = choose_k(table) if config.k == "auto" else int(config.k)
+        min_size = max(2, int(np.ceil(config.min_cluster_share * n)))
+        asked = choose_k(table, min_size) if config.k == "auto" else int(config.k)
         # a mixture can leave a component empty: renumber so that clusters are 0..k-1 and non-empty
         labels = np.unique(fit_labels(reduced, config.method, asked, config.seed, config), return_inverse=True)[1]
         k = int(labels.max() + 1)

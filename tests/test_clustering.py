@@ -259,3 +259,13 @@ def test_several_crs_give_one_layer_each(tmp_path):
     assert exact.crs.to_epsg() == 32637 and exact["chip_id"].tolist() == ["b"]
     assert exact.geometry.iloc[0].bounds == (400000.0, 200000.0, 400064.0, 200064.0)
     assert len(gpd.read_file(tmp_path / "c.geojson")) == 2
+
+
+def test_auto_k_does_not_split_off_an_outlier_pair():
+    x, _ = blobs(n_per=40, centres=3, dim=16, seed=4)
+    outliers = x[:2] + 12.0  # two chips off their blob
+    res = cluster_features(np.concatenate([x, outliers]), fast(k_max=6))
+    table = res.k_selection.set_index("k")
+    assert table.loc[4, "silhouette"] > table.loc[3, "silhouette"]  # silhouette alone would split them off
+    assert table.loc[4, "smallest"] == 2
+    assert res.k == 3 and np.bincount(res.labels).min() >= 40
