@@ -96,7 +96,9 @@ plots.plot_pca_variance(result.explained, result.dims, variance);
 # For each *k* in the range we cluster and score: the **silhouette** (how much closer a chip is to its
 # own cluster than to the next one; higher is better, above 0.5 is a clear structure), the
 # **Davies-Bouldin** index (lower is better) and the **BIC** of a Gaussian mixture with *k* components
-# (lower is better, it penalises extra components). The chosen *k* has the best silhouette.
+# (lower is better, it penalises extra components). The chosen *k* has the best silhouette among the *k*
+# whose smallest cluster (column `smallest`) holds at least 5 % of the chips: silhouette alone likes to split
+# off a pair of odd chips, which is an outlier, not a kind of school.
 
 # %%
 result.k_selection.drop(columns="method").round(3)

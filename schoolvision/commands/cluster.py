@@ -21,6 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", choices=SPLITS, default="all")
     parser.add_argument("--variance", type=float, default=0.9, help="PCA keeps the dims explaining this share of variance")
     parser.add_argument("--max-dims", type=int, default=64)
+    parser.add_argument("--min-cluster-share", type=float, default=0.05, help="auto k ignores k with a cluster below this share of chips")
     parser.add_argument("--min-cluster-size", type=int, default=None, help="HDBSCAN (default max(3, n/20))")
     parser.add_argument("--stability-seeds", type=int, default=5)
     parser.add_argument("--cams", type=Path, default=None, help="folder of heatmap GeoTIFFs named after chip ids (gallery overlays)")
@@ -47,7 +48,7 @@ def _k(value: str) -> int | str:
 def run(args: argparse.Namespace) -> int:
     clustering = ClusterConfig(
         method=args.method, k=_k(args.k), k_min=args.k_min, k_max=args.k_max, variance=args.variance,
-        max_dims=args.max_dims, min_cluster_size=args.min_cluster_size, stability_seeds=args.stability_seeds,
+        max_dims=args.max_dims, min_cluster_share=args.min_cluster_share, min_cluster_size=args.min_cluster_size, stability_seeds=args.stability_seeds,
         tsne=not args.no_tsne, seed=args.seed,
     )
     config = ClusterRunConfig(
