@@ -143,8 +143,10 @@ cluster_profile(table)
 # ### On the map
 #
 # Every clustered chip has a footprint in its scene's CRS. `clusters.gpkg` and `clusters.geojson` in
-# `out_dir` hold them with their cluster id: open them in QGIS over the scene. Here, the town with the most
-# clustered chips, on its own projected coordinates.
+# `out_dir` hold them with their cluster id: open them in QGIS over the scene. A GeoPackage layer has one
+# CRS: layer `clusters` is in the towns' CRS when they share one (as here); towns in several CRSs put it in
+# EPSG:4326 and add one exact layer per CRS (`clusters_epsg_32636`, ...). The GeoJSON is always EPSG:4326.
+# Here, the town with the most clustered chips, on its own projected coordinates.
 
 # %%
 scene = table["scene"].value_counts().idxmax()
