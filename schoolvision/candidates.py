@@ -24,10 +24,12 @@ from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import Point, shape
 
-from .scan import NODATA
 
 SPLIT_DIP = 0.5
 """Log-odds dip between two peaks that makes them two candidates (see :func:`split_regions`)."""
+
+SATURATION = 0.999
+"""P(school) above which log-odds are capped (one plateau, not many peaks)."""
 
 COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
 
@@ -48,13 +50,14 @@ def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) ->
     Two schools a street apart blur into one region above the threshold, and where the model is
     confident the probability saturates near 1, hiding the valley between them. In log-odds the valley
     shows: peaks are the h-maxima of the log-odds with a dip of at least ``dip`` (0.5 = odds drop by
-    1.65x between the peaks), and the region is split along the watershed between them.
+    1.65x between the peaks), and the region is split along the watershed between them. Above
+    ``SATURATION`` the log-odds are flat: differences between 0.99999 and 0.999995 are noise.
     """
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     finite = np.isfinite(prob)
-    p = np.clip(np.where(finite, prob, 0.0), 1e-6, 1 - 1e-6)
+    p = np.clip(np.where(finite, prob, 0.0), 1 - SATURATION, SATURATION)
     above = finite & (p >= threshold)
     if not above.any():
         return np.zeros(prob.shape, np.int32), 0
@@ -114,9 +117,10 @@ def rank(cands: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     return out[[c for c in COLUMNS if c in out.columns] + [c for c in out.columns if c not in COLUMNS]]
 
 
-def merge_duplicates(cands: gpd.GeoDataFrame, distance: float) -> gpd.GeoDataFrame:
-    """Merge candidates from *different* scenes closer than ``distance`` metres; keep the most probable."""
-    if len(cands) < 2 or cands["scene"].nunique() < 2:
+def merge_duplicates(cands: gpd.GeoDataFrame, distance: float, same_scene: float = 0.0) -> gpd.GeoDataFrame:
+    """Merge candidates from different scenes closer than ``distance`` metres (``same_scene`` within a
+    scene), keeping the most probable: one school seen by two overlapping scenes is one candidate."""
+    if len(cands) < 2 or (cands["scene"].nunique() < 2 and same_scene <= 0):
         return cands
     metric = cands if cands.crs.is_projected else cands.to_crs(cands.estimate_utm_crs())
     xy = np.column_stack([metric.geometry.x, metric.geometry.y])
@@ -131,7 +135,7 @@ def merge_duplicates(cands: gpd.GeoDataFrame, distance: float) -> gpd.GeoDataFra
 
     d = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
     for i, j in zip(*np.nonzero(np.triu(d <= distance, 1))):
-        if scenes[i] != scenes[j]:
+        if scenes[i] != scenes[j] or d[i, j] <= same_scene:
             parent[find(i)] = find(j)
     roots = np.array([find(i) for i in range(len(cands))])
     keep = [int(np.flatnonzero(roots == r)[np.argmax(cands["max_prob"].to_numpy()[roots == r])]) for r in np.unique(roots)]
@@ -146,7 +150,11 @@ def common_crs(crss: Sequence):
 
 def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,
                 min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
-    """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked."""
+    """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked.
+
+    Points closer than ``merge_distance`` from different scenes, or half that within one scene (a
+    school split at a scene edge), are one candidate.
+    """
     if not scenes:
         return _empty("EPSG:4326"), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs="EPSG:4326")
     crs = common_crs([s.crs for s in scenes])
@@ -158,7 +166,7 @@ def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0
         regs.append(r.to_crs(crs))
     points = gpd.GeoDataFrame(pd.concat(pts, ignore_index=True), geometry="geometry", crs=crs)
     regions = gpd.GeoDataFrame(pd.concat(regs, ignore_index=True), geometry="geometry", crs=crs)
-    points = merge_duplicates(rank(points), merge_distance) if len(points) else _empty(crs)
+    points = merge_duplicates(rank(points), merge_distance, merge_distance / 2) if len(points) else _empty(crs)
     return points, regions
 
 

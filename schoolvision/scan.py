@@ -40,7 +40,6 @@ band of ``chip + 256`` rows (grows with scene *width* only: 25 MB at 8192 px).
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
@@ -503,7 +502,8 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if rank != 0:
         return summary
     by_name = {s.name: s for s in sources}
-    cands, regions = extract_all(scenes, threshold, merge_distance=meta.chip_size * (meta.gsd or 1.0) / 2)
+    merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
+    cands, regions = extract_all(scenes, threshold, merge_distance=merge_distance)
     if config.cam_peaks and len(cands):
         cands = place_at_cam_peaks(model, meta, cands, {s.scene: by_name[s.scene] for s in scenes}, device, regions)
     evaluation = None
@@ -511,7 +511,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if config.schools is not None:
         from .scan_eval import evaluate_scan, write_evaluation
 
-        evaluation, layers = evaluate_scan(cands, scenes, config.schools, config.match_distance, threshold)
+        evaluation, layers = evaluate_scan(cands, scenes, config.schools, config.match_distance, threshold, merge_distance)
         write_evaluation(out_dir / "evaluation.json", evaluation)
         extra.update(layers)
         summary.files["evaluation"] = str(out_dir / "evaluation.json")

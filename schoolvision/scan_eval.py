@@ -86,9 +86,10 @@ def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
 
 
 def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
-             thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2))) -> list[dict]:
-    """Recall/precision/F1 of probability-peak candidates re-extracted at each threshold."""
-    from .candidates import extract_candidates, read_probability
+             thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
+             merge_distance: float = 64.0) -> list[dict]:
+    """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold."""
+    from .candidates import extract_candidates, merge_duplicates, rank, read_probability
 
     rasters = [(s.scene, *read_probability(s.probability)) for s in scenes]
     utm = metric_crs(schools) if len(schools) else None
@@ -97,6 +98,8 @@ def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
         parts = [extract_candidates(p, tf, crs, float(t), name)[0].to_crs("EPSG:4326") for name, p, tf, crs in rasters]
         parts = [p for p in parts if len(p)]
         cands = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326") if parts else None
+        if cands is not None:
+            cands = merge_duplicates(rank(cands), merge_distance, merge_distance / 2)
         n = 0 if cands is None else len(cands)
         tp = len(match(cands, schools, distance, utm)) if n else 0
         curve.append({"threshold": float(t), "candidates": n, "true_positives": tp, **scores(n, len(schools), tp)})
@@ -119,7 +122,7 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
 
 
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path, distance: float = 50.0,
-                  threshold: float | None = None) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+                  threshold: float | None = None, merge_distance: float = 64.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms)."""
     schools = load_schools(schools_path, scenes)
     pairs = match(cands, schools, distance)
@@ -146,7 +149,7 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
         "candidates": len(cands),
         "true_positives": len(pairs),
         **scores(len(cands), len(schools), len(pairs)),
-        "pr_curve": (curve := pr_curve(scenes, schools, distance)),
+        "pr_curve": (curve := pr_curve(scenes, schools, distance, merge_distance=merge_distance)),
         **operating_points(curve),
         "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
                            for _, r in missed.iterrows()],

@@ -240,3 +240,36 @@ def test_scan_of_the_held_out_demo_town(demo_dir, chips_dir, trained_run, tmp_pa
     c = gpd.read_file(out / "candidates.geojson")
     assert c.crs.to_epsg() == 4326 and len(c) == ev["candidates"]
     assert (out / "map.html").stat().st_size > 10_000
+
+
+def test_run_scan_merges_a_school_seen_by_two_overlapping_scenes(tmp_path):
+    import json
+
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    # one 300 x 500 px area cut into two scenes overlapping by 200 px; a red school in the overlap
+    for name, c0 in (("west", 0), ("east", 200)):
+        sq = [(130, 240 - c0, 40)] + ([(40, 40, 40)] if name == "west" else [])
+        write_scene(scenes / f"{name}.tif", 300, 300, squares=sq,
+                    transform=Affine(1.0, 0, ORIGIN[0] + c0, 0, -1.0, ORIGIN[1]), seed=c0)
+    schools = gpd.GeoDataFrame(
+        {"name": ["overlap", "west only", "not drawn"]},
+        geometry=[box(ORIGIN[0] + 240, ORIGIN[1] - 170, ORIGIN[0] + 280, ORIGIN[1] - 130),
+                  box(ORIGIN[0] + 40, ORIGIN[1] - 80, ORIGIN[0] + 80, ORIGIN[1] - 40),
+                  box(ORIGIN[0] + 400, ORIGIN[1] - 280, ORIGIN[0] + 430, ORIGIN[1] - 250)], crs=UTM).to_crs(4326)
+    schools.to_file(tmp_path / "schools.geojson")
+    out = tmp_path / "out"
+    summary = run_scan(ScanConfig(run=tmp_path, imagery=[scenes], out_dir=out, schools=tmp_path / "schools.geojson",
+                                  cam_peaks=False, progress=False), model=RedModel(), meta=meta())
+    assert [s.scene for s in summary.scenes] == ["east", "west"] and not summary.failed
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert (ev["schools"], ev["candidates"], ev["true_positives"]) == (3, 2, 2)  # the overlap school once
+    assert [m["name"] for m in ev["missed_schools"]] == ["not drawn"]
+    layers = {name for name in gpd.list_layers(out / "candidates.gpkg")["name"]}
+    assert {"candidates", "known_schools", "missed_schools", "regions"} <= layers
+    assert (out / "map.html").is_file() and (out / "scan.json").is_file()
+    with pytest.raises(UserError, match="not empty"):
+        run_scan(ScanConfig(run=tmp_path, imagery=[scenes], out_dir=out), model=RedModel(), meta=meta())
