@@ -320,6 +320,7 @@ class ExplainSummary:
     table: dict[str, dict[str, float]]
     table_all_school_chips: dict[str, dict[str, float]]
     outcomes: dict[str, int]
+    layer: str = ""
     records: list[dict] = field(repr=False, default_factory=list)
 
 
@@ -466,7 +467,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},
     })
     _write_records(out_dir / "explanations.csv", records)
-    return ExplainSummary(out_dir, n, list(config.methods), table, table_all, outcomes, records)
+    return ExplainSummary(out_dir, n, list(config.methods), table, table_all, outcomes, layer_name, records)
 
 
 def _find(records: list[dict], method: str, chip_id: str) -> dict:

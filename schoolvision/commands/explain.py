@@ -15,7 +15,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument("--split", default="test", help="split to explain (default: test)")
     parser.add_argument("--limit", type=int, default=None, help="explain at most N chips (seeded sample)")
-    parser.add_argument("--layer", default=None, help="layer to explain (default: the model's last conv block)")
+    parser.add_argument("--layer", default=None, help="layer to explain (default: the model's last conv block, or the deepest block with a 4x4 map "
+                        "when the input is too small for that; 'target' forces the last block)")
     parser.add_argument("--target-class", default="school", help="class to explain (default: school)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
