@@ -81,9 +81,10 @@ def test_overlapping_scenes_give_one_candidate_per_school(tmp_path):
     b, _ = scene_scan(tmp_path, "b", blobs((200, 200), [(100, 52, 0.8)]), x0=500_100.0)
     cands, _ = extract_all([a, b], 0.5, merge_distance=30)
     assert len(cands) == 1 and cands["scene"].iloc[0] == "a" and cands["max_prob"].iloc[0] == pytest.approx(0.9, abs=1e-3)
-    # two distinct schools close together in one scene are kept apart
+    # two distinct schools 80 m apart in one scene are kept apart (within a scene only half the distance merges)
     c, _ = scene_scan(tmp_path, "c", blobs((200, 200), [(100, 60, 0.9), (100, 140, 0.9)]))
-    assert len(extract_all([c], 0.5, merge_distance=200)[0]) == 2
+    assert len(extract_all([c], 0.5, merge_distance=150)[0]) == 2
+    assert len(extract_all([c], 0.5, merge_distance=170)[0]) == 1
 
 
 def test_merge_only_joins_different_scenes():
