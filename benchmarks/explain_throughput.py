@@ -24,7 +24,7 @@ def main() -> None:
     parser.add_argument("--chips", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--shap-chips", type=int, default=2)
-    parser.add_argument("--shap-nsamples", type=int, default=32)
+    parser.add_argument("--shap-nsamples", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=3, help="best of N passes (the machine is shared)")
     args = parser.parse_args()

@@ -214,7 +214,7 @@ def explainer(
     layer: str | None = None,
     target: int = SCHOOL,
     background: torch.Tensor | None = None,
-    shap_nsamples: int = 32,
+    shap_nsamples: int = 64,
     seed: int = 0,
     image_size: int | None = None,
 ) -> Iterator[Explain]:
@@ -303,7 +303,7 @@ class ExplainConfig:
     device: str = "auto"
     seed: int = 0
     background_size: int = 16
-    shap_nsamples: int = 32
+    shap_nsamples: int = 64
     gallery_size: int = 6
     write_maps: bool = True
     chip_ids: list[str] | None = None  # explain only these chips of the split

@@ -60,7 +60,7 @@ def gradient_shap(
     x: torch.Tensor,
     background: torch.Tensor,
     *,
-    nsamples: int = 32,
+    nsamples: int = 64,
     seed: int = 0,
     target: int = SCHOOL,
     layer: str | None = None,
@@ -205,7 +205,7 @@ class ShapResult:
     additivity: dict[str, list[float]]
 
 
-def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsamples: int = 32, seed: int = 0,
+def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsamples: int = 64, seed: int = 0,
                    target: int = SCHOOL) -> ShapResult:
     """GradientExplainer on a :class:`~schoolvision.explain.ChipSample`, timed, with its additivity gap."""
     import time

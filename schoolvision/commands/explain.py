@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shap-nsamples", type=int, default=32, help="expected-gradients samples per chip")
+    parser.add_argument("--shap-nsamples", type=int, default=64, help="expected-gradients samples per chip")
     parser.add_argument("--overwrite", action="store_true", help="replace the content of --out")
 
 
