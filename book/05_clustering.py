@@ -170,9 +170,11 @@ print("ARI against the reported clusters, one per extra seed:", [round(a, 3) for
 # %% [markdown]
 # The cached features make trying another method cheap. HDBSCAN finds the number of clusters itself and
 # may call outliers noise (cluster -1); if it calls everything noise it says so and suggests what to change.
+# Density needs few dimensions to mean something, so we give it 10 PCA components and small clusters.
 
 # %%
-other = cluster_features(report.vectors, ClusterConfig(method="hdbscan", k_max=k_max, seed=seed, tsne=False), warn=False)
+hdbscan = ClusterConfig(method="hdbscan", min_cluster_size=5, max_dims=10, k_max=k_max, seed=seed, tsne=False)
+other = cluster_features(report.vectors, hdbscan, warn=False)
 print(f"HDBSCAN: {other.k} clusters, {other.noise_fraction:.0%} noise", *other.messages)
 
 # %% [markdown]
