@@ -111,10 +111,11 @@ print(f"chosen k = {result.k}: silhouette {result.silhouette:.3f}, Davies-Bouldi
 # ### The clusters in two dimensions
 #
 # t-SNE places chips with similar features near each other (distances between far-apart groups mean
-# little). Left: coloured by cluster, with some chips drawn as thumbnails; right: by true label.
+# little). Left: coloured by cluster, with some chips drawn as thumbnails; right: by true label and
+# prediction (detected and missed schools, false positives).
 
 # %%
-plots.plot_embedding(result.embedding_2d, result.labels, table["label"].to_numpy(), report.thumbnails);
+plots.plot_embedding(result.embedding_2d, result.labels, plots.chip_outcomes(table), report.thumbnails);
 
 # %% [markdown]
 # ### What each cluster looks like

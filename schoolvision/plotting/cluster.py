@@ -58,12 +58,12 @@ def plot_pca_variance(explained: np.ndarray, dims: int, threshold: float | None 
 def plot_embedding(
     xy: np.ndarray,
     clusters: np.ndarray,
-    labels: np.ndarray,
+    outcomes: np.ndarray,
     thumbnails: np.ndarray | None = None,
     n_thumbnails: int = 30,
     seed: int = 0,
 ) -> Figure:
-    """t-SNE map coloured by cluster (left, with chip thumbnails) and by true label (right)."""
+    """t-SNE map coloured by cluster (left, with chip thumbnails) and by :func:`chip_outcomes` (right)."""
     from matplotlib.offsetbox import AnnotationBbox, OffsetImage
 
     k = int(clusters.max() + 1) if len(clusters) else 0
@@ -83,11 +83,12 @@ def plot_embedding(
         ax_c.scatter([], [], color=NOISE_COLOUR, label="noise")
     ax_c.legend(fontsize=8, loc="best")
     ax_c.set_title("t-SNE of chip features, by cluster")
-    for name, colour in zip(CLASSES, ("tab:gray", "black")):
-        m = labels == name
-        ax_l.scatter(xy[m, 0], xy[m, 1], s=18, color=colour, label=name, edgecolors="none")
+    for name, colour in OUTCOME_COLOURS.items():
+        m = outcomes == name
+        if m.any():
+            ax_l.scatter(xy[m, 0], xy[m, 1], s=18, color=colour, label=name, edgecolors="none")
     ax_l.legend(fontsize=8)
-    ax_l.set_title("by true label")
+    ax_l.set_title("by label and prediction")
     for ax in (ax_c, ax_l):
         ax.set_xticks([])
         ax.set_yticks([])
@@ -163,23 +164,30 @@ def _outcome(label: str, prediction: str) -> str:
     return "false pos." if prediction == school else "not school"
 
 
-def plot_composition(table: pd.DataFrame) -> Figure:
-    """Per cluster: share of detected / missed schools, false positives and negatives; chips per town."""
+OUTCOME_COLOURS = {"school (detected)": "C2", "school (missed)": "C1", "false positive": "C3", "not school": "C7"}
+
+
+def chip_outcomes(table: pd.DataFrame) -> np.ndarray:
+    """Per chip: school (detected), school (missed), false positive or not school."""
     school = CLASSES[SCHOOL]
     is_school, pred_school = table["label"] == school, table["prediction"] == school
-    kind = np.select(
+    return np.select(
         [is_school & pred_school, is_school & ~pred_school, ~is_school & pred_school],
         ["school (detected)", "school (missed)", "false positive"],
         "not school",
     )
-    frame = table.assign(kind=kind, cluster=table["cluster"].map(lambda c: "noise" if c < 0 else f"{c}"))
+
+
+def plot_composition(table: pd.DataFrame) -> Figure:
+    """Per cluster: share of detected / missed schools, false positives and negatives; chips per town."""
+    frame = table.assign(kind=chip_outcomes(table), cluster=table["cluster"].map(lambda c: "noise" if c < 0 else f"{c}"))
     order = sorted(frame["cluster"].unique(), key=lambda s: (s == "noise", int(s) if s != "noise" else 0))
     shares = pd.crosstab(frame["cluster"], frame["kind"], normalize="index").reindex(order)
     kinds = [k for k in ("school (detected)", "school (missed)", "false positive", "not school") if k in shares.columns]
     towns = pd.crosstab(frame["cluster"], frame["scene"]).reindex(order)
     fig = plt.figure(figsize=(11, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    colours = {"school (detected)": "C2", "school (missed)": "C1", "false positive": "C3", "not school": "C7"}
+    colours = OUTCOME_COLOURS
     bottom = np.zeros(len(order))
     for k in kinds:
         ax1.bar(order, shares[k], bottom=bottom, color=colours[k], label=k)
@@ -269,7 +277,7 @@ def write_cluster_figures(report, chips_dir: str | Path, cams: dict[str, np.ndar
         "composition.png": plot_composition(table),
     }
     if result.embedding_2d is not None:
-        figs["embedding.png"] = plot_embedding(result.embedding_2d, result.labels, table["label"].to_numpy(), report.thumbnails)
+        figs["embedding.png"] = plot_embedding(result.embedding_2d, result.labels, chip_outcomes(table), report.thumbnails)
     if result.k > 0:
         figs["gallery.png"] = cluster_gallery(table, result, chips_dir, cams, gallery_size)
     scenes = read_scene_paths(Path(chips_dir))
