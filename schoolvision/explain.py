@@ -135,24 +135,35 @@ def frozen(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextlib.contextmanager
-def graph_from(layer: nn.Module) -> Iterator[dict]:
+def graph_from(model: nn.Module, layer: nn.Module) -> Iterator[None]:
     """Start the autograd graph at ``layer``'s output: CAM gradients then cost a head's backward only.
 
     Must be entered before the CAM object registers its own hooks (they see the new leaf tensor).
-    Yields a switch: set ``switch["on"] = False`` for a pass that needs gradients down to the input.
+    Passes that need gradients down to the input (:func:`guided_backprop`) run inside
+    :func:`full_graph`, which switches every such cut off.
     """
-    switch = {"on": True}
 
     def hook(module, inputs, output):
-        if not switch["on"] or (output.requires_grad and output.grad_fn is None):
-            return None  # off, or already a leaf (another explainer cut here)
+        if getattr(model, "_explain_full_graph", False) or (output.requires_grad and output.grad_fn is None):
+            return None  # a full-graph pass, or already a leaf (another explainer cut here)
         return output.detach().requires_grad_(True)
 
     handle = layer.register_forward_hook(hook)
     try:
-        yield switch
+        yield
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def full_graph(model: nn.Module) -> Iterator[None]:
+    """Disable :func:`graph_from` cuts on ``model`` for the duration (gradients reach the input)."""
+    previous = getattr(model, "_explain_full_graph", False)
+    model._explain_full_graph = True
+    try:
+        yield
+    finally:
+        model._explain_full_graph = previous
 
 
 @contextlib.contextmanager
@@ -194,7 +205,7 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 def guided_backprop(model: nn.Module, x: torch.Tensor, target: int = SCHOOL) -> np.ndarray:
     """Guided-backprop gradients of the class logit w.r.t. the input, (B, 3, H, W)."""
     device = next(model.parameters()).device
-    with frozen(model), guided_activations(model):
+    with frozen(model), guided_activations(model), full_graph(model):
         x = x.to(device).clone().requires_grad_(True)
         score = model(x)[:, target].sum()
         (grad,) = torch.autograd.grad(score, x)
@@ -249,19 +260,15 @@ def explainer(
         yield lambda x: saliency_from_gradients(guided_backprop(model, x, target))
         return
 
-    with frozen(model), graph_from(module) as switch, cam_class(model=model, target_layers=[module]) as cam:
+    with frozen(model), graph_from(model, module), cam_class(model=model, target_layers=[module]) as cam:
 
         def explain_cam(x: torch.Tensor) -> np.ndarray:
             x = x.to(device)
             maps = cam(x, targets=[ClassifierOutputTarget(target)] * len(x)).astype(np.float32)
             cam.activations_and_grads.clear()  # drop the batch's activations now, not at the next call
             if method == "guided-gradcam":
-                switch["on"] = False
-                try:
-                    maps = _normalise(saliency_from_gradients(guided_backprop(model, x, target)) * maps)
-                finally:
-                    switch["on"] = True
-                    cam.activations_and_grads.clear()
+                maps = _normalise(saliency_from_gradients(guided_backprop(model, x, target)) * maps)
+                cam.activations_and_grads.clear()
             return maps
 
         yield explain_cam
