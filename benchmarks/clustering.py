@@ -73,7 +73,7 @@ def clustering(args) -> dict:
     times = {}
     with threadpool_limits(limits=args.threads):
         t0 = time.perf_counter()
-        reduced, explained, dims = reduce_features(x, config.variance, config.max_dims, config.seed)
+        reduced, explained, dims = reduce_features(x, config.variance, config.max_dims, config.seed, config.clip)
         times["standardise_pca_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         table = select_k(reduced, list(range(2, args.k_max + 1)), config)

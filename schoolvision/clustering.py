@@ -28,6 +28,8 @@ class ClusterConfig:
     k: int | str = "auto"
     k_min: int = 2
     k_max: int = 8
+    clip: float | None = 5.0  # standardised values are clipped to +-clip: a unit that fires for one chip only
+    # would otherwise give it a z of sqrt(n) and a cluster of its own
     variance: float = 0.9  # PCA keeps the fewest dimensions explaining this share of variance ...
     max_dims: int = 64  # ... but never more than this
     covariance: str = "diag"  # GMM covariance: "diag" stays well-posed with few chips per cluster
@@ -80,8 +82,10 @@ class Clustering:
         }
 
 
-def reduce_features(vectors: np.ndarray, variance: float = 0.9, max_dims: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray, int]:
-    """Standardise and PCA-reduce; returns ``(reduced (N, dims), cumulative explained ratio, dims)``."""
+def reduce_features(
+    vectors: np.ndarray, variance: float = 0.9, max_dims: int = 64, seed: int = 0, clip: float | None = 5.0
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """Standardise (clipped to +-``clip``) and PCA-reduce; returns ``(reduced (N, dims), cumulative explained ratio, dims)``."""
     from sklearn.decomposition import PCA
 
     x = np.asarray(vectors, dtype=np.float64)
@@ -96,6 +100,8 @@ def reduce_features(vectors: np.ndarray, variance: float = 0.9, max_dims: int = 
         )
     keep = std > 1e-6 * std.max()  # near-constant units would be blown up to unit variance: drop them
     z = ((x[:, keep] - x[:, keep].mean(axis=0)) / std[keep]).astype(np.float32)  # float32 SVD: 2x faster
+    if clip is not None:
+        np.clip(z, -clip, clip, out=z)
     n_comp = int(min(max_dims, z.shape[0], z.shape[1]))
     solver = "randomized" if min(z.shape) > 500 else "full"
     pca = PCA(n_components=n_comp, svd_solver=solver, random_state=seed).fit(z)
@@ -223,7 +229,7 @@ def cluster_features(vectors: np.ndarray, config: ClusterConfig | None = None, *
 def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
     if config.method not in METHODS:
         raise UserError(f"unknown clustering method {config.method!r}; use one of {', '.join(METHODS)}")
-    reduced, explained, dims = reduce_features(vectors, config.variance, config.max_dims, config.seed)
+    reduced, explained, dims = reduce_features(vectors, config.variance, config.max_dims, config.seed, config.clip)
     n = len(reduced)
     if config.k == "auto":
         ks, messages = k_range(n, config.k_min, config.k_max)

@@ -269,3 +269,11 @@ def test_auto_k_does_not_split_off_an_outlier_pair():
     assert table.loc[4, "silhouette"] > table.loc[3, "silhouette"]  # silhouette alone would split them off
     assert table.loc[4, "smallest"] == 2
     assert res.k == 3 and np.bincount(res.labels).min() >= 40
+
+
+def test_a_unit_firing_for_one_chip_does_not_make_a_cluster():
+    x, truth = blobs(n_per=40, centres=2, dim=16, seed=5)
+    sparse = np.zeros((len(x), 40), dtype=np.float32)
+    sparse[7] = 1.0  # 40 dead units that fire for chip 7 only: z = sqrt(n) after standardising
+    res = cluster_features(np.concatenate([x, sparse], axis=1), fast(k_max=4))
+    assert res.k == 2 and np.bincount(res.labels).min() >= 40
