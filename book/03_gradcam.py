@@ -53,10 +53,10 @@ model, meta = load_classifier(run_path, resolve_device(device))
 # ### Explain the test town
 #
 # Grad-CAM weights the channels of the model's last convolutional block (`model.target_layer`, the same
-# layer whatever the label) by the gradient of the school score, and keeps the positive part. At the
-# quick profile's 64 px input that block is only 2 x 2 cells, too coarse to point at anything, so the
-# deepest block that still has 4 x 4 cells is used instead (a choice made from the model and the input
-# size alone; at 128 px and above it is the last block itself).
+# layer whatever the label) by the gradient of the school score, and keeps the positive part. Should an
+# input be so small that this block has fewer than 4 x 4 cells (below 128 px for EfficientNet), the
+# deepest block that still has 4 x 4 cells is used instead: a choice made from the model and the input
+# size alone, never from labels.
 # Grad-CAM++ uses second-order weights; EigenCAM needs no gradient at all. Guided backprop lets only
 # positive gradients flow back to the pixels; multiplied by Grad-CAM it becomes guided Grad-CAM.
 # One call explains the chips and scores each map against the school footprints. To stay within a few
