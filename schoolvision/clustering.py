@@ -391,7 +391,31 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
 
         summary["figures"] = [p.name for p in write_cluster_figures(report, config.chips_dir, cams, config.gallery_size)]
     write_json(out / "summary.json", summary)
+    _remove_stale(out, set(summary.get("figures", [])) | ({"projector"} if config.projector else set()))
     return report
+
+
+# Outputs a clustering run may or may not write (figures by scene and by option, the projector).
+_OPTIONAL_OUTPUTS = ("map_*.png", "embedding.png", "gallery.png", "k_selection.png", "pca_variance.png",
+                     "composition.png", "projector")
+
+
+def _remove_stale(out: Path, written: set[str]) -> None:
+    """Delete optional outputs of an earlier run into ``out`` that this run did not write again.
+
+    With ``overwrite`` a folder may hold a previous run's per-town maps or projector; left in place,
+    they would sit beside this run's clusters and contradict them.
+    """
+    import shutil
+
+    for pattern in _OPTIONAL_OUTPUTS:
+        for path in out.glob(pattern):
+            if path.name in written:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
 
 def cluster_profile(table: pd.DataFrame) -> pd.DataFrame:

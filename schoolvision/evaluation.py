@@ -59,8 +59,8 @@ def write_predictions(path: str | Path, frames: list[pd.DataFrame]) -> Path:
 
 
 def read_predictions(path: str | Path) -> pd.DataFrame:
-    """``predictions.csv`` with probabilities parsed exactly as written."""
-    return pd.read_csv(path, dtype={"chip_id": str}, float_precision="round_trip")
+    """``predictions.csv`` with probabilities parsed exactly as written (pandas' default parser round-trips repr floats)."""
+    return pd.read_csv(path, dtype={"chip_id": str})
 
 
 @dataclass

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import geopandas as gpd
 import numpy as np
@@ -200,10 +202,17 @@ def test_rerun_needs_overwrite_and_reuses_features(clustered, monkeypatch):
         raise AssertionError("the model ran although the features were cached")
 
     monkeypatch.setattr("schoolvision.features.extract_features", boom)
-    cfg.overwrite, cfg.figures, cfg.subset = True, False, "true-school"
-    cfg.clustering = ClusterConfig(k=2, stability_seeds=1, tsne=False)
-    again = cluster_chips(cfg, progress=False)
+    folder = cfg.out_dir.parent / "rerun"
+    shutil.copytree(cfg.out_dir, folder)  # the fixture's own folder stays as the other tests expect it
+    assert list(folder.glob("map_*.png")) and (folder / "gallery.png").exists()
+    rerun = dataclasses.replace(cfg, out_dir=folder, overwrite=True, figures=False, projector=False, subset="true-school",
+                                clustering=ClusterConfig(k=2, stability_seeds=1, tsne=False))
+    again = cluster_chips(rerun, progress=False)
     assert (again.table["label"] == "school").all() and again.result.k == 2
+    # the first run's figures and projector describe other clusters: an overwrite must not leave them behind
+    leftovers = [p.name for p in folder.iterdir() if p.suffix == ".png" or p.name == "projector"]
+    assert leftovers == [], leftovers
+    assert json.loads((folder / "summary.json").read_text())["k"] == 2
 
 
 def test_cli_prints_k_table(small_chips, small_run, tmp_path, capsys):  # noqa: F811
