@@ -53,7 +53,7 @@ from schoolvision.device import resolve_device
 from schoolvision.imagery import list_sources
 from schoolvision.plotting import scan as plots
 from schoolvision.scan import ScanConfig, explain_points, run_scan
-from schoolvision.scan_eval import read_layer
+from schoolvision.scan_eval import read_layer, rejected_lookalikes, weakest_finds
 from schoolvision.webmap import scan_map_from_dir
 
 data_path, chips_path, run_path, out_path = (resolve(p) for p in (data_dir, chips_dir, run_dir, out_dir))
@@ -143,6 +143,23 @@ plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(missed["n
 false_alarms = read_layer(out_path / "candidates.gpkg", "false_alarms")
 chips, probs, cams = explain_points(model, meta, false_alarms, sources, dev)
 plots.plot_cases(chips, cams, [f"candidate #{r}\nP={p:.2f}" for r, p in zip(false_alarms.get("rank", []), probs)]);
+
+# %% [markdown]
+# ### The closest calls
+#
+# When nothing is missed and nothing is a false alarm, the margins still matter. First the found schools
+# the model was least sure of (lowest candidate probability), then the strongest places the threshold
+# turned down that are not known schools: the next false alarms should the threshold be lowered.
+
+# %%
+weakest = weakest_finds(cands, known)
+chips, probs, cams = explain_points(model, meta, weakest, sources, dev)
+plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(weakest["school"], probs)]);
+
+# %%
+rejected = rejected_lookalikes(summary.scenes, known, summary.threshold, match_distance)
+chips, probs, cams = explain_points(model, meta, rejected, sources, dev)
+plots.plot_cases(chips, cams, [f"peak {m:.2f}\nP={p:.2f}" for m, p in zip(rejected["max_prob"], probs)]);
 
 # %% [markdown]
 # ### The interactive map

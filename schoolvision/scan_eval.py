@@ -165,6 +165,43 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
     return evaluation, layers
 
 
+def weakest_finds(cands: gpd.GeoDataFrame, known: gpd.GeoDataFrame, n: int = 3) -> gpd.GeoDataFrame:
+    """The ``n`` found schools with the least probable candidates (from the ``candidates`` and
+    ``known_schools`` layers): where a slightly higher threshold would start missing schools."""
+    found = known[known["found"].astype(bool)] if "found" in known.columns else known.iloc[:0]
+    names = dict(zip(found["candidate_rank"].astype(int), found["name"].astype(str)))
+    out = cands[cands["rank"].astype(int).isin(names)].copy()
+    out["school"] = [names[int(r)] for r in out["rank"]]
+    return out.nsmallest(n, "max_prob").reset_index(drop=True)
+
+
+def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: float, distance: float = 50.0,
+                        floor: float = 0.05, n: int = 6) -> gpd.GeoDataFrame:
+    """The ``n`` strongest regions the threshold turned down that are not known schools (EPSG:4326 points).
+
+    Regions above ``floor`` whose peak stays below ``threshold`` and lies more than ``distance`` metres
+    from every known school: the next false alarms should the threshold be lowered, so the places to
+    look at when a scan reports none (and, in real imagery, where unmapped schools may hide).
+    """
+    from .candidates import extract_candidates, read_probability
+
+    parts = []
+    for s in scenes:
+        prob, transform, crs = read_probability(s.probability)
+        cands = extract_candidates(prob, transform, crs, floor, s.scene)[0]
+        if len(cands):
+            parts.append(cands[cands["max_prob"] < threshold].to_crs("EPSG:4326"))
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return gpd.GeoDataFrame({"scene": [], "max_prob": []}, geometry=[], crs="EPSG:4326")
+    out = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326")
+    if len(schools):
+        utm = metric_crs(schools)
+        near = out.to_crs(utm).geometry.apply(lambda g: schools.to_crs(utm).distance(g).min() <= distance)
+        out = out[~near.to_numpy()]
+    return out.sort_values("max_prob", ascending=False, kind="stable").head(n).reset_index(drop=True)
+
+
 def write_evaluation(path: str | Path, evaluation: dict) -> Path:
     """Write ``evaluation.json`` atomically."""
     return write_json(path, evaluation)

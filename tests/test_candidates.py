@@ -13,7 +13,7 @@ from shapely.geometry import Point, box
 from schoolvision.candidates import extract_all, extract_candidates, merge_duplicates, read_probability, write_candidates
 from schoolvision.gis import write_geotiff
 from schoolvision.scan import SceneScan
-from schoolvision.scan_eval import evaluate_scan, match, scores
+from schoolvision.scan_eval import evaluate_scan, match, rejected_lookalikes, scores, weakest_finds
 
 CRS = "EPSG:32636"
 
@@ -122,11 +122,31 @@ def test_evaluation_counts_found_missed_and_false_alarms(tmp_path):
     assert [m["name"] for m in ev["missed_schools"]] == ["far"]
     assert [u["rank"] for u in ev["unmatched_candidates"]] == [3]
     assert len(layers["missed_schools"]) == 1 and len(layers["false_alarms"]) == 1
+    weakest = weakest_finds(cands, layers["known_schools"], n=5)
+    assert list(weakest["school"]) == ["second", "near"]  # found schools only, least probable first
+    assert list(weakest["max_prob"]) == sorted(weakest["max_prob"])
     ev20, _ = evaluate_scan(cands, [s], path, distance=20, threshold=0.5)
     assert ev20["true_positives"] == 1  # "second" is 30 m away
     curve = {round(p["threshold"], 2): p for p in ev["pr_curve"]}
     assert curve[0.9]["candidates"] == 1 and curve[0.9]["precision"] == 1.0
     assert curve[0.5]["recall"] == pytest.approx(2 / 3, abs=1e-3)
+
+
+def test_rejected_lookalikes_are_below_the_threshold_and_away_from_schools(tmp_path):
+    # peaks: 0.95 (a candidate), 0.45 and 0.3 (turned down), 0.4 on a known school, 0.02 (under the floor)
+    prob = blobs((300, 400), [(50, 50, 0.95), (150, 150, 0.45), (250, 250, 0.3), (60, 300, 0.4), (250, 60, 0.02)])
+    s, _ = scene_scan(tmp_path, "t", prob)
+    x0, y0 = 500_000.0, 100_000.0
+    schools = gpd.GeoDataFrame({"name": ["known"]}, geometry=[box(x0 + 290, y0 - 70, x0 + 310, y0 - 50)],
+                               crs=CRS).to_crs("EPSG:4326")
+    near = rejected_lookalikes([s], schools, threshold=0.5, distance=50, floor=0.05)
+    assert near.crs.to_epsg() == 4326
+    assert list(near["max_prob"].round(2)) == [0.45, 0.3]  # strongest first; the school and the floor are out
+    pts = near.to_crs(CRS).geometry
+    got = np.array([(y0 - p.y, p.x - x0) for p in pts])
+    assert np.abs(got - [(150.5, 150.5), (250.5, 250.5)]).max() <= 1.0  # at the peaks' pixel centres
+    assert len(rejected_lookalikes([s], schools, threshold=0.5, n=1)) == 1
+    assert len(rejected_lookalikes([s], schools, threshold=0.2)) == 0
 
 
 def test_matching_is_one_to_one():
