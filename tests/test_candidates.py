@@ -167,3 +167,24 @@ def test_map_is_self_contained(tmp_path):
     html = save_map(scan_map([s], cands, {"t": list_sources([tmp_path / "t.tif"])[0]}), tmp_path / "map.html").read_text()
     assert "cdn." not in html and "https://code.jquery" not in html
     assert "L.imageOverlay" in html and "sv-candidate" in html and "bindPopup" in html and "data:image/png;base64" in html
+
+
+def test_probability_figure_with_every_school_found_draws_without_warnings(tmp_path):
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from schoolvision.plotting.scan import plot_probability
+
+    rgb = np.full((3, 300, 300), 120, np.uint8)
+    tf = Affine(1.0, 0, 500_000.0, 0, -1.0, 100_000.0)
+    scene = write_geotiff(tmp_path / "scene.tif", rgb, CRS, tf)
+    s, _ = scene_scan(tmp_path, "scene", blobs((300, 300), [(50, 50, 0.95)]))
+    cands, _ = extract_all([s], 0.5)
+    schools = gpd.GeoDataFrame({"name": ["a"], "found": [True]}, geometry=[box(500_040, 99_940, 500_060, 99_960)], crs=CRS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # an empty "missed" layer must not be plotted (geopandas warns)
+        fig = plot_probability(scene, s.probability, cands, schools, threshold=0.5)
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["known school, found", "candidate (rank)"]

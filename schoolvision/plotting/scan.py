@@ -46,10 +46,11 @@ def plot_probability(scene: str | Path, probability: str | Path, candidates: gpd
     if schools is not None and len(schools):
         s = schools.to_crs(crs)
         found = s["found"].to_numpy(bool) if "found" in s.columns else np.ones(len(s), bool)
-        for ax in axes:
-            s[found].boundary.plot(ax=ax, color="lime", linewidth=1.2)
-            s[~found].boundary.plot(ax=ax, color="red", linewidth=1.6)
-        handles += [Line2D([], [], color="lime", label="known school, found"), Line2D([], [], color="red", label="known school, missed")]
+        for part, colour, width, label in ((s[found], "lime", 1.2, "found"), (s[~found], "red", 1.6, "missed")):
+            if len(part):  # geopandas warns on an empty frame (no school missed is the good case)
+                for ax in axes:
+                    part.boundary.plot(ax=ax, color=colour, linewidth=width)
+                handles.append(Line2D([], [], color=colour, label=f"known school, {label}"))
     if candidates is not None and len(candidates):
         c = candidates.to_crs(crs)
         axes[1].scatter(c.geometry.x, c.geometry.y, s=60, facecolors="none", edgecolors="cyan", linewidths=1.5)
