@@ -197,7 +197,8 @@ def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: 
     out = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326")
     if len(schools):
         utm = metric_crs(schools)
-        near = out.to_crs(utm).geometry.apply(lambda g: schools.to_crs(utm).distance(g).min() <= distance)
+        known = schools.to_crs(utm).geometry
+        near = out.to_crs(utm).geometry.apply(lambda g: known.distance(g).min() <= distance)
         out = out[~near.to_numpy()]
     return out.sort_values("max_prob", ascending=False, kind="stable").head(n).reset_index(drop=True)
 
