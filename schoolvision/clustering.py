@@ -395,9 +395,8 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
     return report
 
 
-# Outputs a clustering run may or may not write (figures by scene and by option, the projector).
-_OPTIONAL_OUTPUTS = ("map_*.png", "embedding.png", "gallery.png", "k_selection.png", "pca_variance.png",
-                     "composition.png", "projector")
+# Outputs a clustering run may or may not write: its figures (by scene and by option) and the projector.
+_OPTIONAL_OUTPUTS = ("*.png", "projector")
 
 
 def _remove_stale(out: Path, written: set[str]) -> None:
