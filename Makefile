@@ -33,13 +33,13 @@ install: $(VENV)/.installed
 
 # .ipynb from the jupytext sources (only where the code changed; executed outputs are kept otherwise).
 notebooks: install
-	$(PY) -m schoolvision.book sync
+	$(PY) -m build_tools.book sync
 
 execute: notebooks
-	$(PY) -m schoolvision.book execute --profile $(PROFILE) --timings _build/execution.json
+	$(PY) -m build_tools.book execute --profile $(PROFILE) --timings _build/execution.json
 
 html: install
-	$(PY) -m schoolvision.book check --executed
+	$(PY) -m build_tools.book check --executed
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
 	@echo "book: $(CURDIR)/_build/html/index.html ($$(du -sh _build/html | cut -f1))"
 
@@ -50,12 +50,12 @@ test-lib: install
 	$(PY) -m pytest -q
 
 test-notebooks: install
-	TQDM_DISABLE=1 $(PY) -m pytest -q $(NBVAL_FLAGS) $$($(PY) -m schoolvision.book list)
+	TQDM_DISABLE=1 $(PY) -m pytest -q $(NBVAL_FLAGS) $$($(PY) -m build_tools.book list)
 
 test: test-lib test-notebooks
 
 check: install
-	$(PY) -m schoolvision.book check --executed
+	$(PY) -m build_tools.book check --executed
 
 clean:
 	rm -rf _build data runs outputs .pytest_cache

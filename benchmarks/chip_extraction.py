@@ -12,8 +12,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from schoolvision.chips import ChipConfig, make_chips
-from schoolvision.synthetic import make_demo
+from schoolvision.data.chips import ChipConfig, make_chips
+from schoolvision.data.synthetic import make_demo
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Benchmark clustering: feature extraction vs bare inference (chips/s), and clustering seconds.
 
-Prints one JSON object. Feature extraction runs ``schoolvision.features.extract_features`` (DataLoader,
+Prints one JSON object. Feature extraction runs ``schoolvision.cluster.embeddings.extract_features`` (DataLoader,
 embedding, head, thumbnails) over in-memory chips; bare inference is ``model(x)`` on the same tensors.
 Clustering times each stage on ``--n`` synthetic ``--dim``-d vectors (Gaussian blobs).
 
@@ -20,9 +20,9 @@ import torch
 
 
 def extraction(args) -> dict:
-    from schoolvision.device import resolve_device
-    from schoolvision.features import extract_features
-    from schoolvision.models import build_model
+    from schoolvision.model.device import resolve_device
+    from schoolvision.cluster.embeddings import extract_features
+    from schoolvision.model.backbones import build_model
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -64,7 +64,7 @@ def clustering(args) -> dict:
     import sklearn.mixture  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    from schoolvision.clustering import ClusterConfig, embed_2d, fit_labels, reduce_features, select_k, stability
+    from schoolvision.cluster.algorithms import ClusterConfig, embed_2d, fit_labels, reduce_features, select_k, stability
 
     rng = np.random.default_rng(args.seed)
     centres = rng.normal(0, 1, size=(args.blobs, args.dim))

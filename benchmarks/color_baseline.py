@@ -50,8 +50,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from schoolvision.chips import ChipConfig, make_chips
-    from schoolvision.synthetic import make_demo
+    from schoolvision.data.chips import ChipConfig, make_chips
+    from schoolvision.data.synthetic import make_demo
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

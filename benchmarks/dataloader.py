@@ -14,9 +14,9 @@ from pathlib import Path
 
 import torch
 
-from schoolvision.chips import ChipConfig, make_chips
-from schoolvision.dataset import ChipDataset
-from schoolvision.synthetic import make_demo
+from schoolvision.data.chips import ChipConfig, make_chips
+from schoolvision.data.dataset import ChipDataset
+from schoolvision.data.synthetic import make_demo
 
 
 def throughput(ds: ChipDataset, workers: int, batch_size: int, epochs: int) -> float:

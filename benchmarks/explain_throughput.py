@@ -30,13 +30,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="best of N passes (the machine is shared)")
     args = parser.parse_args()
 
-    from schoolvision.explain import METHODS, explainer
-    from schoolvision.models import build_model
+    from schoolvision.explain.methods import METHODS, explainer
+    from schoolvision.model.backbones import build_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.run:
-        from schoolvision.checkpoint import load_classifier
+        from schoolvision.model.checkpoint import load_classifier
 
         model, meta = load_classifier(args.run, "cpu")
         size = meta.image_size or args.image_size

@@ -29,11 +29,11 @@ def build_demo_map(folder: Path) -> tuple[Path, int]:
     import rasterio
     from affine import Affine
 
-    from schoolvision.candidates import extract_all
-    from schoolvision.gis import write_geotiff
-    from schoolvision.imagery import list_sources
-    from schoolvision.scan import SceneScan
-    from schoolvision.webmap import save_map, scan_map
+    from schoolvision.scan.candidates import extract_all
+    from schoolvision.io.gis import write_geotiff
+    from schoolvision.io.imagery import list_sources
+    from schoolvision.scan.scene import SceneScan
+    from schoolvision.scan.webmap import save_map, scan_map
 
     rng = np.random.default_rng(0)
     tf = Affine(1.0, 0, 500_000.0, 0, -1.0, 100_000.0)

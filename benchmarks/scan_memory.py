@@ -34,11 +34,11 @@ class TinyNet(torch.nn.Module):
 
 
 def child(scene: Path, out: Path, backbone: str, stride: int) -> dict:
-    from schoolvision.candidates import extract_all
-    from schoolvision.checkpoint import CheckpointMeta
-    from schoolvision.imagery import list_sources
-    from schoolvision.models import build_model
-    from schoolvision.scan import scan_scene
+    from schoolvision.scan.candidates import extract_all
+    from schoolvision.model.checkpoint import CheckpointMeta
+    from schoolvision.io.imagery import list_sources
+    from schoolvision.model.backbones import build_model
+    from schoolvision.scan.scene import scan_scene
 
     torch.manual_seed(0)
     model = TinyNet().eval() if backbone == "tiny" else build_model(backbone, pretrained=False).eval()

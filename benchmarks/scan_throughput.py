@@ -49,11 +49,11 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="bare and scan runs, interleaved; the best of each counts")
     args = ap.parse_args()
 
-    from schoolvision.checkpoint import CheckpointMeta
-    from schoolvision.device import resolve_device
-    from schoolvision.imagery import list_sources
-    from schoolvision.models import build_model
-    from schoolvision.scan import predict_windows, scan_scene, window_offsets
+    from schoolvision.model.checkpoint import CheckpointMeta
+    from schoolvision.model.device import resolve_device
+    from schoolvision.io.imagery import list_sources
+    from schoolvision.model.backbones import build_model
+    from schoolvision.scan.scene import predict_windows, scan_scene, window_offsets
 
     torch.manual_seed(0)
     device = resolve_device(args.device)

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import torch
 
-from schoolvision.dataset import ChipDataset
-from schoolvision.inference import predict
-from schoolvision.models import build_model
-from schoolvision.training import TrainConfig, fit
+from schoolvision.data.dataset import ChipDataset
+from schoolvision.model.inference import predict
+from schoolvision.model.backbones import build_model
+from schoolvision.train.fit import TrainConfig, fit
 
 
 def bare_train(backbone: str, batch_size: int, image_size: int, steps: int, seed: int = 0) -> float:
@@ -54,8 +54,8 @@ def bare_inference(backbone: str, batch_size: int, image_size: int, steps: int) 
 
 
 def demo_chips(root: Path) -> Path:
-    from schoolvision.chips import ChipConfig, make_chips
-    from schoolvision.synthetic import make_demo
+    from schoolvision.data.chips import ChipConfig, make_chips
+    from schoolvision.data.synthetic import make_demo
 
     make_demo(root / "demo", towns=3, seed=0, size=768, gsd=1.0)
     make_chips([root / "demo" / "scenes"], root / "demo" / "schools.geojson", root / "chips", ChipConfig())

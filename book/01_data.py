@@ -39,11 +39,11 @@ import geopandas as gpd
 import pandas as pd
 import rasterio
 
-from schoolvision.book import resolve
-from schoolvision.chips import ChipConfig, make_chips
-from schoolvision.dataset import ChipDataset
+from schoolvision.notebook import resolve
+from schoolvision.data.chips import ChipConfig, make_chips
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.plotting import data as plots
-from schoolvision.synthetic import make_demo
+from schoolvision.data.synthetic import make_demo
 
 data_path, chips_path = resolve(data_dir), resolve(chips_dir)
 

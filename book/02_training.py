@@ -40,9 +40,9 @@ device = "auto"
 # %%
 import json
 
-from schoolvision.book import require, resolve
+from schoolvision.notebook import require, resolve
 from schoolvision.plotting import training as plots
-from schoolvision.training import TrainConfig, fit
+from schoolvision.train.fit import TrainConfig, fit
 
 chips_path = require(chips_dir, "01_data")
 run_path = resolve(run_dir)

@@ -36,10 +36,10 @@ device = "auto"
 # %%
 import pandas as pd
 
-from schoolvision.book import require, resolve
-from schoolvision.checkpoint import load_classifier
-from schoolvision.device import resolve_device
-from schoolvision.explain import (ExplainConfig, check_alignment, compare_methods, explain_chips, focus_chip_ids,
+from schoolvision.notebook import require, resolve
+from schoolvision.model.checkpoint import load_classifier
+from schoolvision.model.device import resolve_device
+from schoolvision.explain.methods import (ExplainConfig, check_alignment, compare_methods, explain_chips, focus_chip_ids,
                                  pick_chips)
 from schoolvision.plotting import explain as plots
 

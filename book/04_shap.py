@@ -38,12 +38,12 @@ device = "auto"
 # %%
 import pandas as pd
 
-from schoolvision.book import require, resolve
-from schoolvision.checkpoint import load_classifier
-from schoolvision.device import resolve_device
-from schoolvision.explain import ExplainConfig, compare_methods, explain_chips, pick_chips
+from schoolvision.notebook import require, resolve
+from schoolvision.model.checkpoint import load_classifier
+from schoolvision.model.device import resolve_device
+from schoolvision.explain.methods import ExplainConfig, compare_methods, explain_chips, pick_chips
 from schoolvision.plotting import explain as plots
-from schoolvision.shap_explain import background_from_split, deep_explainer_supported, explain_sample
+from schoolvision.explain.shap_values import background_from_split, deep_explainer_supported, explain_sample
 
 chips_path, run_path = require(chips_dir, "01_data"), require(run_dir, "02_training")
 out_path = resolve(out_dir)

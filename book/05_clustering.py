@@ -47,8 +47,8 @@ seed = 0
 # %%
 import geopandas as gpd
 
-from schoolvision.book import require, resolve
-from schoolvision.clustering import ClusterConfig, ClusterRunConfig, cluster_chips, cluster_features, cluster_profile, read_scene_paths
+from schoolvision.notebook import require, resolve
+from schoolvision.cluster.algorithms import ClusterConfig, ClusterRunConfig, cluster_chips, cluster_features, cluster_profile, read_scene_paths
 from schoolvision.plotting import cluster as plots
 
 chips_path, run_path, out_path = require(chips_dir, "01_data"), require(run_dir, "02_training"), resolve(out_dir)

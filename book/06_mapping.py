@@ -47,14 +47,14 @@ import pandas as pd
 import rasterio
 import torch
 
-from schoolvision.book import require, resolve
-from schoolvision.checkpoint import load_classifier
-from schoolvision.device import resolve_device
-from schoolvision.imagery import list_sources
+from schoolvision.notebook import require, resolve
+from schoolvision.model.checkpoint import load_classifier
+from schoolvision.model.device import resolve_device
+from schoolvision.io.imagery import list_sources
 from schoolvision.plotting import scan as plots
-from schoolvision.scan import ScanConfig, explain_points, run_scan
-from schoolvision.scan_eval import read_layer, rejected_lookalikes, weakest_finds
-from schoolvision.webmap import scan_map_from_dir
+from schoolvision.scan.scene import ScanConfig, explain_points, run_scan
+from schoolvision.scan.evaluation import read_layer, rejected_lookalikes, weakest_finds
+from schoolvision.scan.webmap import scan_map_from_dir
 
 data_path, chips_path, run_path, out_path = (resolve(p) for p in (data_dir, chips_dir, run_dir, out_dir))
 require(run_path / "best.pt", "02_training")

@@ -31,7 +31,7 @@ mapping_dir = "outputs/mapping"
 # %%
 from IPython.display import Markdown
 
-from schoolvision.book import repo_root, resolve
+from schoolvision.notebook import repo_root, resolve
 from schoolvision.results import REFERENCE, default_sources, gather_results
 
 sources = default_sources(resolve(run_dir), resolve(gradcam_dir), resolve(clustering_dir), resolve(mapping_dir))

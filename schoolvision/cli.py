@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import UserError
+from schoolvision.errors import UserError
 
 COMMANDS: dict[str, str] = {
     "demo": "Generate synthetic georeferenced towns with known school footprints.",

@@ -14,7 +14,7 @@ import rasterio
 from affine import Affine
 from shapely.geometry import box
 
-from schoolvision.gis import write_geotiff
+from schoolvision.io.gis import write_geotiff
 
 
 def scene_array(seed: int, size: int, schools_px, count: int = 3) -> np.ndarray:

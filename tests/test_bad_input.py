@@ -14,7 +14,7 @@ from rasterio.enums import ColorInterp
 
 from fixtures import make_towns, scene_array, write_scene
 from schoolvision.cli import main
-from schoolvision.gis import write_geotiff
+from schoolvision.io.gis import write_geotiff
 
 SMALL = ["--chip-size", "64", "--stride", "32"]
 

@@ -12,7 +12,8 @@ import nbformat
 import pytest
 import yaml
 
-from schoolvision import book
+from build_tools import book
+from schoolvision import notebook
 from schoolvision.errors import UserError
 from schoolvision.results import default_sources, format_value, gather_results
 
@@ -107,26 +108,26 @@ def test_chapter_parameters_merge_common_and_keep_declared(tmp_path):
 
 def test_resolve_from_root_from_book_and_from_elsewhere(monkeypatch, tmp_path):
     monkeypatch.chdir(ROOT)
-    assert book.resolve("data/demo") == ROOT / "data/demo"
+    assert notebook.resolve("data/demo") == ROOT / "data/demo"
     monkeypatch.chdir(ROOT / "book")
-    assert book.resolve("data/demo") == ROOT / "data/demo"
-    assert book.resolve(tmp_path) == tmp_path
+    assert notebook.resolve("data/demo") == ROOT / "data/demo"
+    assert notebook.resolve(tmp_path) == tmp_path
     other = tmp_path / "project"
     (other / "book").mkdir(parents=True)
     (other / "_config.yml").write_text("title: x\n")
     monkeypatch.chdir(other / "book")
-    assert book.resolve("runs/quick") == other / "runs/quick"
-    assert book.resolve_paths("a", "b") == (other / "a", other / "b")
-    assert book.resolve_paths(run_dir="r").run_dir == other / "r"
+    assert notebook.resolve("runs/quick") == other / "runs/quick"
+    assert notebook.resolve_paths("a", "b") == (other / "a", other / "b")
+    assert notebook.resolve_paths(run_dir="r").run_dir == other / "r"
 
 
 def test_require_names_the_chapter_to_run_first(monkeypatch, tmp_path):
     (tmp_path / "_config.yml").write_text("title: x\n")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(UserError, match=r"run chapter 02_training first \(papermill book/02_training.ipynb"):
-        book.require("runs/quick/best.pt", "02_training")
+        notebook.require("runs/quick/best.pt", "02_training")
     (tmp_path / "here").mkdir()
-    assert book.require("here", "01_data") == tmp_path / "here"
+    assert notebook.require("here", "01_data") == tmp_path / "here"
 
 
 def test_sync_is_deterministic_and_keeps_executed_outputs(tmp_path):
@@ -235,7 +236,7 @@ def test_results_page_shows_the_numbers_in_the_json(monkeypatch):
     assert len(shown) == 1, "the results page should show one key-numbers table"
     p = _notebook_parameters(nb)
     monkeypatch.chdir(ROOT)
-    sources = default_sources(*(book.resolve(p[k]) for k in ("run_dir", "gradcam_dir", "clustering_dir", "mapping_dir")))
+    sources = default_sources(*(notebook.resolve(p[k]) for k in ("run_dir", "gradcam_dir", "clustering_dir", "mapping_dir")))
     if not any(s.path.exists() for s in sources):
         pytest.skip("no run folders on disk (make book)")
     results = gather_results(sources, root=ROOT)

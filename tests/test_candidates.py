@@ -10,10 +10,10 @@ import pytest
 from affine import Affine
 from shapely.geometry import Point, box
 
-from schoolvision.candidates import extract_all, extract_candidates, merge_duplicates, read_probability, write_candidates
-from schoolvision.gis import write_geotiff
-from schoolvision.scan import SceneScan
-from schoolvision.scan_eval import evaluate_scan, match, rejected_lookalikes, scores, weakest_finds
+from schoolvision.scan.candidates import extract_all, extract_candidates, merge_duplicates, read_probability, write_candidates
+from schoolvision.io.gis import write_geotiff
+from schoolvision.scan.scene import SceneScan
+from schoolvision.scan.evaluation import evaluate_scan, match, rejected_lookalikes, scores, weakest_finds
 
 CRS = "EPSG:32636"
 
@@ -157,8 +157,8 @@ def test_matching_is_one_to_one():
 
 
 def test_map_is_self_contained(tmp_path):
-    from schoolvision.imagery import list_sources
-    from schoolvision.webmap import save_map, scan_map
+    from schoolvision.io.imagery import list_sources
+    from schoolvision.scan.webmap import save_map, scan_map
 
     img = np.random.default_rng(0).integers(0, 255, (3, 200, 200), dtype=np.uint8)
     write_geotiff(tmp_path / "t.tif", img, CRS, Affine(1, 0, 500_000.0, 0, -1, 100_000.0))

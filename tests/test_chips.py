@@ -11,7 +11,7 @@ import rasterio
 from rasterio.windows import Window
 
 from fixtures import make_towns, write_scene
-from schoolvision.chips import CSV_COLUMNS, ChipConfig, make_chips
+from schoolvision.data.chips import CSV_COLUMNS, ChipConfig, make_chips
 from schoolvision.errors import UserError
 
 SMALL = dict(chip_size=64, stride=32)
@@ -104,7 +104,7 @@ def test_single_scene_split_by_blocks_without_overlap(tmp_path):
 
 
 def test_interrupted_run_leaves_nothing(towns, tmp_path, monkeypatch):
-    import schoolvision.chips as chips_mod
+    import schoolvision.data.chips as chips_mod
 
     calls = {"n": 0}
     real = chips_mod.write_geotiff
@@ -130,7 +130,7 @@ def test_scene_overrides_and_unknown_scene(towns, tmp_path):
 
 
 def test_demo_chips_both_classes_per_split_and_pixels_match(request):
-    pytest.importorskip("schoolvision.synthetic")
+    pytest.importorskip("schoolvision.data.synthetic")
     out = request.getfixturevalue("chips_dir")
     frame = check_chips_match_scenes(out)
     meta = json.loads((out / "dataset.json").read_text())

@@ -13,7 +13,7 @@ import pytest
 from shapely.geometry import box
 from test_features import small_chips, small_run  # noqa: F401 - shared session fixtures
 
-from schoolvision.clustering import (
+from schoolvision.cluster.algorithms import (
     ClusterConfig,
     ClusterRunConfig,
     cluster_chips,
@@ -114,7 +114,7 @@ def test_projector_log_loads(tmp_path):
     from PIL import Image
     from tensorboard.plugins.projector.projector_config_pb2 import ProjectorConfig
 
-    from schoolvision.projector import write_projector
+    from schoolvision.cluster.projector import write_projector
 
     n, d = 23, 16
     vectors = np.random.default_rng(0).normal(size=(n, d))
@@ -201,7 +201,7 @@ def test_rerun_needs_overwrite_and_reuses_features(clustered, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model ran although the features were cached")
 
-    monkeypatch.setattr("schoolvision.features.extract_features", boom)
+    monkeypatch.setattr("schoolvision.cluster.embeddings.extract_features", boom)
     folder = cfg.out_dir.parent / "rerun"
     shutil.copytree(cfg.out_dir, folder)  # the fixture's own folder stays as the other tests expect it
     assert list(folder.glob("map_*.png")) and (folder / "gallery.png").exists()
@@ -242,7 +242,7 @@ def test_real_run_on_demo_chips(chips_dir, trained_run, tmp_path):
 def test_read_cams_scales_and_masks_nodata(tmp_path):
     from affine import Affine
 
-    from schoolvision.gis import write_geotiff
+    from schoolvision.io.gis import write_geotiff
     from schoolvision.plotting.cluster import read_cams
 
     heat = np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)
@@ -254,7 +254,7 @@ def test_read_cams_scales_and_masks_nodata(tmp_path):
 
 
 def test_several_crs_give_one_layer_each(tmp_path):
-    from schoolvision.clustering import write_cluster_vectors
+    from schoolvision.cluster.algorithms import write_cluster_vectors
 
     table = pd.DataFrame({
         "chip_id": ["a", "b"], "cluster": [0, 1], "scene": ["s1", "s2"],

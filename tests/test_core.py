@@ -12,12 +12,12 @@ import torch
 from affine import Affine
 from shapely.geometry import box
 
-from schoolvision.atomic import atomic_path, write_json
-from schoolvision.checkpoint import CheckpointMeta, load_classifier, read_checkpoint, save_checkpoint
+from schoolvision.io.atomic import atomic_path, write_json
+from schoolvision.model.checkpoint import CheckpointMeta, load_classifier, read_checkpoint, save_checkpoint
 from schoolvision.cli import main
 from schoolvision.errors import UserError
-from schoolvision.gis import write_geotiff, write_vectors
-from schoolvision.models import build_model
+from schoolvision.io.gis import write_geotiff, write_vectors
+from schoolvision.model.backbones import build_model
 
 
 def test_atomic_path_keeps_old_file_when_writer_fails(tmp_path):

@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 
 from fixtures import make_towns
-from schoolvision.augment import augment_chip
-from schoolvision.chips import ChipConfig, make_chips
-from schoolvision.dataset import ChipDataset
+from schoolvision.data.augment import augment_chip
+from schoolvision.data.chips import ChipConfig, make_chips
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
 
 

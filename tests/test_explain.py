@@ -11,10 +11,10 @@ import rasterio
 import torch
 from PIL import Image
 
-from schoolvision.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.cli import main
 from schoolvision.errors import UserError
-from schoolvision.explain import (
+from schoolvision.explain.methods import (
     CAM_METHODS,
     METHODS,
     ExplainConfig,
@@ -23,7 +23,7 @@ from schoolvision.explain import (
     explainer,
     resolve_layer,
 )
-from schoolvision.models import available_backbones, build_model
+from schoolvision.model.backbones import available_backbones, build_model
 
 
 def _hooks(model) -> int:
@@ -95,7 +95,7 @@ def test_layer_and_method_errors(lite0):
 
 @pytest.mark.slow
 def test_deep_explainer_additivity_and_gradient_explainer_gap():
-    from schoolvision.shap_explain import additivity, deep_shap, deeplift_copy, gradient_shap
+    from schoolvision.explain.shap_values import additivity, deep_shap, deeplift_copy, gradient_shap
 
     torch.manual_seed(0)
     model = build_model("resnet18", pretrained=False).eval()
@@ -173,7 +173,7 @@ def test_explain_real_run_writes_aligned_geotiffs(chips_dir, trained_run, tmp_pa
     assert summary.n_chips == 12
     tifs = sorted((out / "gradcam" / "heatmaps").glob("*.tif"))
     assert len(tifs) == 12
-    from schoolvision.dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     ds = ChipDataset(chips_dir, split="test", require_classes=False)
     paths = dict(zip(ds.frame["chip_id"].astype(str), ds.frame["path"]))

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from schoolvision.faithfulness import (
+from schoolvision.explain.faithfulness import (
     centre_gaussian,
     energy_share,
     format_table,

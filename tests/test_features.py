@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from schoolvision.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.errors import UserError
-from schoolvision.features import FeatureConfig, extract_features, load_features, subset_mask
-from schoolvision.models import build_model
+from schoolvision.cluster.embeddings import FeatureConfig, extract_features, load_features, subset_mask
+from schoolvision.model.backbones import build_model
 
 
 @pytest.fixture(scope="session")
@@ -18,7 +18,7 @@ def small_chips(tmp_path_factory):
     """Three 256 px towns (two bright-square schools each) cut into 64 px chips: one town per split."""
     from fixtures import make_towns
 
-    from schoolvision.chips import ChipConfig, make_chips
+    from schoolvision.data.chips import ChipConfig, make_chips
 
     root = tmp_path_factory.mktemp("cluster_data")
     scenes, schools = make_towns(root, n=3, size=256)
@@ -96,7 +96,7 @@ def test_load_features_caches_and_filters(small_chips, small_run, tmp_path, monk
     def boom(*a, **k):
         raise AssertionError("the model ran although the features were cached")
 
-    monkeypatch.setattr("schoolvision.features.extract_features", boom)
+    monkeypatch.setattr("schoolvision.cluster.embeddings.extract_features", boom)
     schools = load_features(FeatureConfig(small_run, small_chips, split="test", subset="true-school", cache_dir=cache), progress=False)
     assert (schools.frame["label"] == "school").all()
     assert len(schools.frame) == (feats.frame["label"] == "school").sum()

@@ -14,11 +14,11 @@ from PIL import Image
 from shapely.geometry import Point, Polygon, box
 
 from fixtures import scene_array, write_scene
-from schoolvision.chips import ChipConfig, make_chips
+from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.errors import UserError
-from schoolvision.gis import write_geotiff
-from schoolvision.imagery import list_sources, open_source
-from schoolvision.labels import footprint_mask, read_schools
+from schoolvision.io.gis import write_geotiff
+from schoolvision.io.imagery import list_sources, open_source
+from schoolvision.io.schools import footprint_mask, read_schools
 
 LON, LAT = 32.5, 0.3  # UTM zone 36N (EPSG:32636)
 

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from schoolvision.inference import school_probability
-from schoolvision.metrics import (
+from schoolvision.model.inference import school_probability
+from schoolvision.train.metrics import (
     METRIC_KEYS,
     bootstrap_ci,
     classification_metrics,

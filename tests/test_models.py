@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from schoolvision.errors import UserError
-from schoolvision.models import available_backbones, build_model, conv_layer_names, imagenet_model, lite0_key_map
+from schoolvision.model.backbones import available_backbones, build_model, conv_layer_names, imagenet_model, lite0_key_map
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 

@@ -17,11 +17,11 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from schoolvision.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.errors import UserError
-from schoolvision.imagery import list_sources
-from schoolvision.models import build_model
-from schoolvision.scan import ScanConfig, gaussian_weight, run_scan, scan_scene, shard, window_offsets
+from schoolvision.io.imagery import list_sources
+from schoolvision.model.backbones import build_model
+from schoolvision.scan.scene import ScanConfig, gaussian_weight, run_scan, scan_scene, shard, window_offsets
 
 UTM = CRS.from_epsg(32636)
 ORIGIN = (500_000.0, 100_000.0)
@@ -159,7 +159,7 @@ def test_native_resolution_far_from_training_gsd_warns(tmp_path):
 
 def test_scan_memory_is_a_band_of_rows(tmp_path):
     """The blender holds chip + 256 rows, never the whole scene (the benchmark measures RSS)."""
-    from schoolvision.scan import BLOCK, _RowBlender
+    from schoolvision.scan.scene import BLOCK, _RowBlender
 
     class Sink:
         rows = 0

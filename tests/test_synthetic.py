@@ -15,7 +15,7 @@ from shapely.geometry import box
 
 from schoolvision.cli import main
 from schoolvision.errors import UserError
-from schoolvision.synthetic import NEGATIVE_KINDS, generate_town, make_demo
+from schoolvision.data.synthetic import NEGATIVE_KINDS, generate_town, make_demo
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import rasterio
 import torch
 from rasterio.transform import from_origin
 
-from schoolvision import training
-from schoolvision.checkpoint import load_classifier, read_checkpoint
+from schoolvision.train import fit as training
+from schoolvision.model.checkpoint import load_classifier, read_checkpoint
 from schoolvision.errors import UserError
-from schoolvision.evaluation import EvalConfig, evaluate_run, read_predictions
-from schoolvision.inference import predict
-from schoolvision.metrics import METRIC_KEYS
-from schoolvision.training import TrainConfig, class_weights, fit, rng_state, set_rng_state, warmup_cosine
+from schoolvision.train.evaluation import EvalConfig, evaluate_run, read_predictions
+from schoolvision.model.inference import predict
+from schoolvision.train.metrics import METRIC_KEYS
+from schoolvision.train.fit import TrainConfig, class_weights, fit, rng_state, set_rng_state, warmup_cosine
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -129,7 +129,7 @@ def test_run_folder_contents(fake_run, fake_chips):
 
 
 def test_best_checkpoint_reproduces_the_test_predictions(fake_run, fake_chips):
-    from schoolvision.dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     out, _ = fake_run
     model, meta = load_classifier(out / "best.pt")

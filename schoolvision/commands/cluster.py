@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..clustering import METHODS, ClusterConfig, ClusterRunConfig, cluster_chips
-from ..features import SPLITS, SUBSETS
+from schoolvision.cluster.algorithms import METHODS, ClusterConfig, ClusterRunConfig, cluster_chips
+from schoolvision.cluster.embeddings import SPLITS, SUBSETS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _k(value: str) -> int | str:
-    from ..errors import UserError
+    from schoolvision.errors import UserError
 
     if value == "auto":
         return value

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..synthetic import make_demo
+    from schoolvision.data.synthetic import make_demo
 
     info = make_demo(args.out, towns=args.towns, seed=args.seed, size=args.size, gsd=args.gsd, overwrite=args.overwrite)
     total = sum(info.n_schools.values())

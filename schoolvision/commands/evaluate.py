@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..evaluation import EvalConfig, evaluate_run
+    from schoolvision.train.evaluation import EvalConfig, evaluate_run
 
     m = evaluate_run(EvalConfig(args.run, args.chips, args.split, args.batch_size, args.device, args.n_boot))
     ci = m["bootstrap"]

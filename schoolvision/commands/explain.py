@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..explain import METHODS
+from schoolvision.explain.methods import METHODS
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,8 +26,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..explain import ExplainConfig, explain_chips
-    from ..faithfulness import format_table
+    from schoolvision.explain.methods import ExplainConfig, explain_chips
+    from schoolvision.explain.faithfulness import format_table
 
     methods = list(METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     config = ExplainConfig(

@@ -28,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..scan import ScanConfig, run_scan
+    from schoolvision.scan.scene import ScanConfig, run_scan
 
     summary = run_scan(ScanConfig(
         run=args.run, imagery=list(args.imagery), out_dir=args.out, stride=args.stride, batch_size=args.batch_size,

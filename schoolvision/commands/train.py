@@ -9,7 +9,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..models import available_backbones
+from schoolvision.model.backbones import available_backbones
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training import TrainConfig, fit
+    from schoolvision.train.fit import TrainConfig, fit
 
     config = TrainConfig(
         chips_dir=args.chips, out_dir=args.out, backbone=args.backbone, pretrained=args.pretrained,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from .. import CLASSES, SCHOOL
+from schoolvision import CLASSES, SCHOOL
 
 NOISE_COLOUR = (0.6, 0.6, 0.6, 1.0)
 
@@ -143,7 +143,7 @@ def cluster_gallery(
 
     ``cams`` maps chip id -> heatmap in [0, 1] (any size; drawn stretched over the chip).
     """
-    from ..clustering import nearest_to_centre
+    from schoolvision.cluster.algorithms import nearest_to_centre
 
     chips_dir = Path(chips_dir)
     cams = cams or {}
@@ -208,7 +208,7 @@ def plot_cluster_map(table: pd.DataFrame, scene_path: str | Path, scene: str, ma
     import rasterio
     from matplotlib.patches import Patch
 
-    from ..clustering import footprints
+    from schoolvision.cluster.algorithms import footprints
 
     with rasterio.open(scene_path) as src:
         scale = max(1, int(np.ceil(max(src.width, src.height) / max_pixels)))
@@ -267,8 +267,8 @@ def read_cams(cams_dir: str | Path, chip_ids) -> dict[str, np.ndarray]:
 
 def write_cluster_figures(report, chips_dir: str | Path, cams: dict[str, np.ndarray] | None = None, gallery_size: int = 8) -> list[Path]:
     """Every clustering figure as PNG in ``report.out_dir``: k selection, PCA, t-SNE, gallery, composition, maps."""
-    from ..atomic import atomic_path
-    from ..clustering import read_scene_paths
+    from schoolvision.io.atomic import atomic_path
+    from schoolvision.cluster.algorithms import read_scene_paths
 
     result, table, out = report.result, report.table, Path(report.out_dir)
     figs: dict[str, Figure] = {

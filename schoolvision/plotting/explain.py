@@ -40,7 +40,7 @@ def save_gallery(path: Path, items: Sequence[tuple], title: str) -> Path:
     """Chips (top) and their maps with the school outline (bottom); items = (chip_id, chip, heat, mask, prob)."""
     import matplotlib.pyplot as plt
 
-    from ..atomic import atomic_path
+    from schoolvision.io.atomic import atomic_path
 
     fig, axes = plt.subplots(2, len(items), figsize=(2.2 * len(items), 4.6), squeeze=False)
     for k, (chip_id, chip, heat, mask, prob) in enumerate(items):

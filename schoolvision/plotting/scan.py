@@ -16,8 +16,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from rasterio.enums import Resampling
 
-from .data import _map_axes, _scale_bar, read_rgb
-from .explain import overlay_rgb
+from schoolvision.plotting.data import _map_axes, _scale_bar, read_rgb
+from schoolvision.plotting.explain import overlay_rgb
 
 
 def read_probability_display(path: str | Path, max_side: int = 1024) -> np.ndarray:

@@ -15,7 +15,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
-from .. import CLASSES
+from schoolvision import CLASSES
 
 
 def confusion_figure(cm: np.ndarray, title: str = "") -> Figure:
@@ -67,7 +67,7 @@ def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, threshold: float, tit
 
 
 def _predictions(run_dir: str | Path, split: str) -> pd.DataFrame:
-    from ..evaluation import read_predictions
+    from schoolvision.train.evaluation import read_predictions
 
     frame = read_predictions(Path(run_dir) / "predictions.csv")
     return frame[frame["split"] == split].reset_index(drop=True)
@@ -100,7 +100,7 @@ def plot_pr_curve(run_dir: str | Path, split: str = "test") -> Figure:
 
 
 def plot_confusion_matrix(run_dir: str | Path, split: str = "test") -> Figure:
-    from ..metrics import classification_metrics
+    from schoolvision.train.metrics import classification_metrics
 
     frame = _predictions(run_dir, split)
     thr = _threshold(run_dir)
@@ -110,7 +110,7 @@ def plot_confusion_matrix(run_dir: str | Path, split: str = "test") -> Figure:
 
 def plot_reliability(run_dir: str | Path, split: str = "test", bins: int = 10) -> Figure:
     """Reliability diagram of calibrated P(school): observed school frequency per probability bin."""
-    from ..metrics import expected_calibration_error, reliability
+    from schoolvision.train.metrics import expected_calibration_error, reliability
 
     frame = _predictions(run_dir, split)
     y, p = frame["label"].to_numpy(), frame["prob"].to_numpy()
@@ -130,7 +130,7 @@ def plot_reliability(run_dir: str | Path, split: str = "test", bins: int = 10) -
 
 def plot_extreme_chips(run_dir: str | Path, chips_dir: str | Path, split: str = "test", n: int = 8, worst: bool = False) -> Figure:
     """The most confident correct (``worst=False``) or most wrong (``worst=True``) chips of a split."""
-    from ..dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     frame = _predictions(run_dir, split)
     error = np.abs(frame["prob"].to_numpy() - frame["label"].to_numpy())

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from schoolvision.errors import UserError
 
 METHODS = ("kmeans", "gmm", "hdbscan")
 
@@ -307,7 +307,7 @@ class ClusterRunConfig:
     batch_size: int = 64
     cache_dir: Path | None = None
     cams_dir: Path | None = None  # heatmap GeoTIFFs <chip_id>.tif for the gallery (e.g. explain output)
-    gradcam: bool = True  # else: Grad-CAM of the gallery chips, computed here (if schoolvision.explain exists)
+    gradcam: bool = True  # else: Grad-CAM of the gallery chips, computed here (if schoolvision.explain.methods exists)
     gallery_size: int = 8
     overwrite: bool = False
     figures: bool = True
@@ -332,8 +332,8 @@ CLUSTER_COLUMNS = ["chip_id", "path", "cluster", "distance", "label", "predictio
 
 def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> ClusterReport:
     """Extract (or load cached) features, cluster them and write every output into ``out_dir``."""
-    from .atomic import atomic_path, write_json
-    from .features import FeatureConfig, load_features
+    from schoolvision.io.atomic import atomic_path, write_json
+    from schoolvision.cluster.embeddings import FeatureConfig, load_features
 
     out = Path(config.out_dir)
     if out.exists() and any(out.iterdir()) and not config.overwrite:
@@ -371,7 +371,7 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
         "config": asdict(config.clustering),
     }
     if config.projector:
-        from .projector import write_projector
+        from schoolvision.cluster.projector import write_projector
 
         meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]].assign(prob=table["prob"].round(3))
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
@@ -379,7 +379,7 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
     if config.figures and result.k > 0:
         gallery = np.concatenate(list(nearest_to_centre(result, config.gallery_size).values()))
         if config.cams_dir:
-            from .plotting.cluster import read_cams
+            from schoolvision.plotting.cluster import read_cams
 
             cams = read_cams(config.cams_dir, table["chip_id"].iloc[gallery])
         elif config.gradcam:
@@ -387,7 +387,7 @@ def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> Cluster
         summary["gallery_cams"] = len(cams)
     report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors, cams)
     if config.figures:
-        from .plotting.cluster import write_cluster_figures
+        from schoolvision.plotting.cluster import write_cluster_figures
 
         summary["figures"] = [p.name for p in write_cluster_figures(report, config.chips_dir, cams, config.gallery_size)]
     write_json(out / "summary.json", summary)
@@ -419,7 +419,7 @@ def _remove_stale(out: Path, written: set[str]) -> None:
 
 def cluster_profile(table: pd.DataFrame) -> pd.DataFrame:
     """One row per cluster: size, share of true schools and of false positives, mean P(school), towns."""
-    from . import CLASSES, SCHOOL
+    from schoolvision import CLASSES, SCHOOL
 
     school = CLASSES[SCHOOL]
     t = table.assign(
@@ -437,16 +437,16 @@ def cluster_profile(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def gallery_cams(run: Path, chips_dir: Path, chip_ids, device: str = "auto", method: str = "gradcam") -> dict[str, np.ndarray]:
-    """Grad-CAM maps (chip id -> (h, w) in [0, 1]) of a few chips, or ``{}`` without ``schoolvision.explain``."""
+    """Grad-CAM maps (chip id -> (h, w) in [0, 1]) of a few chips, or ``{}`` without ``schoolvision.explain.methods``."""
     try:
-        from .explain import explain_batch
+        from schoolvision.explain.methods import explain_batch
     except ImportError:
         return {}
     import torch
 
-    from .checkpoint import load_classifier
-    from .dataset import ChipDataset
-    from .device import resolve_device
+    from schoolvision.model.checkpoint import load_classifier
+    from schoolvision.data.dataset import ChipDataset
+    from schoolvision.model.device import resolve_device
 
     ids = [str(c) for c in chip_ids]
     if not ids:
@@ -483,7 +483,7 @@ def write_cluster_vectors(table: pd.DataFrame, gpkg: Path, geojson: Path) -> Non
     """
     import geopandas as gpd
 
-    from .gis import write_vectors
+    from schoolvision.io.gis import write_vectors
 
     parts = footprints(table)
     if len(parts) == 1:

@@ -14,7 +14,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.enums import Resampling
 
-from .atomic import atomic_path
+from schoolvision.io.atomic import atomic_path
 
 
 def write_geotiff(

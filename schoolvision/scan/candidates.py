@@ -2,7 +2,7 @@
 
 Regions with several peaks (neighbouring schools blurred together) are split at the valleys
 between the peaks. Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks are placed by
-:func:`schoolvision.scan.place_at_cam_peaks`) with its maximum and mean probability and its area.
+:func:`schoolvision.scan.scene.place_at_cam_peaks`) with its maximum and mean probability and its area.
 Regions are labelled on a decimated read (at most ``max_side`` pixels a side, through the raster's
 overviews) so a country-size raster never has to fit in memory; a 2048 px side is still finer than
 the scan stride for scenes up to 2048 x stride pixels (131 km at 1 m, stride 64). Scenes that overlap give the same school twice: points from
@@ -173,7 +173,7 @@ def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0
 def write_candidates(cands: gpd.GeoDataFrame, out_dir: str | Path,
                      extra_layers: Mapping[str, object] | None = None) -> dict[str, Path]:
     """Write ``candidates.gpkg`` (layer ``candidates`` plus ``extra_layers``) and ``candidates.geojson`` (EPSG:4326)."""
-    from .gis import write_vectors
+    from schoolvision.io.gis import write_vectors
 
     out_dir = Path(out_dir)
     cols = [c for c in cands.columns if c != "label"]

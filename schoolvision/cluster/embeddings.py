@@ -20,9 +20,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import CLASSES, SCHOOL
-from .atomic import atomic_path
-from .errors import UserError
+from schoolvision import CLASSES, SCHOOL
+from schoolvision.io.atomic import atomic_path
+from schoolvision.errors import UserError
 
 SUBSETS = ("all", "predicted-school", "true-school", "false-positive")
 SPLITS = ("all", "train", "val", "test")
@@ -145,9 +145,9 @@ def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:
 
 
 def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, schools_only: bool, progress: bool) -> Features:
-    from .checkpoint import load_classifier
-    from .dataset import ChipDataset
-    from .device import resolve_device
+    from schoolvision.model.checkpoint import load_classifier
+    from schoolvision.data.dataset import ChipDataset
+    from schoolvision.model.device import resolve_device
 
     device = resolve_device(config.device)
     model, meta = load_classifier(ckpt, device)

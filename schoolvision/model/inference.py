@@ -9,8 +9,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm.auto import tqdm
 
-from . import SCHOOL
-from .device import resolve_device
+from schoolvision import SCHOOL
+from schoolvision.model.device import resolve_device
 
 
 def school_probability(logits: torch.Tensor | np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -24,7 +24,7 @@ from scipy import ndimage
 from skimage.draw import circle_perimeter
 from skimage.draw import polygon as draw_polygon
 
-from .errors import UserError
+from schoolvision.errors import UserError
 
 # (place, EPSG of its UTM zone, easting, northing of the scene's upper-left corner) — plausible origins.
 LOCATIONS = (
@@ -805,8 +805,8 @@ def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: flo
     import shapely
     from tqdm.auto import tqdm
 
-    from .atomic import atomic_path, write_json
-    from .gis import write_geotiff
+    from schoolvision.io.atomic import atomic_path, write_json
+    from schoolvision.io.gis import write_geotiff
 
     out = Path(out_dir)
     if towns < 1 or size < 256 or gsd <= 0:
@@ -864,7 +864,7 @@ def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: flo
             gdf.to_file(tmp, driver="GeoJSON", layer=name)
     meta = write_json(out / "demo.json", {
         "parameters": params,
-        "generator": "schoolvision.synthetic",
+        "generator": "schoolvision.data.synthetic",
         "schools": "schools.geojson",
         "landmarks": "landmarks.geojson",
         "towns": per_town,

@@ -36,15 +36,15 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 from tqdm.auto import tqdm
 
-from . import CLASSES
-from .atomic import write_json
-from .checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
-from .device import resolve_device
-from .errors import UserError
-from .evaluation import label_array, prediction_frame, split_report, write_predictions
-from .inference import predict_logits, school_probability
-from .metrics import auprc, classification_metrics, fit_temperature, tune_threshold
-from .models import build_model
+from schoolvision import CLASSES
+from schoolvision.io.atomic import write_json
+from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from schoolvision.model.device import resolve_device
+from schoolvision.errors import UserError
+from schoolvision.train.evaluation import label_array, prediction_frame, split_report, write_predictions
+from schoolvision.model.inference import predict_logits, school_probability
+from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
+from schoolvision.model.backbones import build_model
 
 RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.json", "predictions.csv", "history.json", "tensorboard")
 # Settings that may differ between an interrupted run and its resumption.
@@ -125,7 +125,7 @@ def cached_chips(chips_dir: Path, split: str, augment: bool, image_size: int, se
     Items (augmentation included) are exactly those of the plain dataset; only the GeoTIFF
     decoding per epoch is saved.
     """
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     class CachedChipDataset(ChipDataset):
         def preload(self) -> CachedChipDataset:
@@ -273,7 +273,7 @@ def _chips_meta(chips_dir: Path) -> dict[str, Any]:
 
 def _open_splits(config: TrainConfig, image_size: int | None):
     """train / val / test datasets; ChipDataset raises a one-line error for an empty split or class."""
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     return {s: ChipDataset(config.chips_dir, split=s, augment=False, image_size=image_size) for s in ("train", "val", "test")}
 
@@ -316,7 +316,7 @@ def fit(config: TrainConfig) -> dict[str, Any]:
 
 
 def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any]:
-    from . import tblog
+    from schoolvision.train import tblog
 
     out = config.out_dir
     last_path = out / "last.pt"
@@ -367,7 +367,7 @@ def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     if preload:
         train_ds: Dataset = cached_chips(config.chips_dir, "train", True, image_size, config.seed)
@@ -421,7 +421,7 @@ def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any
 def _epochs(config, ddp, device, net, model, loader, sampler, train_ds, val_ds, optimizer, scheduler, scaler, loss_fn,
             amp, amp_dtype, channels_last, writer, start_epoch, best_score, best_epoch, stale, history, stopped, meta) -> None:
     """The epoch loop: train, validate, keep the best by val AUPRC, write best.pt / last.pt / history."""
-    from . import tblog
+    from schoolvision.train import tblog
 
     out = config.out_dir
     for epoch in range(start_epoch, config.epochs):
@@ -513,7 +513,7 @@ def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, devi
 
 def _finish(config, ddp, device, model, splits, history, writer, num_workers) -> dict[str, Any]:
     """Calibrate and tune the best model on validation, score test, write the run's outputs."""
-    from . import tblog
+    from schoolvision.train import tblog
 
     out = config.out_dir
     best = read_checkpoint(out / "best.pt")

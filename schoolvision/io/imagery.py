@@ -34,7 +34,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from .errors import UserError
+from schoolvision.errors import UserError
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")

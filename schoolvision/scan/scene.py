@@ -1,7 +1,7 @@
 """Scan whole scenes with a chip classifier: a probability raster per scene, never the scene in memory.
 
 How a scene is scanned
-- The scene is opened through :func:`schoolvision.imagery.open_source` at the run's ground sampling
+- The scene is opened through :func:`schoolvision.io.imagery.open_source` at the run's ground sampling
   distance (GSD), in a projected CRS (geographic and Web Mercator scenes go through a warped view in
   the local UTM zone). ``native_resolution=True`` keeps the scene's own GSD, with a warning when it is
   more than 1.5x away from the training chips'.
@@ -59,9 +59,9 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from tqdm.auto import tqdm
 
-from . import SCHOOL
-from .atomic import atomic_path, write_json
-from .errors import UserError
+from schoolvision import SCHOOL
+from schoolvision.io.atomic import atomic_path, write_json
+from schoolvision.errors import UserError
 
 NODATA = -1.0
 """Nodata value of probability rasters (P(school) is in [0, 1])."""
@@ -353,7 +353,7 @@ def _warp_back(scan_path: Path, scene, out_path: Path) -> None:
 
 def scene_grid(source):
     """Open the scene's own grid (the file as it is; an XYZ folder as its Web Mercator mosaic)."""
-    from .imagery import xyz_vrt_xml
+    from schoolvision.io.imagery import xyz_vrt_xml
 
     if getattr(source, "kind", "raster") == "xyz":
         return rasterio.open(xyz_vrt_xml(source))
@@ -388,7 +388,7 @@ def scan_scene(
 
 def _scan_scene(model, meta, source, out_path: Path, *, stride, batch_size, device, native_resolution, prefetch_depth,
                 progress) -> SceneScan:
-    from .imagery import native_gsd, open_source
+    from schoolvision.io.imagery import native_gsd, open_source
 
     out_path = Path(out_path)
     chip = int(meta.chip_size)
@@ -458,10 +458,10 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
 
     ``model`` and ``meta`` replace the run's checkpoint when given (tests, notebooks holding a model).
     """
-    from .candidates import extract_all, write_candidates
-    from .checkpoint import load_classifier
-    from .device import resolve_device
-    from .imagery import list_sources
+    from schoolvision.scan.candidates import extract_all, write_candidates
+    from schoolvision.model.checkpoint import load_classifier
+    from schoolvision.model.device import resolve_device
+    from schoolvision.io.imagery import list_sources
 
     out_dir = Path(config.out_dir)
     rank, world = distributed_rank()
@@ -509,7 +509,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     evaluation = None
     extra = {"regions": regions}
     if config.schools is not None:
-        from .scan_eval import evaluate_scan, write_evaluation
+        from schoolvision.scan.evaluation import evaluate_scan, write_evaluation
 
         evaluation, layers = evaluate_scan(cands, scenes, config.schools, config.match_distance, threshold, merge_distance)
         write_evaluation(out_dir / "evaluation.json", evaluation)
@@ -520,7 +520,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     summary.candidates = len(cands)
     summary.files.update(candidates_gpkg=str(out_dir / "candidates.gpkg"), candidates_geojson=str(out_dir / "candidates.geojson"))
     if config.make_map and scenes:
-        from .webmap import save_map, scan_map
+        from schoolvision.scan.webmap import save_map, scan_map
 
         save_map(scan_map(scenes, cands, {s.scene: by_name[s.scene] for s in scenes}, schools=config.schools,
                           evaluation_layers=extra), out_dir / "map.html")
@@ -537,7 +537,7 @@ def read_chip_at(source, meta, x: float, y: float, crs, *, native_resolution: bo
     """Read the chip centred on map point (x, y in ``crs``) at the run's GSD: (uint8 (3,c,c), CRS, Affine)."""
     from rasterio.warp import transform as warp_points
 
-    from .imagery import open_source
+    from schoolvision.io.imagery import open_source
 
     chip = int(meta.chip_size)
     with open_source(source, gsd=None if native_resolution else meta.gsd) as ds:
@@ -553,9 +553,9 @@ def read_chip_at(source, meta, x: float, y: float, crs, *, native_resolution: bo
 def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 16) -> np.ndarray:
     """Grad-CAM of the school class for uint8 (N,3,H,W) chips, returned at (N,H,W) in [0,1].
 
-    Uses :func:`schoolvision.explain.explainer` (log-odds target, the model's own target layer).
+    Uses :func:`schoolvision.explain.methods.explainer` (log-odds target, the model's own target layer).
     """
-    from .explain import explainer, resize_maps
+    from schoolvision.explain.methods import explainer, resize_maps
 
     out = []
     h, w = images.shape[-2:]

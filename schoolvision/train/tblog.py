@@ -36,8 +36,8 @@ def log_epoch(writer: SummaryWriter, row: dict[str, Any]) -> None:
 
 def log_split(writer: SummaryWriter, split: str, labels: np.ndarray, probs: np.ndarray, threshold: float, step: int) -> None:
     """PR curve and confusion-matrix figure of one split."""
-    from .metrics import classification_metrics
-    from .plotting.training import confusion_figure
+    from schoolvision.train.metrics import classification_metrics
+    from schoolvision.plotting.training import confusion_figure
 
     writer.add_pr_curve(f"pr_curve/{split}", np.asarray(labels), np.asarray(probs), step)
     cm = classification_metrics(labels, probs, threshold)["confusion_matrix"]
@@ -46,7 +46,7 @@ def log_split(writer: SummaryWriter, split: str, labels: np.ndarray, probs: np.n
 
 def log_chip_grid(writer: SummaryWriter, dataset, probs: np.ndarray, labels: np.ndarray, threshold: float, step: int, n: int = 16) -> None:
     """A grid of test chips (evenly spaced by P(school)) titled with probability and true label."""
-    from .plotting.training import chip_grid_figure
+    from schoolvision.plotting.training import chip_grid_figure
 
     order = np.argsort(probs)
     pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]

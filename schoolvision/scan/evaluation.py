@@ -19,8 +19,8 @@ import rasterio
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
 
-from .atomic import write_json
-from .errors import UserError
+from schoolvision.io.atomic import write_json
+from schoolvision.errors import UserError
 
 
 def load_schools(path: str | Path, scenes: Sequence) -> gpd.GeoDataFrame:
@@ -89,7 +89,7 @@ def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
              thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
              merge_distance: float = 64.0) -> list[dict]:
     """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold."""
-    from .candidates import extract_candidates, merge_duplicates, rank, read_probability
+    from schoolvision.scan.candidates import extract_candidates, merge_duplicates, rank, read_probability
 
     rasters = [(s.scene, *read_probability(s.probability)) for s in scenes]
     utm = metric_crs(schools) if len(schools) else None
@@ -183,7 +183,7 @@ def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: 
     from every known school: the next false alarms should the threshold be lowered, so the places to
     look at when a scan reports none (and, in real imagery, where unmapped schools may hide).
     """
-    from .candidates import extract_candidates, read_probability
+    from schoolvision.scan.candidates import extract_candidates, read_probability
 
     parts = []
     for s in scenes:

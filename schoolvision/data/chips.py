@@ -38,12 +38,12 @@ from shapely import STRtree, union_all
 from shapely.geometry import box
 from tqdm.auto import tqdm
 
-from . import CLASSES
-from .atomic import write_json, write_text
-from .errors import UserError
-from .gis import write_geotiff
-from .imagery import ImagerySource, list_sources, open_source, read_window, source_info
-from .labels import POINT_BUFFER_M, read_schools
+from schoolvision import CLASSES
+from schoolvision.io.atomic import write_json, write_text
+from schoolvision.errors import UserError
+from schoolvision.io.gis import write_geotiff
+from schoolvision.io.imagery import ImagerySource, list_sources, open_source, read_window, source_info
+from schoolvision.io.schools import POINT_BUFFER_M, read_schools
 
 SPLITS = ("train", "val", "test")
 CSV_COLUMNS = [

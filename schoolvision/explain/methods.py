@@ -11,7 +11,7 @@ CAM methods and guided backprop explain the class logit (pytorch-grad-cam's
 ``ClassifierOutputTarget``); SHAP explains the class log-odds (one output, see ``shap_explain``).
 
 :func:`explain_chips` runs a method over a chips folder and writes georeferenced heatmaps, PNG
-overlays, galleries and the faithfulness table (see :mod:`schoolvision.faithfulness`).
+overlays, galleries and the faithfulness table (see :mod:`schoolvision.explain.faithfulness`).
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import CLASSES, SCHOOL
-from .errors import UserError
-from .models import conv_layer_names
+from schoolvision import CLASSES, SCHOOL
+from schoolvision.errors import UserError
+from schoolvision.model.backbones import conv_layer_names
 
 Explain = Callable[[torch.Tensor], np.ndarray]
 
@@ -243,7 +243,7 @@ def explainer(
     cam_class = {"gradcam": GradCAM, "gradcam++": GradCAMPlusPlus, "eigencam": EigenCAM, "guided-gradcam": GradCAM}.get(method)
 
     if method == "shap":
-        from .shap_explain import gradient_shap
+        from schoolvision.explain.shap_values import gradient_shap
 
         if background is None:
             raise UserError("the shap method needs background chips (from the training split)")
@@ -358,11 +358,11 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     """Explain every chip of a split with each method; write maps, galleries and faithfulness.json."""
     from tqdm.auto import tqdm
 
-    from . import faithfulness as fm
-    from .atomic import write_json
-    from .checkpoint import load_classifier
-    from .dataset import ChipDataset
-    from .device import resolve_device
+    from schoolvision.explain import faithfulness as fm
+    from schoolvision.io.atomic import write_json
+    from schoolvision.model.checkpoint import load_classifier
+    from schoolvision.data.dataset import ChipDataset
+    from schoolvision.model.device import resolve_device
 
     for m in config.methods:
         check_method(m)
@@ -389,7 +389,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
         warnings.warn(f"{chips_dir}: no schools.geojson, so no footprint metrics (pointing game, energy share)", stacklevel=2)
     background = None
     if "shap" in config.methods:
-        from .shap_explain import background_from_split
+        from schoolvision.explain.shap_values import background_from_split
 
         background = background_from_split(chips_dir, meta.image_size, config.background_size, config.seed).to(device)
 
@@ -423,7 +423,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
             crs, transform = georefs[b]
             mask = None
             if schools is not None and crs is not None and label == 1:
-                from .labels import footprint_mask
+                from schoolvision.io.schools import footprint_mask
 
                 if str(crs) not in schools_in:  # reproject the footprints once per CRS, not per chip
                     schools_in[str(crs)] = schools.to_crs(crs)
@@ -460,7 +460,7 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     table_all = fm.summarise(records, spc, subset="school")
     outcomes = {k: sum(1 for r in records if r["method"] == config.methods[0] and r["outcome"] == k) for k in ("TP", "FP", "FN", "TN")}
     if config.write_maps:
-        from .plotting.explain import save_gallery
+        from schoolvision.plotting.explain import save_gallery
 
         for m in config.methods:
             for outcome, items in gallery[m].items():
@@ -489,7 +489,7 @@ def _write_heatmap(folder: Path, chip_id: str, heat: np.ndarray, crs, transform)
     if crs is None:
         from PIL import Image
 
-        from .atomic import atomic_path
+        from schoolvision.io.atomic import atomic_path
 
         path = folder / "heatmaps" / f"{chip_id}.png"
         scale = max(float(np.abs(heat).max()), 1e-12)
@@ -497,7 +497,7 @@ def _write_heatmap(folder: Path, chip_id: str, heat: np.ndarray, crs, transform)
         with atomic_path(path) as tmp:
             Image.fromarray(img).save(tmp)
         return f"heatmaps/{chip_id}.png"
-    from .gis import write_geotiff
+    from schoolvision.io.gis import write_geotiff
 
     write_geotiff(folder / "heatmaps" / f"{chip_id}.tif", heat.astype(np.float32), crs, transform, nodata=NODATA,
                   band_names=["evidence for class"])
@@ -507,8 +507,8 @@ def _write_heatmap(folder: Path, chip_id: str, heat: np.ndarray, crs, transform)
 def _write_overlay(folder: Path, chip_id: str, chip: np.ndarray, heat: np.ndarray, method: str) -> str:
     from PIL import Image
 
-    from .atomic import atomic_path
-    from .plotting.explain import overlay_rgb
+    from schoolvision.io.atomic import atomic_path
+    from schoolvision.plotting.explain import overlay_rgb
 
     with atomic_path(folder / "overlays" / f"{chip_id}.png") as tmp:
         Image.fromarray(overlay_rgb(chip, heat, signed=method == "shap")).save(tmp)
@@ -518,7 +518,7 @@ def _write_overlay(folder: Path, chip_id: str, chip: np.ndarray, heat: np.ndarra
 def _write_records(path: Path, records: list[dict]) -> None:
     import pandas as pd
 
-    from .atomic import write_text
+    from schoolvision.io.atomic import write_text
 
     write_text(path, pd.DataFrame(records).to_csv(index=False))
 
@@ -548,7 +548,7 @@ def pick_chips(predictions: str | Path, chips_dir: str | Path, image_size: int |
     """
     import pandas as pd
 
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     predictions, chips_dir = Path(predictions), Path(chips_dir)
     rec = pd.read_csv(predictions, dtype={"chip_id": str})
@@ -576,7 +576,7 @@ def pick_chips(predictions: str | Path, chips_dir: str | Path, image_size: int |
         if schools is None or georef is None:
             masks.append(None)
             continue
-        from .labels import footprint_mask
+        from schoolvision.io.schools import footprint_mask
 
         masks.append(footprint_mask(schools, georef[0], georef[1], chip.shape[-2:]))
     return ChipSample(list(rec["chip_id"]), torch.stack([ds[i]["image"] for i in idx]), chips, masks,
@@ -601,7 +601,7 @@ def check_alignment(explain_dir: str | Path, chips_dir: str | Path, method: str 
     """Do the first ``n`` heatmap GeoTIFFs share their chip's CRS, transform and size? (for the book)"""
     import rasterio
 
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     ds = ChipDataset(Path(chips_dir), split=split, require_classes=False)
     paths = dict(zip(ds.frame["chip_id"].astype(str), ds.frame["path"]))

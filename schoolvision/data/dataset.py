@@ -1,4 +1,4 @@
-"""PyTorch dataset of chips: a chips folder made by :func:`schoolvision.chips.make_chips`, or a plain
+"""PyTorch dataset of chips: a chips folder made by :func:`schoolvision.data.chips.make_chips`, or a plain
 ``school/`` + ``not_school/`` folder tree of GeoTIFF / PNG / JPEG images.
 
 Items are dicts ``{"image": float32 (3, H, W) in [0, 1], "label": int64 (1 = school), "index": int}``
@@ -20,9 +20,9 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 
-from . import CLASSES
-from .augment import AugmentConfig, augment_chip
-from .errors import UserError
+from schoolvision import CLASSES
+from schoolvision.data.augment import AugmentConfig, augment_chip
+from schoolvision.errors import UserError
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 

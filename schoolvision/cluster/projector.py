@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .atomic import write_bytes, write_text
+from schoolvision.io.atomic import write_bytes, write_text
 
 SPRITE_MAX = 8192  # the projector refuses sprites larger than 8192 x 8192 pixels
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from sklearn.metrics import average_precision_score, confusion_matrix, precision_recall_curve, roc_auc_score
 
-from . import CLASSES
+from schoolvision import CLASSES
 
 METRIC_KEYS = (
     "accuracy", "precision", "recall", "f1", "f2", "roc_auc", "auprc",

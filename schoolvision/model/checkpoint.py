@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 
-from . import CLASSES
-from .atomic import write_bytes
-from .errors import UserError
-from .models import SchoolClassifier, build_model
+from schoolvision import CLASSES
+from schoolvision.io.atomic import write_bytes
+from schoolvision.errors import UserError
+from schoolvision.model.backbones import SchoolClassifier, build_model
 
 FORMAT = "schoolvision-checkpoint/1"
 

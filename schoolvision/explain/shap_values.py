@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import SCHOOL
-from .errors import UserError
+from schoolvision import SCHOOL
+from schoolvision.errors import UserError
 
 
 class LogOdds(nn.Module):
@@ -42,7 +42,7 @@ class LogOdds(nn.Module):
 
 def background_from_split(chips_dir: str | Path, image_size: int | None, n: int = 16, seed: int = 0, split: str = "train") -> torch.Tensor:
     """A seeded sample of ``n`` chips of ``split`` (half schools where possible), (n, 3, H, W)."""
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     ds = ChipDataset(Path(chips_dir), split=split, image_size=image_size)
     if len(ds) == 0:
@@ -76,7 +76,7 @@ def gradient_shap(
     device = next(model.parameters()).device
     wrapped = LogOdds(model, target).eval()
     if layer is not None:
-        from .explain import resolve_layer
+        from schoolvision.explain.methods import resolve_layer
 
         _, module = resolve_layer(model, layer)
         explainer = shap.GradientExplainer((wrapped, module), background.to(device), batch_size=batch_size)
@@ -207,10 +207,10 @@ class ShapResult:
 
 def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsamples: int = 64, seed: int = 0,
                    target: int = SCHOOL) -> ShapResult:
-    """GradientExplainer on a :class:`~schoolvision.explain.ChipSample`, timed, with its additivity gap."""
+    """GradientExplainer on a :class:`~schoolvision.explain.methods.ChipSample`, timed, with its additivity gap."""
     import time
 
-    from .explain import resize_maps
+    from schoolvision.explain.methods import resize_maps
 
     start = time.perf_counter()
     values = gradient_shap(model, sample.images, background, nsamples=nsamples, seed=seed, target=target)

@@ -33,7 +33,7 @@ from rasterio.warp import transform as warp_points
 from rasterio.warp import transform_bounds
 from rasterio.windows import from_bounds
 
-from .atomic import write_text
+from schoolvision.io.atomic import write_text
 
 MERCATOR = "EPSG:3857"
 
@@ -157,7 +157,7 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
     Layers: scene image, P(school), candidates (popups with probability and a chip thumbnail), known
     schools (found: green, missed: red) when ``evaluation_layers`` holds ``known_schools``.
     """
-    from .scan import scene_grid
+    from schoolvision.scan.scene import scene_grid
 
     m = offline_map()
     g_scene = folium.FeatureGroup(name="scene", show=True).add_to(m)
@@ -218,9 +218,9 @@ def scan_map_from_dir(out_dir: str | Path, **kwargs) -> folium.Map:
     """Rebuild the map of a finished scan folder (``scan.json``, ``candidates.gpkg``) e.g. in a notebook."""
     import json
 
-    from .imagery import list_sources
-    from .scan import SceneScan
-    from .scan_eval import read_layer
+    from schoolvision.io.imagery import list_sources
+    from schoolvision.scan.scene import SceneScan
+    from schoolvision.scan.evaluation import read_layer
 
     out_dir = Path(out_dir)
     info = json.loads((out_dir / "scan.json").read_text())

@@ -6,11 +6,11 @@ execution timings) so that regenerating or re-executing a notebook gives a small
 
 Command line (what the Makefile calls)::
 
-    python -m schoolvision.book sync              # .py -> .ipynb where the code changed
-    python -m schoolvision.book execute --profile cpu [--only 02_training]
-    python -m schoolvision.book params --profile gpu 02_training > gpu_02.yaml   # flat file for papermill -f
-    python -m schoolvision.book check [--executed] # pairs in sync; executed notebooks clean
-    python -m schoolvision.book list               # notebooks in _toc.yml order
+    python -m build_tools.book sync              # .py -> .ipynb where the code changed
+    python -m build_tools.book execute --profile cpu [--only 02_training]
+    python -m build_tools.book params --profile gpu 02_training > gpu_02.yaml   # flat file for papermill -f
+    python -m build_tools.book check [--executed] # pairs in sync; executed notebooks clean
+    python -m build_tools.book list               # notebooks in _toc.yml order
 """
 
 from __future__ import annotations
@@ -24,69 +24,16 @@ import sys
 import time
 from collections.abc import Iterable
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from schoolvision.errors import UserError
+from schoolvision.notebook import repo_root, resolve
 
-ROOT_MARKER = "_config.yml"
 INJECTED_TAG = "injected-parameters"
 # How the papermill-injected cell shows in the HTML: collapsed, one click away, so a reader can see
 # which profile produced the page without it interrupting the story.
 INJECTED_DISPLAY_TAG = "hide-cell"
 STRAY_OUTPUT = re.compile(r"^(Text\(|<Figure size|<Axes|\[<matplotlib|<matplotlib\.)")
-
-
-# --------------------------------------------------------------------------------------------------
-# Paths used inside chapters
-# --------------------------------------------------------------------------------------------------
-def repo_root(start: str | Path | None = None) -> Path:
-    """The nearest folder at or above ``start`` (default: the cwd) holding ``_config.yml``.
-
-    Papermill runs chapters from the root, nbval from ``book/`` and Jupyter from wherever it was
-    started; resolving against this folder makes all three read and write the same files.
-    """
-    here = Path(start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        if (folder / ROOT_MARKER).is_file():
-            return folder
-    package_root = Path(__file__).resolve().parents[1]  # editable install inside the repository
-    if (package_root / ROOT_MARKER).is_file():
-        return package_root
-    raise UserError(f"no {ROOT_MARKER} in this folder or any parent: run from inside the schoolvision repository", here)
-
-
-def resolve(path: str | Path) -> Path:
-    """``path`` if absolute, else ``path`` under the repository root."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else repo_root() / path
-
-
-def resolve_paths(*paths: str | Path, **named: str | Path) -> Any:
-    """:func:`resolve` for several paths: positional -> tuple (one -> a Path), keywords -> namespace."""
-    if named and paths:
-        raise TypeError("resolve_paths takes positional or keyword paths, not both")
-    if named:
-        return SimpleNamespace(**{key: resolve(value) for key, value in named.items()})
-    resolved = tuple(resolve(p) for p in paths)
-    return resolved[0] if len(resolved) == 1 else resolved
-
-
-def require(path: str | Path, chapter: str) -> Path:
-    """Return the resolved ``path``; if it does not exist, say which chapter makes it.
-
-    ``chapter`` is a notebook name such as ``"01_data"`` (the message then gives the papermill
-    command) or free text naming what to run first.
-    """
-    target = resolve(path)
-    if target.exists():
-        return target
-    stem = Path(chapter).stem
-    if re.fullmatch(r"\d\d_\w+", stem):
-        how = f"run chapter {stem} first (papermill book/{stem}.ipynb book/{stem}.ipynb, or make book)"
-    else:
-        how = f"run {chapter} first"
-    raise UserError(f"not found: {how}", target)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -178,13 +125,13 @@ def pair_differences(source: Path) -> list[str]:
 
     notebook = notebook_of(source)
     if not notebook.exists():
-        return [f"{notebook} is missing: run `python -m schoolvision.book sync`"]
+        return [f"{notebook} is missing: run `python -m build_tools.book sync`"]
     expected, actual = read_source(source), nbformat.read(notebook, as_version=4)
     problems = []
     if _code_sources(expected) != _code_sources(actual):
-        problems.append(f"{notebook} code cells differ from {source.name}: run `python -m schoolvision.book sync`")
+        problems.append(f"{notebook} code cells differ from {source.name}: run `python -m build_tools.book sync`")
     elif _text_sources(expected) != _text_sources(actual):
-        problems.append(f"{notebook} markdown differs from {source.name}: run `python -m schoolvision.book sync`")
+        problems.append(f"{notebook} markdown differs from {source.name}: run `python -m build_tools.book sync`")
     return problems
 
 
@@ -196,7 +143,7 @@ def sync(root: Path | None = None, sources: Iterable[Path] | None = None) -> lis
     """
     import nbformat
 
-    from schoolvision.atomic import write_text
+    from schoolvision.io.atomic import write_text
 
     root = root or repo_root()
     written = []
@@ -264,7 +211,7 @@ def execute(
     import nbformat
     import papermill
 
-    from schoolvision.atomic import write_json, write_text
+    from schoolvision.io.atomic import write_json, write_text
 
     root = root or repo_root()
     profile_file = profile_path(profile, root)
@@ -281,7 +228,7 @@ def execute(
             continue
         notebook = notebook_of(source)
         if not notebook.exists():
-            raise UserError("notebook missing: run `python -m schoolvision.book sync` first", notebook)
+            raise UserError("notebook missing: run `python -m build_tools.book sync` first", notebook)
         params = chapter_parameters(profile_file, source.stem, declared_parameters(notebook))
         print(f"[book] {source.stem}: {profile_file.name} {json.dumps(params, sort_keys=True)}", flush=True)
         start = time.perf_counter()
@@ -348,7 +295,7 @@ def flat_parameters(profile: str, chapter: str, root: Path | None = None) -> str
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m schoolvision.book", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m build_tools.book", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sync", help="write .ipynb from the jupytext sources where they differ")
     p_exec = sub.add_parser("execute", help="run the chapters with papermill, in place")

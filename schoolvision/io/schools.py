@@ -19,7 +19,7 @@ from shapely import make_valid
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from .errors import UserError
+from schoolvision.errors import UserError
 
 POINT_BUFFER_M = 40.0
 """Default radius (m) of the disc that stands for a school given as a point: a typical compound."""

@@ -14,11 +14,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .atomic import atomic_path, write_json
-from .checkpoint import load_classifier
-from .errors import UserError
-from .inference import predict_logits, school_probability
-from .metrics import bootstrap_ci, classification_metrics
+from schoolvision.io.atomic import atomic_path, write_json
+from schoolvision.model.checkpoint import load_classifier
+from schoolvision.errors import UserError
+from schoolvision.model.inference import predict_logits, school_probability
+from schoolvision.train.metrics import bootstrap_ci, classification_metrics
 
 PREDICTION_COLUMNS = ["chip_id", "path", "split", "scene", "label", "prob", "pred"]
 
@@ -83,7 +83,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     report, exactly as ``fit`` lays it out); other splits go to ``RUN/metrics_<split>.json``. The
     result has ``predictions_match``: whether the recomputed P(school) equal ``predictions.csv``.
     """
-    from .dataset import ChipDataset
+    from schoolvision.data.dataset import ChipDataset
 
     run_dir = Path(config.run_dir)
     model, meta = load_classifier(run_dir / "best.pt", config.device)

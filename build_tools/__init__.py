@@ -1,0 +1,1 @@
+"""Tooling for the book and the repository, kept outside the runtime package."""

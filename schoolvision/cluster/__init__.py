@@ -1,0 +1,1 @@
+"""What the classifier learnt: chip embeddings, their clusters, and the TensorBoard projector."""

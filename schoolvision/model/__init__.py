@@ -1,0 +1,1 @@
+"""The classifier: backbones, checkpoints, batched inference and device choice."""

@@ -1,0 +1,1 @@
+"""Fitting the classifier: the training loop, metrics, evaluation and TensorBoard logging."""
