@@ -26,7 +26,7 @@ $(PY):
 
 # Reinstall only when the dependencies change.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[book,test]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[book,test,lint,onnx]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -47,7 +47,7 @@ book: execute
 	$(MAKE) --no-print-directory html
 
 test-lib: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "slow or not slow"
 
 test-notebooks: install
 	TQDM_DISABLE=1 $(PY) -m pytest -q $(NBVAL_FLAGS) $$($(PY) -m build_tools.book list)

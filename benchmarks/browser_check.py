@@ -25,9 +25,18 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage", "--hide-scrollbars", "--remote-allow-origins=*", "--remote-debugging-port=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+    "--remote-allow-origins=*",
+    "--remote-debugging-port=0",
 ]
 # Pages that are prose or tables by design; every other chapter page must show at least one figure.
 NO_FIGURE_PAGES = ("index.html", "search.html", "genindex.html", "book/intro.html", "book/07_results.html")
@@ -87,9 +96,14 @@ class DevTools:
             method, p = e.get("method"), e.get("params", {})
             if method == "Runtime.exceptionThrown":
                 d = p.get("exceptionDetails", {})
-                out.append("JS exception: " + (d.get("exception", {}).get("description") or d.get("text", "?")).splitlines()[0])
+                out.append(
+                    "JS exception: " + (d.get("exception", {}).get("description") or d.get("text", "?")).splitlines()[0]
+                )
             elif method == "Runtime.consoleAPICalled" and p.get("type") == "error":
-                out.append("console.error: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", [])))
+                out.append(
+                    "console.error: "
+                    + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+                )
             elif method == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
                 entry = p["entry"]
                 if entry.get("url", "").endswith("/favicon.ico"):  # the browser asks for it, no page does
@@ -111,8 +125,11 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 def launch(chromium: str, profile_dir: Path, timeout: float) -> tuple[subprocess.Popen, int]:
-    proc = subprocess.Popen([chromium, *FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [chromium, *FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     port_file = profile_dir / "DevToolsActivePort"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -137,7 +154,9 @@ def check_page(tools: DevTools, url: str, page: str, shots: Path, timeout: float
     tools.call("Page.navigate", url=f"{url}/{page}")
     loaded = tools.wait_for("Page.loadEventFired", timeout)
     tools.drain(0.5)  # late script errors
-    report = json.loads(tools.call("Runtime.evaluate", expression=PAGE_REPORT_JS, returnByValue=True)["result"]["value"])
+    report = json.loads(
+        tools.call("Runtime.evaluate", expression=PAGE_REPORT_JS, returnByValue=True)["result"]["value"]
+    )
     problems = tools.errors()
     if not loaded:
         problems.append(f"load event not fired within {timeout:.0f} s")
@@ -147,14 +166,25 @@ def check_page(tools: DevTools, url: str, page: str, shots: Path, timeout: float
         problems.append("chapter page without any figure")
     height = min(max(report["height"], 800), max_height)
     tools.call("Emulation.setDeviceMetricsOverride", width=1280, height=height, deviceScaleFactor=1, mobile=False)
-    shot = tools.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                      clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1})
+    shot = tools.call(
+        "Page.captureScreenshot",
+        format="png",
+        captureBeyondViewport=True,
+        clip={"x": 0, "y": 0, "width": 1280, "height": height, "scale": 1},
+    )
     tools.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
     target = shots / (page.replace("/", "__").removesuffix(".html") + ".png")
     target.write_bytes(base64.b64decode(shot["data"]))
-    return {"page": page, "ok": not problems, "problems": problems, "images": report["images"],
-            "figures": report["figures"], "title": report["title"], "seconds": round(time.monotonic() - start, 2),
-            "screenshot": str(target.relative_to(ROOT) if target.is_relative_to(ROOT) else target)}
+    return {
+        "page": page,
+        "ok": not problems,
+        "problems": problems,
+        "images": report["images"],
+        "figures": report["figures"],
+        "title": report["title"],
+        "seconds": round(time.monotonic() - start, 2),
+        "screenshot": str(target.relative_to(ROOT) if target.is_relative_to(ROOT) else target),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,7 +211,9 @@ def main(argv: list[str] | None = None) -> int:
                 tools.call(f"{domain}.enable")
             tools.call("Emulation.setDeviceMetricsOverride", width=1280, height=900, deviceScaleFactor=1, mobile=False)
             version = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/version", timeout=10).read())
-            results = [check_page(tools, url, page, args.out, args.timeout, args.max_height) for page in pages_of(args.html)]
+            results = [
+                check_page(tools, url, page, args.out, args.timeout, args.max_height) for page in pages_of(args.html)
+            ]
             tools.ws.close()
         finally:
             proc.terminate()
@@ -191,11 +223,21 @@ def main(argv: list[str] | None = None) -> int:
                 proc.kill()
             server.shutdown()
     failed = [r for r in results if not r["ok"]]
-    print(json.dumps({
-        "ok": not failed, "browser": version.get("Browser"), "pages": len(results), "failed": len(failed),
-        "figures": sum(r["figures"] for r in results), "seconds": round(time.monotonic() - start, 1),
-        "screenshots": str(args.out), "results": results,
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "ok": not failed,
+                "browser": version.get("Browser"),
+                "pages": len(results),
+                "failed": len(failed),
+                "figures": sum(r["figures"] for r in results),
+                "seconds": round(time.monotonic() - start, 1),
+                "screenshots": str(args.out),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 1 if failed else 0
 
 

@@ -20,9 +20,9 @@ import torch
 
 
 def extraction(args) -> dict:
-    from schoolvision.model.device import resolve_device
     from schoolvision.cluster.embeddings import extract_features
     from schoolvision.model.backbones import build_model
+    from schoolvision.model.device import resolve_device
 
     device = resolve_device(args.device)
     torch.manual_seed(args.seed)
@@ -64,12 +64,21 @@ def clustering(args) -> dict:
     import sklearn.mixture  # noqa: F401
     from threadpoolctl import threadpool_limits
 
-    from schoolvision.cluster.algorithms import ClusterConfig, embed_2d, fit_labels, reduce_features, select_k, stability
+    from schoolvision.cluster.algorithms import (
+        ClusterConfig,
+        embed_2d,
+        fit_labels,
+        reduce_features,
+        select_k,
+        stability,
+    )
 
     rng = np.random.default_rng(args.seed)
     centres = rng.normal(0, 1, size=(args.blobs, args.dim))
     x = (centres[rng.integers(0, args.blobs, args.n)] + rng.normal(0, 0.7, size=(args.n, args.dim))).astype(np.float32)
-    config = ClusterConfig(k_min=2, k_max=args.k_max, stability_seeds=args.stability_seeds, seed=args.seed, threads=args.threads)
+    config = ClusterConfig(
+        k_min=2, k_max=args.k_max, stability_seeds=args.stability_seeds, seed=args.seed, threads=args.threads
+    )
     times = {}
     with threadpool_limits(limits=args.threads):
         t0 = time.perf_counter()

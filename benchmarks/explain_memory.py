@@ -1,6 +1,6 @@
 """Memory over a long explanation run: peak RSS after 100 and after 500 chips (hooks released).
 
-Each batch opens and closes its explainer, as :func:`schoolvision.explain.methods.explain_chips` does, and
+Each batch opens and closes its explainer, as :func:`schoolvision.explain.runner.explain_chips` does, and
 the maps are dropped, so memory must level off: the RSS after 500 chips should match the one after
 100. The number of hooks left on the model after the run is printed too (must be 0). One JSON object.
 

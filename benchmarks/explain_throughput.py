@@ -66,9 +66,17 @@ def main() -> None:
                 fn(batches[0][:2])  # warm-up
                 best[name] = min(best[name], one_pass(fn))
     inference = args.chips / best["inference"]
-    result: dict = {"device": "cpu", "threads": torch.get_num_threads(), "backbone": getattr(model, "backbone", args.backbone),
-                    "image_size": size, "chips": args.chips, "batch_size": args.batch_size,
-                    "inference_chips_per_s": round(inference, 2), "chips_per_s": {}, "ratio_to_inference": {}}
+    result: dict = {
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "backbone": getattr(model, "backbone", args.backbone),
+        "image_size": size,
+        "chips": args.chips,
+        "batch_size": args.batch_size,
+        "inference_chips_per_s": round(inference, 2),
+        "chips_per_s": {},
+        "ratio_to_inference": {},
+    }
     for method in cam_methods:
         r = args.chips / best[method]
         result["chips_per_s"][method] = round(r, 2)

@@ -29,9 +29,9 @@ def build_demo_map(folder: Path) -> tuple[Path, int]:
     import rasterio
     from affine import Affine
 
-    from schoolvision.scan.candidates import extract_all
-    from schoolvision.io.gis import write_geotiff
     from schoolvision.io.imagery import list_sources
+    from schoolvision.io.rasters import write_geotiff
+    from schoolvision.scan.candidates import extract_all
     from schoolvision.scan.scene import SceneScan
     from schoolvision.scan.webmap import save_map, scan_map
 

@@ -26,7 +26,9 @@ class TinyNet(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1))
+        self.conv = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
+        )
         self.head = torch.nn.Linear(8, 2)
 
     def forward(self, x):
@@ -34,10 +36,10 @@ class TinyNet(torch.nn.Module):
 
 
 def child(scene: Path, out: Path, backbone: str, stride: int) -> dict:
-    from schoolvision.scan.candidates import extract_all
-    from schoolvision.model.checkpoint import CheckpointMeta
     from schoolvision.io.imagery import list_sources
     from schoolvision.model.backbones import build_model
+    from schoolvision.model.checkpoint import CheckpointMeta
+    from schoolvision.scan.candidates import extract_all
     from schoolvision.scan.scene import scan_scene
 
     torch.manual_seed(0)
@@ -47,9 +49,13 @@ def child(scene: Path, out: Path, backbone: str, stride: int) -> dict:
     t0 = time.perf_counter()
     res = scan_scene(model, meta, list_sources([scene])[0], out, stride=stride, batch_size=32, progress=False)
     cands, _ = extract_all([res], 0.5)
-    return {"windows": res.windows, "seconds": round(time.perf_counter() - t0, 2),
-            "rss_before_scan_mb": round(base / 1024, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1), "candidates": len(cands)}
+    return {
+        "windows": res.windows,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "rss_before_scan_mb": round(base / 1024, 1),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "candidates": len(cands),
+    }
 
 
 def main() -> int:
@@ -69,14 +75,39 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
             scene = make_scene(Path(tmp) / f"scene_{size}.tif", size)
-            proc = subprocess.run([sys.executable, __file__, "--child", str(scene), str(Path(tmp) / f"prob_{size}.tif"),
-                                   "--backbone", args.backbone, "--stride", str(args.stride)],
-                                  capture_output=True, text=True, check=True)
-            results[str(size)] = {"scene_mb": round(scene.stat().st_size / 2**20, 1), **json.loads(proc.stdout.splitlines()[-1])}
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    str(scene),
+                    str(Path(tmp) / f"prob_{size}.tif"),
+                    "--backbone",
+                    args.backbone,
+                    "--stride",
+                    str(args.stride),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            results[str(size)] = {
+                "scene_mb": round(scene.stat().st_size / 2**20, 1),
+                **json.loads(proc.stdout.splitlines()[-1]),
+            }
             scene.unlink()
     peaks = [r["peak_rss_mb"] for r in results.values()]
-    print(json.dumps({"backbone": args.backbone, "stride": args.stride, "sizes": results,
-                      "max_peak_rss_mb": max(peaks), "under_2gb": max(peaks) < 2048}))
+    print(
+        json.dumps(
+            {
+                "backbone": args.backbone,
+                "stride": args.stride,
+                "sizes": results,
+                "max_peak_rss_mb": max(peaks),
+                "under_2gb": max(peaks) < 2048,
+            }
+        )
+    )
     return 0 if max(peaks) < 2048 else 1
 
 

@@ -4,7 +4,8 @@ Same model, batch size and image size in both. ``fit`` chips/s is measured over 
 phases (data loading, augmentation, optimiser, scheduler, progress bar and logging included; the
 per-epoch validation is reported separately in ``fit_end_to_end_chips_per_second``).
 ``fit_data_wait_share`` is the share of fit's training time spent waiting for batches: unlike the
-ratio of two timings it does not depend on what else the machine runs. Prints one JSON object. Default chips: ``data/chips`` if present, else a small demo is generated.
+ratio of two timings it does not depend on what else the machine runs. Prints one JSON object.
+Default chips: ``data/chips`` if present, else a small demo is generated.
 
     .venv/bin/python benchmarks/train_throughput.py [--chips DIR] [--epochs 2] [--image-size 64]
 """
@@ -20,8 +21,8 @@ from pathlib import Path
 import torch
 
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.model.inference import predict
 from schoolvision.model.backbones import build_model
+from schoolvision.model.inference import predict
 from schoolvision.train.fit import TrainConfig, fit
 
 

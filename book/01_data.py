@@ -39,12 +39,16 @@ import geopandas as gpd
 import pandas as pd
 import rasterio
 
-from schoolvision.notebook import resolve
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.plotting import data as plots
 from schoolvision.data.synthetic import make_demo
+from schoolvision.io.folders import ChipsFolder
+from schoolvision.io.preview import read_rgb_preview, read_rgb_zooms
+from schoolvision.notebook import resolve
+from schoolvision.plotting import data as plots
+from schoolvision.plotting.theme import apply_theme
 
+apply_theme()
 data_path, chips_path = resolve(data_dir), resolve(chips_dir)
 
 # %% [markdown]
@@ -75,27 +79,29 @@ print(f"{len(schools)} school footprints in {schools.crs}, columns: {sorted(scho
 # own projected coordinates: what you see here is where QGIS puts it.
 
 # %%
-plots.plot_towns(scenes, schools);
+plots.plot_towns({p.stem: read_rgb_preview(p, max_side=512) for p in scenes}, schools);
 
 # %%
-plots.plot_scene(scenes[0], schools);
+town = read_rgb_preview(scenes[0], max_side=1400)
+plots.plot_scene(town, schools, scenes[0].stem);
 
 # %% [markdown]
 # Close-ups at full resolution: schools first, then look-alikes a model must learn to reject
 # (from `landmarks.geojson`, when the demo writes one).
 
 # %%
-local = plots.schools_in(schools, scenes[0]).head(3)
-plots.plot_zooms(scenes[0], local, [f"school: {n}" for n in local["name"]]);
+local = plots.schools_in(schools, town).head(3)
+plots.plot_zooms(read_rgb_zooms(scenes[0], local.geometry), local, [f"school: {n}" for n in local["name"]]);
 
 # %%
 landmarks_file = data_path / "landmarks.geojson"
 landmarks = gpd.read_file(landmarks_file) if landmarks_file.exists() else schools.iloc[:0]
-hard = plots.schools_in(landmarks, scenes[0]).groupby("kind").head(1).head(4) if len(landmarks) else landmarks
+hard = plots.schools_in(landmarks, town).groupby("kind").head(1).head(4) if len(landmarks) else landmarks
 print(f"hard negatives in {scenes[0].stem}: {sorted(set(hard.get('kind', [])))}")
 
 # %%
-plots.plot_zooms(scenes[0], hard, [f"not a school: {k}" for k in hard["kind"]]) if len(hard) else None;
+zooms = read_rgb_zooms(scenes[0], hard.geometry)
+plots.plot_zooms(zooms, hard, [f"not a school: {k}" for k in hard["kind"]]) if len(hard) else None;
 
 # %% [markdown]
 # ### From footprints to labelled chips
@@ -109,7 +115,7 @@ plots.plot_zooms(scenes[0], hard, [f"not a school: {k}" for k in hard["kind"]]) 
 # %%
 config = ChipConfig(chip_size=chip_size, stride=stride, gsd=gsd, seed=seed)
 summary = make_chips([data_path / "scenes"], data_path / "schools.geojson", chips_path, config, overwrite=True)
-chips = pd.read_csv(chips_path / "chips.csv")
+chips = ChipsFolder(chips_path).read_index()
 
 # %% [markdown]
 # Class balance per split. `not_school` chips are under-sampled in the training split only; validation
@@ -120,7 +126,8 @@ chips = pd.read_csv(chips_path / "chips.csv")
 pd.crosstab(chips["split"], chips["label"], margins=True).loc[["train", "val", "test", "All"]]
 
 # %%
-plots.plot_chip_examples(chips_path, per_class=6, split="train", seed=seed);
+examples, images = ChipDataset(chips_path, split="train").sample_by_class(per_class=6, seed=seed)
+plots.plot_chip_examples(examples, images, title="Chips of the train split, by class");
 
 # %% [markdown]
 # ### A spatial split
@@ -130,7 +137,7 @@ plots.plot_chip_examples(chips_path, per_class=6, split="train", seed=seed);
 # before it validation, the rest training.
 
 # %%
-plots.plot_split_map(chips_path, {p.stem: p for p in scenes});
+plots.plot_split_map(chips, {p.stem: read_rgb_preview(p, max_side=384) for p in scenes});
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -38,14 +38,17 @@ seed = 0
 device = "auto"
 
 # %%
-import json
-
+from schoolvision.io.folders import RunFolder
 from schoolvision.notebook import require, resolve
 from schoolvision.plotting import training as plots
+from schoolvision.plotting.theme import apply_theme
+from schoolvision.train.evaluation import extreme_chips
 from schoolvision.train.fit import TrainConfig, fit
 
+apply_theme()
 chips_path = require(chips_dir, "01_data")
 run_path = resolve(run_dir)
+run = RunFolder(run_path)
 
 # %% [markdown]
 # ## The work
@@ -70,7 +73,7 @@ config = TrainConfig(
     chips_dir=chips_path, out_dir=run_path, backbone=backbone, pretrained=pretrained, epochs=epochs,
     batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, device=device, overwrite=True,
 )
-metrics = fit(config)
+metrics = fit(config, figures=plots.tensorboard_figures)
 
 # %% [markdown]
 # ### What the run used
@@ -80,7 +83,7 @@ metrics = fit(config)
 
 # %%
 # NBVAL_CHECK_OUTPUT
-run_config = json.loads((run_path / "config.json").read_text())
+run_config = run.read_config()
 print(run_config["resolved"]["counts"])
 print(sorted(metrics))
 
@@ -95,7 +98,7 @@ print("95% bootstrap:", {k: [round(v, 3) for v in metrics["bootstrap"][k]] for k
 # Validation is a different town from training, so a gap here is the spatial generalisation gap.
 
 # %%
-plots.plot_learning_curves(run_path);
+plots.plot_learning_curves(run.read_history());
 
 # %% [markdown]
 # ### Precision and recall on the held-out town
@@ -105,10 +108,11 @@ plots.plot_learning_curves(run_path);
 # accurate on most chips.
 
 # %%
-plots.plot_pr_curve(run_path, split="test");
+predictions = run.read_predictions()
+plots.plot_pr_curve(predictions, metrics["threshold"], split="test");
 
 # %%
-plots.plot_confusion_matrix(run_path, split="test");
+plots.plot_confusion_matrix(predictions, metrics["threshold"], split="test");
 
 # %% [markdown]
 # ### Calibration
@@ -117,7 +121,7 @@ plots.plot_confusion_matrix(run_path, split="test");
 # Bars on the diagonal are well calibrated; the title gives the expected calibration error (ECE).
 
 # %%
-plots.plot_reliability(run_path, split="test");
+plots.plot_reliability(predictions, split="test");
 
 # %% [markdown]
 # ### The most and least convincing test chips
@@ -126,17 +130,20 @@ plots.plot_reliability(run_path, split="test");
 # (often look-alikes such as clinics, markets or fields next to houses).
 
 # %%
-plots.plot_extreme_chips(run_path, chips_path, split="test", n=8);
+best = extreme_chips(predictions, chips_path, split="test", n=8)
+plots.plot_extreme_chips(*best, metrics["threshold"], title="best test chips");
 
 # %%
-plots.plot_extreme_chips(run_path, chips_path, split="test", n=8, worst=True);
+worst = extreme_chips(predictions, chips_path, split="test", n=8, worst=True)
+plots.plot_extreme_chips(*worst, metrics["threshold"], title="worst test chips");
 
 # %% [markdown]
 # ### TensorBoard
 #
 # The run folder has TensorBoard events: per-epoch curves, PR curves and confusion matrices for
 # validation and test, a grid of test chips with their probabilities, and the hyper-parameters with
-# the final metrics. From the repository root:
+# the final metrics (the figures are those `plots.tensorboard_figures`, passed to `fit` above, draws).
+# From the repository root:
 #
 # ```bash
 # tensorboard --logdir runs/quick/tensorboard
@@ -146,7 +153,7 @@ plots.plot_extreme_chips(run_path, chips_path, split="test", n=8, worst=True);
 # `torchrun --nproc_per_node=N` to train on several GPUs):
 #
 # ```bash
-# schoolvision train --chips data/chips --out runs/quick --epochs 10 --image-size 64
+# schoolvision train --chips data/chips --out runs/quick --epochs 6 --image-size 224
 # schoolvision evaluate --run runs/quick --chips data/chips
 # ```
 #

@@ -36,13 +36,16 @@ device = "auto"
 # %%
 import pandas as pd
 
-from schoolvision.notebook import require, resolve
+from schoolvision.commands.explain import write_galleries
+from schoolvision.explain.runner import ExplainConfig, explain_chips
+from schoolvision.explain.samples import check_alignment, compare_methods, focus_chip_ids, pick_chips
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.explain.methods import (ExplainConfig, check_alignment, compare_methods, explain_chips, focus_chip_ids,
-                                 pick_chips)
+from schoolvision.notebook import require, resolve
 from schoolvision.plotting import explain as plots
+from schoolvision.plotting.theme import apply_theme
 
+apply_theme()
 chips_path, run_path = require(chips_dir, "01_data"), require(run_dir, "02_training")
 out_path = resolve(out_dir)
 model, meta = load_classifier(run_path, resolve_device(device))
@@ -69,6 +72,7 @@ chip_ids = focus_chip_ids(run_path / "predictions.csv", "test", negatives=negati
 config = ExplainConfig(run=run_path, chips_dir=chips_path, out_dir=out_path, methods=methods, split="test",
                        chip_ids=chip_ids, device=device, seed=seed, overwrite=True)
 summary = explain_chips(config)
+galleries = write_galleries(summary)
 
 # %%
 # NBVAL_CHECK_OUTPUT

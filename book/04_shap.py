@@ -38,13 +38,17 @@ device = "auto"
 # %%
 import pandas as pd
 
-from schoolvision.notebook import require, resolve
+from schoolvision.commands.explain import write_galleries
+from schoolvision.explain.runner import ExplainConfig, explain_chips
+from schoolvision.explain.samples import compare_methods, pick_chips
+from schoolvision.explain.shap_values import background_from_split, deep_explainer_supported, explain_sample
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.explain.methods import ExplainConfig, compare_methods, explain_chips, pick_chips
+from schoolvision.notebook import require, resolve
 from schoolvision.plotting import explain as plots
-from schoolvision.explain.shap_values import background_from_split, deep_explainer_supported, explain_sample
+from schoolvision.plotting.theme import apply_theme
 
+apply_theme()
 chips_path, run_path = require(chips_dir, "01_data"), require(run_dir, "02_training")
 out_path = resolve(out_dir)
 model, meta = load_classifier(run_path, resolve_device(device))
@@ -122,6 +126,7 @@ ids = pick_chips(run_path / "predictions.csv", chips_path, meta.image_size, outc
 config = ExplainConfig(run=run_path, chips_dir=chips_path, out_dir=out_path, methods=["shap", "gradcam"], chip_ids=ids,
                        background_size=background_size, shap_nsamples=nsamples, device=device, seed=seed, overwrite=True)
 summary = explain_chips(config)
+galleries = write_galleries(summary)
 pd.DataFrame(summary.table).T.round(3)
 
 # %%

@@ -47,10 +47,14 @@ seed = 0
 # %%
 import geopandas as gpd
 
+from schoolvision.cluster.algorithms import ClusterConfig, cluster_features, cluster_profile
+from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_scene_preview
+from schoolvision.io.folders import ChipsFolder
 from schoolvision.notebook import require, resolve
-from schoolvision.cluster.algorithms import ClusterConfig, ClusterRunConfig, cluster_chips, cluster_features, cluster_profile, read_scene_paths
 from schoolvision.plotting import cluster as plots
+from schoolvision.plotting.theme import apply_theme
 
+apply_theme()
 chips_path, run_path, out_path = require(chips_dir, "01_data"), require(run_dir, "02_training"), resolve(out_dir)
 
 # %% [markdown]
@@ -64,8 +68,8 @@ chips_path, run_path, out_path = require(chips_dir, "01_data"), require(run_dir,
 # schools of every town: a few dozen on the demo) and cache it under `run_dir/features`, so clustering again
 # with another *k*, method or subset does not re-run the model.
 #
-# `cluster_chips` does the whole chapter in one call and writes every output into `out_dir`; the cells
-# below look at its result piece by piece.
+# `cluster_chips` does the work in one call and writes the tables, map layers and projector into `out_dir`;
+# the cells below draw its result piece by piece.
 
 # %%
 config = ClusterRunConfig(
@@ -126,7 +130,7 @@ plots.plot_embedding(result.embedding_2d, result.labels, plots.chip_outcomes(tab
 # school.
 
 # %%
-plots.cluster_gallery(table, result, chips_path, report.cams, gallery_size);
+plots.cluster_gallery(table, result, report.gallery, report.cams, gallery_size);
 
 # %% [markdown]
 # ### What each cluster holds
@@ -151,7 +155,7 @@ cluster_profile(table)
 
 # %%
 scene = table["scene"].value_counts().idxmax()
-plots.plot_cluster_map(table, read_scene_paths(chips_path)[scene], scene);
+plots.plot_cluster_map(table, read_scene_preview(ChipsFolder(chips_path).scene_paths()[scene]), scene);
 
 # %%
 # NBVAL_CHECK_OUTPUT
@@ -189,7 +193,7 @@ print(f"HDBSCAN: {other.k} clusters, {other.noise_fraction:.0%} noise", *other.m
 # ```
 #
 # open the **PROJECTOR** tab, choose *Color by: cluster* and switch between PCA, t-SNE and UMAP; hovering
-# over a point shows its chip. The same outputs come from the command line:
+# over a point shows its chip. The same outputs, with this chapter's figures as PNG, come from the command line:
 #
 # ```
 # schoolvision cluster --run runs/quick --chips data/chips --out outputs/clustering --subset true-school --overwrite

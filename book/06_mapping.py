@@ -41,24 +41,26 @@ seed = 0
 device = "auto"
 
 # %%
-import json
-
 import pandas as pd
 import rasterio
 import torch
 
-from schoolvision.notebook import require, resolve
+from schoolvision.io.folders import ChipsFolder, ScanFolder, open_probability
+from schoolvision.io.imagery import list_sources
+from schoolvision.io.preview import read_band_preview, read_rgb_preview
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.io.imagery import list_sources
+from schoolvision.notebook import require, resolve
 from schoolvision.plotting import scan as plots
-from schoolvision.scan.scene import ScanConfig, explain_points, run_scan
-from schoolvision.scan.evaluation import read_layer, rejected_lookalikes, weakest_finds
+from schoolvision.scan.evaluation import rejected_lookalikes, weakest_finds
+from schoolvision.scan.peaks import explain_points
+from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.webmap import scan_map_from_dir
 
 data_path, chips_path, run_path, out_path = (resolve(p) for p in (data_dir, chips_dir, run_dir, out_dir))
 require(run_path / "best.pt", "02_training")
-dataset = json.loads((chips_path / "dataset.json").read_text())
+dataset = ChipsFolder(chips_path).read_meta(required=True)
+scan_folder = ScanFolder(out_path)
 scene = scene or next(name for name, s in dataset["scenes"].items() if s["split"] == "test")
 scene_path = data_path / "scenes" / f"{scene}.tif"
 sources = {scene: list_sources([scene_path])[0]}
@@ -92,7 +94,7 @@ print(f"{scanned.windows} windows over {scanned.area_km2:.2f} km2 in {scanned.se
 
 # %%
 # NBVAL_CHECK_OUTPUT
-with rasterio.open(scanned.probability) as p, rasterio.open(scene_path) as s:
+with open_probability(scanned.probability) as p, rasterio.open(scene_path) as s:
     print(p.crs == s.crs, p.transform == s.transform, p.shape == s.shape, p.dtypes[0], p.nodata)
 print(scanned.crs, (scanned.height, scanned.width))
 
@@ -105,9 +107,10 @@ print(scanned.crs, (scanned.height, scanned.width))
 # lies within `match_distance` metres, red when missed.
 
 # %%
-cands = read_layer(out_path / "candidates.gpkg", "candidates")
-known = read_layer(out_path / "candidates.gpkg", "known_schools")
-plots.plot_probability(scene_path, scanned.probability, cands, known, threshold=summary.threshold);
+cands = scan_folder.read_layer("candidates")
+known = scan_folder.read_layer("known_schools")
+plots.plot_probability(read_rgb_preview(scene_path), read_band_preview(scanned.probability), cands, known,
+                       threshold=summary.threshold, title=scene);
 
 # %%
 cands.drop(columns="geometry").head(10).round(3)
@@ -120,7 +123,7 @@ cands.drop(columns="geometry").head(10).round(3)
 # are schools. The curve re-extracts candidates at every threshold, including ones below the tuned value.
 
 # %%
-evaluation = json.loads((out_path / "evaluation.json").read_text())
+evaluation = scan_folder.read_evaluation()
 table = {k: evaluation[k] for k in ("schools", "candidates", "true_positives", "recall", "precision", "f1")}
 pd.DataFrame([table])
 
@@ -135,12 +138,12 @@ plots.plot_pr_curve(evaluation);
 # school. In real imagery some of these are schools missing from the map: the reason to scan at all.
 
 # %%
-missed = read_layer(out_path / "candidates.gpkg", "missed_schools").assign(scene=scene)
+missed = scan_folder.read_layer("missed_schools").assign(scene=scene)
 chips, probs, cams = explain_points(model, meta, missed, sources, dev)
 plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(missed["name"], probs)]);
 
 # %%
-false_alarms = read_layer(out_path / "candidates.gpkg", "false_alarms")
+false_alarms = scan_folder.read_layer("false_alarms")
 chips, probs, cams = explain_points(model, meta, false_alarms, sources, dev)
 plots.plot_cases(chips, cams, [f"candidate #{r}\nP={p:.2f}" for r, p in zip(false_alarms.get("rank", []), probs)]);
 
@@ -177,5 +180,5 @@ scan_map_from_dir(out_path)
 #   candidates as GeoPackage/GeoJSON, an evaluation against known schools and an offline web map.
 # - The same command scales out: `schoolvision scan --run RUN --imagery FOLDER... --out DIR` streams many
 #   scenes or XYZ folders, and `torchrun --nproc-per-node N -m schoolvision -- scan ...` splits scenes across
-#   GPUs (see the sizing notes in `schoolvision/scan.py`).
+#   GPUs (see the sizing notes in `schoolvision/scan/runner.py`).
 # - Next: [7. Results](07_results) gathers the metrics of every chapter.

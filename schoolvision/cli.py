@@ -21,10 +21,12 @@ COMMANDS: dict[str, str] = {
     "explain": "Explain predictions with CAM methods or SHAP; write georeferenced heatmaps.",
     "cluster": "Cluster penultimate-layer features of chips.",
     "scan": "Scan whole scenes; write a probability raster and school candidates.",
+    "export": "Export a run's classifier to ONNX, with a P(school) map model for QGIS's Deepness plugin.",
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``schoolvision`` parser with one sub-command per module of :mod:`schoolvision.commands`."""
     parser = argparse.ArgumentParser(prog="schoolvision", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     for name, help_text in COMMANDS.items():
@@ -36,6 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; a :class:`UserError` is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args._run(args) or 0)

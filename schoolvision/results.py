@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from schoolvision.io.folders import RunFolder, ScanFolder
 
 # Figures published by the project this one follows, on its own data (real imagery of Colombian
 # schools). A different data set: they say what a good result looks like, they are not a target.
@@ -31,11 +34,16 @@ SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messa
 
 @dataclass(frozen=True)
 class Source:
-    """One results file: which page section it feeds and which chapter writes it."""
+    """One results file: which page section it feeds and which chapter writes it.
+
+    ``read`` is the folder class's reader for a format one owns (``metrics.json``, ``evaluation.json``);
+    other files are read as plain JSON.
+    """
 
     section: str
     path: Path
     chapter: str
+    read: Callable[[], dict] | None = None
 
 
 @dataclass
@@ -94,11 +102,12 @@ def default_sources(
     mapping_dir: str | Path = "outputs/mapping",
 ) -> list[Source]:
     """The four results files of a build, in book order."""
+    run, scan = RunFolder(run_dir), ScanFolder(mapping_dir)
     return [
-        Source("test metrics", Path(run_dir) / "metrics.json", "02_training"),
+        Source("test metrics", run.metrics_path(), "02_training", run.read_metrics),
         Source("explanation faithfulness", Path(gradcam_dir) / "faithfulness.json", "03_gradcam"),
         Source("clustering", Path(clustering_dir) / "summary.json", "05_clustering"),
-        Source("scan", Path(mapping_dir) / "evaluation.json", "06_mapping"),
+        Source("scan", scan.evaluation_path, "06_mapping", scan.read_evaluation),
     ]
 
 
@@ -113,7 +122,7 @@ def gather_results(sources: list[Source], root: str | Path | None = None) -> Res
         if not source.path.is_file():
             missing.append(f"{source.section}: {shown} not found (written by chapter {source.chapter})")
             continue
-        data = json.loads(source.path.read_text())
+        data = source.read() if source.read is not None else json.loads(source.path.read_text())
         rows += [(source.section, metric, value, shown) for metric, value in flatten_numbers(data).items()]
         table = data.get("table") if isinstance(data, dict) else None
         if isinstance(table, dict) and table and all(isinstance(v, dict) for v in table.values()):

@@ -10,20 +10,18 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from fixtures import make_towns, write_scene
 from schoolvision.data.chips import CSV_COLUMNS, ChipConfig, make_chips
 from schoolvision.errors import UserError
 
-SMALL = dict(chip_size=64, stride=32)
+from fixtures import write_scene
+
+SMALL = {"chip_size": 64, "stride": 32}
 
 
 @pytest.fixture(scope="module")
-def towns(tmp_path_factory):
-    root = tmp_path_factory.mktemp("towns")
-    scenes, schools = make_towns(root)
-    out = root / "chips"
-    summary = make_chips([scenes], schools, out, ChipConfig(**SMALL))
-    return scenes, schools, out, summary
+def towns(town_scenes, small_chips_summary):
+    """(scenes, schools, chips folder, summary) of the shared towns, chipped with ``SMALL`` in conftest."""
+    return *town_scenes, small_chips_summary.out_dir, small_chips_summary
 
 
 def check_chips_match_scenes(out):
@@ -123,7 +121,8 @@ def test_interrupted_run_leaves_nothing(towns, tmp_path, monkeypatch):
 
 def test_scene_overrides_and_unknown_scene(towns, tmp_path):
     scenes, schools, _, _ = towns
-    s = make_chips([scenes], schools, tmp_path / "o", ChipConfig(**SMALL, test_scenes=("town_00",), val_scenes=("town_02",)))
+    config = ChipConfig(**SMALL, test_scenes=("town_00",), val_scenes=("town_02",))
+    s = make_chips([scenes], schools, tmp_path / "o", config)
     assert s.scenes["town_00"]["split"] == "test" and s.scenes["town_01"]["split"] == "train"
     with pytest.raises(UserError, match="unknown scenes"):
         make_chips([scenes], schools, tmp_path / "p", ChipConfig(**SMALL, test_scenes=("nope",)))
@@ -139,3 +138,35 @@ def test_demo_chips_both_classes_per_split_and_pixels_match(request):
         assert set(frame[frame.split == split].label) == {"school", "not_school"}
     assert set(frame[frame.split == "test"].scene) == {scenes[-1]}
     assert meta["scenes"][scenes[-1]]["split"] == "test"
+
+
+def test_data_figures_draw_what_the_caller_read(towns):
+    import geopandas as gpd
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    from schoolvision.data.dataset import ChipDataset
+    from schoolvision.io.folders import ChipsFolder
+    from schoolvision.io.preview import read_rgb_preview, read_rgb_zooms
+    from schoolvision.plotting import data as plots
+
+    scenes, schools_file, out, _ = towns
+    paths = sorted(scenes.glob("*.tif"))
+    previews = {p.stem: read_rgb_preview(p, max_side=64) for p in paths}
+    schools = gpd.read_file(schools_file)
+    on_first = plots.schools_in(schools, previews[paths[0].stem])
+    assert len(on_first) == 2 and on_first.crs == previews[paths[0].stem].crs
+    fig = plots.plot_towns(previews, schools)
+    assert [ax.get_title() for ax in fig.axes[: len(paths)]] == [f"{p.stem}: 2 schools" for p in paths]
+    chips = ChipsFolder(out).read_index()
+    fig = plots.plot_split_map(chips, previews)
+    assert sum(isinstance(p, Rectangle) for ax in fig.axes for p in ax.patches) == len(chips)
+    zooms = read_rgb_zooms(paths[0], on_first.geometry, pad=10.0)
+    for zoom, geom in zip(zooms, on_first.geometry):
+        left, right, bottom, top = zoom.extent
+        assert left <= geom.bounds[0] and geom.bounds[2] <= right and bottom <= geom.bounds[1] and geom.bounds[3] <= top
+    assert len(plots.plot_zooms(zooms, on_first, ["a", "b"]).axes) == 2
+    examples, images = ChipDataset(out, split="train").sample_by_class(per_class=2, seed=0)
+    fig = plots.plot_chip_examples(examples, images, title="train")
+    assert fig.axes[0].get_ylabel().startswith("school (") and fig.axes[2].get_ylabel().startswith("not_school (")
+    plt.close("all")

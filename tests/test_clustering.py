@@ -11,16 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from shapely.geometry import box
-from test_features import small_chips, small_run  # noqa: F401 - shared session fixtures
 
-from schoolvision.cluster.algorithms import (
-    ClusterConfig,
-    ClusterRunConfig,
-    cluster_chips,
-    cluster_features,
-    k_range,
-    nearest_to_centre,
-)
+from schoolvision.cluster.algorithms import ClusterConfig, cluster_features, k_range, nearest_to_centre
+from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_cams, write_cluster_vectors
+from schoolvision.commands.cluster import write_figures
 from schoolvision.errors import UserError
 
 
@@ -136,16 +130,17 @@ def test_projector_log_loads(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def clustered(small_chips, small_run, tmp_path_factory):  # noqa: F811
+def clustered(small_chips, small_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("clusters") / "out"
     cfg = ClusterRunConfig(
         small_run, small_chips, out, subset="all", split="all", device="cpu",
         clustering=ClusterConfig(k_max=5, stability_seeds=2), cache_dir=out.parent / "cache", gallery_size=4,
     )
-    return cfg, cluster_chips(cfg, progress=False)
+    report = cluster_chips(cfg, progress=False, save_figures=lambda r: write_figures(r, small_chips, cfg.gallery_size))
+    return cfg, report
 
 
-def test_outputs_are_complete_and_consistent(clustered, small_chips):  # noqa: F811
+def test_outputs_are_complete_and_consistent(clustered, small_chips):
     cfg, report = clustered
     out = cfg.out_dir
     table = pd.read_csv(out / "clusters.csv")
@@ -158,13 +153,18 @@ def test_outputs_are_complete_and_consistent(clustered, small_chips):  # noqa: F
     assert 2 <= summary["k"] <= 5 and -1 <= summary["silhouette"] <= 1
     assert summary["pca_dims"] >= 1 and len(summary["stability_ari"]) == 2
     assert summary["gallery_cams"] > 0  # live Grad-CAM overlays on the gallery chips
+    assert set(report.cams) == set(report.gallery) and len(report.gallery) == summary["gallery_cams"]
+    assert all(img.ndim == 3 and img.shape[-1] == 3 for img in report.gallery.values())
     ksel = pd.read_csv(out / "k_selection.csv")
     assert list(ksel["k"]) == [2, 3, 4, 5]
-    for name in ("k_selection.png", "pca_variance.png", "embedding.png", "gallery.png", "composition.png", "map_town_00.png"):
+    figures = ("k_selection.png", "pca_variance.png", "composition.png", "embedding.png", "gallery.png",
+               "map_town_00.png")
+    for name in figures:
         assert (out / name).stat().st_size > 1000, name
+    assert summary["figures"] == [*figures, "map_town_01.png", "map_town_02.png"]
 
 
-def test_geojson_has_one_polygon_per_chip_inside_its_scene(clustered, small_chips):  # noqa: F811
+def test_geojson_has_one_polygon_per_chip_inside_its_scene(clustered, small_chips):
     cfg, report = clustered
     gdf = gpd.read_file(cfg.out_dir / "clusters.geojson")
     assert gdf.crs.to_epsg() == 4326
@@ -205,28 +205,32 @@ def test_rerun_needs_overwrite_and_reuses_features(clustered, monkeypatch):
     folder = cfg.out_dir.parent / "rerun"
     shutil.copytree(cfg.out_dir, folder)  # the fixture's own folder stays as the other tests expect it
     assert list(folder.glob("map_*.png")) and (folder / "gallery.png").exists()
-    rerun = dataclasses.replace(cfg, out_dir=folder, overwrite=True, figures=False, projector=False, subset="true-school",
-                                clustering=ClusterConfig(k=2, stability_seeds=1, tsne=False))
+    rerun = dataclasses.replace(cfg, out_dir=folder, overwrite=True, gallery=False, projector=False,
+                                subset="true-school", clustering=ClusterConfig(k=2, stability_seeds=1, tsne=False))
     again = cluster_chips(rerun, progress=False)
     assert (again.table["label"] == "school").all() and again.result.k == 2
+    assert again.gallery == {} and again.cams == {}
     # the first run's figures and projector describe other clusters: an overwrite must not leave them behind
     leftovers = [p.name for p in folder.iterdir() if p.suffix == ".png" or p.name == "projector"]
     assert leftovers == [], leftovers
     assert json.loads((folder / "summary.json").read_text())["k"] == 2
 
 
-def test_cli_prints_k_table(small_chips, small_run, tmp_path, capsys):  # noqa: F811
+def test_cli_prints_k_table(small_chips, small_run, tmp_path, capsys):
     from schoolvision.cli import main
 
     out = tmp_path / "cli"
     args = ["cluster", "--run", str(small_run), "--chips", str(small_chips), "--out", str(out), "--subset", "all",
-            "--split", "test", "--k-max", "4", "--device", "cpu", "--cache", str(tmp_path / "cache"), "--stability-seeds", "1", "--no-tsne"]
+            "--split", "test", "--k-max", "4", "--device", "cpu", "--cache", str(tmp_path / "cache"),
+            "--stability-seeds", "1", "--no-tsne"]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "silhouette" in text and "k=" in text
     assert main(args) == 2  # refuses to overwrite
     assert "overwrite" in capsys.readouterr().err
-    assert main(["cluster", "--run", str(small_run), "--chips", str(small_chips), "--out", str(tmp_path / "x"), "--k", "many"]) == 2
+    bad_k = ["cluster", "--run", str(small_run), "--chips", str(small_chips), "--out", str(tmp_path / "x"),
+             "--k", "many"]
+    assert main(bad_k) == 2
 
 
 @pytest.mark.slow
@@ -242,23 +246,22 @@ def test_real_run_on_demo_chips(chips_dir, trained_run, tmp_path):
 def test_read_cams_scales_and_masks_nodata(tmp_path):
     from affine import Affine
 
-    from schoolvision.io.gis import write_geotiff
-    from schoolvision.plotting.cluster import read_cams
+    from schoolvision.io.rasters import write_geotiff
 
     heat = np.linspace(0, 2, 64, dtype=np.float32).reshape(8, 8)
     heat[0, 0] = -9999.0
-    write_geotiff(tmp_path / "gradcam" / "heatmaps" / "chip_a.tif", heat, "EPSG:32636", Affine(1, 0, 500000, 0, -1, 100000), nodata=-9999.0)
+    write_geotiff(tmp_path / "gradcam" / "heatmaps" / "chip_a.tif", heat, "EPSG:32636",
+                  Affine(1, 0, 500000, 0, -1, 100000), nodata=-9999.0)
     cams = read_cams(tmp_path, ["chip_a", "chip_b"])
     assert set(cams) == {"chip_a"}
     assert cams["chip_a"].min() == 0 and cams["chip_a"].max() == 1 and cams["chip_a"][0, 0] == 0
 
 
 def test_several_crs_give_one_layer_each(tmp_path):
-    from schoolvision.cluster.algorithms import write_cluster_vectors
-
     table = pd.DataFrame({
         "chip_id": ["a", "b"], "cluster": [0, 1], "scene": ["s1", "s2"],
-        "minx": [500000.0, 400000.0], "miny": [100000.0, 200000.0], "maxx": [500064.0, 400064.0], "maxy": [100064.0, 200064.0],
+        "minx": [500000.0, 400000.0], "miny": [100000.0, 200000.0],
+        "maxx": [500064.0, 400064.0], "maxy": [100064.0, 200064.0],
         "crs": ["EPSG:32636", "EPSG:32637"],
     })
     write_cluster_vectors(table, tmp_path / "c.gpkg", tmp_path / "c.geojson")

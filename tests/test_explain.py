@@ -5,25 +5,23 @@ from __future__ import annotations
 import json
 import warnings
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import rasterio
 import torch
 from PIL import Image
+from torch import nn
 
-from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.cli import main
+from schoolvision.commands.explain import write_galleries
 from schoolvision.errors import UserError
-from schoolvision.explain.methods import (
-    CAM_METHODS,
-    METHODS,
-    ExplainConfig,
-    explain_batch,
-    explain_chips,
-    explainer,
-    resolve_layer,
-)
+from schoolvision.explain.layers import resolve_layer
+from schoolvision.explain.methods import METHODS, Explainer, explain_batch, explainer
+from schoolvision.explain.runner import ExplainConfig, explain_chips
 from schoolvision.model.backbones import available_backbones, build_model
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.plotting.explain import plot_faithfulness
 
 
 def _hooks(model) -> int:
@@ -51,10 +49,59 @@ def test_every_method_on_every_backbone_releases_hooks(backbone):
     assert all(p.requires_grad for p in model.parameters())
 
 
+class _Tiny(nn.Module):
+    """Two convolutions and a linear head: small enough that its maps are fixed numbers."""
+
+    target_layer_name = "trunk.3"
+
+    def __init__(self):
+        super().__init__()
+        self.trunk = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                   nn.Conv2d(8, 16, 3, padding=1), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 2))
+
+    @property
+    def target_layer(self):
+        return self.trunk[3]
+
+    def forward(self, x):
+        return self.head(self.trunk(x))
+
+
+# Per method: mean of the map of chip 0 and chip 1, map[0, 6, 6] and map[1, 4, 2]; computed before the
+# methods became classes, so a change of layout that changes an explanation fails here.
+STORED = {
+    "gradcam": (0.0647706612944603, 0.027777772396802902, 0.5892893075942993, 0.9999997615814209),
+    "gradcam++": (0.5761784315109253, 0.5990248918533325, 0.6664097309112549, 0.8294194340705872),
+    "eigencam": (0.24702635407447815, 0.18764548003673553, 0.3220818340778351, 0.2638262212276459),
+    "guided-backprop": (0.24914029240608215, 0.2615123987197876, 0.06339813768863678, 0.056559979915618896),
+    "guided-gradcam": (0.03727654367685318, 0.015207985416054726, 0.08451514691114426, 0.14343030750751495),
+    "shap": (-2.5573544917278923e-05, -1.6104215319501236e-05, 6.991074042161927e-05, 7.602793630212545e-05),
+}
+
+
+@pytest.mark.parametrize("method", list(STORED))
+def test_maps_equal_stored_values(method):
+    torch.manual_seed(0)
+    model = _Tiny().eval()
+    x, background = torch.rand(2, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    maps = explain_batch(model, x, method, background=background, shap_nsamples=8, seed=0)
+    got = [*maps.mean(axis=(1, 2)).tolist(), float(maps[0, 6, 6]), float(maps[1, 4, 2])]
+    scale = 1e-3 if method == "shap" else 1.0  # SHAP values are ~1e-4: compare them relative to their size
+    np.testing.assert_allclose(got, STORED[method], rtol=0, atol=1e-6 * scale)
+    assert _hooks(model) == 0
+
+
+def test_registry_holds_one_class_per_method():
+    assert list(METHODS) == ["gradcam", "gradcam++", "eigencam", "guided-backprop", "guided-gradcam", "shap"]
+    assert all(issubclass(cls, Explainer) and cls.name == name for name, cls in METHODS.items())
+    with pytest.raises(UserError, match="background"):
+        explainer(_Tiny(), "shap")
+
+
 def test_hooks_released_on_error(lite0):
-    with pytest.raises(RuntimeError):
-        with explainer(lite0, "gradcam") as explain:
-            explain(torch.rand(1, 2, 32, 32))  # wrong channel count
+    with pytest.raises(RuntimeError), explainer(lite0, "gradcam") as explain:
+        explain(torch.rand(1, 2, 32, 32))  # wrong channel count
     assert _hooks(lite0) == 0
 
 
@@ -128,29 +175,49 @@ def png_chips(tmp_path):
     for label in ("school", "not_school"):
         (tmp_path / "chips" / label).mkdir(parents=True)
         for i in range(3):
-            Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / "chips" / label / f"{label}_{i}.png")
+            pixels = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "chips" / label / f"{label}_{i}.png")
     torch.manual_seed(0)
     model = build_model("efficientnet_lite0", pretrained=False)
-    save_checkpoint(tmp_path / "run" / "best.pt", model, CheckpointMeta("efficientnet_lite0", image_size=64, chip_size=48, gsd=None))
+    meta = CheckpointMeta("efficientnet_lite0", image_size=64, chip_size=48, gsd=None)
+    save_checkpoint(tmp_path / "run" / "best.pt", model, meta)
     return tmp_path
 
 
 def test_chips_without_crs_give_png_heatmaps_and_a_warning(png_chips):
     out = png_chips / "out"
-    with pytest.warns(UserWarning, match="no CRS"):
-        summary = explain_chips(ExplainConfig(run=png_chips / "run", chips_dir=png_chips / "chips", out_dir=out,
-                                              split=None, device="cpu", methods=["gradcam"]))
+    config = ExplainConfig(run=png_chips / "run", chips_dir=png_chips / "chips", out_dir=out, split=None, device="cpu")
+    with pytest.warns(UserWarning, match="no CRS") as caught:
+        summary = explain_chips(config)
+    ours = [w for w in caught if issubclass(w.category, UserWarning)]  # no CRS, no schools.geojson
+    assert len(ours) == 2 and {w.filename for w in ours} == {__file__}  # they point at the caller, not the runner
     assert summary.n_chips == 6
     pngs = sorted((out / "gradcam" / "heatmaps").glob("*.png"))
     assert len(pngs) == 6 and Image.open(pngs[0]).size == (48, 48)
     assert len(list((out / "gradcam" / "overlays").glob("*.png"))) == 6
     assert "gradcam" in json.loads((out / "faithfulness.json").read_text())["table"]
+    assert not list(out.rglob("gallery_*.png"))  # figures are the caller's
+    paths = write_galleries(summary)
+    assert paths and sorted(p.name for p in (out / "gradcam").glob("gallery_*.png")) == sorted(p.name for p in paths)
+    assert sum(len(items) for items in summary.galleries["gradcam"].values()) == 6 - summary.outcomes["TN"]
     with pytest.raises(UserError, match="not empty"):
-        explain_chips(ExplainConfig(run=png_chips / "run", chips_dir=png_chips / "chips", out_dir=out, split=None, device="cpu"))
+        explain_chips(config)
+
+
+def test_faithfulness_figure_marks_the_baselines():
+    row = {"pointing_game": 0.5, "energy_share": 0.4, "road_drop": None}
+    fig = plot_faithfulness({"gradcam": row, "random": row, "centre-gaussian": row})
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes] == ["pointing game", "energy share", "road drop"]
+    hatched = [[bar.get_hatch() for bar in container] for container in axes[0].containers]
+    assert hatched == [[None], ["//"], ["//"]]
+    assert not any(bar.get_height() > 0 for bar in axes[2].patches)  # no value, no bar
+    plt.close(fig)
 
 
 def test_cli_bad_input(png_chips, capsys):
-    base = ["explain", "--run", str(png_chips / "run"), "--chips", str(png_chips / "chips"), "--out", str(png_chips / "o")]
+    base = ["explain", "--run", str(png_chips / "run"), "--chips", str(png_chips / "chips"),
+            "--out", str(png_chips / "o")]
     assert main(base + ["--method", "lime"]) == 2
     assert "available: gradcam" in capsys.readouterr().err
     assert main(base + ["--method", "gradcam", "--limit", "0"]) == 2
@@ -168,8 +235,8 @@ def test_explain_real_run_writes_aligned_geotiffs(chips_dir, trained_run, tmp_pa
     out = tmp_path / "explain"
     with warnings.catch_warnings():
         warnings.simplefilter("error", UserWarning)  # georeferenced chips: no CRS warning
-        summary = explain_chips(ExplainConfig(run=trained_run, chips_dir=chips_dir, out_dir=out, methods=["gradcam", "guided-gradcam"],
-                                              limit=12, device="cpu", batch_size=8))
+        summary = explain_chips(ExplainConfig(run=trained_run, chips_dir=chips_dir, out_dir=out, limit=12, device="cpu",
+                                              methods=["gradcam", "guided-gradcam"], batch_size=8))
     assert summary.n_chips == 12
     tifs = sorted((out / "gradcam" / "heatmaps").glob("*.tif"))
     assert len(tifs) == 12
@@ -185,6 +252,7 @@ def test_explain_real_run_writes_aligned_geotiffs(chips_dir, trained_run, tmp_pa
     data = json.loads((out / "faithfulness.json").read_text())
     assert set(data["table"]) == {"gradcam", "guided-gradcam", "random", "centre-gaussian"}
     assert data["layer"] == "trunk.blocks.4" and data["n_chips"] == 12  # the fixture run trains at 64 px
-    args = ["explain", "--run", str(trained_run), "--chips", str(chips_dir), "--method", "gradcam", "--out", str(tmp_path / "o")]
+    args = ["explain", "--run", str(trained_run), "--chips", str(chips_dir), "--method", "gradcam",
+            "--out", str(tmp_path / "o")]
     assert main(args + ["--split", "nosuch"]) == 2  # empty split: one clear line, exit 2
     assert not (tmp_path / "o").exists()

@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from schoolvision.explain.faithfulness import (
+    BASELINES,
+    baseline_maps,
     centre_gaussian,
     energy_share,
     format_table,
@@ -66,6 +68,10 @@ def test_baselines():
     corner = _mask(box=(0, 8, 0, 8))
     assert pointing_game(centre_gaussian(1, (32, 32))[0], centre) == 1.0
     assert pointing_game(centre_gaussian(1, (32, 32))[0], corner) == 0.0
+    maps = baseline_maps(3, (8, 8), np.random.default_rng(0))
+    assert tuple(maps) == BASELINES == ("random", "centre-gaussian")
+    np.testing.assert_array_equal(maps["random"], a)
+    np.testing.assert_array_equal(maps["centre-gaussian"], centre_gaussian(3, (8, 8)))
 
 
 class _BoxModel(nn.Module):
@@ -97,11 +103,15 @@ def test_road_drop_rewards_the_map_that_finds_the_evidence():
 
 
 def test_summarise_subsets_and_table():
+    def scored(method, pred, pointing, energy, road):
+        return {"method": method, "label": 1, "pred": pred, "has_footprint": True, "pointing_game": pointing,
+                "energy_share": energy, "road_drop": road}
+
     recs = [
-        {"method": "gradcam", "label": 1, "pred": 1, "has_footprint": True, "pointing_game": 1.0, "energy_share": 0.8, "road_drop": 0.2},
-        {"method": "gradcam", "label": 1, "pred": 0, "has_footprint": True, "pointing_game": 0.0, "energy_share": 0.1, "road_drop": 0.0},
+        scored("gradcam", 1, 1.0, 0.8, 0.2),
+        scored("gradcam", 0, 0.0, 0.1, 0.0),
         {"method": "gradcam", "label": 0, "pred": 1, "has_footprint": False},
-        {"method": "random", "label": 1, "pred": 1, "has_footprint": True, "pointing_game": 0.0, "energy_share": 0.3, "road_drop": 0.01},
+        scored("random", 1, 0.0, 0.3, 0.01),
     ]
     t = summarise(recs, {"gradcam": 0.05}, subset="correct_school")
     assert t["gradcam"]["n_chips"] == 1 and t["gradcam"]["pointing_game"] == 1.0

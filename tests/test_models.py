@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from schoolvision.errors import UserError
-from schoolvision.model.backbones import available_backbones, build_model, conv_layer_names, imagenet_model, lite0_key_map
+from schoolvision.model.backbones import (
+    available_backbones,
+    build_model,
+    conv_layer_names,
+    imagenet_model,
+    lite0_key_map,
+)
 
 CAT_CLASSES = {"tabby", "tiger cat", "Persian cat", "Siamese cat", "Egyptian cat"}
 
@@ -70,7 +76,8 @@ def test_lite0_weights_are_imagenet_weights():
     top = [categories[i] for i in probs.topk(3).indices.tolist()]
     assert top[0] in CAT_CLASSES, top
     # the pretrained classifier's features differ from a random init's (weights really loaded)
-    assert not torch.equal(build_model(pretrained=True).trunk.conv_stem.weight, build_model(pretrained=False).trunk.conv_stem.weight)
+    pretrained, scratch = build_model(pretrained=True), build_model(pretrained=False)
+    assert not torch.equal(pretrained.trunk.conv_stem.weight, scratch.trunk.conv_stem.weight)
 
 
 def test_missing_torchvision_weights_is_a_user_error(tmp_path, monkeypatch):

@@ -92,3 +92,13 @@ def test_makefile_has_the_two_commands():
     for target in ("book:", "test:", "clean:"):
         assert re.search(rf"^{target}", text, re.M)
     assert "--warningiserror" in text and "--nbval-lax" in text
+
+
+def test_plain_pytest_is_fast_and_make_test_and_ci_run_everything(pyproject):
+    addopts = pyproject["tool"]["pytest"]["ini_options"]["addopts"]
+    assert " ".join(addopts) == "-m not slow", "plain pytest should deselect the slow tests"
+    recipe = re.search(r"^test-lib:.*\n((?:\t.*\n)+)", (ROOT / "Makefile").read_text(), re.M)
+    runs_all = recipe and re.search(r"pytest .*-m [\"']slow or not slow[\"']", recipe.group(1))
+    assert runs_all, "make test must run the slow tests too"
+    assert re.search(r"^test: .*\btest-lib\b", (ROOT / "Makefile").read_text(), re.M)
+    assert re.search(r'^step "make test" make test$', (ROOT / ".ci" / "run").read_text(), re.M), "CI must run make test"

@@ -1,14 +1,14 @@
 """Scene scanning: grid coverage, blending, resampling back to the scene grid, bad input, CLI.
 
-Scenes are small seeded GeoTIFFs with a real UTM CRS, written here. Most tests use a tiny
+Scenes are small seeded GeoTIFFs with a real UTM CRS (``fixtures.write_red_scene``). Most tests use a tiny
 "red roof" model (P(school) rises with the share of red pixels in a window) so that where the
 probability must be high is known; the CLI test uses a real checkpoint from ``save_checkpoint``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,11 +17,18 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
-from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.errors import UserError
 from schoolvision.io.imagery import list_sources
+from schoolvision.io.rasters import BLOCK
 from schoolvision.model.backbones import build_model
-from schoolvision.scan.scene import ScanConfig, gaussian_weight, run_scan, scan_scene, shard, window_offsets
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.scan import scene as scene_module
+from schoolvision.scan.probability import RowBlender
+from schoolvision.scan.runner import ScanConfig, run_scan, shard
+from schoolvision.scan.scene import scan_scene
+from schoolvision.scan.windows import gaussian_weight, window_offsets
+
+from fixtures import write_red_scene
 
 UTM = CRS.from_epsg(32636)
 ORIGIN = (500_000.0, 100_000.0)
@@ -45,27 +52,6 @@ class RedModel(torch.nn.Module):
 
 def meta(chip=64, gsd=1.0, image_size=64):
     return CheckpointMeta(backbone="efficientnet_lite0", image_size=image_size, chip_size=chip, gsd=gsd, threshold=0.5)
-
-
-def write_scene(path: Path, h: int, w: int, gsd: float = 1.0, squares=(), crs=UTM, nodata_rows: int = 0, seed: int = 0,
-                transform: Affine | None = None) -> Path:
-    """Grey noise with red squares (row, col, size) in pixel units; optional nodata (0) top rows."""
-    rng = np.random.default_rng(seed)
-    img = rng.integers(60, 120, (3, h, w), dtype=np.uint8)
-    for r, c, s in squares:
-        img[0, r : r + s, c : c + s] = 230
-        img[1:, r : r + s, c : c + s] = 20
-    if nodata_rows:
-        img[:, :nodata_rows] = 0
-    tf = transform or Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1])
-    prof = dict(driver="GTiff", width=w, height=h, count=3, dtype="uint8", crs=crs, transform=tf)
-    if nodata_rows:
-        prof["nodata"] = 0
-    if w >= 256 and h >= 256:
-        prof.update(tiled=True, blockxsize=256, blockysize=256)
-    with rasterio.open(path, "w", **prof) as dst:
-        dst.write(img)
-    return path
 
 
 def scan(tmp_path, scene, m=None, **kw):
@@ -104,10 +90,11 @@ def test_gaussian_weight_peaks_in_centre_and_is_positive():
 
 
 def test_probability_raster_matches_scene_grid_and_finds_red(tmp_path):
-    scene = write_scene(tmp_path / "s.tif", 300, 333, squares=[(100, 150, 30)])
+    scene = write_red_scene(tmp_path / "s.tif", 300, 333, squares=[(100, 150, 30)])
     res, prob, prof, _ = scan(tmp_path, scene, stride=16)
     with rasterio.open(scene) as s:
-        assert (prof["crs"], prof["transform"], prof["width"], prof["height"]) == (s.crs, s.transform, s.width, s.height)
+        assert (prof["crs"], prof["transform"]) == (s.crs, s.transform)
+        assert (prof["width"], prof["height"]) == (s.width, s.height)
     assert prof["dtype"] == "float32" and prof["nodata"] == -1
     assert (prob >= 0).all() and (prob <= 1).all()  # every data pixel has a value, border strips included
     assert prob[110:125, 160:175].mean() > 0.8
@@ -116,27 +103,41 @@ def test_probability_raster_matches_scene_grid_and_finds_red(tmp_path):
 
 
 def test_resampled_scan_goes_back_to_scene_grid(tmp_path):
-    scene = write_scene(tmp_path / "fine.tif", 400, 380, gsd=0.5, squares=[(200, 200, 60)])
+    scene = write_red_scene(tmp_path / "fine.tif", 400, 380, gsd=0.5, squares=[(200, 200, 60)])
     res, prob, prof, _ = scan(tmp_path, scene, m=meta(gsd=1.0))
     assert res.scan_gsd == pytest.approx(1.0)
     with rasterio.open(scene) as s:
-        assert (prof["crs"], prof["transform"], prof["width"], prof["height"]) == (s.crs, s.transform, s.width, s.height)
+        assert (prof["crs"], prof["transform"]) == (s.crs, s.transform)
+        assert (prof["width"], prof["height"]) == (s.width, s.height)
     assert (prob >= 0).all()
     assert prob[220:240, 220:240].mean() > 0.6
 
 
-def test_geographic_scene_is_scanned_in_utm_and_written_in_its_crs(tmp_path):
-    tf = Affine(1e-5, 0, 33.0, 0, -1e-5, 1.0)
-    scene = write_scene(tmp_path / "geo.tif", 200, 200, crs=CRS.from_epsg(4326), transform=tf, squares=[(80, 80, 40)])
+def test_geographic_scene_is_scanned_in_utm_and_written_in_its_crs(tmp_path, monkeypatch):
+    grids = []  # (CRS, pixel size) of the grid the windows are read from
+    open_source = scene_module.open_source
+
+    @contextlib.contextmanager
+    def spy(*args, **kwargs):
+        with open_source(*args, **kwargs) as ds:
+            grids.append((ds.crs, ds.transform.a, -ds.transform.e))
+            yield ds
+
+    monkeypatch.setattr(scene_module, "open_source", spy)
+    tf = Affine(1e-5, 0, 33.0, 0, -1e-5, 1.0)  # lon 33 E, lat 1 N: UTM zone 36 N
+    scene = write_red_scene(tmp_path / "geo.tif", 200, 200, crs=CRS.from_epsg(4326), transform=tf,
+                            squares=[(80, 80, 40)])
     res, prob, prof, _ = scan(tmp_path, scene)
     assert prof["crs"] == CRS.from_epsg(4326) and prof["transform"] == tf
-    assert CRS.from_user_input("EPSG:32636") is not None and res.crs == "EPSG:4326"
+    assert len(grids) == 1 and grids[0][0] == CRS.from_epsg(32636)
+    assert grids[0][1:] == pytest.approx((1.0, 1.0)) and res.scan_gsd == pytest.approx(1.0)  # metres, the run's GSD
+    assert res.crs == "EPSG:4326"
     assert (prob >= 0).all()
     assert prob[90:110, 90:110].mean() > 0.6
 
 
 def test_nodata_is_skipped_not_scored(tmp_path):
-    scene = write_scene(tmp_path / "nd.tif", 256, 256, nodata_rows=128)
+    scene = write_red_scene(tmp_path / "nd.tif", 256, 256, nodata_rows=128)
     res, prob, _, _ = scan(tmp_path, scene, stride=32)
     assert (prob[:128] == -1).all()
     assert (prob[128:] >= 0).all()
@@ -144,14 +145,14 @@ def test_nodata_is_skipped_not_scored(tmp_path):
 
 
 def test_small_scene_is_padded_with_warning(tmp_path):
-    scene = write_scene(tmp_path / "tiny.tif", 40, 30, squares=[(5, 5, 20)])
+    scene = write_red_scene(tmp_path / "tiny.tif", 40, 30, squares=[(5, 5, 20)])
     with pytest.warns(UserWarning, match="smaller than one"):
         res, prob, prof, _ = scan(tmp_path, scene)
     assert prob.shape == (40, 30) and (prob >= 0).all() and res.windows == 1
 
 
 def test_native_resolution_far_from_training_gsd_warns(tmp_path):
-    scene = write_scene(tmp_path / "coarse.tif", 128, 128, gsd=3.0)
+    scene = write_red_scene(tmp_path / "coarse.tif", 128, 128, gsd=3.0)
     with pytest.warns(UserWarning, match="may not transfer"):
         res, *_ = scan(tmp_path, scene, native_resolution=True)
     assert res.scan_gsd == pytest.approx(3.0)
@@ -159,15 +160,13 @@ def test_native_resolution_far_from_training_gsd_warns(tmp_path):
 
 def test_scan_memory_is_a_band_of_rows(tmp_path):
     """The blender holds chip + 256 rows, never the whole scene (the benchmark measures RSS)."""
-    from schoolvision.scan.scene import BLOCK, _RowBlender
-
     class Sink:
         rows = 0
 
         def write(self, arr, window):
             Sink.rows += window.height
 
-    b = _RowBlender(Sink(), 100, 2000, 64)
+    b = RowBlender(Sink(), 100, 2000, 64)
     for ro in window_offsets(2000, 64, 32):
         for co in window_offsets(100, 64, 32):
             b.add(ro, co, 0.5, np.ones((64, 64), bool))
@@ -193,7 +192,7 @@ def test_cli_scan_with_a_bad_scene_and_existing_output(tmp_path, fake_run):
 
     scenes = tmp_path / "scenes"
     scenes.mkdir()
-    write_scene(scenes / "a.tif", 200, 150, squares=[(50, 50, 30)])
+    write_red_scene(scenes / "a.tif", 200, 150, squares=[(50, 50, 30)])
     (scenes / "b.tif").write_bytes(b"not a tiff at all")
     out = tmp_path / "out"
     with warnings.catch_warnings():
@@ -253,7 +252,7 @@ def test_run_scan_merges_a_school_seen_by_two_overlapping_scenes(tmp_path):
     # one 300 x 500 px area cut into two scenes overlapping by 200 px; a red school in the overlap
     for name, c0 in (("west", 0), ("east", 200)):
         sq = [(130, 240 - c0, 40)] + ([(40, 40, 40)] if name == "west" else [])
-        write_scene(scenes / f"{name}.tif", 300, 300, squares=sq,
+        write_red_scene(scenes / f"{name}.tif", 300, 300, squares=sq,
                     transform=Affine(1.0, 0, ORIGIN[0] + c0, 0, -1.0, ORIGIN[1]), seed=c0)
     schools = gpd.GeoDataFrame(
         {"name": ["overlap", "west only", "not drawn"]},
@@ -268,7 +267,7 @@ def test_run_scan_merges_a_school_seen_by_two_overlapping_scenes(tmp_path):
     ev = json.loads((out / "evaluation.json").read_text())
     assert (ev["schools"], ev["candidates"], ev["true_positives"]) == (3, 2, 2)  # the overlap school once
     assert [m["name"] for m in ev["missed_schools"]] == ["not drawn"]
-    layers = {name for name in gpd.list_layers(out / "candidates.gpkg")["name"]}
+    layers = set(gpd.list_layers(out / "candidates.gpkg")["name"])
     assert {"candidates", "known_schools", "missed_schools", "regions"} <= layers
     assert (out / "map.html").is_file() and (out / "scan.json").is_file()
     with pytest.raises(UserError, match="not empty"):

@@ -14,8 +14,8 @@ from shapely import affinity
 from shapely.geometry import box
 
 from schoolvision.cli import main
-from schoolvision.errors import UserError
 from schoolvision.data.synthetic import NEGATIVE_KINDS, generate_town, make_demo
+from schoolvision.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +87,8 @@ def test_schools_geojson_matches_scenes(demo_dir):
     assert schools.crs.to_epsg() == 4326 and marks.crs.to_epsg() == 4326
     assert {"name", "scene"} <= set(schools.columns) and schools["name"].is_unique
     assert set(marks["kind"]) <= set(NEGATIVE_KINDS) and len(set(marks["kind"])) >= 5
-    assert {k: meta["parameters"][k] for k in ("towns", "seed", "size", "gsd")} == {"towns": 3, "seed": 0, "size": 768, "gsd": 1.0}
+    expected = {"towns": 3, "seed": 0, "size": 768, "gsd": 1.0}
+    assert {k: meta["parameters"][k] for k in expected} == expected
     assert meta["parameters"]["config"]["edge_margin_px"] == 64
     for town in meta["towns"]:
         assert town["schools"] >= 2

@@ -10,66 +10,39 @@ import sys
 import time
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
-import pandas as pd
 import pytest
-import rasterio
 import torch
-from rasterio.transform import from_origin
 
-from schoolvision.train import fit as training
-from schoolvision.model.checkpoint import load_classifier, read_checkpoint
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
-from schoolvision.train.evaluation import EvalConfig, evaluate_run, read_predictions
+from schoolvision.io.folders import RunFolder, read_predictions
+from schoolvision.model.checkpoint import load_classifier, read_checkpoint
 from schoolvision.model.inference import predict
-from schoolvision.train.metrics import METRIC_KEYS
+from schoolvision.plotting import training as plots
+from schoolvision.plotting.training import tensorboard_figures
+from schoolvision.train import fit as training
+from schoolvision.train import tblog
+from schoolvision.train.evaluation import EvalConfig, evaluate_run
 from schoolvision.train.fit import TrainConfig, class_weights, fit, rng_state, set_rng_state, warmup_cosine
+from schoolvision.train.metrics import METRIC_KEYS
+
+from fixtures import make_fake_chips
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def make_fake_chips(root: Path, counts=(10, 6), size=32, seed=0, splits=("train", "val", "test")) -> Path:
-    """A tiny chips folder per the chips contract: school chips hold a bright square."""
-    rng = np.random.default_rng(seed)
-    rows = []
-    for s, split in enumerate(splits):
-        scene = f"town_{s:02d}"
-        for label, n in zip(("not_school", "school"), counts):
-            for k in range(n):
-                img = rng.integers(40, 120, (3, size, size), dtype=np.uint8)
-                if label == "school":
-                    a = int(rng.integers(2, size // 2))
-                    img[:, a : a + size // 3, a : a + size // 3] = 230
-                cid = f"{scene}_{label}_{k:03d}"
-                rel = f"{split}/{label}/{cid}.tif"
-                (root / rel).parent.mkdir(parents=True, exist_ok=True)
-                tr = from_origin(500000 + k * size, 4000000, 1.0, 1.0)
-                with rasterio.open(root / rel, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
-                                   crs="EPSG:32636", transform=tr) as ds:
-                    ds.write(img)
-                rows.append(dict(chip_id=cid, path=rel, label=label, split=split, scene=scene, row_off=0, col_off=k * size,
-                                 minx=tr.c, miny=tr.f - size, maxx=tr.c + size, maxy=tr.f, crs="EPSG:32636",
-                                 school_fraction=float(label == "school"), school_name="s" if label == "school" else ""))
-    pd.DataFrame(rows).to_csv(root / "chips.csv", index=False)
-    (root / "dataset.json").write_text(json.dumps({"chip_size": size, "gsd": 1.0, "stride": size, "seed": seed,
-                                                   "classes": ["not_school", "school"]}))
-    return root
-
-
-@pytest.fixture(scope="module")
-def fake_chips(tmp_path_factory):
-    return make_fake_chips(tmp_path_factory.mktemp("fake") / "chips")
-
-
 def tiny(chips, out, **kw) -> TrainConfig:
-    args = dict(chips_dir=chips, out_dir=out, epochs=2, batch_size=8, device="cpu", seed=0, pretrained=False, n_boot=50)
+    args = {"chips_dir": chips, "out_dir": out, "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 0,
+            "pretrained": False, "n_boot": 50}
     return TrainConfig(**{**args, **kw})
 
 
 @pytest.fixture(scope="module")
 def fake_run(fake_chips, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    metrics = fit(tiny(fake_chips, out))
+    metrics = fit(tiny(fake_chips, out), figures=tensorboard_figures)
     return out, metrics
 
 
@@ -129,8 +102,6 @@ def test_run_folder_contents(fake_run, fake_chips):
 
 
 def test_best_checkpoint_reproduces_the_test_predictions(fake_run, fake_chips):
-    from schoolvision.data.dataset import ChipDataset
-
     out, _ = fake_run
     model, meta = load_classifier(out / "best.pt")
     assert meta.image_size == 32 and meta.chip_size == 32 and meta.gsd == 1.0
@@ -162,6 +133,54 @@ def test_tensorboard_holds_curves_figures_and_hparams(fake_run):
     assert {"pr_curve/val", "pr_curve/test"} <= set(tags["tensors"])
 
 
+def test_run_figures_draw_the_run_folder_tables(fake_run):
+    out, metrics = fake_run
+    run = RunFolder(out)
+    predictions = run.read_predictions()
+    fig = plots.plot_confusion_matrix(predictions, metrics["threshold"], split="test")
+    cells = [int(t.get_text()) for t in fig.axes[0].texts]
+    assert cells == [v for row in metrics["confusion_matrix"] for v in row]
+    fig = plots.plot_reliability(predictions, split="test")
+    assert fig.axes[0].get_title() == f"test: ECE {metrics['ece']:.3f}"
+    fig = plots.plot_learning_curves(run.read_history())
+    assert [len(ax.lines) for ax in fig.axes] == [2, 2, 2, 1] and list(fig.axes[3].lines[0].get_xdata()) == [1, 2]
+    scores = {s: (rows.label.to_numpy(), rows.prob.to_numpy()) for s, rows in predictions.groupby("split")}
+    test = ChipDataset(run.read_config()["chips_dir"], split="test")
+    figures = plots.tensorboard_figures(tblog.run_scores(metrics["threshold"], scores, test))
+    assert sorted(figures) == ["confusion_matrix/test", "confusion_matrix/val", "test_chips"]
+    plt.close("all")
+
+
+class _Writer:
+    """Records what TensorBoard would be sent."""
+
+    def __init__(self):
+        self.calls = []
+
+    def add_pr_curve(self, tag, labels, probs, step):
+        self.calls.append(("pr", tag, step))
+
+    def add_figure(self, tag, figure, step):
+        self.calls.append(("figure", tag, step))
+
+
+def test_figures_come_from_the_callback_only(fake_chips):
+    test = ChipDataset(fake_chips, split="test")
+    labels = test.class_ids
+    probs = np.linspace(0.0, 1.0, len(labels))[::-1].copy()  # P(school) falls along the split
+    scores = tblog.run_scores(0.5, {"val": (labels, probs), "test": (labels, probs)}, test, n=4)
+    assert len(scores.chips) == 4 and scores.chips[0].shape == (32, 32, 3)
+    assert scores.chip_probs[0] == probs.min() and scores.chip_probs[-1] == probs.max()
+    assert np.array_equal(scores.chips[-1], test.read_chip(int(np.argmax(probs))).transpose(1, 2, 0))
+    plain = _Writer()
+    tblog.log_scores(plain, scores, 3)
+    assert plain.calls == [("pr", "pr_curve/val", 3), ("pr", "pr_curve/test", 3)]
+    seen = []
+    drawn = _Writer()
+    tblog.log_scores(drawn, scores, 3, figures=lambda s: seen.append(s) or {"a": object(), "b": object()})
+    assert seen == [scores] and drawn.calls[2:] == [("figure", "a", 3), ("figure", "b", 3)]
+
+
 def test_refuses_an_existing_run_folder(fake_run, fake_chips):
     out, _ = fake_run
     with pytest.raises(UserError, match="overwrite"):
@@ -187,7 +206,8 @@ def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
     assert not (tmp_path / "split" / "metrics.json").exists()
     monkeypatch.setattr(training, "_train_epoch", real)
     resumed = fit(tiny(fake_chips, tmp_path / "split", resume=True))
-    assert json.loads((tmp_path / "split" / "metrics.json").read_text()) == json.loads((tmp_path / "whole" / "metrics.json").read_text())
+    saved = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("split", "whole")]
+    assert saved[0] == saved[1]
     assert resumed == whole
 
 
@@ -200,7 +220,8 @@ def test_resume_refuses_corrupt_or_foreign_checkpoints(fake_run, fake_chips, tmp
     (bad / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="last.pt"):
         fit(tiny(fake_chips, bad, resume=True))
-    assert (bad / "last.pt").read_bytes() == b"not a checkpoint" and sorted(p.name for p in bad.iterdir()) == ["last.pt"]
+    assert (bad / "last.pt").read_bytes() == b"not a checkpoint"
+    assert sorted(p.name for p in bad.iterdir()) == ["last.pt"]
     with pytest.raises(UserError, match="best.pt"):
         evaluate_run(EvalConfig(bad, fake_chips))
 
@@ -240,7 +261,8 @@ def _train_cmd(chips, out, *extra):
 @pytest.mark.slow
 def test_kill_9_then_resume(fake_chips, tmp_path):
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_train_cmd(fake_chips, out, "--epochs", "6"), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(_train_cmd(fake_chips, out, "--epochs", "6"), cwd=REPO, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline and not (out / "last.pt").exists():
         time.sleep(0.2)
@@ -250,7 +272,8 @@ def test_kill_9_then_resume(fake_chips, tmp_path):
     assert (out / "last.pt").exists(), "training never wrote last.pt"
     read_checkpoint(out / "last.pt")
     load_classifier(out / "best.pt")
-    done = subprocess.run(_train_cmd(fake_chips, out, "--epochs", "6", "--resume"), cwd=REPO, capture_output=True, text=True)
+    done = subprocess.run(_train_cmd(fake_chips, out, "--epochs", "6", "--resume"), cwd=REPO, capture_output=True,
+                          text=True)
     assert done.returncode == 0, done.stderr[-2000:]
     assert set(METRIC_KEYS) <= set(json.loads((out / "metrics.json").read_text()))
     assert read_checkpoint(out / "last.pt")["epoch"] >= 1
@@ -259,7 +282,8 @@ def test_kill_9_then_resume(fake_chips, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_gloo(fake_chips, tmp_path):
     out = tmp_path / "ddp"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517", "-m", "schoolvision",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", "29517",
+           "-m", "schoolvision",
            *_train_cmd(fake_chips, out, "--epochs", "1")[3:]]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env, timeout=300)

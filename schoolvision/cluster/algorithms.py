@@ -4,17 +4,26 @@ Standardise -> PCA (dimensions by an explained-variance threshold) -> k-means, G
 or HDBSCAN. k is chosen from a range by silhouette, with Davies-Bouldin and the mixture's BIC shown
 beside it, and the chosen k's stability is the adjusted Rand index between fits with other seeds.
 Everything random takes ``seed``; the same features and seed give the same clusters.
+
+Arrays and frames in, arrays and frames out: reading features and writing the outputs is
+:mod:`schoolvision.cluster.runner`'s job.
 """
 
 from __future__ import annotations
 
 import warnings
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
+from sklearn.cluster import HDBSCAN, KMeans
+from sklearn.decomposition import PCA
+from sklearn.manifold import TSNE
+from sklearn.metrics import adjusted_rand_score, davies_bouldin_score, silhouette_score
+from sklearn.mixture import GaussianMixture
+from threadpoolctl import threadpool_limits
 
+from schoolvision import CLASSES, SCHOOL
 from schoolvision.errors import UserError
 
 METHODS = ("kmeans", "gmm", "hdbscan")
@@ -38,7 +47,8 @@ class ClusterConfig:
     stability_seeds: int = 5
     silhouette_sample: int = 3000  # silhouette is O(n^2): score a seeded sample above this
     tsne: bool = True
-    threads: int | None = 1  # BLAS/OpenMP threads; 1 avoids oversubscription (many times faster on busy CPUs); None = all
+    # BLAS/OpenMP threads; 1 avoids oversubscription (many times faster on busy CPUs); None = all
+    threads: int | None = 1
     seed: int = 0
 
 
@@ -63,9 +73,11 @@ class Clustering:
 
     @property
     def noise_fraction(self) -> float:
+        """Share of chips HDBSCAN left unclustered (label -1)."""
         return float(np.mean(self.labels < 0)) if len(self.labels) else 0.0
 
     def summary(self) -> dict:
+        """The numbers of ``summary.json``: k, sizes, quality scores, stability, messages."""
         return {
             "method": self.method,
             "k": self.k,
@@ -85,9 +97,10 @@ class Clustering:
 def reduce_features(
     vectors: np.ndarray, variance: float = 0.9, max_dims: int = 64, seed: int = 0, clip: float | None = 5.0
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Standardise (clipped to +-``clip``) and PCA-reduce; returns ``(reduced (N, dims), cumulative explained ratio, dims)``."""
-    from sklearn.decomposition import PCA
+    """Standardise (clipped to +-``clip``) and PCA-reduce.
 
+    Returns ``(reduced (N, dims), cumulative explained ratio, dims)``.
+    """
     x = np.asarray(vectors, dtype=np.float64)
     if x.ndim != 2 or len(x) < 3:
         raise UserError(f"need at least 3 feature vectors to cluster, got {len(x)}; widen --subset or --split")
@@ -113,17 +126,13 @@ def reduce_features(
 def fit_labels(reduced: np.ndarray, method: str, k: int | None, seed: int, config: ClusterConfig) -> np.ndarray:
     """Cluster labels of one fit (HDBSCAN ignores ``k``)."""
     if method == "kmeans":
-        from sklearn.cluster import KMeans
-
         return KMeans(n_clusters=k, n_init=10, random_state=seed).fit_predict(reduced)
     if method == "gmm":
-        from sklearn.mixture import GaussianMixture
-
-        gmm = GaussianMixture(n_components=k, covariance_type=config.covariance, n_init=2, reg_covar=1e-4, random_state=seed)
+        gmm = GaussianMixture(
+            n_components=k, covariance_type=config.covariance, n_init=2, reg_covar=1e-4, random_state=seed
+        )
         return gmm.fit(reduced).predict(reduced)
     if method == "hdbscan":
-        from sklearn.cluster import HDBSCAN
-
         mcs = config.min_cluster_size or max(3, len(reduced) // 20)
         return HDBSCAN(min_cluster_size=min(mcs, len(reduced)), copy=True).fit_predict(reduced)
     raise UserError(f"unknown clustering method {method!r}; use one of {', '.join(METHODS)}")
@@ -147,23 +156,27 @@ def select_k(reduced: np.ndarray, ks: list[int], config: ClusterConfig) -> pd.Da
 
     HDBSCAN does not take k: its table is computed with k-means as a reference.
     """
-    from sklearn.mixture import GaussianMixture
-
     method = "kmeans" if config.method == "hdbscan" else config.method
     rows = []
     for k in ks:
         labels = fit_labels(reduced, method, k, config.seed, config)
         sil, db = _scores(reduced, labels, config)
         smallest = int(np.bincount(labels, minlength=k).min())
-        gmm = GaussianMixture(n_components=k, covariance_type=config.covariance, reg_covar=1e-4, random_state=config.seed)
+        gmm = GaussianMixture(
+            n_components=k, covariance_type=config.covariance, reg_covar=1e-4, random_state=config.seed
+        )
         bic = float(gmm.fit(reduced).bic(reduced))
-        rows.append({"k": k, "silhouette": sil, "davies_bouldin": db, "bic": bic, "smallest": smallest, "method": method})
+        rows.append(
+            {"k": k, "silhouette": sil, "davies_bouldin": db, "bic": bic, "smallest": smallest, "method": method}
+        )
     return pd.DataFrame(rows)
 
 
 def choose_k(table: pd.DataFrame, min_size: int = 1) -> int:
-    """The k with the highest silhouette (the smaller k on ties) among those whose smallest cluster
-    has ``min_size`` chips; silhouette alone likes to split off a pair of outliers."""
+    """The k with the best silhouette among those whose smallest cluster has ``min_size`` chips.
+
+    Silhouette alone likes to split off a pair of outliers. Ties go to the smaller k.
+    """
     valid = table.dropna(subset=["silhouette"])
     if "smallest" in valid and (valid["smallest"] >= min_size).any():
         valid = valid[valid["smallest"] >= min_size]
@@ -178,8 +191,6 @@ def stability(reduced: np.ndarray, labels: np.ndarray, k: int, config: ClusterCo
 
     HDBSCAN is deterministic, so it is refit on seeded 80 % subsamples instead.
     """
-    from sklearn.metrics import adjusted_rand_score
-
     scores = []
     for i in range(1, config.stability_seeds + 1):
         seed = config.seed + i
@@ -199,9 +210,6 @@ def embed_2d(reduced: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np
     Runs on one OpenMP thread: Barnes-Hut's threaded gradient is many times slower on a busy
     machine, and one thread gives the same map on every machine.
     """
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
-
     n = len(reduced)
     if reduced.shape[1] < 2 or n < 5:
         return np.pad(reduced[:, :2], ((0, 0), (0, max(0, 2 - reduced.shape[1]))))
@@ -216,8 +224,6 @@ def cluster_features(vectors: np.ndarray, config: ClusterConfig | None = None, *
     Problems short of an error (k range clipped, HDBSCAN all noise) are in ``result.messages`` and,
     with ``warn``, also raised as warnings.
     """
-    from threadpoolctl import threadpool_limits
-
     config = config or ClusterConfig()
     with threadpool_limits(limits=config.threads):
         result = _cluster_features(vectors, config)
@@ -263,7 +269,9 @@ def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
     sil, db = _scores(reduced[clustered], labels[clustered], config)
     stab = stability(reduced, labels, k, config) if k >= 1 and config.stability_seeds > 0 else []
     xy = embed_2d(reduced, config.seed) if config.tsne else None
-    return Clustering(labels, distances, centres, reduced, k, config.method, table, explained, dims, sil, db, stab, xy, messages)
+    return Clustering(
+        labels, distances, centres, reduced, k, config.method, table, explained, dims, sil, db, stab, xy, messages
+    )
 
 
 def nearest_to_centre(result: Clustering, n: int = 8) -> dict[int, np.ndarray]:
@@ -276,8 +284,6 @@ def nearest_to_centre(result: Clustering, n: int = 8) -> dict[int, np.ndarray]:
 
 
 def _scores(reduced: np.ndarray, labels: np.ndarray, config: ClusterConfig) -> tuple[float, float]:
-    from sklearn.metrics import davies_bouldin_score, silhouette_score
-
     n_labels = len(np.unique(labels))
     if not 2 <= n_labels <= len(reduced) - 1:
         return float("nan"), float("nan")
@@ -290,137 +296,8 @@ def _round(x: float | None, nd: int = 4) -> float | None:
     return None if x is None or not np.isfinite(x) else round(float(x), nd)
 
 
-# --- the chips pipeline: features -> clusters -> files ------------------------------------------
-
-
-@dataclass
-class ClusterRunConfig:
-    """``schoolvision cluster``: which run and chips, which subset, how to cluster, where to write."""
-
-    run: Path
-    chips_dir: Path
-    out_dir: Path
-    subset: str = "predicted-school"
-    split: str = "all"
-    clustering: ClusterConfig = field(default_factory=ClusterConfig)
-    device: str = "auto"
-    batch_size: int = 64
-    cache_dir: Path | None = None
-    cams_dir: Path | None = None  # heatmap GeoTIFFs <chip_id>.tif for the gallery (e.g. explain output)
-    gradcam: bool = True  # else: Grad-CAM of the gallery chips, computed here (if schoolvision.explain.methods exists)
-    gallery_size: int = 8
-    overwrite: bool = False
-    figures: bool = True
-    projector: bool = True
-
-
-@dataclass
-class ClusterReport:
-    """What ``cluster_chips`` computed and wrote."""
-
-    table: pd.DataFrame  # clusters.csv
-    result: Clustering
-    summary: dict
-    out_dir: Path
-    thumbnails: np.ndarray
-    vectors: np.ndarray
-    cams: dict[str, np.ndarray] = field(default_factory=dict)  # gallery heatmaps by chip id
-
-
-CLUSTER_COLUMNS = ["chip_id", "path", "cluster", "distance", "label", "prediction", "prob", "scene", "split"]
-
-
-def cluster_chips(config: ClusterRunConfig, *, progress: bool = True) -> ClusterReport:
-    """Extract (or load cached) features, cluster them and write every output into ``out_dir``."""
-    from schoolvision.io.atomic import atomic_path, write_json
-    from schoolvision.cluster.embeddings import FeatureConfig, load_features
-
-    out = Path(config.out_dir)
-    if out.exists() and any(out.iterdir()) and not config.overwrite:
-        raise UserError("output folder is not empty; pass --overwrite (overwrite=True) or choose another --out", out)
-    feats = load_features(
-        FeatureConfig(config.run, config.chips_dir, config.split, config.subset, config.batch_size, config.device, config.cache_dir),
-        progress=progress,
-    )
-    if len(feats.frame) < 3:
-        raise UserError(
-            f"only {len(feats.frame)} chips in subset {config.subset!r} of split {config.split!r}; "
-            "use --split all or --subset all", Path(config.chips_dir) / "chips.csv",
-        )
-    result = cluster_features(feats.vectors, config.clustering)
-    table = feats.frame.copy()
-    table["cluster"] = result.labels
-    table["distance"] = np.round(result.distances, 6)
-    extra = [c for c in table.columns if c not in CLUSTER_COLUMNS]
-    table = table[CLUSTER_COLUMNS + extra]
-
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "clusters.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(out / "k_selection.csv") as tmp:
-        result.k_selection.round(6).to_csv(tmp, index=False)
-    write_cluster_vectors(table, out / "clusters.gpkg", out / "clusters.geojson")
-    summary = {
-        **result.summary(),
-        "subset": config.subset,
-        "split": config.split,
-        "run": str(config.run),
-        "chips_dir": str(config.chips_dir),
-        "features_key": feats.key,
-        "feature_dim": int(feats.vectors.shape[1]),
-        "config": asdict(config.clustering),
-    }
-    if config.projector:
-        from schoolvision.cluster.projector import write_projector
-
-        meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]].assign(prob=table["prob"].round(3))
-        write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
-    cams: dict[str, np.ndarray] = {}
-    if config.figures and result.k > 0:
-        gallery = np.concatenate(list(nearest_to_centre(result, config.gallery_size).values()))
-        if config.cams_dir:
-            from schoolvision.plotting.cluster import read_cams
-
-            cams = read_cams(config.cams_dir, table["chip_id"].iloc[gallery])
-        elif config.gradcam:
-            cams = gallery_cams(config.run, config.chips_dir, table["chip_id"].iloc[gallery], config.device)
-        summary["gallery_cams"] = len(cams)
-    report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors, cams)
-    if config.figures:
-        from schoolvision.plotting.cluster import write_cluster_figures
-
-        summary["figures"] = [p.name for p in write_cluster_figures(report, config.chips_dir, cams, config.gallery_size)]
-    write_json(out / "summary.json", summary)
-    _remove_stale(out, set(summary.get("figures", [])) | ({"projector"} if config.projector else set()))
-    return report
-
-
-# Outputs a clustering run may or may not write: its figures (by scene and by option) and the projector.
-_OPTIONAL_OUTPUTS = ("*.png", "projector")
-
-
-def _remove_stale(out: Path, written: set[str]) -> None:
-    """Delete optional outputs of an earlier run into ``out`` that this run did not write again.
-
-    With ``overwrite`` a folder may hold a previous run's per-town maps or projector; left in place,
-    they would sit beside this run's clusters and contradict them.
-    """
-    import shutil
-
-    for pattern in _OPTIONAL_OUTPUTS:
-        for path in out.glob(pattern):
-            if path.name in written:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-
-
 def cluster_profile(table: pd.DataFrame) -> pd.DataFrame:
     """One row per cluster: size, share of true schools and of false positives, mean P(school), towns."""
-    from schoolvision import CLASSES, SCHOOL
-
     school = CLASSES[SCHOOL]
     t = table.assign(
         true_school=table["label"] == school,
@@ -434,76 +311,3 @@ def cluster_profile(table: pd.DataFrame) -> pd.DataFrame:
         towns=("scene", "nunique"),
         main_town=("scene", lambda s: s.value_counts().idxmax()),
     ).round(3)
-
-
-def gallery_cams(run: Path, chips_dir: Path, chip_ids, device: str = "auto", method: str = "gradcam") -> dict[str, np.ndarray]:
-    """Grad-CAM maps (chip id -> (h, w) in [0, 1]) of a few chips, or ``{}`` without ``schoolvision.explain.methods``."""
-    try:
-        from schoolvision.explain.methods import explain_batch
-    except ImportError:
-        return {}
-    import torch
-
-    from schoolvision.model.checkpoint import load_classifier
-    from schoolvision.data.dataset import ChipDataset
-    from schoolvision.model.device import resolve_device
-
-    ids = [str(c) for c in chip_ids]
-    if not ids:
-        return {}
-    model, meta = load_classifier(run, resolve_device(device))
-    ds = ChipDataset(chips_dir, image_size=meta.image_size, require_classes=False)
-    row_of = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
-    maps = []
-    for start in range(0, len(ids), 32):
-        x = torch.stack([ds[row_of[c]]["image"] for c in ids[start : start + 32]])
-        maps.append(explain_batch(model, x.to(next(model.parameters()).device), method))
-    return dict(zip(ids, np.concatenate(maps)))
-
-
-def footprints(table: pd.DataFrame):
-    """Chip footprint polygons grouped by CRS: ``{crs: GeoDataFrame}`` (chips.csv bounds are in ``crs``)."""
-    import geopandas as gpd
-    from shapely.geometry import box
-
-    cols = [c for c in table.columns if c not in ("minx", "miny", "maxx", "maxy", "crs")]
-    out = {}
-    for crs, part in table.groupby("crs", sort=True):
-        geom = [box(*b) for b in part[["minx", "miny", "maxx", "maxy"]].to_numpy(float)]
-        out[str(crs)] = gpd.GeoDataFrame(part[cols].reset_index(drop=True), geometry=geom, crs=str(crs))
-    return out
-
-
-def write_cluster_vectors(table: pd.DataFrame, gpkg: Path, geojson: Path) -> None:
-    """Chip footprints with their cluster to a GeoPackage and a GeoJSON.
-
-    A GeoPackage layer has one CRS. Layer ``clusters`` is in the chips' CRS when they share one
-    (exact squares); when scenes lie in several CRSs it is in EPSG:4326 and each CRS also gets an
-    exact layer ``clusters_<authority>_<code>``. The GeoJSON is always EPSG:4326.
-    """
-    import geopandas as gpd
-
-    from schoolvision.io.gis import write_vectors
-
-    parts = footprints(table)
-    if len(parts) == 1:
-        main, extra = next(iter(parts.values())), {}
-    else:
-        main = gpd.GeoDataFrame(pd.concat([p.to_crs("EPSG:4326") for p in parts.values()], ignore_index=True), crs="EPSG:4326")
-        extra = {"clusters_" + crs.replace(":", "_").lower(): p for crs, p in parts.items()}
-    write_vectors(main, gpkg=gpkg, geojson=geojson, layer="clusters", extra_layers=extra)
-
-
-def read_scene_paths(chips_dir: Path) -> dict[str, Path]:
-    """Scene name -> image path from ``chips_dir/dataset.json`` (relative paths resolved against it)."""
-    import json
-
-    info_path = Path(chips_dir) / "dataset.json"
-    if not info_path.is_file():
-        return {}
-    scenes = json.loads(info_path.read_text()).get("scenes", {})
-    out = {}
-    for name, entry in scenes.items():
-        p = Path(entry["path"] if isinstance(entry, dict) else entry)
-        out[name] = p if p.is_absolute() else (Path(chips_dir) / p)
-    return out

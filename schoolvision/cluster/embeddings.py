@@ -10,7 +10,6 @@ schools first, only the school chips go through the model (they are known from t
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +20,16 @@ import torch
 from tqdm.auto import tqdm
 
 from schoolvision import CLASSES, SCHOOL
-from schoolvision.io.atomic import atomic_path
+from schoolvision.data.chips import SPLITS
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
+from schoolvision.io.atomic import atomic_path
+from schoolvision.io.folders import ChipsFolder, RunFolder, sha256
+from schoolvision.model.checkpoint import load_classifier
+from schoolvision.model.device import resolve_device
 
 SUBSETS = ("all", "predicted-school", "true-school", "false-positive")
-SPLITS = ("all", "train", "val", "test")
+SPLIT_CHOICES = ("all", *SPLITS)  # a chips.csv split, or every chip
 THUMB_SIZE = 48
 
 
@@ -53,17 +57,11 @@ class Features:
     key: str  # cache key: checkpoint hash, chips.csv hash, split
 
     def select(self, mask: np.ndarray) -> Features:
+        """The rows (and their vectors and thumbnails) where ``mask`` is true."""
         mask = np.asarray(mask, dtype=bool)
         return Features(self.vectors[mask], self.frame[mask].reset_index(drop=True), self.thumbnails[mask], self.key)
 
 
-def file_hash(path: str | Path, length: int = 16) -> str:
-    """Short SHA-256 of a file's bytes (cache keys)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:length]
 
 
 @torch.no_grad()
@@ -108,16 +106,16 @@ def load_features(config: FeatureConfig, *, progress: bool = True) -> Features:
     """Features of the chips in ``config.split``, from the cache or the model, filtered to ``config.subset``."""
     if config.subset not in SUBSETS:
         raise UserError(f"unknown subset {config.subset!r}; use one of {', '.join(SUBSETS)}")
-    if config.split not in SPLITS:
-        raise UserError(f"unknown split {config.split!r}; use one of {', '.join(SPLITS)}")
+    if config.split not in SPLIT_CHOICES:
+        raise UserError(f"unknown split {config.split!r}; use one of {', '.join(SPLIT_CHOICES)}")
     run, chips_dir = Path(config.run), Path(config.chips_dir)
-    ckpt = run / "best.pt" if run.is_dir() else run
+    ckpt = RunFolder.checkpoint(run)
     if not ckpt.is_file():
         raise UserError("checkpoint not found (train a model first: schoolvision train --chips DIR --out RUN)", ckpt)
-    chips_csv = chips_dir / "chips.csv"
-    if not chips_csv.is_file():
-        raise UserError("chips.csv not found (cut chips first: schoolvision chips ...)", chips_csv)
-    key = f"{file_hash(ckpt)}-{file_hash(chips_csv)}-{config.split}"
+    chips = ChipsFolder(chips_dir)
+    if not chips.has_index():
+        raise UserError("chips.csv not found (cut chips first: schoolvision chips ...)", chips.index_path)
+    key = f"{sha256(ckpt)[:16]}-{chips.index_sha256()[:16]}-{config.split}"
     cache_dir = Path(config.cache_dir) if config.cache_dir else (ckpt.parent / "features")
     # True schools are known without the model: extract only those (a few % of the chips), unless
     # the whole split is cached already. Every other subset needs the predictions of the whole split.
@@ -144,20 +142,20 @@ def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:
     return masks[subset]
 
 
-def _compute(config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, schools_only: bool, progress: bool) -> Features:
-    from schoolvision.model.checkpoint import load_classifier
-    from schoolvision.data.dataset import ChipDataset
-    from schoolvision.model.device import resolve_device
-
+def _compute(
+    config: FeatureConfig, ckpt: Path, chips_dir: Path, key: str, schools_only: bool, progress: bool
+) -> Features:
     device = resolve_device(config.device)
     model, meta = load_classifier(ckpt, device)
-    ds = ChipDataset(chips_dir, split=None if config.split == "all" else config.split, augment=False, image_size=meta.image_size, require_classes=False)
-    rows = np.flatnonzero(ds.labels == SCHOOL) if schools_only else np.arange(len(ds))
+    split = None if config.split == "all" else config.split
+    ds = ChipDataset(chips_dir, split=split, augment=False, image_size=meta.image_size, require_classes=False)
+    rows = np.flatnonzero(ds.class_ids == SCHOOL) if schools_only else np.arange(len(ds))
     if len(rows) == 0:
-        raise UserError(f"no {'school ' if schools_only else ''}chips in split {config.split!r}", chips_dir / "chips.csv")
+        what = "school chips" if schools_only else "chips"
+        raise UserError(f"no {what} in split {config.split!r}", chips_dir / "chips.csv")
     vectors, prob, index, thumbs = extract_features(
-        model, torch.utils.data.Subset(ds, rows.tolist()), batch_size=config.batch_size, device=device, temperature=meta.temperature,
-        num_workers=config.num_workers, progress=progress,
+        model, torch.utils.data.Subset(ds, rows.tolist()), batch_size=config.batch_size, device=device,
+        temperature=meta.temperature, num_workers=config.num_workers, progress=progress,
     )
     frame = ds.frame.iloc[index].reset_index(drop=True).copy()
     frame["label"] = frame["label"].map(_class_name)
@@ -193,8 +191,7 @@ def _read_cache(cache_dir: Path, key: str) -> Features | None:
 def _write_cache(cache_dir: Path, feats: Features) -> None:
     vec_path, csv_path, thumb_path = _paths(cache_dir, feats.key)
     for path, array in ((vec_path, feats.vectors), (thumb_path, feats.thumbnails)):
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, array)
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, array)
     with atomic_path(csv_path) as tmp:
         feats.frame.to_csv(tmp, index=False)

@@ -66,6 +66,6 @@ def write_projector(
         buf = io.BytesIO()
         Image.fromarray(sprite).save(buf, format="PNG")
         write_bytes(log_dir / "sprite.png", buf.getvalue())
-        lines += ["  sprite {", '    image_path: "sprite.png"', f"    single_image_dim: {cell}", f"    single_image_dim: {cell}", "  }"]
+        lines += ["  sprite {", '    image_path: "sprite.png"', *[f"    single_image_dim: {cell}"] * 2, "  }"]
     lines.append("}")
     return write_text(log_dir / "projector_config.pbtxt", "\n".join(lines) + "\n")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from schoolvision.train.evaluation import EvalConfig, evaluate_run
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run folder (holds best.pt)")
@@ -16,8 +18,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from schoolvision.train.evaluation import EvalConfig, evaluate_run
-
     m = evaluate_run(EvalConfig(args.run, args.chips, args.split, args.batch_size, args.device, args.n_boot))
     ci = m["bootstrap"]
     print(

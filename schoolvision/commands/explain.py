@@ -1,11 +1,22 @@
-"""`schoolvision explain`: heatmaps for a run's predictions on a chips split, with faithfulness scores."""
+"""`schoolvision explain`: heatmaps for a run's predictions on a chips split, with faithfulness scores.
+
+The runner writes heatmaps, overlays and tables; the galleries (true positives, false positives,
+false negatives per method) are drawn here, by :func:`write_galleries`.
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+
+from schoolvision.commands import default_of
+from schoolvision.explain.faithfulness import format_table
 from schoolvision.explain.methods import METHODS
+from schoolvision.explain.runner import ExplainConfig, ExplainSummary, explain_chips
+from schoolvision.io.atomic import atomic_path
+from schoolvision.plotting.explain import plot_gallery
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,30 +24,82 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--chips", required=True, type=Path, help="chips folder (chips.csv, dataset.json)")
     parser.add_argument("--method", required=True, help=f"one or more, comma-separated, or 'all': {', '.join(METHODS)}")
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--split", default="test", help="split to explain (default: test)")
-    parser.add_argument("--limit", type=int, default=None, help="explain at most N chips (seeded sample)")
-    parser.add_argument("--layer", default=None, help="layer to explain (default: the model's last conv block, or the deepest block with a 4x4 map "
-                        "when the input is too small for that; 'target' forces the last block)")
-    parser.add_argument("--target-class", default="school", help="class to explain (default: school)")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--shap-nsamples", type=int, default=64, help="expected-gradients samples per chip")
+    parser.add_argument(
+        "--split", default=default_of(ExplainConfig, "split"), help="split to explain (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=default_of(ExplainConfig, "limit"), help="explain at most N chips (seeded sample)"
+    )
+    parser.add_argument(
+        "--layer",
+        default=default_of(ExplainConfig, "layer"),
+        help="layer to explain (default: the model's last conv block, or the deepest block with a 4x4 "
+        "map when the input is too small for that; 'target' forces the last block)",
+    )
+    parser.add_argument(
+        "--target-class",
+        default=default_of(ExplainConfig, "target_class"),
+        help="class to explain (default: %(default)s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=default_of(ExplainConfig, "batch_size"))
+    parser.add_argument("--device", default=default_of(ExplainConfig, "device"))
+    parser.add_argument("--seed", type=int, default=default_of(ExplainConfig, "seed"))
+    parser.add_argument(
+        "--shap-nsamples",
+        type=int,
+        default=default_of(ExplainConfig, "shap_nsamples"),
+        help="expected-gradients samples per chip",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace the content of --out")
 
 
 def run(args: argparse.Namespace) -> int:
-    from schoolvision.explain.methods import ExplainConfig, explain_chips
-    from schoolvision.explain.faithfulness import format_table
-
     methods = list(METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
     config = ExplainConfig(
-        run=args.run, chips_dir=args.chips, out_dir=args.out, methods=methods, split=args.split, limit=args.limit,
-        layer=args.layer, target_class=args.target_class, batch_size=args.batch_size, device=args.device,
-        seed=args.seed, shap_nsamples=args.shap_nsamples, overwrite=args.overwrite,
+        run=args.run,
+        chips_dir=args.chips,
+        out_dir=args.out,
+        methods=methods,
+        split=args.split,
+        limit=args.limit,
+        layer=args.layer,
+        target_class=args.target_class,
+        batch_size=args.batch_size,
+        device=args.device,
+        seed=args.seed,
+        shap_nsamples=args.shap_nsamples,
+        overwrite=args.overwrite,
     )
     summary = explain_chips(config)
-    print(f"explained {summary.n_chips} chips of split {args.split} ({', '.join(f'{k} {v}' for k, v in summary.outcomes.items())})")
+    write_galleries(summary)
+    outcomes = ", ".join(f"{k} {v}" for k, v in summary.outcomes.items())
+    print(f"explained {summary.n_chips} chips of split {args.split} ({outcomes})")
     print(format_table(summary.table))
     print(f"wrote {summary.out_dir}/faithfulness.json and heatmaps per method")
     return 0
+
+
+def write_galleries(summary: ExplainSummary) -> list[Path]:
+    """Save ``<method>/gallery_<outcome>.png`` for every non-empty gallery of ``summary``.
+
+    Each figure is saved (atomically) and closed before the next is drawn, so a notebook that calls
+    this shows none of them.
+
+    Args:
+        summary: what :func:`~schoolvision.explain.runner.explain_chips` returned.
+
+    Returns:
+        The paths written.
+    """
+    paths = []
+    for method, by_outcome in summary.galleries.items():
+        for outcome, items in by_outcome.items():
+            if not items:
+                continue
+            path = Path(summary.out_dir) / method / f"gallery_{outcome.lower()}.png"
+            fig = plot_gallery(items, title=f"{method}: {outcome} ({summary.split} split)")
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp, dpi=110)
+            plt.close(fig)
+            paths.append(path)
+    return paths

@@ -9,43 +9,81 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from schoolvision.commands import default_of
+from schoolvision.scan.runner import ScanConfig, run_scan
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run folder (best.pt) or checkpoint file")
-    parser.add_argument("--imagery", required=True, nargs="+", type=Path,
-                        help="GeoTIFF files, folders of them, or XYZ tile folders (one mosaic each)")
+    parser.add_argument(
+        "--imagery",
+        required=True,
+        nargs="+",
+        type=Path,
+        help="GeoTIFF files, folders of them, or XYZ tile folders (one mosaic each)",
+    )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
-    parser.add_argument("--stride", type=int, default=None, help="window stride in pixels (default: half a chip)")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--threshold", type=float, default=None, help="P(school) threshold (default: the run's tuned one)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    parser.add_argument(
+        "--stride",
+        type=int,
+        default=default_of(ScanConfig, "stride"),
+        help="window stride in pixels (default: half a chip)",
+    )
+    parser.add_argument("--batch-size", type=int, default=default_of(ScanConfig, "batch_size"))
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=default_of(ScanConfig, "threshold"),
+        help="P(school) threshold (default: the run's tuned one)",
+    )
+    parser.add_argument("--device", default=default_of(ScanConfig, "device"), help="auto, cpu or cuda")
     parser.add_argument("--schools", type=Path, default=None, help="known schools to evaluate against (vector file)")
-    parser.add_argument("--match-distance", type=float, default=50.0, help="metres between a candidate and a school")
+    parser.add_argument(
+        "--match-distance",
+        type=float,
+        default=default_of(ScanConfig, "match_distance"),
+        help="metres between a candidate and a school",
+    )
     parser.add_argument("--native-resolution", action="store_true", help="scan at the scene's GSD, not the run's")
-    parser.add_argument("--no-cam", action="store_true", help="place candidates at the probability peak, not grad-CAM's")
+    parser.add_argument(
+        "--no-cam", action="store_true", help="place candidates at the probability peak, not grad-CAM's"
+    )
     parser.add_argument("--no-map", action="store_true", help="do not write map.html")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
 
 
 def run(args: argparse.Namespace) -> int:
-    from schoolvision.scan.scene import ScanConfig, run_scan
-
-    summary = run_scan(ScanConfig(
-        run=args.run, imagery=list(args.imagery), out_dir=args.out, stride=args.stride, batch_size=args.batch_size,
-        threshold=args.threshold, device=args.device, schools=args.schools, match_distance=args.match_distance,
-        native_resolution=args.native_resolution, overwrite=args.overwrite, cam_peaks=not args.no_cam,
-        make_map=not args.no_map,
-    ))
+    summary = run_scan(
+        ScanConfig(
+            run=args.run,
+            imagery=list(args.imagery),
+            out_dir=args.out,
+            stride=args.stride,
+            batch_size=args.batch_size,
+            threshold=args.threshold,
+            device=args.device,
+            schools=args.schools,
+            match_distance=args.match_distance,
+            native_resolution=args.native_resolution,
+            overwrite=args.overwrite,
+            cam_peaks=not args.no_cam,
+            make_map=not args.no_map,
+        )
+    )
     if summary.rank != 0:  # rank 0 prints the merged summary
         return 2 if summary.failed else 0
     if summary.scenes or summary.failed:
         area = sum(s.area_km2 for s in summary.scenes)
-        print(f"scanned {len(summary.scenes)} scene(s), {area:.2f} km2; {summary.candidates} candidate(s) "
-              f"at P(school) >= {summary.threshold:.3f} -> {summary.out_dir}")
+        print(
+            f"scanned {len(summary.scenes)} scene(s), {area:.2f} km2; {summary.candidates} candidate(s) "
+            f"at P(school) >= {summary.threshold:.3f} -> {summary.out_dir}"
+        )
     if summary.evaluation:
         e = summary.evaluation
-        print(f"known schools {e['schools']}: recall {e['recall']:.3f}, precision {e['precision']:.3f}, "
-              f"F1 {e['f1']:.3f} ({e['match_distance_m']:g} m matching)")
+        print(
+            f"known schools {e['schools']}: recall {e['recall']:.3f}, precision {e['precision']:.3f}, "
+            f"F1 {e['f1']:.3f} ({e['match_distance_m']:g} m matching)"
+        )
     for name, msg in summary.failed.items():
         print(f"FAILED {name}: {msg}")
     return 2 if summary.failed else 0

@@ -1,6 +1,7 @@
 """`schoolvision train`: train a school / not_school classifier into a run folder.
 
-Under ``torchrun --nproc_per_node=N`` the same command trains with DistributedDataParallel.
+Under ``torchrun --nproc_per_node=N`` the same command trains with DistributedDataParallel. The
+TensorBoard figures (confusion matrices, test chips) are drawn here and handed to ``fit``.
 """
 
 from __future__ import annotations
@@ -9,39 +10,95 @@ import argparse
 import os
 from pathlib import Path
 
+from schoolvision.commands import default_of
 from schoolvision.model.backbones import available_backbones
+from schoolvision.plotting.theme import apply_theme
+from schoolvision.plotting.training import tensorboard_figures
+from schoolvision.train.fit import TrainConfig, fit
+
+RECIPE = """\
+recommended recipe (the book's): the defaults. An ImageNet backbone fine-tuned at its pretraining input size
+(224 px; 128 px chips are upsampled), 6 epochs with early stopping, threshold tuned for F1 on validation.
+On the demo chips (6 towns) that is test AUPRC 1.000, F1 0.985 in about 13 minutes on 2 CPU cores; at the chips'
+own 128 px (--image-size 128) it trains about 3x faster but reached AUPRC 0.954, F1 0.892 and missed small schools.
+"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = RECIPE
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("--chips", required=True, type=Path, help="chips folder (from `schoolvision chips`)")
     parser.add_argument("--out", required=True, type=Path, help="run folder to write")
-    parser.add_argument("--backbone", default="efficientnet_lite0", help=f"one of: {', '.join(available_backbones())}")
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--image-size", type=int, default=None, help="model input size (default: chip size)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--backbone", default=default_of(TrainConfig, "backbone"), help=f"one of: {', '.join(available_backbones())}"
+    )
+    parser.add_argument(
+        "--epochs",
+        type=int,
+        default=default_of(TrainConfig, "epochs"),
+        help="passes over the training chips (default %(default)s, with early stopping)",
+    )
+    parser.add_argument("--batch-size", type=int, default=default_of(TrainConfig, "batch_size"))
+    parser.add_argument("--lr", type=float, default=default_of(TrainConfig, "lr"))
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=default_of(TrainConfig, "image_size"),
+        help="model input size in px (default: the backbone's pretraining size, 224, with the chips "
+        "upsampled; the chip size with --no-pretrained)",
+    )
+    parser.add_argument("--device", default=default_of(TrainConfig, "device"), help="auto, cpu or cuda")
+    parser.add_argument("--seed", type=int, default=default_of(TrainConfig, "seed"))
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initial weights")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
-    parser.add_argument("--freeze-epochs", type=int, default=0, help="epochs with a frozen backbone")
-    parser.add_argument("--beta", type=float, default=1.0, help="tune the threshold for F-beta (1 = F1, 2 = F2)")
-    parser.add_argument("--patience", type=int, default=5, help="early stopping: epochs without better val AUPRC")
-    parser.add_argument("--num-workers", type=int, default=None, help="data loader workers (default: 0 on CPU)")
+    parser.add_argument(
+        "--freeze-epochs",
+        type=int,
+        default=default_of(TrainConfig, "freeze_backbone_epochs"),
+        help="epochs with a frozen backbone",
+    )
+    parser.add_argument(
+        "--beta",
+        type=float,
+        default=default_of(TrainConfig, "threshold_beta"),
+        help="tune the threshold for F-beta (1 = F1, 2 = F2)",
+    )
+    parser.add_argument(
+        "--patience",
+        type=int,
+        default=default_of(TrainConfig, "patience"),
+        help="early stopping: epochs without better val AUPRC",
+    )
+    parser.add_argument(
+        "--num-workers",
+        type=int,
+        default=default_of(TrainConfig, "num_workers"),
+        help="data loader workers (default: 0 on CPU)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    from schoolvision.train.fit import TrainConfig, fit
-
     config = TrainConfig(
-        chips_dir=args.chips, out_dir=args.out, backbone=args.backbone, pretrained=args.pretrained,
-        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, image_size=args.image_size,
-        device=args.device, seed=args.seed, resume=args.resume, overwrite=args.overwrite,
-        freeze_backbone_epochs=args.freeze_epochs, threshold_beta=args.beta, patience=args.patience,
+        chips_dir=args.chips,
+        out_dir=args.out,
+        backbone=args.backbone,
+        pretrained=args.pretrained,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        image_size=args.image_size,
+        device=args.device,
+        seed=args.seed,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        freeze_backbone_epochs=args.freeze_epochs,
+        threshold_beta=args.beta,
+        patience=args.patience,
         num_workers=args.num_workers,
     )
-    metrics = fit(config)
+    apply_theme()
+    metrics = fit(config, figures=tensorboard_figures)
     if int(os.environ.get("RANK", "0")) == 0:
         keys = ("auprc", "f1", "f2", "precision", "recall", "roc_auc", "threshold")
         print(f"test: {'  '.join(f'{k}={metrics[k]:.3f}' for k in keys)}  (best epoch {metrics['best_epoch']})")

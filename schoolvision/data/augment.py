@@ -25,7 +25,8 @@ class AugmentConfig:
     max_zoom: float = 1.15  # random crop of 1/zoom of the side, resized back
 
 
-def augment_chip(image: torch.Tensor, generator: torch.Generator, config: AugmentConfig = AugmentConfig()) -> torch.Tensor:
+def augment_chip(image: torch.Tensor, generator: torch.Generator,
+                 config: AugmentConfig = AugmentConfig()) -> torch.Tensor:
     """Augment a float (3, H, W) image in [0, 1]; returns a new tensor of the same shape."""
     u = lambda: float(torch.rand((), generator=generator))  # noqa: E731
     x = image

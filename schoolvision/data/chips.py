@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -33,16 +34,19 @@ from pathlib import Path
 
 import numpy as np
 from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
 from rasterio.windows import Window
 from shapely import STRtree, union_all
 from shapely.geometry import box
 from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
-from schoolvision.io.atomic import write_json, write_text
 from schoolvision.errors import UserError
-from schoolvision.io.gis import write_geotiff
+from schoolvision.io.atomic import write_text
+from schoolvision.io.folders import ChipsFolder, prepare_output
 from schoolvision.io.imagery import ImagerySource, list_sources, open_source, read_window, source_info
+from schoolvision.io.rasters import write_geotiff
 from schoolvision.io.schools import POINT_BUFFER_M, read_schools
 
 SPLITS = ("train", "val", "test")
@@ -84,9 +88,6 @@ class ChipConfig:
         if self.gsd is not None and self.gsd <= 0:
             raise UserError(f"--gsd must be positive, got {self.gsd}")
         if self.crs is not None:
-            from rasterio.crs import CRS
-            from rasterio.errors import CRSError
-
             try:
                 self.crs = CRS.from_user_input(self.crs).to_string()
             except CRSError:
@@ -114,6 +115,7 @@ class ChipSummary:
 
     @property
     def n_chips(self) -> int:
+        """Chips written, all splits and classes."""
         return sum(sum(c.values()) for c in self.counts.values())
 
     def __str__(self) -> str:
@@ -122,7 +124,8 @@ class ChipSummary:
             c = self.counts.get(split, {})
             n = sum(c.values())
             share = c.get("school", 0) / n if n else 0.0
-            lines.append(f"  {split:5s}: " + ", ".join(f"{k} {c.get(k, 0)}" for k in CLASSES) + f" ({share:.0%} school)")
+            per_class = ", ".join(f"{k} {c.get(k, 0)}" for k in CLASSES)
+            lines.append(f"  {split:5s}: {per_class} ({share:.0%} school)")
         lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())))
         return "\n".join(lines)
 
@@ -134,26 +137,41 @@ def make_chips(
     config: ChipConfig | None = None,
     overwrite: bool = False,
 ) -> ChipSummary:
-    """Cut labelled, georeferenced chips and write ``out_dir`` (layout in the team contract).
+    """Cut labelled, georeferenced chips and write a chips folder (chip GeoTIFFs, ``chips.csv``, ``dataset.json``).
 
     The folder is built beside ``out_dir`` and renamed at the end, so an interrupted run leaves
     nothing half-written. An ``out_dir`` holding the same dataset (same inputs and config) is
     reused; one holding anything else is refused unless ``overwrite``.
+
+    Args:
+        imagery: GeoTIFF files, folders of them, or XYZ tile folders (see :mod:`schoolvision.io.imagery`).
+        schools: school Points or Polygons in any vector format and CRS (GeoJSON, GeoPackage ...).
+        out_dir: the chips folder to write.
+        config: chip size, stride, GSD, labelling rule, sampling and split settings (defaults: ``ChipConfig()``).
+        overwrite: replace an ``out_dir`` that holds anything but this very dataset.
+
+    Returns:
+        What was written (or found up to date): chip counts per split and class, skipped windows,
+        GSD, chip size and per-scene metadata.
+
+    Raises:
+        UserError: an imagery path or the schools file is missing or unreadable, no school lies
+            inside the imagery, a setting is invalid, or ``out_dir`` holds something else and
+            ``overwrite`` is not set.
     """
     config = config or ChipConfig()
     out_dir = Path(out_dir)
     sources = list_sources([imagery] if isinstance(imagery, (str, Path)) else imagery)
     fingerprint = _fingerprint(sources, Path(schools), config)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        existing = _read_existing(out_dir)
-        if existing is not None and existing.get("fingerprint") == fingerprint and not overwrite:
-            return _summary_from_json(out_dir, existing, reused=True)
-        if not overwrite:
-            raise UserError("output folder already holds a different dataset or other files; "
-                            "pass --overwrite to replace it", out_dir)
-    labels = read_schools(schools, config.point_buffer_m)
+    existing = ChipsFolder(out_dir)
+    if prepare_output(out_dir, overwrite, create=False,
+                      message="output folder already holds a different dataset or other files; "
+                              "pass --overwrite to replace it",
+                      is_same=lambda _: not overwrite and _read_existing(existing).get("fingerprint") == fingerprint):
+        return _summary_from_json(out_dir, _read_existing(existing), reused=True)
+    footprints = read_schools(schools, config.point_buffer_m)
     infos = {s.name: source_info(s, config.crs, config.bands) for s in sources}
-    _check_overlap(labels, infos, schools)
+    _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
     scene_split = _scene_splits([s.name for s in sources], config)
 
@@ -164,12 +182,14 @@ def make_chips(
         skipped: Counter = Counter()
         scenes: dict[str, dict] = {}
         for source in sources:
-            scene_rows, scene_meta = _chip_scene(source, labels, scene_split[source.name], gsd, config, tmp, skipped)
+            scene_rows, scene_meta = _chip_scene(source, footprints, scene_split[source.name], gsd, config, tmp,
+                                                 skipped)
             rows.extend(scene_rows)
             scenes[source.name] = scene_meta
         counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
-        _write_csv(tmp / "chips.csv", rows)
-        write_text(tmp / "schools.geojson", labels.to_json(drop_id=True, to_wgs84=True))
+        folder = ChipsFolder(tmp)
+        folder.write_index(_index_csv(rows))
+        write_text(tmp / "schools.geojson", footprints.to_json(drop_id=True, to_wgs84=True))
         meta = {
             "chip_size": config.chip_size,
             "gsd": gsd,
@@ -194,7 +214,7 @@ def make_chips(
             "config": _config_dict(config),
             "fingerprint": fingerprint,
         }
-        write_json(tmp / "dataset.json", meta)
+        folder.write_meta(meta)
         _replace_dir(tmp, out_dir)
     finally:
         if tmp.exists():
@@ -202,14 +222,14 @@ def make_chips(
     return _summary_from_json(out_dir, meta)
 
 
-def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, config: ChipConfig, out: Path,
+def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, config: ChipConfig, out: Path,
                 skipped: Counter) -> tuple[list[dict], dict]:
     """Label, split, sample and write the chips of one scene."""
     cs, rng = config.chip_size, np.random.default_rng([config.seed, _stable_int(source.name)])
     with open_source(source, gsd=gsd, crs=config.crs, bands=config.bands) as ds:
         crs = ds.crs
         crs_text = crs.to_string()
-        schools = labels.to_crs(crs)
+        schools = footprints.to_crs(crs)
         scene_box = box(*ds.bounds)
         schools = schools[schools.intersects(scene_box)].reset_index(drop=True)
         tree = STRtree(list(schools.geometry))
@@ -230,10 +250,10 @@ def _chip_scene(source: ImagerySource, labels, split_rule: str, gsd: float, conf
             if label is None:
                 skipped["ambiguous"] += 1
                 continue
-            labelled.append(dict(row_off=row, col_off=col, view=view, split=split, label=label,
-                                 school_fraction=round(frac, 4), school_cover=round(cover, 4), school_name=name,
-                                 minx=chip_box.bounds[0], miny=chip_box.bounds[1], maxx=chip_box.bounds[2],
-                                 maxy=chip_box.bounds[3]))
+            labelled.append({"row_off": row, "col_off": col, "view": view, "split": split, "label": label,
+                             "school_fraction": round(frac, 4), "school_cover": round(cover, 4), "school_name": name,
+                             "minx": chip_box.bounds[0], "miny": chip_box.bounds[1], "maxx": chip_box.bounds[2],
+                             "maxy": chip_box.bounds[3]})
         chosen = _undersample(labelled, config, rng, skipped)
         rows = []
         for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False):
@@ -334,18 +354,21 @@ def _scene_splits(names: list[str], config: ChipConfig) -> dict[str, str]:
         return {n: "test" if n in test else "val" if n in val else "train" for n in names}
     if len(names) >= 3:
         return {n: "test" if n == names[-1] else "val" if n == names[-2] else "train" for n in names}
-    return {n: "blocks" for n in names}
+    return dict.fromkeys(names, "blocks")
 
 
 def _block_splits(height: int, width: int, config: ChipConfig, scene: str) -> np.ndarray:
     """Assign each block a split index (0 train, 1 val, 2 test), seeded, each split at least once."""
     nby, nbx = math.ceil(height / config.block_size), math.ceil(width / config.block_size)
     n = nby * nbx
-    counts = np.maximum(1, np.round(np.array(config.block_fractions) * n).astype(int)) if n >= 3 else np.array([n, 0, 0])
+    if n >= 3:
+        counts = np.maximum(1, np.round(np.array(config.block_fractions) * n).astype(int))
+    else:
+        counts = np.array([n, 0, 0])
     counts[0] = max(0, n - counts[1] - counts[2])
-    labels = np.repeat(np.arange(3), counts)[:n]
+    split_ids = np.repeat(np.arange(3), counts)[:n]
     rng = np.random.default_rng([config.seed, _stable_int(scene), 7])
-    return rng.permutation(labels).reshape(nby, nbx)
+    return rng.permutation(split_ids).reshape(nby, nbx)
 
 
 def _window_split(blocks: np.ndarray, row: int, col: int, cs: int, block: int) -> str | None:
@@ -356,12 +379,12 @@ def _window_split(blocks: np.ndarray, row: int, col: int, cs: int, block: int) -
     return SPLITS[int(values[0])] if len(values) == 1 else None
 
 
-def _check_overlap(labels, infos: dict[str, dict], schools_path) -> None:
-    """Refuse labels that lie entirely outside all imagery, naming both extents (EPSG:4326)."""
+def _check_overlap(footprints, infos: dict[str, dict], schools_path) -> None:
+    """Refuse school footprints that lie entirely outside all imagery, naming both extents (EPSG:4326)."""
     boxes = [box(*i["bounds_4326"]) for i in infos.values()]
-    if any(labels.intersects(b).any() for b in boxes):
+    if any(footprints.intersects(b).any() for b in boxes):
         return
-    lb = labels.total_bounds
+    lb = footprints.total_bounds
     ib = np.array([i["bounds_4326"] for i in infos.values()])
     img = (ib[:, 0].min(), ib[:, 1].min(), ib[:, 2].max(), ib[:, 3].max())
     fmt = lambda b: "(" + ", ".join(f"{v:.5f}" for v in b) + ")"  # noqa: E731
@@ -369,15 +392,14 @@ def _check_overlap(labels, infos: dict[str, dict], schools_path) -> None:
                     f"{fmt(img)} (EPSG:4326 west, south, east, north)", schools_path)
 
 
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    import io
-
+def _index_csv(rows: list[dict]) -> str:
+    """``chips.csv`` text: one row per chip, sorted by split, label and chip id."""
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for r in sorted(rows, key=lambda r: (SPLITS.index(r["split"]), r["label"], r["chip_id"])):
         writer.writerow(r)
-    write_text(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
@@ -414,11 +436,12 @@ def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig
     return h.hexdigest()[:16]
 
 
-def _read_existing(out_dir: Path) -> dict | None:
+def _read_existing(folder: ChipsFolder) -> dict:
+    """The ``dataset.json`` of an existing folder; ``{}`` when it has none or an unreadable one (it is replaced)."""
     try:
-        return json.loads((out_dir / "dataset.json").read_text())
-    except (OSError, ValueError):
-        return None
+        return folder.read_meta()
+    except UserError:
+        return {}
 
 
 def _summary_from_json(out_dir: Path, meta: dict, reused: bool = False) -> ChipSummary:

@@ -1,5 +1,7 @@
-"""PyTorch dataset of chips: a chips folder made by :func:`schoolvision.data.chips.make_chips`, or a plain
-``school/`` + ``not_school/`` folder tree of GeoTIFF / PNG / JPEG images.
+"""PyTorch dataset of chips, from a chips folder or a plain folder tree of images.
+
+The chips folder is one made by :func:`schoolvision.data.chips.make_chips`; a plain tree holds
+``school/`` + ``not_school/`` folders of GeoTIFF / PNG / JPEG images.
 
 Items are dicts ``{"image": float32 (3, H, W) in [0, 1], "label": int64 (1 = school), "index": int}``
 (the model normalises inside). Files are opened in ``__getitem__`` only, so the dataset pickles
@@ -17,18 +19,25 @@ import rasterio
 import torch
 import torch.nn.functional as F
 from affine import Affine
+from PIL import Image
 from rasterio.crs import CRS
 from rasterio.errors import RasterioError
+from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
 from schoolvision.data.augment import AugmentConfig, augment_chip
 from schoolvision.errors import UserError
+from schoolvision.io.folders import ChipsFolder
 
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 class ChipDataset(torch.utils.data.Dataset):
-    """Chips of one split (or all) with their labels and georeference."""
+    """Chips of one split (or all) with their class ids and georeference.
+
+    ``class_ids[i]`` is the index in ``CLASSES`` of chip ``i``'s label (1 = school); the school
+    footprints the labels were cut from are :func:`schoolvision.io.schools.read_schools`' business.
+    """
 
     def __init__(
         self,
@@ -37,7 +46,7 @@ class ChipDataset(torch.utils.data.Dataset):
         augment: bool = False,
         image_size: int | None = None,
         seed: int = 0,
-        augment_config: AugmentConfig = AugmentConfig(),
+        augment_config: AugmentConfig | None = None,
         require_classes: bool = True,
     ):
         self.root = Path(chips_dir)
@@ -46,14 +55,10 @@ class ChipDataset(torch.utils.data.Dataset):
         self.image_size = image_size
         self.seed = seed
         self.epoch = 0
-        self.augment_config = augment_config
-        index = self.root / "chips.csv"
-        if index.is_file():
-            frame = pd.read_csv(index, keep_default_na=False, dtype={"chip_id": str, "school_name": str})
-            if split is not None:
-                if split not in set(frame["split"]):
-                    raise UserError(f"split {split!r} has no chips (splits: {sorted(set(frame['split']))})", index)
-                frame = frame[frame["split"] == split]
+        self.augment_config = augment_config or AugmentConfig()
+        folder = ChipsFolder(self.root)
+        if folder.has_index():
+            frame = folder.read_index(split)
         elif self.root.is_dir():
             frame = folder_frame(self.root, split)
         else:
@@ -66,7 +71,7 @@ class ChipDataset(torch.utils.data.Dataset):
             for name in CLASSES:
                 if not (self.frame["label"] == name).any():
                     raise UserError(f"{where} has no {name!r} chips; both classes are needed", self.root)
-        self.labels = np.array([CLASSES.index(v) for v in self.frame["label"]], dtype=np.int64)
+        self.class_ids = np.array([CLASSES.index(v) for v in self.frame["label"]], dtype=np.int64)
 
     @classmethod
     def from_folder(cls, root: str | Path, **kwargs) -> ChipDataset:
@@ -82,9 +87,10 @@ class ChipDataset(torch.utils.data.Dataset):
 
     def class_counts(self) -> dict[str, int]:
         """Number of chips per class name."""
-        return {name: int((self.labels == i).sum()) for i, name in enumerate(CLASSES)}
+        return {name: int((self.class_ids == i).sum()) for i, name in enumerate(CLASSES)}
 
     def path(self, i: int) -> Path:
+        """Where chip ``i`` is stored."""
         return self.root / self.frame["path"].iloc[i]
 
     def read_chip(self, i: int) -> np.ndarray:
@@ -95,8 +101,6 @@ class ChipDataset(torch.utils.data.Dataset):
                 with rasterio.open(path) as ds:
                     arr = ds.read(list(range(1, min(ds.count, 3) + 1)))
             else:
-                from PIL import Image
-
                 with Image.open(path) as img:
                     arr = np.asarray(img.convert("RGB")).transpose(2, 0, 1)
         except (RasterioError, OSError) as exc:
@@ -113,6 +117,24 @@ class ChipDataset(torch.utils.data.Dataset):
         with rasterio.open(path) as ds:
             return (ds.crs, ds.transform) if ds.crs is not None else None
 
+    def sample_by_class(self, per_class: int = 6, seed: int = 0) -> tuple[pd.DataFrame, list[np.ndarray]]:
+        """A seeded sample of up to ``per_class`` chips of each class, school first (chips to look at).
+
+        Returns:
+            The chips' index rows, class after class, with ``width_m`` (ground width of the chip)
+            added, and their pixels as (H, W, 3) uint8 arrays in the same order.
+        """
+        rows, images = [], []
+        for label in sorted(self.frame["label"].unique(), reverse=True):
+            of_class = self.frame[self.frame["label"] == label]
+            for i in of_class.sample(min(per_class, len(of_class)), random_state=seed).index:
+                image = self.read_chip(int(i))
+                georef = self.georef(int(i))
+                width = image.shape[-1] * abs(georef[1].a) if georef is not None else float("nan")
+                rows.append({**self.frame.loc[i].to_dict(), "width_m": width})
+                images.append(image.transpose(1, 2, 0))
+        return pd.DataFrame(rows), images
+
     def __getitem__(self, i: int) -> dict:
         image = torch.from_numpy(self.read_chip(i)).float().div_(255.0)
         if self.augment:
@@ -121,7 +143,24 @@ class ChipDataset(torch.utils.data.Dataset):
         if self.image_size and tuple(image.shape[-2:]) != (self.image_size, self.image_size):
             image = F.interpolate(image[None], size=(self.image_size, self.image_size), mode="bilinear",
                                   antialias=True, align_corners=False)[0].clamp_(0.0, 1.0)
-        return {"image": image, "label": torch.tensor(self.labels[i], dtype=torch.int64), "index": int(i)}
+        return {"image": image, "label": torch.tensor(self.class_ids[i], dtype=torch.int64), "index": int(i)}
+
+
+class CachedChipDataset(ChipDataset):
+    """A :class:`ChipDataset` whose chips are decoded once, on creation, and kept in memory (uint8).
+
+    Items (augmentation included) are exactly those of the plain dataset; only the GeoTIFF decoding
+    of every epoch is saved, which is what small training splits spend most of their time on.
+    """
+
+    def __init__(self, chips_dir: str | Path, split: str | None = None, **kwargs):
+        super().__init__(chips_dir, split=split, **kwargs)
+        decode = ChipDataset.read_chip
+        self._cache = [decode(self, i) for i in tqdm(range(len(self)), desc=f"load {split} chips", leave=False)]
+
+    def read_chip(self, i: int) -> np.ndarray:
+        """The chip's pixels from memory, uint8 (3, H, W)."""
+        return self._cache[i]
 
 
 def folder_frame(root: Path, split: str | None = None) -> pd.DataFrame:

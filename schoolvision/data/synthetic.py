@@ -18,13 +18,21 @@ import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import geopandas as gpd
 import numpy as np
+import pandas as pd
+import shapely
 from affine import Affine
 from scipy import ndimage
+from shapely.geometry import Polygon
 from skimage.draw import circle_perimeter
 from skimage.draw import polygon as draw_polygon
+from tqdm.auto import tqdm
 
 from schoolvision.errors import UserError
+from schoolvision.io.atomic import atomic_path, write_json
+from schoolvision.io.folders import prepare_output
+from schoolvision.io.rasters import write_geotiff
 
 # (place, EPSG of its UTM zone, easting, northing of the scene's upper-left corner) — plausible origins.
 LOCATIONS = (
@@ -381,10 +389,9 @@ class _Ctx:
         self.cv.paint(rr, cc, self.yard_col, texture=(1 + 0.04 * self.rng.standard_normal(rr.size)).astype(np.float32))
 
 
-def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int = 0, config: TownConfig | None = None) -> Town:
+def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int = 0,
+                  config: TownConfig | None = None) -> Town:
     """Paint town number ``index`` of demo ``seed``: a square ``size`` px scene at ``gsd`` m/px."""
-    from shapely.geometry import Polygon
-
     cfg = config or TownConfig()
     rng = np.random.default_rng([seed, index])
     m = 1.0 / gsd
@@ -440,11 +447,13 @@ def generate_town(seed: int, size: int = 1536, gsd: float = 1.0, *, index: int =
 def _paint_ground(ctx: _Ctx) -> None:
     """Soil/grass mix at two scales with fine texture; greener away from the built-up centre."""
     rng, size, m, shape = ctx.rng, ctx.size, ctx.m, ctx.shape
-    veg = 1 / (1 + np.exp(-(1.4 * _noise(rng, shape, 90 * m) + 0.7 * _noise(rng, shape, 22 * m) + 2.5 * (ctx.green - 0.5))))
+    veg = 1 / (1 + np.exp(-(1.4 * _noise(rng, shape, 90 * m) + 0.7 * _noise(rng, shape, 22 * m)
+                            + 2.5 * (ctx.green - 0.5))))
     ctx.ctr = np.array([size * rng.uniform(0.35, 0.65), size * rng.uniform(0.35, 0.65)])
     yy, xx = np.ogrid[0:size, 0:size]
     yy, xx = yy.astype(np.float32), xx.astype(np.float32)
-    dens = np.exp(-(((xx - ctx.ctr[0]) ** 2 + (yy - ctx.ctr[1]) ** 2) / (0.42 * size) ** 2)) + 0.2 * _noise(rng, shape, 150 * m)
+    dens = (np.exp(-(((xx - ctx.ctr[0]) ** 2 + (yy - ctx.ctr[1]) ** 2) / (0.42 * size) ** 2))
+            + 0.2 * _noise(rng, shape, 150 * m))
     ctx.dens = np.clip(dens, 0, 1).astype(np.float32)
     veg = veg * (1 - 0.5 * ctx.dens)
     ground = ctx.soil[:, None, None] * (1 - veg) + ctx.grass[:, None, None] * veg
@@ -463,13 +472,15 @@ def _paint_water(ctx: _Ctx) -> str:
     if kind_water == "river":
         start = (rng.uniform(0, size), -20) if rng.random() < 0.5 else (-20, rng.uniform(0, size))
         heading = math.pi / 2 if start[1] < 0 else 0.0
-        dist, half, _ = _stroke([_walk(rng, start, heading + rng.normal(0, 0.3), size * 1.6, 0.02)], [rng.uniform(14, 35) * m], shape)
+        dist, half, _ = _stroke([_walk(rng, start, heading + rng.normal(0, 0.3), size * 1.6, 0.02)],
+                                [rng.uniform(14, 35) * m], shape)
         edge = half - dist
     else:
         pc = rng.uniform(0.15, 0.85, 2) * size
         r = rng.uniform(25, 60) * m
         yy, xx = np.ogrid[0:size, 0:size]
-        edge = r * (1 + 0.25 * _noise(rng, shape, 30 * m)) - np.hypot(xx.astype(np.float32) - pc[0], yy.astype(np.float32) - pc[1])
+        edge = r * (1 + 0.25 * _noise(rng, shape, 30 * m)) - np.hypot(xx.astype(np.float32) - pc[0],
+                                                                       yy.astype(np.float32) - pc[1])
     shore = np.clip((edge + 4 * m) / (3 * m), 0, 1)
     wet = np.clip(edge / (4 * m), 0, 1)
     sand = np.clip(ctx.soil * 1.2, 0, 1).astype(np.float32)
@@ -547,7 +558,8 @@ def _place_schools(ctx: _Ctx) -> list[np.ndarray]:
         ang = rng.uniform(0, math.pi)
         cx, cy = rng.uniform(margin + L / 2, size - margin - L / 2, 2)
         comp = _rect(cx, cy, -L / 2, L / 2, -W / 2, W / 2, ang)
-        if comp.min() < margin or comp.max() > size - margin or not cv.free(comp, 3 * m) or reserved[_box(comp, 0)].any():
+        if (comp.min() < margin or comp.max() > size - margin or not cv.free(comp, 3 * m)
+                or reserved[_box(comp, 0)].any()):
             continue
         reserved[_box(comp, cfg.school_spacing_m * m)] = True  # schools never touch each other
         cv.occupy(comp, 4 * m)  # but houses may crowd up to the wall
@@ -578,7 +590,8 @@ def _place_schools(ctx: _Ctx) -> list[np.ndarray]:
             fcol = ctx.grass * rng.uniform(0.9, 1.05) if rng.random() < 0.6 else ctx.yard_col * 0.95
             _draw_field(cv, fc[0], fc[1], fl, fw, ang, fcol, m)
         elif rng.random() < 0.5:  # a latrine block in a corner of the yard
-            ctx.buildings.append(_Building(_rect(cx, cy, fu1 - 8 * m, fu1 - 2 * m, fv1 - 5 * m, fv1, ang), ctx.roof(), hs * 0.8))
+            ctx.buildings.append(_Building(_rect(cx, cy, fu1 - 8 * m, fu1 - 2 * m, fv1 - 5 * m, fv1, ang), ctx.roof(),
+                                           hs * 0.8))
         for _ in range(int(rng.integers(0, 4))):
             p = _rect(cx, cy, *(rng.uniform(-0.45, 0.45) * L,) * 2, *(rng.uniform(0.1, 0.45) * W,) * 2, ang)[0]
             ctx.yard_trees.append((p[0], p[1], rng.uniform(2, 4) * m))
@@ -592,7 +605,8 @@ def _place_negatives(ctx: _Ctx) -> list[tuple[str, np.ndarray]]:
     rng, size, m, cv, cfg, reserved = ctx.rng, ctx.size, ctx.m, ctx.cv, ctx.cfg, ctx.reserved
     km2 = (size / m / 1000.0) ** 2
     landmarks: list[tuple[str, np.ndarray]] = []
-    n_neg = max(int(round(cfg.negatives_per_km2 * km2 * rng.uniform(0.85, 1.15))), len(NEGATIVE_KINDS) if km2 > 0.5 else 3)
+    n_neg = max(int(round(cfg.negatives_per_km2 * km2 * rng.uniform(0.85, 1.15))),
+                len(NEGATIVE_KINDS) if km2 > 0.5 else 3)
     kinds = [NEGATIVE_KINDS[(i + int(rng.integers(7))) % 7] if i >= 7 else NEGATIVE_KINDS[i] for i in range(n_neg)]
     kinds += ["walled_compound"] * (n_neg // 3)  # the closest look-alike, so the most frequent
     for kind in kinds:
@@ -632,7 +646,8 @@ def _paint_crops(ctx: _Ctx) -> None:
         if rr.size == 0:
             continue
         crop = rng.choice(3)
-        base = (ctx.grass * rng.uniform(0.75, 1.1), ctx.soil * rng.uniform(0.8, 1.0), np.array(DRY_GRASS) * rng.uniform(0.9, 1.15))[crop]
+        base = (ctx.grass * rng.uniform(0.75, 1.1), ctx.soil * rng.uniform(0.8, 1.0),
+                np.array(DRY_GRASS) * rng.uniform(0.9, 1.15))[crop]
         period = rng.uniform(2.5, 6) * m
         s = (cc * math.cos(ang) + rr * math.sin(ang)) * 2 * math.pi / period
         cv.paint(rr, cc, base, texture=(1 + 0.12 * np.sin(s)).astype(np.float32))
@@ -673,9 +688,11 @@ def _place_houses(ctx: _Ctx) -> int:
         if x0 < 0 or y0 < 0 or x1 >= size or y1 >= size or occ[y0 : y1 + 1, x0 : x1 + 1].any():
             continue
         if plot[i]:  # swept-earth plot around the house
-            ctx.yard(_rect(*centres[i], -hl[i] / 2 - 3 * m, hl[i] / 2 + 3 * m, -hw[i] / 2 - 3 * m, hw[i] / 2 + 3 * m, angs[i]))
+            ctx.yard(_rect(*centres[i], -hl[i] / 2 - 3 * m, hl[i] / 2 + 3 * m, -hw[i] / 2 - 3 * m, hw[i] / 2 + 3 * m,
+                           angs[i]))
         occ[y0 + 1 : y1, x0 + 1 : x1] = True
-        ctx.buildings.append(_Building(corners_all[i], ROOFS[roofs[i]], heights[i], ridge=bool(ridged[i]), corrugated=bool(corr[i])))
+        ctx.buildings.append(_Building(corners_all[i], ROOFS[roofs[i]], heights[i], ridge=bool(ridged[i]),
+                                       corrugated=bool(corr[i])))
         placed += 1
     return placed
 
@@ -708,7 +725,8 @@ def _paint_trees(ctx: _Ctx) -> None:
     cv.shadow |= ndimage.shift(canopy, (off[1], off[0]), order=0, mode="constant", cval=False)
 
 
-def _paint_negative(ctx: _Ctx, kind: str, cx: float, cy: float, L: float, W: float, ang: float, comp: np.ndarray) -> None:
+def _paint_negative(ctx: _Ctx, kind: str, cx: float, cy: float, L: float, W: float, ang: float,
+                    comp: np.ndarray) -> None:
     """Paint one hard negative of ``kind`` into the compound rectangle ``comp`` (L x W px, rotated ``ang``)."""
     cv, rng, m, hs, sh, roof, yard = ctx.cv, ctx.rng, ctx.m, ctx.hs, ctx.sh, ctx.roof, ctx.yard
     yard_col, grass, buildings, walls, yard_trees = ctx.yard_col, ctx.grass, ctx.buildings, ctx.walls, ctx.yard_trees
@@ -719,7 +737,8 @@ def _paint_negative(ctx: _Ctx, kind: str, cx: float, cy: float, L: float, W: flo
         n = int(rng.integers(1, 3))
         for i in range(n):
             v0 = -W / 2 + 5 * m + i * (W - 10 * m) / n
-            buildings.append(_Building(_rect(cx, cy, -L / 2 + 6 * m, L / 2 - 6 * m, v0, v0 + (W - 10 * m) / n - 4 * m, ang),
+            buildings.append(_Building(_rect(cx, cy, -L / 2 + 6 * m, L / 2 - 6 * m, v0, v0 + (W - 10 * m) / n - 4 * m,
+                                             ang),
                                        roof(), hs * 1.8, ridge=rng.random() < 0.5, corrugated=True))
         if rng.random() < 0.4:
             walls.append((comp, wall_col, 2.0 * sh, int(rng.integers(4))))
@@ -737,8 +756,10 @@ def _paint_negative(ctx: _Ctx, kind: str, cx: float, cy: float, L: float, W: flo
         bw = rng.uniform(7, 10) * m
         for i in range(n):
             v0 = -W / 2 + 4 * m + i * (W - 8 * m) / n
-            buildings.append(_Building(_rect(cx, cy, -L / 2 + 8 * m, L / 2 - 4 * m, v0, v0 + bw, ang), col, hs, corrugated=True))
-        buildings.append(_Building(_rect(cx, cy, -L / 2 + 2 * m, -L / 2 + 6 * m, -W / 2 + 4 * m, W / 2 - 6 * m, ang), col, hs * 0.7, ridge=False))
+            buildings.append(_Building(_rect(cx, cy, -L / 2 + 8 * m, L / 2 - 4 * m, v0, v0 + bw, ang), col, hs,
+                                       corrugated=True))
+        buildings.append(_Building(_rect(cx, cy, -L / 2 + 2 * m, -L / 2 + 6 * m, -W / 2 + 4 * m, W / 2 - 6 * m, ang),
+                                   col, hs * 0.7, ridge=False))
         for _ in range(int(rng.integers(2, 6))):
             p = _rect(cx, cy, *(rng.uniform(-0.5, 0.5) * L,) * 2, *(rng.uniform(-0.5, 0.5) * W,) * 2, ang)[0]
             yard_trees.append((p[0], p[1], rng.uniform(2, 4.5) * m))
@@ -794,40 +815,46 @@ def _params(towns: int, seed: int, size: int, gsd: float, config: TownConfig) ->
     return {"towns": int(towns), "seed": int(seed), "size": int(size), "gsd": float(gsd), "config": cfg}
 
 
+def _same_demo(out: Path, params: dict) -> bool:
+    """Whether ``out/demo.json`` records these very parameters (then re-running rewrites the same files)."""
+    try:
+        return json.loads((out / "demo.json").read_text()).get("parameters") == params
+    except (OSError, ValueError):
+        return False
+
+
 def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: float = 1.0, overwrite: bool = False,
               config: TownConfig | None = None) -> DemoInfo:
     """Write ``towns`` synthetic scenes, their school footprints and hard negatives to ``out_dir``.
 
-    Refuses a non-empty folder that is not this very demo unless ``overwrite``; the same parameters
-    regenerate byte-identical files.
+    The same parameters regenerate byte-identical files, so the demo can stand in for downloaded
+    imagery in tests and in the book.
+
+    Args:
+        out_dir: folder to write ``scenes/town_NN.tif``, ``schools.geojson``, ``landmarks.geojson``
+            and ``demo.json`` (the parameters) into.
+        towns: number of towns, one scene each.
+        seed: seeds every town (town ``i`` draws from ``(seed, i)``).
+        size: scene width and height in pixels (at least 256).
+        gsd: ground sampling distance in metres per pixel.
+        overwrite: replace a non-empty folder that is not this very demo.
+        config: how towns are drawn (defaults: ``TownConfig()``).
+
+    Returns:
+        The written paths and the number of schools and hard negatives per town.
+
+    Raises:
+        UserError: a parameter is out of range, or ``out_dir`` holds something else (or is a file)
+            and ``overwrite`` is not set.
     """
-    import geopandas as gpd
-    import shapely
-    from tqdm.auto import tqdm
-
-    from schoolvision.io.atomic import atomic_path, write_json
-    from schoolvision.io.gis import write_geotiff
-
     out = Path(out_dir)
     if towns < 1 or size < 256 or gsd <= 0:
         raise UserError(f"need towns >= 1, size >= 256 px and gsd > 0 (got towns={towns}, size={size}, gsd={gsd})", out)
     config = config or TownConfig()
     params = _params(towns, seed, size, gsd, config)
-    if out.exists() and not out.is_dir():
-        raise UserError("output exists and is not a folder; choose another --out", out)
-    if out.exists() and any(out.iterdir()):
-        meta = out / "demo.json"
-        same = False
-        if meta.exists():
-            try:
-                same = json.loads(meta.read_text()).get("parameters") == params
-            except ValueError:
-                same = False
-        if not same and not overwrite:
-            raise UserError("folder already holds something else; pass --overwrite (overwrite=True) or another --out", out)
-        if overwrite and not same:
-            for p in (out / "scenes").glob("town_*.tif") if (out / "scenes").exists() else ():
-                p.unlink()
+    prepare_output(out, overwrite, create=False, own_files=("scenes/town_*.tif",),
+                   is_same=lambda o: _same_demo(o, params),
+                   message="folder already holds something else; pass --overwrite (overwrite=True) or another --out")
     scenes, rows, marks, per_town = [], [], [], []
     for i in tqdm(range(towns), desc="towns", leave=False):
         town = generate_town(seed, size, gsd, index=i, config=config)
@@ -847,19 +874,18 @@ def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: flo
         marks.append(lgdf)
         kinds = {k: sum(lm.kind == k for lm in town.landmarks) for k in NEGATIVE_KINDS}
         per_town.append({"name": town.name, "path": f"scenes/{town.name}.tif", "crs": town.crs, "place": town.place,
-                         "gsd": gsd, "size": size, "schools": len(town.schools), "landmarks": kinds, "style": town.style})
+                         "gsd": gsd, "size": size, "schools": len(town.schools), "landmarks": kinds,
+                         "style": town.style})
 
     def rounded(gdf):
         gdf = gdf.copy()
         gdf["geometry"] = shapely.transform(gdf.geometry.values, lambda xy: np.round(xy, 7))
         return gdf
 
-    import pandas as pd
-
     schools = rounded(gpd.GeoDataFrame(pd.concat(rows, ignore_index=True), crs="EPSG:4326"))
     landmarks = rounded(gpd.GeoDataFrame(pd.concat(marks, ignore_index=True), crs="EPSG:4326"))
     for gdf, name in ((schools, "schools"), (landmarks, "landmarks")):
-        # not gis.write_vectors: it lets GDAL name the collection after the random temporary file
+        # not io.vectors.write_vectors: it lets GDAL name the collection after the random temporary file
         with atomic_path(out / f"{name}.geojson") as tmp:
             gdf.to_file(tmp, driver="GeoJSON", layer=name)
     meta = write_json(out / "demo.json", {

@@ -18,10 +18,13 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from pytorch_grad_cam.metrics.perturbation_confidence import RemoveMostRelevantFirst
+from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from scipy import ndimage
 from torch import nn
 
 BASELINES = ("random", "centre-gaussian")
+"""Names of the baseline maps, rows of every faithfulness table beside the methods."""
 ROAD_PERCENTILES = (50, 70, 90)  # remove the top 50 %, 30 %, 10 % of pixels
 
 
@@ -60,7 +63,13 @@ def centre_gaussian(n: int, shape: Sequence[int], sigma: float = 0.25) -> np.nda
     return np.repeat(g[None].astype(np.float32), n, axis=0)
 
 
-def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int, percentiles: Sequence[int] = ROAD_PERCENTILES) -> np.ndarray:
+def baseline_maps(n: int, shape: Sequence[int], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """The :data:`BASELINES` maps (n, H, W) for a batch: what a method has to beat."""
+    return dict(zip(BASELINES, (random_maps(n, shape, rng), centre_gaussian(n, shape))))
+
+
+def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int,
+              percentiles: Sequence[int] = ROAD_PERCENTILES) -> np.ndarray:
     """ROAD most-relevant-first: mean fall of P(target) over ``percentiles`` of removed pixels, (B,).
 
     ``maps`` are on the model input grid (B, H, W). The perturbation is pytorch-grad-cam's
@@ -68,9 +77,6 @@ def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int, 
     avoids the out-of-distribution artefacts of plain deletion); all perturbed chips go through the
     model in one batch.
     """
-    from pytorch_grad_cam.metrics.perturbation_confidence import RemoveMostRelevantFirst
-    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
-
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
     ranks = torch.from_numpy(_ranks(np.nan_to_num(np.asarray(maps, dtype=np.float32))))
@@ -99,7 +105,8 @@ def _ranks(maps: np.ndarray, seed: int = 0) -> np.ndarray:
     return out.reshape(maps.shape)
 
 
-def summarise(records: list[dict], seconds_per_chip: dict[str, float] | None = None, subset: str = "correct_school") -> dict[str, dict[str, float | None]]:
+def summarise(records: list[dict], seconds_per_chip: dict[str, float] | None = None,
+              subset: str = "correct_school") -> dict[str, dict[str, float | None]]:
     """The faithfulness table: one row per method (and baseline) over a subset of chips.
 
     ``subset``: ``correct_school`` (school chips predicted school, the acceptance subset) or
@@ -134,7 +141,8 @@ def format_table(table: dict[str, dict[str, float | None]]) -> str:
     lines = [f"{'method':<16}" + "".join(f"{c:>18}" for c in cols)]
     for method, row in table.items():
         cells = "".join(
-            f"{row[c]:>18d}" if c == "n_chips" else f"{'-' if row[c] is None else format(row[c], '.3f'):>18}" for c in cols
+            f"{row[c]:>18d}" if c == "n_chips" else f"{'-' if row[c] is None else format(row[c], '.3f'):>18}"
+            for c in cols
         )
         lines.append(f"{method:<16}{cells}")
     return "\n".join(lines)

@@ -13,7 +13,7 @@ The explained output ``f`` is the log-odds of the target class, a single number 
 from __future__ import annotations
 
 import copy
-import json
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from schoolvision import SCHOOL
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
+from schoolvision.explain.layers import resolve_layer
+from schoolvision.explain.maps import resize_maps
 
 
 class LogOdds(nn.Module):
@@ -35,15 +38,15 @@ class LogOdds(nn.Module):
         self.target = target
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 1) log-odds: the target logit minus the log-sum-exp of the others."""
         out = self.model(x)
         others = torch.cat([out[:, : self.target], out[:, self.target + 1 :]], dim=1)
         return (out[:, self.target] - torch.logsumexp(others, dim=1))[:, None]
 
 
-def background_from_split(chips_dir: str | Path, image_size: int | None, n: int = 16, seed: int = 0, split: str = "train") -> torch.Tensor:
+def background_from_split(chips_dir: str | Path, image_size: int | None, n: int = 16, seed: int = 0,
+                          split: str = "train") -> torch.Tensor:
     """A seeded sample of ``n`` chips of ``split`` (half schools where possible), (n, 3, H, W)."""
-    from schoolvision.data.dataset import ChipDataset
-
     ds = ChipDataset(Path(chips_dir), split=split, image_size=image_size)
     if len(ds) == 0:
         raise UserError(f"split {split!r} has no chips for the SHAP background", chips_dir)
@@ -76,8 +79,6 @@ def gradient_shap(
     device = next(model.parameters()).device
     wrapped = LogOdds(model, target).eval()
     if layer is not None:
-        from schoolvision.explain.methods import resolve_layer
-
         _, module = resolve_layer(model, layer)
         explainer = shap.GradientExplainer((wrapped, module), background.to(device), batch_size=batch_size)
     else:
@@ -135,7 +136,8 @@ class _ReluMaxPool(nn.Module):
         ho, wo = (h + 2 * self.pad - self.k) // self.stride + 1, (w + 2 * self.pad - self.k) // self.stride + 1
         xp = F.pad(x, (self.pad,) * 4, value=0.0)
         s = self.stride
-        views = [xp[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s] for i in range(self.k) for j in range(self.k)]
+        views = [xp[:, :, i : i + s * (ho - 1) + 1 : s, j : j + s * (wo - 1) + 1 : s]
+                 for i in range(self.k) for j in range(self.k)]
         out = views[0]
         for relu, v in zip(self.relus, views[1:]):
             out = relu(v - out) + out
@@ -150,7 +152,8 @@ def deeplift_copy(model: nn.Module) -> nn.Module:
     """
     if not deep_explainer_supported(model):
         raise UserError(
-            f"DeepExplainer is only valid for ResNet backbones here (got {getattr(model, 'backbone', type(model).__name__)}); "
+            "DeepExplainer is only valid for ResNet backbones here "
+            f"(got {getattr(model, 'backbone', type(model).__name__)}); "
             "use the gradient explainer"
         )
     net = copy.deepcopy(model).eval()
@@ -165,7 +168,8 @@ def deeplift_copy(model: nn.Module) -> nn.Module:
     return net
 
 
-def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, *, target: int = SCHOOL, check_additivity: bool = True) -> np.ndarray:
+def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, *, target: int = SCHOOL,
+              check_additivity: bool = True) -> np.ndarray:
     """DeepExplainer SHAP values (B, 3, H, W); shap raises if they do not add up to the output."""
     import shap
 
@@ -176,7 +180,8 @@ def deep_shap(model: nn.Module, x: torch.Tensor, background: torch.Tensor, *, ta
     return values[..., 0] if values.ndim == 5 else values
 
 
-def additivity(model: nn.Module, x: torch.Tensor, background: torch.Tensor, values: np.ndarray, target: int = SCHOOL) -> dict[str, list[float]]:
+def additivity(model: nn.Module, x: torch.Tensor, background: torch.Tensor, values: np.ndarray,
+               target: int = SCHOOL) -> dict[str, list[float]]:
     """Per chip: sum of SHAP values vs ``f(x) - mean f(background)`` (log-odds) and the relative gap."""
     device = next(model.parameters()).device
     wrapped = LogOdds(model, target).eval()
@@ -188,11 +193,6 @@ def additivity(model: nn.Module, x: torch.Tensor, background: torch.Tensor, valu
     rel = np.abs(sums - delta) / np.maximum(np.abs(delta), 1e-6)
     return {"shap_sum": sums.tolist(), "output_minus_background": delta.tolist(), "relative_gap": rel.tolist(),
             "background_mean_output": fb}
-
-
-def summary_json(info: dict) -> str:
-    """Round the additivity record for printing in a book cell."""
-    return json.dumps({k: (np.round(v, 3).tolist() if isinstance(v, list) else round(v, 3)) for k, v in info.items()})
 
 
 @dataclass
@@ -207,11 +207,7 @@ class ShapResult:
 
 def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsamples: int = 64, seed: int = 0,
                    target: int = SCHOOL) -> ShapResult:
-    """GradientExplainer on a :class:`~schoolvision.explain.methods.ChipSample`, timed, with its additivity gap."""
-    import time
-
-    from schoolvision.explain.methods import resize_maps
-
+    """GradientExplainer on a :class:`~schoolvision.explain.samples.ChipSample`, timed, with its additivity gap."""
     start = time.perf_counter()
     values = gradient_shap(model, sample.images, background, nsamples=nsamples, seed=seed, target=target)
     seconds = (time.perf_counter() - start) / len(sample.images)

@@ -10,8 +10,9 @@ so chips, scans and explanations share one pixel grid whatever the input looked 
 - an XYZ tile folder (``z-x-y.png`` or ``z/x/y.png``) becomes one VRT mosaic in EPSG:3857
   (georeferenced with ``mercantile``; missing tiles are nodata), then is warped like the above.
 
-Pixels must be 8-bit (uint8), as chips are stored as 8-bit RGB. Band rule: 3 bands are RGB. RGBA (4 bands, the 4th flagged alpha) uses bands 1-3. Any other
-band count needs ``bands=(r, g, b)`` (``--bands``); ``--bands 1,1,1`` turns a grey band into RGB.
+Pixels must be 8-bit (uint8), as chips are stored as 8-bit RGB. Band rule: 3 bands are RGB. RGBA (4 bands,
+the 4th flagged alpha) uses bands 1-3. Any other band count needs ``bands=(r, g, b)`` (``--bands``);
+``--bands 1,1,1`` turns a grey band into RGB.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
 from schoolvision.errors import UserError
+from schoolvision.io.crs import utm_crs
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -207,15 +209,8 @@ def needs_utm(crs: CRS) -> bool:
 
 def utm_crs_for(ds) -> CRS:
     """The UTM zone of the raster's centre."""
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
     w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
-    lon, lat = (w + e) / 2, (s + n) / 2
-    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
-    if not info:
-        raise UserError(f"no UTM zone found at lon {lon:.4f}, lat {lat:.4f}")
-    return CRS.from_epsg(int(info[0].code))
+    return utm_crs((w + e) / 2, (s + n) / 2)
 
 
 def source_info(source: ImagerySource, crs: str | None = None, bands: Sequence[int] | None = None) -> dict:

@@ -20,6 +20,7 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from schoolvision.errors import UserError
+from schoolvision.io.crs import utm_epsg
 
 POINT_BUFFER_M = 40.0
 """Default radius (m) of the disc that stands for a school given as a point: a typical compound."""
@@ -27,8 +28,22 @@ POINT_BUFFER_M = 40.0
 _ALLOWED = {"Point", "MultiPoint", "Polygon", "MultiPolygon"}
 
 
-def read_schools(path: str | Path, point_buffer_m: float = POINT_BUFFER_M) -> gpd.GeoDataFrame:
-    """School footprints as polygons in EPSG:4326, with columns ``school_id``, ``name`` (and ``scene`` if given)."""
+def read_schools(path: str | Path, point_buffer_m: float | None = POINT_BUFFER_M) -> gpd.GeoDataFrame:
+    """School footprints in EPSG:4326, with columns ``school_id``, ``name`` (and ``scene`` if given).
+
+    The one reader of school files: ``chips --schools`` and ``scan --schools`` accept the same files.
+
+    Args:
+        path: GeoJSON or any OGR vector file of Points or Polygons; no CRS means EPSG:4326 (RFC 7946).
+        point_buffer_m: radius of the disc a point becomes (chips need an area); None keeps points
+            as points (a scan measures distances to them).
+
+    Returns:
+        One row per school; polygons repaired, empty geometries dropped, missing names filled.
+
+    Raises:
+        UserError: the file is missing, unreadable, holds no school or holds other geometry types.
+    """
     path = Path(path)
     if not path.is_file():
         raise UserError("school labels file does not exist", path)
@@ -58,7 +73,7 @@ def read_schools(path: str | Path, point_buffer_m: float = POINT_BUFFER_M) -> gp
     )
     if "scene" in gdf.columns:
         out["scene"] = gdf["scene"].to_numpy()
-    if points.any():
+    if points.any() and point_buffer_m is not None:
         out.loc[points, "geometry"] = _buffer_points(out.loc[points], point_buffer_m).to_numpy()
     out = out[~out.geometry.is_empty].reset_index(drop=True)
     if len(out) == 0:
@@ -80,16 +95,12 @@ def _polygonal(geom: BaseGeometry) -> BaseGeometry | None:
 
 
 def _buffer_points(points: gpd.GeoDataFrame, radius_m: float) -> gpd.GeoSeries:
-    """Buffer points by ``radius_m`` metres, each group in its own UTM zone."""
-    from pyproj.aoi import AreaOfInterest
-    from pyproj.database import query_utm_crs_info
-
+    """Buffer points by ``radius_m`` metres, each group in its own UTM zone (Web Mercator at the poles)."""
     result = gpd.GeoSeries(index=points.index, crs="EPSG:4326", dtype="geometry")
     cent = points.geometry.representative_point()
     zones = {}
     for idx, p in cent.items():
-        info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(p.x, p.y, p.x, p.y))
-        zones.setdefault(info[0].code if info else "3857", []).append(idx)
+        zones.setdefault(utm_epsg(p.x, p.y) or 3857, []).append(idx)
     for code, idxs in zones.items():
         sub = points.geometry.loc[idxs].to_crs(f"EPSG:{code}").buffer(radius_m, quad_segs=16)
         result.loc[idxs] = sub.to_crs("EPSG:4326")

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 
 from schoolvision import CLASSES
-from schoolvision.io.atomic import write_bytes
 from schoolvision.errors import UserError
+from schoolvision.io.atomic import write_bytes
+from schoolvision.io.folders import RunFolder
 from schoolvision.model.backbones import SchoolClassifier, build_model
 
 FORMAT = "schoolvision-checkpoint/1"
@@ -54,17 +55,17 @@ def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: CheckpointMe
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a checkpoint dict safely; a missing, corrupt or foreign file is a :class:`UserError`."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "best.pt"
+    path = RunFolder.checkpoint(path)
     if not path.is_file():
         raise UserError("checkpoint not found (train a model first: schoolvision train --chips DIR --out RUN)", path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UserError(f"not a readable checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})", path) from exc
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120]}"
+        raise UserError(f"not a readable checkpoint ({reason})", path) from exc
     except Exception as exc:  # noqa: BLE001 - weights_only refusals come in several types
-        raise UserError(f"refused to load checkpoint safely ({type(exc).__name__}); it is not a schoolvision checkpoint", path) from exc
+        raise UserError(f"refused to load checkpoint safely ({type(exc).__name__}); "
+                        "it is not a schoolvision checkpoint", path) from exc
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise UserError(f"not a schoolvision checkpoint (expected format {FORMAT})", path)
     return ckpt
@@ -79,5 +80,6 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         model.load_state_dict(ckpt["model"], strict=True)
     except RuntimeError as exc:
-        raise UserError(f"checkpoint weights do not fit backbone {meta.backbone!r}: {str(exc).splitlines()[0][:160]}", path) from exc
+        reason = str(exc).splitlines()[0][:160]
+        raise UserError(f"checkpoint weights do not fit backbone {meta.backbone!r}: {reason}", path) from exc
     return model.to(device).eval(), meta

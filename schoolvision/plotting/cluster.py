@@ -1,23 +1,31 @@
-"""Figures for feature clustering: k selection, PCA variance, 2-D embedding, galleries, composition, map."""
+"""Figures for feature clustering: k selection, PCA variance, 2-D embedding, galleries, composition, map.
+
+They draw what :mod:`schoolvision.cluster` computed and read: no file is opened here (the gallery
+chips, heatmaps and scene previews come from :mod:`schoolvision.cluster.runner`).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
+from matplotlib.offsetbox import AnnotationBbox, OffsetImage
+from matplotlib.patches import Patch
 
 from schoolvision import CLASSES, SCHOOL
+from schoolvision.cluster.algorithms import Clustering, nearest_to_centre
+from schoolvision.cluster.runner import ScenePreview, footprints
 
 NOISE_COLOUR = (0.6, 0.6, 0.6, 1.0)
 
 
 def cluster_colours(k: int) -> list[tuple]:
     """One colour per cluster (tab10, then tab20 for more)."""
-    import matplotlib
-
     cmap = matplotlib.colormaps["tab10" if k <= 10 else "tab20"]
     return [cmap(i % cmap.N) for i in range(max(k, 1))]
 
@@ -32,13 +40,12 @@ def plot_k_selection(table: pd.DataFrame, chosen_k: int | None = None) -> Figure
     fig = plt.figure(figsize=(11, 3.2), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, col, better in zip(axes, ("silhouette", "davies_bouldin", "bic"), ("higher", "lower", "lower")):
-        ax.plot(table["k"], table[col], "o-", color="C0")
+        sns.lineplot(data=table, x="k", y=col, marker="o", color="C0", ax=ax)
         if chosen_k is not None and chosen_k in set(table["k"]):
             ax.axvline(chosen_k, color="C3", ls="--", lw=1, label=f"chosen k={chosen_k}")
             ax.legend(fontsize=8)
-        ax.set_xlabel("k")
+        ax.set(xlabel="k", ylabel="", xticks=list(table["k"]))
         ax.set_title(f"{col.replace('_', '-')} ({better} is better)", fontsize=10)
-        ax.set_xticks(list(table["k"]))
     return fig
 
 
@@ -64,8 +71,6 @@ def plot_embedding(
     seed: int = 0,
 ) -> Figure:
     """t-SNE map coloured by cluster (left, with chip thumbnails) and by :func:`chip_outcomes` (right)."""
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
     k = int(clusters.max() + 1) if len(clusters) else 0
     fig = plt.figure(figsize=(12, 5.5), layout="constrained")
     ax_c, ax_l = fig.subplots(1, 2)
@@ -75,7 +80,8 @@ def plot_embedding(
         pick = rng.choice(len(xy), size=min(n_thumbnails, len(xy)), replace=False)
         for i in pick:
             colour = NOISE_COLOUR if clusters[i] < 0 else cluster_colours(k)[clusters[i]]
-            box = AnnotationBbox(OffsetImage(thumbnails[i], zoom=0.5), xy[i], frameon=True, pad=0.1, bboxprops={"edgecolor": colour, "lw": 1.5})
+            box = AnnotationBbox(OffsetImage(thumbnails[i], zoom=0.5), xy[i], frameon=True, pad=0.1,
+                                 bboxprops={"edgecolor": colour, "lw": 1.5})
             ax_c.add_artist(box)
     for c in range(k):
         ax_c.scatter([], [], color=cluster_colours(k)[c], label=f"cluster {c}")
@@ -102,8 +108,6 @@ def plot_gallery(
     sizes: dict[int, int] | None = None,
 ) -> Figure:
     """One row per cluster: its chips nearest the centre, with a CAM overlay where one is given."""
-    import matplotlib
-
     rows = sorted(images)
     ncols = max((len(v) for v in images.values()), default=1)
     fig = plt.figure(figsize=(1.6 * ncols + 0.8, 1.7 * max(len(rows), 1)), layout="constrained")
@@ -137,22 +141,25 @@ def plot_gallery(
 
 
 def cluster_gallery(
-    table: pd.DataFrame, result, chips_dir: str | Path, cams: dict[str, np.ndarray] | None = None, n: int = 8
+    table: pd.DataFrame,
+    result: Clustering,
+    chips: Mapping[str, np.ndarray],
+    cams: Mapping[str, np.ndarray] | None = None,
+    n: int = 8,
 ) -> Figure:
-    """Gallery of the chips nearest each cluster centre, read at full resolution from ``chips_dir``.
+    """Gallery of the ``n`` chips nearest each cluster centre.
 
+    ``chips`` maps chip id -> (H, W, 3) image and must hold those chips (``ClusterReport.gallery``);
     ``cams`` maps chip id -> heatmap in [0, 1] (any size; drawn stretched over the chip).
     """
-    from schoolvision.cluster.algorithms import nearest_to_centre
-
-    chips_dir = Path(chips_dir)
     cams = cams or {}
     images, overlays, captions = {}, {}, {}
     for c, idx in nearest_to_centre(result, n).items():
         rows = table.iloc[idx]
-        images[c] = [read_chip_rgb(chips_dir / p) for p in rows["path"]]
+        images[c] = [chips[str(cid)] for cid in rows["chip_id"]]
         overlays[c] = [cams.get(str(cid)) for cid in rows["chip_id"]]
-        captions[c] = [f"{_outcome(lab, pred)} p={prob:.2f}" for lab, pred, prob in zip(rows["label"], rows["prediction"], rows["prob"])]
+        captions[c] = [f"{_outcome(lab, pred)} p={prob:.2f}"
+                       for lab, pred, prob in zip(rows["label"], rows["prediction"], rows["prob"])]
     sizes = {c: int((result.labels == c).sum()) for c in images}
     return plot_gallery(images, overlays if cams else None, captions, sizes)
 
@@ -180,114 +187,45 @@ def chip_outcomes(table: pd.DataFrame) -> np.ndarray:
 
 def plot_composition(table: pd.DataFrame) -> Figure:
     """Per cluster: share of detected / missed schools, false positives and negatives; chips per town."""
-    frame = table.assign(kind=chip_outcomes(table), cluster=table["cluster"].map(lambda c: "noise" if c < 0 else f"{c}"))
-    order = sorted(frame["cluster"].unique(), key=lambda s: (s == "noise", int(s) if s != "noise" else 0))
-    shares = pd.crosstab(frame["cluster"], frame["kind"], normalize="index").reindex(order)
-    kinds = [k for k in ("school (detected)", "school (missed)", "false positive", "not school") if k in shares.columns]
-    towns = pd.crosstab(frame["cluster"], frame["scene"]).reindex(order)
+    labels = table["cluster"].map(lambda c: "noise" if c < 0 else f"{c}")
+    order = sorted(labels.unique(), key=lambda s: (s == "noise", int(s) if s != "noise" else 0))
+    frame = table.assign(kind=chip_outcomes(table), cluster=pd.Categorical(labels, categories=order))
+    kinds = [k for k in OUTCOME_COLOURS if k in set(frame["kind"])]
     fig = plt.figure(figsize=(11, 3.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
-    colours = OUTCOME_COLOURS
-    bottom = np.zeros(len(order))
-    for k in kinds:
-        ax1.bar(order, shares[k], bottom=bottom, color=colours[k], label=k)
-        bottom += shares[k].to_numpy()
+    sns.histplot(frame, x="cluster", hue="kind", hue_order=kinds, palette=OUTCOME_COLOURS, multiple="fill",
+                 discrete=True, shrink=0.8, alpha=1, ax=ax1)
     ax1.set(xlabel="cluster", ylabel="share of chips", title="what each cluster holds")
-    ax1.legend(fontsize=7)
-    bottom = np.zeros(len(order))
-    for i, town in enumerate(towns.columns):
-        ax2.bar(order, towns[town], bottom=bottom, color=f"C{i % 10}", label=town)
-        bottom += towns[town].to_numpy()
+    sns.move_legend(ax1, "best", title=None, fontsize=7)
+    sns.histplot(frame, x="cluster", hue="scene", hue_order=sorted(frame["scene"].unique()), multiple="stack",
+                 discrete=True, shrink=0.8, alpha=1, ax=ax2)
     ax2.set(xlabel="cluster", ylabel="chips", title="chips per town")
-    ax2.legend(fontsize=7, ncols=2)
+    sns.move_legend(ax2, "best", title=None, fontsize=7, ncols=2)
     return fig
 
 
-def plot_cluster_map(table: pd.DataFrame, scene_path: str | Path, scene: str, max_pixels: int = 1024) -> Figure:
-    """Chip footprints of one scene, coloured by cluster, over the scene image; axes in the scene CRS."""
-    import rasterio
-    from matplotlib.patches import Patch
-
-    from schoolvision.cluster.algorithms import footprints
-
-    with rasterio.open(scene_path) as src:
-        scale = max(1, int(np.ceil(max(src.width, src.height) / max_pixels)))
-        img = src.read([1, 2, 3], out_shape=(3, src.height // scale, src.width // scale))
-        bounds, crs = src.bounds, src.crs
-    part = table[table["scene"] == scene]
+def plot_cluster_map(table: pd.DataFrame, scene: ScenePreview, name: str) -> Figure:
+    """Chip footprints of scene ``name``, coloured by cluster, over its preview; axes in the scene CRS."""
+    bounds, crs = scene.bounds, scene.crs
+    part = table[table["scene"] == name]
     k = int(table["cluster"].max() + 1) if len(table) else 0
     fig = plt.figure(figsize=(7.5, 7), layout="constrained")
     ax = fig.subplots()
-    ax.imshow(np.moveaxis(img, 0, -1), extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
+    ax.imshow(scene.image, extent=(bounds.left, bounds.right, bounds.bottom, bounds.top))
     for gdf in footprints(part).values():
         gdf = gdf.to_crs(crs)
         colours = _colour_of(gdf["cluster"].to_numpy(), k)
         gdf.plot(ax=ax, facecolor=[(*c[:3], 0.35) for c in colours], edgecolor=colours, linewidth=1.2)
     present = sorted(part["cluster"].unique())
-    handles = [Patch(color=NOISE_COLOUR if c < 0 else cluster_colours(k)[c], label="noise" if c < 0 else f"cluster {c}") for c in present]
+    handles = [Patch(color=NOISE_COLOUR if c < 0 else cluster_colours(k)[c], label="noise" if c < 0 else f"cluster {c}")
+               for c in present]
     ax.legend(handles=handles, fontsize=8, loc="upper right")
     ax.set(xlim=(bounds.left, bounds.right), ylim=(bounds.bottom, bounds.top))
+    ax.grid(False)  # a theme's grid would hatch the image
     unit = "m" if crs is not None and crs.is_projected else "deg"
     ax.set_xlabel(f"easting ({unit})")
     ax.set_ylabel(f"northing ({unit})")
-    ax.set_title(f"{scene}: {len(part)} clustered chips ({crs.to_string() if crs else 'no CRS'})", fontsize=10)
+    ax.set_title(f"{name}: {len(part)} clustered chips ({crs.to_string() if crs else 'no CRS'})", fontsize=10)
     ax.ticklabel_format(style="plain", useOffset=False)
     ax.tick_params(axis="x", labelrotation=30)
     return fig
-
-
-def read_chip_rgb(path: str | Path) -> np.ndarray:
-    """A chip GeoTIFF (or PNG/JPEG) as an (H, W, 3) uint8 array."""
-    path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff"):
-        import rasterio
-
-        with rasterio.open(path) as src:
-            return np.moveaxis(src.read([1, 2, 3]), 0, -1)
-    from PIL import Image
-
-    return np.asarray(Image.open(path).convert("RGB"))
-
-
-def read_cams(cams_dir: str | Path, chip_ids) -> dict[str, np.ndarray]:
-    """Heatmap GeoTIFFs named ``<chip_id>.tif`` anywhere under ``cams_dir`` (e.g. ``schoolvision explain``
-    output), scaled to [0, 1] with nodata as 0; the first match in sorted path order wins."""
-    import rasterio
-
-    wanted = set(map(str, chip_ids))
-    found: dict[str, np.ndarray] = {}
-    for p in sorted(Path(cams_dir).rglob("*.tif")):
-        if p.stem in wanted and p.stem not in found:
-            with rasterio.open(p) as src:
-                cam = src.read(1, masked=True).astype(float).filled(0.0)
-            span = cam.max() - cam.min()
-            found[p.stem] = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
-    return found
-
-
-def write_cluster_figures(report, chips_dir: str | Path, cams: dict[str, np.ndarray] | None = None, gallery_size: int = 8) -> list[Path]:
-    """Every clustering figure as PNG in ``report.out_dir``: k selection, PCA, t-SNE, gallery, composition, maps."""
-    from schoolvision.io.atomic import atomic_path
-    from schoolvision.cluster.algorithms import read_scene_paths
-
-    result, table, out = report.result, report.table, Path(report.out_dir)
-    figs: dict[str, Figure] = {
-        "k_selection.png": plot_k_selection(result.k_selection, result.k if result.method != "hdbscan" else None),
-        "pca_variance.png": plot_pca_variance(result.explained, result.dims, report.summary["config"]["variance"]),
-        "composition.png": plot_composition(table),
-    }
-    if result.embedding_2d is not None:
-        figs["embedding.png"] = plot_embedding(result.embedding_2d, result.labels, chip_outcomes(table), report.thumbnails)
-    if result.k > 0:
-        figs["gallery.png"] = cluster_gallery(table, result, chips_dir, cams, gallery_size)
-    scenes = read_scene_paths(Path(chips_dir))
-    for scene in sorted(table["scene"].unique()):
-        if scene in scenes and scenes[scene].is_file():
-            figs[f"map_{scene}.png"] = plot_cluster_map(table, scenes[scene], scene)
-    paths = []
-    for name, fig in figs.items():
-        with atomic_path(out / name) as tmp:
-            fig.savefig(tmp, dpi=110)
-        plt.close(fig)  # pyplot figures (so notebooks show them) must be closed by the command line
-        paths.append(out / name)
-    return paths

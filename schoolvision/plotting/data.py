@@ -1,37 +1,27 @@
 """Figures of the data chapter: towns with school footprints, zooms, chip examples and the split map.
 
-They read only the files the data contracts define (``scenes/*.tif``, ``schools.geojson``,
-``chips.csv``), so they work for the demo and for a user's own imagery alike. Map axes are in the
-scene's projected CRS (metres), with the EPSG code in the axis label.
+They draw what the caller read: scene previews (:mod:`schoolvision.io.preview`), school footprints,
+the chips index as a frame (:meth:`schoolvision.io.folders.ChipsFolder.read_index`) and chip pixels
+(:meth:`schoolvision.data.dataset.ChipDataset.sample_by_class`), so they work for the demo and for a
+user's own imagery alike. Map axes are in the scene's projected CRS (metres), with the EPSG code in
+the axis label.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 
 import geopandas as gpd
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-import rasterio
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
-from rasterio.enums import Resampling
+from shapely.geometry import box
+
+from schoolvision.io.preview import Preview
 
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:red"}
-LABEL_COLOURS = {"school": "yellow", "not_school": "white"}
-
-
-def read_rgb(path: str | Path, max_side: int = 1024, window=None) -> tuple[np.ndarray, tuple[float, float, float, float], str]:
-    """RGB uint8 (H, W, 3) decimated to ``max_side``, its extent (left, right, bottom, top) and CRS label."""
-    with rasterio.open(path) as src:
-        win = window if window is not None else rasterio.windows.Window(0, 0, src.width, src.height)
-        factor = max(1.0, max(win.width, win.height) / max_side)
-        shape = (3, max(1, int(win.height / factor)), max(1, int(win.width / factor)))
-        rgb = src.read([1, 2, 3], window=win, out_shape=shape, resampling=Resampling.average, boundless=window is not None)
-        left, bottom, right, top = rasterio.windows.bounds(win, src.transform)
-        crs = src.crs.to_string() if src.crs else "no CRS"
-    return np.moveaxis(rgb, 0, -1), (left, right, bottom, top), crs
 
 
 def _map_axes(ax, crs: str, title: str) -> None:
@@ -40,6 +30,7 @@ def _map_axes(ax, crs: str, title: str) -> None:
     ax.set_ylabel(f"northing (m, {crs})")
     ax.ticklabel_format(style="plain", useOffset=False)
     ax.tick_params(labelsize=7)
+    ax.grid(False)  # a theme's grid would hatch the image
 
 
 def _scale_bar(ax, extent, length: float | None = None) -> None:
@@ -56,115 +47,97 @@ def _scale_bar(ax, extent, length: float | None = None) -> None:
             bbox={"facecolor": "black", "alpha": 0.5, "pad": 1, "linewidth": 0})
 
 
-def schools_in(schools: gpd.GeoDataFrame, scene: str | Path) -> gpd.GeoDataFrame:
-    """The footprints that fall on ``scene``, reprojected to its CRS."""
-    with rasterio.open(scene) as src:
-        crs, bounds = src.crs, src.bounds
-    local = schools.to_crs(crs)
-    return local[local.intersects(_box(bounds))]
+def schools_in(schools: gpd.GeoDataFrame, scene: Preview) -> gpd.GeoDataFrame:
+    """The footprints that fall on a scene's preview, reprojected to the scene's CRS."""
+    left, right, bottom, top = scene.extent
+    local = schools.to_crs(scene.crs)
+    return local[local.intersects(box(left, bottom, right, top))]
 
 
-def _box(bounds):
-    from shapely.geometry import box
-
-    return box(*bounds)
-
-
-def plot_towns(scenes: list[Path], schools: gpd.GeoDataFrame, columns: int = 3, max_side: int = 512) -> Figure:
-    """Every town as a thumbnail with its school footprints outlined."""
+def plot_towns(scenes: Mapping[str, Preview], schools: gpd.GeoDataFrame, columns: int = 3) -> Figure:
+    """Every town (name -> preview) as a thumbnail with its school footprints outlined."""
     rows = int(np.ceil(len(scenes) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False, layout="constrained")
-    for ax, scene in zip(axes.flat, scenes):
-        rgb, extent, crs = read_rgb(scene, max_side)
-        ax.imshow(rgb, extent=extent)
+    for ax, (name, scene) in zip(axes.flat, scenes.items()):
+        ax.imshow(scene.array, extent=scene.extent)
         local = schools_in(schools, scene)
         local.boundary.plot(ax=ax, color="yellow", linewidth=1)
-        _map_axes(ax, crs, f"{Path(scene).stem}: {len(local)} schools")
-        _scale_bar(ax, extent)
+        _map_axes(ax, scene.crs, f"{name}: {len(local)} schools")
+        _scale_bar(ax, scene.extent)
     for ax in axes.flat[len(scenes):]:
         ax.set_axis_off()
     fig.suptitle("Synthetic towns, school footprints in yellow")
     return fig
 
 
-def plot_scene(scene: str | Path, schools: gpd.GeoDataFrame, max_side: int = 1400) -> Figure:
+def plot_scene(scene: Preview, schools: gpd.GeoDataFrame, name: str) -> Figure:
     """One town at full width with its school footprints and names."""
-    rgb, extent, crs = read_rgb(scene, max_side)
     local = schools_in(schools, scene)
     fig, ax = plt.subplots(figsize=(10, 10), layout="constrained")
-    ax.imshow(rgb, extent=extent)
+    ax.imshow(scene.array, extent=scene.extent)
     local.boundary.plot(ax=ax, color="yellow", linewidth=1.5)
-    for name, point in zip(local.get("name", [""] * len(local)), local.representative_point()):
-        ax.annotate(str(name), (point.x, point.y), color="yellow", fontsize=7, ha="center",
+    for label, point in zip(local.get("name", [""] * len(local)), local.representative_point()):
+        ax.annotate(str(label), (point.x, point.y), color="yellow", fontsize=7, ha="center",
                     xytext=(0, 12), textcoords="offset points")
-    _map_axes(ax, crs, f"{Path(scene).stem}: school footprints ({len(local)})")
-    _scale_bar(ax, extent)
+    _map_axes(ax, scene.crs, f"{name}: school footprints ({len(local)})")
+    _scale_bar(ax, scene.extent)
     return fig
 
 
-def plot_zooms(scene: str | Path, geometries: gpd.GeoDataFrame, titles: list[str], pad: float = 40.0) -> Figure:
-    """Close-ups at full resolution around each geometry (in the scene's CRS), outline drawn."""
-    n = len(geometries)
+def plot_zooms(zooms: Sequence[Preview], geometries: gpd.GeoDataFrame, titles: Sequence[str]) -> Figure:
+    """Close-ups (:func:`schoolvision.io.preview.read_rgb_zooms`) with each geometry outlined."""
+    n = len(zooms)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.2), squeeze=False, layout="constrained")
-    with rasterio.open(scene) as src:
-        transform = src.transform
-    for ax, geom, title in zip(axes.flat, geometries.geometry, titles):
-        minx, miny, maxx, maxy = geom.bounds
-        side = max(maxx - minx, maxy - miny) + 2 * pad
-        cx, cy = (minx + maxx) / 2, (miny + maxy) / 2
-        window = rasterio.windows.from_bounds(cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2, transform)
-        rgb, extent, crs = read_rgb(scene, max_side=10_000, window=window.round_offsets().round_lengths())
-        ax.imshow(rgb, extent=extent)
+    for ax, zoom, geom, title in zip(axes.flat, zooms, geometries.geometry, titles):
+        ax.imshow(zoom.array, extent=zoom.extent)
         gpd.GeoSeries([geom], crs=geometries.crs).boundary.plot(ax=ax, color="yellow", linewidth=1.5)
-        _map_axes(ax, crs, title)
-        _scale_bar(ax, extent)
+        _map_axes(ax, zoom.crs, title)
+        _scale_bar(ax, zoom.extent)
     return fig
 
 
-def plot_chip_examples(chips_dir: str | Path, per_class: int = 6, split: str = "train", seed: int = 0) -> Figure:
-    """A random sample of chips of each class (rows) from one split, read from ``chips.csv``."""
-    chips_dir = Path(chips_dir)
-    frame = pd.read_csv(chips_dir / "chips.csv")
-    frame = frame[frame["split"] == split]
-    labels = sorted(frame["label"].unique(), reverse=True)  # school first
-    fig, axes = plt.subplots(len(labels), per_class, figsize=(2 * per_class, 2.3 * len(labels)), squeeze=False,
+def plot_chip_examples(examples: pd.DataFrame, images: Sequence[np.ndarray], title: str = "") -> Figure:
+    """One row of chips per class, titled with class and scene, as ``ChipDataset.sample_by_class`` returns them.
+
+    ``examples`` holds the chips' index rows in row order (``label``, ``scene``, ``width_m``),
+    ``images`` their pixels as (H, W, 3) uint8.
+    """
+    labels = list(dict.fromkeys(examples["label"]))
+    columns = max(int((examples["label"] == label).sum()) for label in labels)
+    fig, axes = plt.subplots(len(labels), columns, figsize=(2 * columns, 2.3 * len(labels)), squeeze=False,
                              layout="constrained")
     for row, label in zip(axes, labels):
-        rows = frame[frame["label"] == label]
-        sample = rows.sample(min(per_class, len(rows)), random_state=seed)
-        for ax, (_, chip) in zip(row, sample.iterrows()):
-            with rasterio.open(chips_dir / chip["path"]) as src:
-                ax.imshow(np.moveaxis(src.read([1, 2, 3]), 0, -1))
-                size_m = src.width * abs(src.transform.a)
-            ax.set_title(f"{label}\n{chip['scene']}", fontsize=8)
+        picked = np.flatnonzero(examples["label"].to_numpy() == label)
+        for ax, i in zip(row, picked):
+            ax.imshow(images[i])
+            ax.set_title(f"{label}\n{examples['scene'].iloc[i]}", fontsize=8)
             ax.set_xticks([])
             ax.set_yticks([])
-        for ax in row[len(sample):]:
+        for ax in row[len(picked):]:
             ax.set_axis_off()
-        row[0].set_ylabel(f"{label} ({size_m:g} m wide)")
-    fig.suptitle(f"Chips of the {split} split, by class")
+        row[0].set_ylabel(f"{label} ({examples['width_m'].iloc[picked[-1]]:g} m wide)")
+    fig.suptitle(title)
     return fig
 
 
-def plot_split_map(chips_dir: str | Path, scenes: dict[str, Path], columns: int = 3, max_side: int = 384) -> Figure:
-    """Each scene with its chip footprints coloured by split (fill) and school chips outlined."""
-    chips_dir = Path(chips_dir)
-    frame = pd.read_csv(chips_dir / "chips.csv")
-    names = sorted(frame["scene"].unique())
+def plot_split_map(chips: pd.DataFrame, scenes: Mapping[str, Preview], columns: int = 3) -> Figure:
+    """Each scene (name -> preview) with the chips of a chips index coloured by split, school chips outlined."""
+    names = sorted(chips["scene"].unique())
     rows = int(np.ceil(len(names) / columns))
     fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 4 * rows), squeeze=False, layout="constrained")
     for ax, name in zip(axes.flat, names):
-        chips = frame[frame["scene"] == name]
-        rgb, extent, crs = read_rgb(scenes[name], max_side)
-        ax.imshow(rgb, extent=extent, alpha=0.8)
-        for _, chip in chips.iterrows():
+        part = chips[chips["scene"] == name]
+        scene = scenes[name]
+        ax.imshow(scene.array, extent=scene.extent, alpha=0.8)
+        for _, chip in part.iterrows():
             school = chip["label"] == "school"
-            ax.add_patch(Rectangle((chip["minx"], chip["miny"]), chip["maxx"] - chip["minx"], chip["maxy"] - chip["miny"],
+            width, height = chip["maxx"] - chip["minx"], chip["maxy"] - chip["miny"]
+            ax.add_patch(Rectangle((chip["minx"], chip["miny"]), width, height,
                                    facecolor=SPLIT_COLOURS.get(chip["split"], "grey"), alpha=0.12,
                                    edgecolor="yellow" if school else "none", linewidth=0.8))
-        splits = ", ".join(sorted(chips["split"].unique()))
-        _map_axes(ax, crs, f"{name}: {splits} ({len(chips)} chips)")
-        _scale_bar(ax, extent)
+        splits = ", ".join(sorted(part["split"].unique()))
+        _map_axes(ax, scene.crs, f"{name}: {splits} ({len(part)} chips)")
+        _scale_bar(ax, scene.extent)
     for ax in axes.flat[len(names):]:
         ax.set_axis_off()
     handles = [Patch(facecolor=c, alpha=0.5, label=s) for s, c in SPLIT_COLOURS.items()]

@@ -1,39 +1,43 @@
 """Figures of the mapping chapter: the probability raster over the scene, the PR curve, case galleries.
 
 Map axes are in the scene's projected CRS (metres); candidates and schools are reprojected to it.
+Rasters come in as :class:`~schoolvision.io.preview.Preview` s (read with
+:mod:`schoolvision.io.preview`): these functions draw, they open no file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import geopandas as gpd
 import matplotlib.pyplot as plt
 import numpy as np
-import rasterio
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from rasterio.enums import Resampling
 
-from schoolvision.plotting.data import _map_axes, _scale_bar, read_rgb
+from schoolvision.io.preview import Preview
+from schoolvision.plotting.data import _map_axes, _scale_bar
 from schoolvision.plotting.explain import overlay_rgb
 
 
-def read_probability_display(path: str | Path, max_side: int = 1024) -> np.ndarray:
-    """Decimated probability raster as a masked array (nodata masked)."""
-    with rasterio.open(path) as src:
-        f = max(1.0, max(src.width, src.height) / max_side)
-        shape = (max(1, int(src.height / f)), max(1, int(src.width / f)))
-        return src.read(1, out_shape=shape, resampling=Resampling.average, masked=True)
-
-
-def plot_probability(scene: str | Path, probability: str | Path, candidates: gpd.GeoDataFrame | None = None,
+def plot_probability(scene: Preview, probability: Preview, candidates: gpd.GeoDataFrame | None = None,
                      schools: gpd.GeoDataFrame | None = None, threshold: float | None = None,
-                     max_side: int = 1024) -> Figure:
-    """Scene (left) and P(school) over it (right) with candidates (numbered) and known schools (found / missed)."""
-    rgb, extent, crs = read_rgb(scene, max_side)
-    prob = read_probability_display(probability, max_side)
+                     title: str = "") -> Figure:
+    """Scene (left) and P(school) over it (right) with candidates (numbered) and known schools (found / missed).
+
+    Args:
+        scene: RGB preview of the scene.
+        probability: preview of its probability raster (same grid; NaN or masked where nodata).
+        candidates: ranked candidate points (``rank`` column), any CRS.
+        schools: known schools, any CRS; a boolean ``found`` column splits found from missed.
+        threshold: P(school) contour to draw.
+        title: title of the scene panel (e.g. the scene name).
+
+    Returns:
+        The figure.
+    """
+    rgb, extent, crs = scene.array, scene.extent, scene.crs
+    prob = np.ma.masked_invalid(probability.array)
     fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharex=True, sharey=True)
     axes[0].imshow(rgb, extent=extent)
     axes[1].imshow(rgb, extent=extent)
@@ -56,8 +60,9 @@ def plot_probability(scene: str | Path, probability: str | Path, candidates: gpd
         axes[1].scatter(c.geometry.x, c.geometry.y, s=60, facecolors="none", edgecolors="cyan", linewidths=1.5)
         for x, y, r in zip(c.geometry.x, c.geometry.y, c["rank"]):
             axes[1].annotate(str(int(r)), (x, y), xytext=(4, 4), textcoords="offset points", color="cyan", fontsize=8)
-        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="cyan", label="candidate (rank)"))
-    _map_axes(axes[0], crs, Path(scene).stem)
+        handles.append(Line2D([], [], marker="o", linestyle="", markerfacecolor="none", markeredgecolor="cyan",
+                              label="candidate (rank)"))
+    _map_axes(axes[0], crs, title)
     _map_axes(axes[1], crs, "P(school), blended windows")
     _scale_bar(axes[0], extent)
     if handles:

@@ -1,39 +1,40 @@
 """Figures of a training run: learning curves, PR curve, confusion matrix, calibration, chips.
 
-Run-level functions read the run folder (``history.json``, ``metrics.json``, ``predictions.csv``);
-array-level ones (``*_figure``) are shared with TensorBoard logging.
+Run-level functions take what :class:`~schoolvision.io.folders.RunFolder` reads (the history, the
+predictions table, the tuned threshold) and read no file; array-level ones (``*_figure``) also draw
+the run's TensorBoard figures through :func:`tensorboard_figures`. seaborn draws the confusion matrix
+and the reliability diagram, in the theme of :func:`schoolvision.plotting.theme.apply_theme`.
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from collections.abc import Sequence
 
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+import seaborn as sns
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve
 
 from schoolvision import CLASSES
+from schoolvision.train.metrics import classification_metrics, expected_calibration_error, reliability
+from schoolvision.train.tblog import RunScores
 
 
-def confusion_figure(cm: np.ndarray, title: str = "") -> Figure:
-    """Confusion matrix (rows true, columns predicted) with counts in the cells."""
+def confusion_figure(labels: np.ndarray, probs: np.ndarray, threshold: float, title: str = "") -> Figure:
+    """Confusion matrix at ``threshold`` (rows true, columns predicted) with counts in the cells."""
+    cm = np.asarray(classification_metrics(labels, probs, threshold)["confusion_matrix"], dtype=int)
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(int(v)), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-    ax.set_xticks([0, 1], CLASSES)
-    ax.set_yticks([0, 1], CLASSES)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(title)
+    sns.heatmap(pd.DataFrame(cm, index=CLASSES, columns=CLASSES), annot=True, fmt="d", cmap="Blues", cbar=False,
+                square=True, linewidths=0.5, ax=ax)
+    ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()
     return fig
 
 
-def chip_grid_figure(images: list[np.ndarray], probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5, cols: int = 4) -> Figure:
+def chip_grid_figure(images: Sequence[np.ndarray], probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5,
+                     cols: int = 4) -> Figure:
     """Chips (H, W, 3 uint8) titled with P(school) and the true label; green = correct at ``threshold``."""
     rows = max(1, int(np.ceil(len(images) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(2.2 * cols, 2.4 * rows), squeeze=False)
@@ -41,14 +42,15 @@ def chip_grid_figure(images: list[np.ndarray], probs: np.ndarray, labels: np.nda
         ax.axis("off")
     for ax, img, p, y in zip(axes.ravel(), images, probs, labels):
         ax.imshow(img)
-        ax.set_title(f"P={p:.2f} {CLASSES[int(y)]}", fontsize=8, color="green" if (p >= threshold) == bool(y) else "red")
+        right = (p >= threshold) == bool(y)
+        ax.set_title(f"P={p:.2f} {CLASSES[int(y)]}", fontsize=8, color="green" if right else "red")
     fig.tight_layout()
     return fig
 
 
 def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, threshold: float, title: str = "") -> Figure:
     """Precision-recall curve of P(school) with the chosen threshold marked."""
-    precision, recall, thresholds = precision_recall_curve(labels, probs)
+    precision, recall, _ = precision_recall_curve(labels, probs)
     fig, ax = plt.subplots(figsize=(4.2, 3.6))
     ax.plot(recall, precision, drawstyle="steps-post")
     pred = np.asarray(probs) >= threshold
@@ -56,30 +58,54 @@ def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, threshold: float, tit
     p_at = tp / max(pred.sum(), 1)
     r_at = tp / max(np.sum(np.asarray(labels) == 1), 1)
     ax.scatter([r_at], [p_at], color="red", zorder=3, label=f"threshold {threshold:.2f}")
-    ax.set_xlabel("recall (school)")
-    ax.set_ylabel("precision (school)")
-    ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
+    ax.set(xlabel="recall (school)", ylabel="precision (school)", xlim=(0, 1.02), ylim=(0, 1.02), title=title)
     ax.legend(loc="lower left")
-    ax.set_title(title)
     fig.tight_layout()
     return fig
 
 
-def _predictions(run_dir: str | Path, split: str) -> pd.DataFrame:
-    from schoolvision.train.evaluation import read_predictions
+def reliability_figure(labels: np.ndarray, probs: np.ndarray, bins: int = 10, title: str = "") -> Figure:
+    """Reliability diagram: observed share of schools per P(school) bin against the diagonal; ECE in the title."""
+    rel = reliability(labels, probs, bins)
+    centres = (rel["edges"][:-1] + rel["edges"][1:]) / 2
+    used = rel["count"] > 0
+    ece = f"ECE {expected_calibration_error(labels, probs, bins):.3f}"
+    fig, ax = plt.subplots(figsize=(4.2, 3.6))
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    observed = pd.DataFrame({"centre": centres[used], "share": rel["frequency"][used]})
+    sns.histplot(observed, x="centre", weights="share", binwidth=1 / bins, binrange=(0, 1), alpha=0.6, edgecolor="k",
+                 label="observed", ax=ax)
+    ax.set(xlabel="predicted P(school)", ylabel="share of schools", xlim=(0, 1), ylim=(0, 1.02),
+           title=f"{title}: {ece}" if title else ece)
+    ax.legend(loc="upper left")
+    fig.tight_layout()
+    return fig
 
-    frame = read_predictions(Path(run_dir) / "predictions.csv")
-    return frame[frame["split"] == split].reset_index(drop=True)
+
+def tensorboard_figures(scores: RunScores) -> dict[str, Figure]:
+    """The figures ``schoolvision train`` logs to TensorBoard at the end of a run (pass as ``fit(figures=...)``).
+
+    A confusion matrix per scored split (``confusion_matrix/<split>``) and a grid of test chips
+    spread over P(school) (``test_chips``).
+    """
+    figures = {
+        f"confusion_matrix/{split}": confusion_figure(scores.labels[split], probs, scores.threshold,
+                                                      title=f"{split} (threshold {scores.threshold:.2f})")
+        for split, probs in scores.probs.items()
+    }
+    figures["test_chips"] = chip_grid_figure(scores.chips, scores.chip_probs, scores.chip_labels, scores.threshold)
+    return figures
 
 
-def _threshold(run_dir: str | Path) -> float:
-    return float(json.loads((Path(run_dir) / "metrics.json").read_text())["threshold"])
+def _split(predictions: pd.DataFrame, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, P(school)) of one split of a predictions table."""
+    frame = predictions[predictions["split"] == split]
+    return frame["label"].to_numpy(), frame["prob"].to_numpy()
 
 
-def plot_learning_curves(run_dir: str | Path) -> Figure:
-    """Loss, F1 and AUPRC per epoch for train and validation, from ``history.json``."""
-    hist = pd.DataFrame(json.loads((Path(run_dir) / "history.json").read_text()))
+def plot_learning_curves(history: Sequence[dict]) -> Figure:
+    """Loss, F1 and AUPRC per epoch for train and validation, from a run's history (one dict per epoch)."""
+    hist = pd.DataFrame(list(history))
     fig, axes = plt.subplots(1, 4, figsize=(14, 3.2))
     for ax, name in zip(axes, ("loss", "f1", "auprc")):
         ax.plot(hist["epoch"], hist[f"train_{name}"], marker="o", label="train")
@@ -94,51 +120,24 @@ def plot_learning_curves(run_dir: str | Path) -> Figure:
     return fig
 
 
-def plot_pr_curve(run_dir: str | Path, split: str = "test") -> Figure:
-    frame = _predictions(run_dir, split)
-    return pr_curve_figure(frame["label"].to_numpy(), frame["prob"].to_numpy(), _threshold(run_dir), title=split)
+def plot_pr_curve(predictions: pd.DataFrame, threshold: float, split: str = "test") -> Figure:
+    """Precision-recall curve of one split of a predictions table, the tuned ``threshold`` marked."""
+    return pr_curve_figure(*_split(predictions, split), threshold, title=split)
 
 
-def plot_confusion_matrix(run_dir: str | Path, split: str = "test") -> Figure:
-    from schoolvision.train.metrics import classification_metrics
-
-    frame = _predictions(run_dir, split)
-    thr = _threshold(run_dir)
-    cm = classification_metrics(frame["label"].to_numpy(), frame["prob"].to_numpy(), thr)["confusion_matrix"]
-    return confusion_figure(np.array(cm), title=f"{split} (threshold {thr:.2f})")
+def plot_confusion_matrix(predictions: pd.DataFrame, threshold: float, split: str = "test") -> Figure:
+    """Confusion matrix of one split of a predictions table at ``threshold``."""
+    return confusion_figure(*_split(predictions, split), threshold, title=f"{split} (threshold {threshold:.2f})")
 
 
-def plot_reliability(run_dir: str | Path, split: str = "test", bins: int = 10) -> Figure:
-    """Reliability diagram of calibrated P(school): observed school frequency per probability bin."""
-    from schoolvision.train.metrics import expected_calibration_error, reliability
-
-    frame = _predictions(run_dir, split)
-    y, p = frame["label"].to_numpy(), frame["prob"].to_numpy()
-    rel = reliability(y, p, bins)
-    centers = (rel["edges"][:-1] + rel["edges"][1:]) / 2
-    used = rel["count"] > 0
-    fig, ax = plt.subplots(figsize=(4.2, 3.6))
-    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
-    ax.bar(centers[used], rel["frequency"][used], width=1 / bins, alpha=0.6, edgecolor="k", label="observed")
-    ax.set_xlabel("predicted P(school)")
-    ax.set_ylabel("share of schools")
-    ax.set_title(f"{split}: ECE {expected_calibration_error(y, p, bins):.3f}")
-    ax.legend(loc="upper left")
-    fig.tight_layout()
-    return fig
+def plot_reliability(predictions: pd.DataFrame, split: str = "test", bins: int = 10) -> Figure:
+    """Reliability diagram of the calibrated P(school) of one split of a predictions table."""
+    return reliability_figure(*_split(predictions, split), bins, title=split)
 
 
-def plot_extreme_chips(run_dir: str | Path, chips_dir: str | Path, split: str = "test", n: int = 8, worst: bool = False) -> Figure:
-    """The most confident correct (``worst=False``) or most wrong (``worst=True``) chips of a split."""
-    from schoolvision.data.dataset import ChipDataset
-
-    frame = _predictions(run_dir, split)
-    error = np.abs(frame["prob"].to_numpy() - frame["label"].to_numpy())
-    order = np.argsort(-error if worst else error, kind="stable")[:n]
-    ds = ChipDataset(chips_dir, split=split)
-    pos = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
-    images = [ds.read_chip(pos[frame["chip_id"][i]]).transpose(1, 2, 0) for i in order]
-    fig = chip_grid_figure(images, frame["prob"].to_numpy()[order], frame["label"].to_numpy()[order], _threshold(run_dir))
-    fig.suptitle(f"{'worst' if worst else 'best'} {split} chips")
+def plot_extreme_chips(rows: pd.DataFrame, images: Sequence[np.ndarray], threshold: float, title: str = "") -> Figure:
+    """Chips picked by :func:`schoolvision.train.evaluation.extreme_chips`: their prediction rows and pixels."""
+    fig = chip_grid_figure(images, rows["prob"].to_numpy(), rows["label"].to_numpy(), threshold)
+    fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -1,17 +1,17 @@
 """School candidates: regions of a probability raster above the run's tuned threshold.
 
 Regions with several peaks (neighbouring schools blurred together) are split at the valleys
-between the peaks. Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks are placed by
-:func:`schoolvision.scan.scene.place_at_cam_peaks`) with its maximum and mean probability and its area.
-Regions are labelled on a decimated read (at most ``max_side`` pixels a side, through the raster's
-overviews) so a country-size raster never has to fit in memory; a 2048 px side is still finer than
-the scan stride for scenes up to 2048 x stride pixels (131 km at 1 m, stride 64). Scenes that overlap give the same school twice: points from
-different scenes closer than ``merge_distance`` are merged, keeping the most probable.
+between the peaks. Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks
+are placed by :func:`schoolvision.scan.peaks.place_at_cam_peaks`) with its maximum and mean
+probability and its area. Regions are labelled on a decimated read (at most ``max_side`` pixels a
+side, through the raster's overviews) so a country-size raster never has to fit in memory; a
+2048 px side is still finer than the scan stride for scenes up to 2048 x stride pixels (131 km at
+1 m, stride 64). Scenes that overlap give the same school twice: points from different scenes
+closer than ``merge_distance`` are merged, keeping the most probable.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,11 +19,15 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
-from rasterio.enums import Resampling
 from rasterio.features import shapes
 from scipy import ndimage
 from shapely.geometry import Point, shape
+from skimage.morphology import h_maxima
+from skimage.segmentation import watershed
 
+from schoolvision.io.crs import metric_crs
+from schoolvision.io.folders import ScanFolder, read_probability
+from schoolvision.io.vectors import write_vectors
 
 SPLIT_DIP = 0.5
 """Log-odds dip between two peaks that makes them two candidates (see :func:`split_regions`)."""
@@ -32,16 +36,6 @@ SATURATION = 0.999
 """P(school) above which log-odds are capped (one plateau, not many peaks)."""
 
 COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
-
-
-def read_probability(path: str | Path, max_side: int = 2048):
-    """(prob float32 with NaN for nodata, transform, crs) of a probability raster, decimated to ``max_side``."""
-    with rasterio.open(path) as src:
-        f = max(1, math.ceil(max(src.width, src.height) / max_side))
-        shape_ = (max(1, src.height // f), max(1, src.width // f))
-        prob = src.read(1, out_shape=shape_, resampling=Resampling.average if f > 1 else Resampling.nearest, masked=True)
-        transform = src.transform @ src.transform.scale(src.width / shape_[1], src.height / shape_[0])
-        return prob.filled(np.nan).astype(np.float32), transform, src.crs
 
 
 def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) -> tuple[np.ndarray, int]:
@@ -53,9 +47,6 @@ def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) ->
     1.65x between the peaks), and the region is split along the watershed between them. Above
     ``SATURATION`` the log-odds are flat: differences between 0.99999 and 0.999995 are noise.
     """
-    from skimage.morphology import h_maxima
-    from skimage.segmentation import watershed
-
     finite = np.isfinite(prob)
     p = np.clip(np.where(finite, prob, 0.0), 1 - SATURATION, SATURATION)
     above = finite & (p >= threshold)
@@ -118,11 +109,14 @@ def rank(cands: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 
 
 def merge_duplicates(cands: gpd.GeoDataFrame, distance: float, same_scene: float = 0.0) -> gpd.GeoDataFrame:
-    """Merge candidates from different scenes closer than ``distance`` metres (``same_scene`` within a
-    scene), keeping the most probable: one school seen by two overlapping scenes is one candidate."""
+    """Merge candidates closer than ``distance`` metres from different scenes, keeping the most probable.
+
+    One school seen by two overlapping scenes is one candidate; within a scene, ``same_scene`` metres
+    (0: never) merge.
+    """
     if len(cands) < 2 or (cands["scene"].nunique() < 2 and same_scene <= 0):
         return cands
-    metric = cands if cands.crs.is_projected else cands.to_crs(cands.estimate_utm_crs())
+    metric = cands if cands.crs.is_projected else cands.to_crs(metric_crs(cands))
     xy = np.column_stack([metric.geometry.x, metric.geometry.y])
     scenes = cands["scene"].to_numpy()
     parent = list(range(len(cands)))
@@ -138,7 +132,8 @@ def merge_duplicates(cands: gpd.GeoDataFrame, distance: float, same_scene: float
         if scenes[i] != scenes[j] or d[i, j] <= same_scene:
             parent[find(i)] = find(j)
     roots = np.array([find(i) for i in range(len(cands))])
-    keep = [int(np.flatnonzero(roots == r)[np.argmax(cands["max_prob"].to_numpy()[roots == r])]) for r in np.unique(roots)]
+    probs = cands["max_prob"].to_numpy()
+    keep = [int(np.flatnonzero(roots == r)[np.argmax(probs[roots == r])]) for r in np.unique(roots)]
     return rank(cands.iloc[sorted(keep)].copy())
 
 
@@ -173,10 +168,9 @@ def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0
 def write_candidates(cands: gpd.GeoDataFrame, out_dir: str | Path,
                      extra_layers: Mapping[str, object] | None = None) -> dict[str, Path]:
     """Write ``candidates.gpkg`` (layer ``candidates`` plus ``extra_layers``) and ``candidates.geojson`` (EPSG:4326)."""
-    from schoolvision.io.gis import write_vectors
-
-    out_dir = Path(out_dir)
+    folder = ScanFolder(out_dir)
+    paths = {"gpkg": folder.candidates_path, "geojson": folder.root / ScanFolder.CANDIDATES_GEOJSON}
     cols = [c for c in cands.columns if c != "label"]
-    write_vectors(cands[cols], gpkg=out_dir / "candidates.gpkg", geojson=out_dir / "candidates.geojson",
-                  layer="candidates", extra_layers=extra_layers)
-    return {"gpkg": out_dir / "candidates.gpkg", "geojson": out_dir / "candidates.geojson"}
+    write_vectors(cands[cols], gpkg=paths["gpkg"], geojson=paths["geojson"], layer="candidates",
+                  extra_layers=extra_layers)
+    return paths

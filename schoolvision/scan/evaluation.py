@@ -15,45 +15,32 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
-import rasterio
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
 
-from schoolvision.io.atomic import write_json
-from schoolvision.errors import UserError
+from schoolvision.io.crs import metric_crs
+from schoolvision.io.folders import probability_bounds, read_probability
+from schoolvision.io.schools import read_schools
+from schoolvision.scan.candidates import extract_candidates, merge_duplicates, rank
 
 
 def load_schools(path: str | Path, scenes: Sequence) -> gpd.GeoDataFrame:
-    """Known schools (any vector file with a CRS) that fall inside the scanned scenes, in EPSG:4326."""
-    path = Path(path)
-    try:
-        gdf = gpd.read_file(path)
-    except Exception as exc:  # noqa: BLE001 - any OGR failure is the user's file
-        raise UserError(f"not a readable vector file ({type(exc).__name__})", path) from None
-    if gdf.crs is None:
-        raise UserError("school file has no CRS; save it with one (e.g. EPSG:4326)", path)
-    gdf = gdf.to_crs("EPSG:4326")
-    footprints = [shape(transform_geom(s.crs, "EPSG:4326", mapping(box(*_bounds(s))))) for s in scenes]
+    """Known schools that fall inside the scanned scenes, in EPSG:4326 (points stay points).
+
+    Read by :func:`~schoolvision.io.schools.read_schools`, so ``scan --schools`` accepts exactly the
+    files ``chips --schools`` accepts.
+    """
+    gdf = read_schools(path, point_buffer_m=None)
+    footprints = [shape(transform_geom(s.crs, "EPSG:4326", mapping(box(*probability_bounds(s.probability)))))
+                  for s in scenes]
     inside = np.zeros(len(gdf), bool)
     for fp in footprints:
         inside |= gdf.geometry.intersects(fp).to_numpy()
-    out = gdf[inside].reset_index(drop=True)
-    if "name" not in out.columns:
-        out["name"] = [f"school_{i}" for i in range(len(out))]
-    return out
+    return gdf[inside].reset_index(drop=True)
 
 
-def _bounds(scene) -> tuple[float, float, float, float]:
-    with rasterio.open(scene.probability) as src:
-        return tuple(src.bounds)
-
-
-def metric_crs(gdf: gpd.GeoDataFrame):
-    """The frame's own CRS when projected (metres), else its local UTM zone."""
-    return gdf.crs if gdf.crs.is_projected else gdf.estimate_utm_crs()
-
-
-def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float, crs=None) -> list[tuple[int, int, float]]:
+def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float,
+          crs=None) -> list[tuple[int, int, float]]:
     """One-to-one (candidate index, school index, metres) pairs within ``distance``, greedy by probability.
 
     Distances are measured in ``crs`` (default: :func:`metric_crs` of the schools).
@@ -89,8 +76,6 @@ def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
              thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
              merge_distance: float = 64.0) -> list[dict]:
     """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold."""
-    from schoolvision.scan.candidates import extract_candidates, merge_duplicates, rank, read_probability
-
     rasters = [(s.scene, *read_probability(s.probability)) for s in scenes]
     utm = metric_crs(schools) if len(schools) else None
     curve = []
@@ -122,7 +107,8 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
 
 
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path, distance: float = 50.0,
-                  threshold: float | None = None, merge_distance: float = 64.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+                  threshold: float | None = None,
+                  merge_distance: float = 64.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms)."""
     schools = load_schools(schools_path, scenes)
     pairs = match(cands, schools, distance)
@@ -130,7 +116,8 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
     matched_s = {j: (i, d) for i, j, d in pairs}
     s4326 = schools.copy()
     s4326["found"] = [j in matched_s for j in range(len(schools))]
-    s4326["candidate_rank"] = [int(cands["rank"].iloc[matched_s[j][0]]) if j in matched_s else -1 for j in range(len(schools))]
+    s4326["candidate_rank"] = [int(cands["rank"].iloc[matched_s[j][0]]) if j in matched_s else -1
+                               for j in range(len(schools))]
     s4326["distance_m"] = [round(matched_s[j][1], 2) if j in matched_s else np.nan for j in range(len(schools))]
     missed = s4326[~s4326["found"]]
     c = cands.copy()
@@ -153,21 +140,25 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
         **operating_points(curve),
         "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
                            for _, r in missed.iterrows()],
-        "unmatched_candidates": [{"rank": int(r["rank"]), "scene": str(r["scene"]), "max_prob": round(float(r["max_prob"]), 4),
-                                  "lon_lat": pt(cpts.geometry.iloc[i])} for i, (_, r) in enumerate(c.iterrows())
-                                 if r["matched_school"] == ""],
-        "matches": [{"rank": int(cands["rank"].iloc[i]), "school": str(schools["name"].iloc[j]), "distance_m": round(d, 2)}
+        "unmatched_candidates": [{"rank": int(r["rank"]), "scene": str(r["scene"]),
+                                  "max_prob": round(float(r["max_prob"]), 4), "lon_lat": pt(cpts.geometry.iloc[i])}
+                                 for i, (_, r) in enumerate(c.iterrows()) if r["matched_school"] == ""],
+        "matches": [{"rank": int(cands["rank"].iloc[i]), "school": str(schools["name"].iloc[j]),
+                     "distance_m": round(d, 2)}
                     for i, j, d in sorted(pairs)],
     }
-    keep = [col for col in s4326.columns if col in ("name", "scene", "found", "candidate_rank", "distance_m", "geometry")]
+    columns = ("name", "scene", "found", "candidate_rank", "distance_m", "geometry")
+    keep = [col for col in s4326.columns if col in columns]
     layers = {"known_schools": s4326[keep], "missed_schools": missed[keep],
               "false_alarms": false_alarms[[col for col in false_alarms.columns if col != "label"]]}
     return evaluation, layers
 
 
 def weakest_finds(cands: gpd.GeoDataFrame, known: gpd.GeoDataFrame, n: int = 3) -> gpd.GeoDataFrame:
-    """The ``n`` found schools with the least probable candidates (from the ``candidates`` and
-    ``known_schools`` layers): where a slightly higher threshold would start missing schools."""
+    """The ``n`` found schools with the least probable candidates: where a higher threshold starts missing schools.
+
+    ``cands`` and ``known`` are the ``candidates`` and ``known_schools`` layers of a scan.
+    """
     found = known[known["found"].astype(bool)] if "found" in known.columns else known.iloc[:0]
     names = dict(zip(found["candidate_rank"].astype(int), found["name"].astype(str)))
     out = cands[cands["rank"].astype(int).isin(names)].copy()
@@ -183,8 +174,6 @@ def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: 
     from every known school: the next false alarms should the threshold be lowered, so the places to
     look at when a scan reports none (and, in real imagery, where unmapped schools may hide).
     """
-    from schoolvision.scan.candidates import extract_candidates, read_probability
-
     parts = []
     for s in scenes:
         prob, transform, crs = read_probability(s.probability)
@@ -201,20 +190,3 @@ def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: 
         near = out.to_crs(utm).geometry.apply(lambda g: known.distance(g).min() <= distance)
         out = out[~near.to_numpy()]
     return out.sort_values("max_prob", ascending=False, kind="stable").head(n).reset_index(drop=True)
-
-
-def write_evaluation(path: str | Path, evaluation: dict) -> Path:
-    """Write ``evaluation.json`` atomically."""
-    return write_json(path, evaluation)
-
-
-def read_layer(gpkg: str | Path, layer: str) -> gpd.GeoDataFrame:
-    """A layer of ``candidates.gpkg``; empty (EPSG:4326) when the scan wrote none (e.g. no missed school)."""
-    import pyogrio
-
-    gpkg = Path(gpkg)
-    if not gpkg.is_file():
-        raise UserError("no candidates.gpkg here; run schoolvision scan first", gpkg)
-    if layer not in {name for name, _ in pyogrio.list_layers(gpkg)}:
-        return gpd.GeoDataFrame({"scene": [], "name": []}, geometry=[], crs="EPSG:4326")
-    return gpd.read_file(gpkg, layer=layer)

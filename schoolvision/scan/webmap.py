@@ -22,7 +22,6 @@ from pathlib import Path
 
 import folium
 import numpy as np
-import rasterio
 from branca.element import Element, MacroElement
 from jinja2 import Template
 from matplotlib import colormaps
@@ -34,6 +33,10 @@ from rasterio.warp import transform_bounds
 from rasterio.windows import from_bounds
 
 from schoolvision.io.atomic import write_text
+from schoolvision.io.folders import ScanFolder, open_probability
+from schoolvision.io.imagery import list_sources
+from schoolvision.io.schools import read_schools
+from schoolvision.scan.scene import SceneScan, scene_grid
 
 MERCATOR = "EPSG:3857"
 
@@ -60,7 +63,8 @@ def offline_map(**kwargs) -> folium.Map:
     m = folium.Map(tiles=None, control_scale=True, **kwargs)
     assets = leaflet_assets()
     if assets is None:
-        warnings.warn("django-js-lib-leaflet is not installed: map.html loads Leaflet from a CDN (needs internet)", stacklevel=2)
+        warnings.warn("django-js-lib-leaflet is not installed: map.html loads Leaflet from a CDN (needs internet)",
+                      stacklevel=2)
         return m
     js, css = assets
     m.default_js = []
@@ -98,7 +102,7 @@ def scene_png(ds, max_side: int = 1024) -> tuple[str, list]:
 
 def probability_png(path: str | Path, max_side: int = 1024, cmap: str = "inferno") -> tuple[str, list]:
     """Probability overlay: colour map, transparent where P is low or nodata."""
-    with rasterio.open(path) as ds:
+    with open_probability(path) as ds:
         arr, mask, bounds = mercator_overlay(ds, max_side, bands=(1,))
     p = np.clip(arr[0], 0, 1)
     rgba = (colormaps[cmap](p) * 255).astype(np.uint8)
@@ -115,7 +119,8 @@ def thumbnail(ds, x: float, y: float, crs, size_m: float = 128.0, px: int = 96) 
     else:
         half = halfx = size_m / 2
     win = from_bounds(xs[0] - halfx, ys[0] - half, xs[0] + halfx, ys[0] + half, ds.transform)
-    arr = ds.read((1, 2, 3)[: min(3, ds.count)], window=win, out_shape=(min(3, ds.count), px, px), boundless=True, fill_value=0)
+    bands = (1, 2, 3)[: min(3, ds.count)]
+    arr = ds.read(bands, window=win, out_shape=(len(bands), px, px), boundless=True, fill_value=0)
     rgb = np.moveaxis(arr, 0, -1).astype(np.uint8)
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, -1)
@@ -157,8 +162,6 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
     Layers: scene image, P(school), candidates (popups with probability and a chip thumbnail), known
     schools (found: green, missed: red) when ``evaluation_layers`` holds ``known_schools``.
     """
-    from schoolvision.scan.scene import scene_grid
-
     m = offline_map()
     g_scene = folium.FeatureGroup(name="scene", show=True).add_to(m)
     g_prob = folium.FeatureGroup(name="P(school)", show=True).add_to(m)
@@ -187,14 +190,13 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
                     thumb = thumbnail(ds, orig.x, orig.y, cands.crs)
             color = "#ff9800" if matched.get(int(row["rank"])) == "" else "#00e5ff"
             marker = folium.CircleMarker([geom.y, geom.x], radius=9, color=color, weight=3, fill=True, fill_opacity=0.3,
-                                         tooltip=f"#{int(row['rank'])} P={row['max_prob']:.2f}", class_name="sv-candidate")
+                                         tooltip=f"#{int(row['rank'])} P={row['max_prob']:.2f}",
+                                         class_name="sv-candidate")
             _popup(row, thumb).add_to(marker)
             marker.add_to(g_c)
     known = layers.get("known_schools")
     if known is None and schools is not None:
-        import geopandas as gpd
-
-        known = gpd.read_file(schools)
+        known = read_schools(schools, point_buffer_m=None)
     if known is not None and len(known):
         g_k = folium.FeatureGroup(name="known schools", show=True).add_to(m)
         k = known.to_crs("EPSG:4326")
@@ -216,19 +218,12 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
 
 def scan_map_from_dir(out_dir: str | Path, **kwargs) -> folium.Map:
     """Rebuild the map of a finished scan folder (``scan.json``, ``candidates.gpkg``) e.g. in a notebook."""
-    import json
-
-    from schoolvision.io.imagery import list_sources
-    from schoolvision.scan.scene import SceneScan
-    from schoolvision.scan.evaluation import read_layer
-
-    out_dir = Path(out_dir)
-    info = json.loads((out_dir / "scan.json").read_text())
+    folder = ScanFolder(out_dir)
+    info = folder.read_summary()
     scenes = [SceneScan(**s) for s in info["scenes"]]
     sources = {s.scene: src for s in scenes for src in list_sources([s.source]) if src.name == s.scene}
-    gpkg = out_dir / "candidates.gpkg"
-    cands = read_layer(gpkg, "candidates")
-    layers = {name: read_layer(gpkg, name) for name in ("known_schools", "false_alarms")}
+    cands = folder.read_layer("candidates")
+    layers = {name: folder.read_layer(name) for name in ("known_schools", "false_alarms")}
     layers = {k: v for k, v in layers.items() if len(v) or (k == "false_alarms" and "evaluation" in info["files"])}
     return scan_map(scenes, cands, sources, evaluation_layers=layers or None, **kwargs)
 

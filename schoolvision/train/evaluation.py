@@ -6,7 +6,6 @@ same numbers and the same predictions as the training run wrote.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,9 +13,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from schoolvision.io.atomic import atomic_path, write_json
-from schoolvision.model.checkpoint import load_classifier
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
+from schoolvision.io.folders import RunFolder
+from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.inference import predict_logits, school_probability
 from schoolvision.train.metrics import bootstrap_ci, classification_metrics
 
@@ -28,7 +28,8 @@ def label_array(frame: pd.DataFrame) -> np.ndarray:
     return frame["label"].map(lambda v: 1 if str(v) in ("school", "1") else 0).to_numpy(np.int64)
 
 
-def split_report(labels: np.ndarray, probs: np.ndarray, threshold: float, temperature: float, n_boot: int = 1000, seed: int = 0) -> dict[str, Any]:
+def split_report(labels: np.ndarray, probs: np.ndarray, threshold: float, temperature: float, n_boot: int = 1000,
+                 seed: int = 0) -> dict[str, Any]:
     """Metrics of one split at ``threshold`` plus the temperature and bootstrap CIs of F1 and AUPRC."""
     report = classification_metrics(labels, probs, threshold)
     report["temperature"] = float(temperature)
@@ -52,17 +53,6 @@ def prediction_frame(frame: pd.DataFrame, split: str, probs: np.ndarray, thresho
     return out[PREDICTION_COLUMNS]
 
 
-def write_predictions(path: str | Path, frames: list[pd.DataFrame]) -> Path:
-    with atomic_path(path) as tmp:
-        pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)  # repr floats: exact round trip
-    return Path(path)
-
-
-def read_predictions(path: str | Path) -> pd.DataFrame:
-    """``predictions.csv`` with probabilities parsed exactly as written (pandas' default parser round-trips repr floats)."""
-    return pd.read_csv(path, dtype={"chip_id": str})
-
-
 @dataclass
 class EvalConfig:
     """What ``schoolvision evaluate`` needs."""
@@ -83,11 +73,9 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     report, exactly as ``fit`` lays it out); other splits go to ``RUN/metrics_<split>.json``. The
     result has ``predictions_match``: whether the recomputed P(school) equal ``predictions.csv``.
     """
-    from schoolvision.data.dataset import ChipDataset
-
-    run_dir = Path(config.run_dir)
-    model, meta = load_classifier(run_dir / "best.pt", config.device)
-    batch_size = config.batch_size or int(_read_json(run_dir / "config.json").get("batch_size", 64))
+    run = RunFolder(config.run_dir)
+    model, meta = load_classifier(run.best, config.device)
+    batch_size = config.batch_size or int(run.read_config().get("batch_size", 64))
     splits = [config.split, "val"] if config.split == "test" else [config.split]
     reports, probs_by_split = {}, {}
     for split in splits:
@@ -97,34 +85,54 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         logits, _ = predict_logits(model, ds, batch_size, config.device)
         probs = school_probability(logits, meta.temperature)
         probs_by_split[split] = (ds.frame, probs)
-        reports[split] = split_report(label_array(ds.frame), probs, meta.threshold, meta.temperature, config.n_boot, config.seed)
+        reports[split] = split_report(label_array(ds.frame), probs, meta.threshold, meta.temperature, config.n_boot,
+                                      config.seed)
     result = dict(reports[config.split])
     if config.split == "test":
         result["val"] = reports["val"]
-        previous = _read_json(run_dir / "metrics.json")
+        previous = run.read_metrics(required=False)
         for key in ("best_epoch", "epochs_run", "backbone", "pretrained"):
             if key in previous:
                 result[key] = previous[key]
-    result["predictions_match"] = _predictions_match(run_dir / "predictions.csv", probs_by_split)
-    write_json(run_dir / ("metrics.json" if config.split == "test" else f"metrics_{config.split}.json"), result)
+    result["predictions_match"] = _predictions_match(run, probs_by_split)
+    run.write_metrics(result, config.split)
     return result
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+def extreme_chips(predictions: pd.DataFrame, chips_dir: str | Path, split: str = "test", n: int = 8,
+                  worst: bool = False) -> tuple[pd.DataFrame, list[np.ndarray]]:
+    """The ``n`` most confidently right (or, ``worst``, most wrong) chips of ``split``.
+
+    Args:
+        predictions: a run's predictions table (:meth:`RunFolder.read_predictions`).
+        chips_dir: the chips folder the run was trained on.
+        split: which split's rows to rank.
+        n: how many chips.
+        worst: rank by largest error instead of smallest.
+
+    Returns:
+        The chips' prediction rows, in order, and their pixels as (H, W, 3) uint8 arrays.
+    """
+    frame = predictions[predictions["split"] == split].reset_index(drop=True)
+    error = np.abs(frame["prob"].to_numpy() - frame["label"].to_numpy())
+    rows = frame.iloc[np.argsort(-error if worst else error, kind="stable")[:n]].reset_index(drop=True)
+    ds = ChipDataset(chips_dir, split=split)
+    pos = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
+    return rows, [ds.read_chip(pos[cid]).transpose(1, 2, 0) for cid in rows["chip_id"].astype(str)]
 
 
-def _predictions_match(path: Path, probs_by_split: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> bool | None:
+def _predictions_match(run: RunFolder, probs_by_split: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> bool | None:
     """True when ``predictions.csv`` holds exactly the same P(school) per chip."""
-    if not path.is_file():
+    if not run.predictions_path.is_file():
         return None
-    saved = read_predictions(path)
+    saved = run.read_predictions()
     for split, (frame, probs) in probs_by_split.items():
         rows = saved[saved["split"] == split]
         if rows.empty:
             continue
         now = prediction_frame(frame, split, probs, 0.5)
-        if len(rows) != len(now) or not np.array_equal(rows["chip_id"].astype(str).to_numpy(), now["chip_id"].astype(str).to_numpy()):
+        same_ids = np.array_equal(rows["chip_id"].astype(str).to_numpy(), now["chip_id"].astype(str).to_numpy())
+        if len(rows) != len(now) or not same_ids:
             return False
         if not np.array_equal(rows["prob"].to_numpy(), now["prob"].to_numpy()):
             return False

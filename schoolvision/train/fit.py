@@ -22,33 +22,39 @@ import math
 import os
 import platform
 import random
-import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sklearn
+import timm
 import torch
 import torch.distributed as dist
+import torchvision
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
+from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
-from schoolvision.io.atomic import write_json
-from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
-from schoolvision.model.device import resolve_device
+from schoolvision.data.dataset import CachedChipDataset, ChipDataset
 from schoolvision.errors import UserError
-from schoolvision.train.evaluation import label_array, prediction_frame, split_report, write_predictions
+from schoolvision.io.folders import ChipsFolder, RunFolder, prepare_output
+from schoolvision.model.backbones import SchoolClassifier, build_model, pretraining_size
+from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from schoolvision.model.distributed import Distributed, init_distributed
 from schoolvision.model.inference import predict_logits, school_probability
+from schoolvision.train import tblog
+from schoolvision.train.evaluation import label_array, prediction_frame, split_report
 from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
-from schoolvision.model.backbones import build_model
 
-RUN_FILES = ("best.pt", "last.pt", "config.json", "metrics.json", "predictions.csv", "history.json", "tensorboard")
 # Settings that may differ between an interrupted run and its resumption.
 RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every"}
+SPLITS = ("train", "val", "test")
 
 
 @dataclass
@@ -59,13 +65,13 @@ class TrainConfig:
     out_dir: Path
     backbone: str = "efficientnet_lite0"
     pretrained: bool = True
-    epochs: int = 10
+    epochs: int = 6  # with early stopping (patience) on the validation AUPRC
     batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 1e-2
     warmup_epochs: float = 1.0
     freeze_backbone_epochs: int = 0
-    image_size: int | None = None  # None: the chips' own size
+    image_size: int | None = None  # None: the backbone's pretraining size (224) if pretrained, else the chip size
     device: str = "auto"
     seed: int = 0
     resume: bool = False
@@ -83,7 +89,8 @@ class TrainConfig:
         self.chips_dir = Path(self.chips_dir)
         self.out_dir = Path(self.out_dir)
         if self.epochs < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise UserError(f"epochs, batch size and learning rate must be positive (got {self.epochs}, {self.batch_size}, {self.lr})")
+            raise UserError("epochs, batch size and learning rate must be positive "
+                            f"(got {self.epochs}, {self.batch_size}, {self.lr})")
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -119,26 +126,8 @@ def class_weights(labels: np.ndarray) -> torch.Tensor:
     return torch.tensor(len(labels) / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
 
 
-def cached_chips(chips_dir: Path, split: str, augment: bool, image_size: int, seed: int) -> Dataset:
-    """A :class:`ChipDataset` whose chips are decoded once and kept in memory (uint8).
-
-    Items (augmentation included) are exactly those of the plain dataset; only the GeoTIFF
-    decoding per epoch is saved.
-    """
-    from schoolvision.data.dataset import ChipDataset
-
-    class CachedChipDataset(ChipDataset):
-        def preload(self) -> CachedChipDataset:
-            self._cache = [ChipDataset.read_chip(self, i) for i in tqdm(range(len(self)), desc=f"load {split} chips", leave=False)]
-            return self
-
-        def read_chip(self, i: int) -> np.ndarray:
-            return self._cache[i]
-
-    return CachedChipDataset(chips_dir, split=split, augment=augment, image_size=image_size, seed=seed).preload()
-
-
 def _worker_init(worker_id: int) -> None:
+    """Seed numpy and python in a DataLoader worker from its torch seed (torch seeds only itself)."""
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
@@ -159,48 +148,112 @@ def rng_state() -> dict[str, torch.Tensor]:
 
 
 def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+    """Restore the RNG states saved by :func:`rng_state`."""
     torch.set_rng_state(state["torch"])
     pos, has_gauss = (int(v) for v in state["numpy_pos"])
-    np.random.set_state(("MT19937", state["numpy_keys"].numpy().astype(np.uint32), pos, has_gauss, float(state["numpy_gauss"][0])))
+    keys = state["numpy_keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, pos, has_gauss, float(state["numpy_gauss"][0])))
     random.setstate((int(state["python_version"][0]), tuple(int(v) for v in state["python"]), None))
+
+
+# --- the trainer state ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What :class:`TrainConfig` leaves to the machine (``None`` / "auto"), as this run resolved it."""
+
+    image_size: int  # model input size
+    chip_size: int  # stored chip size
+    amp: bool
+    amp_dtype: torch.dtype
+    channels_last: bool
+    num_workers: int
+    preload: bool  # training and validation chips decoded once into memory
+
+    def record(self, device: torch.device, world: int, splits: dict[str, ChipDataset]) -> dict[str, Any]:
+        """The ``resolved`` entry of ``config.json``, with the chip counts per split and class."""
+        return {
+            "device": str(device), "image_size": self.image_size, "chip_size": self.chip_size, "amp": self.amp,
+            "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
+            "channels_last": self.channels_last, "num_workers": self.num_workers, "preload": self.preload,
+            "world_size": world, "imbalance": "cross-entropy weighted by inverse class frequency",
+            "counts": {s: dict(zip(CLASSES, np.bincount(label_array(d.frame), minlength=len(CLASSES)).tolist()))
+                       for s, d in splits.items()},
+        }
+
+
+@dataclass
+class TrainerState:
+    """Everything the epoch loop reads and updates, held in one place as torchgeo's ``ClassificationTask`` does.
+
+    The fields from ``epoch`` on are the progress that ``last.pt`` saves and a resumed run restores:
+    ``epoch`` counts finished epochs, ``best_score`` is the best validation AUPRC (reached at
+    ``best_epoch``), ``stale`` counts epochs since, and ``stopped`` says that early stopping ended the run.
+    """
+
+    config: TrainConfig
+    ddp: Distributed
+    device: torch.device
+    settings: Resolved
+    model: SchoolClassifier  # the bare model: checkpoints and evaluation
+    net: nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
+    train_ds: ChipDataset  # augmented
+    val_ds: ChipDataset
+    sampler: DistributedSampler
+    loader: DataLoader
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    scaler: torch.amp.GradScaler
+    loss_fn: nn.CrossEntropyLoss
+    meta: CheckpointMeta  # written into best.pt / last.pt
+    writer: SummaryWriter | None = None  # TensorBoard, on rank 0 only
+    epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    stale: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped: bool = False
+
+    @property
+    def run(self) -> RunFolder:
+        """The run folder being written."""
+        return RunFolder(self.config.out_dir)
+
+    def restore(self, last: dict[str, Any]) -> None:
+        """Continue from ``last.pt``: weights, optimiser, schedule, progress and RNG states."""
+        self.model.load_state_dict(last["model"])
+        self.optimizer.load_state_dict(last["optimizer"])
+        self.scheduler.load_state_dict(last["scheduler"])
+        self.scaler.load_state_dict(last["scaler"])
+        self.epoch = int(last["epoch"])
+        self.best_score, self.best_epoch = float(last["best_score"]), int(last["best_epoch"])
+        self.stale = int(last["stale"])
+        self.history = list(last["history"])
+        self.stopped = bool(last["stopped"])
+        set_rng_state(last["rng"])
+
+    def save_last(self) -> None:
+        """Write ``last.pt``: everything :meth:`restore` needs, RNG states included."""
+        save_checkpoint(
+            self.run.last, self.model, self.meta, optimizer=self.optimizer.state_dict(),
+            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
+            best_score=self.best_score, best_epoch=self.best_epoch, stale=self.stale, stopped=self.stopped,
+            history=self.history, rng=rng_state(), config=_jsonable_config(self.config),
+        )
 
 
 # --- distributed -------------------------------------------------------------------------------
 
 
-@dataclass
-class _Dist:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return _Dist(), resolve_device(device_name)
-    info = _Dist(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", "0")))
-    device = resolve_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", info.local_rank)
-        torch.cuda.set_device(device)
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return info, device
-
-
-def _gather_logits(model, dataset, ddp: _Dist, batch_size: int, device, num_workers: int) -> tuple[np.ndarray, np.ndarray]:
+def _gather_logits(model, dataset, ddp: Distributed, batch_size: int, device,
+                   num_workers: int) -> tuple[np.ndarray, np.ndarray]:
     """Logits and labels of the whole ``dataset``; under DDP each rank scores a shard, then all gather."""
     if ddp.world == 1:
         return predict_logits(model, dataset, batch_size, device, num_workers, progress=False)
     idx = list(range(ddp.rank, len(dataset), ddp.world))
     part = predict_logits(model, dataset, batch_size, device, num_workers, indices=idx, progress=False)
-    parts: list[Any] = [None] * ddp.world
-    dist.all_gather_object(parts, (idx, part[0], part[1]))
+    parts = ddp.gather((idx, part[0], part[1]))
     order = np.concatenate([p[0] for p in parts]).astype(int)
     logits = np.concatenate([p[1] for p in parts])
     labels = np.concatenate([p[2] for p in parts])
@@ -212,37 +265,18 @@ def _gather_logits(model, dataset, ddp: _Dist, batch_size: int, device, num_work
 
 
 def _prepare_run_dir(config: TrainConfig) -> None:
-    out = config.out_dir
-    if config.resume:
-        return
-    if out.exists() and any(out.iterdir()):
-        if not config.overwrite:
-            raise UserError("run folder is not empty; use --overwrite to replace it or --resume to continue it", out)
-        for name in RUN_FILES:
-            target = out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else ""
+    if not config.resume:
+        prepare_output(config.out_dir, config.overwrite, own_files=RunFolder.FILES,
+                       message="run folder is not empty; use --overwrite to replace it or --resume to continue it")
 
 
 def _config_record(config: TrainConfig, resolved: dict[str, Any]) -> dict[str, Any]:
-    import sklearn
-    import timm
-    import torchvision
-
+    """``config.json``: the config, what was resolved at run time, the chips index hash and versions."""
     record = {f.name: getattr(config, f.name) for f in fields(config)}
     record["chips_dir"] = str(config.chips_dir.resolve())
     record["out_dir"] = str(config.out_dir.resolve())
     record["resolved"] = resolved
-    record["chips_index_sha256"] = _sha256(config.chips_dir / "chips.csv")
+    record["chips_index_sha256"] = ChipsFolder(config.chips_dir).index_sha256()
     record["versions"] = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -256,29 +290,16 @@ def _config_record(config: TrainConfig, resolved: dict[str, Any]) -> dict[str, A
 
 
 def _package_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
     try:
         return version("schoolvision")
     except PackageNotFoundError:
         return "unknown"
 
 
-def _chips_meta(chips_dir: Path) -> dict[str, Any]:
-    import json
-
-    path = chips_dir / "dataset.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _open_splits(config: TrainConfig, image_size: int | None):
-    """train / val / test datasets; ChipDataset raises a one-line error for an empty split or class."""
-    from schoolvision.data.dataset import ChipDataset
-
-    return {s: ChipDataset(config.chips_dir, split=s, augment=False, image_size=image_size) for s in ("train", "val", "test")}
-
-
-def _check_resume(config: TrainConfig, last: dict[str, Any], path: Path) -> None:
+def _read_last(config: TrainConfig) -> dict[str, Any]:
+    """``last.pt`` of the run to resume, checked against ``config``; nothing is written before this."""
+    path = RunFolder(config.out_dir).last
+    last = read_checkpoint(path)  # UserError if missing / corrupt
     saved = last.get("config", {})
     for f in fields(config):
         if f.name in RESUME_FREE or f.name not in saved:
@@ -289,7 +310,12 @@ def _check_resume(config: TrainConfig, last: dict[str, Any], path: Path) -> None
         if f.name in ("chips_dir", "out_dir"):
             then = str(Path(then).resolve())
         if now != then:
-            raise UserError(f"cannot resume: {f.name} was {then!r} in this run, now {now!r} (start a new run instead)", path)
+            raise UserError(f"cannot resume: {f.name} was {then!r} in this run, now {now!r} "
+                            "(start a new run instead)", path)
+    if last["meta"]["backbone"] != config.backbone:
+        raise UserError(f"cannot resume: checkpoint is a {last['meta']['backbone']} model, "
+                        f"--backbone is {config.backbone}", path)
+    return last
 
 
 def _jsonable_config(config: TrainConfig) -> dict[str, Any]:
@@ -299,249 +325,269 @@ def _jsonable_config(config: TrainConfig) -> dict[str, Any]:
 # --- fit ---------------------------------------------------------------------------------------
 
 
-def fit(config: TrainConfig) -> dict[str, Any]:
+def fit(config: TrainConfig, figures: tblog.FigureMaker | None = None) -> dict[str, Any]:
     """Train, select by validation AUPRC, calibrate, score the test split; return the test metrics.
 
     Writes ``best.pt``, ``last.pt`` (every epoch, atomically), ``config.json``, ``history.json``,
-    ``metrics.json``, ``predictions.csv`` and ``tensorboard/`` into ``config.out_dir``.
+    ``metrics.json``, ``predictions.csv`` and ``tensorboard/`` into ``config.out_dir``. Under
+    ``torchrun`` every process calls ``fit`` and rank 0 writes the files.
+
+    Args:
+        config: every training parameter; recorded in ``config.json`` and ``last.pt``.
+        figures: draws the end-of-run TensorBoard figures (tag -> Figure) from the best model's
+            :class:`~schoolvision.train.tblog.RunScores`, e.g.
+            :func:`schoolvision.plotting.training.tensorboard_figures`. ``None`` logs scalars, PR
+            curves and hyper-parameters only (training does not draw figures itself).
+
+    Returns:
+        The test metrics written to ``metrics.json``: those of
+        :func:`~schoolvision.train.metrics.classification_metrics` with ``temperature``, ``bootstrap``
+        intervals, the validation report under ``val``, ``best_epoch``, ``epochs_run``, ``backbone``
+        and ``pretrained``.
+
+    Raises:
+        UserError: the chips folder is missing or lacks a split or class; the run folder is not
+            empty (without ``overwrite`` or ``resume``); ``last.pt`` is missing, corrupt or from
+            other settings on ``resume``; CUDA ran out of memory (the message suggests a smaller batch).
     """
-    ddp, device = _init_distributed(config.device)
+    ddp, device = init_distributed(config.device)
     try:
-        return _fit(config, ddp, device)
+        return _fit(config, ddp, device, figures)
     except torch.cuda.OutOfMemoryError as exc:
-        raise UserError(f"CUDA ran out of memory at batch size {config.batch_size}; try a smaller --batch-size (e.g. {max(1, config.batch_size // 2)}) or --image-size") from exc
+        raise UserError(f"CUDA ran out of memory at batch size {config.batch_size}; try a smaller --batch-size "
+                        f"(e.g. {max(1, config.batch_size // 2)}) or --image-size") from exc
     finally:
         if ddp.world > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _fit(config: TrainConfig, ddp: _Dist, device: torch.device) -> dict[str, Any]:
-    from schoolvision.train import tblog
-
-    out = config.out_dir
-    last_path = out / "last.pt"
-    last = None
-    if config.resume:
-        last = read_checkpoint(last_path)  # UserError if missing / corrupt; nothing written yet
-        _check_resume(config, last, last_path)
-        if last["meta"]["backbone"] != config.backbone:
-            raise UserError(f"cannot resume: checkpoint is a {last['meta']['backbone']} model, --backbone is {config.backbone}", last_path)
-    elif ddp.main:
+def _fit(config: TrainConfig, ddp: Distributed, device: torch.device,
+         figures: tblog.FigureMaker | None) -> dict[str, Any]:
+    last = _read_last(config) if config.resume else None
+    if ddp.main:
         _prepare_run_dir(config)
-    if ddp.world > 1:
-        dist.barrier()
+    ddp.barrier()
 
-    chips_meta = _chips_meta(config.chips_dir)
+    chips_meta = ChipsFolder(config.chips_dir).read_meta()
+    splits, settings = _resolve(config, device, chips_meta)
+    if ddp.main and not config.resume:
+        RunFolder(config.out_dir).write_config(_config_record(config, settings.record(device, ddp.world, splits)))
+
+    meta = CheckpointMeta(config.backbone, settings.image_size, settings.chip_size, chips_meta.get("gsd"))
+    state = _build_state(config, ddp, device, settings, splits, meta)
+    if last is not None:
+        state.restore(last)
+    state.writer = tblog.open_writer(state.run.tensorboard) if ddp.main else None
+    try:
+        _epochs(state)
+        return _finish(state, splits, figures)
+    finally:
+        if state.writer is not None:
+            state.writer.close()  # idempotent; _finish already closed and checked it on success
+
+
+def _resolve(config: TrainConfig, device: torch.device,
+             chips_meta: dict[str, Any]) -> tuple[dict[str, ChipDataset], Resolved]:
+    """Open the train / val / test splits and settle every "auto" setting for this machine.
+
+    ChipDataset raises a one-line error for an empty split or class.
+    """
     chip_size = int(chips_meta.get("chip_size", 0)) or None
-    image_size = config.image_size or chip_size
-    splits = _open_splits(config, image_size)
+    image_size = config.image_size or (pretraining_size(config.backbone) if config.pretrained else chip_size)
+    splits = {s: ChipDataset(config.chips_dir, split=s, augment=False, image_size=image_size) for s in SPLITS}
     if image_size is None:
         image_size = int(splits["train"][0]["image"].shape[-1])
-    chip_size = chip_size or image_size
     cuda = device.type == "cuda"
-    amp = cuda if config.amp is None else (config.amp and cuda)
-    amp_dtype = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16
-    channels_last = cuda if config.channels_last is None else config.channels_last
-    num_workers = config.num_workers if config.num_workers is not None else (min(4, os.cpu_count() or 1) if cuda else 0)
-    train_labels = label_array(splits["train"].frame)
-    n_bytes = len(train_labels) * 3 * image_size * image_size
-    preload = config.preload if config.preload is not None else n_bytes < 2 * 2**30
-    resolved = {
-        "device": str(device), "image_size": image_size, "chip_size": chip_size, "amp": amp,
-        "amp_dtype": str(amp_dtype).replace("torch.", "") if amp else None, "channels_last": channels_last,
-        "num_workers": num_workers, "preload": preload, "world_size": ddp.world,
-        "imbalance": "cross-entropy weighted by inverse class frequency",
-        "counts": {s: {n: int((label_array(d.frame) == k).sum()) for k, n in enumerate(CLASSES)} for s, d in splits.items()},
-    }
-    if ddp.main and not config.resume:
-        write_json(out / "config.json", _config_record(config, resolved))
+    n_bytes = len(splits["train"]) * 3 * image_size * image_size
+    default_workers = min(4, os.cpu_count() or 1) if cuda else 0
+    settings = Resolved(
+        image_size=image_size,
+        chip_size=chip_size or image_size,
+        amp=cuda if config.amp is None else (config.amp and cuda),
+        amp_dtype=torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else torch.float16,
+        channels_last=cuda if config.channels_last is None else config.channels_last,
+        num_workers=config.num_workers if config.num_workers is not None else default_workers,
+        preload=config.preload if config.preload is not None else n_bytes < 2 * 2**30,
+    )
+    return splits, settings
 
+
+def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, settings: Resolved,
+                 splits: dict[str, ChipDataset], meta: CheckpointMeta) -> TrainerState:
+    """Seed, then build the model, data loader, optimiser, schedule and loss of a fresh run."""
     seed_everything(config.seed)
+    cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # speed over bitwise reproducibility on GPU
     model = build_model(config.backbone, pretrained=config.pretrained, num_classes=len(CLASSES))
     model = model.to(device)
-    if channels_last:
+    if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
 
-    from schoolvision.data.dataset import ChipDataset
-
-    if preload:
-        train_ds: Dataset = cached_chips(config.chips_dir, "train", True, image_size, config.seed)
-        val_ds: Dataset = cached_chips(config.chips_dir, "val", False, image_size, config.seed)
+    size, seed = settings.image_size, config.seed
+    if settings.preload:
+        train_ds: ChipDataset = CachedChipDataset(config.chips_dir, "train", augment=True, image_size=size, seed=seed)
+        val_ds: ChipDataset = CachedChipDataset(config.chips_dir, "val", augment=False, image_size=size, seed=seed)
     else:
-        train_ds = ChipDataset(config.chips_dir, split="train", augment=True, image_size=image_size, seed=config.seed)
+        train_ds = ChipDataset(config.chips_dir, split="train", augment=True, image_size=size, seed=seed)
         val_ds = splits["val"]
     sampler = DistributedSampler(train_ds, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
     loader = DataLoader(
-        train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=num_workers,
-        pin_memory=cuda, persistent_workers=num_workers > 0, worker_init_fn=_worker_init,
+        train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=settings.num_workers,
+        pin_memory=cuda, persistent_workers=settings.num_workers > 0, worker_init_fn=_worker_init,
         generator=torch.Generator().manual_seed(config.seed), drop_last=False,
     )
     steps_per_epoch = len(loader)
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
     optimizer = torch.optim.AdamW(
-        [{"params": model.backbone_parameters()}, {"params": head_params}], lr=config.lr, weight_decay=config.weight_decay
+        [{"params": model.backbone_parameters()}, {"params": head_params}],
+        lr=config.lr, weight_decay=config.weight_decay,
     )
     base = warmup_cosine(max(1, round(config.warmup_epochs * steps_per_epoch)), config.epochs * steps_per_epoch)
     freeze_steps = config.freeze_backbone_epochs * steps_per_epoch
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, [lambda s: 0.0 if s < freeze_steps else base(s), base]
     )
-    scaler = torch.amp.GradScaler("cuda", enabled=amp and amp_dtype == torch.float16)
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_labels).to(device))
-
-    start_epoch, best_score, best_epoch, stale, history, stopped = 0, -1.0, -1, 0, [], False
-    if last is not None:
-        model.load_state_dict(last["model"])
-        optimizer.load_state_dict(last["optimizer"])
-        scheduler.load_state_dict(last["scheduler"])
-        scaler.load_state_dict(last["scaler"])
-        start_epoch = int(last["epoch"])
-        best_score, best_epoch, stale = float(last["best_score"]), int(last["best_epoch"]), int(last["stale"])
-        history = list(last["history"])
-        stopped = bool(last["stopped"])
-        set_rng_state(last["rng"])
-
-    writer = tblog.open_writer(out / "tensorboard") if ddp.main else None
-    try:
-        _epochs(config, ddp, device, net, model, loader, sampler, train_ds, val_ds, optimizer, scheduler, scaler, loss_fn,
-                amp, amp_dtype, channels_last, writer, start_epoch, best_score, best_epoch, stale, history, stopped,
-                CheckpointMeta(config.backbone, image_size, chip_size, chips_meta.get("gsd")))
-        return _finish(config, ddp, device, model, splits, history, writer, num_workers)
-    finally:
-        if writer is not None:
-            writer.close()  # idempotent; _finish already closed and checked it on success
+    scaler = torch.amp.GradScaler("cuda", enabled=settings.amp and settings.amp_dtype == torch.float16)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(label_array(splits["train"].frame)).to(device))
+    return TrainerState(config, ddp, device, settings, model, net, train_ds, val_ds, sampler, loader, optimizer,
+                        scheduler, scaler, loss_fn, meta)
 
 
-def _epochs(config, ddp, device, net, model, loader, sampler, train_ds, val_ds, optimizer, scheduler, scaler, loss_fn,
-            amp, amp_dtype, channels_last, writer, start_epoch, best_score, best_epoch, stale, history, stopped, meta) -> None:
+def _epochs(state: TrainerState) -> None:
     """The epoch loop: train, validate, keep the best by val AUPRC, write best.pt / last.pt / history."""
-    from schoolvision.train import tblog
-
-    out = config.out_dir
-    for epoch in range(start_epoch, config.epochs):
-        if stopped:
+    config = state.config
+    for epoch in range(state.epoch, config.epochs):
+        if state.stopped:
             break
-        frozen = epoch < config.freeze_backbone_epochs
         seed_everything(epoch_seed(config.seed, epoch))
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
+        state.sampler.set_epoch(epoch)
+        state.train_ds.set_epoch(epoch)
         t0 = time.perf_counter()
-        train_stats = _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, device, amp, amp_dtype, channels_last, frozen, ddp, config, epoch)
+        train_stats = _train_epoch(state, epoch)
         train_seconds = time.perf_counter() - t0
-        val_logits, val_labels = _gather_logits(net if ddp.world == 1 else model, val_ds, ddp, config.batch_size, device, 0)
-        val_probs = school_probability(val_logits, 1.0)
-        val_thr = tune_threshold(val_labels, val_probs, config.threshold_beta)
-        val_m = classification_metrics(val_labels, val_probs, val_thr)
-        val_loss = float(nn.functional.cross_entropy(torch.from_numpy(val_logits), torch.from_numpy(val_labels), weight=loss_fn.weight.cpu()))
+        val_threshold, val_m, val_loss = _validate(state)
         row = {
-            "epoch": epoch + 1, "lr": optimizer.param_groups[1]["lr"], "train_seconds": train_seconds,
-            "train_chips_per_second": train_stats.pop("n") / train_seconds, "train_data_seconds": train_stats.pop("data_seconds"),
+            "epoch": epoch + 1, "lr": state.optimizer.param_groups[1]["lr"], "train_seconds": train_seconds,
+            "train_chips_per_second": train_stats.pop("n") / train_seconds,
+            "train_data_seconds": train_stats.pop("data_seconds"),
             **{f"train_{k}": v for k, v in train_stats.items()},
             "val_loss": val_loss, "val_accuracy": val_m["accuracy"], "val_f1": val_m["f1"], "val_auprc": val_m["auprc"],
         }
-        history.append(row)
-        improved = val_m["auprc"] > best_score
-        if improved:
-            best_score, best_epoch, stale = val_m["auprc"], epoch + 1, 0
-        else:
-            stale += 1
-        stopped = config.patience is not None and stale >= config.patience
-        if ddp.main:
-            if improved:
-                meta.threshold, meta.epoch = val_thr, epoch + 1
-                meta.metrics = {f"val_{k}": float(val_m[k]) for k in ("auprc", "f1", "accuracy")}
-                save_checkpoint(out / "best.pt", model, meta)
-            save_checkpoint(
-                out / "last.pt", model, meta, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
-                scaler=scaler.state_dict(), epoch=epoch + 1, best_score=best_score, best_epoch=best_epoch, stale=stale,
-                stopped=stopped, history=history, rng=rng_state(), config=_jsonable_config(config),
-            )
-            write_json(out / "history.json", history)
-            tblog.log_epoch(writer, row)
-        if ddp.world > 1:
-            dist.barrier()
+        _end_epoch(state, row, val_threshold, val_m)
 
 
-def _train_epoch(net, model, loader, optimizer, scheduler, scaler, loss_fn, device, amp, amp_dtype, channels_last, frozen, ddp, config, epoch) -> dict[str, float]:
+def _train_epoch(state: TrainerState, epoch: int) -> dict[str, float]:
     """One pass over the training data; returns mean loss, accuracy, F1 and AUPRC of the epoch."""
-    net.train()
-    if frozen:
-        model.trunk.eval()  # keep pretrained BatchNorm statistics while the backbone is frozen
+    config, device, settings = state.config, state.device, state.settings
+    state.net.train()
+    if epoch < config.freeze_backbone_epochs:
+        state.model.trunk.eval()  # keep pretrained BatchNorm statistics while the backbone is frozen
     loss_sum = torch.zeros((), dtype=torch.float64)
     logits_all, labels_all = [], []
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not ddp.main)
+    bar = tqdm(state.loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not state.ddp.main)
     data_seconds, tick = 0.0, time.perf_counter()
     for step, batch in enumerate(bar):
         data_seconds += time.perf_counter() - tick  # waiting for the loader (and the progress bar)
         x = batch["image"].to(device, non_blocking=True)
         y = batch["label"].to(device, non_blocking=True)
-        if channels_last:
+        if settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
-            logits = net(x)
-            loss = loss_fn(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        scheduler.step()
+        with torch.autocast(device.type, dtype=settings.amp_dtype, enabled=settings.amp):
+            logits = state.net(x)
+            loss = state.loss_fn(logits.float(), y)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        state.scheduler.step()
         loss_sum += loss.detach().double().cpu() * len(y)
         logits_all.append(logits.detach().float().cpu())
         labels_all.append(y.cpu())
         if step % config.log_every == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{optimizer.param_groups[1]['lr']:.2e}")
+            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{state.optimizer.param_groups[1]['lr']:.2e}")
         tick = time.perf_counter()
     logits_t, labels_t = torch.cat(logits_all), torch.cat(labels_all)
-    if ddp.world > 1:
-        parts: list[Any] = [None] * ddp.world
-        dist.all_gather_object(parts, (float(loss_sum), logits_t, labels_t))
+    if state.ddp.world > 1:
+        parts = state.ddp.gather((float(loss_sum), logits_t, labels_t))
         loss_sum = torch.tensor(sum(p[0] for p in parts), dtype=torch.float64)
         logits_t = torch.cat([p[1] for p in parts])
         labels_t = torch.cat([p[2] for p in parts])
     probs = school_probability(logits_t)
     labels = labels_t.numpy()
     m = classification_metrics(labels, probs, 0.5)
-    return {"loss": float(loss_sum) / len(labels), "accuracy": m["accuracy"], "f1": m["f1"], "auprc": auprc(labels, probs),
-            "n": len(labels), "data_seconds": data_seconds}
+    return {"loss": float(loss_sum) / len(labels), "accuracy": m["accuracy"], "f1": m["f1"],
+            "auprc": auprc(labels, probs), "n": len(labels), "data_seconds": data_seconds}
 
 
-def _finish(config, ddp, device, model, splits, history, writer, num_workers) -> dict[str, Any]:
+def _validate(state: TrainerState) -> tuple[float, dict[str, Any], float]:
+    """(tuned threshold, metrics at it, weighted loss) of the current model on the validation split."""
+    net = state.net if state.ddp.world == 1 else state.model
+    logits, labels = _gather_logits(net, state.val_ds, state.ddp, state.config.batch_size, state.device, 0)
+    probs = school_probability(logits, 1.0)
+    threshold = tune_threshold(labels, probs, state.config.threshold_beta)
+    metrics = classification_metrics(labels, probs, threshold)
+    weight = state.loss_fn.weight.cpu()
+    loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), weight=weight))
+    return threshold, metrics, loss
+
+
+def _end_epoch(state: TrainerState, row: dict[str, Any], val_threshold: float, val_m: dict[str, Any]) -> None:
+    """Record the epoch; on rank 0 write best.pt (when validation AUPRC improved), last.pt, history, TensorBoard."""
+    state.history.append(row)
+    state.epoch = int(row["epoch"])
+    improved = val_m["auprc"] > state.best_score
+    if improved:
+        state.best_score, state.best_epoch, state.stale = val_m["auprc"], state.epoch, 0
+    else:
+        state.stale += 1
+    state.stopped = state.config.patience is not None and state.stale >= state.config.patience
+    if state.ddp.main:
+        if improved:
+            state.meta.threshold, state.meta.epoch = val_threshold, state.epoch
+            state.meta.metrics = {f"val_{k}": float(val_m[k]) for k in ("auprc", "f1", "accuracy")}
+            save_checkpoint(state.run.best, state.model, state.meta)
+        state.save_last()
+        state.run.write_history(state.history)
+        tblog.log_epoch(state.writer, row)
+    state.ddp.barrier()
+
+
+def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.FigureMaker | None) -> dict[str, Any]:
     """Calibrate and tune the best model on validation, score test, write the run's outputs."""
-    from schoolvision.train import tblog
-
-    out = config.out_dir
-    best = read_checkpoint(out / "best.pt")
+    config, model, run = state.config, state.model, state.run
+    best = read_checkpoint(run.best)
     model.load_state_dict(best["model"])
     meta = CheckpointMeta(**best["meta"])
-    best_epoch = meta.epoch
-    reports, frames, probs_by_split = {}, [], {}
+    reports, frames, scores = {}, [], {}
     for split in ("val", "test"):
-        logits, labels = _gather_logits(model, splits[split], ddp, config.batch_size, device, num_workers)
+        logits, labels = _gather_logits(model, splits[split], state.ddp, config.batch_size, state.device,
+                                        state.settings.num_workers)
         if split == "val":
             meta.temperature = fit_temperature(logits, labels)
             meta.threshold = tune_threshold(labels, school_probability(logits, meta.temperature), config.threshold_beta)
         probs = school_probability(logits, meta.temperature)
-        probs_by_split[split] = (labels, probs)
+        scores[split] = (labels, probs)
         reports[split] = split_report(labels, probs, meta.threshold, meta.temperature, config.n_boot, config.seed)
         frames.append(prediction_frame(splits[split].frame, split, probs, meta.threshold))
     metrics = dict(reports["test"])
-    metrics.update(val=reports["val"], best_epoch=best_epoch, epochs_run=len(history), backbone=config.backbone, pretrained=config.pretrained)
-    if not ddp.main:
+    metrics.update(val=reports["val"], best_epoch=meta.epoch, epochs_run=len(state.history), backbone=config.backbone,
+                   pretrained=config.pretrained)
+    if not state.ddp.main:
         return metrics
-    meta.metrics = {f"{s}_{k}": float(reports[s][k]) for s in ("val", "test") for k in ("auprc", "f1", "accuracy", "roc_auc", "ece")}
-    save_checkpoint(out / "best.pt", model, meta)
-    write_predictions(out / "predictions.csv", frames)
-    write_json(out / "metrics.json", metrics)
-    for split, (labels, probs) in probs_by_split.items():
-        tblog.log_split(writer, split, labels, probs, meta.threshold, len(history))
-    tblog.log_chip_grid(writer, splits["test"], probs_by_split["test"][1], probs_by_split["test"][0], meta.threshold, len(history))
+    meta.metrics = {f"{s}_{k}": float(reports[s][k]) for s in ("val", "test")
+                    for k in ("auprc", "f1", "accuracy", "roc_auc", "ece")}
+    save_checkpoint(run.best, model, meta)
+    run.write_predictions(frames)
+    run.write_metrics(metrics)
+    step = len(state.history)
+    tblog.log_scores(state.writer, tblog.run_scores(meta.threshold, scores, splits["test"]), step, figures)
     hparams = {k: v for k, v in _jsonable_config(config).items() if isinstance(v, (int, float, str, bool))}
-    tblog.log_hparams(writer, hparams, {f"hparam/test_{k}": float(metrics[k]) for k in ("auprc", "f1", "f2", "roc_auc", "accuracy", "ece")})
-    tblog.close(writer, out / "tensorboard")
+    final = {f"hparam/test_{k}": float(metrics[k]) for k in ("auprc", "f1", "f2", "roc_auc", "accuracy", "ece")}
+    tblog.log_hparams(state.writer, hparams, final)
+    tblog.close(state.writer, run.tensorboard)
     return metrics

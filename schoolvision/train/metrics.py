@@ -1,9 +1,9 @@
 """Classification metrics for school / not_school, computed on P(school) with school as positive.
 
-The reference project scored its ROC curve on the max-class probability with the wrong positive
-label and selected models by accuracy on an imbalanced set. Here every metric takes the
-probability of the *school* class, the threshold is tuned on validation for F-beta, probabilities
-are calibrated by temperature scaling, and AUPRC (not accuracy) is the model-selection score.
+Every metric takes the probability of the *school* class (never the max-class probability, which
+would score the wrong positive), the threshold is tuned on validation for F-beta, probabilities are
+calibrated by temperature scaling, and AUPRC, not accuracy (high for a model that calls nothing a
+school on an imbalanced set), is the model-selection score.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def auprc(labels: np.ndarray, probs: np.ndarray) -> float:
 
 
 def roc_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Area under the ROC curve of P(school); NaN when only one class is present."""
     labels = np.asarray(labels)
     if labels.min() == labels.max():
         return float("nan")

@@ -1,16 +1,26 @@
-"""TensorBoard logging for a training run: scalars per epoch, figures and hparams at the end.
+"""TensorBoard logging for a training run: scalars per epoch, PR curves, figures and hparams at the end.
 
-Nothing here catches exceptions: the reference project's figure call failed silently on every
-batch. ``close`` also checks that event files were really written.
+Figures are drawn by the caller: ``fit(figures=...)`` takes a function from :class:`RunScores` to
+``{tag: Figure}`` (the command line and the book pass
+:func:`schoolvision.plotting.training.tensorboard_figures`), so training never imports plotting.
+Nothing here catches exceptions, so a failing figure fails the run instead of vanishing from the
+log; ``close`` also checks that event files were really written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
+
+from schoolvision.data.dataset import ChipDataset
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCALARS = {
     "loss": ("train_loss", "val_loss"),
@@ -18,9 +28,43 @@ SCALARS = {
     "f1": ("train_f1", "val_f1"),
     "auprc": ("train_auprc", "val_auprc"),
 }
+GRID_CHIPS = 16  # test chips in the ``test_chips`` grid
+
+
+@dataclass(frozen=True)
+class RunScores:
+    """What the end-of-run figures are drawn from: the calibrated scores of the best model.
+
+    ``labels`` and ``probs`` map each scored split (val, test) to its 0/1 labels and calibrated
+    P(school). ``chips`` are test chips ((H, W, 3) uint8) evenly spaced by P(school), with their
+    ``chip_probs`` and ``chip_labels``.
+    """
+
+    threshold: float
+    labels: dict[str, np.ndarray]
+    probs: dict[str, np.ndarray]
+    chips: list[np.ndarray]
+    chip_probs: np.ndarray
+    chip_labels: np.ndarray
+
+
+FigureMaker = Callable[[RunScores], Mapping[str, "Figure"]]
+"""Draws TensorBoard figures (tag -> matplotlib Figure) from a run's scores."""
+
+
+def run_scores(threshold: float, scores: dict[str, tuple[np.ndarray, np.ndarray]], test: ChipDataset,
+               n: int = GRID_CHIPS) -> RunScores:
+    """:class:`RunScores` from ``{split: (labels, probs)}``, reading ``n`` chips of the ``test`` dataset."""
+    labels, probs = scores["test"]
+    order = np.argsort(probs)
+    pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
+    chips = [test.read_chip(int(i)).transpose(1, 2, 0) for i in pick]
+    return RunScores(threshold, {s: v[0] for s, v in scores.items()}, {s: v[1] for s, v in scores.items()},
+                     chips, probs[pick], labels[pick])
 
 
 def open_writer(log_dir: Path) -> SummaryWriter:
+    """A writer of event files into ``log_dir`` (made if missing)."""
     return SummaryWriter(log_dir=str(log_dir))
 
 
@@ -34,27 +78,16 @@ def log_epoch(writer: SummaryWriter, row: dict[str, Any]) -> None:
     writer.add_scalar("train_chips_per_second", row["train_chips_per_second"], step)
 
 
-def log_split(writer: SummaryWriter, split: str, labels: np.ndarray, probs: np.ndarray, threshold: float, step: int) -> None:
-    """PR curve and confusion-matrix figure of one split."""
-    from schoolvision.train.metrics import classification_metrics
-    from schoolvision.plotting.training import confusion_figure
-
-    writer.add_pr_curve(f"pr_curve/{split}", np.asarray(labels), np.asarray(probs), step)
-    cm = classification_metrics(labels, probs, threshold)["confusion_matrix"]
-    writer.add_figure(f"confusion_matrix/{split}", confusion_figure(np.array(cm), title=f"{split} (threshold {threshold:.2f})"), step)
-
-
-def log_chip_grid(writer: SummaryWriter, dataset, probs: np.ndarray, labels: np.ndarray, threshold: float, step: int, n: int = 16) -> None:
-    """A grid of test chips (evenly spaced by P(school)) titled with probability and true label."""
-    from schoolvision.plotting.training import chip_grid_figure
-
-    order = np.argsort(probs)
-    pick = order[np.linspace(0, len(order) - 1, min(n, len(order))).round().astype(int)]
-    images = [dataset.read_chip(int(i)).transpose(1, 2, 0) for i in pick]
-    writer.add_figure("test_chips", chip_grid_figure(images, probs[pick], labels[pick], threshold), step)
+def log_scores(writer: SummaryWriter, scores: RunScores, step: int, figures: FigureMaker | None = None) -> None:
+    """A PR curve per split, then the figures ``figures`` draws from ``scores`` (none without it)."""
+    for split, probs in scores.probs.items():
+        writer.add_pr_curve(f"pr_curve/{split}", np.asarray(scores.labels[split]), np.asarray(probs), step)
+    for tag, figure in (figures(scores) if figures is not None else {}).items():
+        writer.add_figure(tag, figure, step)
 
 
 def log_hparams(writer: SummaryWriter, hparams: dict[str, Any], metrics: dict[str, float]) -> None:
+    """The run's settings with its final metrics, in the run's own folder (TensorBoard's HPARAMS tab)."""
     writer.add_hparams(hparams, metrics, run_name=".")
 
 

@@ -1,38 +1,18 @@
-"""Feature extraction: shapes, agreement with the model, subsets and the on-disk cache."""
+"""Chip embeddings: shapes, agreement with the model, no autograd graph, subsets and the on-disk cache."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
-from schoolvision.errors import UserError
 from schoolvision.cluster.embeddings import FeatureConfig, extract_features, load_features, subset_mask
+from schoolvision.errors import UserError
 from schoolvision.model.backbones import build_model
-
-
-@pytest.fixture(scope="session")
-def small_chips(tmp_path_factory):
-    """Three 256 px towns (two bright-square schools each) cut into 64 px chips: one town per split."""
-    from fixtures import make_towns
-
-    from schoolvision.data.chips import ChipConfig, make_chips
-
-    root = tmp_path_factory.mktemp("cluster_data")
-    scenes, schools = make_towns(root, n=3, size=256)
-    make_chips([scenes], schools, root / "chips", ChipConfig(chip_size=64))
-    return root / "chips"
-
-
-@pytest.fixture(scope="session")
-def small_run(tmp_path_factory):
-    """A fake run folder: ImageNet efficientnet_lite0 with an untrained head, saved as best.pt at 32 px."""
-    run = tmp_path_factory.mktemp("cluster_run")
-    torch.manual_seed(0)
-    save_checkpoint(run / "best.pt", build_model("efficientnet_lite0", pretrained=True), CheckpointMeta("efficientnet_lite0", 32, 64, 1.0))
-    return run
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 
 
 class _Images(torch.utils.data.Dataset):
@@ -63,7 +43,19 @@ def test_extract_matches_embed_and_head(model):
         want = torch.softmax(model(ds.x) / 2.0, dim=1)[:, 1].numpy()
     np.testing.assert_allclose(vectors, emb.numpy(), rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(prob, want, rtol=1e-5, atol=1e-6)
-    assert not torch.is_grad_enabled() or all(p.grad is None for p in model.parameters())
+
+
+def test_extract_builds_no_autograd_graph(model):
+    """Extraction runs without autograd: a graph per batch would hold every activation in memory."""
+    first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert first_conv.weight.requires_grad  # so the forward pass would record a graph if it could
+    recorded = []
+    handle = first_conv.register_forward_hook(lambda module, inputs, output: recorded.append(output.requires_grad))
+    try:
+        extract_features(model, _Images(5), batch_size=2, progress=False)
+    finally:
+        handle.remove()
+    assert recorded == [False, False, False]  # one call per batch of 2, 2, 1 chips, none recording a graph
 
 
 def test_empty_dataset_is_a_user_error(model):
@@ -73,7 +65,8 @@ def test_empty_dataset_is_a_user_error(model):
 
 def test_subset_masks():
     frame = pd.DataFrame(
-        {"label": ["school", "school", "not_school", "not_school"], "prediction": ["school", "not_school", "school", "not_school"]}
+        {"label": ["school", "school", "not_school", "not_school"],
+         "prediction": ["school", "not_school", "school", "not_school"]}
     )
     assert subset_mask(frame, "all").tolist() == [True] * 4
     assert subset_mask(frame, "true-school").tolist() == [True, True, False, False]
@@ -85,7 +78,8 @@ def test_subset_masks():
 
 def test_load_features_caches_and_filters(small_chips, small_run, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
-    cfg = FeatureConfig(small_run, small_chips, split="test", subset="all", batch_size=16, device="cpu", cache_dir=cache)
+    cfg = FeatureConfig(small_run, small_chips, split="test", subset="all", batch_size=16, device="cpu",
+                        cache_dir=cache)
     feats = load_features(cfg, progress=False)
     rows = pd.read_csv(small_chips / "chips.csv")
     assert len(feats.frame) == (rows["split"] == "test").sum() == len(feats.vectors)
@@ -97,28 +91,32 @@ def test_load_features_caches_and_filters(small_chips, small_run, tmp_path, monk
         raise AssertionError("the model ran although the features were cached")
 
     monkeypatch.setattr("schoolvision.cluster.embeddings.extract_features", boom)
-    schools = load_features(FeatureConfig(small_run, small_chips, split="test", subset="true-school", cache_dir=cache), progress=False)
+    schools_cfg = FeatureConfig(small_run, small_chips, split="test", subset="true-school", cache_dir=cache)
+    schools = load_features(schools_cfg, progress=False)
     assert (schools.frame["label"] == "school").all()
     assert len(schools.frame) == (feats.frame["label"] == "school").sum()
     np.testing.assert_array_equal(schools.vectors, feats.vectors[(feats.frame["label"] == "school").to_numpy()])
 
 
 def test_true_schools_alone_skip_the_other_chips(small_chips, small_run, tmp_path):
-    feats = load_features(FeatureConfig(small_run, small_chips, split="val", subset="true-school", device="cpu", cache_dir=tmp_path), progress=False)
+    cfg = FeatureConfig(small_run, small_chips, split="val", subset="true-school", device="cpu", cache_dir=tmp_path)
+    feats = load_features(cfg, progress=False)
     rows = pd.read_csv(small_chips / "chips.csv")
     assert len(feats.frame) == ((rows["split"] == "val") & (rows["label"] == "school")).sum() > 0
     assert feats.key.endswith("-val-school")
-    everything = load_features(FeatureConfig(small_run, small_chips, split="val", subset="all", device="cpu", cache_dir=tmp_path), progress=False)
+    everything = load_features(dataclasses.replace(cfg, subset="all"), progress=False)
     assert len(everything.frame) == (rows["split"] == "val").sum()
-    np.testing.assert_allclose(everything.vectors[(everything.frame["label"] == "school").to_numpy()], feats.vectors, rtol=1e-4, atol=1e-5)
+    schools = (everything.frame["label"] == "school").to_numpy()
+    np.testing.assert_allclose(everything.vectors[schools], feats.vectors, rtol=1e-4, atol=1e-5)
 
 
 def test_cache_key_follows_checkpoint(small_chips, small_run, tmp_path):
     other = tmp_path / "other"
     torch.manual_seed(1)
     save_checkpoint(other / "best.pt", build_model(pretrained=False), CheckpointMeta("efficientnet_lite0", 32, 64, 1.0))
-    a = load_features(FeatureConfig(small_run, small_chips, split="val", device="cpu", cache_dir=tmp_path / "c"), progress=False)
-    b = load_features(FeatureConfig(other, small_chips, split="val", device="cpu", cache_dir=tmp_path / "c"), progress=False)
+    cfg = FeatureConfig(small_run, small_chips, split="val", device="cpu", cache_dir=tmp_path / "c")
+    a = load_features(cfg, progress=False)
+    b = load_features(dataclasses.replace(cfg, run=other), progress=False)
     assert a.key != b.key and a.key.endswith("-val")
     assert not np.allclose(a.vectors, b.vectors)
 

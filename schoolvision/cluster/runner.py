@@ -1,0 +1,278 @@
+"""``schoolvision cluster`` as a library call: features -> clusters -> tables, vectors and projector.
+
+:func:`cluster_chips` reads (or extracts) the features, clusters them with
+:mod:`schoolvision.cluster.algorithms` and writes every output that is data. Figures are the
+caller's: the command (or the chapter) draws them from the returned :class:`ClusterReport`, which
+also carries what they need from disk (the gallery chips and their heatmaps); the readers for the
+rest (scene previews, heatmap folders) are here too, so the figures read no files themselves.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import NamedTuple
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio
+import torch
+from PIL import Image
+from rasterio.coords import BoundingBox
+from rasterio.crs import CRS
+from shapely.geometry import box
+
+from schoolvision.cluster.algorithms import ClusterConfig, Clustering, cluster_features, nearest_to_centre
+from schoolvision.cluster.embeddings import FeatureConfig, load_features
+from schoolvision.cluster.projector import write_projector
+from schoolvision.data.dataset import ChipDataset
+from schoolvision.errors import UserError
+from schoolvision.explain.methods import explain_batch
+from schoolvision.io.atomic import atomic_path, write_json
+from schoolvision.io.folders import ChipsFolder, prepare_output
+from schoolvision.io.vectors import write_vectors
+from schoolvision.model.checkpoint import load_classifier
+from schoolvision.model.device import resolve_device
+
+
+@dataclass
+class ClusterRunConfig:
+    """``schoolvision cluster``: which run and chips, which subset, how to cluster, where to write."""
+
+    run: Path
+    chips_dir: Path
+    out_dir: Path
+    subset: str = "predicted-school"
+    split: str = "all"
+    clustering: ClusterConfig = field(default_factory=ClusterConfig)
+    device: str = "auto"
+    batch_size: int = 64
+    cache_dir: Path | None = None
+    cams_dir: Path | None = None  # heatmap GeoTIFFs <chip_id>.tif for the gallery (e.g. explain output)
+    gradcam: bool = True  # without cams_dir: Grad-CAM of the gallery chips, computed here
+    gallery_size: int = 8
+    overwrite: bool = False
+    gallery: bool = True  # read the gallery chips and their heatmaps into the report (for the gallery figure)
+    projector: bool = True
+
+
+@dataclass
+class ClusterReport:
+    """What ``cluster_chips`` computed and wrote."""
+
+    table: pd.DataFrame  # clusters.csv
+    result: Clustering
+    summary: dict
+    out_dir: Path
+    thumbnails: np.ndarray
+    vectors: np.ndarray
+    cams: dict[str, np.ndarray] = field(default_factory=dict)  # gallery heatmaps by chip id
+    gallery: dict[str, np.ndarray] = field(default_factory=dict)  # gallery chips (H, W, 3) uint8 by chip id
+
+
+CLUSTER_COLUMNS = ["chip_id", "path", "cluster", "distance", "label", "prediction", "prob", "scene", "split"]
+
+# Outputs a clustering run may or may not write: its figures (by scene and by option) and the projector.
+_OPTIONAL_OUTPUTS = ("*.png", "projector")
+
+
+def cluster_chips(
+    config: ClusterRunConfig,
+    *,
+    progress: bool = True,
+    save_figures: Callable[[ClusterReport], Iterable[Path]] | None = None,
+) -> ClusterReport:
+    """Extract (or load cached) features, cluster them and write the outputs into ``config.out_dir``.
+
+    Writes ``clusters.csv``, ``k_selection.csv``, ``clusters.gpkg``, ``clusters.geojson``,
+    ``projector/`` and ``summary.json``. Figures are drawn by the caller: ``save_figures`` is called
+    with the report before ``summary.json`` is written, so the summary lists the files it saved.
+    Optional outputs of an earlier run into the folder (figures, projector) that this run did not
+    write again are removed.
+
+    Args:
+        config: the run, chips, subset, clustering settings and output folder.
+        progress: show a progress bar while features are extracted.
+        save_figures: draws and saves the figures into ``report.out_dir``; returns their paths.
+
+    Returns:
+        The clusters table, the clustering result, the summary and the features, plus the gallery
+        chips and their heatmaps when ``config.gallery``.
+
+    Raises:
+        UserError: the output folder is not empty without ``config.overwrite``; the checkpoint or
+            ``chips.csv`` is missing; fewer than 3 chips are in the subset; the features cannot be
+            clustered (identical, not finite, a ``k`` that does not fit).
+    """
+    out = Path(config.out_dir)
+    prepare_output(out, config.overwrite, create=False,
+                   message="output folder is not empty; pass --overwrite (overwrite=True) or choose another --out")
+    feats = load_features(
+        FeatureConfig(config.run, config.chips_dir, config.split, config.subset, config.batch_size, config.device,
+                      config.cache_dir),
+        progress=progress,
+    )
+    if len(feats.frame) < 3:
+        raise UserError(
+            f"only {len(feats.frame)} chips in subset {config.subset!r} of split {config.split!r}; "
+            "use --split all or --subset all", Path(config.chips_dir) / "chips.csv",
+        )
+    result = cluster_features(feats.vectors, config.clustering)
+    table = feats.frame.copy()
+    table["cluster"] = result.labels
+    table["distance"] = np.round(result.distances, 6)
+    extra = [c for c in table.columns if c not in CLUSTER_COLUMNS]
+    table = table[CLUSTER_COLUMNS + extra]
+
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "clusters.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "k_selection.csv") as tmp:
+        result.k_selection.round(6).to_csv(tmp, index=False)
+    write_cluster_vectors(table, out / "clusters.gpkg", out / "clusters.geojson")
+    summary = {
+        **result.summary(),
+        "subset": config.subset,
+        "split": config.split,
+        "run": str(config.run),
+        "chips_dir": str(config.chips_dir),
+        "features_key": feats.key,
+        "feature_dim": int(feats.vectors.shape[1]),
+        "config": asdict(config.clustering),
+    }
+    if config.projector:
+        meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]]
+        meta = meta.assign(prob=table["prob"].round(3))
+        write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
+    report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
+    if config.gallery and result.k > 0:
+        rows = table.iloc[np.concatenate(list(nearest_to_centre(result, config.gallery_size).values()))]
+        ids = rows["chip_id"].astype(str)
+        report.gallery = {cid: read_chip_rgb(Path(config.chips_dir) / p) for cid, p in zip(ids, rows["path"])}
+        if config.cams_dir:
+            report.cams = read_cams(config.cams_dir, ids)
+        elif config.gradcam:
+            report.cams = gallery_cams(config.run, config.chips_dir, ids, config.device)
+        summary["gallery_cams"] = len(report.cams)
+    if save_figures is not None:
+        summary["figures"] = [Path(p).name for p in save_figures(report)]
+    write_json(out / "summary.json", summary)
+    _remove_stale(out, set(summary.get("figures", [])) | ({"projector"} if config.projector else set()))
+    return report
+
+
+def _remove_stale(out: Path, written: set[str]) -> None:
+    """Delete optional outputs of an earlier run into ``out`` that this run did not write again.
+
+    With ``overwrite`` a folder may hold a previous run's per-town maps or projector; left in place,
+    they would sit beside this run's clusters and contradict them.
+    """
+    for pattern in _OPTIONAL_OUTPUTS:
+        for path in out.glob(pattern):
+            if path.name in written:
+                continue
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+def gallery_cams(
+    run: Path, chips_dir: Path, chip_ids: Iterable, device: str = "auto", method: str = "gradcam"
+) -> dict[str, np.ndarray]:
+    """Grad-CAM maps (chip id -> (h, w) in [0, 1]) of a few chips, computed with the run's model."""
+    ids = [str(c) for c in chip_ids]
+    if not ids:
+        return {}
+    model, meta = load_classifier(run, resolve_device(device))
+    ds = ChipDataset(chips_dir, image_size=meta.image_size, require_classes=False)
+    row_of = {cid: i for i, cid in enumerate(ds.frame["chip_id"].astype(str))}
+    maps = []
+    for start in range(0, len(ids), 32):
+        x = torch.stack([ds[row_of[c]]["image"] for c in ids[start : start + 32]])
+        maps.append(explain_batch(model, x.to(next(model.parameters()).device), method))
+    return dict(zip(ids, np.concatenate(maps)))
+
+
+def footprints(table: pd.DataFrame) -> dict[str, gpd.GeoDataFrame]:
+    """Chip footprint polygons grouped by CRS: ``{crs: GeoDataFrame}`` (chips.csv bounds are in ``crs``)."""
+    cols = [c for c in table.columns if c not in ("minx", "miny", "maxx", "maxy", "crs")]
+    out = {}
+    for crs, part in table.groupby("crs", sort=True):
+        geom = [box(*b) for b in part[["minx", "miny", "maxx", "maxy"]].to_numpy(float)]
+        out[str(crs)] = gpd.GeoDataFrame(part[cols].reset_index(drop=True), geometry=geom, crs=str(crs))
+    return out
+
+
+def write_cluster_vectors(table: pd.DataFrame, gpkg: Path, geojson: Path) -> None:
+    """Chip footprints with their cluster to a GeoPackage and a GeoJSON.
+
+    A GeoPackage layer has one CRS. Layer ``clusters`` is in the chips' CRS when they share one
+    (exact squares); when scenes lie in several CRSs it is in EPSG:4326 and each CRS also gets an
+    exact layer ``clusters_<authority>_<code>``. The GeoJSON is always EPSG:4326.
+    """
+    parts = footprints(table)
+    if len(parts) == 1:
+        main, extra = next(iter(parts.values())), {}
+    else:
+        wgs84 = pd.concat([p.to_crs("EPSG:4326") for p in parts.values()], ignore_index=True)
+        main = gpd.GeoDataFrame(wgs84, crs="EPSG:4326")
+        extra = {"clusters_" + crs.replace(":", "_").lower(): p for crs, p in parts.items()}
+    write_vectors(main, gpkg=gpkg, geojson=geojson, layer="clusters", extra_layers=extra)
+
+
+class ScenePreview(NamedTuple):
+    """A scene's RGB decimated for display, with its bounds and CRS (the map's axes)."""
+
+    image: np.ndarray  # (H, W, 3)
+    bounds: BoundingBox
+    crs: CRS | None
+
+
+def read_scene_preview(path: str | Path, max_pixels: int = 1024) -> ScenePreview:
+    """The scene at the largest integer decimation that fits ``max_pixels`` a side."""
+    with rasterio.open(path) as src:
+        scale = max(1, int(np.ceil(max(src.width, src.height) / max_pixels)))
+        img = src.read([1, 2, 3], out_shape=(3, src.height // scale, src.width // scale))
+        return ScenePreview(np.moveaxis(img, 0, -1), src.bounds, src.crs)
+
+
+def read_scene_previews(
+    chips_dir: Path, scenes: Iterable[str], max_pixels: int = 1024
+) -> Iterator[tuple[str, ScenePreview]]:
+    """``(scene, preview)`` of those ``scenes`` whose image ``dataset.json`` names and that exist on disk.
+
+    Read one at a time: drawing a map per town need not hold every town in memory.
+    """
+    paths = ChipsFolder(chips_dir).scene_paths()
+    for scene in scenes:
+        if scene in paths and paths[scene].is_file():
+            yield scene, read_scene_preview(paths[scene], max_pixels)
+
+
+def read_chip_rgb(path: str | Path) -> np.ndarray:
+    """A chip GeoTIFF (or PNG/JPEG) as an (H, W, 3) uint8 array."""
+    path = Path(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        with rasterio.open(path) as src:
+            return np.moveaxis(src.read([1, 2, 3]), 0, -1)
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def read_cams(cams_dir: str | Path, chip_ids: Iterable) -> dict[str, np.ndarray]:
+    """Heatmap GeoTIFFs named ``<chip_id>.tif`` anywhere under ``cams_dir`` (e.g. ``schoolvision explain`` output).
+
+    Each is scaled to [0, 1] with nodata as 0; the first match in sorted path order wins.
+    """
+    wanted = set(map(str, chip_ids))
+    found: dict[str, np.ndarray] = {}
+    for p in sorted(Path(cams_dir).rglob("*.tif")):
+        if p.stem in wanted and p.stem not in found:
+            with rasterio.open(p) as src:
+                cam = src.read(1, masked=True).astype(float).filled(0.0)
+            span = cam.max() - cam.min()
+            found[p.stem] = (cam - cam.min()) / span if span > 0 else np.zeros_like(cam)
+    return found

@@ -1,0 +1,424 @@
+"""The pipeline's folders, one class per on-disk format: the only code that parses their files.
+
+Each stage hands the next one a folder: ``schoolvision chips`` a chips folder, ``train`` a run
+folder, ``scan`` a scan folder. As torchgeo's datasets do, each class here knows its files, reads
+and writes them (writes are atomic) and turns a missing or unreadable file into one
+:class:`~schoolvision.errors.UserError` that names the file and the command that makes it. A change
+of format is then a change of this one module.
+
+:func:`prepare_output` is the one guard every command runs before it writes into ``--out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioIOError
+
+from schoolvision.errors import UserError
+from schoolvision.io.atomic import atomic_path, write_json, write_text
+from schoolvision.io.vectors import read_layer
+
+# --- the output guard ---------------------------------------------------------------------------
+
+NOT_EMPTY = "output folder is not empty; pass --overwrite or choose another --out"
+
+
+def prepare_output(out_dir: str | Path, overwrite: bool, *, message: str = NOT_EMPTY,
+                   own_files: Sequence[str] = (), is_same: Callable[[Path], bool] | None = None,
+                   create: bool = True) -> bool:
+    """Check ``out_dir`` before a command writes into it; refuse a folder holding something else.
+
+    Args:
+        out_dir: the command's ``--out``.
+        overwrite: the command's ``--overwrite``: write into a non-empty folder.
+        message: the error for a non-empty folder without ``overwrite`` (each command names its fix).
+        own_files: names or glob patterns of the files the command writes; with ``overwrite`` those
+            already there are deleted first, so no stale output of an earlier run survives. Other
+            files are left alone.
+        is_same: called on a non-empty folder; True means it already holds this very output
+            (same inputs), which is neither refused nor cleared.
+        create: make the folder (and its parents) when it passes.
+
+    Returns:
+        True when ``is_same`` recognised the folder's content, else False.
+
+    Raises:
+        UserError: ``out_dir`` is a file, or a non-empty folder without ``overwrite``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise UserError("output path exists and is not a folder; choose another --out", out)
+    if out.is_dir() and any(out.iterdir()):
+        if is_same is not None and is_same(out):
+            return True
+        if not overwrite:
+            raise UserError(message, out)
+        for pattern in own_files:
+            for target in out.glob(pattern):
+                if target.is_dir():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink()
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
+    return False
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, required: bool, fix: str) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when it is missing and not ``required``."""
+    if not path.is_file():
+        if required:
+            raise UserError(f"{path.name} not found ({fix})", path)
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise UserError(f"{path.name} is not readable JSON ({type(exc).__name__}); {fix}", path) from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path.name} does not hold a JSON object; {fix}", path)
+    return data
+
+
+def _read_table(path: Path, fix: str, **kwargs) -> pd.DataFrame:
+    if not path.is_file():
+        raise UserError(f"{path.name} not found ({fix})", path)
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # pandas' parser errors are ValueErrors
+        raise UserError(f"{path.name} is not a readable CSV table ({type(exc).__name__}); {fix}", path) from None
+
+
+def _require_columns(frame: pd.DataFrame, columns: Iterable[str], path: Path, fix: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise UserError(f"{path.name} lacks column(s) {', '.join(missing)}; {fix}", path)
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, ``""`` when it does not exist (run records, feature cache keys)."""
+    path = Path(path)
+    if not path.is_file():
+        return ""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+# --- chips --------------------------------------------------------------------------------------
+
+_MAKE_CHIPS = "cut chips first: schoolvision chips --imagery ... --schools ... --out DIR"
+
+
+class ChipsFolder:
+    """A chips folder made by ``schoolvision chips``: ``dataset.json``, ``chips.csv``, chip GeoTIFFs, schools."""
+
+    META = "dataset.json"
+    INDEX = "chips.csv"
+    SCHOOLS = "schools.geojson"
+    INDEX_COLUMNS = ("path", "label")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def meta_path(self) -> Path:
+        """``dataset.json``."""
+        return self.root / self.META
+
+    @property
+    def index_path(self) -> Path:
+        """``chips.csv``."""
+        return self.root / self.INDEX
+
+    def has_index(self) -> bool:
+        """True when the folder has a ``chips.csv`` (else it may be a plain class-folder tree)."""
+        return self.index_path.is_file()
+
+    def read_meta(self, required: bool = False) -> dict[str, Any]:
+        """``dataset.json`` (chip size, gsd, counts, scenes, schools, fingerprint); ``{}`` if absent, not required."""
+        return _read_json(self.meta_path, required, _MAKE_CHIPS)
+
+    def write_meta(self, meta: dict[str, Any]) -> Path:
+        """Write ``dataset.json`` atomically."""
+        return write_json(self.meta_path, meta)
+
+    def read_index(self, split: str | None = None) -> pd.DataFrame:
+        """``chips.csv`` as written (ids and school names as strings, empty names kept ``""``), optionally one split.
+
+        Raises:
+            UserError: the index is missing or unreadable, lacks a column, or has no chip in ``split``.
+        """
+        frame = _read_table(self.index_path, _MAKE_CHIPS, keep_default_na=False,
+                            dtype={"chip_id": str, "school_name": str})
+        _require_columns(frame, (*self.INDEX_COLUMNS, *(("split",) if split else ())), self.index_path, _MAKE_CHIPS)
+        if split is not None:
+            if split not in set(frame["split"]):
+                splits = sorted(set(frame["split"]))
+                raise UserError(f"split {split!r} has no chips (splits: {splits})", self.index_path)
+            frame = frame[frame["split"] == split]
+        return frame
+
+    def write_index(self, text: str) -> Path:
+        """Write ``chips.csv`` (the CSV text ``make_chips`` formats) atomically."""
+        return write_text(self.index_path, text)
+
+    def index_sha256(self) -> str:
+        """SHA-256 of ``chips.csv`` (``""`` without one): which chips a run was trained on."""
+        return sha256(self.index_path)
+
+    def scene_paths(self) -> dict[str, Path]:
+        """Scene name -> image path from ``dataset.json`` (relative paths resolved against the folder)."""
+        out = {}
+        for name, entry in self.read_meta().get("scenes", {}).items():
+            p = Path(entry["path"] if isinstance(entry, dict) else entry)
+            out[name] = p if p.is_absolute() else self.root / p
+        return out
+
+    def schools_path(self) -> Path:
+        """The school footprints file named in ``dataset.json`` (``schools.geojson`` by default)."""
+        return self.root / (self.read_meta().get("schools") or self.SCHOOLS)
+
+    def read_schools(self):
+        """School footprints of the chips (a GeoDataFrame), or None when the folder has none."""
+        import geopandas as gpd
+
+        path = self.schools_path()
+        return gpd.read_file(path) if path.is_file() else None
+
+
+# --- training runs ------------------------------------------------------------------------------
+
+_TRAIN = "train a model first: schoolvision train --chips DIR --out RUN"
+
+
+class RunFolder:
+    """A training run made by ``schoolvision train``: checkpoints, config, history, metrics, predictions."""
+
+    BEST = "best.pt"
+    LAST = "last.pt"
+    CONFIG = "config.json"
+    HISTORY = "history.json"
+    METRICS = "metrics.json"
+    PREDICTIONS = "predictions.csv"
+    TENSORBOARD = "tensorboard"
+    FILES = (BEST, LAST, CONFIG, METRICS, PREDICTIONS, HISTORY, TENSORBOARD)
+    """Everything ``fit`` writes: what ``--overwrite`` clears."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def best(self) -> Path:
+        """``best.pt``: the model selected on validation, calibrated."""
+        return self.root / self.BEST
+
+    @property
+    def last(self) -> Path:
+        """``last.pt``: everything needed to resume."""
+        return self.root / self.LAST
+
+    @property
+    def tensorboard(self) -> Path:
+        """The TensorBoard event folder."""
+        return self.root / self.TENSORBOARD
+
+    @property
+    def predictions_path(self) -> Path:
+        """``predictions.csv``."""
+        return self.root / self.PREDICTIONS
+
+    @staticmethod
+    def checkpoint(run: str | Path) -> Path:
+        """The checkpoint of ``run``: ``run/best.pt`` for a run folder, ``run`` itself for a file."""
+        run = Path(run)
+        return run / RunFolder.BEST if run.is_dir() else run
+
+    def metrics_path(self, split: str = "test") -> Path:
+        """``metrics.json`` for the test split (with the validation report), ``metrics_<split>.json`` otherwise."""
+        return self.root / (self.METRICS if split == "test" else f"metrics_{split}.json")
+
+    def read_config(self, required: bool = False) -> dict[str, Any]:
+        """``config.json``: every training parameter plus what was resolved at run time."""
+        return _read_json(self.root / self.CONFIG, required, _TRAIN)
+
+    def write_config(self, record: dict[str, Any]) -> Path:
+        """Write ``config.json`` atomically."""
+        return write_json(self.root / self.CONFIG, record)
+
+    def read_history(self) -> list[dict[str, Any]]:
+        """``history.json``: one dict of train/val loss, F1, AUPRC, learning rate per epoch."""
+        path = self.root / self.HISTORY
+        if not path.is_file():
+            raise UserError(f"{self.HISTORY} not found ({_TRAIN})", path)
+        try:
+            history = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{self.HISTORY} is not readable JSON ({type(exc).__name__}); {_TRAIN}", path) from None
+        if not isinstance(history, list):
+            raise UserError(f"{self.HISTORY} does not hold a list of epochs; {_TRAIN}", path)
+        return history
+
+    def write_history(self, history: list[dict[str, Any]]) -> Path:
+        """Write ``history.json`` atomically (after every epoch)."""
+        return write_json(self.root / self.HISTORY, history)
+
+    def read_metrics(self, split: str = "test", required: bool = True) -> dict[str, Any]:
+        """``metrics.json`` (or ``metrics_<split>.json``); ``{}`` when absent and not ``required``."""
+        return _read_json(self.metrics_path(split), required, _TRAIN if split == "test" else
+                          f"evaluate the run first: schoolvision evaluate --run RUN --split {split}")
+
+    def write_metrics(self, metrics: dict[str, Any], split: str = "test") -> Path:
+        """Write ``metrics.json`` (or ``metrics_<split>.json``) atomically."""
+        return write_json(self.metrics_path(split), metrics)
+
+    def read_predictions(self) -> pd.DataFrame:
+        """``predictions.csv`` with P(school) exactly as written (see :func:`read_predictions`)."""
+        return read_predictions(self.predictions_path)
+
+    def write_predictions(self, frames: Sequence[pd.DataFrame]) -> Path:
+        """Write the per-split prediction frames as one ``predictions.csv``, atomically.
+
+        pandas writes floats with ``repr`` precision and parses them back exactly, so a re-evaluation
+        can compare probabilities bit for bit.
+        """
+        with atomic_path(self.predictions_path) as tmp:
+            pd.concat(list(frames), ignore_index=True).to_csv(tmp, index=False)
+        return self.predictions_path
+
+
+PREDICTION_COLUMNS = ("chip_id", "label", "prob", "pred")
+
+
+def read_predictions(path: str | Path) -> pd.DataFrame:
+    """A predictions table: a run's ``predictions.csv`` or an ``explanations.csv`` (same columns).
+
+    Probabilities are parsed exactly as written (pandas' default parser round-trips repr floats);
+    chip ids stay strings.
+
+    Raises:
+        UserError: the file is missing, unreadable or lacks chip_id, label, prob or pred.
+    """
+    path = Path(path)
+    frame = _read_table(path, _TRAIN, dtype={"chip_id": str})
+    _require_columns(frame, PREDICTION_COLUMNS, path, _TRAIN)
+    return frame
+
+
+# --- scans --------------------------------------------------------------------------------------
+
+_SCAN = "scan first: schoolvision scan --run RUN --imagery ... --out DIR"
+PROBABILITY_SUFFIX = "_probability.tif"
+
+
+class ScanFolder:
+    """A scan made by ``schoolvision scan``.
+
+    Files: ``<scene>_probability.tif``, ``candidates.gpkg``, ``scan.json``, ``evaluation.json``.
+    """
+
+    SUMMARY = "scan.json"
+    EVALUATION = "evaluation.json"
+    CANDIDATES = "candidates.gpkg"
+    CANDIDATES_GEOJSON = "candidates.geojson"
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def candidates_path(self) -> Path:
+        """``candidates.gpkg``."""
+        return self.root / self.CANDIDATES
+
+    @property
+    def evaluation_path(self) -> Path:
+        """``evaluation.json``."""
+        return self.root / self.EVALUATION
+
+    def probability_path(self, scene: str) -> Path:
+        """Where the probability raster of ``scene`` goes."""
+        return self.root / f"{scene}{PROBABILITY_SUFFIX}"
+
+    def probability_paths(self) -> dict[str, Path]:
+        """Scene name -> probability raster of every scanned scene, sorted by name."""
+        return {p.name[: -len(PROBABILITY_SUFFIX)]: p for p in sorted(self.root.glob(f"*{PROBABILITY_SUFFIX}"))}
+
+    def read_summary(self) -> dict[str, Any]:
+        """``scan.json``: scenes, threshold, counts and the files the scan wrote."""
+        return _read_json(self.root / self.SUMMARY, True, _SCAN)
+
+    def write_summary(self, summary: dict[str, Any]) -> Path:
+        """Write ``scan.json`` atomically."""
+        return write_json(self.root / self.SUMMARY, summary)
+
+    def read_evaluation(self) -> dict[str, Any]:
+        """``evaluation.json``: recall, precision, PR curve against known schools (scan with ``--schools``)."""
+        return _read_json(self.evaluation_path, True, "scan with --schools FILE to evaluate against known schools")
+
+    def write_evaluation(self, evaluation: dict[str, Any]) -> Path:
+        """Write ``evaluation.json`` atomically."""
+        return write_json(self.evaluation_path, evaluation)
+
+    def read_layer(self, layer: str):
+        """A layer of ``candidates.gpkg``; empty (EPSG:4326) when the scan wrote none (e.g. no missed school)."""
+        gpkg = self.candidates_path
+        if not gpkg.is_file():
+            raise UserError(f"no {self.CANDIDATES} here; run schoolvision scan first", gpkg)
+        return read_layer(gpkg, layer, columns=("scene", "name"))
+
+
+@contextlib.contextmanager
+def open_probability(path: str | Path) -> Iterator[rasterio.DatasetReader]:
+    """The probability raster open for reading (its grid, or a warped view of it), closed on exit.
+
+    Raises:
+        UserError: the raster is missing or unreadable.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"probability raster not found ({_SCAN})", path)
+    try:
+        src = rasterio.open(path)
+    except RasterioIOError as exc:
+        raise UserError(f"not a readable probability raster ({str(exc).splitlines()[0][:120]})", path) from None
+    with src:
+        yield src
+
+
+def read_probability(path: str | Path, max_side: int = 2048):
+    """(P(school) float32 with NaN for nodata, transform, crs) of a probability raster, decimated to ``max_side``.
+
+    The read goes through the raster's overviews, so a country-size raster never has to fit in memory.
+
+    Raises:
+        UserError: the raster is missing or unreadable.
+    """
+    with open_probability(path) as src:
+        f = max(1, math.ceil(max(src.width, src.height) / max_side))
+        shape_ = (max(1, src.height // f), max(1, src.width // f))
+        resampling = Resampling.average if f > 1 else Resampling.nearest
+        prob = src.read(1, out_shape=shape_, resampling=resampling, masked=True)
+        transform = src.transform @ src.transform.scale(src.width / shape_[1], src.height / shape_[0])
+        return prob.filled(np.nan).astype(np.float32), transform, src.crs
+
+
+def probability_bounds(path: str | Path) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a probability raster in its own CRS."""
+    with open_probability(path) as src:
+        return tuple(src.bounds)

@@ -1,0 +1,287 @@
+"""ONNX export of a trained classifier: the graph, its metadata, and the per-checkpoint cache.
+
+Two graphs come out of one checkpoint:
+
+* the **classifier** (:func:`export_onnx`): input ``image`` float32 (N, 3, S, S), RGB in [0, 1]
+  (normalisation is inside the graph, as in the torch model); outputs ``logits`` (N, classes) and
+  ``embedding`` (N, feature_dim). P(school) = softmax(logits / temperature)[:, school_index].
+* the **Deepness map** (:func:`export_deepness`), for the QGIS Deepness plugin: a ``Regressor``
+  whose single output ``p_school`` (N, 1, S, S) is the tile's calibrated P(school), spread over the
+  tile. The plugin crops tiles of ``tiles_size`` pixels at ``resolution`` cm/pixel, divides by 255,
+  standardises with mean 0 / std 1 (so the graph sees [0, 1] like the classifier) and steps tiles
+  with ``tiles_overlap`` percent overlap: 50 by default, the half-chip stride ``schoolvision scan`` uses.
+
+Every metadata value is JSON text (``json.loads`` reads each back), the convention Deepness uses.
+The tile is the model's input grid, ``image_size`` pixels at ``gsd * chip_size / image_size``: the
+anti-aliased resize that scan applies to a ``chip_size`` window does not export to ONNX, so QGIS
+resamples the raster to that resolution instead.
+
+``onnx`` and ``onnxruntime`` are an optional extra (``pip install schoolvision[onnx]``), imported
+only here and in :mod:`schoolvision.model.runtime`, when an ONNX graph is wanted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from schoolvision import SCHOOL, __version__
+from schoolvision.errors import UserError
+from schoolvision.io.atomic import write_bytes
+from schoolvision.io.folders import RunFolder
+from schoolvision.io.folders import sha256 as file_sha256
+from schoolvision.model.backbones import BACKBONES
+from schoolvision.model.checkpoint import CheckpointMeta
+
+FORMAT = "schoolvision-onnx/1"
+OPSET = 17  # the TorchScript exporter's well-trodden opset; ONNX Runtime >= 1.14 runs it
+INPUT = "image"
+OUTPUTS = ("logits", "embedding")
+DEEPNESS_OUTPUT = "p_school"
+DEEPNESS_OVERLAP = 50  # percent: a half-tile stride, like scan's default stride of half a chip
+EXTRA_HINT = "pip install 'schoolvision[onnx]'"
+
+
+def require_onnx() -> tuple[Any, Any]:
+    """Import ``onnx`` and ``onnxruntime``, or fail with one line naming the extra.
+
+    Returns:
+        The ``(onnx, onnxruntime)`` modules.
+
+    Raises:
+        UserError: when either package is not installed.
+    """
+    try:
+        import onnx
+        import onnxruntime
+    except ImportError as exc:
+        raise UserError(f"the ONNX runtime needs the packages onnx and onnxruntime ({EXTRA_HINT})") from exc
+    return onnx, onnxruntime
+
+
+class _ClassifierOutputs(nn.Module):
+    """logits and embedding from one pass (the head is applied to the exported embedding)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = self.model.embed(x)
+        return self.model.head(emb), emb
+
+
+class _SchoolMap(nn.Module):
+    """Calibrated P(school) of each tile, as a (N, 1, H, W) map for Deepness's Regressor."""
+
+    def __init__(self, model: nn.Module, temperature: float, tile: int):
+        super().__init__()
+        self.model = model
+        self.temperature = float(temperature)
+        # a constant (1, 1, tile, tile) factor keeps H and W static in the graph: Deepness checks H == W
+        self.register_buffer("ones", torch.ones(1, 1, tile, tile), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = torch.softmax(self.model(x) / self.temperature, dim=1)[:, SCHOOL : SCHOOL + 1]
+        return p[:, :, None, None] * self.ones
+
+
+def input_gsd_cm(meta: CheckpointMeta, image_size: int) -> float | None:
+    """Centimetres per pixel of the model input: the chips' GSD stretched by the resize to ``image_size``."""
+    return None if meta.gsd is None else round(float(meta.gsd) * meta.chip_size / image_size * 100.0, 6)
+
+
+def classifier_metadata(meta: CheckpointMeta, image_size: int, sha256: str | None = None) -> dict[str, Any]:
+    """What a user of the classifier graph needs, as plain values (written as JSON text)."""
+    info = BACKBONES[meta.backbone]
+    return {
+        "schoolvision_format": FORMAT,
+        "schoolvision_version": __version__,
+        "backbone": meta.backbone,
+        "classes": list(meta.classes),
+        "school_index": SCHOOL,
+        "input": f"{INPUT}: float32 (N, 3, {image_size}, {image_size}), RGB in [0, 1]; the graph normalises",
+        "outputs": "logits (N, classes), embedding (N, features); "
+                   "P(school) = softmax(logits / temperature)[:, school_index]",
+        "image_size": int(image_size),
+        "chip_size": int(meta.chip_size),
+        "gsd_cm": None if meta.gsd is None else round(float(meta.gsd) * 100.0, 6),
+        "input_gsd_cm": input_gsd_cm(meta, image_size),
+        "normalisation_mean": list(info.mean),
+        "normalisation_std": list(info.std),
+        "threshold": float(meta.threshold),
+        "temperature": float(meta.temperature),
+        "checkpoint_sha256": sha256,
+    }
+
+
+def deepness_metadata(meta: CheckpointMeta, image_size: int, sha256: str | None = None,
+                      overlap: int = DEEPNESS_OVERLAP) -> dict[str, Any]:
+    """The keys QGIS's Deepness plugin reads, plus the classifier's (Deepness ignores unknown keys).
+
+    ``tile_size`` is written beside the documented ``tiles_size``: the plugin's code reads the former.
+    """
+    out = classifier_metadata(meta, image_size, sha256)
+    out["outputs"] = f"{DEEPNESS_OUTPUT} (N, 1, {image_size}, {image_size}): the tile's P(school) on every pixel"
+    resolution = input_gsd_cm(meta, image_size)
+    out.update({
+        "model_type": "Regressor",
+        "class_names": {0: "school"},
+        "tiles_size": int(image_size),
+        "tile_size": int(image_size),
+        "tiles_overlap": int(overlap),
+        "standardization_mean": [0.0, 0.0, 0.0],  # Deepness gives [0, 1]; the graph normalises itself
+        "standardization_std": [1.0, 1.0, 1.0],
+        "reg_output_scaling": 1.0,
+    })
+    if resolution is not None:
+        out["resolution"] = resolution
+    return out
+
+
+def _device(module: nn.Module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _export_bytes(module: nn.Module, image_size: int, output_names: tuple[str, ...]) -> bytes:
+    """Trace ``module`` in eval mode to ONNX with a dynamic batch axis."""
+    module = module.eval()
+    x = torch.rand(2, 3, image_size, image_size, device=_device(module))
+    buf = io.BytesIO()
+    with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation on every call
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (x,), buf, dynamo=False, opset_version=OPSET, input_names=[INPUT], output_names=list(output_names),
+            dynamic_axes={INPUT: {0: "batch"}, **{name: {0: "batch"} for name in output_names}},
+        )
+    return buf.getvalue()
+
+
+def _with_metadata(graph: bytes, metadata: dict[str, Any]) -> bytes:
+    onnx, _ = require_onnx()
+    proto = onnx.load_from_string(graph)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        if value is not None:
+            proto.metadata_props.add(key=key, value=json.dumps(value))
+    proto.doc_string = f"schoolvision {metadata.get('backbone', '')} school classifier"
+    return proto.SerializeToString()
+
+
+def onnx_bytes(model: nn.Module, meta: CheckpointMeta, image_size: int | None = None, *,
+               sha256: str | None = None, deepness: bool = False, overlap: int = DEEPNESS_OVERLAP) -> bytes:
+    """The serialised ONNX model with its metadata (no file written; see :func:`export_onnx`)."""
+    require_onnx()
+    size = int(image_size or meta.image_size)
+    model = getattr(model, "module", model)
+    was_training = model.training
+    try:
+        if deepness:
+            school_map = _SchoolMap(model, meta.temperature, size).to(_device(model))
+            graph = _export_bytes(school_map, size, (DEEPNESS_OUTPUT,))
+            metadata = deepness_metadata(meta, size, sha256, overlap)
+        else:
+            graph = _export_bytes(_ClassifierOutputs(model), size, OUTPUTS)
+            metadata = classifier_metadata(meta, size, sha256)
+    finally:
+        model.train(was_training)
+    return _with_metadata(graph, metadata)
+
+
+def export_onnx(model: nn.Module, meta: CheckpointMeta, path: str | Path, image_size: int | None = None, *,
+                sha256: str | None = None) -> Path:
+    """Write the classifier graph with its metadata to ``path``, atomically.
+
+    Args:
+        model: the classifier (any device; it is traced in eval mode and left in its mode).
+        meta: the checkpoint's meta (classes, GSD, threshold, temperature go into the metadata).
+        path: the ``.onnx`` file to write.
+        image_size: input side in pixels (default ``meta.image_size``); the batch axis is dynamic.
+        sha256: the checkpoint's SHA-256, recorded so that a cached file can be checked against it.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        UserError: when onnx / onnxruntime are not installed.
+    """
+    return write_bytes(path, onnx_bytes(model, meta, image_size, sha256=sha256))
+
+
+def export_deepness(model: nn.Module, meta: CheckpointMeta, path: str | Path, image_size: int | None = None, *,
+                    sha256: str | None = None, overlap: int = DEEPNESS_OVERLAP) -> Path:
+    """Write the Deepness ``Regressor`` (per-tile P(school) map) with the plugin's metadata, atomically.
+
+    Args:
+        model: the classifier.
+        meta: the checkpoint's meta; its temperature is built into the graph.
+        path: the ``.onnx`` file to write.
+        image_size: tile side in pixels (default ``meta.image_size``).
+        sha256: the checkpoint's SHA-256, recorded in the metadata.
+        overlap: ``tiles_overlap`` in percent.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        UserError: when onnx / onnxruntime are not installed.
+    """
+    return write_bytes(path, onnx_bytes(model, meta, image_size, sha256=sha256, deepness=True, overlap=overlap))
+
+
+def read_metadata(source: str | Path | bytes) -> dict[str, Any]:
+    """An ONNX file's metadata_props, each value decoded from JSON."""
+    onnx, _ = require_onnx()
+    if isinstance(source, bytes):
+        proto = onnx.load_from_string(source)
+    else:
+        proto = onnx.load(str(source), load_external_data=False)
+    return {p.key: json.loads(p.value) for p in proto.metadata_props}
+
+
+def cache_path(checkpoint: str | Path, sha256: str, image_size: int) -> Path:
+    """``RUN/onnx/<checkpoint stem>-<sha12>-<size>.onnx``: beside the checkpoint, keyed by its bytes and input size."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.parent / "onnx" / f"{checkpoint.stem}-{sha256[:12]}-{int(image_size)}.onnx"
+
+
+def cached_onnx(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path, image_size: int | None = None) -> Path:
+    """The classifier graph of ``checkpoint`` at ``image_size``: exported once, reused while the weights stay the same.
+
+    A cached file is used only when its recorded ``checkpoint_sha256`` and ``image_size`` equal the
+    checkpoint's; otherwise (another run's file, a retrained ``best.pt``, a damaged file) it is
+    re-exported. Files of the same checkpoint name with another checksum (any size) are deleted.
+
+    Args:
+        model: the classifier loaded from ``checkpoint``.
+        meta: its meta.
+        checkpoint: the checkpoint file or run folder the model came from.
+        image_size: input side (default ``meta.image_size``).
+
+    Returns:
+        The path of the up-to-date ONNX file.
+    """
+    checkpoint = RunFolder.checkpoint(checkpoint)
+    size = int(image_size or meta.image_size)
+    sha = file_sha256(checkpoint)
+    path = cache_path(checkpoint, sha, size)
+    if path.is_file():
+        try:
+            recorded = read_metadata(path)
+        except Exception:  # noqa: BLE001 - a truncated or foreign file is simply re-exported
+            recorded = {}
+        if recorded.get("checkpoint_sha256") == sha and recorded.get("image_size") == size:
+            return path
+    export_onnx(model, meta, path, size, sha256=sha)
+    other_weights = re.compile(rf"{re.escape(checkpoint.stem)}-(?!{sha[:12]})[0-9a-f]{{12}}-\d+\.onnx")
+    for stale in path.parent.iterdir():
+        if other_weights.fullmatch(stale.name):
+            stale.unlink(missing_ok=True)
+    return path

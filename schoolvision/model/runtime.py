@@ -1,0 +1,308 @@
+"""Inference runtimes: one small class per way of running a trained classifier forward.
+
+A runtime takes a batch of chips, float (N, 3, H, W) RGB in [0, 1] as a tensor or an array (the
+model normalises inside), and returns logits as float32 numpy. Gradients (CAMs, SHAP, guided
+backprop) stay with the torch model; runtimes are for the forward passes only.
+
+========== =====================================================================================
+name       what runs
+========== =====================================================================================
+torch      the model as loaded, float32, eager (what scan, explain and features used until now)
+torch-fast channels_last; plus autocast where the hardware computes it natively: bfloat16 on a CPU
+           with avx512_bf16 / AMX (oneDNN reports it), bfloat16 or float16 on CUDA. The first
+           batch is run both ways, and autocast is dropped (with a warning) if P(school) moves
+           by more than :data:`AUTOCAST_TOLERANCE`.
+onnx       ONNX Runtime on the exported graph (CPU; CUDA when onnxruntime-gpu is installed), cached
+           beside the checkpoint by :func:`~schoolvision.model.export.cached_onnx`
+auto       ``onnx`` on CPU when onnx and onnxruntime are installed, else ``torch-fast``
+========== =====================================================================================
+
+A new runtime is a subclass of :class:`Runtime` with a ``name`` that overrides ``_forward``,
+registered with :func:`register`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import warnings
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from schoolvision.errors import UserError
+from schoolvision.model.checkpoint import CheckpointMeta
+from schoolvision.model.device import resolve_device
+from schoolvision.model.export import INPUT, OUTPUTS, cached_onnx, onnx_bytes, require_onnx
+from schoolvision.model.inference import school_probability
+
+AUTOCAST_TOLERANCE = 0.02
+"""Largest |P(school) - float32 P(school)| accepted from autocast on the first batch.
+
+Measured with ``benchmarks/inference_runtimes.py`` on demo chips (efficientnet_lite0 with a head
+fitted to the demo labels, so P(school) spans [0, 1]): bfloat16 autocast moved P(school) by at most
+0.007 at 128 px and 0.011 at 224 px (32 chips, bfloat16 emulated on a CPU without native support,
+where it is never chosen); channels_last float32 and ONNX Runtime by less than 1e-6. Twice the
+largest measured shift, so a model that is as robust as this one keeps its speed-up and one that
+is clearly less robust falls back to float32.
+"""
+
+Input = torch.Tensor | np.ndarray
+
+
+def bf16_native() -> bool:
+    """True when oneDNN computes bfloat16 natively on this CPU (avx512_bf16 / AMX); emulated bf16 is ~15x slower."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
+        return False
+
+
+def autocast_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype the hardware runs natively, or None (stay in float32)."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and bf16_native():
+        return torch.bfloat16
+    return None
+
+
+def onnx_available() -> bool:
+    """Both packages of the ``onnx`` extra are importable (checked without importing them)."""
+    return all(importlib.util.find_spec(name) is not None for name in ("onnx", "onnxruntime"))
+
+
+class Runtime:
+    """Runs one classifier forward on batches of chips.
+
+    Args:
+        model: the classifier (a :class:`~schoolvision.model.backbones.SchoolClassifier`), on ``device``.
+        meta: its checkpoint meta (temperature for :meth:`probability`).
+        device: where the batches run.
+        checkpoint: the checkpoint file or run folder the model came from (the ONNX cache key);
+            without it the ONNX graph is exported in memory on every construction.
+    """
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str | torch.device = "cpu",
+                 checkpoint: str | Path | None = None):
+        self.model = getattr(model, "module", model).eval()
+        self.meta = meta
+        self.device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+        self.checkpoint = checkpoint
+
+    def logits(self, x: Input) -> np.ndarray:
+        """Logits (N, classes), float32."""
+        return self._forward(x, embed=False)[1]
+
+    __call__ = logits
+
+    def features(self, x: Input) -> tuple[np.ndarray, np.ndarray]:
+        """``(embedding (N, D), logits (N, classes))`` from one pass, float32."""
+        emb, logits = self._forward(x, embed=True)
+        return emb, logits
+
+    def probability(self, x: Input) -> np.ndarray:
+        """Calibrated P(school) (N,), float64."""
+        return school_probability(self.logits(x), self.meta.temperature)
+
+    def describe(self) -> str:
+        """One line for logs and benchmark reports."""
+        return f"{self.name} on {self.device}"
+
+    def _forward(self, x: Input, embed: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        raise NotImplementedError
+
+    def _tensor(self, x: Input) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)) if isinstance(x, np.ndarray) else x
+        return x.to(self.device, dtype=torch.float32, non_blocking=True)
+
+
+RUNTIMES: dict[str, type[Runtime]] = {}
+"""Registered runtimes by name (``auto`` is resolved by :func:`resolve_runtime`)."""
+
+
+def register(cls: type[Runtime]) -> type[Runtime]:
+    """Class decorator: make a :class:`Runtime` subclass available under its ``name``."""
+    RUNTIMES[cls.name] = cls
+    return cls
+
+
+def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
+    return None if t is None else t.float().cpu().numpy()
+
+
+@register
+class TorchRuntime(Runtime):
+    """float32 eager, exactly the forward pass scan / explain / features ran before runtimes existed."""
+
+    name = "torch"
+
+    @torch.inference_mode()
+    def _forward(self, x: Input, embed: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        x = self._tensor(x)
+        if self.device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        if not embed:
+            return None, _numpy(self.model(x))
+        emb = self.model.embed(x)
+        return _numpy(emb), _numpy(self.model.head(emb))
+
+
+@register
+class FastTorchRuntime(Runtime):
+    """channels_last, with autocast only where native and only while it stays within :data:`AUTOCAST_TOLERANCE`.
+
+    The model's weights are converted to channels_last in place (gradient methods run on them
+    unchanged). ``self.dtype`` is the autocast dtype in use (None: float32); ``self.autocast_error``
+    the max |dP(school)| measured on the first batch.
+    """
+
+    name = "torch-fast"
+
+    def __init__(self, model, meta, device="cpu", checkpoint=None, dtype: torch.dtype | None | str = "native"):
+        super().__init__(model, meta, device, checkpoint)
+        self.model.to(memory_format=torch.channels_last)
+        self.dtype = autocast_dtype(self.device) if dtype == "native" else dtype
+        self.autocast_error: float | None = None
+        self._checked = self.dtype is None
+
+    def describe(self) -> str:
+        """Name, device, layout and the autocast dtype in use."""
+        precision = "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+        return f"{self.name} on {self.device} (channels_last, {precision})"
+
+    def _autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def _run(self, x: torch.Tensor, embed: bool, autocast: bool):
+        with self._autocast() if autocast else contextlib.nullcontext():
+            if not embed:
+                return None, self.model(x)
+            emb = self.model.embed(x)
+            return emb, self.model.head(emb)
+
+    def _forward(self, x: Input, embed: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        x = self._tensor(x).contiguous(memory_format=torch.channels_last)
+        if self._checked:
+            emb, logits = self._run(x, embed, autocast=self.dtype is not None)
+            return _numpy(emb), _numpy(logits)
+        # first batch: float32 is the reference; keep autocast only if it agrees
+        emb, logits = self._run(x, embed, autocast=False)
+        _, fast = self._run(x, False, autocast=True)
+        t = self.meta.temperature
+        moved = school_probability(_numpy(fast), t) - school_probability(_numpy(logits), t)
+        self.autocast_error = float(np.abs(moved).max(initial=0.0))
+        self._checked = True
+        if self.autocast_error > AUTOCAST_TOLERANCE:
+            warnings.warn(f"{self.dtype} autocast moved P(school) by {self.autocast_error:.4f} "
+                          f"(> {AUTOCAST_TOLERANCE}) on the first batch; running in float32", stacklevel=3)
+            self.dtype = None
+        return _numpy(emb), _numpy(logits)
+
+
+@register
+class OnnxRuntime(Runtime):
+    """ONNX Runtime on the exported graph; one session per input size, graph cached beside the checkpoint.
+
+    Uses as many intra-op threads as torch (``torch.get_num_threads()``), so ``--threads``-style
+    limits apply to both.
+    """
+
+    name = "onnx"
+
+    def __init__(self, model, meta, device="cpu", checkpoint=None):
+        super().__init__(model, meta, device, checkpoint)
+        _, self._ort = require_onnx()
+        providers = self._ort.get_available_providers()
+        if self.device.type == "cuda":
+            if "CUDAExecutionProvider" not in providers:
+                raise UserError("--runtime onnx on CUDA needs onnxruntime-gpu; on a GPU use --runtime torch-fast")
+            self.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+        else:
+            self.providers = ["CPUExecutionProvider"]
+        self._sessions: dict[int, object] = {}
+        self.paths: dict[int, Path] = {}
+
+    def describe(self) -> str:
+        """Name, device, onnxruntime version and execution provider."""
+        return f"{self.name} on {self.device} (onnxruntime {self._ort.__version__}, {self.providers[0]})"
+
+    def session(self, image_size: int):
+        """The inference session for inputs of ``image_size`` pixels (exported on first use)."""
+        if image_size not in self._sessions:
+            options = self._ort.SessionOptions()
+            options.intra_op_num_threads = torch.get_num_threads()
+            options.inter_op_num_threads = 1
+            options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            source: str | bytes
+            if self.checkpoint is not None:
+                try:
+                    self.paths[image_size] = cached_onnx(self.model, self.meta, self.checkpoint, image_size)
+                    source = str(self.paths[image_size])
+                except OSError:  # read-only run folder: export in memory
+                    source = onnx_bytes(self.model, self.meta, image_size)
+            else:
+                source = onnx_bytes(self.model, self.meta, image_size)
+            self._sessions[image_size] = self._ort.InferenceSession(source, sess_options=options,
+                                                                    providers=self.providers)
+        return self._sessions[image_size]
+
+    def _forward(self, x: Input, embed: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        arr = x.detach().cpu().numpy() if torch.is_tensor(x) else x
+        arr = np.ascontiguousarray(arr, dtype=np.float32)
+        if arr.shape[-1] != arr.shape[-2]:
+            raise ValueError(f"chips must be square, got {arr.shape}")
+        if len(arr) == 0:
+            n = getattr(self.model, "num_classes", len(self.meta.classes))
+            return np.zeros((0, getattr(self.model, "feature_dim", 0)), np.float32), np.zeros((0, n), np.float32)
+        names = list(OUTPUTS) if embed else [OUTPUTS[0]]
+        out = self.session(int(arr.shape[-1])).run(names, {INPUT: arr})
+        return (out[1], out[0]) if embed else (None, out[0])
+
+
+def resolve_runtime(name: str, device: str | torch.device = "cpu") -> str:
+    """The concrete runtime ``name`` stands for on ``device`` (``auto`` is decided here).
+
+    Raises:
+        UserError: for an unknown name, or ``onnx`` without the extra installed.
+    """
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    if name == "auto":
+        return "onnx" if device.type == "cpu" and onnx_available() else "torch-fast"
+    if name not in RUNTIMES:
+        raise UserError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIME_CHOICES)}")
+    if name == "onnx":
+        require_onnx()
+    return name
+
+
+def make_runtime(name: str, model: torch.nn.Module, meta: CheckpointMeta, device: str | torch.device = "cpu",
+                 checkpoint: str | Path | None = None) -> Runtime:
+    """Build the runtime ``name`` (``auto``, ``torch``, ``torch-fast`` or ``onnx``) for a loaded model.
+
+    Args:
+        name: a registered runtime name or ``auto``.
+        model: the classifier, already on ``device``.
+        meta: its checkpoint meta.
+        device: where batches run.
+        checkpoint: the checkpoint file or run folder (ONNX cache key); optional.
+
+    Returns:
+        The runtime.
+
+    Raises:
+        UserError: unknown name; ``onnx`` without onnx/onnxruntime (names the extra); ``onnx`` on
+            CUDA without onnxruntime-gpu.
+    """
+    return RUNTIMES[resolve_runtime(name, device)](model, meta, device, checkpoint)
+
+
+RUNTIME_CHOICES: tuple[str, ...] = ("auto", *RUNTIMES)
+"""Values for a ``--runtime`` option."""
