@@ -17,7 +17,7 @@ NBVAL_FLAGS ?= --nbval-lax --nbval-sanitize-with book/nbval_sanitize.cfg --nbval
 .PHONY: help install notebooks execute html book test test-lib test-notebooks check clean
 
 help:
-	@echo "make book   build the book: run every chapter (PROFILE=auto|cpu|gpu) and render _build/html"
+	@echo "make book   build the book: run every chapter (PROFILE=auto|cpu|gpu|path/to/yours.yaml), render _build/html"
 	@echo "make test   pytest (library) and pytest --nbval-lax over every chapter"
 	@echo "make clean  remove _build, data, runs and outputs (keeps .venv)"
 
@@ -38,8 +38,10 @@ notebooks: install
 execute: notebooks
 	$(PY) -m build_tools.book execute --profile $(PROFILE) --timings _build/execution.json
 
+# The executed check (no stderr, no stray output) guards the published demo book; a book run on your own
+# profile may rightly show warnings about your data, so it only checks that the pairs are in sync.
 html: install
-	$(PY) -m build_tools.book check --executed
+	$(PY) -m build_tools.book check $(if $(filter auto cpu gpu,$(PROFILE)),--executed,)
 	$(VENV)/bin/jupyter-book build . --warningiserror --keep-going --quiet
 	@echo "book: $(CURDIR)/_build/html/index.html ($$(du -sh _build/html | cut -f1))"
 

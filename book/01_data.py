@@ -12,7 +12,7 @@
 # ---
 
 # %% [markdown]
-# # 1. Data: synthetic towns and labelled chips
+# # 1. Data: imagery, school labels and labelled chips
 #
 # **What you will learn**
 #
@@ -20,31 +20,40 @@
 # - how school footprints become labelled image *chips* (`school` / `not_school`);
 # - why the train / validation / test split is spatial (whole towns), not random.
 #
-# **Prerequisites**: none. This chapter makes the data every later chapter reads:
-# the towns in `data_dir` and the chips in `chips_dir`. On your own imagery, replace the first step by
-# your GeoTIFFs or XYZ tiles and your school GeoJSON (see the [introduction](intro.md)).
+# **Prerequisites**: none. This chapter makes the data every later chapter reads: the chips in
+# `chips_dir` (and, for the demo, the towns in `data_dir`). To run the book on **your own data**, set
+# `imagery` (GeoTIFFs, folders of them, XYZ/TMS tile folders) and `schools` (any vector file, or a CSV
+# with longitude/latitude columns), plus the reading options your files need (`schools_layer`,
+# `lonlat_columns`, `bands`, `scale` ...), in a profile (see the [introduction](intro.md)). The demo
+# generator then does not run, your files are only read, and every later chapter follows the chips cut
+# from them.
 
 # %% tags=["parameters"]
-data_dir = "data/demo"
+data_dir = "data/demo"  # the demo towns are drawn here (unused, never written, with your own imagery)
 chips_dir = "data/chips"
+imagery = ""  # your imagery: a GeoTIFF, a folder of them or a tile folder, or a list of them; "": the demo towns
+schools = ""  # your school labels: GeoJSON, GeoPackage, shapefile, KML, GeoParquet, CSV with longitude/latitude
+schools_layer = ""  # the layer of a labels file holding several (GeoPackage, KML)
+schools_where = ""  # keep only the features with this attribute value, e.g. "amenity=school"
+lonlat_columns = ""  # "LON,LAT" column names of a CSV, when they are not lon/lat, longitude/latitude or x/y
+bands = ""  # "R,G,B" band numbers of a multispectral raster, e.g. "3,2,1"
+crs = ""  # the CRS of rasters that have none, e.g. "EPSG:32636"
+scale = ""  # "MIN,MAX" range of 16-bit imagery mapped to 8 bits; "": a 2-98 percentile stretch per scene
+data_options = {}  # any other chip setting (ChipConfig), e.g. {"tile_scheme": "tms", "test_scenes": ["north"]}
 towns = 6
 size = 1536
-gsd = 1.0
+gsd = 1.0  # metres per pixel of the demo towns and of the chips; None: the imagery's own
 chip_size = 128
 stride = 64
 seed = 0
 
 # %%
-import geopandas as gpd
 import pandas as pd
-import rasterio
 
-from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.data.synthetic import make_demo
+from schoolvision.data.sources import prepare_data
 from schoolvision.io.folders import ChipsFolder
-from schoolvision.io.preview import read_rgb_preview, read_rgb_zooms
-from schoolvision.notebook import resolve
+from schoolvision.notebook import repo_root, resolve
 from schoolvision.plotting import data as plots
 from schoolvision.plotting.theme import apply_theme
 
@@ -61,46 +70,50 @@ data_path, chips_path = resolve(data_dir), resolve(chips_dir)
 # shadows, and schools (classroom blocks around a yard, often a sports field and a wall). Hard negatives,
 # buildings and fields that are *not* schools (warehouses, markets, clinics, parks, dense housing), make the
 # task need spatial structure rather than colour. The same seed always gives byte-identical files.
+#
+# With `imagery` and `schools` set, this step draws nothing: it checks that your files open (tile names,
+# bands, CRS, the labels' layer and coordinate columns) before any long work, and the rest of the chapter
+# shows your scenes and labels instead.
 
 # %%
-make_demo(data_path, towns=towns, seed=seed, size=size, gsd=gsd, overwrite=True)
-scenes = sorted((data_path / "scenes").glob("*.tif"))
-schools = gpd.read_file(data_path / "schools.geojson")
+data = prepare_data(data_path, imagery, schools, base=repo_root(), towns=towns, size=size, gsd=gsd, seed=seed,
+                    schools_layer=schools_layer, schools_where=schools_where, lonlat_columns=lonlat_columns,
+                    bands=bands, crs=crs, scale=scale, **data_options)
+scenes, footprints = data.sources(), data.read_schools()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-with rasterio.open(scenes[0]) as src:
-    print(f"{len(scenes)} towns, e.g. {scenes[0].name}: {src.count} bands {src.dtypes[0]}, "
-          f"{src.width} x {src.height} px, {src.res[0]:g} m/px, {src.crs}")
-print(f"{len(schools)} school footprints in {schools.crs}, columns: {sorted(schools.columns)}")
+print(data.describe())
 
 # %% [markdown]
 # Every town, with the school footprints of `schools.geojson` drawn over it. The axes are the scene's
-# own projected coordinates: what you see here is where QGIS puts it.
+# own projected coordinates: what you see here is where QGIS puts it. (Imagery in EPSG:4326 or Web
+# Mercator is shown, like it is chipped, in the UTM zone of its centre.)
 
 # %%
-plots.plot_towns({p.stem: read_rgb_preview(p, max_side=512) for p in scenes}, schools);
+plots.plot_towns(data.previews(max_side=512), footprints);
 
 # %%
-town = read_rgb_preview(scenes[0], max_side=1400)
-plots.plot_scene(town, schools, scenes[0].stem);
+first = data.first_scene_with(footprints)
+town = data.previews(max_side=1400, names=[first])[first]
+plots.plot_scene(town, footprints, first);
 
 # %% [markdown]
 # Close-ups at full resolution: schools first, then look-alikes a model must learn to reject
 # (from `landmarks.geojson`, when the demo writes one).
 
 # %%
-local = plots.schools_in(schools, town).head(3)
-plots.plot_zooms(read_rgb_zooms(scenes[0], local.geometry), local, [f"school: {n}" for n in local["name"]]);
+local = plots.schools_in(footprints, town).head(3)
+zooms = data.zooms(first, local.geometry)
+plots.plot_zooms(zooms, local, [f"school: {n}" for n in local["name"]]) if len(local) else None;
 
 # %%
-landmarks_file = data_path / "landmarks.geojson"
-landmarks = gpd.read_file(landmarks_file) if landmarks_file.exists() else schools.iloc[:0]
+landmarks = data.read_landmarks()
 hard = plots.schools_in(landmarks, town).groupby("kind").head(1).head(4) if len(landmarks) else landmarks
-print(f"hard negatives in {scenes[0].stem}: {sorted(set(hard.get('kind', [])))}")
+print(f"hard negatives in {first}: {sorted(set(hard.get('kind', [])))}")
 
 # %%
-zooms = read_rgb_zooms(scenes[0], hard.geometry)
+zooms = data.zooms(first, hard.geometry)
 plots.plot_zooms(zooms, hard, [f"not a school: {k}" for k in hard["kind"]]) if len(hard) else None;
 
 # %% [markdown]
@@ -110,11 +123,13 @@ plots.plot_zooms(zooms, hard, [f"not a school: {k}" for k in hard["kind"]]) if l
 # per pixel), adds a few jittered windows centred on each school, and labels a chip `school` when it holds
 # enough of a footprint, `not_school` when it touches none; slivers are left out. Each chip is a small
 # GeoTIFF with its own CRS and transform, indexed in `chips.csv`. The same call (or
-# `schoolvision chips --imagery ... --schools ... --out ...`) takes your own GeoTIFFs or XYZ tile folders.
+# `schoolvision chips --imagery ... --schools ... --out ...`) takes your own GeoTIFFs or tile folders;
+# windows mostly outside the imagery's mask (alpha band, nodata) are skipped and counted. An existing
+# `chips_dir` is replaced only when it is a chips folder; a folder holding anything else is refused.
 
 # %%
-config = ChipConfig(chip_size=chip_size, stride=stride, gsd=gsd, seed=seed)
-summary = make_chips([data_path / "scenes"], data_path / "schools.geojson", chips_path, config, overwrite=True)
+config = data.config(chip_size=chip_size, stride=stride, gsd=gsd, seed=seed)
+summary = data.make_chips(chips_path, config)
 chips = ChipsFolder(chips_path).read_index()
 
 # %% [markdown]
@@ -123,7 +138,7 @@ chips = ChipsFolder(chips_path).read_index()
 
 # %%
 # NBVAL_CHECK_OUTPUT
-pd.crosstab(chips["split"], chips["label"], margins=True).loc[["train", "val", "test", "All"]]
+pd.crosstab(chips["split"], chips["label"], margins=True).reindex(["train", "val", "test", "All"], fill_value=0)
 
 # %%
 examples, images = ChipDataset(chips_path, split="train").sample_by_class(per_class=6, seed=seed)
@@ -134,10 +149,11 @@ plots.plot_chip_examples(examples, images, title="Chips of the train split, by c
 #
 # Neighbouring chips overlap (the stride is half a chip), so a random split would put almost the same
 # pixels in train and test. Whole towns go to one split instead: the last town is the test town, the one
-# before it validation, the rest training.
+# before it validation, the rest training. (With fewer than three scenes, as with one large orthomosaic,
+# square blocks of each scene go to the splits instead, and chips straddling two blocks are dropped.)
 
 # %%
-plots.plot_split_map(chips, {p.stem: read_rgb_preview(p, max_side=384) for p in scenes});
+plots.plot_split_map(chips, data.previews(max_side=384));
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -49,7 +49,7 @@ import geopandas as gpd
 
 from schoolvision.cluster.algorithms import ClusterConfig, cluster_features, cluster_profile
 from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_scene_preview
-from schoolvision.io.folders import ChipsFolder
+from schoolvision.data.sources import chips_scenes
 from schoolvision.notebook import require, resolve
 from schoolvision.plotting import cluster as plots
 from schoolvision.plotting.theme import apply_theme
@@ -155,7 +155,7 @@ cluster_profile(table)
 
 # %%
 scene = table["scene"].value_counts().idxmax()
-plots.plot_cluster_map(table, read_scene_preview(ChipsFolder(chips_path).scene_paths()[scene]), scene);
+plots.plot_cluster_map(table, read_scene_preview(chips_scenes(chips_path, require=scene)[scene]), scene);
 
 # %%
 # NBVAL_CHECK_OUTPUT

@@ -23,12 +23,12 @@
 #   misses and false alarms with grad-CAM;
 # - how to hand the result to mappers as an interactive map that works offline.
 #
-# **Prerequisites**: [1. Data](01_data) (the towns in `data_dir`, the chips in `chips_dir`) and
-# [2. Training](02_training) (the model in `run_dir`). The scan here uses the *held-out test town*: the model
-# never saw it, not even for threshold tuning.
+# **Prerequisites**: [1. Data](01_data) (the chips in `chips_dir`, whose `dataset.json` names the scenes and
+# how to read them, demo towns or your own imagery) and [2. Training](02_training) (the model in `run_dir`).
+# The scan here uses the *held-out test town*: the model never saw it, not even for threshold tuning (on
+# imagery split by blocks rather than by scene, the first scene, set `scene` to choose another).
 
 # %% tags=["parameters"]
-data_dir = "data/demo"
 chips_dir = "data/chips"
 run_dir = "runs/quick"
 out_dir = "outputs/mapping"
@@ -42,12 +42,12 @@ device = "auto"
 
 # %%
 import pandas as pd
-import rasterio
 import torch
 
-from schoolvision.io.folders import ChipsFolder, ScanFolder, open_probability
-from schoolvision.io.imagery import list_sources
-from schoolvision.io.preview import read_band_preview, read_rgb_preview
+from schoolvision.data.sources import chips_scenes, held_out_scene
+from schoolvision.io.folders import ScanFolder, open_probability
+from schoolvision.io.imagery import open_scene
+from schoolvision.io.preview import read_band_preview, read_source_preview
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.notebook import require, resolve
@@ -57,13 +57,12 @@ from schoolvision.scan.peaks import explain_points
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.webmap import scan_map_from_dir
 
-data_path, chips_path, run_path, out_path = (resolve(p) for p in (data_dir, chips_dir, run_dir, out_dir))
+chips_path, run_path, out_path = (resolve(p) for p in (chips_dir, run_dir, out_dir))
 require(run_path / "best.pt", "02_training")
-dataset = ChipsFolder(chips_path).read_meta(required=True)
 scan_folder = ScanFolder(out_path)
-scene = scene or next(name for name, s in dataset["scenes"].items() if s["split"] == "test")
-scene_path = data_path / "scenes" / f"{scene}.tif"
-sources = {scene: list_sources([scene_path])[0]}
+scene = scene or held_out_scene(chips_path)
+sources = {scene: chips_scenes(chips_path, require=scene)[scene]}
+scene_path = sources[scene].path
 dev = resolve_device(device)
 torch.manual_seed(seed);
 
@@ -94,7 +93,7 @@ print(f"{scanned.windows} windows over {scanned.area_km2:.2f} km2 in {scanned.se
 
 # %%
 # NBVAL_CHECK_OUTPUT
-with open_probability(scanned.probability) as p, rasterio.open(scene_path) as s:
+with open_probability(scanned.probability) as p, open_scene(sources[scene]) as s:
     print(p.crs == s.crs, p.transform == s.transform, p.shape == s.shape, p.dtypes[0], p.nodata)
 print(scanned.crs, (scanned.height, scanned.width))
 
@@ -109,7 +108,7 @@ print(scanned.crs, (scanned.height, scanned.width))
 # %%
 cands = scan_folder.read_layer("candidates")
 known = scan_folder.read_layer("known_schools")
-plots.plot_probability(read_rgb_preview(scene_path), read_band_preview(scanned.probability), cands, known,
+plots.plot_probability(read_source_preview(sources[scene]), read_band_preview(scanned.probability), cands, known,
                        threshold=summary.threshold, title=scene);
 
 # %%

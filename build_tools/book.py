@@ -8,6 +8,7 @@ Command line (what the Makefile calls)::
 
     python -m build_tools.book sync              # .py -> .ipynb where the code changed
     python -m build_tools.book execute --profile cpu [--only 02_training]
+    python -m build_tools.book execute --profile path/to/mine.yaml [--out DIR]   # your data; DIR: keep the book
     python -m build_tools.book params --profile gpu 02_training > gpu_02.yaml   # flat file for papermill -f
     python -m build_tools.book check [--executed] # pairs in sync; executed notebooks clean
     python -m build_tools.book list               # notebooks in _toc.yml order
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from schoolvision.errors import UserError
-from schoolvision.notebook import repo_root, resolve
+from schoolvision.notebook import repo_root
 
 INJECTED_TAG = "injected-parameters"
 # How the papermill-injected cell shows in the HTML: collapsed, one click away, so a reader can see
@@ -158,13 +159,21 @@ def sync(root: Path | None = None, sources: Iterable[Path] | None = None) -> lis
 # --------------------------------------------------------------------------------------------------
 # Profiles and execution
 # --------------------------------------------------------------------------------------------------
-def profile_path(profile: str, root: Path | None = None) -> Path:
-    """``cpu``/``gpu``/``auto`` -> ``book/params/<name>.yaml``; anything else is a path."""
+def profile_path(profile: str | Path, root: Path | None = None) -> Path:
+    """``cpu``/``gpu``/``auto`` -> ``book/params/<name>.yaml``; anything else is a YAML file anywhere.
+
+    A relative path is looked up from the current folder first, then from the repository root, so
+    ``make book PROFILE=../my_project/mine.yaml`` and ``--profile mine.yaml`` both find the user's file.
+    """
     root = root or repo_root()
+    profile = str(profile)
     if profile == "auto":
         profile = detect_profile()
-    candidate = root / "book" / "params" / f"{profile}.yaml"
-    path = candidate if profile in ("cpu", "gpu") else resolve(profile)
+    if profile in ("cpu", "gpu"):
+        path = root / "book" / "params" / f"{profile}.yaml"
+    else:
+        here = Path(profile).expanduser()
+        path = here.resolve() if here.is_file() else root / here
     if not path.is_file():
         raise UserError("parameter profile not found: use cpu, gpu or a YAML file", path)
     return path
@@ -199,14 +208,17 @@ def declared_parameters(notebook: Path) -> set[str]:
 
 
 def execute(
-    profile: str = "auto",
+    profile: str | Path = "auto",
     only: Iterable[str] | None = None,
     root: Path | None = None,
     timings_file: Path | None = None,
+    output_dir: Path | None = None,
 ) -> dict[str, float]:
-    """Run the toc's notebooks in order with papermill, in place, from the repository root.
+    """Run the toc's notebooks in order with papermill, from the repository root.
 
-    Stops at the first failing chapter (later chapters read its outputs). Returns seconds per chapter.
+    The executed notebooks replace the book's own (what ``make book`` renders), or go to
+    ``output_dir`` (one ``NN_name.ipynb`` per chapter) to leave the book untouched. Stops at the
+    first failing chapter (later chapters read its outputs). Returns seconds per chapter.
     """
     import nbformat
     import papermill
@@ -231,18 +243,21 @@ def execute(
             raise UserError("notebook missing: run `python -m build_tools.book sync` first", notebook)
         params = chapter_parameters(profile_file, source.stem, declared_parameters(notebook))
         print(f"[book] {source.stem}: {profile_file.name} {json.dumps(params, sort_keys=True)}", flush=True)
+        executed = notebook if output_dir is None else Path(output_dir) / notebook.name
+        executed.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
         try:
             papermill.execute_notebook(
-                str(notebook), str(notebook), parameters=params, cwd=str(root), kernel_name="python3",
+                str(notebook), str(executed), parameters=params, cwd=str(root), kernel_name="python3",
                 progress_bar=False, request_save_on_cell_execute=False, report_mode=False,
                 # the kernel's own log (TCP transport notice, shutdown chatter) is not the chapter's output
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         finally:
             timings[source.stem] = round(time.perf_counter() - start, 1)
-            nb = normalise(nbformat.read(notebook, as_version=4))
-            write_text(notebook, nbformat.writes(nb) + "\n")
+            if executed.exists():
+                nb = normalise(nbformat.read(executed, as_version=4))
+                write_text(executed, nbformat.writes(nb) + "\n")
         print(f"[book] {source.stem}: done in {timings[source.stem]:.0f} s", flush=True)
     if timings_file is not None:
         write_json(timings_file, {"profile": profile_file.name, "seconds": timings, "total": sum(timings.values())})
@@ -299,8 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("sync", help="write .ipynb from the jupytext sources where they differ")
     p_exec = sub.add_parser("execute", help="run the chapters with papermill, in place")
-    p_exec.add_argument("--profile", default="auto", help="cpu, gpu, auto (default) or a YAML file")
+    p_exec.add_argument("--profile", default="auto", help="cpu, gpu, auto (default) or a YAML file (yours)")
     p_exec.add_argument("--only", nargs="*", default=None, help="chapter names, e.g. 02_training")
+    p_exec.add_argument("--out", type=Path, default=None, metavar="DIR",
+                        help="write the executed notebooks here instead of over the book's own")
     p_exec.add_argument("--timings", type=Path, default=None, help="write seconds per chapter to this JSON")
     p_params = sub.add_parser("params", help="print one chapter's flat parameters (for papermill -f)")
     p_params.add_argument("--profile", default="auto")
@@ -315,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in sync():
                 print(f"[book] wrote {path.relative_to(repo_root())}")
         elif args.command == "execute":
-            execute(args.profile, args.only, timings_file=args.timings)
+            execute(args.profile, args.only, timings_file=args.timings, output_dir=args.out)
         elif args.command == "params":
             sys.stdout.write(flat_parameters(args.profile, args.chapter))
         elif args.command == "check":

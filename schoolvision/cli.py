@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+import warnings
 
 from schoolvision.errors import UserError
 
@@ -40,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one command; a :class:`UserError` is one line on stderr and exit code 2."""
     args = build_parser().parse_args(argv)
+    previous = warnings.formatwarning
+    warnings.formatwarning = _warning_line(args.command)
     try:
         return int(args._run(args) or 0)
     except UserError as exc:
@@ -48,6 +51,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"schoolvision {args.command}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        warnings.formatwarning = previous
+
+
+def _warning_line(command: str):
+    """Warnings as one line, ``schoolvision <command>: warning: ...``, not Python's two (file, line, source)."""
+
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"schoolvision {command}: warning: {message}\n"
+
+    return format_warning
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import geopandas as gpd
@@ -130,6 +131,358 @@ def make_fake_chips(root: Path, counts=(10, 6), size: int = 32, seed: int = 0,
     meta = {"chip_size": size, "gsd": 1.0, "stride": size, "seed": seed, "classes": ["not_school", "school"]}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+# --- a "foreign" dataset: the demo's towns re-encoded the way users receive imagery and labels -----
+
+FOREIGN_TOWNS = {"drone": (0, 1, 3), "tms": 4, "satellite": 5}  # demo towns (seed 0, 512 px) that hold schools
+TMS_ZOOMS = (16, 17)  # gdal2tiles writes every zoom from the coarsest to the finest
+FOREIGN_BORDER_PX = 24  # transparent frame of the drone scenes
+FOREIGN_NODATA_ROWS = 20  # nodata strip at the top of the satellite scene
+
+
+@dataclass
+class ForeignDataset:
+    """What :func:`make_foreign_dataset` wrote; ``schools`` are the real drawn school footprints (EPSG:4326)."""
+
+    root: Path
+    drone: Path  # folder of RGBA GeoTIFFs in EPSG:4326 with a transparent frame (white under alpha 0)
+    satellite: Path  # one uint16 4-band (blue, green, red, NIR) GeoTIFF in UTM, nodata 0 in its top rows
+    tms: Path  # gdal2tiles folder: {z}/{x}/{y}.png with TMS rows, tilemapresource.xml
+    schools_csv: Path  # name, latitude, longitude of every school of every town
+    labels_gpkg: Path  # layer "buildings" (first: schools and look-alikes, `amenity` column), layer "schools"
+    schools: gpd.GeoDataFrame  # name, scene, source, geometry (footprints, EPSG:4326)
+
+
+def make_foreign_dataset(root: Path, size: int = 512, seed: int = 0) -> ForeignDataset:
+    """The demo's towns as a GIS analyst receives imagery: drone RGBA in EPSG:4326, 16-bit satellite, TMS tiles.
+
+    Labels come as a CSV of school points with ``latitude,longitude`` columns and as a GeoPackage whose
+    first layer holds every building (schools and look-alikes alike) and whose second holds the schools.
+    The schools are the towns' own drawn schools, so chips and scans can be checked against them.
+    """
+    from schoolvision.data.synthetic import generate_town
+
+    root = Path(root)
+    towns = {i: generate_town(seed, size, 1.0, index=i) for i in (*FOREIGN_TOWNS["drone"], FOREIGN_TOWNS["tms"],
+                                                                 FOREIGN_TOWNS["satellite"])}
+    for i in FOREIGN_TOWNS["drone"]:
+        _write_rgba_4326(root / "drone" / f"{towns[i].name}.tif", towns[i])
+    sat = towns[FOREIGN_TOWNS["satellite"]]
+    _write_uint16_bgrn(root / "satellite" / f"{sat.name}.tif", sat)
+    _write_tms(root / "tms", towns[FOREIGN_TOWNS["tms"]])
+    source = dict.fromkeys(FOREIGN_TOWNS["drone"], "drone")
+    source |= {FOREIGN_TOWNS["tms"]: "tms", FOREIGN_TOWNS["satellite"]: "satellite"}
+    frames, buildings = [], []
+    for i, town in towns.items():
+        names = [f"School {town.name} #{k + 1}" for k in range(len(town.schools))]
+        frames.append(gpd.GeoDataFrame({"name": names, "scene": town.name, "source": source[i]},
+                                       geometry=town.schools, crs=town.crs).to_crs("EPSG:4326"))
+        buildings.append(gpd.GeoDataFrame(
+            {"name": names + [f"{lm.kind} {town.name}" for lm in town.landmarks],
+             "building": ["school"] * len(names) + [lm.kind for lm in town.landmarks],
+             "amenity": ["school"] * len(names) + [None] * len(town.landmarks)},
+            geometry=[*town.schools, *(lm.polygon for lm in town.landmarks)], crs=town.crs).to_crs("EPSG:4326"))
+    schools = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), crs="EPSG:4326")
+    centres = schools.to_crs(schools.estimate_utm_crs()).centroid.to_crs("EPSG:4326")
+    csv_path = root / "schools.csv"
+    pd.DataFrame({"name": schools["name"], "latitude": centres.y.round(7), "longitude": centres.x.round(7)}).to_csv(
+        csv_path, index=False)
+    gpkg = root / "labels.gpkg"
+    gpd.GeoDataFrame(pd.concat(buildings, ignore_index=True), crs="EPSG:4326").to_file(
+        gpkg, layer="buildings", driver="GPKG")
+    schools[["name", "geometry"]].to_file(gpkg, layer="schools", driver="GPKG")
+    return ForeignDataset(root, root / "drone", root / "satellite" / f"{sat.name}.tif", root / "tms", csv_path, gpkg,
+                          schools)
+
+
+def _bounds(town) -> tuple[float, float, float, float]:
+    """(left, bottom, right, top) of a town in its CRS."""
+    h, w = town.image.shape[1:]
+    t = town.transform
+    return t.c, t.f + t.e * h, t.c + t.a * w, t.f
+
+
+def _warp(town, dst_crs: str, transform: Affine, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+    """The town's RGB on another grid, and where it has data (bool)."""
+    from rasterio.warp import Resampling, reproject
+
+    rgb = np.zeros((3, height, width), np.uint8)
+    valid = np.zeros((height, width), np.uint8)
+    common = {"src_transform": town.transform, "src_crs": town.crs, "dst_transform": transform, "dst_crs": dst_crs}
+    reproject(town.image, rgb, resampling=Resampling.bilinear, **common)
+    reproject(np.ones(town.image.shape[1:], np.uint8), valid, resampling=Resampling.nearest, **common)
+    return rgb, valid.astype(bool)
+
+
+def _write_rgba_4326(path: Path, town) -> None:
+    """A drone orthomosaic export: RGBA in EPSG:4326, alpha 0 (white pixels) outside the town and in a frame."""
+    from rasterio.warp import calculate_default_transform
+
+    h, w = town.image.shape[1:]
+    bounds = _bounds(town)
+    transform, width, height = calculate_default_transform(town.crs, "EPSG:4326", w, h, *bounds)
+    rgb, valid = _warp(town, "EPSG:4326", transform, width, height)
+    b = FOREIGN_BORDER_PX
+    valid[:b], valid[-b:], valid[:, :b], valid[:, -b:] = False, False, False, False
+    rgb[:, ~valid] = 255
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=4, dtype="uint8",
+                       crs="EPSG:4326", transform=transform, photometric="RGB", alpha="YES", compress="deflate",
+                       tiled=True, blockxsize=256, blockysize=256) as dst:
+        dst.write(np.concatenate([rgb, (valid * 255).astype(np.uint8)[None]]))
+
+
+def _write_uint16_bgrn(path: Path, town) -> None:
+    """A satellite product: uint16 (11-bit range) bands blue, green, red, near-infrared; nodata 0 in the top rows."""
+    rgb = town.image.astype(np.uint16)
+    dn = np.stack([150 + 7 * rgb[2], 150 + 7 * rgb[1], 150 + 7 * rgb[0], 300 + 5 * rgb[1]]).astype(np.uint16)
+    dn[:, :FOREIGN_NODATA_ROWS] = 0
+    h, w = rgb.shape[1:]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(path, "w", driver="GTiff", width=w, height=h, count=4, dtype="uint16", crs=town.crs,
+                       transform=town.transform, nodata=0, compress="deflate", tiled=True, blockxsize=256,
+                       blockysize=256) as dst:
+        dst.write(dn)
+
+
+def _write_tms(folder: Path, town) -> None:
+    """A ``gdal2tiles`` folder: RGBA PNG tiles at TMS_ZOOMS in TMS row order, and its tilemapresource.xml."""
+    import mercantile
+    from PIL import Image
+    from rasterio.warp import transform_bounds
+
+    west, south, east, north = transform_bounds(town.crs, "EPSG:4326", *_bounds(town))
+    for z in TMS_ZOOMS:
+        for tile in mercantile.tiles(west, south, east, north, z):
+            b = mercantile.xy_bounds(tile)
+            transform = Affine((b.right - b.left) / 256, 0, b.left, 0, -(b.top - b.bottom) / 256, b.top)
+            rgb, valid = _warp(town, "EPSG:3857", transform, 256, 256)
+            rgba = np.concatenate([rgb, (valid * 255).astype(np.uint8)[None]]).transpose(1, 2, 0)
+            out = folder / str(z) / str(tile.x) / f"{2**z - 1 - tile.y}.png"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rgba, "RGBA").save(out)
+    tilesets = "".join(f'      <TileSet href="{z}" units-per-pixel="{2 * 20037508.342789244 / 256 / 2**z:.14f}" '
+                       f'order="{z}"/>\n' for z in TMS_ZOOMS)
+    (folder / "tilemapresource.xml").write_text(
+        '<?xml version="1.0" encoding="utf-8"?>\n'
+        '<TileMap version="1.0.0" tilemapservice="http://tms.osgeo.org/1.0.0">\n'
+        f"  <Title>{town.name}.tif</Title>\n  <Abstract></Abstract>\n  <SRS>EPSG:3857</SRS>\n"
+        # gdal2tiles' own quirk: latitudes in minx/maxx, longitudes in miny/maxy
+        f'  <BoundingBox minx="{south:.14f}" miny="{west:.14f}" maxx="{north:.14f}" maxy="{east:.14f}"/>\n'
+        '  <Origin x="-20037508.342789244" y="-20037508.342789244"/>\n'
+        '  <TileFormat width="256" height="256" mime-type="image/png" extension="png"/>\n'
+        f'  <TileSets profile="mercator">\n{tilesets}  </TileSets>\n</TileMap>\n')
+
+
+
+# --- school labels in the formats users bring (for the towns of make_towns) --------------------
+
+TOWN_BUILDINGS_PX = ((40, 170, 36), (170, 40, 36))  # (row, col, side): look-alikes > 64 px from every school
+
+
+def town_buildings(town: int = 0, size: int = 256) -> list:
+    """Boxes (UTM) of two non-school buildings in town ``town`` of :func:`make_towns`, away from its schools."""
+    x0, y0 = ORIGIN[0] + town * 2 * size, ORIGIN[1]
+    return [box(x0 + c, y0 - r - s, x0 + c + s, y0 - r) for r, c, s in TOWN_BUILDINGS_PX]
+
+
+def write_buildings_gpkg(path: Path, schools_file: Path, town: int = 0) -> Path:
+    """A GeoPackage whose FIRST layer ``buildings`` holds only look-alikes, its second layer ``schools`` the schools."""
+    schools = gpd.read_file(schools_file)
+    buildings = gpd.GeoDataFrame({"name": ["market", "clinic"]}, geometry=town_buildings(town), crs=UTM)
+    buildings.to_crs("EPSG:4326").to_file(path, layer="buildings", driver="GPKG")
+    schools.to_file(path, layer="schools", driver="GPKG")
+    return path
+
+
+def write_osm_extract(path: Path, schools_file: Path, town: int = 0) -> Path:
+    """A GeoJSON like an OSM buildings extract: every building, ``amenity=school`` on the schools only."""
+    schools = gpd.read_file(schools_file)
+    others = gpd.GeoDataFrame({"name": ["market", "clinic"], "amenity": ["marketplace", None]},
+                              geometry=town_buildings(town), crs=UTM).to_crs("EPSG:4326")
+    schools = schools.assign(amenity="school")
+    every = gpd.GeoDataFrame(pd.concat([others, schools[["name", "amenity", "geometry"]]], ignore_index=True),
+                             crs="EPSG:4326")
+    every["building"] = "yes"
+    every.to_file(path, driver="GeoJSON")
+    return path
+
+
+def write_schools_csv(path: Path, schools_file: Path, lon: str = "longitude", lat: str = "latitude", *,
+                      lat_first: bool = True, wkt: str | None = None, extra_rows=(), sep: str = ",") -> Path:
+    """The schools of ``schools_file`` as a CSV table, the way ministries and Giga publish them.
+
+    School centres in WGS84 columns ``lon`` and ``lat`` (``lat_first``: latitude column first), or with
+    ``wkt`` the footprints as WKT in that column. ``extra_rows`` (dicts of raw text) are appended as they
+    are, to write rows with bad coordinates.
+    """
+    schools = gpd.read_file(schools_file)
+    frame = pd.DataFrame({"school_id_govt": [f"G{i:03d}" for i in range(len(schools))], "name": schools["name"]})
+    if wkt:
+        frame[wkt] = schools.geometry.to_wkt(rounding_precision=9)
+    else:
+        centres = schools.to_crs(UTM).centroid.to_crs("EPSG:4326")
+        coords = {lat: centres.y.round(8), lon: centres.x.round(8)}
+        for name in (lat, lon) if lat_first else (lon, lat):
+            frame[name] = coords[name]
+    frame = pd.concat([frame, pd.DataFrame(list(extra_rows))], ignore_index=True)
+    frame.to_csv(path, index=False, sep=sep)
+    return path
+
+# --- tiled imagery: GeoTIFF tile exports and web-map (XYZ / TMS) tile folders ------------------
+
+
+def write_geotiff_tiles(folder: Path, array: np.ndarray, tile: int, gsd: float = 1.0, crs: str = UTM,
+                        origin: tuple[float, float] = ORIGIN, name: str = "tile_r{row}_c{col}.tif") -> list[Path]:
+    """Cut ``array`` (count, H, W) into adjacent ``tile`` px GeoTIFFs on one grid, like a drone / OAM export.
+
+    Tile (row, col) starts at pixel (row * tile, col * tile) of the array; the transform of the whole
+    array is ``gsd`` m/px from ``origin`` (upper-left).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for row in range(0, array.shape[1] // tile):
+        for col in range(0, array.shape[2] // tile):
+            part = array[:, row * tile : (row + 1) * tile, col * tile : (col + 1) * tile]
+            transform = Affine(gsd, 0, origin[0] + col * tile * gsd, 0, -gsd, origin[1] - row * tile * gsd)
+            path = folder / name.format(row=row, col=col)
+            write_geotiff(path, np.ascontiguousarray(part), crs, transform, tiled=False, overviews=False)
+            paths.append(path)
+    return paths
+
+
+def pixel_boxes(squares, gsd: float = 1.0, origin: tuple[float, float] = ORIGIN) -> list:
+    """Shapely boxes (map units) of (row, col, side) pixel squares of an array written from ``origin``."""
+    x0, y0 = origin
+    return [box(x0 + c * gsd, y0 - (r + s) * gsd, x0 + (c + s) * gsd, y0 - r * gsd) for r, c, s in squares]
+
+
+WEB_TILE_LONLAT = (35.75, -6.17)  # Dodoma: south of the equator, so a mirrored y axis lands in the north
+
+
+def write_web_tiles(folder: Path, z: int = 17, n: int = 2, scheme: str = "xyz", pattern: str = "{z}/{x}/{y}",
+                    lonlat: tuple[float, float] = WEB_TILE_LONLAT, squares=((226, 226, 60),), seed: int = 5,
+                    extra_zooms=()) -> gpd.GeoDataFrame:
+    """``n`` x ``n`` PNG tiles of 256 px at zoom ``z`` named by ``pattern``, in ``scheme`` row order.
+
+    ``scheme="tms"`` also writes the ``tilemapresource.xml`` of ``gdal2tiles``. The mosaic holds bright
+    ``squares`` (row, col, side in mosaic pixels; the default crosses every tile border) and is returned
+    as school footprints (EPSG:3857). ``extra_zooms`` adds the parent tile of the mosaic at those zooms.
+    """
+    import mercantile
+    from PIL import Image
+
+    t0 = mercantile.tile(*lonlat, z)
+    mosaic = scene_array(seed, 256 * n, squares)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def save(img: np.ndarray, tz: int, tx: int, ty: int) -> None:
+        y = 2**tz - 1 - ty if scheme == "tms" else ty
+        out = folder / (pattern.format(z=tz, x=tx, y=y) + ".png")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(img.transpose(1, 2, 0))).save(out)
+
+    for dy in range(n):
+        for dx in range(n):
+            save(mosaic[:, dy * 256 : (dy + 1) * 256, dx * 256 : (dx + 1) * 256], z, t0.x + dx, t0.y + dy)
+    for ez in extra_zooms:
+        parent = mercantile.parent(t0, zoom=ez)
+        save(mosaic[:, ::2, ::2][:, :256, :256], ez, parent.x, parent.y)
+    if scheme == "tms":
+        (folder / "tilemapresource.xml").write_text(
+            '<?xml version="1.0" encoding="utf-8"?>\n<TileMap version="1.0.0" tilemapservice="http://tms.osgeo.org/1.0.0">'
+            "<SRS>EPSG:3857</SRS>"
+            '<TileFormat width="256" height="256" mime-type="image/png" extension="png"/>'
+            f'<TileSets profile="mercator"><TileSet href="{z}" order="{z}"/></TileSets></TileMap>\n')
+    ul = mercantile.xy_bounds(t0)
+    res = (ul.right - ul.left) / 256
+    schools = [box(ul.left + c * res, ul.top - (r + s) * res, ul.left + (c + s) * res, ul.top - r * res)
+               for r, c, s in squares]
+    return gpd.GeoDataFrame({"name": [f"web school {i}" for i in range(len(schools))]}, geometry=schools,
+                            crs="EPSG:3857")
+
+
+# --- pixels as users receive them: alpha borders, 16-bit multispectral, no georeference ------------------
+
+HIDDEN = (255, 0, 255)  # magenta under alpha 0: a reader that ignores the mask shows it (a "red roof" too)
+GEO_TRANSFORM = Affine(1e-5, 0, 33.0, 0, -1e-5, 1.0)  # EPSG:4326 at lon 33 E, lat 1 N (UTM 36N): ~1.1 m pixels
+
+
+def grey_red_rgb(h: int, w: int, squares=(), seed: int = 0) -> np.ndarray:
+    """(3, h, w) uint8: grey noise (equal bands, 60-120) with red squares (row, col, side) of (230, 20, 20)."""
+    grey = np.random.default_rng(seed).integers(60, 120, (h, w), dtype=np.uint8)
+    img = np.stack([grey, grey, grey])
+    for r, c, s in squares:
+        img[:, r : r + s, c : c + s] = np.array([230, 20, 20], np.uint8)[:, None, None]
+    return img
+
+
+def squares_as_boxes(squares, transform: Affine) -> list:
+    """Shapely boxes (in the transform's CRS) of pixel squares (row, col, side)."""
+    out = []
+    for r, c, s in squares:
+        (x0, y0), (x1, y1) = transform @ (c, r + s), transform @ (c + s, r)
+        out.append(box(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)))
+    return out
+
+
+def write_rgba_scene(path: Path, h: int = 256, w: int = 256, *, border: int = 48, squares=((100, 100, 40),),
+                     crs: str = "EPSG:4326", transform: Affine = GEO_TRANSFORM, seed: int = 0) -> list:
+    """A drone export: RGBA uint8 whose alpha is 0 on a ``border`` px frame, ``HIDDEN`` colour under it.
+
+    Returns the red squares as boxes in ``crs`` (what a schools file would hold).
+    """
+    img = grey_red_rgb(h, w, squares, seed)
+    alpha = np.zeros((h, w), np.uint8)
+    alpha[border : h - border, border : w - border] = 255
+    img[:, alpha == 0] = np.array(HIDDEN, np.uint8)[:, None]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof = {"driver": "GTiff", "width": w, "height": h, "count": 4, "dtype": "uint8", "crs": crs,
+            "transform": transform, "photometric": "RGB", "alpha": "YES"}
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(np.concatenate([img, alpha[None]]))
+    return squares_as_boxes(squares, transform)
+
+
+def write_uint16_scene(path: Path, size: int = 256, *, squares=((100, 100, 48),), crs: str = UTM,
+                       gsd: float = 1.0, nodata_rows: int = 0, seed: int = 0) -> list:
+    """A satellite product: uint16 bands blue, green, red, near-infrared holding 11-bit data (8 x the 8-bit values).
+
+    RGB is ``--bands 3,2,1``. ``nodata_rows`` top rows are 0, declared nodata. Returns the squares as boxes.
+    """
+    rgb = grey_red_rgb(size, size, squares, seed).astype(np.uint16) * 8  # at most 1840 of 2047
+    dn = np.stack([rgb[2], rgb[1], rgb[0], rgb[1] // 2 + 400])
+    if nodata_rows:
+        dn[:, :nodata_rows] = 0
+    transform = Affine(gsd, 0, ORIGIN[0], 0, -gsd, ORIGIN[1])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof = {"driver": "GTiff", "width": size, "height": size, "count": 4, "dtype": "uint16", "crs": crs,
+            "transform": transform, **({"nodata": 0} if nodata_rows else {})}
+    with rasterio.open(path, "w", **prof) as dst:
+        dst.write(dn)
+    return squares_as_boxes(squares, transform)
+
+
+def write_ungeoreferenced(path: Path, size: int = 128, crs: str | None = None) -> Path:
+    """An RGB GeoTIFF without geotransform (pixel coordinates only), with or without a CRS."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", width=size, height=size, count=3, dtype="uint8",
+                           crs=crs) as dst:
+            dst.write(grey_red_rgb(size, size))
+    return path
+
+
+def write_schools(path: Path, boxes, crs: str) -> Path:
+    """School footprints ``boxes`` (in ``crs``) as a GeoJSON in EPSG:4326."""
+    gdf = gpd.GeoDataFrame({"name": [f"school_{i}" for i in range(len(boxes))]}, geometry=list(boxes), crs=crs)
+    gdf.to_crs("EPSG:4326").to_file(path, driver="GeoJSON")
+    return path
 
 
 if __name__ == "__main__":

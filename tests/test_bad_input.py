@@ -146,10 +146,16 @@ def test_out_folder_with_different_dataset_needs_overwrite(tmp_path, capsys, one
     assert (other / "notes.txt").read_text() == "mine"
 
 
-def test_16_bit_imagery_refused(tmp_path, capsys, one_town):
-    bad = tmp_path / "sixteen.tif"
-    sixteen = scene_array(0, 256, []).astype("uint16") * 100
-    write_geotiff(bad, sixteen, "EPSG:32636", Affine(1, 0, 500_000, 0, -1, 100_000))
-    rc, err, out = run_chips(tmp_path, capsys, [bad], one_town[1])
-    assert_refused(rc, err, out, bad)
-    assert "8-bit" in err
+def test_16_bit_imagery_is_scaled_not_refused(tmp_path, capsys, one_town):
+    sixteen = tmp_path / "sixteen.tif"  # more cases in test_imagery_pixels.py
+    write_geotiff(sixteen, scene_array(0, 256, []).astype("uint16") * 100, "EPSG:32636",
+                  Affine(1, 0, 500_000, 0, -1, 100_000))
+    rc, err, out = run_chips(tmp_path, capsys, [sixteen], one_town[1])
+    assert rc == 0, err
+    assert json.loads((out / "dataset.json").read_text())["scenes"]["sixteen"]["pixels"]["rule"] == "percentile"
+
+
+@pytest.mark.parametrize("scale", ["5", "a,b", "10,5", "0,nan", "1,2,3"])
+def test_bad_scale_is_one_line(tmp_path, capsys, one_town, scale):
+    rc, err, out = run_chips(tmp_path, capsys, [one_town[0]], one_town[1], f"--scale={scale}")
+    assert rc == 2 and "--scale" in err and len(err.strip().splitlines()) == 1 and not out.exists(), err

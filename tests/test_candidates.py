@@ -198,3 +198,75 @@ def test_probability_figure_with_every_school_found_draws_without_warnings(tmp_p
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert labels == ["known school, found", "candidate (rank)"]
     assert fig.axes[0].get_title() == "scene" and fig.axes[0].get_xlim() == (500_000.0, 500_300.0)
+
+
+# --------------------------------------------------------------------------- the sweep's reuse changes no number
+
+
+def _per_threshold_reference(prob, threshold):
+    """The extraction as it ran before the sweep reused the log-odds peaks: everything again at each threshold."""
+    from scipy import ndimage
+    from skimage.morphology import h_maxima
+    from skimage.segmentation import watershed
+
+    finite = np.isfinite(prob)
+    p = np.clip(np.where(finite, prob, 0.0), 1 - 0.999, 0.999)
+    above = finite & (p >= threshold)
+    if not above.any():
+        return []
+    logit = np.log(p / (1 - p)).astype(np.float64)
+    eight = np.ones((3, 3), bool)
+    markers, n = ndimage.label(h_maxima(logit, 0.5).astype(bool) & above, structure=eight)
+    labels = watershed(-logit, markers, mask=above, connectivity=2).astype(np.int32)
+    rest, m = ndimage.label(above & (labels == 0), structure=eight)
+    labels[rest > 0] = rest[rest > 0] + n
+    idx = np.arange(1, n + m + 1)
+    vals = np.nan_to_num(prob, nan=0.0)
+    return list(zip(ndimage.maximum(vals, labels, idx), ndimage.mean(vals, labels, idx),
+                    np.bincount(labels.ravel(), minlength=n + m + 1)[1:], ndimage.maximum_position(vals, labels, idx)))
+
+
+def _rough_field(seed, shape=(240, 320), levels=200):
+    """Blurred noise as P(school): many regions, neighbours blurred together, NaN corner; rounded, so maxima tie."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    z = ndimage.gaussian_filter(rng.normal(size=shape), 7) * 45 - 2.0
+    prob = (1 / (1 + np.exp(-z))).astype(np.float32)
+    prob[:12, :40] = np.nan
+    return np.round(prob * levels).astype(np.float32) / levels
+
+
+def test_regions_prepared_once_equal_the_per_threshold_extraction():
+    from schoolvision.scan.candidates import ProbabilityField
+
+    tf = Affine(1.0, 0, 500_000.0, 0, -1.0, 100_000.0)
+    for seed, levels in ((0, 200), (1, 20), (2, 10**6)):
+        field = ProbabilityField(_rough_field(seed, levels=levels), tf, CRS, "s")
+        sweep = [float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2)]  # python floats, as the sweep passes
+        for t in [0.5, *sweep, 0.01]:  # the tuned threshold first, as a scan does; 0.01 recomputes the peaks
+            expected = _per_threshold_reference(field.prob, t)
+            pts, _ = field.points(t)
+            got = list(zip(pts["max_prob"], pts["mean_prob"], pts["area_m2"], pts.geometry))
+            assert len(got) == len(expected), (seed, t)
+            for (mx, mn, area, pt), (emx, emn, ecnt, (r, c)) in zip(got, expected):
+                assert (mx, mn, area) == (float(emx), float(emn), float(ecnt)), (seed, t)
+                assert (pt.x, pt.y) == tf @ (c + 0.5, r + 0.5), (seed, t)  # ties broken as ndimage does
+
+
+def test_evaluation_numbers_are_those_of_the_code_before_the_sweep_reused_regions(tmp_path):
+    """Stored from the per-threshold code (commit 9d413ed) on two overlapping rough scenes and 25 schools."""
+    scenes = []
+    for i, x0 in enumerate((500_000.0, 500_200.0)):
+        s, _ = scene_scan(tmp_path, f"s{i}", _rough_field(i), x0=x0)
+        scenes.append(s)
+    xy = np.random.default_rng(7).uniform([500_000, 99_760], [500_520, 100_000], (25, 2))
+    schools = gpd.GeoDataFrame({"name": [f"k{i}" for i in range(25)]},
+                               geometry=[box(x, y, x + 15, y + 15) for x, y in xy], crs=CRS).to_crs(4326)
+    cands, regions = extract_all(scenes, 0.5, merge_distance=32)
+    assert (len(cands), len(regions)) == (67, 84)
+    assert round(float(cands["mean_prob"].sum()), 6) == 42.219142 and round(float(regions.area.sum()), 1) == 17323.0
+    ev, _ = evaluate_scan(cands, scenes, schools, 30.0, 0.5, 32)
+    assert [(p["candidates"], p["true_positives"]) for p in ev["pr_curve"]] == [
+        (69, 21), (72, 21), (69, 20), (72, 21), (73, 22), (75, 22), (74, 21), (76, 21), (70, 20), (67, 20),
+        (63, 20), (60, 19), (55, 18), (40, 15), (37, 15), (28, 12), (19, 11), (16, 8), (7, 5)]

@@ -128,3 +128,48 @@ def test_missing_inputs_are_user_errors(small_chips, small_run, tmp_path):
         load_features(FeatureConfig(small_run, tmp_path))
     with pytest.raises(UserError, match="unknown split"):
         load_features(FeatureConfig(small_run, small_chips, split="holdout"))
+
+
+def test_runtimes_give_the_same_features(model):
+    """float32 runtimes agree with eager torch to float noise: their features share one cache."""
+    import copy
+
+    from schoolvision.model.runtime import make_runtime
+
+    pytest.importorskip("onnxruntime")
+    ds, meta = _Images(7), CheckpointMeta("efficientnet_lite0", 32, 32, 1.0, temperature=2.0)
+    ref = extract_features(model, ds, batch_size=3, temperature=2.0, progress=False)
+    for name in ("torch", "torch-fast", "onnx"):
+        m = copy.deepcopy(model)  # torch-fast converts the weights to channels_last in place
+        runtime = make_runtime(name, m, meta, "cpu")
+        got = extract_features(m, ds, batch_size=3, temperature=2.0, progress=False, runtime=runtime)
+        np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=1e-5, err_msg=name)
+        np.testing.assert_array_equal(got[2], ref[2])
+        np.testing.assert_array_equal(got[3], ref[3])  # thumbnails come from the input, not the runtime
+
+
+def test_cache_key_names_reduced_precision_only(small_chips, small_run, tmp_path, monkeypatch):
+    """torch and onnx share the float32 cache; bfloat16 autocast writes its own and prefers a float32 one."""
+    from schoolvision.model import runtime as rt
+
+    pytest.importorskip("onnxruntime")
+    cfg = FeatureConfig(small_run, small_chips, split="val", device="cpu", cache_dir=tmp_path / "a", runtime="torch")
+    fp32 = load_features(cfg, progress=False)
+    assert fp32.key.endswith("-val")
+    real = extract_features
+    calls = []
+    monkeypatch.setattr("schoolvision.cluster.embeddings.extract_features",
+                        lambda *a, **k: calls.append(k["runtime"].name) or real(*a, **k))
+    assert load_features(dataclasses.replace(cfg, runtime="onnx"), progress=False).key == fp32.key and calls == []
+
+    monkeypatch.setattr(rt, "bf16_native", lambda: True)  # as on a CPU with AMX: torch-fast autocasts to bfloat16
+    monkeypatch.setattr(rt, "AUTOCAST_TOLERANCE", 1.0)
+    fast = dataclasses.replace(cfg, runtime="torch-fast", batch_size=8)  # batches after the first: bfloat16
+    assert load_features(fast, progress=False).key == fp32.key and calls == []  # the float32 cache serves it
+    bf16 = load_features(dataclasses.replace(fast, cache_dir=tmp_path / "b"), progress=False)
+    assert calls == ["torch-fast"] and bf16.key == fp32.key + "-bfloat16"
+    assert np.abs(bf16.vectors - fp32.vectors).max() > 1e-4  # beyond float noise: hence its own key
+    assert np.linalg.norm(bf16.vectors - fp32.vectors) < 0.2 * np.linalg.norm(fp32.vectors)  # same features, coarser
+    again = load_features(dataclasses.replace(cfg, cache_dir=tmp_path / "b"), progress=False)  # float32 asked
+    assert calls == ["torch-fast", "torch"] and again.key == fp32.key  # a bfloat16 cache never serves float32

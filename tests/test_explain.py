@@ -7,6 +7,7 @@ import warnings
 
 import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 import pytest
 import rasterio
 import torch
@@ -86,6 +87,7 @@ def test_maps_equal_stored_values(method):
     model = _Tiny().eval()
     x, background = torch.rand(2, 3, 16, 16), torch.rand(4, 3, 16, 16)
     maps = explain_batch(model, x, method, background=background, shap_nsamples=8, seed=0)
+    assert model.trunk[0].weight.is_contiguous(memory_format=torch.channels_last)  # the gradients' layout
     got = [*maps.mean(axis=(1, 2)).tolist(), float(maps[0, 6, 6]), float(maps[1, 4, 2])]
     scale = 1e-3 if method == "shap" else 1.0  # SHAP values are ~1e-4: compare them relative to their size
     np.testing.assert_allclose(got, STORED[method], rtol=0, atol=1e-6 * scale)
@@ -202,6 +204,32 @@ def test_chips_without_crs_give_png_heatmaps_and_a_warning(png_chips):
     assert sum(len(items) for items in summary.galleries["gradcam"].values()) == 6 - summary.outcomes["TN"]
     with pytest.raises(UserError, match="not empty"):
         explain_chips(config)
+
+
+def test_runtimes_give_the_same_probabilities_and_road_drops(png_chips):
+    """Forward passes on ONNX Runtime: P(school) and ROAD drops equal torch's within 1e-4, the maps are torch's."""
+    pytest.importorskip("onnxruntime")
+    tables, saved = {}, {}
+    for name in ("torch", "onnx"):
+        out = png_chips / f"out_{name}"
+        config = ExplainConfig(run=png_chips / "run", chips_dir=png_chips / "chips", out_dir=out, split=None,
+                               device="cpu", runtime=name, methods=["gradcam", "guided-backprop"])
+        torch.manual_seed(0)  # ROAD's imputer adds noise from torch's global generator
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # no CRS, no schools.geojson
+            explain_chips(config)
+        tables[name] = pd.read_csv(out / "explanations.csv")
+        saved[name] = json.loads((out / "faithfulness.json").read_text())
+    a, b = tables["torch"], tables["onnx"]
+    assert a[["chip_id", "method", "pred"]].equals(b[["chip_id", "method", "pred"]])
+    assert a["prob"].std() > 0 and a["road_drop"].notna().sum() == 3 * 4  # 3 school chips, 2 methods + 2 baselines
+    np.testing.assert_allclose(b["prob"], a["prob"], atol=1e-4, rtol=0)
+    np.testing.assert_allclose(b["road_drop"], a["road_drop"], atol=1e-4, rtol=0)
+    assert saved["torch"]["runtime"].startswith("torch on cpu") and saved["onnx"]["runtime"].startswith("onnx on cpu")
+    for method in ("gradcam", "guided-backprop"):  # gradients stay in torch: the same heatmaps
+        for png in sorted((png_chips / "out_torch" / method / "heatmaps").glob("*.png")):
+            other = png_chips / "out_onnx" / method / "heatmaps" / png.name
+            np.testing.assert_array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(other)))
 
 
 def test_faithfulness_figure_marks_the_baselines():

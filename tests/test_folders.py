@@ -12,6 +12,8 @@ from rasterio.transform import from_origin
 from shapely.geometry import Point, box
 
 from schoolvision.errors import UserError
+from schoolvision.io import manifest
+from schoolvision.io.atomic import write_text
 from schoolvision.io.folders import (
     ChipsFolder,
     RunFolder,
@@ -42,13 +44,23 @@ def test_prepare_output_refuses_a_file(tmp_path):
         prepare_output(target, True)
 
 
-def test_prepare_output_overwrite_removes_only_own_files(tmp_path):
-    (tmp_path / "best.pt").write_text("old")
+def test_prepare_output_overwrite_removes_only_files_the_manifest_lists(tmp_path):
+    assert prepare_output(tmp_path, False, own_files=RunFolder.FILES) is False  # empty: starts a manifest
+    write_text(tmp_path / "best.pt", "old")
+    manifest.record(tmp_path / "tensorboard")  # a folder another library writes, listed as a whole
     (tmp_path / "tensorboard").mkdir()
     (tmp_path / "tensorboard" / "events").write_text("old")
     (tmp_path / "notes.txt").write_text("mine")
     assert prepare_output(tmp_path, True, own_files=RunFolder.FILES) is False
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [manifest.MANIFEST, "notes.txt"]
+    assert manifest.read(tmp_path) == []
+
+
+def test_prepare_output_refuses_a_foreign_file_under_an_own_name(tmp_path):
+    (tmp_path / "best.pt").write_text("a run of an older version, or the user's")
+    with pytest.raises(UserError, match="holds best.pt, which schoolvision did not write"):
+        prepare_output(tmp_path, True, own_files=RunFolder.FILES)
+    assert (tmp_path / "best.pt").read_text().startswith("a run")
 
 
 def test_prepare_output_recognises_the_same_output_and_creates_new_folders(tmp_path):

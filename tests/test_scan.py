@@ -57,7 +57,7 @@ def meta(chip=64, gsd=1.0, image_size=64):
 def scan(tmp_path, scene, m=None, **kw):
     src = list_sources([scene])[0]
     out = tmp_path / f"{src.name}_probability.tif"
-    res = scan_scene(RedModel(), m or meta(), src, out, progress=False, **kw)
+    res = scan_scene(RedModel(), m or meta(), src, out, progress=False, runtime="torch", **kw)
     with rasterio.open(out) as ds:
         return res, ds.read(1), ds.profile, ds
 
@@ -197,7 +197,7 @@ def test_cli_scan_with_a_bad_scene_and_existing_output(tmp_path, fake_run):
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        code = main(["scan", "--run", str(fake_run), "--imagery", str(scenes), "--out", str(out), "--threshold", "0.0",
+        code = main(["scan", "--run", str(fake_run), "--imagery", str(scenes), "--out", str(out), "--threshold", "0.01",
                      "--device", "cpu", "--no-map"])
     assert code == 2  # b.tif failed; a.tif was still scanned
     assert (out / "a_probability.tif").is_file() and not (out / "b_probability.tif").exists()
@@ -262,7 +262,7 @@ def test_run_scan_merges_a_school_seen_by_two_overlapping_scenes(tmp_path):
     schools.to_file(tmp_path / "schools.geojson")
     out = tmp_path / "out"
     summary = run_scan(ScanConfig(run=tmp_path, imagery=[scenes], out_dir=out, schools=tmp_path / "schools.geojson",
-                                  cam_peaks=False, progress=False), model=RedModel(), meta=meta())
+                                  cam_peaks=False, progress=False, runtime="torch"), model=RedModel(), meta=meta())
     assert [s.scene for s in summary.scenes] == ["east", "west"] and not summary.failed
     ev = json.loads((out / "evaluation.json").read_text())
     assert (ev["schools"], ev["candidates"], ev["true_positives"]) == (3, 2, 2)  # the overlap school once

@@ -24,7 +24,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from schoolvision import CLASSES, SCHOOL
-from schoolvision.errors import UserError
+from schoolvision.errors import UserError, check_range
 
 METHODS = ("kmeans", "gmm", "hdbscan")
 
@@ -50,6 +50,20 @@ class ClusterConfig:
     # BLAS/OpenMP threads; 1 avoids oversubscription (many times faster on busy CPUs); None = all
     threads: int | None = 1
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.k != "auto":
+            check_range("--k", self.k, minimum=2)
+        check_range("--k-min", self.k_min, minimum=2)
+        check_range("--k-max", self.k_max, minimum=self.k_min)
+        check_range("--variance", self.variance, above=0, maximum=1)
+        check_range("--max-dims", self.max_dims, minimum=1)
+        check_range("--min-cluster-share", self.min_cluster_share, minimum=0, below=1)
+        check_range("--min-cluster-size", self.min_cluster_size, minimum=2)
+        check_range("--stability-seeds", self.stability_seeds, minimum=0)
+        check_range("clip", self.clip, above=0)
+        check_range("silhouette_sample", self.silhouette_sample, minimum=2)
+        check_range("threads", self.threads, minimum=1)
 
 
 @dataclass

@@ -6,6 +6,14 @@ sprite) are cached as ``.npy`` + an index ``.csv`` keyed by the checkpoint's has
 ``chips.csv`` and the split. Subsets (predicted school, true school, false positives) are filters on
 the cached rows, so changing the subset never re-runs the model. The one exception: asked for true
 schools first, only the school chips go through the model (they are known from the labels).
+
+The forward pass runs on a :mod:`runtime <schoolvision.model.runtime>` (ONNX Runtime on CPU by
+default). The cache key names the runtime's precision, not the runtime: float32 runtimes (torch,
+channels_last, ONNX Runtime) agree to ~1e-6, far below what PCA and clustering resolve, so their
+features are interchangeable and one cache serves them all (caches written before runtimes existed
+stay valid). An autocast runtime (bfloat16 / float16: CUDA, or a CPU with native bfloat16) moves
+features by up to ~1e-2 and writes its own ``-bfloat16`` / ``-float16`` cache; asked for one, a
+float32 cache (the reference) is used when present.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from schoolvision.io.atomic import atomic_path
 from schoolvision.io.folders import ChipsFolder, RunFolder, sha256
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
+from schoolvision.model.runtime import Runtime, make_runtime, runtime_precision
 
 SUBSETS = ("all", "predicted-school", "true-school", "false-positive")
 SPLIT_CHOICES = ("all", *SPLITS)  # a chips.csv split, or every chip
@@ -45,6 +54,7 @@ class FeatureConfig:
     device: str = "auto"
     cache_dir: Path | None = None
     num_workers: int = 0
+    runtime: str = "auto"  # see schoolvision.model.runtime
 
 
 @dataclass
@@ -54,14 +64,12 @@ class Features:
     vectors: np.ndarray  # (N, D) float32
     frame: pd.DataFrame  # N rows, same order as vectors
     thumbnails: np.ndarray  # (N, THUMB_SIZE, THUMB_SIZE, 3) uint8
-    key: str  # cache key: checkpoint hash, chips.csv hash, split
+    key: str  # cache key: checkpoint hash, chips.csv hash, split (and the precision when not float32)
 
     def select(self, mask: np.ndarray) -> Features:
         """The rows (and their vectors and thumbnails) where ``mask`` is true."""
         mask = np.asarray(mask, dtype=bool)
         return Features(self.vectors[mask], self.frame[mask].reset_index(drop=True), self.thumbnails[mask], self.key)
-
-
 
 
 @torch.no_grad()
@@ -75,23 +83,29 @@ def extract_features(
     num_workers: int = 0,
     thumb_size: int = THUMB_SIZE,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Run ``model.embed`` over a dataset of ``{"image", "index"}`` items.
 
     Returns ``(vectors (N, D) float32, prob (N,) P(school), index (N,) dataset rows, thumbnails)``.
-    The head is applied to the same embedding, so P(school) costs nothing extra. Mixed precision
-    (float16 autocast) on CUDA; float32 on CPU, where autocast only slows things down.
+    The head is applied to the same embedding, so P(school) costs nothing extra. With ``runtime``
+    (built for ``model``) its :meth:`~schoolvision.model.runtime.Runtime.features` runs the pass;
+    without, ``model`` runs eagerly: mixed precision (float16 autocast) on CUDA, float32 on CPU.
     """
     device = torch.device(device)
     model = model.to(device).eval()
-    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                                         pin_memory=device.type == "cuda")
     autocast = torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else nullcontext()
     vectors, probs, index, thumbs = [], [], [], []
     for batch in tqdm(loader, desc="features", unit="batch", disable=not progress):
         x = batch["image"].to(device, non_blocking=True)
-        with autocast:
-            emb = model.embed(x)
-            logits = model.head(emb)
+        if runtime is not None:
+            emb, logits = (torch.from_numpy(a) for a in runtime.features(x))
+        else:
+            with autocast:
+                emb = model.embed(x)
+                logits = model.head(emb)
         vectors.append(emb.float().cpu().numpy())
         probs.append(torch.softmax(logits.float() / temperature, dim=1)[:, SCHOOL].cpu().numpy())
         index.append(np.asarray(batch["index"]))
@@ -117,12 +131,16 @@ def load_features(config: FeatureConfig, *, progress: bool = True) -> Features:
         raise UserError("chips.csv not found (cut chips first: schoolvision chips ...)", chips.index_path)
     key = f"{sha256(ckpt)[:16]}-{chips.index_sha256()[:16]}-{config.split}"
     cache_dir = Path(config.cache_dir) if config.cache_dir else (ckpt.parent / "features")
+    reduced = runtime_precision(config.runtime, resolve_device(config.device))  # UserError: unknown runtime
+    keys = [_keyed(key, reduced), key] if reduced is not None else [key]  # float32 serves every runtime
     # True schools are known without the model: extract only those (a few % of the chips), unless
     # the whole split is cached already. Every other subset needs the predictions of the whole split.
     schools_only = config.subset == "true-school"
-    feats = _read_cache(cache_dir, key) or (_read_cache(cache_dir, key + "-school") if schools_only else None)
+    if schools_only:
+        keys += [k + "-school" for k in keys]
+    feats = next((f for f in (_read_cache(cache_dir, k) for k in keys) if f is not None), None)
     if feats is None:
-        feats = _compute(config, ckpt, chips_dir, key + ("-school" if schools_only else ""), schools_only, progress)
+        feats = _compute(config, ckpt, chips_dir, key, schools_only, progress)
         _write_cache(cache_dir, feats)
     return feats.select(subset_mask(feats.frame, config.subset))
 
@@ -147,6 +165,7 @@ def _compute(
 ) -> Features:
     device = resolve_device(config.device)
     model, meta = load_classifier(ckpt, device)
+    runtime = make_runtime(config.runtime, model, meta, device, checkpoint=ckpt)
     split = None if config.split == "all" else config.split
     ds = ChipDataset(chips_dir, split=split, augment=False, image_size=meta.image_size, require_classes=False)
     rows = np.flatnonzero(ds.class_ids == SCHOOL) if schools_only else np.arange(len(ds))
@@ -155,13 +174,20 @@ def _compute(
         raise UserError(f"no {what} in split {config.split!r}", chips_dir / "chips.csv")
     vectors, prob, index, thumbs = extract_features(
         model, torch.utils.data.Subset(ds, rows.tolist()), batch_size=config.batch_size, device=device,
-        temperature=meta.temperature, num_workers=config.num_workers, progress=progress,
+        temperature=meta.temperature, num_workers=config.num_workers, progress=progress, runtime=runtime,
     )
+    # the precision actually used: torch-fast drops autocast that moved P(school) on the first batch
+    key = _keyed(key, getattr(runtime, "dtype", None)) + ("-school" if schools_only else "")
     frame = ds.frame.iloc[index].reset_index(drop=True).copy()
     frame["label"] = frame["label"].map(_class_name)
     frame["prob"] = prob.astype(float)
     frame["prediction"] = np.where(prob >= meta.threshold, CLASSES[SCHOOL], CLASSES[1 - SCHOOL])
     return Features(vectors.astype(np.float32), frame, thumbs, key)
+
+
+def _keyed(key: str, dtype: torch.dtype | None) -> str:
+    """``key`` with the reduced precision features were computed in (none for float32)."""
+    return key if dtype is None else f"{key}-{str(dtype).removeprefix('torch.')}"
 
 
 def _class_name(value) -> str:

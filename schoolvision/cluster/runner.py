@@ -9,7 +9,6 @@ rest (scene previews, heatmap folders) are here too, so the figures read no file
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -29,10 +28,12 @@ from schoolvision.cluster.algorithms import ClusterConfig, Clustering, cluster_f
 from schoolvision.cluster.embeddings import FeatureConfig, load_features
 from schoolvision.cluster.projector import write_projector
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.errors import UserError
+from schoolvision.data.sources import chips_scenes
+from schoolvision.errors import UserError, check_range
 from schoolvision.explain.methods import explain_batch
 from schoolvision.io.atomic import atomic_path, write_json
 from schoolvision.io.folders import ChipsFolder, prepare_output
+from schoolvision.io.imagery import ImagerySource, open_source
 from schoolvision.io.vectors import write_vectors
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
@@ -57,6 +58,11 @@ class ClusterRunConfig:
     overwrite: bool = False
     gallery: bool = True  # read the gallery chips and their heatmaps into the report (for the gallery figure)
     projector: bool = True
+    runtime: str = "auto"  # feature extraction (see schoolvision.model.runtime); Grad-CAM stays in torch
+
+    def __post_init__(self) -> None:
+        check_range("--batch-size", self.batch_size, minimum=1)
+        check_range("gallery_size", self.gallery_size, minimum=1)
 
 
 @dataclass
@@ -74,9 +80,6 @@ class ClusterReport:
 
 
 CLUSTER_COLUMNS = ["chip_id", "path", "cluster", "distance", "label", "prediction", "prob", "scene", "split"]
-
-# Outputs a clustering run may or may not write: its figures (by scene and by option) and the projector.
-_OPTIONAL_OUTPUTS = ("*.png", "projector")
 
 
 def cluster_chips(
@@ -109,10 +112,11 @@ def cluster_chips(
     """
     out = Path(config.out_dir)
     prepare_output(out, config.overwrite, create=False,
+                   inputs={"--run": config.run, "--chips": config.chips_dir, "--cams": config.cams_dir},
                    message="output folder is not empty; pass --overwrite (overwrite=True) or choose another --out")
     feats = load_features(
         FeatureConfig(config.run, config.chips_dir, config.split, config.subset, config.batch_size, config.device,
-                      config.cache_dir),
+                      config.cache_dir, runtime=config.runtime),
         progress=progress,
     )
     if len(feats.frame) < 3:
@@ -159,25 +163,8 @@ def cluster_chips(
         summary["gallery_cams"] = len(report.cams)
     if save_figures is not None:
         summary["figures"] = [Path(p).name for p in save_figures(report)]
-    write_json(out / "summary.json", summary)
-    _remove_stale(out, set(summary.get("figures", [])) | ({"projector"} if config.projector else set()))
+    write_json(out / "summary.json", summary)  # an earlier run's maps and projector: removed by prepare_output
     return report
-
-
-def _remove_stale(out: Path, written: set[str]) -> None:
-    """Delete optional outputs of an earlier run into ``out`` that this run did not write again.
-
-    With ``overwrite`` a folder may hold a previous run's per-town maps or projector; left in place,
-    they would sit beside this run's clusters and contradict them.
-    """
-    for pattern in _OPTIONAL_OUTPUTS:
-        for path in out.glob(pattern):
-            if path.name in written:
-                continue
-            if path.is_dir():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
 
 
 def gallery_cams(
@@ -232,9 +219,14 @@ class ScenePreview(NamedTuple):
     crs: CRS | None
 
 
-def read_scene_preview(path: str | Path, max_pixels: int = 1024) -> ScenePreview:
-    """The scene at the largest integer decimation that fits ``max_pixels`` a side."""
-    with rasterio.open(path) as src:
+def read_scene_preview(path: str | Path | ImagerySource, max_pixels: int = 1024) -> ScenePreview:
+    """The scene at the largest integer decimation that fits ``max_pixels`` a side.
+
+    An :class:`~schoolvision.io.imagery.ImagerySource` (a tile folder, a mosaic, 16-bit or EPSG:4326
+    imagery: :func:`~schoolvision.data.sources.chips_scenes`) is read as its chips were, in their CRS.
+    """
+    opened = open_source(path) if isinstance(path, ImagerySource) else rasterio.open(path)
+    with opened as src:
         scale = max(1, int(np.ceil(max(src.width, src.height) / max_pixels)))
         img = src.read([1, 2, 3], out_shape=(3, src.height // scale, src.width // scale))
         return ScenePreview(np.moveaxis(img, 0, -1), src.bounds, src.crs)
@@ -247,10 +239,10 @@ def read_scene_previews(
 
     Read one at a time: drawing a map per town need not hold every town in memory.
     """
-    paths = ChipsFolder(chips_dir).scene_paths()
+    sources = chips_scenes(chips_dir) if ChipsFolder(chips_dir).meta_path.is_file() else {}
     for scene in scenes:
-        if scene in paths and paths[scene].is_file():
-            yield scene, read_scene_preview(paths[scene], max_pixels)
+        if scene in sources:
+            yield scene, read_scene_preview(sources[scene], max_pixels)
 
 
 def read_chip_rgb(path: str | Path) -> np.ndarray:

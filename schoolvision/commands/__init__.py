@@ -7,6 +7,7 @@ Option defaults come from the library's config dataclasses (or entry-point signa
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 from typing import Any
@@ -27,3 +28,113 @@ def default_of(owner: Any, name: str) -> Any:
     if parameter.default is inspect.Parameter.empty:
         raise KeyError(f"{owner.__name__} has no default for {name!r}")
     return parameter.default
+
+
+SCHOOLS_HELP = ("school Points/Polygons: any OGR vector file in any CRS (GeoJSON, GeoPackage, shapefile, KML ...; "
+                "no CRS means EPSG:4326), GeoParquet (needs pyarrow), or a CSV table with WGS84 longitude/latitude "
+                "columns or a WKT geometry column in WGS84")
+"""Help of ``--schools``: every command reads labels with :func:`schoolvision.io.schools.read_schools`."""
+
+
+def add_schools_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """``--schools-layer``, ``--schools-where`` and ``--lonlat-columns``: how to read a ``--schools`` file.
+
+    ``config`` is the command's config dataclass (``ChipConfig``, ``ScanConfig``), which holds the defaults.
+    """
+    parser.add_argument(
+        "--schools-layer",
+        default=default_of(config, "schools_layer"),
+        metavar="NAME",
+        help="layer of a --schools file with several layers (GeoPackage, KML); required when it has several",
+    )
+    parser.add_argument(
+        "--schools-where",
+        default=default_of(config, "schools_where"),
+        metavar="KEY=VALUE",
+        help="keep only the --schools features whose attribute KEY equals VALUE, e.g. amenity=school "
+             "(KEY=V1,V2: any of the values; KEY!=VALUE: all but it), for extracts that hold every building",
+    )
+    parser.add_argument(
+        "--lonlat-columns",
+        default=default_of(config, "lonlat_columns"),
+        metavar="LON,LAT",
+        help="longitude and latitude columns (WGS84 degrees) of a CSV --schools file "
+             "(default: found by name: longitude/latitude, lon/lat, lng/lat, long/lat, x/y, any case)",
+    )
+
+
+def add_imagery_options(parser: argparse.ArgumentParser, config: type, from_run: bool = False) -> None:
+    """``--bands``, ``--crs`` and ``--scale``: how to read ``--imagery`` (rules in :mod:`schoolvision.io.imagery`).
+
+    ``config`` is the command's config dataclass, which holds the defaults; ``from_run``: the defaults
+    are what the run was trained with (``scan``), and ``auto`` asks for the plain rule instead.
+    """
+    run = "; default: the bands the run's chips used, else " if from_run else "; default: "
+    parser.add_argument(
+        "--bands",
+        default=default_of(config, "bands"),
+        metavar="R,G,B",
+        help="1-based band numbers of red, green and blue, e.g. 3,2,1 for a blue-green-red-NIR product or 1,1,1 "
+             f"for a grey band{run}bands 1-3 of RGB and RGBA rasters (auto)",
+    )
+    parser.add_argument(
+        "--crs",
+        default=default_of(config, "crs"),
+        metavar="EPSG",
+        help="CRS of rasters whose file has none, e.g. EPSG:32636 (a raster's own CRS always wins)",
+    )
+    run = "; default: the rule the run's chips used, else " if from_run else "; default: "
+    parser.add_argument(
+        "--scale",
+        default=default_of(config, "scale"),
+        metavar="MIN,MAX",
+        help="how imagery that is not 8-bit (uint16, int16, float) becomes 8-bit: MIN,MAX of the data mapped to "
+             "1-255 for every scene and band, e.g. 0,2047 for 11-bit data; 8-bit imagery is read as it is"
+             f"{run}each scene's 2nd-98th percentile per band (auto)",
+    )
+
+
+def add_tile_options(parser: argparse.ArgumentParser, config: type) -> None:
+    """``--separate-scenes``, ``--tile-scheme``, ``--tile-pattern``, ``--zoom``: how folders of tiles are read.
+
+    Rules in :mod:`schoolvision.io.tiles`; ``config`` (``ChipConfig``, ``ScanConfig``) holds the defaults.
+    """
+    parser.add_argument(
+        "--separate-scenes",
+        action="store_true",
+        help="read every GeoTIFF of an --imagery folder as a scene of its own; default: adjacent tiles on one "
+             "grid (same CRS, pixel size, bands) form one mosaic scene",
+    )
+    parser.add_argument(
+        "--tile-scheme",
+        choices=("xyz", "tms"),
+        default=default_of(config, "tile_scheme"),
+        help="y axis of web-map tile folders: xyz (y=0 at the north, slippy-map servers) or tms (y=0 at the "
+             "south); default: tms when the folder holds a tilemapresource.xml (gdal2tiles), else xyz",
+    )
+    parser.add_argument(
+        "--tile-pattern",
+        default=default_of(config, "tile_pattern"),
+        metavar="PATTERN",
+        help="names of web-map tiles with {z}, {x} and {y} once each, / for folders, e.g. {z}/{x}/{y}, "
+             "OAM-{x}-{y}-{z} or {x}-{y}-{z}; default: {z}-{x}-{y} or {z}/{x}/{y}",
+    )
+    parser.add_argument(
+        "--zoom",
+        type=int,
+        default=default_of(config, "zoom"),
+        metavar="Z",
+        help="zoom level to read from a tile folder holding several (0-24); default: the finest, with a warning",
+    )
+
+
+def tile_arguments(args: argparse.Namespace) -> dict:
+    """The config fields of :func:`add_tile_options`' options."""
+    return {"separate_scenes": args.separate_scenes, "tile_scheme": args.tile_scheme,
+            "tile_pattern": args.tile_pattern, "zoom": args.zoom}
+
+
+OVERWRITE_HELP = ("write into a non-empty --out: removes what an earlier schoolvision run wrote there (the files its "
+                  ".schoolvision-manifest lists) and keeps every other file; --out may never be, hold or lie inside "
+                  "an input")
+"""Help of ``--overwrite`` (see :func:`schoolvision.io.folders.prepare_output`)."""

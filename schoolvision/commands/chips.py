@@ -4,9 +4,17 @@ from __future__ import annotations
 
 import argparse
 
-from schoolvision.commands import default_of
+from schoolvision.commands import (
+    OVERWRITE_HELP,
+    SCHOOLS_HELP,
+    add_imagery_options,
+    add_schools_options,
+    add_tile_options,
+    default_of,
+    tile_arguments,
+)
 from schoolvision.data.chips import ChipConfig, make_chips
-from schoolvision.errors import UserError
+from schoolvision.io.imagery import parse_bands, parse_scale
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,9 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         nargs="+",
         required=True,
         metavar="PATH",
-        help="GeoTIFF files, folders of GeoTIFFs, or XYZ tile folders (z-x-y.png|jpg)",
+        help="GeoTIFF files, folders of GeoTIFFs (adjacent tiles form one mosaic), or XYZ/TMS tile folders "
+        "(z-x-y.png|jpg, z/x/y.png)",
     )
-    parser.add_argument("--schools", required=True, metavar="FILE", help="school Points/Polygons (GeoJSON, any CRS)")
+    parser.add_argument("--schools", required=True, metavar="FILE", help=SCHOOLS_HELP)
+    add_schools_options(parser, ChipConfig)
     parser.add_argument("--out", required=True, metavar="DIR", help="output chips folder")
     parser.add_argument("--chip-size", type=int, default=default_of(ChipConfig, "chip_size"), metavar="PX")
     parser.add_argument(
@@ -34,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="M",
         help="metres per pixel to resample to (default: native GSD of the first scene)",
     )
-    parser.add_argument("--crs", default=None, metavar="EPSG", help="CRS of rasters that have none, e.g. EPSG:32636")
-    parser.add_argument("--bands", default=None, metavar="R,G,B", help="1-based RGB band numbers, e.g. 1,2,3")
+    add_imagery_options(parser, ChipConfig)
+    add_tile_options(parser, ChipConfig)
     parser.add_argument(
         "--point-buffer",
         type=float,
@@ -51,16 +61,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="not_school chips kept per school chip in train (0 or less: keep all)",
     )
     parser.add_argument("--seed", type=int, default=default_of(ChipConfig, "seed"))
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing chips folder")
+    for split in ("val", "test"):
+        parser.add_argument(
+            f"--{split}-scenes",
+            default=None,
+            metavar="NAME,...",
+            help=f"scenes (file or folder names) that form the {split} split; default with 3 or more scenes: "
+            "by sorted name, last = test, the one before = val (1 or 2 scenes: split by blocks)",
+        )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help=OVERWRITE_HELP,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    bands = None
-    if args.bands:
-        try:
-            bands = tuple(int(b) for b in args.bands.split(","))
-        except ValueError:
-            raise UserError(f"--bands must be three band numbers like 1,2,3, got {args.bands!r}") from None
+    bands, scale = parse_bands(args.bands), parse_scale(args.scale)
     extra = {} if args.point_buffer is None else {"point_buffer_m": args.point_buffer}
     config = ChipConfig(
         chip_size=args.chip_size,
@@ -68,10 +85,21 @@ def run(args: argparse.Namespace) -> int:
         gsd=args.gsd,
         crs=args.crs,
         bands=bands,
+        scale=scale,
         negative_ratio=args.negative_ratio if args.negative_ratio and args.negative_ratio > 0 else None,
         seed=args.seed,
+        schools_layer=args.schools_layer,
+        schools_where=args.schools_where,
+        lonlat_columns=args.lonlat_columns,
+        val_scenes=_names(args.val_scenes),
+        test_scenes=_names(args.test_scenes),
+        **tile_arguments(args),
         **extra,
     )
     summary = make_chips(args.imagery, args.schools, args.out, config, overwrite=args.overwrite)
     print(("up to date: " if summary.reused else "") + str(summary))
     return 0
+
+
+def _names(value: str | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(n.strip() for n in value.split(",") if n.strip())

@@ -11,9 +11,10 @@ from matplotlib.figure import Figure
 from schoolvision.cluster.algorithms import METHODS, ClusterConfig
 from schoolvision.cluster.embeddings import SPLIT_CHOICES, SUBSETS
 from schoolvision.cluster.runner import ClusterReport, ClusterRunConfig, cluster_chips, read_scene_previews
-from schoolvision.commands import default_of
+from schoolvision.commands import OVERWRITE_HELP, default_of
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import atomic_path
+from schoolvision.model.runtime import RUNTIME_CHOICES
 from schoolvision.plotting import cluster as plots
 from schoolvision.plotting.theme import apply_theme
 
@@ -73,9 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", type=Path, default=None, help="feature cache folder (default RUN/features)")
     parser.add_argument("--device", default=default_of(ClusterRunConfig, "device"))
     parser.add_argument("--batch-size", type=int, default=default_of(ClusterRunConfig, "batch_size"))
+    parser.add_argument(
+        "--runtime", default=default_of(ClusterRunConfig, "runtime"), choices=RUNTIME_CHOICES,
+        help="feature extraction: auto (ONNX Runtime on CPU when the onnx extra is installed), torch, torch-fast "
+        "or onnx; float32 runtimes share one feature cache (default: %(default)s)",
+    )
     parser.add_argument("--seed", type=int, default=default_of(ClusterConfig, "seed"))
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding (slow above ~10,000 chips)")
-    parser.add_argument("--overwrite", action="store_true")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def _k(value: str) -> int | str:
@@ -114,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         cams_dir=args.cams,
         gradcam=not args.no_gradcam,
         overwrite=args.overwrite,
+        runtime=args.runtime,
     )
     report = cluster_chips(config, save_figures=lambda r: write_figures(r, config.chips_dir, config.gallery_size))
     s = report.summary

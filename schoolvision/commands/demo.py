@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from schoolvision.commands import default_of
+from schoolvision.commands import OVERWRITE_HELP, default_of
 from schoolvision.data.synthetic import make_demo
 
 
@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=default_of(make_demo, "gsd"),
         help="ground sampling distance in m/pixel (default %(default)s)",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing different output folder")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

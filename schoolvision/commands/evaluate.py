@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from schoolvision.commands import default_of
+from schoolvision.model.runtime import RUNTIME_CHOICES
 from schoolvision.train.evaluation import EvalConfig, evaluate_run
 
 
@@ -15,10 +17,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
     parser.add_argument("--device", default="cpu", help="auto, cpu or cuda")
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
+    parser.add_argument(
+        "--runtime", default=default_of(EvalConfig, "runtime"), choices=RUNTIME_CHOICES,
+        help="forward passes: auto (ONNX Runtime on CPU when the onnx extra is installed), torch (reproduces the "
+        "run's predictions bit for bit), torch-fast or onnx (default: %(default)s)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
-    m = evaluate_run(EvalConfig(args.run, args.chips, args.split, args.batch_size, args.device, args.n_boot))
+    m = evaluate_run(EvalConfig(args.run, args.chips, args.split, args.batch_size, args.device, args.n_boot,
+                                runtime=args.runtime))
     ci = m["bootstrap"]
     print(
         f"{args.split}: auprc={m['auprc']:.3f} [{ci['auprc'][0]:.3f}, {ci['auprc'][1]:.3f}]  "

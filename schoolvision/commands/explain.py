@@ -11,11 +11,12 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from schoolvision.commands import default_of
+from schoolvision.commands import OVERWRITE_HELP, default_of
 from schoolvision.explain.faithfulness import format_table
 from schoolvision.explain.methods import METHODS
 from schoolvision.explain.runner import ExplainConfig, ExplainSummary, explain_chips
 from schoolvision.io.atomic import atomic_path
+from schoolvision.model.runtime import RUNTIME_CHOICES
 from schoolvision.plotting.explain import plot_gallery
 
 
@@ -50,7 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=default_of(ExplainConfig, "shap_nsamples"),
         help="expected-gradients samples per chip",
     )
-    parser.add_argument("--overwrite", action="store_true", help="replace the content of --out")
+    parser.add_argument(
+        "--runtime", default=default_of(ExplainConfig, "runtime"), choices=RUNTIME_CHOICES,
+        help="forward passes (P(school), ROAD): auto (ONNX Runtime on CPU when the onnx extra is installed), "
+        "torch, torch-fast or onnx; the gradient methods always run in torch (default: %(default)s)",
+    )
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         shap_nsamples=args.shap_nsamples,
         overwrite=args.overwrite,
+        runtime=args.runtime,
     )
     summary = explain_chips(config)
     write_galleries(summary)

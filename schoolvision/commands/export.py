@@ -11,8 +11,8 @@ import argparse
 from pathlib import Path
 
 from schoolvision.commands import default_of
-from schoolvision.errors import UserError
-from schoolvision.io.folders import RunFolder, sha256
+from schoolvision.errors import UserError, check_range
+from schoolvision.io.folders import RunFolder, check_inputs, sha256
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.export import export_deepness, export_onnx, input_gsd_cm, require_onnx
 
@@ -49,6 +49,11 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("output files must end in .onnx", out if out.suffix != ".onnx" else deepness)
     if out.resolve() == deepness.resolve():
         raise UserError("--out and --deepness name the same file", out)
+    for option, path in (("--out", out), ("--deepness", deepness)):
+        if path.is_dir():
+            raise UserError(f"is a folder; {option} names the .onnx file to write", path)
+        check_inputs(path, {"--run": args.run}, option)
+    check_range("--image-size", args.image_size, minimum=32)
     if not args.overwrite:
         for path in (out, deepness):
             if path.exists():

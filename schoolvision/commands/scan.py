@@ -9,7 +9,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from schoolvision.commands import default_of
+from schoolvision.commands import (
+    OVERWRITE_HELP,
+    SCHOOLS_HELP,
+    add_imagery_options,
+    add_schools_options,
+    add_tile_options,
+    default_of,
+    tile_arguments,
+)
+from schoolvision.errors import UserError
+from schoolvision.io.imagery import parse_bands, parse_scale
+from schoolvision.io.schools import parse_lonlat_columns
+from schoolvision.model.runtime import RUNTIME_CHOICES
 from schoolvision.scan.runner import ScanConfig, run_scan
 
 
@@ -20,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         required=True,
         nargs="+",
         type=Path,
-        help="GeoTIFF files, folders of them, or XYZ tile folders (one mosaic each)",
+        help="GeoTIFF files, folders of them (adjacent tiles form one mosaic), or XYZ/TMS tile folders "
+        "(one mosaic each)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
@@ -37,22 +50,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="P(school) threshold (default: the run's tuned one)",
     )
     parser.add_argument("--device", default=default_of(ScanConfig, "device"), help="auto, cpu or cuda")
-    parser.add_argument("--schools", type=Path, default=None, help="known schools to evaluate against (vector file)")
+    parser.add_argument(
+        "--runtime", default=default_of(ScanConfig, "runtime"), choices=RUNTIME_CHOICES,
+        help="forward passes of the windows: auto (ONNX Runtime on CPU when the onnx extra is installed), torch, "
+        "torch-fast or onnx; grad-CAM peaks always run in torch (default: %(default)s)",
+    )
+    parser.add_argument("--schools", type=Path, default=None, metavar="FILE",
+                        help="known schools to evaluate against, read before any scene is scanned: " + SCHOOLS_HELP)
+    add_schools_options(parser, ScanConfig)
     parser.add_argument(
         "--match-distance",
         type=float,
         default=default_of(ScanConfig, "match_distance"),
         help="metres between a candidate and a school",
     )
+    add_imagery_options(parser, ScanConfig, from_run=True)
+    add_tile_options(parser, ScanConfig)
     parser.add_argument("--native-resolution", action="store_true", help="scan at the scene's GSD, not the run's")
     parser.add_argument(
         "--no-cam", action="store_true", help="place candidates at the probability peak, not grad-CAM's"
     )
     parser.add_argument("--no-map", action="store_true", help="do not write map.html")
-    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty output folder")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
+    labels = {"--schools-layer": args.schools_layer, "--schools-where": args.schools_where,
+              "--lonlat-columns": args.lonlat_columns}
+    given = [name for name, value in labels.items() if value is not None]
+    if given and args.schools is None:
+        raise UserError(f"{', '.join(given)} says how to read the known schools: pass them with --schools FILE")
     summary = run_scan(
         ScanConfig(
             run=args.run,
@@ -62,11 +89,19 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             threshold=args.threshold,
             device=args.device,
+            runtime=args.runtime,
             schools=args.schools,
+            schools_layer=args.schools_layer,
+            schools_where=args.schools_where,
+            lonlat_columns=parse_lonlat_columns(args.lonlat_columns),
             match_distance=args.match_distance,
+            bands=parse_bands(args.bands, keep_auto=True),
+            crs=args.crs,
+            scale=parse_scale(args.scale, keep_auto=True),
             native_resolution=args.native_resolution,
             overwrite=args.overwrite,
             cam_peaks=not args.no_cam,
+            **tile_arguments(args),
             make_map=not args.no_map,
         )
     )

@@ -10,7 +10,7 @@ import argparse
 import os
 from pathlib import Path
 
-from schoolvision.commands import default_of
+from schoolvision.commands import OVERWRITE_HELP, default_of
 from schoolvision.model.backbones import available_backbones
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.plotting.training import tensorboard_figures
@@ -51,7 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=default_of(TrainConfig, "seed"))
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initial weights")
-    parser.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
         "--freeze-epochs",
         type=int,

@@ -25,9 +25,9 @@ import hashlib
 import io
 import json
 import math
-import os
 import shutil
 import tempfile
+import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -42,14 +42,32 @@ from shapely.geometry import box
 from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
-from schoolvision.errors import UserError
+from schoolvision.errors import UserError, check_range
+from schoolvision.io import manifest
 from schoolvision.io.atomic import write_text
-from schoolvision.io.folders import ChipsFolder, prepare_output
-from schoolvision.io.imagery import ImagerySource, list_sources, open_source, read_window, source_info
+from schoolvision.io.folders import ChipsFolder, check_inputs, prepare_output
+from schoolvision.io.imagery import (
+    ImageryOptions,
+    ImagerySource,
+    list_sources,
+    open_source,
+    parse_scale,
+    read_mask,
+    read_window,
+    source_info,
+    with_options,
+)
 from schoolvision.io.rasters import write_geotiff
-from schoolvision.io.schools import POINT_BUFFER_M, read_schools
+from schoolvision.io.schools import POINT_BUFFER_M, parse_lonlat_columns, parse_where, read_schools
+from schoolvision.io.tiles import TileOptions
 
 SPLITS = ("train", "val", "test")
+MIN_CHIP_GROUND_M = 60.0
+"""Chips narrower than this on the ground (chip size x GSD) get a warning: a school spans 50-150 m."""
+SUGGESTED_CHIP_GROUND_M = 128.0
+"""The ground width the warning's suggested ``--gsd`` gives a chip (1 m/px for 128 px chips)."""
+OWN_FILES = (ChipsFolder.META, ChipsFolder.INDEX, ChipsFolder.SCHOOLS, *SPLITS)
+"""What ``make_chips`` writes into its folder: a file of the user under these names is refused."""
 CSV_COLUMNS = [
     "chip_id", "path", "label", "split", "scene", "row_off", "col_off", "minx", "miny", "maxx", "maxy",
     "crs", "school_fraction", "school_cover", "school_name", "view",
@@ -65,9 +83,13 @@ class ChipConfig:
     gsd: float | None = None  # metres per pixel; None = native GSD of the first source
     crs: str | None = None  # CRS for rasters without one (e.g. "EPSG:32636")
     bands: tuple[int, int, int] | None = None  # RGB band numbers (1-based) for non-RGB rasters
+    scale: tuple[float, float] | None = None  # fixed (min, max) to 8 bits; None = per-scene 2-98 percentile stretch
     min_school_fraction: float = 0.5  # share of a school's footprint inside the chip for `school`
     min_chip_cover: float = 0.25  # or: share of the chip covered by school footprints
     point_buffer_m: float = POINT_BUFFER_M  # radius of the disc that stands for a school point
+    schools_layer: str | None = None  # layer of a multi-layer schools file (GeoPackage, KML)
+    schools_where: str | None = None  # attribute filter of the schools file, e.g. "amenity=school"
+    lonlat_columns: tuple[str, str] | None = None  # (lon, lat) columns of a CSV schools file; None = by name
     centred_views: int = 4  # extra jittered windows centred on each school
     centred_splits: tuple[str, ...] = ("train",)  # splits that get the centred views
     jitter: float = 0.25  # max shift of centred views, as a share of chip_size
@@ -77,16 +99,28 @@ class ChipConfig:
     test_scenes: tuple[str, ...] | None = None
     block_size: int = 512  # pixels per split block when there are fewer than three scenes
     block_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of blocks
-    max_nodata_fraction: float = 0.1  # chips with more nodata / black pixels are skipped
+    max_nodata_fraction: float = 0.1  # chips with more masked (alpha, mask, nodata) or black pixels are skipped
+    tile_scheme: str | None = None  # web-map tiles: "xyz" or "tms"; None = TMS if tilemapresource.xml (io.tiles)
+    tile_pattern: str | None = None  # tile names, e.g. "{z}/{x}/{y}" or "OAM-{x}-{y}-{z}"; None = z-x-y or z/x/y
+    zoom: int | None = None  # zoom level of a tile folder holding several; None = the finest
+    separate_scenes: bool = False  # one scene per GeoTIFF, never a mosaic of adjacent tiles
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_range("--chip-size", self.chip_size, minimum=32)
+        check_range("--stride", self.stride, minimum=1)
         if self.stride is None:
             self.stride = max(1, self.chip_size // 2)
-        if self.chip_size < 8 or self.stride < 1:
-            raise UserError(f"chip size {self.chip_size} / stride {self.stride} too small")
-        if self.gsd is not None and self.gsd <= 0:
-            raise UserError(f"--gsd must be positive, got {self.gsd}")
+        check_range("--gsd", self.gsd, above=0)
+        check_range("--point-buffer", self.point_buffer_m, minimum=0)
+        check_range("--negative-ratio", self.negative_ratio, above=0)
+        check_range("eval_negative_ratio", self.eval_negative_ratio, above=0)
+        for name in ("min_school_fraction", "min_chip_cover"):
+            check_range(name, getattr(self, name), above=0, maximum=1)
+        check_range("max_nodata_fraction", self.max_nodata_fraction, minimum=0, maximum=1)
+        check_range("centred_views", self.centred_views, minimum=0)
+        check_range("jitter", self.jitter, minimum=0, maximum=0.5)
+        check_range("block_size", self.block_size, minimum=self.chip_size)
         if self.crs is not None:
             try:
                 self.crs = CRS.from_user_input(self.crs).to_string()
@@ -94,7 +128,11 @@ class ChipConfig:
                 raise UserError(f"--crs {self.crs!r} is not a CRS; use e.g. EPSG:32636") from None
         if self.bands is not None:
             self.bands = tuple(int(b) for b in self.bands)
+        self.scale = parse_scale(self.scale)
+        self.lonlat_columns = parse_lonlat_columns(self.lonlat_columns)
+        parse_where(self.schools_where)
         self.centred_splits = tuple(self.centred_splits)
+        TileOptions.of(self)  # validates the tile options before any work
         for name in ("val_scenes", "test_scenes"):
             value = getattr(self, name)
             if value is not None:
@@ -112,6 +150,7 @@ class ChipSummary:
     chip_size: int
     scenes: dict[str, dict] = field(default_factory=dict)
     reused: bool = False
+    warnings: list[str] = field(default_factory=list)  # one line each: scenes too small, splits without schools
 
     @property
     def n_chips(self) -> int:
@@ -127,6 +166,11 @@ class ChipSummary:
             per_class = ", ".join(f"{k} {c.get(k, 0)}" for k in CLASSES)
             lines.append(f"  {split:5s}: {per_class} ({share:.0%} school)")
         lines.append("  skipped: " + ", ".join(f"{k} {v}" for k, v in sorted(self.skipped.items())))
+        scaled = [s["pixels"] for s in self.scenes.values() if s.get("pixels", {}).get("rule", "none") != "none"]
+        if scaled:
+            how = {"percentile": "per-scene 2-98 percentile stretch", "fixed": "fixed --scale"}
+            rules = ", ".join(sorted({f"{p['dtype']} by {how.get(p['rule'], p['rule'])}" for p in scaled}))
+            lines.append(f"  8-bit scaling of {len(scaled)} scene(s): {rules} (values in dataset.json)")
         return "\n".join(lines)
 
 
@@ -145,7 +189,9 @@ def make_chips(
 
     Args:
         imagery: GeoTIFF files, folders of them, or XYZ tile folders (see :mod:`schoolvision.io.imagery`).
-        schools: school Points or Polygons in any vector format and CRS (GeoJSON, GeoPackage ...).
+        schools: school Points or Polygons in any vector format and CRS (GeoJSON, GeoPackage ...) or a CSV
+            table, read by :func:`~schoolvision.io.schools.read_schools` with the config's ``schools_layer``,
+            ``schools_where`` and ``lonlat_columns`` before any imagery is read.
         out_dir: the chips folder to write.
         config: chip size, stride, GSD, labelling rule, sampling and split settings (defaults: ``ChipConfig()``).
         overwrite: replace an ``out_dir`` that holds anything but this very dataset.
@@ -161,22 +207,35 @@ def make_chips(
     """
     config = config or ChipConfig()
     out_dir = Path(out_dir)
-    sources = list_sources([imagery] if isinstance(imagery, (str, Path)) else imagery)
+    inputs = {"--imagery": [imagery] if isinstance(imagery, (str, Path)) else imagery, "--schools": schools}
+    check_inputs(out_dir, inputs)  # before listing: an --out inside --imagery must not be read as imagery
+    sources = list_sources([imagery] if isinstance(imagery, (str, Path)) else imagery, TileOptions.of(config))
+    sources = with_options(sources, config.bands, config.crs, config.scale)  # every read: same bands, CRS, scale
     fingerprint = _fingerprint(sources, Path(schools), config)
     existing = ChipsFolder(out_dir)
-    if prepare_output(out_dir, overwrite, create=False,
+    if prepare_output(out_dir, overwrite, create=False, clear=False, inputs=inputs, own_files=OWN_FILES,
                       message="output folder already holds a different dataset or other files; "
                               "pass --overwrite to replace it",
                       is_same=lambda _: not overwrite and _read_existing(existing).get("fingerprint") == fingerprint):
         return _summary_from_json(out_dir, _read_existing(existing), reused=True)
-    footprints = read_schools(schools, config.point_buffer_m)
-    infos = {s.name: source_info(s, config.crs, config.bands) for s in sources}
+    footprints = read_schools(schools, config.point_buffer_m, layer=config.schools_layer, where=config.schools_where,
+                              lonlat_columns=config.lonlat_columns)
+    infos = {s.name: source_info(s) for s in sources}
     _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
+    note = small_chip_note(config.chip_size, gsd)
+    if note:
+        warnings.warn(note, stacklevel=2)  # before the long work: the user may stop and rerun with --gsd
     scene_split = _scene_splits([s.name for s in sources], config)
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest.start(out_dir)
+    # chips are cut into a hidden staging folder inside --out (a killed run's is removed by the next
+    # run) and moved into place at the end, chips.csv and dataset.json last
+    prefix, suffix = manifest.temporary_affixes(out_dir / "chips")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=out_dir))
+    manifest.start(tmp)
     try:
         rows: list[dict] = []
         skipped: Counter = Counter()
@@ -185,8 +244,9 @@ def make_chips(
             scene_rows, scene_meta = _chip_scene(source, footprints, scene_split[source.name], gsd, config, tmp,
                                                  skipped)
             rows.extend(scene_rows)
-            scenes[source.name] = scene_meta
+            scenes[source.name] = {**scene_meta, "pixels": infos[source.name]["pixels"]}
         counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
+        notes = _split_notes(rows, scenes, scene_split, config)
         folder = ChipsFolder(tmp)
         folder.write_index(_index_csv(rows))
         write_text(tmp / "schools.geojson", footprints.to_json(drop_id=True, to_wgs84=True))
@@ -199,6 +259,7 @@ def make_chips(
             "counts": counts,
             "skipped": dict(sorted(skipped.items())),
             "scenes": scenes,
+            "imagery": ImageryOptions(config.bands, config.crs, config.scale).record(),
             "labelling": {
                 "rule": "school if >= min_school_fraction of a school footprint is inside the chip or footprints "
                         "cover >= min_chip_cover of the chip; not_school if no footprint touches it; else skipped",
@@ -206,27 +267,55 @@ def make_chips(
                 "min_chip_cover": config.min_chip_cover,
                 "point_buffer_m": config.point_buffer_m,
                 "max_nodata_fraction": config.max_nodata_fraction,
+                "masked": "chips with more than max_nodata_fraction of their pixels under the imagery's mask "
+                          "(alpha, internal mask, nodata) are skipped as 'masked', with more masked or black "
+                          "pixels together as 'nodata_or_black'; masked pixels of kept chips are written as 0",
                 "negative_ratio": config.negative_ratio,
                 "eval_negative_ratio": config.eval_negative_ratio,
             },
             "schools": "schools.geojson",
             "schools_source": str(Path(schools).resolve()),
+            "schools_read": footprints.attrs.get("source", {}),
             "config": _config_dict(config),
             "fingerprint": fingerprint,
         }
         folder.write_meta(meta)
-        _replace_dir(tmp, out_dir)
+        manifest.move_into(tmp, out_dir, last=(ChipsFolder.INDEX, ChipsFolder.META))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            manifest.discard_if_empty(out_dir)  # a failed run leaves no new folder behind
+        raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return _summary_from_json(out_dir, meta)
+    for note in notes:
+        warnings.warn(note, stacklevel=2)
+    summary = _summary_from_json(out_dir, meta)
+    summary.warnings = notes
+    return summary
+
+
+def small_chip_note(chip_size: int, gsd: float) -> str | None:
+    """One warning line when chips would cover less than ``MIN_CHIP_GROUND_M``, suggesting a ``--gsd``.
+
+    A school compound spans 50-150 m: a chip much smaller than that (128 px at the 0.13 m of drone
+    imagery: 17 m) sees a roof, never a school. The suggested GSD makes the chip ``SUGGESTED_CHIP_GROUND_M`` wide.
+    """
+    ground = chip_size * gsd
+    if ground >= MIN_CHIP_GROUND_M:
+        return None
+    better = float(f"{SUGGESTED_CHIP_GROUND_M / chip_size:.2g}")
+    return (f"chips of {chip_size} px at {gsd:g} m/px cover {ground:.0f} m, less than {MIN_CHIP_GROUND_M:g} m "
+            f"(a school compound spans 50-150 m); pass --gsd {better:g} for chips of "
+            f"{chip_size * better:.0f} m (or a larger --chip-size)")
 
 
 def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, config: ChipConfig, out: Path,
                 skipped: Counter) -> tuple[list[dict], dict]:
     """Label, split, sample and write the chips of one scene."""
     cs, rng = config.chip_size, np.random.default_rng([config.seed, _stable_int(source.name)])
-    with open_source(source, gsd=gsd, crs=config.crs, bands=config.bands) as ds:
+    with open_source(source, gsd=gsd) as ds:  # bands, CRS and scale: the source's options
         crs = ds.crs
         crs_text = crs.to_string()
         schools = footprints.to_crs(crs)
@@ -259,10 +348,12 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
         for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False):
             window = Window(r["col_off"], r["row_off"], cs, cs)
             arr = read_window(ds, window, source.path)
-            nodata = _nodata_fraction(arr, ds.nodata)
-            if nodata > config.max_nodata_fraction:
-                skipped["nodata_or_black"] += 1
+            valid = read_mask(ds, window, source.path)
+            reason = _empty_reason(arr, valid, config.max_nodata_fraction)
+            if reason:
+                skipped[reason] += 1
                 continue
+            arr[:, ~valid] = 0  # what the mask hides is nodata in the chip too
             chip_id = f"{source.name}_r{r['row_off']:05d}_c{r['col_off']:05d}"
             rel = f"{r['split']}/{r['label']}/{chip_id}.tif"
             write_geotiff(out / rel, arr.astype(np.uint8, copy=False), crs,
@@ -271,7 +362,36 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
             rows.append({"chip_id": chip_id, "path": rel, "scene": source.name, "crs": crs_text, **r})
         meta = {"path": str(Path(source.path).resolve()), "crs": crs_text, "split": split_rule,
                 "width": ds.width, "height": ds.height, "bounds": list(ds.bounds), "kind": source.kind}
+        if source.parts:  # a mosaic of GeoTIFF tiles: how many files it joins
+            meta["tiles"] = len(source.parts)
     return rows, meta
+
+
+def _split_notes(rows: list[dict], scenes: dict[str, dict], scene_split: dict[str, str],
+                 config: ChipConfig) -> list[str]:
+    """One warning line per scene smaller than a chip and per evaluation split without a school chip.
+
+    A scene smaller than one chip gives no chip (``scan`` pads such a scene; padded chips would be
+    mostly empty and skipped anyway). A val or test split without schools gives no recall, F1 or
+    threshold: the line says where the school chips are and which option moves them.
+    """
+    cs, notes = config.chip_size, []
+    for name, meta in scenes.items():
+        if meta["width"] < cs or meta["height"] < cs:
+            notes.append(f"{name}: scene is {meta['width']}x{meta['height']} px at the chips' GSD, smaller than one "
+                         f"{cs} px chip: 0 chips (use a smaller --chip-size or --gsd)")
+    where: dict[str, Counter] = {s: Counter() for s in SPLITS}
+    for r in rows:
+        if r["label"] == "school":
+            where[r["split"]][r["scene"]] += 1
+    held = "; ".join(f"{s}: " + ", ".join(f"{n} ({k})" for n, k in sorted(c.items())) for s, c in where.items() if c)
+    by_blocks = any(rule == "blocks" for rule in scene_split.values())
+    fix = "--seed draws other split blocks" if by_blocks else "--val-scenes / --test-scenes choose the scenes"
+    for split in ("val", "test"):
+        if not where[split]:
+            notes.append(f"split {split} holds no school chip, so its metrics are undefined; school chips by split "
+                         f"and scene: {held or 'none'}" + (f" ({fix})" if held else ""))
+    return notes
 
 
 def _candidate_windows(ds, schools, cs: int, config: ChipConfig, rng) -> list[tuple[int, int, str]]:
@@ -333,12 +453,18 @@ def _undersample(rows: list[dict], config: ChipConfig, rng, skipped: Counter) ->
     return sorted(keep, key=lambda r: (r["row_off"], r["col_off"]))
 
 
-def _nodata_fraction(arr: np.ndarray, nodata) -> float:
-    """Share of pixels that are nodata in every band, or pure black (outside a warped scene)."""
-    empty = np.all(arr == 0, axis=0)
-    if nodata is not None and nodata != 0:
-        empty |= np.all(arr == nodata, axis=0)
-    return float(empty.mean())
+def _empty_reason(arr: np.ndarray, valid: np.ndarray, max_fraction: float) -> str | None:
+    """Why a chip is skipped: "masked" (its dataset mask hides too much), "nodata_or_black", or None (kept).
+
+    ``valid`` is the dataset mask (alpha, internal mask, nodata); pure black pixels (outside a warped
+    scene, or black borders without a declared nodata) count as empty too.
+    """
+    masked = ~valid
+    if masked.mean() > max_fraction:
+        return "masked"
+    if (masked | np.all(arr == 0, axis=0)).mean() > max_fraction:
+        return "nodata_or_black"
+    return None
 
 
 def _scene_splits(names: list[str], config: ChipConfig) -> dict[str, str]:
@@ -347,7 +473,7 @@ def _scene_splits(names: list[str], config: ChipConfig) -> dict[str, str]:
     for opt in ("val_scenes", "test_scenes"):
         unknown = sorted(set(getattr(config, opt) or ()) - set(names))
         if unknown:
-            raise UserError(f"{opt} names unknown scenes {unknown}; scenes are {names}")
+            raise UserError(f"--{opt.replace('_', '-')} names unknown scenes {unknown}; scenes are {names}")
     if config.test_scenes is not None or config.val_scenes is not None:
         test = set(config.test_scenes or ())
         val = set(config.val_scenes or ())
@@ -402,17 +528,6 @@ def _index_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move the finished folder into place; an old one is removed only after the new one is complete."""
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _config_dict(config: ChipConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
@@ -423,8 +538,10 @@ def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig
     Content, not modification times, so regenerating identical demo files keeps the chips valid;
     files over 256 MiB are identified by path, size and mtime to keep this cheap.
     """
-    h = hashlib.sha256(json.dumps(_config_dict(config), sort_keys=True).encode())
+    settings = {k: v for k, v in _config_dict(config).items() if not (k == "scale" and v is None)}  # as before --scale
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     files = [Path(t[3]) for s in sources for t in s.tiles] + [Path(s.path) for s in sources if s.kind == "raster"]
+    files += [Path(p) for s in sources for p in s.parts]  # the GeoTIFF tiles of mosaics
     for f in [*files, schools]:
         if not f.is_file():
             continue

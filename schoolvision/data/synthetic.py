@@ -29,7 +29,7 @@ from skimage.draw import circle_perimeter
 from skimage.draw import polygon as draw_polygon
 from tqdm.auto import tqdm
 
-from schoolvision.errors import UserError
+from schoolvision.errors import check_range
 from schoolvision.io.atomic import atomic_path, write_json
 from schoolvision.io.folders import prepare_output
 from schoolvision.io.rasters import write_geotiff
@@ -848,11 +848,13 @@ def make_demo(out_dir, towns: int = 6, seed: int = 0, size: int = 1536, gsd: flo
             and ``overwrite`` is not set.
     """
     out = Path(out_dir)
-    if towns < 1 or size < 256 or gsd <= 0:
-        raise UserError(f"need towns >= 1, size >= 256 px and gsd > 0 (got towns={towns}, size={size}, gsd={gsd})", out)
+    check_range("--towns", towns, minimum=1)
+    check_range("--size", size, minimum=256)
+    check_range("--gsd", gsd, above=0)
     config = config or TownConfig()
     params = _params(towns, seed, size, gsd, config)
-    prepare_output(out, overwrite, create=False, own_files=("scenes/town_*.tif",),
+    prepare_output(out, overwrite, create=False,
+                   own_files=("scenes/town_*.tif", "schools.geojson", "landmarks.geojson", "demo.json"),
                    is_same=lambda o: _same_demo(o, params),
                    message="folder already holds something else; pass --overwrite (overwrite=True) or another --out")
     scenes, rows, marks, per_town = [], [], [], []

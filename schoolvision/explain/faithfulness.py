@@ -14,14 +14,13 @@ school are often centred near a school, so "look at the middle" is a strong prio
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 from pytorch_grad_cam.metrics.perturbation_confidence import RemoveMostRelevantFirst
 from pytorch_grad_cam.metrics.road import NoisyLinearImputer
 from scipy import ndimage
-from torch import nn
 
 BASELINES = ("random", "centre-gaussian")
 """Names of the baseline maps, rows of every faithfulness table beside the methods."""
@@ -68,14 +67,16 @@ def baseline_maps(n: int, shape: Sequence[int], rng: np.random.Generator) -> dic
     return dict(zip(BASELINES, (random_maps(n, shape, rng), centre_gaussian(n, shape))))
 
 
-def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int,
-              percentiles: Sequence[int] = ROAD_PERCENTILES) -> np.ndarray:
+def road_drop(model: Callable[[torch.Tensor], torch.Tensor | np.ndarray], x: torch.Tensor, maps: np.ndarray,
+              target: int, percentiles: Sequence[int] = ROAD_PERCENTILES) -> np.ndarray:
     """ROAD most-relevant-first: mean fall of P(target) over ``percentiles`` of removed pixels, (B,).
 
-    ``maps`` are on the model input grid (B, H, W). The perturbation is pytorch-grad-cam's
-    ``RemoveMostRelevantFirst`` with its noisy linear imputer (as in ``ROADMostRelevantFirst``, which
-    avoids the out-of-distribution artefacts of plain deletion); all perturbed chips go through the
-    model in one batch.
+    ``model`` is anything that maps a batch to logits: the torch model, or a runtime's ``logits``
+    (:mod:`schoolvision.model.runtime`; forward passes only). ``maps`` are on the model input grid
+    (B, H, W). The perturbation is pytorch-grad-cam's ``RemoveMostRelevantFirst`` with its noisy
+    linear imputer (as in ``ROADMostRelevantFirst``, which avoids the out-of-distribution artefacts of
+    plain deletion; its noise draws from torch's global generator); all perturbed chips go through
+    the model in one batch.
     """
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
@@ -85,7 +86,7 @@ def road_drop(model: nn.Module, x: torch.Tensor, maps: np.ndarray, target: int,
     perturbed = [RemoveMostRelevantFirst(p, imputer)(xs[i], ranks[i]) for p in percentiles for i in range(len(xs))]
     batch = torch.cat([xs, torch.stack(perturbed)]).to(x.device)
     with torch.no_grad():
-        prob = torch.softmax(model(batch), dim=-1)[:, target].cpu().numpy()
+        prob = torch.softmax(torch.as_tensor(model(batch)).float(), dim=-1)[:, target].cpu().numpy()
     before, after = prob[: len(xs)], prob[len(xs) :].reshape(len(percentiles), len(xs))
     return (before[None] - after).mean(axis=0).astype(np.float32)
 

@@ -4,8 +4,10 @@ For every chip and method the runner writes a heatmap on the chip's own grid (a 
 the chip's CRS and transform, or a plain PNG for chips without one) and a PNG overlay, scores the map
 against the school footprint (pointing game, energy share, ROAD; see
 :mod:`schoolvision.explain.faithfulness`) beside two baseline maps, and writes ``explanations.csv``
-and ``faithfulness.json``. The gallery figures are drawn by the caller from
-:attr:`ExplainSummary.galleries`.
+and ``faithfulness.json``. Forward passes (P(school), ROAD's perturbed chips) run on the configured
+:mod:`runtime <schoolvision.model.runtime>` (ONNX Runtime on CPU by default); the gradient methods
+run in torch, on channels_last weights and inputs (faster on CPU and GPU, same maps within float
+noise). The gallery figures are drawn by the caller from :attr:`ExplainSummary.galleries`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from tqdm.auto import tqdm
 
 from schoolvision import CLASSES, SCHOOL
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.errors import UserError
+from schoolvision.errors import UserError, check_range
 from schoolvision.explain.faithfulness import baseline_maps, energy_share, pointing_game, road_drop, summarise
 from schoolvision.explain.layers import resolve_layer
 from schoolvision.explain.maps import overlay_rgb, resize_maps
@@ -37,6 +39,7 @@ from schoolvision.io.rasters import write_geotiff
 from schoolvision.io.schools import footprint_mask
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
 from schoolvision.model.device import resolve_device
+from schoolvision.model.runtime import Runtime, make_runtime
 
 NODATA = -9999.0
 """Nodata value of the heatmap GeoTIFFs."""
@@ -68,6 +71,14 @@ class ExplainConfig:
     write_maps: bool = True
     chip_ids: list[str] | None = None  # explain only these chips of the split
     overwrite: bool = False
+    runtime: str = "auto"  # forward passes (P(school), ROAD); gradients always run in torch
+
+    def __post_init__(self) -> None:
+        check_range("--limit", self.limit, minimum=1)
+        check_range("--batch-size", self.batch_size, minimum=1)
+        check_range("--shap-nsamples", self.shap_nsamples, minimum=1)
+        check_range("background_size", self.background_size, minimum=1)
+        check_range("gallery_size", self.gallery_size, minimum=0)
 
 
 class GalleryItem(NamedTuple):
@@ -104,6 +115,7 @@ class _Run:
     config: ExplainConfig
     model: torch.nn.Module
     meta: CheckpointMeta
+    runtime: Runtime  # forward passes only
     device: torch.device
     target: int
     layer_name: str
@@ -132,12 +144,13 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
         The faithfulness tables, outcome counts, per-chip records and the gallery chips.
 
     Raises:
-        UserError: unknown method, layer or target class; a non-positive ``limit``; an output folder
-            that is not empty without ``overwrite``; none of ``chip_ids`` in the split; a missing or
-            unreadable run or chips folder.
+        UserError: unknown method, layer, target class or runtime (``onnx`` without the extra); a
+            non-positive ``limit``; an output folder that is not empty without ``overwrite``; none of
+            ``chip_ids`` in the split; a missing or unreadable run or chips folder.
     """
     run, indices = _start(config)
-    loader = DataLoader(Subset(run.ds, indices), batch_size=config.batch_size, shuffle=False)
+    loader = DataLoader(Subset(run.ds, indices), batch_size=config.batch_size, shuffle=False,
+                        pin_memory=run.device.type == "cuda")
     for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
         _explain_batch(run, batch)
     return _finish(run, len(indices))
@@ -147,15 +160,15 @@ def _start(config: ExplainConfig) -> tuple[_Run, list[int]]:
     """Check the config, load model, chips, footprints and background; the chips to explain."""
     for m in config.methods:
         check_method(m)
-    if config.limit is not None and config.limit <= 0:
-        raise UserError(f"--limit must be a positive number of chips (got {config.limit})")
     target = class_index(config.target_class)
     chips_dir = Path(config.chips_dir)
     device = resolve_device(config.device)
     model, meta = load_classifier(config.run, device)
+    model = model.to(memory_format=torch.channels_last)  # the gradient methods' layout (see Explainer)
+    runtime = make_runtime(config.runtime, model, meta, device, checkpoint=config.run)
     layer_name, _ = resolve_layer(model, config.layer, meta.image_size)
     ds = ChipDataset(chips_dir, split=config.split, image_size=meta.image_size, require_classes=False)
-    prepare_output(config.out_dir, config.overwrite, create=False,
+    prepare_output(config.out_dir, config.overwrite, create=False, inputs={"--run": config.run, "--chips": chips_dir},
                    message="output folder is not empty; use --overwrite or another --out")
     indices = _indices(ds, config)
     schools = ChipsFolder(chips_dir).read_schools()
@@ -165,7 +178,7 @@ def _start(config: ExplainConfig) -> tuple[_Run, list[int]]:
     background = None
     if "shap" in config.methods:
         background = background_from_split(chips_dir, meta.image_size, config.background_size, config.seed).to(device)
-    run = _Run(config, model, meta, device, target, layer_name, ds, schools, background,
+    run = _Run(config, model, meta, runtime, device, target, layer_name, ds, schools, background,
                rng=np.random.default_rng(config.seed), seconds=dict.fromkeys(config.methods, 0.0))
     if config.write_maps:
         run.galleries = {m: {k: [] for k in GALLERY_OUTCOMES} for m in config.methods}
@@ -188,9 +201,9 @@ def _indices(ds: ChipDataset, config: ExplainConfig) -> list[int]:
 
 def _explain_batch(run: _Run, batch: dict) -> None:
     """Maps of every method and baseline for one batch, their records, files and ROAD drops."""
-    x = batch["image"].to(run.device)
-    with torch.no_grad():
-        prob = torch.softmax(run.model(x) / run.meta.temperature, dim=1)[:, SCHOOL].cpu().numpy()
+    x = batch["image"].to(run.device).contiguous(memory_format=torch.channels_last)
+    logits = torch.as_tensor(run.runtime.logits(x))
+    prob = torch.softmax(logits / run.meta.temperature, dim=1)[:, SCHOOL].numpy()
     maps = _method_maps(run, x) | baseline_maps(x.shape[0], x.shape[-2:], run.rng)
     batch_records = []  # a loop, not a comprehension: the warnings' stacklevel counts frames
     for b, idx in enumerate(batch["index"].tolist()):
@@ -282,7 +295,7 @@ def _add_road_drops(run: _Run, x: torch.Tensor, labels: np.ndarray, maps: dict[s
     if not len(school):
         return
     for name, m in maps.items():
-        drops = road_drop(run.model, x[school], m[school], run.target)
+        drops = road_drop(run.runtime.logits, x[school], m[school], run.target)
         for k, b in enumerate(school):
             batch_records[b][name]["road_drop"] = float(drops[k])
 
@@ -299,6 +312,7 @@ def _finish(run: _Run, n: int) -> ExplainSummary:
     write_json(out_dir / "faithfulness.json", {
         "run": str(config.run), "chips_dir": str(Path(config.chips_dir)), "split": config.split, "n_chips": n,
         "layer": run.layer_name, "target_class": CLASSES[run.target], "threshold": run.meta.threshold,
+        "runtime": run.runtime.describe(),
         "outcomes": outcomes, "subset": "correctly classified school chips with a footprint",
         "table": table, "table_all_school_chips": table_all,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},

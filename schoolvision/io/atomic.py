@@ -1,6 +1,8 @@
 """Atomic file writes: write beside the target, then rename.
 
-An interrupted run never leaves a truncated GeoTIFF or half a checkpoint where a good file was.
+An interrupted run never leaves a truncated GeoTIFF or half a checkpoint where a good file was. Each
+write is first recorded in the manifest of the output folder it lands in (see
+:mod:`schoolvision.io.manifest`), so ``--overwrite`` can later remove exactly what the tool wrote.
 """
 
 from __future__ import annotations
@@ -13,17 +15,24 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from schoolvision.io.manifest import record, temporary_affixes
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path) -> Iterator[Path]:
     """Yield a temporary path in the target's folder; rename it onto ``target`` on success.
 
     The temporary name keeps the target's suffix so that format drivers (GDAL, OGR) pick the
-    right format from it.
+    right format from it; the next run into the folder removes one a killed run left.
+
+    Raises:
+        UserError: ``target`` lies in an output folder and exists, but schoolvision did not write it.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".tmp{target.suffix}", dir=target.parent)
+    record(target)
+    prefix, suffix = temporary_affixes(target)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     tmp_path.unlink()  # let the writer create it (some drivers refuse an existing empty file)

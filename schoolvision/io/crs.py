@@ -7,17 +7,31 @@ never disagree about which zone a place is in.
 
 from __future__ import annotations
 
-from pyproj.aoi import AreaOfInterest
+import functools
+
 from pyproj.database import query_utm_crs_info
 from rasterio.crs import CRS
 
 from schoolvision.errors import UserError
 
 
+@functools.cache
+def _utm_zones() -> tuple:
+    """Every WGS 84 UTM zone with its area of use, from PROJ's database (queried once: a query takes ~0.1 s)."""
+    return tuple(query_utm_crs_info(datum_name="WGS 84"))
+
+
 def utm_epsg(lon: float, lat: float) -> int | None:
-    """EPSG code of the WGS 84 UTM zone at (lon, lat); None where UTM is undefined (polar caps)."""
-    info = query_utm_crs_info(datum_name="WGS 84", area_of_interest=AreaOfInterest(lon, lat, lon, lat))
-    return int(info[0].code) if info else None
+    """EPSG code of the WGS 84 UTM zone at (lon, lat); None where UTM is undefined (polar caps).
+
+    The first zone whose area of use holds the point (borders included), in PROJ's order: what
+    ``query_utm_crs_info`` with the point as area of interest answers, without a database query per call.
+    """
+    for info in _utm_zones():
+        area = info.area_of_use
+        if area.west <= lon <= area.east and area.south <= lat <= area.north:
+            return int(info.code)
+    return None
 
 
 def utm_crs(lon: float, lat: float) -> CRS:

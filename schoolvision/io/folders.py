@@ -6,7 +6,8 @@ and writes them (writes are atomic) and turns a missing or unreadable file into 
 :class:`~schoolvision.errors.UserError` that names the file and the command that makes it. A change
 of format is then a change of this one module.
 
-:func:`prepare_output` is the one guard every command runs before it writes into ``--out``.
+:func:`prepare_output` is the one guard every command runs before it writes into ``--out``: never
+into or around an input, and ``--overwrite`` removes only what schoolvision wrote there.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import contextlib
 import hashlib
 import json
 import math
-import shutil
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ from rasterio.enums import Resampling
 from rasterio.errors import RasterioIOError
 
 from schoolvision.errors import UserError
+from schoolvision.io import manifest
 from schoolvision.io.atomic import atomic_path, write_json, write_text
 from schoolvision.io.vectors import read_layer
 
@@ -34,45 +36,96 @@ from schoolvision.io.vectors import read_layer
 
 NOT_EMPTY = "output folder is not empty; pass --overwrite or choose another --out"
 
+Inputs = Mapping[str, Any]
+"""A command's inputs by option name, e.g. ``{"--imagery": paths, "--schools": path}``."""
+
+
+def check_inputs(out: str | Path, inputs: Inputs | None, option: str = "--out") -> None:
+    """Refuse an output path that is, holds or lies inside one of the inputs, so no input is ever overwritten.
+
+    Args:
+        out: the command's output folder (or file).
+        inputs: the input paths by option name (None values are skipped).
+        option: the output's option name, for the message.
+
+    Raises:
+        UserError: naming both paths.
+    """
+    target = Path(out).resolve()
+    for name, value in (inputs or {}).items():
+        paths = [value] if isinstance(value, (str, Path)) else list(value or ())
+        for raw in paths:
+            path = Path(raw).resolve()
+            if path == target:
+                how = "is"
+            elif path in target.parents:
+                how = "lies inside"
+            elif target in path.parents:
+                how = "contains"
+            else:
+                continue
+            raise UserError(f"{option} {how} the input {name} {raw}; choose an {option} outside the inputs", out)
+
 
 def prepare_output(out_dir: str | Path, overwrite: bool, *, message: str = NOT_EMPTY,
                    own_files: Sequence[str] = (), is_same: Callable[[Path], bool] | None = None,
-                   create: bool = True) -> bool:
-    """Check ``out_dir`` before a command writes into it; refuse a folder holding something else.
+                   create: bool = True, inputs: Inputs | None = None, clear: bool = True) -> bool:
+    """Check ``out_dir`` before a command writes into it: the one output guard of every command.
+
+    A folder is empty when it holds nothing but its manifest and temporaries of a killed run (those
+    are removed when the run goes ahead). ``overwrite`` removes what an earlier run of schoolvision
+    wrote there (the files its manifest lists, see :mod:`schoolvision.io.manifest`) and nothing else:
+    other files stay, and the new output is written beside them.
 
     Args:
         out_dir: the command's ``--out``.
         overwrite: the command's ``--overwrite``: write into a non-empty folder.
         message: the error for a non-empty folder without ``overwrite`` (each command names its fix).
-        own_files: names or glob patterns of the files the command writes; with ``overwrite`` those
-            already there are deleted first, so no stale output of an earlier run survives. Other
-            files are left alone.
+        own_files: names or glob patterns of the files the command writes; with ``overwrite``, a file
+            under one of them that schoolvision did not write is refused now rather than half-way.
         is_same: called on a non-empty folder; True means it already holds this very output
             (same inputs), which is neither refused nor cleared.
-        create: make the folder (and its parents) when it passes.
+        create: make the folder (and its parents) when it passes; else it is made by the first write.
+        inputs: the command's input paths by option name; ``out_dir`` must not be, hold or lie in one.
+        clear: with ``overwrite``, delete the earlier run's files now; False when the caller
+            replaces them itself at the end (:func:`~schoolvision.io.manifest.move_into`).
 
     Returns:
         True when ``is_same`` recognised the folder's content, else False.
 
     Raises:
-        UserError: ``out_dir`` is a file, or a non-empty folder without ``overwrite``.
+        UserError: ``out_dir`` is a file or lies under one, is or holds or lies inside an input, is a
+            non-empty folder without ``overwrite``, or holds a file under ``own_files`` that
+            schoolvision did not write.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise UserError("output path exists and is not a folder; choose another --out", out)
-    if out.is_dir() and any(out.iterdir()):
+    above = next((p for p in out.absolute().parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise UserError(f"output path lies under the file {above}; choose another --out", out)
+    check_inputs(out, inputs)
+    if out.is_dir() and manifest.holds_files(out):
         if is_same is not None and is_same(out):
             return True
         if not overwrite:
             raise UserError(message, out)
-        for pattern in own_files:
-            for target in out.glob(pattern):
-                if target.is_dir():
-                    shutil.rmtree(target)
-                else:
-                    target.unlink()
+        foreign = manifest.foreign_files(out, own_files)
+        if foreign:
+            raise UserError(f"holds {os.path.relpath(foreign[0], out)}, which schoolvision did not write (its manifest "
+                            "does not list it; a folder from an older version?); move it away or choose another "
+                            "--out", out)
+        manifest.remove_temporaries(out)
+        if clear:
+            manifest.remove_listed(out)
+    elif out.is_dir():
+        manifest.remove_temporaries(out)
     if create:
         out.mkdir(parents=True, exist_ok=True)
+    if out.is_dir():
+        manifest.start(out)
+    else:
+        manifest.register(out)
     return False
 
 

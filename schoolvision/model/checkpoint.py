@@ -2,8 +2,9 @@
 
 A checkpoint is a plain dict of tensors and primitives, loaded with ``weights_only=True`` (never
 full pickle), written atomically. ``meta`` says everything a later step needs to use the model the
-way it was trained: backbone, input size, the chips' ground sampling distance, the tuned threshold
-and the calibration temperature.
+way it was trained: backbone, input size, the chips' ground sampling distance, how their imagery
+was read (band numbers and 8-bit scaling rule, which ``scan`` applies by default), the tuned
+threshold and the calibration temperature.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class CheckpointMeta:
     classes: list[str] = field(default_factory=lambda: list(CLASSES))
     epoch: int = 0
     metrics: dict[str, float] = field(default_factory=dict)
+    imagery: dict[str, Any] = field(default_factory=dict)  # how the chips read imagery (dataset.json "imagery")
 
 
 def save_checkpoint(path: str | Path, model: torch.nn.Module, meta: CheckpointMeta, **extra: Any) -> Path:

@@ -153,7 +153,8 @@ def _device(module: nn.Module) -> torch.device:
 def _export_bytes(module: nn.Module, image_size: int, output_names: tuple[str, ...]) -> bytes:
     """Trace ``module`` in eval mode to ONNX with a dynamic batch axis."""
     module = module.eval()
-    x = torch.rand(2, 3, image_size, image_size, device=_device(module))
+    # a private generator: exporting must not move torch's global RNG (ROAD's imputer noise draws from it)
+    x = torch.rand(2, 3, image_size, image_size, generator=torch.Generator().manual_seed(0)).to(_device(module))
     buf = io.BytesIO()
     with warnings.catch_warnings():  # the TorchScript exporter announces its deprecation on every call
         warnings.simplefilter("ignore")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,8 +28,14 @@ def predict_logits(
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
     progress: bool = True,
+    forward: Callable[[torch.Tensor], torch.Tensor | np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw logits (N, num_classes) as float32 and labels (N,) of ``dataset`` (or of ``indices`` in it)."""
+    """Raw logits (N, num_classes) as float32 and labels (N,) of ``dataset`` (or of ``indices`` in it).
+
+    ``forward`` runs a batch instead of ``model(x)``: any callable from a (B, 3, H, W) float tensor on
+    ``device`` to logits (tensor or array), e.g. a :class:`~schoolvision.model.runtime.Runtime`'s ``logits``
+    (duck-typed: the runtimes import this module). ``model`` then only gives the class count.
+    """
     device = resolve_device(device) if isinstance(device, str) else device
     data = dataset if indices is None else Subset(dataset, list(indices))
     loader = DataLoader(
@@ -40,9 +46,12 @@ def predict_logits(
     logits, labels = [], []
     for batch in tqdm(loader, desc="predict", leave=False, disable=not progress):
         x = batch["image"].to(device, non_blocking=True)
-        if device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
-        logits.append(model(x).float().cpu())
+        if forward is not None:
+            logits.append(torch.as_tensor(forward(x)).float().cpu())
+        else:
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            logits.append(model(x).float().cpu())
         labels.append(batch["label"])
     model.train(was_training)
     n_classes = getattr(getattr(model, "module", model), "num_classes", 2)

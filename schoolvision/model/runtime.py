@@ -283,6 +283,21 @@ def resolve_runtime(name: str, device: str | torch.device = "cpu") -> str:
     return name
 
 
+def runtime_precision(name: str, device: str | torch.device = "cpu") -> torch.dtype | None:
+    """The reduced precision runtime ``name`` will try on ``device``, or None for float32.
+
+    float32 runtimes (``torch``, ``onnx``, ``torch-fast`` without native autocast) agree to float
+    noise (~1e-6), so results cached from one serve the others; an autocast dtype moves outputs by
+    up to :data:`AUTOCAST_TOLERANCE` and keys its own cache. ``torch-fast`` may still fall back to
+    float32 on its first batch (its ``dtype`` then becomes None).
+
+    Raises:
+        UserError: as :func:`resolve_runtime`.
+    """
+    device = resolve_device(device) if isinstance(device, str) else torch.device(device)
+    return autocast_dtype(device) if resolve_runtime(name, device) == FastTorchRuntime.name else None
+
+
 def make_runtime(name: str, model: torch.nn.Module, meta: CheckpointMeta, device: str | torch.device = "cpu",
                  checkpoint: str | Path | None = None) -> Runtime:
     """Build the runtime ``name`` (``auto``, ``torch``, ``torch-fast`` or ``onnx``) for a loaded model.

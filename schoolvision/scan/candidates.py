@@ -38,6 +38,203 @@ SATURATION = 0.999
 COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
 
 
+EIGHT = np.ones((3, 3), bool)
+"""8-connectivity: regions, markers and watershed all join diagonal neighbours."""
+
+PEAK_FLOOR = 0.05
+"""Lowest threshold the log-odds peaks are first computed for (the sweep's lowest); a lower one recomputes them."""
+
+
+class ProbabilityField:
+    """One probability raster made ready for candidate extraction at any threshold.
+
+    What does not depend on the threshold is computed once per raster and reused by the tuned
+    threshold's candidates and every threshold of the precision-recall sweep: the log-odds, their
+    h-maxima (the peaks that split a region, see :func:`split_regions`) and the sort of the values
+    (for the regions' maxima). Per threshold only the watershed and the labelling run. Regions and
+    numbers equal those of the per-threshold code this replaced (``tests/test_candidates.py``).
+
+    Args:
+        prob: P(school), NaN where there is no data.
+        transform: the raster's affine transform.
+        crs: its CRS.
+        scene: the scene name the candidates carry.
+        dip: log-odds dip between two peaks that makes them two candidates.
+    """
+
+    def __init__(self, prob: np.ndarray, transform, crs, scene: str = "", dip: float = SPLIT_DIP):
+        self.prob, self.transform, self.crs, self.scene, self.dip = prob, transform, crs, scene, dip
+        self.finite = np.isfinite(prob)
+        self.p = np.clip(np.where(self.finite, prob, 0.0), 1 - SATURATION, SATURATION)
+        self.values = np.nan_to_num(prob, nan=0.0)
+        self.logit = np.log(self.p / (1 - self.p)).astype(np.float64)
+        self._peaks: tuple[float, np.ndarray] | None = None  # (lowest threshold they hold for, h-maxima)
+        self._base: tuple[float, np.ndarray, int] | None = None  # lowest threshold's (threshold, basins, peaks)
+        self._order: np.ndarray | None = None  # argsort of the values, and each pixel's place in it
+        self._rank: np.ndarray | None = None
+
+    @classmethod
+    def read(cls, path: str | Path, scene: str = "", dip: float = SPLIT_DIP) -> ProbabilityField:
+        """The probability raster at ``path`` (decimated as :func:`read_probability` does)."""
+        return cls(*read_probability(path), scene=scene, dip=dip)
+
+    def peaks(self, threshold: float) -> np.ndarray:
+        """The h-maxima of the log-odds, exact where P(school) >= ``threshold`` (bool, full raster).
+
+        Whether a pixel whose log-odds are at least L is an h-maximum depends only on the connected
+        part of the raster above L - h around it (any path out of it dips by more than h), so the
+        h-maxima are computed on each such part's bounding box alone: the same answer, in a
+        fraction of the time when most of the raster is far below every threshold.
+        """
+        if self._peaks is not None and threshold >= self._peaks[0]:
+            return self._peaks[1]
+        floor = min(float(threshold), PEAK_FLOOR)
+        low = np.log(floor / (1 - floor)) - self.dip if floor > 0 else -np.inf
+        parts, n = ndimage.label(self.logit > low, structure=EIGHT)
+        boxes = ndimage.find_objects(parts)
+        if n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > self.logit.size // 2:
+            peaks = h_maxima(self.logit, self.dip).astype(bool)
+        else:
+            peaks = np.zeros(self.logit.shape, bool)
+            for i, box in enumerate(boxes, start=1):
+                inside = parts[box] == i
+                part = np.where(inside, self.logit[box], low)
+                peaks[box] |= h_maxima(part, self.dip).astype(bool) & inside
+        self._peaks = (floor, peaks)
+        return peaks
+
+    def labels(self, threshold: float, reuse: bool = False) -> tuple[np.ndarray, int]:
+        """Region labels (int32, 0 = background) where P(school) >= ``threshold``, and their number.
+
+        ``reuse``: split regions with the basins of the lowest threshold run so far where they agree
+        (see :meth:`_from_base`); for the precision-recall sweep, which keeps each region's peak only.
+        """
+        above = self.finite & (self.p >= threshold)
+        if not above.any():
+            return np.zeros(self.prob.shape, np.int32), 0
+        markers, n = ndimage.label(self.peaks(threshold) & above, structure=EIGHT)
+        labels = self._from_base(threshold, above, markers, n) if reuse else None
+        if labels is None:
+            labels = self._watershed(above, markers)
+            if self._base is None or threshold < self._base[0]:
+                self._base = (threshold, labels.copy(), n)
+        rest, m = ndimage.label(above & (labels == 0), structure=EIGHT)  # regions whose peak sits below the threshold
+        labels[rest > 0] = rest[rest > 0] + n
+        return labels, n + m
+
+    def _watershed(self, above: np.ndarray, markers: np.ndarray) -> np.ndarray:
+        """Basins of ``markers`` within ``above``, run on the bounding box of ``above``.
+
+        Exactly the whole raster's result: the flood visits the same pixels in the same order.
+        """
+        rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        basins = np.zeros(above.shape, np.int32)
+        basins[box] = watershed(-self.logit[box], markers[box], mask=above[box], connectivity=2)
+        return basins
+
+    def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray, n: int) -> np.ndarray | None:
+        """The basins at ``threshold`` from the watershed at a lower one; None where they may differ more.
+
+        The flood fills higher log-odds first, so within a connected part above ``threshold`` it
+        reaches every pixel from that part's own peaks before any lower one: a part with one peak is
+        that peak's basin whole, a part with none a region of its own, and a part with several is
+        split as the lower threshold's basins split it. None (run the watershed) where a lower basin
+        holds two of this threshold's peaks (a peak region cut in two by the threshold). Pixels
+        between two basins at exactly equal log-odds (common on a blended raster's borders) may fall
+        to the other basin than a watershed of their own would give them, since skimage breaks such
+        ties by the order of its heap: region areas and means can move there. The sweep keeps only
+        each region's peak, at its top, so its counts stay those of a watershed per threshold
+        (``tests/test_candidates.py`` compares them on rasters with such ties).
+        """
+        if self._base is None or threshold < self._base[0]:
+            return None
+        _, base, base_n = self._base
+        parts, k = ndimage.label(above, structure=EIGHT)
+        pixels = np.flatnonzero(markers)
+        marker = markers.ravel()[pixels]
+        part_of = np.zeros(n + 1, np.int32)  # the part holding each peak
+        part_of[marker] = parts.ravel()[pixels]
+        basin_of = np.zeros(n + 1, np.int32)  # the lower threshold's basin holding each peak
+        basin_of[marker] = base.ravel()[pixels]
+        if (np.bincount(basin_of[1:], minlength=base_n + 1)[1:] > 1).any():
+            return None
+        peaks_in = np.bincount(part_of[1:], minlength=k + 1)
+        peaks_in[0] = 0
+        single = peaks_in[part_of[1:]] == 1
+        only = np.zeros(k + 1, np.int32)  # the one peak of a part that has one
+        only[part_of[1:][single]] = np.arange(1, n + 1, dtype=np.int32)[single]
+        count = peaks_in[parts]
+        basins = np.where(count == 1, only[parts], 0).astype(np.int32)
+        several = count > 1
+        if several.any():
+            lut = np.zeros(base_n + 1, np.int32)
+            lut[basin_of[1:]] = np.arange(1, n + 1, dtype=np.int32)
+            mapped = lut[base[several]]
+            if not (mapped > 0).all() or (part_of[mapped] != parts[several]).any():
+                return None
+            basins[several] = mapped
+        return basins
+
+    def points(self, threshold: float, min_area_m2: float = 0.0,
+               reuse: bool = False) -> tuple[gpd.GeoDataFrame, np.ndarray]:
+        """(unranked points with their ``label``, region labels) at ``threshold`` (``reuse``: see :meth:`labels`)."""
+        labels, n = self.labels(threshold, reuse)
+        if n == 0:
+            return _empty(self.crs), labels
+        transform, width = self.transform, self.prob.shape[1]
+        px_area = abs(transform.a * transform.e - transform.b * transform.d)
+        maxs, means, counts, peaks = self._stats(labels, n)
+        rows = []
+        for i, (mx, mn, cnt, peak) in enumerate(zip(maxs, means, counts, peaks), start=1):
+            r, c = divmod(int(peak), width)
+            area = float(cnt * px_area)
+            if cnt == 0 or area < min_area_m2:
+                continue
+            x, y = transform @ (c + 0.5, r + 0.5)
+            rows.append({"label": i, "scene": self.scene, "max_prob": float(mx), "mean_prob": float(mn),
+                         "area_m2": area, "peak": "probability", "geometry": Point(x, y)})
+        points = gpd.GeoDataFrame(rows, geometry="geometry", crs=self.crs) if rows else _empty(self.crs)
+        return points, labels
+
+    def _stats(self, labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
+        """Max, mean, pixel count and flat index of the max of regions ``1..n``.
+
+        The numbers of ``ndimage.maximum``, ``mean`` and ``maximum_position``, ties included: like them,
+        each region's peak is its last pixel in the sort of all values (done once, not per threshold),
+        and sums add the region's pixels in raster order. Only labelled pixels are visited.
+        """
+        if self._rank is None:
+            order = self.values.ravel().argsort()
+            self._rank = np.empty(order.size, np.intp)
+            self._rank[order] = np.arange(order.size)
+            self._order = order
+        pixels = np.flatnonzero(labels)
+        region = labels.ravel()[pixels]
+        values = self.values.ravel()[pixels]
+        last = np.full(n + 1, -1, np.intp)
+        np.maximum.at(last, region, self._rank[pixels])
+        peaks = self._order[last[1:]]
+        counts = np.bincount(region, minlength=n + 1)[1:]
+        sums = np.bincount(region, weights=values, minlength=n + 1)[1:]
+        return self.values.ravel()[peaks], sums / counts, counts, peaks
+
+    def candidates(self, threshold: float, min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+        """(ranked points, region polygons) at ``threshold``: :func:`extract_candidates`."""
+        points, labels = self.points(threshold, min_area_m2)
+        crs = self.crs
+        if not len(points):
+            return rank(points), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs=crs)
+        keep = set(points["label"])
+        polys = [{"scene": self.scene, "label": int(v), "geometry": shape(g)}
+                 for g, v in shapes(labels, mask=labels > 0, transform=self.transform) if int(v) in keep]
+        regions = gpd.GeoDataFrame(polys, geometry="geometry", crs=crs) if polys else gpd.GeoDataFrame(
+            {"scene": [], "label": []}, geometry=[], crs=crs)
+        if len(regions):
+            regions = regions.dissolve(by=["scene", "label"], as_index=False)
+        return rank(points), regions
+
+
 def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) -> tuple[np.ndarray, int]:
     """Label regions where ``prob >= threshold``; a region with several peaks is split between them.
 
@@ -47,50 +244,13 @@ def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) ->
     1.65x between the peaks), and the region is split along the watershed between them. Above
     ``SATURATION`` the log-odds are flat: differences between 0.99999 and 0.999995 are noise.
     """
-    finite = np.isfinite(prob)
-    p = np.clip(np.where(finite, prob, 0.0), 1 - SATURATION, SATURATION)
-    above = finite & (p >= threshold)
-    if not above.any():
-        return np.zeros(prob.shape, np.int32), 0
-    logit = np.log(p / (1 - p)).astype(np.float64)
-    eight = np.ones((3, 3), bool)
-    markers, n = ndimage.label(h_maxima(logit, dip).astype(bool) & above, structure=eight)
-    labels = watershed(-logit, markers, mask=above, connectivity=2).astype(np.int32)
-    rest, m = ndimage.label(above & (labels == 0), structure=eight)  # regions whose peak sits below the threshold
-    labels[rest > 0] = rest[rest > 0] + n
-    return labels, n + m
+    return ProbabilityField(prob, None, None, dip=dip).labels(threshold)
 
 
 def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene: str = "",
                        min_area_m2: float = 0.0, dip: float = SPLIT_DIP) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """(points, region polygons) of regions where ``prob >= threshold`` (see :func:`split_regions`), ranked."""
-    labels, n = split_regions(prob, threshold, dip)
-    px_area = abs(transform.a * transform.e - transform.b * transform.d)
-    if n == 0:
-        return _empty(crs), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs=crs)
-    idx = np.arange(1, n + 1)
-    vals = np.nan_to_num(prob, nan=0.0)
-    maxs = ndimage.maximum(vals, labels, idx)
-    means = ndimage.mean(vals, labels, idx)
-    counts = np.bincount(labels.ravel(), minlength=n + 1)[1:]
-    peaks = ndimage.maximum_position(vals, labels, idx)
-    rows = []
-    for i, (mx, mn, cnt, (r, c)) in enumerate(zip(maxs, means, counts, peaks), start=1):
-        area = float(cnt * px_area)
-        if cnt == 0 or area < min_area_m2:
-            continue
-        x, y = transform @ (c + 0.5, r + 0.5)
-        rows.append({"label": i, "scene": scene, "max_prob": float(mx), "mean_prob": float(mn), "area_m2": area,
-                     "peak": "probability", "geometry": Point(x, y)})
-    points = gpd.GeoDataFrame(rows, geometry="geometry", crs=crs) if rows else _empty(crs)
-    keep = set(points["label"]) if rows else set()
-    polys = [{"scene": scene, "label": int(v), "geometry": shape(g)}
-             for g, v in shapes(labels, mask=labels > 0, transform=transform) if int(v) in keep]
-    regions = gpd.GeoDataFrame(polys, geometry="geometry", crs=crs) if polys else gpd.GeoDataFrame(
-        {"scene": [], "label": []}, geometry=[], crs=crs)
-    if len(regions):
-        regions = regions.dissolve(by=["scene", "label"], as_index=False)
-    return rank(points), regions
+    return ProbabilityField(prob, transform, crs, scene, dip).candidates(threshold, min_area_m2)
 
 
 def _empty(crs) -> gpd.GeoDataFrame:
@@ -143,20 +303,26 @@ def common_crs(crss: Sequence):
     return next(iter(unique)) if len(unique) == 1 else "EPSG:4326"
 
 
+def read_fields(scenes: Sequence) -> list[ProbabilityField]:
+    """The probability raster of each scanned scene (``SceneScan`` items), ready for any threshold."""
+    return [ProbabilityField.read(s.probability, s.scene) for s in scenes]
+
+
 def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,
-                min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+                min_area_m2: float = 0.0,
+                fields: Sequence[ProbabilityField] | None = None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked.
 
     Points closer than ``merge_distance`` from different scenes, or half that within one scene (a
-    school split at a scene edge), are one candidate.
+    school split at a scene edge), are one candidate. ``fields``: the scenes' rasters from
+    :func:`read_fields`, when the caller reuses them (the evaluation's sweep does).
     """
     if not scenes:
         return _empty("EPSG:4326"), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs="EPSG:4326")
     crs = common_crs([s.crs for s in scenes])
     pts, regs = [], []
-    for s in scenes:
-        prob, transform, scrs = read_probability(s.probability)
-        p, r = extract_candidates(prob, transform, scrs, threshold, s.scene, min_area_m2)
+    for field in read_fields(scenes) if fields is None else fields:
+        p, r = field.candidates(threshold, min_area_m2)
         pts.append(p.to_crs(crs))
         regs.append(r.to_crs(crs))
     points = gpd.GeoDataFrame(pd.concat(pts, ignore_index=True), geometry="geometry", crs=crs)

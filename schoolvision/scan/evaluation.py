@@ -4,7 +4,8 @@ A school is found when a candidate point lies within ``distance`` metres (defaul
 footprint (its point, for point labels); matching is one-to-one and greedy, most probable
 candidate first, nearest school first. Only schools inside the scanned scenes' data count.
 The precision-recall curve re-extracts candidates from the probability rasters at each
-threshold (probability peaks), so it also covers thresholds below the tuned one.
+threshold (probability peaks), so it also covers thresholds below the tuned one; each raster's
+log-odds peaks are computed once for all thresholds (:class:`~schoolvision.scan.candidates.ProbabilityField`).
 """
 
 from __future__ import annotations
@@ -15,22 +16,24 @@ from pathlib import Path
 import geopandas as gpd
 import numpy as np
 import pandas as pd
+import shapely
 from rasterio.warp import transform_geom
 from shapely.geometry import box, mapping, shape
+from tqdm.auto import tqdm
 
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import probability_bounds, read_probability
 from schoolvision.io.schools import read_schools
-from schoolvision.scan.candidates import extract_candidates, merge_duplicates, rank
+from schoolvision.scan.candidates import ProbabilityField, extract_candidates, merge_duplicates, rank, read_fields
 
 
-def load_schools(path: str | Path, scenes: Sequence) -> gpd.GeoDataFrame:
+def load_schools(path: str | Path | gpd.GeoDataFrame, scenes: Sequence) -> gpd.GeoDataFrame:
     """Known schools that fall inside the scanned scenes, in EPSG:4326 (points stay points).
 
-    Read by :func:`~schoolvision.io.schools.read_schools`, so ``scan --schools`` accepts exactly the
-    files ``chips --schools`` accepts.
+    ``path`` is a file read by :func:`~schoolvision.io.schools.read_schools` (so ``scan --schools``
+    accepts exactly the files ``chips --schools`` accepts), or what it returned.
     """
-    gdf = read_schools(path, point_buffer_m=None)
+    gdf = path if isinstance(path, gpd.GeoDataFrame) else read_schools(path, point_buffer_m=None)
     footprints = [shape(transform_geom(s.crs, "EPSG:4326", mapping(box(*probability_bounds(s.probability)))))
                   for s in scenes]
     inside = np.zeros(len(gdf), bool)
@@ -50,7 +53,7 @@ def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float,
     utm = crs or metric_crs(schools)
     c = cands.to_crs(utm).geometry.reset_index(drop=True)
     s = schools.to_crs(utm).geometry.reset_index(drop=True)
-    d = np.array([[cg.distance(sg) for sg in s] for cg in c])
+    d = shapely.distance(c.to_numpy()[:, None], s.to_numpy()[None, :]).reshape(len(c), len(s))
     order = np.argsort(-cands["max_prob"].to_numpy(), kind="stable")
     pairs, taken = [], set()
     for i in order:
@@ -74,13 +77,18 @@ def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
 
 def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
              thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
-             merge_distance: float = 64.0) -> list[dict]:
-    """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold."""
-    rasters = [(s.scene, *read_probability(s.probability)) for s in scenes]
+             merge_distance: float = 64.0, fields: Sequence[ProbabilityField] | None = None,
+             progress: bool = False) -> list[dict]:
+    """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold.
+
+    ``fields``: the scenes' rasters from :func:`~schoolvision.scan.candidates.read_fields` when the
+    caller has them already; ``progress`` shows a bar over the thresholds.
+    """
+    fields = read_fields(scenes) if fields is None else fields
     utm = metric_crs(schools) if len(schools) else None
     curve = []
-    for t in thresholds:
-        parts = [extract_candidates(p, tf, crs, float(t), name)[0].to_crs("EPSG:4326") for name, p, tf, crs in rasters]
+    for t in tqdm(thresholds, desc="precision-recall", unit="threshold", leave=False, disable=not progress):
+        parts = [rank(f.points(float(t), reuse=True)[0]).to_crs("EPSG:4326") for f in fields]
         parts = [p for p in parts if len(p)]
         cands = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326") if parts else None
         if cands is not None:
@@ -106,10 +114,15 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
     }
 
 
-def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path, distance: float = 50.0,
-                  threshold: float | None = None,
-                  merge_distance: float = 64.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
-    """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms)."""
+def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path | gpd.GeoDataFrame,
+                  distance: float = 50.0, threshold: float | None = None, merge_distance: float = 64.0,
+                  fields: Sequence[ProbabilityField] | None = None,
+                  progress: bool = False) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+    """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms).
+
+    ``schools_path``: a schools file, or the schools :func:`~schoolvision.io.schools.read_schools` read from one.
+    ``fields`` (the scenes' rasters, read once by the caller) and ``progress`` go to :func:`pr_curve`.
+    """
     schools = load_schools(schools_path, scenes)
     pairs = match(cands, schools, distance)
     matched_c = {i: (j, d) for i, j, d in pairs}
@@ -119,7 +132,7 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
     s4326["candidate_rank"] = [int(cands["rank"].iloc[matched_s[j][0]]) if j in matched_s else -1
                                for j in range(len(schools))]
     s4326["distance_m"] = [round(matched_s[j][1], 2) if j in matched_s else np.nan for j in range(len(schools))]
-    missed = s4326[~s4326["found"]]
+    missed = s4326[~s4326["found"].astype(bool)]  # astype: an empty column is object, and ~ of it drops the columns
     c = cands.copy()
     c["matched_school"] = [str(schools["name"].iloc[matched_c[i][0]]) if i in matched_c else "" for i in range(len(c))]
     false_alarms = c[c["matched_school"] == ""]
@@ -136,7 +149,8 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
         "candidates": len(cands),
         "true_positives": len(pairs),
         **scores(len(cands), len(schools), len(pairs)),
-        "pr_curve": (curve := pr_curve(scenes, schools, distance, merge_distance=merge_distance)),
+        "pr_curve": (curve := pr_curve(scenes, schools, distance, merge_distance=merge_distance, fields=fields,
+                                       progress=progress)),
         **operating_points(curve),
         "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
                            for _, r in missed.iterrows()],

@@ -8,9 +8,11 @@ missed school or a false alarm (chapter 6).
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch
-import torch.nn.functional as F
 from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 from shapely.geometry import Point
@@ -19,50 +21,82 @@ from schoolvision.explain.layers import MIN_CAM_CELLS
 from schoolvision.explain.maps import resize_maps
 from schoolvision.explain.methods import explainer
 from schoolvision.io.imagery import open_source
-from schoolvision.scan.windows import pad, predict_windows, to_float
+from schoolvision.model.runtime import Runtime, make_runtime
+from schoolvision.scan.windows import pad, predict_windows, to_float, to_input
 
 
-def read_chip_at(source, meta, x: float, y: float, crs, *, native_resolution: bool = False):
-    """Read the chip centred on map point (x, y in ``crs``) at the run's GSD: (uint8 (3,c,c), CRS, Affine)."""
+def read_chips_at(source, meta, xy: Sequence[tuple[float, float]], crs, *, native_resolution: bool = False) -> list:
+    """Read the chips centred on map points ``xy`` (in ``crs``) at the run's GSD, opening ``source`` once.
+
+    Returns:
+        One (uint8 (3,c,c), CRS, Affine) per point, in order.
+    """
     chip = int(meta.chip_size)
+    if not len(xy):
+        return []
+    out = []
     with open_source(source, gsd=None if native_resolution else meta.gsd) as ds:
-        xs, ys = warp_points(crs, ds.crs, [x], [y])
-        row, col = ds.index(xs[0], ys[0])
-        r0 = int(np.clip(row - chip // 2, 0, max(ds.height - chip, 0)))
-        c0 = int(np.clip(col - chip // 2, 0, max(ds.width - chip, 0)))
-        win = Window(c0, r0, min(chip, ds.width - c0), min(chip, ds.height - r0))
-        img = pad(ds.read((1, 2, 3), window=win), chip, chip)
-        return img, ds.crs, ds.window_transform(Window(c0, r0, chip, chip))
+        xs, ys = warp_points(crs, ds.crs, [p[0] for p in xy], [p[1] for p in xy])
+        for x, y in zip(xs, ys):
+            row, col = ds.index(x, y)
+            r0 = int(np.clip(row - chip // 2, 0, max(ds.height - chip, 0)))
+            c0 = int(np.clip(col - chip // 2, 0, max(ds.width - chip, 0)))
+            win = Window(c0, r0, min(chip, ds.width - c0), min(chip, ds.height - r0))
+            img = ds.read((1, 2, 3), window=win)
+            img[:, ds.dataset_mask(window=win) == 0] = 0  # masked pixels are nodata, as in chips and scan windows
+            img = pad(img, chip, chip)
+            out.append((img, ds.crs, ds.window_transform(Window(c0, r0, chip, chip))))
+    return out
 
 
-def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 16) -> np.ndarray:
+def chips_at(points, scenes: Sequence[str], sources: dict, meta, crs, native_resolution: bool = False) -> list:
+    """:func:`read_chips_at` for points in several scenes (``scenes[i]`` holds ``points[i]``), each opened once."""
+    out: list = [None] * len(points)
+    by_scene: dict[str, list[int]] = {}
+    for i, scene in enumerate(scenes):
+        by_scene.setdefault(scene, []).append(i)
+    for scene, idx in by_scene.items():
+        xy = [(points[i].x, points[i].y) for i in idx]
+        for i, chip in zip(idx, read_chips_at(sources[scene], meta, xy, crs, native_resolution=native_resolution)):
+            out[i] = chip
+    return out
+
+
+def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 32) -> np.ndarray:
     """Grad-CAM of the school class for uint8 (N,3,H,W) chips, returned at (N,H,W) in [0,1].
 
-    Uses :func:`schoolvision.explain.methods.explainer` (log-odds target, the model's own target layer).
+    Uses :func:`schoolvision.explain.methods.explainer` (the model's own target layer; gradients in
+    torch, channels_last).
     """
     out = []
     h, w = images.shape[-2:]
     with explainer(model, "gradcam") as explain:
         for i in range(0, len(images), batch_size):
-            x = torch.from_numpy(to_float(images[i : i + batch_size])).to(device)
-            if (h, w) != (image_size, image_size):
-                x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False,
-                                  antialias=True)
+            x = to_input(to_float(images[i : i + batch_size]), image_size, device)
             out.append(resize_maps(explain(x), h, w))
     return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
 
 
-def cam_cells(model: torch.nn.Module, image_size: int, device) -> int:
-    """Side of the model's last feature map at ``image_size``: the grid grad-CAM can localise on."""
+@contextlib.contextmanager
+def cam_cells(model: torch.nn.Module) -> Iterator[list[int]]:
+    """A list that fills with the side of the target layer's map at each forward pass while open.
+
+    The grid grad-CAM can localise on, seen during the CAM's own pass (no extra forward pass); stays
+    empty for a model without ``target_layer``.
+    """
+    sides: list[int] = []
+    layer = getattr(model, "target_layer", None)
+    handle = None if layer is None else layer.register_forward_hook(
+        lambda module, inputs, output: sides.append(int(min(output.shape[-2:]))))
     try:
-        with torch.no_grad():
-            fm = model.feature_map(torch.zeros(1, 3, image_size, image_size, device=device))
-        return int(min(fm.shape[-2:]))
-    except (AttributeError, RuntimeError):
-        return image_size
+        yield sides
+    finally:
+        if handle is not None:
+            handle.remove()
 
 
-def explain_points(model, meta, points, sources: dict, device="cpu", native_resolution: bool = False):
+def explain_points(model, meta, points, sources: dict, device="cpu", native_resolution: bool = False,
+                   runtime: Runtime | None = None):
     """Chips centred on ``points`` (GeoDataFrame with a ``scene`` column), their P(school) and grad-CAM.
 
     Args:
@@ -72,6 +106,7 @@ def explain_points(model, meta, points, sources: dict, device="cpu", native_reso
         sources: scene name -> :class:`~schoolvision.io.imagery.ImagerySource`.
         device: where the model runs.
         native_resolution: read at the scene's GSD, not the run's.
+        runtime: what computes P(school) (default: float32 torch); grad-CAM always runs in torch.
 
     Returns:
         (chips uint8 (N,3,c,c), probabilities (N,), cams (N,c,c)): what a mapper looks at to judge a
@@ -81,10 +116,11 @@ def explain_points(model, meta, points, sources: dict, device="cpu", native_reso
     if not len(points):
         return np.zeros((0, 3, chip, chip), np.uint8), np.zeros(0, np.float32), np.zeros((0, chip, chip), np.float32)
     geoms = [g if g.geom_type == "Point" else g.representative_point() for g in points.geometry]
-    chips = np.stack([read_chip_at(sources[scene], meta, g.x, g.y, points.crs, native_resolution=native_resolution)[0]
-                      for g, scene in zip(geoms, points["scene"])])
+    chips = np.stack([c[0] for c in chips_at(geoms, list(points["scene"]), sources, meta, points.crs,
+                                             native_resolution)])
     device = torch.device(device) if isinstance(device, str) else device
-    probs = predict_windows(model.to(device).eval(), to_float(chips), meta.image_size, meta.temperature, device)
+    runtime = runtime or make_runtime("torch", model.to(device).eval(), meta, device)
+    probs = predict_windows(runtime, to_float(chips), meta.image_size)
     return chips, probs, cam_maps(model, chips, meta.image_size, device)
 
 
@@ -97,11 +133,13 @@ def place_at_cam_peaks(model, meta, cands, sources: dict, device, regions=None, 
     ``peak`` column says which one each point is.
     """
     cands = cands.copy()
-    if not len(cands) or cam_cells(model, meta.image_size, device) < MIN_CAM_CELLS:
+    if not len(cands):
         return cands
-    chips = [read_chip_at(sources[scene], meta, g.x, g.y, cands.crs, native_resolution=native_resolution)
-             for g, scene in zip(cands.geometry, cands["scene"])]
-    heats = cam_maps(model, np.stack([c[0] for c in chips]), meta.image_size, device)
+    chips = chips_at(list(cands.geometry), list(cands["scene"]), sources, meta, cands.crs, native_resolution)
+    with cam_cells(model) as cells:
+        heats = cam_maps(model, np.stack([c[0] for c in chips]), meta.image_size, device)
+    if cells and min(cells) < MIN_CAM_CELLS:
+        return cands
     shapes = {}
     if regions is not None and len(regions) and "label" in cands.columns:
         geoms = regions.to_crs(cands.crs).geometry

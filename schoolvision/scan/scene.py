@@ -17,15 +17,14 @@ from pathlib import Path
 
 import rasterio
 import torch
-from rasterio.errors import RasterioError
 from tqdm.auto import tqdm
 
-from schoolvision.errors import UserError
 from schoolvision.io.atomic import atomic_path
-from schoolvision.io.imagery import native_gsd, open_source, xyz_vrt_xml
+from schoolvision.io.imagery import native_gsd, open_scene, open_source, pixel_scale
 from schoolvision.io.rasters import build_overviews
+from schoolvision.model.runtime import Runtime, make_runtime
 from schoolvision.scan.probability import RowBlender, raster_profile, warp_back
-from schoolvision.scan.windows import WindowReader, predict_windows, prefetch, window_offsets
+from schoolvision.scan.windows import WindowReader, predict_windows, prefetch, resized, window_offsets
 
 GDAL_CACHE_MB = 128
 """GDAL block cache while scanning (GDAL's default is 5% of RAM: gigabytes on a big machine)."""
@@ -50,16 +49,15 @@ class SceneScan:
     area_km2: float
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    pixels: dict = field(default_factory=dict)  # how the scene became 8-bit (PixelScale.record), as in dataset.json
 
 
 def scene_grid(source):
-    """Open the scene's own grid (the file as it is; an XYZ folder as its Web Mercator mosaic)."""
-    if getattr(source, "kind", "raster") == "xyz":
-        return rasterio.open(xyz_vrt_xml(source))
-    try:
-        return rasterio.open(source.path)
-    except RasterioError as exc:
-        raise UserError(f"not a readable raster ({str(exc).splitlines()[0][:120]})", source.path) from None
+    """Open the scene's own grid: RGB, 8-bit, mask kept, CRS from ``--crs`` when the file has none (a context manager).
+
+    An XYZ folder is its Web Mercator mosaic. Band numbers, CRS and scale are the source's options.
+    """
+    return open_scene(source)
 
 
 @dataclass
@@ -67,7 +65,9 @@ class SceneScanner:
     """A model ready to scan scenes, with what every scene of a run shares.
 
     ``stride`` is in pixels at the scan GSD (default half a chip); ``prefetch_depth`` batches are read
-    ahead of the model.
+    ahead of the model. ``runtime`` runs the windows' forward passes: a built
+    :class:`~schoolvision.model.runtime.Runtime`, or a name for :func:`~schoolvision.model.runtime.make_runtime`
+    (``auto``: ONNX Runtime on CPU when installed, exported in memory; else channels_last torch).
     """
 
     model: torch.nn.Module
@@ -78,6 +78,11 @@ class SceneScanner:
     native_resolution: bool = False
     prefetch_depth: int = 4
     progress: bool = True
+    runtime: Runtime | str = "auto"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.runtime, str):
+            self.runtime = make_runtime(self.runtime, self.model, self.meta, self.device)
 
     @property
     def chip(self) -> int:
@@ -117,7 +122,7 @@ class SceneScanner:
                 scene=source.name, source=str(source.path), probability=str(out_path), crs=scene.crs.to_string(),
                 width=scene.width, height=scene.height, scan_gsd=gsd, windows=len(windows) - reader.skipped,
                 skipped_windows=reader.skipped, area_km2=round(_area_km2(ds), 4),
-                seconds=round(time.perf_counter() - t0, 3), warnings=notes,
+                seconds=round(time.perf_counter() - t0, 3), warnings=notes, pixels=pixel_scale(source).record(),
             )
 
     def _notes(self, scene, ds, gsd: float) -> list[str]:
@@ -139,8 +144,11 @@ class SceneScanner:
         with rasterio.open(path, "w", **raster_profile(ds.width, ds.height, ds.crs, ds.transform)) as dst:
             blender = RowBlender(dst, ds.width, ds.height, self.chip)
             bar = tqdm(total=len(windows), unit="win", desc=name, disable=not self.progress, leave=False)
-            for offs, imgs, masks in prefetch(reader.batches(windows), self.prefetch_depth):
-                probs = predict_windows(self.model, imgs, meta.image_size, meta.temperature, self.device)
+            batches = reader.batches(windows)
+            if self.runtime.device.type == "cpu":  # resize in the reader thread, while the model runs
+                batches = resized(batches, meta.image_size)
+            for offs, imgs, masks in prefetch(batches, self.prefetch_depth):
+                probs = predict_windows(self.runtime, imgs, meta.image_size)
                 for (ro, co), p, m in zip(offs, probs, masks):
                     blender.add(ro, co, float(p), m)
                 bar.update(len(offs))
@@ -170,6 +178,7 @@ def scan_scene(
     native_resolution: bool = False,
     prefetch_depth: int = 4,
     progress: bool = True,
+    runtime: Runtime | str = "auto",
 ) -> SceneScan:
     """Scan one imagery source; write its float32 probability GeoTIFF on the scene grid to ``out_path``.
 
@@ -184,13 +193,17 @@ def scan_scene(
         native_resolution: scan at the scene's own GSD instead of the run's (warns when far from it).
         prefetch_depth: batches read ahead in a background thread.
         progress: show a progress bar.
+        runtime: what runs the forward passes: a :class:`~schoolvision.model.runtime.Runtime` built for
+            ``model``, or a runtime name (``auto``, ``torch``, ``torch-fast``, ``onnx``).
 
     Returns:
         What was scanned: grid, windows scored and skipped, area, time, warnings.
 
     Raises:
-        UserError: the scene is not a readable raster, or ``stride`` is not positive.
+        UserError: the scene is not a readable raster, ``stride`` is not positive, or the runtime is
+            unknown or not installed.
     """
     scanner = SceneScanner(model, meta, device=device, stride=stride, batch_size=batch_size,
-                           native_resolution=native_resolution, prefetch_depth=prefetch_depth, progress=progress)
+                           native_resolution=native_resolution, prefetch_depth=prefetch_depth, progress=progress,
+                           runtime=runtime)
     return scanner.scan(source, out_path)

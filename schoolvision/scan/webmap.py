@@ -21,6 +21,7 @@ from importlib import resources
 from pathlib import Path
 
 import folium
+import geopandas as gpd
 import numpy as np
 from branca.element import Element, MacroElement
 from jinja2 import Template
@@ -34,7 +35,7 @@ from rasterio.windows import from_bounds
 
 from schoolvision.io.atomic import write_text
 from schoolvision.io.folders import ScanFolder, open_probability
-from schoolvision.io.imagery import list_sources
+from schoolvision.io.imagery import ImageryOptions, list_sources
 from schoolvision.io.schools import read_schools
 from schoolvision.scan.scene import SceneScan, scene_grid
 
@@ -74,9 +75,12 @@ def offline_map(**kwargs) -> folium.Map:
 
 
 def png_data_uri(rgba: np.ndarray) -> str:
-    """(H, W, 3|4) uint8 -> ``data:image/png;base64,...``."""
+    """(H, W, 3|4) uint8 -> ``data:image/png;base64,...``.
+
+    Fast zlib level 1: on a 1024 px scene overlay it is ~6x faster than ``optimize=True`` for ~10% more bytes.
+    """
     buf = io.BytesIO()
-    Image.fromarray(rgba).save(buf, format="PNG", optimize=True)
+    Image.fromarray(rgba).save(buf, format="PNG", compress_level=1)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
@@ -154,7 +158,7 @@ def _popup(row, thumb: str | None) -> HtmlPopup:
     return HtmlPopup("<br>".join(parts))
 
 
-def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | None = None,
+def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gpd.GeoDataFrame | None = None,
              evaluation_layers: Mapping | None = None, max_side: int = 1024, max_overlays: int = 20,
              max_markers: int = 2000) -> folium.Map:
     """Build the map of a scan (``SceneScan`` items, candidates GeoDataFrame, scene name -> imagery source).
@@ -196,7 +200,7 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | No
             marker.add_to(g_c)
     known = layers.get("known_schools")
     if known is None and schools is not None:
-        known = read_schools(schools, point_buffer_m=None)
+        known = schools if isinstance(schools, gpd.GeoDataFrame) else read_schools(schools, point_buffer_m=None)
     if known is not None and len(known):
         g_k = folium.FeatureGroup(name="known schools", show=True).add_to(m)
         k = known.to_crs("EPSG:4326")
@@ -221,7 +225,10 @@ def scan_map_from_dir(out_dir: str | Path, **kwargs) -> folium.Map:
     folder = ScanFolder(out_dir)
     info = folder.read_summary()
     scenes = [SceneScan(**s) for s in info["scenes"]]
-    sources = {s.scene: src for s in scenes for src in list_sources([s.source]) if src.name == s.scene}
+    read = info.get("imagery") or {}  # the scan's bands, CRS option and scale rule
+    options = ImageryOptions(bands=read.get("bands"), crs=read.get("crs"), scale=read.get("scale"))
+    sources = {s.scene: src.with_options(options) for s in scenes for src in list_sources([s.source])
+               if src.name == s.scene}
     cands = folder.read_layer("candidates")
     layers = {name: folder.read_layer(name) for name in ("known_schools", "false_alarms")}
     layers = {k: v for k, v in layers.items() if len(v) or (k == "false_alarms" and "evaluation" in info["files"])}

@@ -2,8 +2,9 @@
 
 Windows at ``stride`` tile the scan grid; the last row and column of windows are shifted in to end
 exactly on the border, so no strip is skipped, and a scene smaller than one chip is padded. Windows
-that hold only nodata are skipped. A background thread reads and stacks the next batches while the
-model scores the current one (GDAL releases the GIL), so reading and inference overlap.
+that hold only nodata (the dataset mask: alpha, internal mask, nodata value) are skipped and counted;
+masked pixels of the others are read as 0. A background thread reads and stacks the next batches
+while the model scores the current one (GDAL releases the GIL), so reading and inference overlap.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 
-from schoolvision import SCHOOL
 from schoolvision.errors import UserError
+from schoolvision.model.runtime import Runtime
 
 
 def window_offsets(length: int, chip: int, stride: int) -> list[int]:
@@ -80,6 +81,7 @@ class WindowReader:
                 self.skipped += 1
                 continue
             img = ds.read((1, 2, 3), window=win)
+            img[:, ~mask] = 0  # masked pixels are nodata (0), as in the chips the model was trained on
             offs.append((ro, co))
             imgs.append(pad(to_float(img), chip, chip))
             masks.append(pad(mask[None], chip, chip)[0] if mask.shape != (chip, chip) else mask)
@@ -126,12 +128,26 @@ def prefetch(iterator: Iterator, depth: int) -> Iterator:
                 thread.join(0.05)
 
 
-@torch.inference_mode()
-def predict_windows(model: torch.nn.Module, images: np.ndarray, image_size: int, temperature: float,
-                    device) -> np.ndarray:
-    """P(school) of a batch of (B,3,H,W) float images in [0,1], resized to the model's input size."""
-    x = torch.from_numpy(images).to(device, non_blocking=True)
+@torch.no_grad()  # not inference_mode: grad-CAM needs gradients on what this returns
+def to_input(images: np.ndarray | torch.Tensor, image_size: int, device=None) -> torch.Tensor:
+    """(B,3,H,W) float images in [0,1] as a tensor on ``device``, resized (anti-aliased) to the model's input size."""
+    x = torch.as_tensor(images).to(device or "cpu", non_blocking=True)
     if x.shape[-1] != image_size or x.shape[-2] != image_size:
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)
-    logits = model(x).float()
-    return torch.softmax(logits / temperature, dim=1)[:, SCHOOL].cpu().numpy()
+    return x
+
+
+def resized(batches: Iterator[tuple[list, np.ndarray, np.ndarray]],
+            image_size: int) -> Iterator[tuple[list, torch.Tensor, np.ndarray]]:
+    """:meth:`WindowReader.batches` with the images resized on the CPU (in the reader thread, beside the model)."""
+    for offs, imgs, masks in batches:
+        yield offs, to_input(imgs, image_size), masks
+
+
+def predict_windows(runtime: Runtime, images: np.ndarray | torch.Tensor, image_size: int) -> np.ndarray:
+    """P(school) float32 of a batch of (B,3,H,W) float images in [0,1] (resized to the input size if need be).
+
+    The forward pass runs in ``runtime`` (:mod:`schoolvision.model.runtime`), whose temperature
+    calibrates the probability; a resize runs in torch on the runtime's device.
+    """
+    return runtime.probability(to_input(images, image_size, runtime.device)).astype(np.float32)

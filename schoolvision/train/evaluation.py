@@ -14,13 +14,18 @@ import numpy as np
 import pandas as pd
 
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.errors import UserError
+from schoolvision.errors import UserError, check_range
 from schoolvision.io.folders import RunFolder
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.inference import predict_logits, school_probability
+from schoolvision.model.runtime import make_runtime
 from schoolvision.train.metrics import bootstrap_ci, classification_metrics
 
 PREDICTION_COLUMNS = ["chip_id", "path", "split", "scene", "label", "prob", "pred"]
+
+FLOAT_NOISE = 1e-5
+"""Largest |P(school)| difference from ``predictions.csv`` that still counts as a match for a runtime other
+than ``torch``: float32 runtimes (ONNX Runtime, channels_last) agree with torch to ~1e-6; autocast does not."""
 
 
 def label_array(frame: pd.DataFrame) -> np.ndarray:
@@ -64,6 +69,11 @@ class EvalConfig:
     device: str = "cpu"
     n_boot: int = 1000
     seed: int = 0
+    runtime: str = "auto"  # torch reproduces fit's P(school) bit for bit; onnx (auto on CPU) within FLOAT_NOISE
+
+    def __post_init__(self) -> None:
+        check_range("--batch-size", self.batch_size, minimum=1)
+        check_range("--n-boot", self.n_boot, minimum=1)
 
 
 def evaluate_run(config: EvalConfig) -> dict[str, Any]:
@@ -71,10 +81,15 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
 
     For ``split="test"`` this rewrites ``RUN/metrics.json`` (test metrics plus the validation
     report, exactly as ``fit`` lays it out); other splits go to ``RUN/metrics_<split>.json``. The
-    result has ``predictions_match``: whether the recomputed P(school) equal ``predictions.csv``.
+    result has ``predictions_match``: whether the recomputed P(school) equal ``predictions.csv``
+    (bit for bit with ``runtime="torch"``, within :data:`FLOAT_NOISE` with another runtime).
+
+    Raises:
+        UserError: a missing or unreadable run, an empty split, an unknown runtime or ``onnx`` without the extra.
     """
     run = RunFolder(config.run_dir)
     model, meta = load_classifier(run.best, config.device)
+    runtime = make_runtime(config.runtime, model, meta, config.device, checkpoint=run.best)
     batch_size = config.batch_size or int(run.read_config().get("batch_size", 64))
     splits = [config.split, "val"] if config.split == "test" else [config.split]
     reports, probs_by_split = {}, {}
@@ -82,7 +97,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         ds = ChipDataset(config.chips_dir, split=split, augment=False, image_size=meta.image_size)
         if len(ds) == 0:
             raise UserError(f"split {split!r} has no chips", Path(config.chips_dir) / "chips.csv")
-        logits, _ = predict_logits(model, ds, batch_size, config.device)
+        logits, _ = predict_logits(model, ds, batch_size, config.device, forward=runtime.logits)
         probs = school_probability(logits, meta.temperature)
         probs_by_split[split] = (ds.frame, probs)
         reports[split] = split_report(label_array(ds.frame), probs, meta.threshold, meta.temperature, config.n_boot,
@@ -94,7 +109,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         for key in ("best_epoch", "epochs_run", "backbone", "pretrained"):
             if key in previous:
                 result[key] = previous[key]
-    result["predictions_match"] = _predictions_match(run, probs_by_split)
+    tolerance = 0.0 if runtime.name == "torch" else FLOAT_NOISE
+    result["predictions_match"] = _predictions_match(run, probs_by_split, tolerance)
     run.write_metrics(result, config.split)
     return result
 
@@ -121,8 +137,9 @@ def extreme_chips(predictions: pd.DataFrame, chips_dir: str | Path, split: str =
     return rows, [ds.read_chip(pos[cid]).transpose(1, 2, 0) for cid in rows["chip_id"].astype(str)]
 
 
-def _predictions_match(run: RunFolder, probs_by_split: dict[str, tuple[pd.DataFrame, np.ndarray]]) -> bool | None:
-    """True when ``predictions.csv`` holds exactly the same P(school) per chip."""
+def _predictions_match(run: RunFolder, probs_by_split: dict[str, tuple[pd.DataFrame, np.ndarray]],
+                       tolerance: float = 0.0) -> bool | None:
+    """True when ``predictions.csv`` holds the same P(school) per chip (within ``tolerance``; 0: bit for bit)."""
     if not run.predictions_path.is_file():
         return None
     saved = run.read_predictions()
@@ -134,6 +151,9 @@ def _predictions_match(run: RunFolder, probs_by_split: dict[str, tuple[pd.DataFr
         same_ids = np.array_equal(rows["chip_id"].astype(str).to_numpy(), now["chip_id"].astype(str).to_numpy())
         if len(rows) != len(now) or not same_ids:
             return False
-        if not np.array_equal(rows["prob"].to_numpy(), now["prob"].to_numpy()):
+        saved_prob, now_prob = rows["prob"].to_numpy(), now["prob"].to_numpy()
+        same = np.array_equal(saved_prob, now_prob) if tolerance == 0 else np.allclose(saved_prob, now_prob, rtol=0,
+                                                                                       atol=tolerance)
+        if not same:
             return False
     return True

@@ -18,6 +18,7 @@ import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
 from schoolvision.data.dataset import ChipDataset
+from schoolvision.io import manifest
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -64,7 +65,8 @@ def run_scores(threshold: float, scores: dict[str, tuple[np.ndarray, np.ndarray]
 
 
 def open_writer(log_dir: Path) -> SummaryWriter:
-    """A writer of event files into ``log_dir`` (made if missing)."""
+    """A writer of event files into ``log_dir`` (made if missing; listed in its run folder's manifest)."""
+    manifest.record(log_dir)  # TensorBoard writes its own files: the folder is listed as a whole
     return SummaryWriter(log_dir=str(log_dir))
 
 
