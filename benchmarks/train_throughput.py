@@ -26,12 +26,19 @@ from schoolvision.model.inference import predict
 from schoolvision.train.fit import TrainConfig, fit
 
 
-def bare_train(backbone: str, batch_size: int, image_size: int, steps: int, seed: int = 0) -> float:
-    """chips/s of forward + backward + AdamW step on random tensors already in memory."""
+def bare_train(backbone: str, batch_size: int, image_size: int, steps: int, seed: int = 0,
+               channels_last: bool = True) -> float:
+    """chips/s of forward + backward + AdamW step on random tensors already in memory.
+
+    channels_last by default, as ``fit`` trains on CPU and CUDA (``benchmarks/train_precision.py``).
+    """
     torch.manual_seed(seed)
     model = build_model(backbone, pretrained=True).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x = torch.rand(batch_size, 3, image_size, image_size)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     y = torch.randint(0, 2, (batch_size,))
     loss_fn = torch.nn.CrossEntropyLoss()
     for i in range(steps + 2):

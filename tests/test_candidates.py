@@ -226,32 +226,46 @@ def _per_threshold_reference(prob, threshold):
                     np.bincount(labels.ravel(), minlength=n + m + 1)[1:], ndimage.maximum_position(vals, labels, idx)))
 
 
-def _rough_field(seed, shape=(240, 320), levels=200):
+def _rough_field(seed, shape=(240, 320), levels=200, offset=-2.0):
     """Blurred noise as P(school): many regions, neighbours blurred together, NaN corner; rounded, so maxima tie."""
     from scipy import ndimage
 
     rng = np.random.default_rng(seed)
-    z = ndimage.gaussian_filter(rng.normal(size=shape), 7) * 45 - 2.0
+    z = ndimage.gaussian_filter(rng.normal(size=shape), 7) * 45 + offset
     prob = (1 / (1 + np.exp(-z))).astype(np.float32)
     prob[:12, :40] = np.nan
     return np.round(prob * levels).astype(np.float32) / levels
 
 
 def test_regions_prepared_once_equal_the_per_threshold_extraction():
+    from skimage.morphology import h_maxima
+
     from schoolvision.scan.candidates import ProbabilityField
 
     tf = Affine(1.0, 0, 500_000.0, 0, -1.0, 100_000.0)
-    for seed, levels in ((0, 200), (1, 20), (2, 10**6)):
-        field = ProbabilityField(_rough_field(seed, levels=levels), tf, CRS, "s")
+    # sparse schools, two pairs blurred together, weak peaks near the sweep's lowest thresholds: the peaks' crop
+    sparse = blobs((240, 320), [(50, 60, 0.95), (50, 85, 0.9), (150, 200, 0.3), (160, 225, 0.25), (200, 60, 0.12),
+                                (120, 290, 0.6), (125, 300, 0.58)], sigma=9)
+    fields = [_rough_field(seed, levels=levels, offset=offset)
+              for seed, levels, offset in ((0, 200, -2), (1, 20, -2), (2, 10**6, -2), (3, 5, -2), (4, 10**6, -4))]
+    for seed, prob in enumerate([*fields, np.maximum(sparse, 0.001)]):
+        field, sweep_field = ProbabilityField(prob, tf, CRS, "s"), ProbabilityField(prob, tf, CRS, "s")
+        every_peak = h_maxima(field.logit, 0.5).astype(bool)  # on the whole raster
         sweep = [float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2)]  # python floats, as the sweep passes
         for t in [0.5, *sweep, 0.01]:  # the tuned threshold first, as a scan does; 0.01 recomputes the peaks
-            expected = _per_threshold_reference(field.prob, t)
+            expected = _per_threshold_reference(prob, t)
+            above = field.finite & (field.p >= t)
+            assert np.array_equal(field.peaks(t) & above, every_peak & above), (seed, t)  # cropped per part: the same
             pts, _ = field.points(t)
             got = list(zip(pts["max_prob"], pts["mean_prob"], pts["area_m2"], pts.geometry))
             assert len(got) == len(expected), (seed, t)
-            for (mx, mn, area, pt), (emx, emn, ecnt, (r, c)) in zip(got, expected):
+            peaks = [(float(mx), tf @ (c + 0.5, r + 0.5)) for mx, _, _, (r, c) in expected]
+            for (mx, mn, area, _), (emx, emn, ecnt, _) in zip(got, expected):
                 assert (mx, mn, area) == (float(emx), float(emn), float(ecnt)), (seed, t)
-                assert (pt.x, pt.y) == tf @ (c + 0.5, r + 0.5), (seed, t)  # ties broken as ndimage does
+            assert [(mx, (pt.x, pt.y)) for mx, _, _, pt in got] == peaks, (seed, t)  # ties broken as ndimage does
+            # the sweep's reuse of the lowest threshold's basins: the same regions, at the same peaks
+            swept, _ = sweep_field.points(t, reuse=True)
+            assert [(mx, (pt.x, pt.y)) for mx, pt in zip(swept["max_prob"], swept.geometry)] == peaks, (seed, t)
 
 
 def test_evaluation_numbers_are_those_of_the_code_before_the_sweep_reused_regions(tmp_path):

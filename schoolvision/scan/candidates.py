@@ -92,7 +92,7 @@ class ProbabilityField:
         low = np.log(floor / (1 - floor)) - self.dip if floor > 0 else -np.inf
         parts, n = ndimage.label(self.logit > low, structure=EIGHT)
         boxes = ndimage.find_objects(parts)
-        if n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > self.logit.size // 2:
+        if n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > 0.9 * self.logit.size:
             peaks = h_maxima(self.logit, self.dip).astype(bool)
         else:
             peaks = np.zeros(self.logit.shape, bool)
@@ -113,11 +113,12 @@ class ProbabilityField:
         if not above.any():
             return np.zeros(self.prob.shape, np.int32), 0
         markers, n = ndimage.label(self.peaks(threshold) & above, structure=EIGHT)
-        labels = self._from_base(threshold, above, markers, n) if reuse else None
-        if labels is None:
-            labels = self._watershed(above, markers)
-            if self._base is None or threshold < self._base[0]:
-                self._base = (threshold, labels.copy(), n)
+        reused = self._from_base(threshold, above, markers, n) if reuse else None
+        if reused is not None:
+            return reused
+        labels = self._watershed(above, markers)
+        if self._base is None or threshold < self._base[0]:
+            self._base = (threshold, labels.copy(), n)
         rest, m = ndimage.label(above & (labels == 0), structure=EIGHT)  # regions whose peak sits below the threshold
         labels[rest > 0] = rest[rest > 0] + n
         return labels, n + m
@@ -133,12 +134,14 @@ class ProbabilityField:
         basins[box] = watershed(-self.logit[box], markers[box], mask=above[box], connectivity=2)
         return basins
 
-    def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray, n: int) -> np.ndarray | None:
-        """The basins at ``threshold`` from the watershed at a lower one; None where they may differ more.
+    def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray,
+                   n: int) -> tuple[np.ndarray, int] | None:
+        """:meth:`labels` at ``threshold`` from the watershed at a lower one; None where they may differ more.
 
         The flood fills higher log-odds first, so within a connected part above ``threshold`` it
         reaches every pixel from that part's own peaks before any lower one: a part with one peak is
-        that peak's basin whole, a part with none a region of its own, and a part with several is
+        that peak's basin whole, a part with none a region of its own (numbered after the peaks' in
+        raster order, as :meth:`labels` numbers them), and a part with several is
         split as the lower threshold's basins split it. None (run the watershed) where a lower basin
         holds two of this threshold's peaks (a peak region cut in two by the threshold). Pixels
         between two basins at exactly equal log-odds (common on a blended raster's borders) may fall
@@ -160,21 +163,22 @@ class ProbabilityField:
         if (np.bincount(basin_of[1:], minlength=base_n + 1)[1:] > 1).any():
             return None
         peaks_in = np.bincount(part_of[1:], minlength=k + 1)
-        peaks_in[0] = 0
         single = peaks_in[part_of[1:]] == 1
-        only = np.zeros(k + 1, np.int32)  # the one peak of a part that has one
-        only[part_of[1:][single]] = np.arange(1, n + 1, dtype=np.int32)[single]
-        count = peaks_in[parts]
-        basins = np.where(count == 1, only[parts], 0).astype(np.int32)
-        several = count > 1
+        label_of = np.zeros(k + 1, np.int32)  # the label of a whole part: its one peak's, or its own
+        label_of[part_of[1:][single]] = np.arange(1, n + 1, dtype=np.int32)[single]
+        none = peaks_in == 0
+        none[0] = False
+        label_of[none] = n + np.arange(1, int(none.sum()) + 1, dtype=np.int32)
+        labels = label_of[parts]
+        several = peaks_in[parts] > 1
         if several.any():
             lut = np.zeros(base_n + 1, np.int32)
             lut[basin_of[1:]] = np.arange(1, n + 1, dtype=np.int32)
             mapped = lut[base[several]]
             if not (mapped > 0).all() or (part_of[mapped] != parts[several]).any():
                 return None
-            basins[several] = mapped
-        return basins
+            labels[several] = mapped
+        return labels, n + int(none.sum())
 
     def points(self, threshold: float, min_area_m2: float = 0.0,
                reuse: bool = False) -> tuple[gpd.GeoDataFrame, np.ndarray]:

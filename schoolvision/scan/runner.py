@@ -7,10 +7,13 @@ no gap) and rank 0 gathers the results and writes candidates, evaluation and map
 
 Sizing: every window adds ``(stride x GSD)^2`` of new ground, so km^2/hour = windows/s x
 (stride x GSD)^2 x 3600 / 10^6 (14.7 x windows/s at stride 64 and 1 m). Measure windows/s for a
-backbone, chip and input size on the target machine with ``benchmarks/scan_throughput.py`` (it
-also prints the model's bare rate, the ceiling), and memory with ``benchmarks/scan_memory.py``: the
-blending band grows with a scene's width only and GDAL's block cache is capped, so memory does not
-grow with the number or the height of scenes.
+backbone, chip and input size on the target machine with ``benchmarks/scan_throughput.py`` (per
+runtime, beside each runtime's bare rate, the ceiling; and the share of a scan spent after the
+windows), and memory with ``benchmarks/scan_memory.py``: the blending band grows with a scene's
+width only and GDAL's block cache is capped, so memory does not grow with the number or the height
+of scenes. The windows' forward passes run in the ``--runtime`` (built once per scan); candidates,
+grad-CAM peaks and the evaluation's precision-recall sweep share each raster's preparation
+(:class:`~schoolvision.scan.candidates.ProbabilityField`) and are timed in ``scan.json`` (``seconds``).
 """
 
 from __future__ import annotations
