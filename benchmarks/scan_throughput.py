@@ -190,13 +190,13 @@ def main() -> int:
         "gsd_m": 1.0,
         "scene_px": args.size,
         "repeats": args.repeats,
-        "load_average_1m_before": round(os.getloadavg()[0], 2),  # other processes on a shared machine
+        "load_average_1min": round(os.getloadavg()[0], 2),  # shared CPUs: read the numbers against this
     }
     if args.skip != "throughput":
         out["throughput"] = throughput(args, device)
     if args.skip != "after-windows":
         out["after_windows"] = after_windows(args, device)
-    out["load_average_1m_after"] = round(os.getloadavg()[0], 2)
+    out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
     return 0
 

@@ -51,8 +51,9 @@ class ProbabilityField:
     What does not depend on the threshold is computed once per raster and reused by the tuned
     threshold's candidates and every threshold of the precision-recall sweep: the log-odds, their
     h-maxima (the peaks that split a region, see :func:`split_regions`) and the sort of the values
-    (for the regions' maxima). Per threshold only the watershed and the labelling run. Regions and
-    numbers equal those of the per-threshold code this replaced (``tests/test_candidates.py``).
+    (for the regions' maxima). Per threshold only the watershed and the labelling run, and the sweep
+    reuses the lowest threshold's watershed where it can (``labels(reuse=True)``). Candidates, and the
+    sweep's counts, equal those of the per-threshold code this replaced (``tests/test_candidates.py``).
 
     Args:
         prob: P(school), NaN where there is no data.
