@@ -26,7 +26,7 @@ $(PY):
 
 # Reinstall only when the dependencies change.
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install $(PIP_FLAGS) -e '.[book,test,lint,onnx]'
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[book,test,lint,onnx,ray]'
 	touch $@
 
 install: $(VENV)/.installed

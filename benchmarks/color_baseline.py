@@ -5,6 +5,7 @@ school layouts. Fits a logistic regression on RGB + HSV histograms of the train/
 its AUPRC on the held-out test town (acceptance: <= 0.75). Prints one JSON object.
 
     .venv/bin/python benchmarks/color_baseline.py [--demo DIR] [--chips DIR] [--towns 6] [--size 1536]
+        [--region rural|urban|arid]
 """
 
 from __future__ import annotations
@@ -41,26 +42,20 @@ def colour_features(chip: np.ndarray) -> np.ndarray:
     return np.concatenate(feats)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--demo", type=Path, help="existing demo folder (default: generate one in a temp folder)")
-    parser.add_argument("--chips", type=Path, help="existing chips folder made from the demo")
-    parser.add_argument("--towns", type=int, default=6)
-    parser.add_argument("--size", type=int, default=1536)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-
+def baseline(demo: Path | None = None, chips: Path | None = None, *, towns: int = 6, size: int = 1536, seed: int = 0,
+             region: str = "rural") -> dict:
+    """The colour-only model's scores on the held-out test town (demo and chips made in a temp folder if None)."""
     from schoolvision.data.chips import ChipConfig, make_chips
     from schoolvision.data.synthetic import make_demo
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        demo = args.demo or Path(tmp) / "demo"
-        if args.demo is None:
-            make_demo(demo, towns=args.towns, seed=args.seed, size=args.size)
-        chips = args.chips or Path(tmp) / "chips"
-        if args.chips is None:
-            make_chips([demo / "scenes"], demo / "schools.geojson", chips, ChipConfig(seed=args.seed))
+        if demo is None:
+            demo = Path(tmp) / "demo"
+            make_demo(demo, towns=towns, seed=seed, size=size, region=region)
+        if chips is None:
+            chips = Path(tmp) / "chips"
+            make_chips([demo / "scenes"], demo / "schools.geojson", chips, ChipConfig(seed=seed))
         frame = pd.read_csv(chips / "chips.csv")
         feats = []
         for rel in frame["path"]:
@@ -73,7 +68,8 @@ def main() -> None:
     model = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000, class_weight="balanced"))
     model.fit(x[train], y[train])
     p = model.predict_proba(x[test])[:, 1]
-    print(json.dumps({
+    return {
+        "region": region,
         "auprc_test": round(float(average_precision_score(y[test], p)), 4),
         "auroc_test": round(float(roc_auc_score(y[test], p)), 4),
         "auprc_train": round(float(average_precision_score(y[train], model.predict_proba(x[train])[:, 1])), 4),
@@ -83,7 +79,20 @@ def main() -> None:
         "test_scenes": sorted(frame.loc[test, "scene"].unique().tolist()),
         "features": "RGB+HSV 16-bin histograms, channel mean/std",
         "seconds": round(time.perf_counter() - t0, 1),
-    }, indent=2))
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--demo", type=Path, help="existing demo folder (default: generate one in a temp folder)")
+    parser.add_argument("--chips", type=Path, help="existing chips folder made from the demo")
+    parser.add_argument("--towns", type=int, default=6)
+    parser.add_argument("--size", type=int, default=1536)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--region", default="rural", help="the demo's region when it is generated here")
+    args = parser.parse_args()
+    print(json.dumps(baseline(args.demo, args.chips, towns=args.towns, size=args.size, seed=args.seed,
+                              region=args.region), indent=2))
 
 
 if __name__ == "__main__":

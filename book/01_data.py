@@ -20,8 +20,17 @@
 # - how school footprints become labelled image *chips* (`school` / `not_school`);
 # - why the train / validation / test split is spatial (whole towns), not random.
 #
-# **Prerequisites**: none. This chapter makes the data every later chapter reads: the chips in
-# `chips_dir` (and, for the demo, the towns in `data_dir`). To run the book on **your own data**, set
+# | Prerequisite | Importance | Notes |
+# | --- | --- | --- |
+# | Python and Jupyter | Necessary | running a notebook, or `papermill` from a shell |
+# | Rasters and vector layers (GeoTIFF, GeoJSON, CRS) | Helpful | what QGIS shows; every file here opens in it |
+# | Earlier chapters | None | this chapter makes the data every later chapter reads |
+#
+# - **Time to run**: {glue:text}`07_results.ipynb::res_time_01_data:s`.
+# - **Writes**: the chips in `chips_dir` (GeoTIFFs, `chips.csv`, `dataset.json`) and, for the demo, the
+#   towns in `data_dir` (scenes, `schools.geojson`, `landmarks.geojson`).
+#
+# To run the book on **your own data**, set
 # `imagery` (GeoTIFFs, folders of them, XYZ/TMS tile folders) and `schools` (any vector file, or a CSV
 # with longitude/latitude columns), plus the reading options your files need (`schools_layer`,
 # `lonlat_columns`, `bands`, `scale` ...), in a profile (see the [introduction](intro.md)). The demo
@@ -29,20 +38,26 @@
 # from them.
 
 # %% tags=["parameters"]
-data_dir = "data/demo"  # the demo towns are drawn here (unused, never written, with your own imagery)
+# the demo towns are drawn here (unused, never written, with your own imagery)
+data_dir = "data/demo"
 chips_dir = "data/chips"
-imagery = ""  # your imagery: a GeoTIFF, a folder of them or a tile folder, or a list of them; "": the demo towns
-schools = ""  # your school labels: GeoJSON, GeoPackage, shapefile, KML, GeoParquet, CSV with longitude/latitude
+# your imagery: a GeoTIFF, a folder of them, a tile folder or a list; "": the demo towns
+imagery = ""
+# your school labels: GeoJSON, GeoPackage, shapefile, KML, GeoParquet, CSV with lon/lat
+schools = ""
 schools_layer = ""  # the layer of a labels file holding several (GeoPackage, KML)
-schools_where = ""  # keep only the features with this attribute value, e.g. "amenity=school"
-lonlat_columns = ""  # "LON,LAT" column names of a CSV, when they are not lon/lat, longitude/latitude or x/y
+schools_where = ""  # keep only features with this attribute value, e.g. "amenity=school"
+# "LON,LAT" column names of a CSV, when not lon/lat, longitude/latitude or x/y
+lonlat_columns = ""
 bands = ""  # "R,G,B" band numbers of a multispectral raster, e.g. "3,2,1"
 crs = ""  # the CRS of rasters that have none, e.g. "EPSG:32636"
-scale = ""  # "MIN,MAX" range of 16-bit imagery mapped to 8 bits; "": a 2-98 percentile stretch per scene
-data_options = {}  # any other chip setting (ChipConfig), e.g. {"tile_scheme": "tms", "test_scenes": ["north"]}
+# "MIN,MAX" range of 16-bit imagery mapped to 8 bits; "": 2-98 percentile stretch
+scale = ""
+# any other chip setting (ChipConfig), e.g. {"tile_scheme": "tms"}
+data_options = {}
 towns = 6
 size = 1536
-gsd = 1.0  # metres per pixel of the demo towns and of the chips; None: the imagery's own
+gsd = 1.0  # metres per pixel of the demo towns and the chips; None: the imagery's own
 chip_size = 128
 stride = 64
 seed = 0
@@ -66,7 +81,7 @@ data_path, chips_path = resolve(data_dir), resolve(chips_dir)
 # ### Synthetic towns
 #
 # The machines that build this book cannot download imagery, so the project draws its own: towns at
-# 1 m per pixel in a real UTM projection, with fields, trees, water, roads, houses with varied roofs and
+# `gsd` metres per pixel in a real UTM projection, with fields, trees, water, roads, houses with varied roofs and
 # shadows, and schools (classroom blocks around a yard, often a sports field and a wall). Hard negatives,
 # buildings and fields that are *not* schools (warehouses, markets, clinics, parks, dense housing), make the
 # task need spatial structure rather than colour. The same seed always gives byte-identical files.
@@ -81,8 +96,7 @@ data = prepare_data(data_path, imagery, schools, base=repo_root(), towns=towns, 
                     bands=bands, crs=crs, scale=scale, **data_options)
 scenes, footprints = data.sources(), data.read_schools()
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(data.describe())
 
 # %% [markdown]
@@ -136,8 +150,7 @@ chips = ChipsFolder(chips_path).read_index()
 # Class balance per split. `not_school` chips are under-sampled in the training split only; validation
 # and test keep every chip so that their metrics describe a real scan.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 pd.crosstab(chips["split"], chips["label"], margins=True).reindex(["train", "val", "test", "All"], fill_value=0)
 
 # %%
@@ -155,16 +168,14 @@ plots.plot_chip_examples(examples, images, title="Chips of the train split, by c
 # %%
 plots.plot_split_map(chips, data.previews(max_side=384));
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print(chips.groupby("split")["scene"].unique().map(sorted).to_dict())
 
 # %% [markdown]
-# The PyTorch dataset reads the same index and returns each chip as a float tensor in [0, 1] with its
+# The PyTorch dataset reads the same index and returns each chip as a float tensor in `[0, 1]` with its
 # label and its georeference.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 train = ChipDataset(chips_path, split="train")
 item = train[0]
 print(len(train), tuple(item["image"].shape), item["image"].dtype, int(item["label"]) in (0, 1))
@@ -179,3 +190,46 @@ print(train.georef(0)[0])
 #
 # Next, [chapter 2](02_training.ipynb) trains a classifier on these chips and measures it on the
 # held-out town.
+#
+# ## With real data
+#
+# Set `imagery` and `schools` (and `gsd`: the chips must cover a whole school compound, so coarser imagery
+# needs more pixels per chip or a larger `chip_size`). Then check, before training: that the close-ups
+# show your schools inside their footprints (a shifted label teaches the model the wrong place), that the
+# split map puts schools in every split (the chips step warns when validation or test holds none), and
+# that `not_school` chips hold no unlabelled school: an official list that misses schools turns them into
+# negatives. Look at a sample of `not_school` chips near settlements before you trust any metric.
+#
+# ## Exercises
+#
+# **Exercise 1.** Make the chips with half the overlap: a `stride` equal to `chip_size`. How many chips
+# does the train split hold now, and why does the split by town matter less for this leakage question?
+#
+# ````{admonition} Solution
+# :class: dropdown
+#
+# Rerun the chapter into scratch folders (the book's own chips stay as they are):
+#
+# ```bash
+# papermill book/01_data.ipynb /tmp/01.ipynb -p stride 128 \
+#     -p data_dir /tmp/demo -p chips_dir /tmp/chips
+# ```
+#
+# The class-balance table shows about a quarter of the sliding-window chips (half as many windows along
+# each axis); the jittered windows centred on schools are still added, so school chips fall less. Neighbours
+# no longer overlap, but the split stays by town: overlap is not the only leak, nearby places look alike.
+# ````
+#
+# **Exercise 2.** Draw fewer, smaller towns (`towns`, `size`) and look at the split map.
+#
+# ````{admonition} Solution
+# :class: dropdown
+#
+# ```bash
+# papermill book/01_data.ipynb /tmp/01.ipynb -p towns 3 -p size 1024 \
+#     -p data_dir /tmp/demo -p chips_dir /tmp/chips
+# ```
+#
+# With three towns, each split gets one whole town: the test town alone decides every test metric, so the
+# bootstrap intervals of chapter 2 widen. With fewer than three scenes the split switches to spatial blocks.
+# ````

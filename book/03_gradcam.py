@@ -21,8 +21,15 @@
 #   (pointing game, energy share, ROAD), against a random map and a centre-Gaussian map;
 # - what the model looks at when it is wrong or nearly wrong.
 #
-# **Prerequisites**: chapter 1 (the chips in `chips_dir`) and chapter 2 (the trained model in `run_dir`).
-# Every heatmap is written as a GeoTIFF on its chip's grid, so it opens in QGIS exactly over the chip.
+# | Prerequisite | Importance | Notes |
+# | --- | --- | --- |
+# | [1. Data](01_data.ipynb) | Necessary | the chips in `chips_dir` |
+# | [2. Training](02_training.ipynb) | Necessary | the trained model in `run_dir` |
+# | Gradients and convolutional feature maps | Helpful | what a channel of the last block is |
+#
+# - **Time to run**: {glue:text}`07_results.ipynb::res_time_03_gradcam:s`.
+# - **Writes**: `out_dir`: GeoTIFF heatmaps per method (`<method>/heatmaps/`), galleries, `explanations.csv`
+#   and `faithfulness.json`. Every heatmap is on its chip's grid, so it opens in QGIS exactly over the chip.
 
 # %% tags=["parameters"]
 chips_dir = "data/chips"
@@ -41,7 +48,7 @@ from schoolvision.explain.runner import ExplainConfig, explain_chips
 from schoolvision.explain.samples import check_alignment, compare_methods, focus_chip_ids, pick_chips
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import require, resolve
+from schoolvision.notebook import glue_all, require, resolve
 from schoolvision.plotting import explain as plots
 from schoolvision.plotting.theme import apply_theme
 
@@ -57,8 +64,8 @@ model, meta = load_classifier(run_path, resolve_device(device))
 #
 # Grad-CAM weights the channels of the model's last convolutional block (`model.target_layer`, the same
 # layer whatever the label) by the gradient of the school score, and keeps the positive part. Should an
-# input be so small that this block has fewer than 4 x 4 cells (below 128 px for EfficientNet), the
-# deepest block that still has 4 x 4 cells is used instead: a choice made from the model and the input
+# input be so small that this block has fewer than `4 × 4` cells (inputs below `128` px for
+# EfficientNet), the deepest block that still has `4 × 4` cells is used instead: a choice made from the model and the input
 # size alone, never from labels.
 # Grad-CAM++ uses second-order weights; EigenCAM needs no gradient at all. Guided backprop lets only
 # positive gradients flow back to the pixels; multiplied by Grad-CAM it becomes guided Grad-CAM.
@@ -74,8 +81,7 @@ config = ExplainConfig(run=run_path, chips_dir=chips_path, out_dir=out_path, met
 summary = explain_chips(config)
 galleries = write_galleries(summary)
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 print("methods:", summary.methods)
 print("table rows:", list(summary.table))
 print("backbone:", meta.backbone, "at", meta.image_size, "px; explained layer:", summary.layer)
@@ -84,8 +90,7 @@ print("backbone:", meta.backbone, "at", meta.image_size, "px; explained layer:",
 # Each heatmap is a float32 single-band GeoTIFF with the chip's CRS, transform and size (and a nodata
 # value), next to a PNG overlay for a quick look:
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 check_alignment(out_path, chips_path, "gradcam")
 
 # %% [markdown]
@@ -108,13 +113,14 @@ plots.plot_methods(found.chips, maps, found.masks, found.probs, title="Correctly
 # clearly beats them (chips cut around schools often have the school near the middle).
 
 # %%
-pd.DataFrame(summary.table).T.round(3)
-
-# %%
+glue_all("ch3", {"n_found": next(iter(summary.table.values()))["n_chips"],
+                 "n_all": next(iter(summary.table_all_school_chips.values()))["n_chips"]})
 plots.plot_faithfulness(summary.table);
 
 # %% [markdown]
-# All school chips of the test town, including the missed ones:
+# The figure scores the {glue:text}`ch3_n_found` correctly classified school chips. The table below gives
+# the same scores on every school chip of the test town ({glue:text}`ch3_n_all`, the missed ones included,
+# where a map may well point elsewhere), and the time each method takes per chip:
 
 # %%
 pd.DataFrame(summary.table_all_school_chips).T.round(3)
@@ -141,3 +147,43 @@ plots.plot_methods(near.chips, near_maps, None, near.probs, title="Not-school ch
 #   how much the prediction depends on what it highlights, against two baselines.
 # - Next, chapter 4 explains the same model with SHAP, which attributes the log-odds to pixels with
 #   signs: evidence for and against a school.
+#
+# ## With real data
+#
+# Real labels are rarely footprints: a school given as a point is buffered into a disc, so the pointing
+# game and the energy share measure "near the point", and a map on the playground next to the buildings
+# may count as a miss. Read the faithfulness table against the two baselines (a method that does not beat
+# the centre-Gaussian map says little on your data), and open the false-positive galleries with a mapper:
+# what the model looks at on a false alarm is the fastest way to find look-alikes and label noise.
+#
+# ## Exercises
+#
+# **Exercise 1.** Explain more not-school chips: raise `negatives`. Do the false positives and the
+# "highest P(school)" not-school chips change, and how does the run time grow?
+#
+# ````{admonition} Solution
+# :class: dropdown
+#
+# ```bash
+# papermill book/03_gradcam.ipynb /tmp/03.ipynb -p negatives 64 -p out_dir /tmp/gradcam
+# ```
+#
+# More negatives ranked by P(school) means more candidates for the near-miss gallery: the hardest ones
+# are the same (they were already the top of the ranking), new ones below them. The time grows with the
+# number of chips explained; the school chips' faithfulness scores do not change.
+# ````
+#
+# **Exercise 2.** Show more chips per gallery (`n_chips`). Which methods stay on the school footprint
+# across chips, and which only on some?
+#
+# ````{admonition} Solution
+# :class: dropdown
+#
+# ```bash
+# papermill book/03_gradcam.ipynb /tmp/03.ipynb -p n_chips 8 -p out_dir /tmp/gradcam
+# ```
+#
+# Only the figures change (the same chips are explained, more are drawn). The methods with the higher
+# pointing-game score in the faithfulness table stay on the footprint more often; the random and
+# centre-Gaussian baselines show what "by chance" looks like.
+# ````

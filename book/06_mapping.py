@@ -23,8 +23,17 @@
 #   misses and false alarms with grad-CAM;
 # - how to hand the result to mappers as an interactive map that works offline.
 #
-# **Prerequisites**: [1. Data](01_data) (the chips in `chips_dir`, whose `dataset.json` names the scenes and
-# how to read them, demo towns or your own imagery) and [2. Training](02_training) (the model in `run_dir`).
+# | Prerequisite | Importance | Notes |
+# | --- | --- | --- |
+# | [1. Data](01_data.ipynb) | Necessary | the chips in `chips_dir`, whose `dataset.json` names the scenes and how to read them |
+# | [2. Training](02_training.ipynb) | Necessary | the model and its tuned threshold in `run_dir` |
+# | [3. Grad-CAM](03_gradcam.ipynb) | Helpful | reading the misses and false alarms |
+# | Rasters, vector layers, a GIS | Helpful | the outputs open in QGIS |
+#
+# - **Time to run**: {glue:text}`07_results.ipynb::res_time_06_mapping:s`.
+# - **Writes**: `out_dir`: the probability GeoTIFF, `candidates.gpkg` (and a GeoJSON copy),
+#   `evaluation.json`, `scan.json` and the offline `map.html`.
+#
 # The scan here uses the *held-out test town*: the model never saw it, not even for threshold tuning (on
 # imagery split by blocks rather than by scene, the first scene, set `scene` to choose another).
 
@@ -39,6 +48,9 @@ threshold = None
 match_distance = 50.0
 seed = 0
 device = "auto"
+data_dir = "data/demo"
+mask_file = ""  # building footprints; "": the demo's buildings.geojson in data_dir
+mask_min_area = 150.0
 
 # %%
 import pandas as pd
@@ -50,10 +62,10 @@ from schoolvision.io.imagery import open_scene
 from schoolvision.io.preview import read_band_preview, read_source_preview
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import require, resolve
+from schoolvision.notebook import glue_all, require, resolve
 from schoolvision.plotting import scan as plots
 from schoolvision.scan.evaluation import rejected_lookalikes, weakest_finds
-from schoolvision.scan.peaks import explain_points
+from schoolvision.scan.peaks import explain_lookalikes, explain_points
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.webmap import scan_map_from_dir
 
@@ -91,8 +103,7 @@ print(f"{scanned.windows} windows over {scanned.area_km2:.2f} km2 in {scanned.se
 # The probability raster sits exactly on the scene's pixel grid: same CRS, transform and size, so it
 # overlays the image in QGIS without any resampling.
 
-# %%
-# NBVAL_CHECK_OUTPUT
+# %% tags=["nbval-check-output"]
 with open_probability(scanned.probability) as p, open_scene(sources[scene]) as s:
     print(p.crs == s.crs, p.transform == s.transform, p.shape == s.shape, p.dtypes[0], p.nodata)
 print(scanned.crs, (scanned.height, scanned.width))
@@ -100,7 +111,10 @@ print(scanned.crs, (scanned.height, scanned.width))
 # %% [markdown]
 # ### Probability over the image, and the candidates
 #
-# Connected regions above the threshold become candidates, ranked by their highest probability. Each is
+# Connected regions above the threshold become candidates, ranked by their highest probability. A region
+# smaller than `min_area_m2` ({glue:text}`ch6_min_area_m2:g` m² here, `scan --min-area`) is dropped: a speck
+# of the raster that just crosses the threshold, far smaller than any school building, is no school the
+# model saw (the default's reason is in `schoolvision/scan/candidates.py`, `MIN_AREA_M2`). Each is
 # placed at the grad-CAM peak of the window centred on it (where, inside the window, the model saw the
 # school), which is sharper than the blended raster. Known schools are outlined: green when a candidate
 # lies within `match_distance` metres, red when missed.
@@ -112,6 +126,7 @@ plots.plot_probability(read_source_preview(sources[scene]), read_band_preview(sc
                        threshold=summary.threshold, title=scene);
 
 # %%
+glue_all("ch6", {"min_area_m2": config.min_area_m2, "candidates": len(cands)})
 cands.drop(columns="geometry").head(10).round(3)
 
 # %% [markdown]
@@ -127,7 +142,34 @@ table = {k: evaluation[k] for k in ("schools", "candidates", "true_positives", "
 pd.DataFrame([table])
 
 # %%
+glue_all("ch6", {
+    "threshold": summary.threshold, "f1": evaluation["f1"], "schools": evaluation["schools"],
+    "best_f1": evaluation["best_f1"], "best_f1_threshold": evaluation["best_f1_threshold"],
+    "sweep_steps": len(evaluation["pr_curve"]),
+    "best_f1_from": min(p["threshold"] for p in evaluation["pr_curve"] if p["f1"] == evaluation["best_f1"]),
+})
 plots.plot_pr_curve(evaluation);
+
+# %% [markdown]
+# ### Which threshold?
+#
+# The scan used {glue:text}`ch6_threshold:.3f`, the threshold tuned on the *validation* town's chips in
+# chapter 2 (F1 {glue:text}`ch6_f1:.2f` here). On this test scan the curve's best F1,
+# {glue:text}`ch6_best_f1:.2f`, is reached at thresholds from {glue:text}`ch6_best_f1_from:.2f` to
+# {glue:text}`ch6_best_f1_threshold:.2f`, the one the evaluation reports as best. Do not take that one.
+# It is the best of {glue:text}`ch6_sweep_steps` tries scored on the same {glue:text}`ch6_schools`
+# schools it would then be reported on: tuning on the test town makes its score optimistic by
+# construction and leaves nothing unseen to measure the next town with. The test scan
+# measures; it does not choose. Two honest ways to move the threshold:
+#
+# - tune it on a *validation scan*: scan the validation town (its known schools, not the test town's) and
+#   pick the threshold there, on the same blended rasters and candidates the scan reports, since a
+#   threshold tuned on chips is not exactly the best one for regions of a blended raster;
+# - pick it for the work it creates: mappers check every candidate, so a region with few mappers and many
+#   schools wants a higher threshold (fewer, surer candidates), an audit of a registry a lower one.
+#
+# When the two thresholds differ much across several held-out towns, the chip threshold does not carry
+# over to scans, and a validation scan is worth its time.
 
 # %% [markdown]
 # ### Missed schools and false alarms, explained
@@ -139,29 +181,38 @@ plots.plot_pr_curve(evaluation);
 # %%
 missed = scan_folder.read_layer("missed_schools").assign(scene=scene)
 chips, probs, cams = explain_points(model, meta, missed, sources, dev)
-plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(missed["name"], probs)]);
+plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(missed["name"], probs)],
+                 empty="No missed school: every known school of this town has a candidate.");
 
 # %%
 false_alarms = scan_folder.read_layer("false_alarms")
 chips, probs, cams = explain_points(model, meta, false_alarms, sources, dev)
-plots.plot_cases(chips, cams, [f"candidate #{r}\nP={p:.2f}" for r, p in zip(false_alarms.get("rank", []), probs)]);
+titles = [f"candidate #{r}\nP={p:.2f}" for r, p in zip(false_alarms.get("rank", []), probs)]
+plots.plot_cases(chips, cams, titles, empty="No false alarm: every candidate is a known school.");
 
 # %% [markdown]
 # ### The closest calls
 #
 # When nothing is missed and nothing is a false alarm, the margins still matter. First the found schools
 # the model was least sure of (lowest candidate probability), then the strongest places the threshold
-# turned down that are not known schools: the next false alarms should the threshold be lowered.
+# turned down that are not known schools: the next false alarms should the threshold be lowered. Each
+# look-alike is a different place (at least a chip apart: the weak shoulders of one blob are several
+# small regions, which would otherwise show the same chip again and again), and only places whose own
+# chip shows some evidence for "school" in its grad-CAM are drawn: a blank heatmap says nothing.
 
 # %%
 weakest = weakest_finds(cands, known)
 chips, probs, cams = explain_points(model, meta, weakest, sources, dev)
-plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(weakest["school"], probs)]);
+plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(weakest["school"], probs)],
+                 empty="No known school was found, so none is a close call.");
 
 # %%
-rejected = rejected_lookalikes(summary.scenes, known, summary.threshold, match_distance)
-chips, probs, cams = explain_points(model, meta, rejected, sources, dev)
-plots.plot_cases(chips, cams, [f"peak {m:.2f}\nP={p:.2f}" for m, p in zip(rejected["max_prob"], probs)]);
+rejected = rejected_lookalikes(summary.scenes, known, summary.threshold, match_distance, n=18,
+                               separation=meta.chip_size * meta.gsd, min_area_m2=config.min_area_m2)
+rejected, chips, probs, cams = explain_lookalikes(model, meta, rejected, sources, dev, n=6)
+titles = [f"peak {m:.2f}\nP={p:.2f}" for m, p in zip(rejected["max_prob"], probs)]
+plots.plot_cases(chips, cams, titles,
+                 empty="Nothing below the threshold, away from the known schools, looks like a school.");
 
 # %% [markdown]
 # ### The interactive map
@@ -173,11 +224,198 @@ plots.plot_cases(chips, cams, [f"peak {m:.2f}\nP={p:.2f}" for m, p in zip(reject
 scan_map_from_dir(out_path)
 
 # %% [markdown]
+# ### Skipping empty land: a footprint prefilter
+#
+# Most of a country is fields, bush and desert, and a school is buildings. `scan --mask FILE` takes
+# building footprints (any vector file, or a CSV with a WKT or longitude/latitude column: the form of
+# Google's and Microsoft's open building datasets) and skips every window farther than `--mask-distance`
+# metres (default: half a chip) from all of them: such a window is neither read nor scored, and its
+# pixels stay nodata in the probability raster. The demo writes the footprint of every roof it draws to
+# `buildings.geojson`. First, how many of this town's windows would a mask of every roof skip? The mask
+# can say before anything is scanned.
+
+# %%
+from dataclasses import replace
+
+from schoolvision.scan.mask import ScanMask
+
+buildings = require(mask_file or resolve(data_dir) / "buildings.geojson", "01_data")
+n_windows, n_near_a_roof = ScanMask.read(buildings).count(sources[scene], meta, stride)
+glue_all("ch6", {"every_roof_share": 1 - n_near_a_roof / n_windows,
+                 "scan_windows": n_windows, "mask_min_area": mask_min_area})
+
+# %% [markdown]
+# Only {glue:text}`ch6_every_roof_share:.0%` of the {glue:text}`ch6_scan_windows` windows: the demo towns
+# are built up from edge to edge, and a house stands near nearly every window. What sets a school apart
+# from houses is size: classroom blocks are long, houses small. `--mask-min-area` leaves out footprints
+# smaller than that many square metres; with `mask_min_area` ({glue:text}`ch6_mask_min_area:g` m²) only
+# buildings the size of a classroom block, a clinic or a warehouse remain. The same town, scanned again
+# with that mask:
+
+# %%
+prefilter_path = out_path.with_name(out_path.name + "_prefilter")
+masked_config = replace(config, out_dir=prefilter_path, mask=buildings,
+                        mask_min_area=mask_min_area, make_map=False, progress=False)
+masked = run_scan(masked_config, model=model, meta=meta)
+missed = {name: {m["name"] for m in s.evaluation["missed_schools"]}
+          for name, s in (("all", summary), ("masked", masked))}
+glue_all("ch6", {
+    "mask_share": masked.scenes[0].masked_windows / n_windows,
+    "mask_speedup": summary.seconds["windows"] / masked.seconds["windows"],
+    "mask_found": masked.evaluation["true_positives"],
+    "all_found": summary.evaluation["true_positives"],
+})
+
+# %% tags=["nbval-check-output"]
+print("the same known schools found:", missed["masked"] == missed["all"])
+
+# %% [markdown]
+# The mask skipped {glue:text}`ch6_mask_share:.0%` of the windows, and the windows took
+# {glue:text}`ch6_mask_speedup:.1f` times less time; it found {glue:text}`ch6_mask_found` known schools,
+# the scan of every window {glue:text}`ch6_all_found`. On a country, where most windows are far from any
+# building, the saving is larger. The price: a school missing from the footprints (new buildings, roofs
+# under trees), or whose buildings are all below the area limit, is never scanned. Measure a masked scan
+# against known schools before trusting it, and keep the distance at least half a chip, so that every
+# window that sees part of a building is scored.
+
+# %% [markdown]
+# ### Scaling out: one scene, one unit of work
+#
+# A country is thousands of scenes. `scan` treats each scene as one unit of work: its probability
+# GeoTIFF, its candidates (`scenes/<scene>.candidates.gpkg`) and, written last, a small done-record
+# (`scenes/<scene>.done.json`: the source file's size and date, the run's checksum, the options). Every
+# file appears whole or not at all, so a scan killed at any point loses only the scenes in flight, and
+# `scan --resume` continues it in the same folder, skipping every scene whose done-record matches (a
+# changed run or option is refused, with one line saying what changed). Candidates are merged across
+# scene borders at the end, with a spatial index.
+#
+# Where the units run is the *engine*: `--engine local` (this process, the default) or `--engine ray`
+# ([Ray](https://docs.ray.io): one actor per GPU, or per `--cpus-per-worker` CPUs, holds the model;
+# an idle actor takes the next scene, and a scene whose actor dies is retried). Without
+# `--ray-address` a Ray instance is started on this machine for the scan and stopped after it. Here
+# two demo towns are scanned both ways, then once more with `--resume`. To keep it quick, a window
+# every two chips (gaps between them) and no grad-CAM placement: the point here is the files, not the
+# schools.
+
+# %%
+from dataclasses import replace
+
+from schoolvision.scan.merge import same_outputs
+
+towns = [s.path for s in chips_scenes(chips_path).values()][:2]  # two towns: quick
+quick = replace(config, imagery=towns, stride=2 * meta.chip_size, cam_peaks=False,
+                make_map=False, progress=False, schools=None)
+engine_dirs = {e: out_path.with_name(f"{out_path.name}_{e}") for e in ("local", "ray")}
+by_engine = {e: run_scan(replace(quick, out_dir=path, engine=e))
+             for e, path in engine_dirs.items()}
+resumed = run_scan(replace(quick, out_dir=engine_dirs["ray"], engine="ray", resume=True,
+                           overwrite=False))
+glue_all("ch6", {"ray_scenes": len(towns),
+                 "ray_done": by_engine["ray"].scene_counts["done"],
+                 "resume_skipped": resumed.scene_counts["skipped"],
+                 "resume_done": resumed.scene_counts["done"]})
+
+# %% tags=["nbval-check-output"]
+print(same_outputs(*engine_dirs.values()))
+print(resumed.scene_counts)
+
+# %% [markdown]
+# Ray scanned the {glue:text}`ch6_ray_scenes` towns into the same files as the local engine, byte for
+# byte ({glue:text}`ch6_ray_done` scenes done); the rerun with `--resume` skipped
+# {glue:text}`ch6_resume_skipped` of them and scanned {glue:text}`ch6_resume_done`, without starting Ray.
+#
+# **On a cluster.** Nothing of schoolvision's: start Ray the way Ray documents it, then point the scan at
+# it. On machines you reach by SSH, run `ray start --head` on one and `ray start --address HEAD:6379` on
+# the others; on a cloud, `ray up cluster.yaml` starts them for you; on Kubernetes, KubeRay's `RayCluster`.
+# Then, from a node of the cluster: `schoolvision scan --engine ray --ray-address auto --run RUN --imagery
+# DIR --out DIR` (or `--ray-address HEAD:6379`). Every node must see the run, the imagery and `--out` at
+# the same paths (a shared or network file system), and if the driver dies, `--resume` picks the scan up.
+# How many machines for how long: `benchmarks/README.md`, *Sizing a country*.
+
+# %% [markdown]
+# ## Limitations
+#
+# - **One small test town.** The scores above count {glue:text}`ch6_schools` known schools: one school
+#   more or less found moves recall by a large step, so read them as a check that the pipeline works,
+#   not as the accuracy to expect elsewhere. Synthetic towns are also easier than real imagery.
+# - **The threshold.** It comes from chips of another town (see *Which threshold?* above); on a new region,
+#   measure a scan on known schools before trusting it, and re-tune on a validation scan, never on the
+#   scan you report.
+# - **Known schools are incomplete.** In real data a "false alarm" may be a school missing from the list,
+#   so precision against the list is a lower bound, and the candidates that match nothing are exactly the
+#   ones worth a look.
+# - **What to do with candidates.** A candidate is a place for a person to check, not a school: hand them
+#   to mappers ranked by probability, with the map and the chip, and feed their decisions back (the review
+#   workflow: `schoolvision review build`, then `review import`, which turns rejected candidates into hard
+#   negatives for the next training run).
+# - **How long a larger area takes.** The time grows with the area at the run's resolution, over the
+#   stride squared. This build scanned at the rate below; the scan's sizing notes (`benchmarks/README.md`,
+#   and `benchmarks/scan_throughput.py` to measure a machine) say how to plan a district or a country and
+#   how to spread it over machines (`--engine ray`).
+
+# %%
+district_km2 = 1000  # an illustration: the area of a district
+km2_per_hour = scanned.area_km2 / scanned.seconds * 3600
+glue_all("ch6", {"km2_per_hour": km2_per_hour, "district_km2": district_km2,
+                 "district_hours": district_km2 / km2_per_hour})
+print(f"{km2_per_hour:.0f} km2 per hour of windows on this machine")
+
+# %% [markdown]
+# At this build's rate, {glue:text}`ch6_km2_per_hour:.0f` km² per hour on this machine (windows only),
+# a district of {glue:text}`ch6_district_km2` km² takes about {glue:text}`ch6_district_hours:.1f` hours of
+# scanning; a country is the sum of its districts, divided by the number of machines that share it.
+
+# %% [markdown]
 # ## Summary and next
 #
 # - A scan turns the chip classifier into a map: a probability GeoTIFF on the scene's grid, ranked
 #   candidates as GeoPackage/GeoJSON, an evaluation against known schools and an offline web map.
 # - The same command scales out: `schoolvision scan --run RUN --imagery FOLDER... --out DIR` streams many
-#   scenes or XYZ folders, and `torchrun --nproc-per-node N -m schoolvision -- scan ...` splits scenes across
-#   GPUs (see the sizing notes in `schoolvision/scan/runner.py`).
-# - Next: [7. Results](07_results) gathers the metrics of every chapter.
+#   scenes or XYZ folders, one resumable unit each (`--resume`), and `--engine ray` spreads them over
+#   the GPUs and machines of a Ray cluster (sizing: `benchmarks/README.md`).
+# - Next: [the results page](07_results.ipynb) gathers the metrics of every chapter.
+#
+# ## With real data
+#
+# Scan a region whose schools you partly know first, and measure the scan on them before you trust it
+# elsewhere: the threshold tuned on validation chips is a starting point, not a law, and a region with
+# other roofs or another resolution moves it. Hand the candidates to mappers ranked by probability, with
+# the map: every candidate is a place to look at, not a school. Estimate the work before a large region:
+# the scan's time grows with the area (pixels at the run's resolution) divided by the stride squared.
+#
+# For a large region, pass building footprints as the prefilter: set `mask_file` to Google's Open
+# Buildings CSV for the area (its `geometry` column holds WKT polygons; its `area_in_meters` column lets
+# you pre-select large buildings), Microsoft's footprints or an OSM buildings extract, in any CRS.
+# `ScanMask.read(path).count(source, meta)` says how many windows it saves before you scan.
+#
+# ## Exercises
+#
+# **Exercise 1.** Scan with a coarser `stride` (a whole chip instead of half). What happens to the time,
+# the probability raster and the recall?
+#
+# ````{admonition} Solution
+# :class: dropdown
+#
+# ```bash
+# papermill book/06_mapping.ipynb /tmp/06.ipynb -p stride 128 -p out_dir /tmp/mapping_128
+# ```
+#
+# A quarter of the windows: the scan is about four times faster, the raster blockier, and a small school
+# that falls between window centres can be missed, so recall may drop. Half a chip is the usual compromise.
+# ````
+#
+# **Exercise 2.** Loosen the matching: a larger `match_distance`. Which numbers change, and why is that
+# not a better model?
+#
+# ````{admonition} Solution
+# :class: dropdown
+#
+# ```bash
+# papermill book/06_mapping.ipynb /tmp/06.ipynb -p match_distance 150 \
+#     -p out_dir /tmp/mapping_150
+# ```
+#
+# The probability raster and the candidates are the same; only the evaluation changes: more candidates
+# count as found schools, so precision and recall can rise. The model did not improve, the rule did: state
+# the matching distance with every scan score.
+# ````

@@ -35,6 +35,11 @@ INJECTED_TAG = "injected-parameters"
 # which profile produced the page without it interrupting the story.
 INJECTED_DISPLAY_TAG = "hide-cell"
 STRAY_OUTPUT = re.compile(r"^(Text\(|<Figure size|<Axes|\[<matplotlib|<matplotlib\.)")
+WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
+JPEG_FROM_BYTES = 150_000  # PNG figures above this size become JPEG (scenes, chips, galleries)
+JPEG_QUALITY = 85
+# tqdm's bar text ("towns:   0%|          | 0/6 [00:00<?, ?it/s]") in any output of an executed notebook
+PROGRESS_TEXT = re.compile(r"\d+%\|.*\|.*(it|/s)\]|\?it/s\]")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -115,9 +120,55 @@ def normalise(nb: Any) -> Any:
         tags = cell.metadata.get("tags", [])
         if INJECTED_TAG in tags and INJECTED_DISPLAY_TAG not in tags:
             cell.metadata["tags"] = [*tags, INJECTED_DISPLAY_TAG]
+        if INJECTED_TAG in tags:  # the intro calls the collapsed cell "Parameters"
+            cell.metadata["mystnb"] = {"code_prompt_show": "Parameters", "code_prompt_hide": "Hide the parameters"}
+        if "outputs" in cell:
+            cell["outputs"] = [lighter(output) for output in cell["outputs"] if not is_progress_bar(output)]
     nb.metadata.pop("papermill", None)
     nb.metadata.pop("widgets", None)
     return nb
+
+
+def is_progress_bar(output: Any) -> bool:
+    """A tqdm bar in a notebook: a widget whose text is frozen at "0%|" once the page is static.
+
+    tqdm's notebook bar ignores ``TQDM_DISABLE`` (it passes ``disable=False`` itself), so the executed
+    notebooks are cleaned here instead of in every library call.
+    """
+    data = output.get("data", {}) if output.get("output_type") == "display_data" else {}
+    return WIDGET_MIME in data and bool(PROGRESS_TEXT.search(str(data.get("text/plain", ""))))
+
+
+def lighter(output: Any, min_bytes: int = JPEG_FROM_BYTES, quality: int = JPEG_QUALITY) -> Any:
+    """``output`` with a large PNG figure replaced by a JPEG when that is at most half its size.
+
+    Scenes, chips and heatmap galleries are photographs to a codec: as PNG they made the HTML book
+    (which also ships each notebook's source) several times heavier than as JPEG. Line plots compress
+    well as PNG, stay small and keep their sharp text, so they are left alone. Deterministic: the same
+    PNG gives the same JPEG bytes.
+    """
+    import base64
+    import io
+
+    from PIL import Image
+
+    data = output.get("data", {}) if output.get("output_type") in ("display_data", "execute_result") else {}
+    png = data.get("image/png")
+    if not png or "image/jpeg" in data:
+        return output
+    raw = base64.b64decode(png)
+    if len(raw) < min_bytes:
+        return output
+    image = Image.open(io.BytesIO(raw))
+    flat = Image.new("RGB", image.size, "white")
+    flat.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+    buffer = io.BytesIO()
+    flat.save(buffer, "JPEG", quality=quality, optimize=True)
+    if buffer.tell() > len(raw) // 2:
+        return output
+    data["image/jpeg"] = base64.b64encode(buffer.getvalue()).decode("ascii")
+    del data["image/png"]
+    return output
 
 
 def pair_differences(source: Path) -> list[str]:
@@ -258,10 +309,35 @@ def execute(
             if executed.exists():
                 nb = normalise(nbformat.read(executed, as_version=4))
                 write_text(executed, nbformat.writes(nb) + "\n")
+        if timings_file is not None:  # after every chapter: the results page (last) reads this build's times
+            write_json(timings_file, execution_record(timings_file, profile_file.name, timings))
         print(f"[book] {source.stem}: done in {timings[source.stem]:.0f} s", flush=True)
-    if timings_file is not None:
-        write_json(timings_file, {"profile": profile_file.name, "seconds": timings, "total": sum(timings.values())})
     return timings
+
+
+def execution_record(path: Path, profile: str, timings: dict[str, float]) -> dict[str, Any]:
+    """The record ``_build/execution.json`` holds: seconds per chapter of the latest run of each.
+
+    Chapters run alone (``--only``) update their entry in a record of the same profile; another profile
+    starts a new record. ``machine`` says what the seconds were measured on (CPU cores, GPU name).
+    """
+    previous = {}
+    if Path(path).is_file():
+        try:
+            previous = json.loads(Path(path).read_text())
+        except json.JSONDecodeError:
+            previous = {}
+    seconds = dict(previous.get("seconds", {})) if previous.get("profile") == profile else {}
+    seconds.update(timings)
+    return {"profile": profile, "machine": machine(), "seconds": seconds, "total": round(sum(seconds.values()), 1)}
+
+
+def machine() -> dict[str, Any]:
+    """CPU cores and the GPU's name (``None`` without CUDA): what a chapter's seconds depend on."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "gpu": gpu}
 
 
 def output_problems(notebook: Path) -> list[str]:
@@ -275,6 +351,8 @@ def output_problems(notebook: Path) -> list[str]:
             where = f"{notebook.name} cell {index}"
             if output.output_type == "error":
                 problems.append(f"{where}: {output.ename}: {output.evalue}")
+            elif is_progress_bar(output) or PROGRESS_TEXT.search(str(output.get("text", ""))):
+                problems.append(f"{where}: progress-bar residue (pass progress=False)")
             elif output.output_type == "stream" and output.name == "stderr":
                 problems.append(f"{where}: stderr output: {output.text.strip()[:120]!r}")
             elif output.output_type == "execute_result":

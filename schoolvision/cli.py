@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "cluster": "Cluster penultimate-layer features of chips.",
     "scan": "Scan whole scenes; write a probability raster and school candidates.",
     "export": "Export a run's classifier to ONNX, with a P(school) map model for QGIS's Deepness plugin.",
+    "review": "Rank a scan's items for review (review build), offline page review.html; decisions back as labels "
+              "(review import).",
 }
 
 

@@ -6,7 +6,9 @@ lives in ``build_tools/book.py``, outside the runtime package.
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -64,3 +66,95 @@ def require(path: str | Path, chapter: str) -> Path:
     else:
         how = f"run {chapter} first"
     raise UserError(f"not found: {how}", target)
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers in the chapters' prose (myst-nb glue)
+# --------------------------------------------------------------------------------------------------
+class Text(str):
+    """A string that a ``{glue:text}`` role shows as-is (a plain ``str`` would show its quoted repr)."""
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
+        printer.text(str(self))
+
+
+def glue_value(value: Any) -> Any:
+    """``value`` as glue stores it best: numpy scalars as Python numbers, strings unquoted."""
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        value = value.item()
+    if isinstance(value, str) and not isinstance(value, Text):
+        return Text(value)
+    return value
+
+
+def glue_all(prefix: str, mapping: Mapping[str, Any]) -> dict[str, Any]:
+    """Glue each value of ``mapping`` as ``{prefix}_{key}`` for the chapter's Markdown, showing nothing.
+
+    The prose then says {glue:text}`ch2_auprc:.3f` instead of a typed number, so the page always
+    shows what this build computed (tests/test_prose.py fails on typed numbers). Returns the glued
+    values by full key, for a quick look in a live notebook.
+    """
+    from myst_nb import glue  # the book's renderer: installed with the `book` extra
+
+    glued = {f"{prefix}_{key}": glue_value(value) for key, value in mapping.items()}
+    for key, value in glued.items():
+        glue(key, value, display=False)
+    return glued
+
+
+# --------------------------------------------------------------------------------------------------
+# How long the chapters took (the execution record of `make book`)
+# --------------------------------------------------------------------------------------------------
+EXECUTION_RECORD = "_build/execution.json"
+
+
+def read_execution_record(path: str | Path = EXECUTION_RECORD) -> dict:
+    """The seconds per chapter that ``build_tools.book execute --timings`` wrote; ``{}`` if none."""
+    target = resolve(path)
+    if not target.is_file():
+        return {}
+    try:
+        record = json.loads(target.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise UserError(f"unreadable execution record: {error}", target) from error
+    return record if isinstance(record, dict) else {}
+
+
+def runtime_sentence(record: Mapping[str, Any], chapter: str) -> str:
+    """One sentence for a chapter header: its time in this build's record, and what is not recorded.
+
+    A build runs one profile on one machine, so the record holds CPU *or* GPU times; the sentence says
+    which, and how to get the other.
+    """
+    seconds = (record.get("seconds") or {}).get(chapter)
+    profile = str(record.get("profile", "")).removesuffix(".yaml")
+    machine = record.get("machine") or {}
+    gpu = machine.get("gpu")
+    where = f"on {gpu}" if gpu else f"on {machine['cpus']} CPU cores" if machine.get("cpus") else "on the build machine"
+    # plain text: a {glue:text} role shows it as it is, without Markdown
+    if seconds is None:
+        return "not in this build's execution record (_build/execution.json, written by make book)"
+    took = f"{seconds / 60:.1f} minutes" if seconds >= 90 else f"{max(seconds, 1):.0f} s"
+    other = "CPU" if gpu else "GPU"
+    return (
+        f"{took} with the {profile} profile {where}, from this build's execution record; "
+        f"this build records no {other} time (make book PROFILE={other.lower()} records its own)"
+    )
+
+
+def toc_chapters(root: str | Path | None = None) -> list[str]:
+    """The chapters' notebook names (``01_data``, ...) in ``_toc.yml`` order (the root page left out)."""
+    import yaml
+
+    toc = yaml.safe_load((Path(root) if root else repo_root()).joinpath("_toc.yml").read_text()) or {}
+    return [Path(str(entry["file"])).stem for entry in toc.get("chapters", []) if "file" in entry]
+
+
+def glue_runtimes(prefix: str, chapters: list[str], record: Mapping[str, Any]) -> dict[str, Any]:
+    """Glue ``{prefix}_time_<chapter>`` sentences and ``{prefix}_total_minutes`` for the whole book."""
+    values: dict[str, Any] = {f"time_{chapter}": runtime_sentence(record, chapter) for chapter in chapters}
+    seconds = record.get("seconds") or {}
+    values["total_minutes"] = round(sum(seconds.values()) / 60, 1) if seconds else float("nan")
+    values["training_minutes"] = round(seconds.get("02_training", float("nan")) / 60, 1)
+    values["profile"] = str(record.get("profile", "none")).removesuffix(".yaml")
+    return glue_all(prefix, values)

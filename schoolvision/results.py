@@ -32,6 +32,31 @@ SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messa
                        "files", "labelling", "scenes"})
 
 
+# The results page's headline table: (section, metric, what a reader calls it), about fifteen rows so
+# that it fits one screen; every other number is one click away on the page.
+HEADLINES = (
+    ("test metrics", "auprc", "test AUPRC (chips of the held-out town)"),
+    ("test metrics", "f1", "test F1 at the tuned threshold"),
+    ("test metrics", "precision", "test precision"),
+    ("test metrics", "recall", "test recall"),
+    ("test metrics", "roc_auc", "test ROC AUC"),
+    ("test metrics", "ece", "expected calibration error (test)"),
+    ("test metrics", "threshold", "decision threshold (tuned on validation)"),
+    ("test metrics", "n_chips.school", "school chips in the test town"),
+    ("explanation faithfulness", "n_chips", "chips explained (grad-CAM)"),
+    ("clustering", "k", "clusters chosen (k)"),
+    ("clustering", "silhouette", "silhouette of those clusters"),
+    ("scan", "schools", "schools in the scanned town"),
+    ("scan", "true_positives", "schools found by the scan"),
+    ("scan", "candidates", "candidates the scan reported"),
+    ("scan", "precision", "scan precision (candidates on a school)"),
+    ("scan", "recall", "scan recall (schools found)"),
+    ("review", "recall_before", "new region, unreviewed town: recall before review"),
+    ("review", "recall_after", "the same after one review round"),
+    ("review", "items_reviewed", "items reviewed in that round"),
+)
+
+
 @dataclass(frozen=True)
 class Source:
     """One results file: which page section it feeds and which chapter writes it.
@@ -59,6 +84,26 @@ class Results:
         if section in self.tables:
             return self.tables[section]
         return pd.DataFrame({"note": [f"no {section} table in this build"]})
+
+    def value(self, section: str, metric: str) -> Any:
+        """One key number, or ``None`` when this build has no such file or metric."""
+        rows = self.key_numbers[(self.key_numbers["section"] == section) & (self.key_numbers["metric"] == metric)]
+        return rows["value"].iloc[0] if len(rows) else None
+
+    def headline(self, headlines: tuple = HEADLINES) -> pd.DataFrame:
+        """The page's short table: one row per headline figure, with the chapter that makes it."""
+        chapters = {"test metrics": 2, "explanation faithfulness": 3, "clustering": 5, "scan": 6, "review": 8}
+        rows = [(label, self.value(section, metric), chapters.get(section, "")) for section, metric, label in headlines]
+        columns = ["figure", "value", "chapter"]  # object dtype: counts stay integers next to the metrics
+        frame = pd.DataFrame({name: pd.Series([r[i] for r in rows], dtype=object) for i, name in enumerate(columns)})
+        return frame.set_index("figure")
+
+    def headline_markdown(self, digits: int = 3) -> str:
+        """:meth:`headline` as a Markdown table (no file column: the page stays one screen high)."""
+        lines = ["| figure | value | chapter |", "| --- | ---: | ---: |"]
+        for figure, value, chapter in self.headline().itertuples():
+            lines.append(f"| {figure} | {format_value(value, digits)} | {chapter} |")
+        return "\n".join(lines) + "\n"
 
     def to_markdown(self, digits: int = 3) -> str:
         """The key numbers as a Markdown table (what the results page displays)."""
@@ -100,15 +145,16 @@ def default_sources(
     gradcam_dir: str | Path = "outputs/gradcam",
     clustering_dir: str | Path = "outputs/clustering",
     mapping_dir: str | Path = "outputs/mapping",
+    review_dir: str | Path | None = None,
 ) -> list[Source]:
-    """The four results files of a build, in book order."""
+    """The results files of a build, in book order (chapter 8's ``review_round.json`` when ``review_dir``)."""
     run, scan = RunFolder(run_dir), ScanFolder(mapping_dir)
     return [
         Source("test metrics", run.metrics_path(), "02_training", run.read_metrics),
         Source("explanation faithfulness", Path(gradcam_dir) / "faithfulness.json", "03_gradcam"),
         Source("clustering", Path(clustering_dir) / "summary.json", "05_clustering"),
         Source("scan", scan.evaluation_path, "06_mapping", scan.read_evaluation),
-    ]
+    ] + ([] if review_dir is None else [Source("review", Path(review_dir) / "review_round.json", "08_review")])
 
 
 def gather_results(sources: list[Source], root: str | Path | None = None) -> Results:

@@ -485,6 +485,38 @@ def write_schools(path: Path, boxes, crs: str) -> Path:
     return path
 
 
+# --- a red-roof town with an imperfect school registry (registry audit, review queue) ---------
+
+REVIEW_SCHOOLS_PX = {"A": (60, 60, 40), "B": (60, 400, 40), "C": (400, 60, 40), "D": (400, 400, 40)}
+"""Red-roof schools (row, col, side) of :func:`write_registry_town`: P(school) near 1 under the red-roof model."""
+REVIEW_WEAK_PX = ((250, 250, 12), (150, 250, 10))
+"""Small red patches: probability peaks below a 0.5 threshold (the review's below-threshold items)."""
+REVIEW_DISPLACED_M = 200.0
+"""How far north the registry lists school C."""
+
+
+def write_registry_town(root: Path) -> tuple[Path, Path]:
+    """A 512 px red-roof town and its imperfect registry CSV (lon, lat, name): (scene, registry).
+
+    The registry lists A at its place, B 10 m off (within a 50 m match), C ``REVIEW_DISPLACED_M`` east of
+    its place (north), misses D, lists a closed school at (row 450, col 250) where no roof is, and one school far
+    outside the scene. So: 2 confirmed, 2 not seen, 1 outside; candidates A, B in the registry, C, D new.
+    """
+    scene = write_red_scene(root / "town.tif", 512, 512, squares=[*REVIEW_SCHOOLS_PX.values(), *REVIEW_WEAK_PX])
+
+    def centre(name: str, dx: float = 0.0, dy: float = 0.0) -> tuple[float, float]:
+        r, c, s = REVIEW_SCHOOLS_PX[name]
+        return ORIGIN[0] + c + s / 2 + dx, ORIGIN[1] - r - s / 2 + dy
+
+    places = {"A listed": centre("A"), "B listed": centre("B", 10.0), "C listed": centre("C", dy=REVIEW_DISPLACED_M),
+              "closed": (ORIGIN[0] + 250, ORIGIN[1] - 450), "far away": (ORIGIN[0] + 5000, ORIGIN[1] - 5000)}
+    xy = np.array(list(places.values()))
+    pts = gpd.GeoSeries(gpd.points_from_xy(xy[:, 0], xy[:, 1]), crs=UTM).to_crs("EPSG:4326")
+    registry = root / "registry.csv"
+    pd.DataFrame({"name": list(places), "lon": pts.x.round(8), "lat": pts.y.round(8)}).to_csv(registry, index=False)
+    return scene, registry
+
+
 if __name__ == "__main__":
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "test-fixtures")
     scenes, schools = make_towns(out / "towns")

@@ -20,6 +20,7 @@ from schoolvision.results import default_sources, format_value, gather_results
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = book.chapter_sources(ROOT)
 MAX_CELL_LINES = 12
+NBVAL_TAG = "nbval-check-output"  # nbval reads it from the cell tags (--nbval-lax checks only these)
 
 
 def _code_cells(source: Path) -> list[str]:
@@ -66,16 +67,30 @@ def test_cells_only_call_the_library(source):
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_checked_cells_hold_no_plots(source):
     """nbval runs cells without history, so IPython misses a trailing ';' and the Text(...) repr appears."""
+    for cell in book.read_source(source).cells:
+        if cell.cell_type == "code" and NBVAL_TAG in cell.metadata.get("tags", []):
+            assert not cell.source.rstrip().endswith(";"), f"checked cell ends with a ';' plot line:\n{cell.source}"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_nbval_markers_are_tags_not_comments(source):
+    """A `# NBVAL_CHECK_OUTPUT` comment shows in the page; the cell tag does the same and shows nothing."""
     for cell in _code_cells(source):
-        if cell.lstrip().startswith("# NBVAL_CHECK_OUTPUT"):
-            assert not cell.rstrip().endswith(";"), f"checked cell ends with a ';' plot line:\n{cell}"
+        assert "NBVAL_" not in cell, f"{source.name}: use `# %% tags=[\"{NBVAL_TAG}\"]`, not a comment:\n{cell}"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
 def test_chapter_follows_the_skeleton(source):
+    """The header (prerequisites table, time to run, what it writes) and the closing sections of every chapter."""
     text = "\n".join(c.source for c in book.read_source(source).cells if c.cell_type == "markdown").lower()
-    for part in ("what you will learn", "prerequisites", "summary"):
-        assert part in text, f"{source.name}: no '{part}' section"
+    parts = ("what you will learn", "| prerequisite | importance |", "**time to run**", "**writes**", "summary",
+             "## with real data", "## exercises", "{admonition} solution\n:class: dropdown")
+    for part in parts:
+        assert part in text, f"{source.name}: no '{part}' (see /work/notes/h16a_template.md or chapter 1)"
+    time_key = f"07_results.ipynb::res_time_{source.stem}:s" if source.stem != "07_results" else "**time to run**"
+    assert time_key in text, f"{source.name}: the time to run is glued from the results page ({time_key})"
+    # every exercise's solution is a rerun of the chapter with a changed parameter
+    assert text.count("{admonition} solution") >= 1 and f"book/{source.stem}.ipynb" in text.split("## exercises")[1]
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
@@ -175,10 +190,71 @@ def test_output_problems_catch_stray_reprs_and_stderr(tmp_path):
     assert len(problems) == 2 and "stray output" in problems[0] and "stderr" in problems[1]
 
 
+def _progress_widget(text: str) -> nbformat.NotebookNode:
+    data = {"text/plain": text, book.WIDGET_MIME: {"model_id": "abc", "version_major": 2, "version_minor": 0}}
+    return nbformat.v4.new_output("display_data", data=data)
+
+
+def test_progress_bars_are_stripped_and_flagged(tmp_path):
+    """tqdm's notebook bar ignores TQDM_DISABLE: normalise() drops it, output_problems() names any left."""
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("fit(config)")
+    kept = nbformat.v4.new_output("stream", name="stdout", text="done\n")
+    cell.outputs = [_progress_widget("epoch 1/6:   0%|          | 0/41 [00:00<?, ?it/s]"), kept]
+    injected = nbformat.v4.new_code_cell("n = 2", metadata={"tags": [book.INJECTED_TAG]})
+    nb.cells = [injected, cell]
+    nbformat.write(nb, tmp_path / "dirty.ipynb")
+    assert any("progress-bar residue" in p for p in book.output_problems(tmp_path / "dirty.ipynb"))
+    clean = book.normalise(nb)
+    assert clean.cells[1].outputs == [kept]
+    assert clean.cells[0].metadata["mystnb"]["code_prompt_show"] == "Parameters"  # what the intro calls it
+    assert "hide-cell" in clean.cells[0].metadata["tags"]
+    nbformat.write(clean, tmp_path / "clean.ipynb")
+    assert book.output_problems(tmp_path / "clean.ipynb") == []
+
+
+def test_execution_record_merges_chapters_of_one_profile(tmp_path):
+    record = tmp_path / "execution.json"
+    record.write_text(json.dumps({"profile": "cpu.yaml", "seconds": {"01_data": 70.0, "02_training": 900.0}}))
+    merged = book.execution_record(record, "cpu.yaml", {"02_training": 1000.0})
+    assert merged["seconds"] == {"01_data": 70.0, "02_training": 1000.0} and merged["total"] == 1070.0
+    assert set(merged["machine"]) == {"cpus", "gpu"}
+    assert book.execution_record(record, "gpu.yaml", {"02_training": 60.0})["seconds"] == {"02_training": 60.0}
+
+
+def test_runtime_sentences_say_what_the_record_holds():
+    record = {"profile": "cpu.yaml", "machine": {"cpus": 2, "gpu": None}, "seconds": {"02_training": 1764.0}}
+    sentence = notebook.runtime_sentence(record, "02_training")
+    assert "29.4 minutes" in sentence and "cpu profile" in sentence and "2 CPU cores" in sentence
+    assert "no GPU time" in sentence and "`" not in sentence  # glue:text shows no Markdown
+    assert "not in this build's execution record" in notebook.runtime_sentence(record, "06_mapping")
+    gpu = {"profile": "gpu.yaml", "machine": {"cpus": 16, "gpu": "NVIDIA H200"}, "seconds": {"01_data": 20.0}}
+    assert "20 s with the gpu profile on NVIDIA H200" in notebook.runtime_sentence(gpu, "01_data")
+    assert "no CPU time" in notebook.runtime_sentence(gpu, "01_data")
+
+
+def test_results_page_comes_last_and_glues_every_chapters_time():
+    """It reads every chapter's files and gives each header its time, so it runs (and reads) last."""
+    chapters = notebook.toc_chapters(ROOT)
+    assert chapters[-1] == "07_results" and chapters[0] == "01_data"
+    assert "glue_runtimes(\"res\", toc_chapters(), record)" in (ROOT / "book" / "07_results.py").read_text()
+
+
+def test_glue_values_show_unquoted_and_as_python_numbers():
+    import numpy as np
+    from IPython.core.formatters import format_display_data
+
+    assert format_display_data(notebook.glue_value("cpu"))[0]["text/plain"] == "cpu"  # a str would be 'cpu'
+    value = notebook.glue_value(np.float64(0.25))
+    assert type(value) is float and format_display_data(value)[0]["text/plain"] == "0.25"
+    assert type(notebook.glue_value(np.int64(409))) is int
+
+
 def _tiny_notebook(path: Path, stored: str) -> Path:
     nb = nbformat.v4.new_notebook()
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    checked = nbformat.v4.new_code_cell("# NBVAL_CHECK_OUTPUT\nprint(6 * 7)", id="cell-000", execution_count=1)
+    checked = nbformat.v4.new_code_cell("print(6 * 7)", id="cell-000", execution_count=1)
+    checked.metadata["tags"] = [NBVAL_TAG]  # as the chapters mark their checked cells
     checked.outputs = [nbformat.v4.new_output("stream", name="stdout", text=stored)]
     free = nbformat.v4.new_code_cell("import time\nprint(time.time())", id="cell-001", execution_count=2)
     free.outputs = [nbformat.v4.new_output("stream", name="stdout", text="0\n")]  # unchecked: may differ
@@ -226,6 +302,12 @@ def test_gather_results_reads_what_the_json_holds(tmp_path):
     table = results.to_markdown()
     assert "| test metrics | accuracy | 0.812 | `run/metrics.json` |" in table
     assert "| clustering | k | 3 |" in table
+    headline = results.headline()  # the page's short table: about fifteen rows, missing ones shown as such
+    assert 12 <= len(headline) <= 20 and headline.loc["test F1 at the tuned threshold", "value"] == 0.7
+    assert headline.loc["scan recall (schools found)", "value"] is None
+    short = results.headline_markdown()
+    assert "| test F1 at the tuned threshold | 0.700 | 2 |" in short and "| clusters chosen (k) | 3 | 5 |" in short
+    assert "| scan recall (schools found) | — | 6 |" in short
 
 
 def _notebook_parameters(nb) -> dict:
@@ -249,12 +331,15 @@ def test_results_page_shows_the_numbers_in_the_json(monkeypatch):
     assert len(shown) == 1, "the results page should show one key-numbers table"
     p = _notebook_parameters(nb)
     monkeypatch.chdir(ROOT)
-    folders = ("run_dir", "gradcam_dir", "clustering_dir", "mapping_dir")
-    sources = default_sources(*(notebook.resolve(p[k]) for k in folders))
+    folders = ("run_dir", "gradcam_dir", "clustering_dir", "mapping_dir", "review_dir")
+    sources = default_sources(*(notebook.resolve(p[k]) for k in folders if k in p))
     if not any(s.path.exists() for s in sources):
         pytest.skip("no run folders on disk (make book)")
     results = gather_results(sources, root=ROOT)
     assert shown[0] == results.to_markdown(), "results page is stale: rerun book/07_results (make book)"
+    headline = [o["data"]["text/markdown"] for c in nb.cells for o in c.get("outputs", [])
+                if "| figure |" in o.get("data", {}).get("text/markdown", "")]
+    assert headline == [results.headline_markdown()], "results page headline table is stale (make book)"
     for source in sources:  # and independently of gather_results: every shown number is in the JSON
         if source.path.exists():
             data = json.loads(source.path.read_text())

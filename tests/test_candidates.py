@@ -7,14 +7,26 @@ import json
 import geopandas as gpd
 import numpy as np
 import pytest
+import torch
 from affine import Affine
 from shapely.geometry import Point, box
 
 from schoolvision.io.folders import read_probability
+from schoolvision.io.imagery import list_sources
 from schoolvision.io.rasters import write_geotiff
-from schoolvision.scan.candidates import extract_all, extract_candidates, merge_duplicates, write_candidates
+from schoolvision.model.checkpoint import CheckpointMeta
+from schoolvision.scan.candidates import (
+    MIN_AREA_M2,
+    extract_all,
+    extract_candidates,
+    merge_duplicates,
+    write_candidates,
+)
 from schoolvision.scan.evaluation import evaluate_scan, match, rejected_lookalikes, scores, weakest_finds
+from schoolvision.scan.peaks import explain_lookalikes, explain_points, has_heat
 from schoolvision.scan.scene import SceneScan
+
+from fixtures import write_red_scene
 
 CRS = "EPSG:32636"
 
@@ -173,6 +185,7 @@ def test_map_is_self_contained(tmp_path):
     html = save_map(the_map, tmp_path / "map.html").read_text()
     assert "cdn." not in html and "https://code.jquery" not in html
     assert all(part in html for part in ("L.imageOverlay", "sv-candidate", "bindPopup", "data:image/png;base64"))
+    assert "data:image/webp;base64" in html  # the scene photo: WebP with its alpha, a tenth of a PNG's bytes
 
 
 def test_probability_figure_with_every_school_found_draws_without_warnings(tmp_path):
@@ -284,3 +297,87 @@ def test_evaluation_numbers_are_those_of_the_code_before_the_sweep_reused_region
     assert [(p["candidates"], p["true_positives"]) for p in ev["pr_curve"]] == [
         (69, 21), (72, 21), (69, 20), (72, 21), (73, 22), (75, 22), (74, 21), (76, 21), (70, 20), (67, 20),
         (63, 20), (60, 19), (55, 18), (40, 15), (37, 15), (28, 12), (19, 11), (16, 8), (7, 5)]
+
+
+def test_min_area_drops_a_speck_but_keeps_a_school(tmp_path):
+    # a school-sized blob, and an 8 m^2 speck (2 x 4 px at 1 m) just above the threshold: the false alarm of issue 16
+    prob = blobs((200, 200), [(60, 60, 0.95)], sigma=12)
+    prob[150:152, 140:144] = 0.7
+    s, _ = scene_scan(tmp_path, "t", prob)
+    every, _ = extract_all([s], 0.5, min_area_m2=0)
+    kept, regions = extract_all([s], 0.5, min_area_m2=MIN_AREA_M2)
+    assert sorted(every["area_m2"]) == [8.0, pytest.approx(every["area_m2"].max())] and len(every) == 2
+    assert len(kept) == 1 and kept["area_m2"].iloc[0] > MIN_AREA_M2 and kept["max_prob"].iloc[0] > 0.9
+    assert len(regions) == 1  # the speck's region goes too
+    x0, y0 = 500_000.0, 100_000.0
+    school = gpd.GeoDataFrame({"name": ["a"]}, geometry=[box(x0 + 50, y0 - 70, x0 + 70, y0 - 50)], crs=CRS)
+    ev, layers = evaluate_scan(kept, [s], school.to_crs("EPSG:4326"), threshold=0.5, min_area_m2=MIN_AREA_M2)
+    assert (ev["candidates"], ev["precision"], ev["min_area_m2"]) == (1, 1.0, MIN_AREA_M2)
+    assert len(layers["false_alarms"]) == 0
+    curve = {round(p["threshold"], 2): p for p in ev["pr_curve"]}
+    assert curve[0.5]["candidates"] == 1 and curve[0.65]["candidates"] == 1  # the curve drops the speck too
+    ev0, _ = evaluate_scan(every, [s], school.to_crs("EPSG:4326"), threshold=0.5)
+    assert ev0["precision"] == 0.5 and {round(p["threshold"], 2): p for p in ev0["pr_curve"]}[0.5]["candidates"] == 2
+
+
+def test_rejected_lookalikes_are_distinct_places(tmp_path):
+    # one weak blob whose low shoulders hold several small bumps (regions) close together, and two other places
+    bumps = [(100, 100, 0.4), (100, 118, 0.35), (118, 100, 0.33), (84, 90, 0.32), (112, 120, 0.31)]
+    prob = blobs((400, 400), bumps + [(300, 300, 0.3), (80, 320, 0.25)], sigma=4)
+    prob[5:7, 200:204] = 0.45  # an 8 m^2 speck, stronger than all of them
+    s, _ = scene_scan(tmp_path, "t", prob)
+    none = gpd.GeoDataFrame({"name": []}, geometry=[], crs="EPSG:4326")
+    crowded = rejected_lookalikes([s], none, threshold=0.5, n=6)
+    assert len(crowded) == 6  # without separation: the speck and the bumps of one place fill the list
+    chip = 64.0
+    spread = rejected_lookalikes([s], none, threshold=0.5, n=6, separation=chip, min_area_m2=MIN_AREA_M2)
+    pts = spread.to_crs(CRS).geometry
+    d = np.hypot(pts.x.to_numpy()[:, None] - pts.x.to_numpy()[None], pts.y.to_numpy()[:, None] - pts.y.to_numpy()[None])
+    assert len(spread) == 3 and (d[np.triu_indices(len(pts), 1)] > chip).all()  # distinct places, a chip apart
+    assert list(spread["max_prob"].round(2)) == [0.4, 0.3, 0.25]  # the strongest of each place, strongest first
+    assert (spread["area_m2"] >= MIN_AREA_M2).all()
+
+
+class RedCam(torch.nn.Module):
+    """P(school) from the red share; its grad-CAM is the red pixels, and all zero on a chip without any."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 1, 1)
+        with torch.no_grad():
+            self.conv.weight[:] = torch.tensor([1.0, -1.0, -1.0]).view(1, 3, 1, 1)
+            self.conv.bias[:] = -0.3  # grey ground (RGB 60-120) never reaches 0, a red roof does
+        self.target_layer = self.conv
+        self.target_layer_name = "conv"
+
+    def forward(self, x):
+        s = 40 * (torch.relu(self.conv(x)).mean((1, 2, 3)) - 0.02)
+        return torch.stack([torch.zeros_like(s), s], 1)
+
+
+def test_explained_lookalikes_show_a_heatmap(tmp_path):
+    # two faint red roofs (look-alikes) and two places of bare ground, whose grad-CAM is empty
+    path = write_red_scene(tmp_path / "t.tif", 256, 256, squares=[(30, 30, 10), (180, 170, 12)], crs=CRS)
+    source = list_sources([path])[0]
+    x0, y0 = 500_000.0, 100_000.0
+    rc = [(120, 120), (35, 35), (220, 40), (186, 176)]  # (row, col) pixel centres: ground, roof, ground, roof
+    places = gpd.GeoDataFrame({"scene": source.name, "max_prob": [0.4, 0.3, 0.2, 0.1]},
+                              geometry=[Point(x0 + c + 0.5, y0 - r - 0.5) for r, c in rc], crs=CRS)
+    meta = CheckpointMeta(backbone="efficientnet_lite0", image_size=64, chip_size=64, gsd=1.0, threshold=0.5)
+    model = RedCam()
+    _, _, cams = explain_points(model, meta, places, {source.name: source})
+    assert list(has_heat(cams)) == [False, True, False, True]  # the blank panels of the issue
+    kept, chips, probs, cams = explain_lookalikes(model, meta, places, {source.name: source}, n=6)
+    assert list(kept["max_prob"]) == [0.3, 0.1] and len(chips) == len(probs) == len(cams) == 2
+    assert has_heat(cams).all() and all((c > 0.5).any() for c in cams)
+    assert len(explain_lookalikes(model, meta, places, {source.name: source}, n=1)[0]) == 1
+
+
+def test_an_empty_case_gallery_is_a_sentence_not_an_image(capsys):
+    from schoolvision.plotting.scan import plot_cases
+
+    none = plot_cases(np.zeros((0, 3, 8, 8), np.uint8), np.zeros((0, 8, 8)), [], empty="Every known school was found.")
+    assert none is None
+    assert capsys.readouterr().out == "Every known school was found.\n"
+    fig = plot_cases(np.zeros((2, 3, 8, 8), np.uint8), np.zeros((2, 8, 8)), ["a", "b"])
+    assert fig is not None and len(fig.axes) == 4

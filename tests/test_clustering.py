@@ -12,7 +12,15 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
-from schoolvision.cluster.algorithms import ClusterConfig, cluster_features, k_range, nearest_to_centre
+from schoolvision.cluster.algorithms import (
+    ClusterConfig,
+    cluster_features,
+    framing_profile,
+    framing_verdict,
+    k_range,
+    nearest_to_centre,
+    structure_verdict,
+)
 from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_cams, write_cluster_vectors
 from schoolvision.commands.cluster import write_figures
 from schoolvision.errors import UserError
@@ -289,3 +297,53 @@ def test_a_unit_firing_for_one_chip_does_not_make_a_cluster():
     sparse[7] = 1.0  # 40 dead units that fire for chip 7 only: z = sqrt(n) after standardising
     res = cluster_features(np.concatenate([x, sparse], axis=1), fast(k_max=4))
     assert res.k == 2 and np.bincount(res.labels).min() >= 40
+
+
+def test_centred_view_keeps_only_the_chips_cut_around_a_school(clustered, small_chips, monkeypatch):
+    cfg, report = clustered
+
+    def boom(*a, **k):
+        raise AssertionError("the model ran although the features were cached")
+
+    monkeypatch.setattr("schoolvision.cluster.embeddings.extract_features", boom)
+    centred = dataclasses.replace(cfg, out_dir=cfg.out_dir.parent / "centred", view="centred", gallery=False,
+                                  projector=False,
+                                  clustering=ClusterConfig(k=2, k_max=4, stability_seeds=1, tsne=False))
+    again = cluster_chips(centred, progress=False)
+    chips = pd.read_csv(small_chips / "chips.csv")
+    assert len(again.table) == (chips["view"] == "centred").sum() > 0
+    assert (again.table["view"] == "centred").all() and (again.table["label"] == "school").all()
+    assert json.loads((centred.out_dir / "summary.json").read_text())["view"] == "centred"
+    assert (framing_profile(again.table)["centred"] == 1).all()
+    mixed = framing_profile(report.table)  # every view: grid chips hold schools anywhere, often cut by the edge
+    assert list(mixed.columns) == ["chips", "centred", "whole_school", "school_fraction"]
+    assert mixed["chips"].sum() == len(report.table) and (mixed["centred"] < 1).all()
+    with pytest.raises(UserError, match="view"):
+        dataclasses.replace(cfg, view="diagonal")
+
+
+def test_structure_verdict_follows_the_silhouette():
+    assert structure_verdict(0.7).startswith("a clear structure")
+    assert structure_verdict(0.3).startswith("a weak structure")
+    assert structure_verdict(0.2).startswith("no substantial structure")
+    assert structure_verdict(None) == structure_verdict(float("nan")) == "no measurable structure"
+
+
+def test_recluster_view_uses_the_features_in_memory(clustered):
+    from schoolvision.cluster.runner import recluster_view
+
+    cfg, report = clustered
+    table, result, thumbs = recluster_view(report, "centred", ClusterConfig(k=2, k_max=4, stability_seeds=1,
+                                                                           tsne=False))
+    assert (table["view"] == "centred").all() and len(table) == (report.table["view"] == "centred").sum()
+    assert list(table["cluster"]) == list(result.labels) and set(thumbs) == set(table["chip_id"].astype(str))
+    with pytest.raises(UserError, match="view"):
+        recluster_view(report, "hard_negative", ClusterConfig(k=2))
+
+
+def test_framing_verdict_reads_the_profile():
+    split = pd.DataFrame({"chips": [10, 10], "centred": [0.1, 0.8], "whole_school": [0.3, 0.4],
+                          "school_fraction": [0.7, 0.9]})
+    alike = split.assign(centred=[0.5, 0.55])
+    assert "separate framings" in framing_verdict(split)
+    assert "does not separate" in framing_verdict(alike)

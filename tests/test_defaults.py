@@ -160,3 +160,18 @@ def test_train_defaults_recommend_the_pretraining_input_size():
     assert args.image_size is None  # resolved by fit: 224 for the ImageNet backbones
     assert pretraining_size(args.backbone) == 224
     assert args.epochs == default_of(TrainConfig, "epochs") == book_parameters("02_training")["epochs"]
+
+
+def test_the_printed_train_command_trains_the_same_config():
+    from schoolvision.commands.train import OPTIONS, command_line
+
+    book = TrainConfig(chips_dir=Path("data/chips"), out_dir=Path("runs/quick"), image_size=224)
+    assert command_line(book) == "schoolvision train --chips data/chips --out runs/quick --image-size 224"
+    other = TrainConfig(chips_dir=Path("/abs/chips"), out_dir=Path("/abs/run"), epochs=30, lr=3e-4, batch_size=64,
+                        pretrained=False, threshold_beta=2.0)
+    text = command_line(other, chips="data/chips_full", out="runs/full")
+    args = build_parser().parse_args(text.split()[1:])
+    aliases = {"freeze_backbone_epochs": "freeze_epochs", "threshold_beta": "beta"}
+    for name in OPTIONS:
+        assert getattr(args, aliases.get(name, name)) == getattr(other, name), name
+    assert (str(args.chips), str(args.out), args.pretrained) == ("data/chips_full", "runs/full", False)

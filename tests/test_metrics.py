@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from schoolvision.model.inference import school_probability
+from schoolvision.train.evaluation import bootstrap_groups
 from schoolvision.train.metrics import (
     METRIC_KEYS,
     bootstrap_ci,
@@ -81,3 +83,33 @@ def test_bootstrap_interval_is_seeded_and_contains_the_estimate():
     assert a["f1"][0] <= m["f1"] <= a["f1"][1]
     assert a["auprc"][0] <= m["auprc"] <= a["auprc"][1]
     assert a["f1"][0] < a["f1"][1]
+
+
+def test_bootstrap_by_school_widens_the_interval_of_duplicated_chips():
+    # 12 schools seen 8 times each (overlapping views: the same evidence) and 60 negatives; 3 schools are missed
+    rng = np.random.default_rng(5)
+    school_p = np.repeat(np.r_[np.full(9, 0.9), np.full(3, 0.2)], 8)
+    labels = np.r_[np.ones(len(school_p), int), np.zeros(60, int)]
+    probs = np.r_[school_p, rng.random(60) * 0.6]
+    groups = np.r_[np.repeat([f"s{i}" for i in range(12)], 8), [f"n{i}" for i in range(60)]]
+    chips = bootstrap_ci(labels, probs, 0.5, n_boot=400, seed=0)
+    schools = bootstrap_ci(labels, probs, 0.5, n_boot=400, seed=0, groups=groups)
+    assert schools["groups"] == 72 and chips["groups"] == len(labels)
+    width = lambda ci: ci["f1"][1] - ci["f1"][0]  # noqa: E731
+    assert width(schools) > 1.5 * width(chips)
+    one_each = bootstrap_ci(labels, probs, 0.5, n_boot=400, seed=0, groups=[f"{i:03d}" for i in range(len(labels))])
+    assert one_each["f1"] == chips["f1"]  # a group per chip is the chip bootstrap
+
+
+def test_bootstrap_groups_keep_a_schools_chips_together():
+    frame = pd.DataFrame({
+        "label": ["school", "school", "school", "not_school", "not_school", "not_school"],
+        "scene": ["a", "a", "b", "a", "a", "a"],
+        "school_name": ["S1", "S1", "S1", "", "", ""],
+        "minx": [0.0, 64.0, 0.0, 0.0, 64.0, 300.0],
+        "maxy": [1000.0] * 6,
+    })
+    g = bootstrap_groups(frame, block_m=256.0)
+    assert g[0] == g[1] != g[2]  # same school name in another scene is another school
+    assert g[3] == g[4] != g[5]  # neighbouring negatives share a cell
+    assert len(set(bootstrap_groups(frame[["label"]]))) == 6  # no columns: one group per chip

@@ -338,6 +338,7 @@ RANGES = [
     (["scan", "--run", "r", "--imagery", "i", "--out", "o", "--stride", "0"], "--stride must be >= 1"),
     (["scan", "--run", "r", "--imagery", "i", "--out", "o", "--batch-size", "0"], "--batch-size must be >= 1"),
     (["scan", "--run", "r", "--imagery", "i", "--out", "o", "--match-distance", "0"], "--match-distance must be > 0"),
+    (["scan", "--run", "r", "--imagery", "i", "--out", "o", "--min-area", "-1"], "--min-area must be >= 0"),
     (["chips", "--imagery", "i", "--schools", "s", "--out", "o", "--chip-size", "16"], "--chip-size must be >= 32"),
     (["chips", "--imagery", "i", "--schools", "s", "--out", "o", "--stride", "0"], "--stride must be >= 1"),
     (["chips", "--imagery", "i", "--schools", "s", "--out", "o", "--gsd", "0"], "--gsd must be > 0"),
@@ -361,6 +362,8 @@ RANGES = [
     (["demo", "--out", "o", "--towns", "0"], "--towns must be >= 1"),
     (["demo", "--out", "o", "--size", "100"], "--size must be >= 256"),
     (["demo", "--out", "o", "--gsd", "0"], "--gsd must be > 0"),
+    (["demo", "--out", "o", "--registry-missing", "1.5"], "--registry-missing must be in [0, 1]"),
+    (["demo", "--out", "o", "--registry-false", "-1"], "--registry-false must be >= 0"),
 ]
 
 
@@ -466,6 +469,9 @@ ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
         "cluster imports the module for SPLITS; ChipConfig and make_chips run in `chips` only"),
     ("cluster", "schoolvision.data.synthetic"): (
         {"--gsd", "--size", "--towns"}, "cluster imports demo constants; make_demo runs in `demo` only"),
+    ("cluster", "schoolvision.data.registry"): (
+        {"--registry-displaced", "--registry-false", "--registry-missing"},
+        "cluster imports demo constants; the demo registry is drawn in `demo` only"),
     ("cluster", "schoolvision.io.imagery"): (
         {"--bands", "--crs", "--imagery", "--scale"},
         "cluster reads the chips' scenes with the options dataset.json records, which `chips` validated"),
@@ -479,11 +485,21 @@ ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
     ("train", "schoolvision.train.evaluation"): (
         {"--n-boot"}, "EvalConfig is built by `evaluate` only; train's n_boot is a TrainConfig field"),
 }
-for _command_name in ("explain", "cluster"):
+ALLOWED[("review", "schoolvision.io.imagery")] = (
+    {"--bands", "--crs", "--imagery", "--scale"},
+    "review reads the scan's scenes with the options scan.json records, which `scan` validated")
+ALLOWED[("review", "schoolvision.io.tiles")] = (
+    {"--tile-pattern", "--tile-scheme", "--zoom"}, "review reads the scan's scenes as `scan` listed them")
+ALLOWED[("review", "schoolvision.io.masks")] = ({"--mask-layer"}, "masks are read by `scan` only")
+ALLOWED[("review", "schoolvision.scan.mask")] = (
+    {"--mask", "--mask-distance", "--mask-min-area"}, "review imports scan modules; masks are applied by `scan` only")
+for _command_name in ("explain", "cluster", "review"):
     ALLOWED[(_command_name, "schoolvision.io.schools")] = (
         {"--lonlat-columns", "--schools-layer", "--schools-where"},
         "explain and cluster read the chips folder's own schools.geojson, written by `chips`, never a user file")
-for _command_name in ("scan", "explain", "cluster", "export", "evaluate"):
+ALLOWED[("review", "schoolvision.model.runtime")] = (
+    {"--runtime"}, "review imports scan modules; its few chips are scored and explained in torch")
+for _command_name in ("scan", "explain", "cluster", "export", "evaluate", "review"):
     ALLOWED[(_command_name, "schoolvision.model.backbones")] = (
         {"--no-pretrained"}, "ImageNet weights are loaded by `train` only; checkpoints are rebuilt without them")
 
@@ -553,7 +569,18 @@ def _mentions(text: str, command: str) -> list[tuple[str, str]]:
 
 def _options() -> dict[str, set[str]]:
     [sub] = [a for a in build_parser()._actions if hasattr(a, "choices") and isinstance(a.choices, dict)]
-    return {name: {s for a in p._actions for s in a.option_strings} for name, p in sub.choices.items()}
+    return {name: _parser_options(p) for name, p in sub.choices.items()}
+
+
+def _parser_options(parser) -> set[str]:
+    """Every option of ``parser`` and of its own subcommands (``review build``, ``review import``)."""
+    found = set()
+    for action in parser._actions:
+        found |= set(action.option_strings)
+        if isinstance(getattr(action, "choices", None), dict):
+            for child in action.choices.values():
+                found |= _parser_options(child)
+    return found
 
 
 def test_the_option_rule_reads_messages_and_attributes_them():

@@ -24,7 +24,7 @@ from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.scan import scene as scene_module
 from schoolvision.scan.probability import RowBlender
-from schoolvision.scan.runner import ScanConfig, run_scan, shard
+from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.scene import scan_scene
 from schoolvision.scan.windows import gaussian_weight, window_offsets
 
@@ -73,14 +73,6 @@ def test_window_offsets_cover_every_pixel():
         assert all(o + 64 <= max(length, 64) for o in offs)
     with pytest.raises(UserError):
         window_offsets(100, 64, 0)
-
-
-def test_shard_no_duplicate_no_gap():
-    items = list(range(17))
-    for world in (1, 2, 3, 5):
-        parts = [shard(items, r, world) for r in range(world)]
-        flat = sorted(x for p in parts for x in p)
-        assert flat == items
 
 
 def test_gaussian_weight_peaks_in_centre_and_is_positive():
@@ -303,3 +295,27 @@ def test_onnx_and_torch_runtimes_give_the_same_candidates(demo_dir, trained_run,
     with rasterio.open(tmp_path / "onnx" / f"{scene.stem}_probability.tif") as a, \
             rasterio.open(tmp_path / "torch" / f"{scene.stem}_probability.tif") as b:
         np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-4)
+
+
+def test_min_area_reaches_the_candidates_and_the_evaluation(tmp_path):
+    import json
+
+    import geopandas as gpd
+    from shapely.geometry import box
+
+    from schoolvision.scan.candidates import MIN_AREA_M2
+
+    scenes = tmp_path / "scenes"
+    scenes.mkdir()
+    write_red_scene(scenes / "one.tif", 200, 200, squares=[(80, 80, 40)])
+    school = box(ORIGIN[0] + 80, ORIGIN[1] - 120, ORIGIN[0] + 120, ORIGIN[1] - 80)
+    gpd.GeoDataFrame({"name": ["red"]}, geometry=[school], crs=UTM).to_crs(4326).to_file(tmp_path / "s.geojson")
+    assert ScanConfig(run=tmp_path, imagery=[scenes], out_dir=tmp_path).min_area_m2 == MIN_AREA_M2
+    for area, found in ((MIN_AREA_M2, 1), (1e6, 0)):  # a region larger than the whole scene: nothing is kept
+        out = tmp_path / f"out_{found}"
+        run_scan(ScanConfig(run=tmp_path, imagery=[scenes], out_dir=out, schools=tmp_path / "s.geojson",
+                            cam_peaks=False, make_map=False, progress=False, runtime="torch", min_area_m2=area),
+                 model=RedModel(), meta=meta())
+        ev = json.loads((out / "evaluation.json").read_text())
+        assert (ev["candidates"], ev["true_positives"], ev["min_area_m2"]) == (found, found, area)
+        assert len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == found

@@ -57,7 +57,8 @@ def test_same_seed_gives_byte_identical_files(tmp_path):
     make_demo(out2, towns=2, seed=3, size=384)
     make_demo(out3, towns=2, seed=4, size=384)
     files = sorted(p.relative_to(out1) for p in out1.rglob("*") if p.is_file())
-    assert len(files) == 6  # 2 scenes, schools, landmarks, demo.json, and .schoolvision-manifest
+    # 2 scenes, schools, landmarks, buildings, registry, registry_truth, demo.json, and .schoolvision-manifest
+    assert len(files) == 9, files
     assert files == sorted(p.relative_to(out2) for p in out2.rglob("*") if p.is_file())
     for rel in files:
         assert (out1 / rel).read_bytes() == (out2 / rel).read_bytes(), rel

@@ -39,6 +39,11 @@ from schoolvision.model.runtime import Runtime, make_runtime, runtime_precision
 
 SUBSETS = ("all", "predicted-school", "true-school", "false-positive")
 SPLIT_CHOICES = ("all", *SPLITS)  # a chips.csv split, or every chip
+VIEWS = ("all", "centred", "grid")
+"""Chip views to cluster (``view`` of chips.csv). ``centred``: only the windows cut around a school, so
+every school sits in the middle of its chip and the framing (a school cut by the chip edge, or pushed
+into a corner, as grid chips have it) cannot be what separates the clusters. Centred views exist in the
+splits ``chips --centred-splits`` gave them (the training towns by default)."""
 THUMB_SIZE = 48
 
 
@@ -143,6 +148,17 @@ def load_features(config: FeatureConfig, *, progress: bool = True) -> Features:
         feats = _compute(config, ckpt, chips_dir, key, schools_only, progress)
         _write_cache(cache_dir, feats)
     return feats.select(subset_mask(feats.frame, config.subset))
+
+
+def view_mask(frame: pd.DataFrame, view: str) -> np.ndarray:
+    """Boolean mask of rows cut as ``view`` (one of :data:`VIEWS`; ``all`` keeps every row)."""
+    if view not in VIEWS:
+        raise UserError(f"unknown view {view!r}; use one of {', '.join(VIEWS)}")
+    if view == "all":
+        return np.ones(len(frame), dtype=bool)
+    if "view" not in frame.columns:
+        raise UserError(f"view {view!r} asks for chips.csv's 'view' column, which these chips lack")
+    return (frame["view"].astype(str) == view).to_numpy()
 
 
 def subset_mask(frame: pd.DataFrame, subset: str) -> np.ndarray:

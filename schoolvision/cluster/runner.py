@@ -25,7 +25,7 @@ from rasterio.crs import CRS
 from shapely.geometry import box
 
 from schoolvision.cluster.algorithms import ClusterConfig, Clustering, cluster_features, nearest_to_centre
-from schoolvision.cluster.embeddings import FeatureConfig, load_features
+from schoolvision.cluster.embeddings import VIEWS, FeatureConfig, load_features, view_mask
 from schoolvision.cluster.projector import write_projector
 from schoolvision.data.dataset import ChipDataset
 from schoolvision.data.sources import chips_scenes
@@ -48,6 +48,7 @@ class ClusterRunConfig:
     out_dir: Path
     subset: str = "predicted-school"
     split: str = "all"
+    view: str = "all"  # chips.csv view: all, grid, or centred (schools mid-chip: framing cannot drive clusters)
     clustering: ClusterConfig = field(default_factory=ClusterConfig)
     device: str = "auto"
     batch_size: int = 64
@@ -63,6 +64,8 @@ class ClusterRunConfig:
     def __post_init__(self) -> None:
         check_range("--batch-size", self.batch_size, minimum=1)
         check_range("gallery_size", self.gallery_size, minimum=1)
+        if self.view not in VIEWS:
+            raise UserError(f"unknown --view {self.view!r}; use one of {', '.join(VIEWS)}")
 
 
 @dataclass
@@ -119,9 +122,11 @@ def cluster_chips(
                       config.cache_dir, runtime=config.runtime),
         progress=progress,
     )
+    feats = feats.select(view_mask(feats.frame, config.view))
     if len(feats.frame) < 3:
+        view = "" if config.view == "all" else f" (view {config.view})"
         raise UserError(
-            f"only {len(feats.frame)} chips in subset {config.subset!r} of split {config.split!r}; "
+            f"only {len(feats.frame)} chips in subset {config.subset!r} of split {config.split!r}{view}; "
             "use --split all or --subset all", Path(config.chips_dir) / "chips.csv",
         )
     result = cluster_features(feats.vectors, config.clustering)
@@ -141,6 +146,7 @@ def cluster_chips(
         **result.summary(),
         "subset": config.subset,
         "split": config.split,
+        "view": config.view,
         "run": str(config.run),
         "chips_dir": str(config.chips_dir),
         "features_key": feats.key,
@@ -165,6 +171,29 @@ def cluster_chips(
         summary["figures"] = [Path(p).name for p in save_figures(report)]
     write_json(out / "summary.json", summary)  # an earlier run's maps and projector: removed by prepare_output
     return report
+
+
+def recluster_view(report: ClusterReport, view: str,
+                   clustering: ClusterConfig) -> tuple[pd.DataFrame, Clustering, dict[str, np.ndarray]]:
+    """Cluster the report's chips of one ``view`` again, from its features in memory; nothing is written.
+
+    Cheap (no model pass): the way to check whether the clusters of every chip follow chip framing, by
+    clustering the centred views alone (``view="centred"``, see :data:`~schoolvision.cluster.embeddings.VIEWS`).
+
+    Returns:
+        (the view's rows of ``report.table`` with their new ``cluster``, the clustering, chip id -> thumbnail
+        for :func:`schoolvision.plotting.cluster.cluster_gallery`).
+
+    Raises:
+        UserError: fewer than 3 chips of that view (e.g. centred views of a split that has none).
+    """
+    mask = view_mask(report.table, view)
+    if mask.sum() < 3:
+        raise UserError(f"only {int(mask.sum())} chips of view {view!r} among the clustered chips")
+    result = cluster_features(report.vectors[mask], clustering, warn=False)
+    table = report.table[mask].reset_index(drop=True).assign(cluster=result.labels)
+    thumbs = dict(zip(table["chip_id"].astype(str), report.thumbnails[mask]))
+    return table, result, thumbs
 
 
 def gallery_cams(

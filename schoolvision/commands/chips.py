@@ -14,6 +14,7 @@ from schoolvision.commands import (
     tile_arguments,
 )
 from schoolvision.data.chips import ChipConfig, make_chips
+from schoolvision.io.folders import ChipsFolder
 from schoolvision.io.imagery import parse_bands, parse_scale
 
 
@@ -28,6 +29,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--schools", required=True, metavar="FILE", help=SCHOOLS_HELP)
     add_schools_options(parser, ChipConfig)
+    parser.add_argument(
+        "--negatives",
+        default=default_of(make_chips, "negatives"),
+        metavar="FILE",
+        help="places known not to be schools, e.g. the rejected decisions of `schoolvision review import` "
+        "(any file --schools accepts; polygons count by their centroid): one not_school chip centred on each, "
+        "marked view=hard_negative in chips.csv; left out where it would touch a school",
+    )
+    parser.add_argument(
+        "--negatives-where",
+        default=default_of(make_chips, "negatives_where"),
+        metavar="KEY=VALUE",
+        help="keep only the --negatives features whose attribute KEY equals VALUE, as --schools-where; for the "
+        "labels of `review import`: --schools-where label=school --negatives-where label=not_school",
+    )
     parser.add_argument("--out", required=True, metavar="DIR", help="output chips folder")
     parser.add_argument("--chip-size", type=int, default=default_of(ChipConfig, "chip_size"), metavar="PX")
     parser.add_argument(
@@ -96,8 +112,12 @@ def run(args: argparse.Namespace) -> int:
         **tile_arguments(args),
         **extra,
     )
-    summary = make_chips(args.imagery, args.schools, args.out, config, overwrite=args.overwrite)
+    summary = make_chips(args.imagery, args.schools, args.out, config, overwrite=args.overwrite,
+                         negatives=args.negatives, negatives_where=args.negatives_where)
     print(("up to date: " if summary.reused else "") + str(summary))
+    hard = ChipsFolder(args.out).read_meta().get("negatives") if args.negatives else None
+    if hard:
+        print(f"  hard negatives: {hard['chips']} chips from {hard['places']} places in {args.negatives}")
     return 0
 
 

@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 
 from schoolvision.cluster.algorithms import METHODS, ClusterConfig
-from schoolvision.cluster.embeddings import SPLIT_CHOICES, SUBSETS
+from schoolvision.cluster.embeddings import SPLIT_CHOICES, SUBSETS, VIEWS
 from schoolvision.cluster.runner import ClusterReport, ClusterRunConfig, cluster_chips, read_scene_previews
 from schoolvision.commands import OVERWRITE_HELP, default_of
 from schoolvision.errors import UserError
@@ -45,6 +45,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "the book clusters true-school to show what schools look like)",
     )
     parser.add_argument("--split", choices=SPLIT_CHOICES, default=default_of(ClusterRunConfig, "split"))
+    parser.add_argument(
+        "--view",
+        choices=VIEWS,
+        default=default_of(ClusterRunConfig, "view"),
+        help="chips.csv view to cluster: centred keeps the windows cut around a school (every school in the middle "
+        "of its chip), so chip framing cannot separate the clusters (default %(default)s)",
+    )
     parser.add_argument(
         "--variance",
         type=float,
@@ -113,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         subset=args.subset,
         split=args.split,
+        view=args.view,
         clustering=clustering,
         device=args.device,
         batch_size=args.batch_size,

@@ -1,6 +1,7 @@
 """`schoolvision scan`: probability rasters, ranked candidates, evaluation and a map for whole scenes.
 
-Under ``torchrun --nproc-per-node N -m schoolvision -- scan ...`` scenes are split across ranks.
+``--engine ray`` runs the scenes on Ray actors (this machine, or a cluster with ``--ray-address``);
+``--resume`` continues an interrupted scan in the same ``--out``, skipping the scenes already done.
 Exit code 2 when any scene failed (after the others were scanned and written) or on a user error.
 """
 
@@ -19,9 +20,11 @@ from schoolvision.commands import (
     tile_arguments,
 )
 from schoolvision.errors import UserError
+from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import parse_bands, parse_scale
 from schoolvision.io.schools import parse_lonlat_columns
 from schoolvision.model.runtime import RUNTIME_CHOICES
+from schoolvision.scan.engines import ENGINES
 from schoolvision.scan.runner import ScanConfig, run_scan
 
 
@@ -58,12 +61,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--schools", type=Path, default=None, metavar="FILE",
                         help="known schools to evaluate against, read before any scene is scanned: " + SCHOOLS_HELP)
     add_schools_options(parser, ScanConfig)
+    parser.add_argument("--registry", type=Path, default=default_of(ScanConfig, "registry"), metavar="FILE",
+                        help="a school registry to audit (read before any scene is scanned; the same formats as "
+                             "--schools): registry schools confirmed or not seen, candidates in the registry or new "
+                             "(registry_audit.csv, layers of candidates.gpkg, counts in scan.json)")
     parser.add_argument(
         "--match-distance",
         type=float,
         default=default_of(ScanConfig, "match_distance"),
         help="metres between a candidate and a school",
     )
+    parser.add_argument("--min-area", dest="min_area_m2", type=float, default=default_of(ScanConfig, "min_area_m2"),
+                        metavar="M2", help="drop candidate regions smaller than this many square metres above the "
+                                           "threshold: specks of the probability raster, far smaller than any "
+                                           "school building (default: %(default)g; 0 keeps every region)")
+    parser.add_argument("--mask", type=Path, default=default_of(ScanConfig, "mask"), metavar="FILE",
+                        help="building footprints or areas of interest (read before any scene is scanned): windows "
+                             "farther than --mask-distance from every feature are neither read nor scored and stay "
+                             "nodata; any OGR vector file in any CRS, GeoParquet, or a CSV table with a WKT geometry "
+                             "column or WGS84 longitude/latitude columns (the form of Google's Open Buildings); "
+                             "e.g. the demo's buildings.geojson")
+    parser.add_argument("--mask-distance", type=float, default=default_of(ScanConfig, "mask_distance"),
+                        metavar="M", help="metres between a window and the nearest --mask feature beyond which the "
+                                          "window is skipped (default: half a chip at the run's GSD)")
+    parser.add_argument("--mask-layer", default=default_of(ScanConfig, "mask_layer"), metavar="NAME",
+                        help="layer of a --mask file with several layers (GeoPackage, KML)")
+    parser.add_argument("--mask-min-area", type=float, default=default_of(ScanConfig, "mask_min_area"), metavar="M2",
+                        help="leave out --mask polygons smaller than this many square metres, e.g. 150 to keep "
+                             "buildings as large as a classroom block where houses stand everywhere (default: all)")
     add_imagery_options(parser, ScanConfig, from_run=True)
     add_tile_options(parser, ScanConfig)
     parser.add_argument("--native-resolution", action="store_true", help="scan at the scene's GSD, not the run's")
@@ -71,7 +96,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-cam", action="store_true", help="place candidates at the probability peak, not grad-CAM's"
     )
     parser.add_argument("--no-map", action="store_true", help="do not write map.html")
+    parser.add_argument("--map-candidates", type=int, default=default_of(ScanConfig, "map_candidates"), metavar="N",
+                        help="map.html shows the N most probable candidates and says so (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted scan in --out: scenes whose done-record matches are skipped "
+                             "(refused when the run or an option changed)")
+    parser.add_argument("--engine", default=default_of(ScanConfig, "engine"), choices=ENGINES,
+                        help="where scenes are scanned: local (this process) or ray (Ray actors, one per GPU or per "
+                             "--cpus-per-worker CPUs; pip install schoolvision[ray]) (default: %(default)s)")
+    parser.add_argument("--ray-address", default=default_of(ScanConfig, "ray_address"), metavar="ADDR",
+                        help="a running Ray cluster: auto or HOST:PORT (default: start a local Ray instance)")
+    parser.add_argument("--cpus-per-worker", type=int, default=default_of(ScanConfig, "cpus_per_worker"),
+                        metavar="N", help="CPUs (torch threads) of each Ray actor without a GPU (default: %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +117,10 @@ def run(args: argparse.Namespace) -> int:
     given = [name for name, value in labels.items() if value is not None]
     if given and args.schools is None:
         raise UserError(f"{', '.join(given)} says how to read the known schools: pass them with --schools FILE")
+    given = [name for name, value in (("--mask-distance", args.mask_distance), ("--mask-layer", args.mask_layer),
+                                      ("--mask-min-area", args.mask_min_area)) if value is not None]
+    if given and args.mask is None:
+        raise UserError(f"{', '.join(given)} says how to use a mask: pass it with --mask FILE")
     summary = run_scan(
         ScanConfig(
             run=args.run,
@@ -95,6 +136,12 @@ def run(args: argparse.Namespace) -> int:
             schools_where=args.schools_where,
             lonlat_columns=parse_lonlat_columns(args.lonlat_columns),
             match_distance=args.match_distance,
+            min_area_m2=args.min_area_m2,
+            registry=args.registry,
+            mask=args.mask,
+            mask_distance=args.mask_distance,
+            mask_layer=args.mask_layer,
+            mask_min_area=args.mask_min_area,
             bands=parse_bands(args.bands, keep_auto=True),
             crs=args.crs,
             scale=parse_scale(args.scale, keep_auto=True),
@@ -103,22 +150,39 @@ def run(args: argparse.Namespace) -> int:
             cam_peaks=not args.no_cam,
             **tile_arguments(args),
             make_map=not args.no_map,
+            map_candidates=args.map_candidates,
+            resume=args.resume,
+            engine=args.engine,
+            ray_address=args.ray_address,
+            cpus_per_worker=args.cpus_per_worker,
         )
     )
-    if summary.rank != 0:  # rank 0 prints the merged summary
-        return 2 if summary.failed else 0
     if summary.scenes or summary.failed:
         area = sum(s.area_km2 for s in summary.scenes)
         print(
             f"scanned {len(summary.scenes)} scene(s), {area:.2f} km2; {summary.candidates} candidate(s) "
             f"at P(school) >= {summary.threshold:.3f} -> {summary.out_dir}"
         )
+    if summary.scene_counts.get("skipped"):
+        c = summary.scene_counts
+        print(f"resumed: {c['skipped']} scene(s) done before, {c['done']} scanned now, {c['failed']} failed")
     if summary.evaluation:
         e = summary.evaluation
         print(
             f"known schools {e['schools']}: recall {e['recall']:.3f}, precision {e['precision']:.3f}, "
             f"F1 {e['f1']:.3f} ({e['match_distance_m']:g} m matching)"
         )
+    audit = ScanFolder(summary.out_dir).read_summary().get("registry") if args.registry is not None else None
+    if audit:
+        print(f"registry {audit['in_scenes']} school(s) in the scenes: {audit['confirmed']} confirmed, "
+              f"{audit['not_seen']} not seen ({audit['not_seen_near_new']} with a new candidate within "
+              f"{audit['displaced_search_m']:g} m); candidates: {audit['candidates_registry']} in the registry, "
+              f"{audit['candidates_new']} new")
+    if args.mask is not None and summary.scenes:
+        masked = sum(s.masked_windows for s in summary.scenes)
+        total = masked + sum(s.windows + s.skipped_windows for s in summary.scenes)
+        print(f"mask {args.mask.name}: {masked} of {total} window(s) skipped ({masked / max(total, 1):.0%}), "
+              "far from every feature")
     for name, msg in summary.failed.items():
         print(f"FAILED {name}: {msg}")
     return 2 if summary.failed else 0

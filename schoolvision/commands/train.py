@@ -50,6 +50,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=default_of(TrainConfig, "device"), help="auto, cpu or cuda")
     parser.add_argument("--seed", type=int, default=default_of(TrainConfig, "seed"))
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last.pt")
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=default_of(TrainConfig, "init_from"),
+        metavar="RUN",
+        help="fine-tune: start from the weights of an earlier run (its best.pt, or a checkpoint file) instead of "
+        "ImageNet's, e.g. for a few epochs on chips cut from reviewed labels; its backbone and classes must be "
+        "this run's, and its input size is kept unless --image-size is given",
+    )
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initial weights")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     parser.add_argument(
@@ -78,6 +87,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+OPTIONS = {
+    "backbone": "--backbone", "epochs": "--epochs", "batch_size": "--batch-size", "lr": "--lr",
+    "image_size": "--image-size", "device": "--device", "seed": "--seed", "freeze_backbone_epochs": "--freeze-epochs",
+    "threshold_beta": "--beta", "patience": "--patience", "init_from": "--init-from",
+}
+"""TrainConfig field -> its ``schoolvision train`` option (the fields :func:`command_line` writes out)."""
+
+
+def command_line(config: TrainConfig, chips: str | Path | None = None, out: str | Path | None = None) -> str:
+    """The ``schoolvision train`` command that trains ``config``: its folders and its non-default options.
+
+    A chapter prints it, so the command it shows is the run it made, whatever the profile. ``chips`` and
+    ``out`` replace the config's (absolute) folders in the text, e.g. by the chapter's own.
+    """
+    parts = ["schoolvision train", f"--chips {chips or config.chips_dir}", f"--out {out or config.out_dir}"]
+    for name, option in OPTIONS.items():
+        value = getattr(config, name)
+        if value != default_of(TrainConfig, name):
+            parts.append(f"{option} {value:g}" if isinstance(value, float) else f"{option} {value}")
+    if not config.pretrained:
+        parts.append("--no-pretrained")
+    return " ".join(parts)
+
+
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         chips_dir=args.chips,
@@ -96,6 +129,7 @@ def run(args: argparse.Namespace) -> int:
         threshold_beta=args.beta,
         patience=args.patience,
         num_workers=args.num_workers,
+        init_from=args.init_from,
     )
     apply_theme()
     metrics = fit(config, figures=tensorboard_figures)

@@ -12,6 +12,12 @@ sees, so their metrics are not flattered by school-centred views. ``not_school``
 split are under-sampled to ``negative_ratio`` per positive; val and test keep every negative
 (``eval_negative_ratio`` to change that), so their class balance stays what a scan would see.
 
+Hard negatives (``make_chips(..., negatives=FILE)``): places a mapper rejected (any labels file
+:func:`~schoolvision.io.schools.read_schools` reads; polygons stand for their centroid) each give one
+``not_school`` chip centred on the place (shifted inside the scene near its edge), in whatever split
+the place lies in, never under-sampled, marked ``view = hard_negative`` in ``chips.csv``. A chip
+that would touch a school footprint is left out: the school label wins.
+
 Splits are spatial, never per chip: by scene (sorted names: last = test, the one before = val,
 unless ``test_scenes`` / ``val_scenes`` say otherwise), or, with one or two scenes, by square
 blocks of ``block_size`` pixels assigned by ``seed``; chips that straddle blocks of two splits
@@ -62,6 +68,8 @@ from schoolvision.io.schools import POINT_BUFFER_M, parse_lonlat_columns, parse_
 from schoolvision.io.tiles import TileOptions
 
 SPLITS = ("train", "val", "test")
+HARD_NEGATIVE = "hard_negative"
+"""``view`` of the chips cut around the places of ``--negatives`` (the others: ``grid``, ``centred``)."""
 MIN_CHIP_GROUND_M = 60.0
 """Chips narrower than this on the ground (chip size x GSD) get a warning: a school spans 50-150 m."""
 SUGGESTED_CHIP_GROUND_M = 128.0
@@ -180,6 +188,8 @@ def make_chips(
     out_dir: str | Path,
     config: ChipConfig | None = None,
     overwrite: bool = False,
+    negatives: str | Path | None = None,
+    negatives_where: str | None = None,
 ) -> ChipSummary:
     """Cut labelled, georeferenced chips and write a chips folder (chip GeoTIFFs, ``chips.csv``, ``dataset.json``).
 
@@ -195,23 +205,31 @@ def make_chips(
         out_dir: the chips folder to write.
         config: chip size, stride, GSD, labelling rule, sampling and split settings (defaults: ``ChipConfig()``).
         overwrite: replace an ``out_dir`` that holds anything but this very dataset.
+        negatives: places known not to be schools (e.g. the rejected decisions of ``review import``), any
+            file ``read_schools`` reads: one ``not_school`` chip centred on each (module docstring).
+        negatives_where: attribute filter of the negatives file (``KEY=VALUE``, as ``schools_where``), e.g.
+            ``label=not_school`` for the labels of ``review import``, whose schools are ``label=school``.
 
     Returns:
         What was written (or found up to date): chip counts per split and class, skipped windows,
         GSD, chip size and per-scene metadata.
 
     Raises:
-        UserError: an imagery path or the schools file is missing or unreadable, no school lies
+        UserError: an imagery path, the schools or the negatives file is missing or unreadable, no school lies
             inside the imagery, a setting is invalid, or ``out_dir`` holds something else and
             ``overwrite`` is not set.
     """
     config = config or ChipConfig()
     out_dir = Path(out_dir)
     inputs = {"--imagery": [imagery] if isinstance(imagery, (str, Path)) else imagery, "--schools": schools}
+    if negatives is not None:
+        inputs["--negatives"] = negatives
     check_inputs(out_dir, inputs)  # before listing: an --out inside --imagery must not be read as imagery
     sources = list_sources([imagery] if isinstance(imagery, (str, Path)) else imagery, TileOptions.of(config))
     sources = with_options(sources, config.bands, config.crs, config.scale)  # every read: same bands, CRS, scale
-    fingerprint = _fingerprint(sources, Path(schools), config)
+    parse_where(negatives_where)
+    fingerprint = _fingerprint(sources, Path(schools), config,
+                               None if negatives is None else (Path(negatives), negatives_where))
     existing = ChipsFolder(out_dir)
     if prepare_output(out_dir, overwrite, create=False, clear=False, inputs=inputs, own_files=OWN_FILES,
                       message="output folder already holds a different dataset or other files; "
@@ -220,6 +238,7 @@ def make_chips(
         return _summary_from_json(out_dir, _read_existing(existing), reused=True)
     footprints = read_schools(schools, config.point_buffer_m, layer=config.schools_layer, where=config.schools_where,
                               lonlat_columns=config.lonlat_columns)
+    places = None if negatives is None else read_schools(negatives, point_buffer_m=None, where=negatives_where)
     infos = {s.name: source_info(s) for s in sources}
     _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
@@ -242,7 +261,7 @@ def make_chips(
         scenes: dict[str, dict] = {}
         for source in sources:
             scene_rows, scene_meta = _chip_scene(source, footprints, scene_split[source.name], gsd, config, tmp,
-                                                 skipped)
+                                                 skipped, places)
             rows.extend(scene_rows)
             scenes[source.name] = {**scene_meta, "pixels": infos[source.name]["pixels"]}
         counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
@@ -279,6 +298,14 @@ def make_chips(
             "config": _config_dict(config),
             "fingerprint": fingerprint,
         }
+        if places is not None:  # provenance of the hard negatives (absent without --negatives)
+            meta["negatives"] = {
+                "source": str(Path(negatives).resolve()), "where": negatives_where,
+                "read": places.attrs.get("source", {}),
+                "places": len(places), "chips": sum(1 for r in rows if r["view"] == HARD_NEGATIVE),
+                "rule": "one not_school chip centred on each place (view hard_negative in chips.csv), in the "
+                        "split the place lies in; left out when it would touch a school footprint",
+            }
         folder.write_meta(meta)
         manifest.move_into(tmp, out_dir, last=(ChipsFolder.INDEX, ChipsFolder.META))
     except BaseException:
@@ -312,8 +339,8 @@ def small_chip_note(chip_size: int, gsd: float) -> str | None:
 
 
 def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, config: ChipConfig, out: Path,
-                skipped: Counter) -> tuple[list[dict], dict]:
-    """Label, split, sample and write the chips of one scene."""
+                skipped: Counter, places=None) -> tuple[list[dict], dict]:
+    """Label, split, sample and write the chips of one scene (with the hard negatives among ``places``)."""
     cs, rng = config.chip_size, np.random.default_rng([config.seed, _stable_int(source.name)])
     with open_source(source, gsd=gsd) as ds:  # bands, CRS and scale: the source's options
         crs = ds.crs
@@ -344,6 +371,11 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
                              "minx": chip_box.bounds[0], "miny": chip_box.bounds[1], "maxx": chip_box.bounds[2],
                              "maxy": chip_box.bounds[3]})
         chosen = _undersample(labelled, config, rng, skipped)
+        if places is not None:
+            hard = _hard_negatives(ds, places, tree, blocks, split_rule, config, skipped)
+            taken = {(r["row_off"], r["col_off"]) for r in hard}  # same window: the hard negative stands for it
+            chosen = sorted([r for r in chosen if (r["row_off"], r["col_off"]) not in taken] + hard,
+                            key=lambda r: (r["row_off"], r["col_off"]))
         rows = []
         for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False):
             window = Window(r["col_off"], r["row_off"], cs, cs)
@@ -392,6 +424,39 @@ def _split_notes(rows: list[dict], scenes: dict[str, dict], scene_split: dict[st
             notes.append(f"split {split} holds no school chip, so its metrics are undefined; school chips by split "
                          f"and scene: {held or 'none'}" + (f" ({fix})" if held else ""))
     return notes
+
+
+def _hard_negatives(ds, places, tree, blocks, split_rule: str, config: ChipConfig, skipped: Counter) -> list[dict]:
+    """One not_school window centred on each place inside the scene, labelled and split like the others.
+
+    The window's origin is the place's pixel position minus half a chip, rounded: its centre is
+    within half a pixel of the place (unless the scene's edge shifts it inside).
+    """
+    cs, h, w = config.chip_size, ds.height, ds.width
+    if h < cs or w < cs:
+        return []
+    points = places.to_crs(ds.crs).geometry.centroid  # a polygon stands for its centroid
+    inside = points.within(box(*ds.bounds))
+    inv = ~ds.transform
+    found: dict[tuple[int, int], dict] = {}
+    for point in points[inside]:
+        cx, cy = inv @ (point.x, point.y)
+        row = int(np.clip(round(cy - cs / 2), 0, h - cs))
+        col = int(np.clip(round(cx - cs / 2), 0, w - cs))
+        split = split_rule if blocks is None else _window_split(blocks, row, col, cs, config.block_size)
+        if split is None:
+            skipped["hard_negative_straddles_split_blocks"] += 1
+            continue
+        t = ds.transform @ Affine.translation(col, row)
+        chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
+        if tree.query(chip_box, predicate="intersects").size:
+            skipped["hard_negative_touches_school"] += 1
+            continue
+        found.setdefault((row, col), {
+            "row_off": row, "col_off": col, "view": HARD_NEGATIVE, "split": split, "label": "not_school",
+            "school_fraction": 0.0, "school_cover": 0.0, "school_name": "", "minx": chip_box.bounds[0],
+            "miny": chip_box.bounds[1], "maxx": chip_box.bounds[2], "maxy": chip_box.bounds[3]})
+    return list(found.values())
 
 
 def _candidate_windows(ds, schools, cs: int, config: ChipConfig, rng) -> list[tuple[int, int, str]]:
@@ -532,7 +597,8 @@ def _config_dict(config: ChipConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
 
 
-def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig) -> str:
+def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig,
+                 negatives: tuple[Path, str | None] | None = None) -> str:
     """Hash of the inputs' contents and the config: same fingerprint = same dataset.
 
     Content, not modification times, so regenerating identical demo files keeps the chips valid;
@@ -542,6 +608,10 @@ def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig
     h = hashlib.sha256(json.dumps(settings, sort_keys=True).encode())
     files = [Path(t[3]) for s in sources for t in s.tiles] + [Path(s.path) for s in sources if s.kind == "raster"]
     files += [Path(p) for s in sources for p in s.parts]  # the GeoTIFF tiles of mosaics
+    if negatives is not None:  # (file, filter), marked so that it never reads as one more imagery file
+        path, where = negatives
+        h.update(f"negatives:{where}:".encode() + (hashlib.sha256(path.read_bytes()).digest() if path.is_file()
+                                                   else b""))
     for f in [*files, schools]:
         if not f.is_file():
             continue

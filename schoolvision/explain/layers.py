@@ -42,6 +42,30 @@ def resolve_layer(model: nn.Module, name: str | None = None, image_size: int | N
     return name, modules[name]
 
 
+def linear_cam_weights(model: nn.Module, layer: nn.Module | None = None) -> torch.Tensor | None:
+    """The head's weights, (classes, C), when Grad-CAM at ``layer`` is the plain CAM; else None.
+
+    When ``layer`` (default ``target_layer``) is the trunk's last module and pooling plus head are a
+    global average pool and one linear layer (dropout is the identity in eval mode), the gradient of
+    logit c w.r.t. the map is ``W[c] / (h w)`` at every cell, so Grad-CAM's channel weights are that
+    row and Grad-CAM equals CAM (Selvaraju et al. 2017, section 3.1): a forward pass's feature map
+    suffices (:func:`schoolvision.explain.maps.cam_from_features`), and a fast runtime can give it.
+    Any other head (a Linear + Hardswish in the pool, a LayerNorm) keeps the gradients.
+    """
+    layer = getattr(model, "target_layer", None) if layer is None else layer
+    trunk, pool, head = (getattr(model, name, None) for name in ("trunk", "pool", "head"))
+    if not all(isinstance(m, nn.Sequential) and len(m) for m in (trunk, pool, head)) or layer is not trunk[-1]:
+        return None
+    pools = list(pool)
+    if not (len(pools) == 2 and isinstance(pools[0], nn.AdaptiveAvgPool2d) and isinstance(pools[1], nn.Flatten)
+            and pools[0].output_size in (1, (1, 1))):
+        return None
+    *dropouts, linear = list(head)
+    if not isinstance(linear, nn.Linear) or not all(isinstance(m, nn.Dropout) for m in dropouts):
+        return None
+    return linear.weight.detach().float()
+
+
 def auto_layer(model: nn.Module, image_size: int, min_cells: int = MIN_CAM_CELLS) -> str:
     """The layer whose CAM map has at least ``min_cells`` a side at ``image_size``.
 

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from matplotlib import colormaps
+from pytorch_grad_cam.utils.image import scale_cam_image
 
 
 def normalise(maps: np.ndarray) -> np.ndarray:
@@ -17,6 +18,19 @@ def normalise(maps: np.ndarray) -> np.ndarray:
     maps = np.clip(maps, 0, None)
     peak = maps.reshape(len(maps), -1).max(axis=1).reshape(-1, 1, 1)
     return (maps / np.where(peak > 0, peak, 1.0)).astype(np.float32)
+
+
+def cam_from_features(features: np.ndarray, weights: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Class activation maps of feature maps (B, C, h, w) with channel ``weights`` (C,), at (B, height, width).
+
+    Computed and scaled step by step as pytorch-grad-cam's Grad-CAM does (weighted sum, ReLU, min-max
+    to [0, 1], resize to the input with OpenCV, min-max again), so with the weights of
+    :func:`schoolvision.explain.layers.linear_cam_weights` divided by h x w the maps equal the gradient
+    Grad-CAM's to float noise.
+    """
+    cam = (np.asarray(weights, np.float32)[None, :, None, None] * features).sum(axis=1)
+    scaled = scale_cam_image(np.maximum(cam, 0), (width, height))
+    return scale_cam_image(np.maximum(scaled, 0)).astype(np.float32)
 
 
 def resize_maps(maps: np.ndarray, height: int, width: int) -> np.ndarray:

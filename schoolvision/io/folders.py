@@ -29,8 +29,8 @@ from rasterio.errors import RasterioIOError
 
 from schoolvision.errors import UserError
 from schoolvision.io import manifest
-from schoolvision.io.atomic import atomic_path, write_json, write_text
-from schoolvision.io.vectors import read_layer
+from schoolvision.io.atomic import atomic_path, write_bytes, write_json, write_text
+from schoolvision.io.vectors import read_layer, write_vectors
 
 # --- the output guard ---------------------------------------------------------------------------
 
@@ -383,13 +383,21 @@ PROBABILITY_SUFFIX = "_probability.tif"
 class ScanFolder:
     """A scan made by ``schoolvision scan``.
 
-    Files: ``<scene>_probability.tif``, ``candidates.gpkg``, ``scan.json``, ``evaluation.json``.
+    Files: ``<scene>_probability.tif``, ``candidates.gpkg``, ``scan.json``, ``evaluation.json``, and per
+    scene under ``scenes/``: ``<scene>.candidates.gpkg`` (GeoPackage, layers ``candidates`` and
+    ``regions`` in the scene's CRS) and ``<scene>.done.json`` (the done-record, written last: a scene
+    is finished when its record is there and matches, see :mod:`schoolvision.scan.unit`). GeoPackage,
+    as for the merged candidates: one file holds both layers, QGIS opens it, floats round-trip exactly.
     """
 
     SUMMARY = "scan.json"
     EVALUATION = "evaluation.json"
     CANDIDATES = "candidates.gpkg"
     CANDIDATES_GEOJSON = "candidates.geojson"
+    REGISTRY_AUDIT = "registry_audit.csv"
+    SCENES = "scenes"
+    SCENE_CANDIDATES = ".candidates.gpkg"
+    DONE = ".done.json"
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -428,12 +436,78 @@ class ScanFolder:
         """Write ``evaluation.json`` atomically."""
         return write_json(self.evaluation_path, evaluation)
 
+    @property
+    def registry_audit_path(self) -> Path:
+        """``registry_audit.csv`` (scan with ``--registry``)."""
+        return self.root / self.REGISTRY_AUDIT
+
+    def read_registry_audit(self) -> pd.DataFrame:
+        """``registry_audit.csv``: one row per registry school and per candidate (``scan.registry``)."""
+        fix = "scan with --registry FILE to audit a school registry"
+        text = {"name": str, "registry_id": str, "scene": str, "kind": str, "status": str}
+        frame = _read_table(self.registry_audit_path, fix, dtype=text)
+        _require_columns(frame, ("kind", "status", "candidate_rank", "lon", "lat"), self.registry_audit_path, fix)
+        return frame.fillna({c: "" for c in text if c in frame.columns})
+
+    def write_registry_audit(self, frame: pd.DataFrame) -> Path:
+        """Write ``registry_audit.csv`` atomically."""
+        return write_text(self.registry_audit_path, frame.to_csv(index=False))
+
     def read_layer(self, layer: str):
         """A layer of ``candidates.gpkg``; empty (EPSG:4326) when the scan wrote none (e.g. no missed school)."""
         gpkg = self.candidates_path
         if not gpkg.is_file():
             raise UserError(f"no {self.CANDIDATES} here; run schoolvision scan first", gpkg)
         return read_layer(gpkg, layer, columns=("scene", "name"))
+
+    def scene_candidates_path(self, scene: str) -> Path:
+        """``scenes/<scene>.candidates.gpkg``: the scene's candidates and regions before merging."""
+        return self.root / self.SCENES / f"{scene}{self.SCENE_CANDIDATES}"
+
+    def done_path(self, scene: str) -> Path:
+        """``scenes/<scene>.done.json``: the done-record of ``scene``."""
+        return self.root / self.SCENES / f"{scene}{self.DONE}"
+
+    def read_done(self, scene: str) -> dict[str, Any] | None:
+        """The done-record of ``scene``; None when there is none or it is unreadable (the scene is then not done)."""
+        path = self.done_path(scene)
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def write_done(self, scene: str, record: dict[str, Any]) -> Path:
+        """Write the done-record of ``scene`` atomically (after its other files)."""
+        return write_json(self.done_path(scene), record)
+
+    def done_scenes(self) -> list[str]:
+        """Names of the scenes that have a done-record file, sorted."""
+        folder = self.root / self.SCENES
+        return sorted(p.name[: -len(self.DONE)] for p in folder.glob(f"*{self.DONE}")) if folder.is_dir() else []
+
+    def write_scene_candidates(self, scene: str, points, regions) -> Path:
+        """Write ``scenes/<scene>.candidates.gpkg`` atomically: layers ``candidates`` and ``regions``."""
+        path = self.scene_candidates_path(scene)
+        write_vectors(points, gpkg=path, layer="candidates", extra_layers={"regions": regions})
+        return path
+
+    def read_scene_candidates(self, scene: str):
+        """(candidates, regions) of one scene as its unit wrote them; regions empty when it had none.
+
+        Raises:
+            UserError: the file is missing or unreadable.
+        """
+        path = self.scene_candidates_path(scene)
+        if not path.is_file():
+            raise UserError(f"{path.name} not found; rerun schoolvision scan with --resume", path)
+        try:
+            points = read_layer(path, "candidates")
+            regions = read_layer(path, "regions", columns=("scene", "label"))
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{path.name} is not a readable GeoPackage ({type(exc).__name__}); rerun the scan",
+                            path) from None
+        return points, (regions if len(regions) else regions.set_crs(points.crs, allow_override=True))
 
 
 @contextlib.contextmanager
@@ -475,3 +549,90 @@ def probability_bounds(path: str | Path) -> tuple[float, float, float, float]:
     """(left, bottom, right, top) of a probability raster in its own CRS."""
     with open_probability(path) as src:
         return tuple(src.bounds)
+
+
+# --- review queues ------------------------------------------------------------------------------
+
+_REVIEW = "build a review queue first: schoolvision review build --scan DIR --out DIR"
+
+
+class ReviewFolder:
+    """A review queue made by ``schoolvision review build``.
+
+    Files: ``queue.json`` (queue id, the scan, the ordering rule, counts), ``items.geojson`` (one
+    Point feature per item in review order, EPSG:4326, properties :data:`ITEM_FIELDS`),
+    ``images/<id>_chip.jpg``, ``images/<id>_cam.jpg``, ``images/<id>_context.jpg`` (JPEG: a page of a
+    few hundred items stays a few MB) and ``review.html``
+    (the page, every image inlined).
+    """
+
+    QUEUE = "queue.json"
+    ITEMS = "items.geojson"
+    IMAGES = "images"
+    PAGE = "review.html"
+    IMAGE_KINDS = ("chip", "cam", "context")
+    ITEM_FIELDS = ("id", "position", "source", "registry_status", "probability", "chip_probability",
+                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "chip", "cam", "context")
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def queue_path(self) -> Path:
+        """``queue.json``."""
+        return self.root / self.QUEUE
+
+    @property
+    def items_path(self) -> Path:
+        """``items.geojson``."""
+        return self.root / self.ITEMS
+
+    @property
+    def page_path(self) -> Path:
+        """``review.html``."""
+        return self.root / self.PAGE
+
+    def image_name(self, item_id: str, kind: str) -> str:
+        """Path of an item's image relative to the folder (``images/<id>_<kind>.jpg``)."""
+        if kind not in self.IMAGE_KINDS:
+            raise ValueError(f"image kind {kind!r} not in {self.IMAGE_KINDS}")
+        return f"{self.IMAGES}/{item_id}_{kind}.jpg"
+
+    def write_image(self, item_id: str, kind: str, jpeg: bytes) -> Path:
+        """Write one JPEG atomically."""
+        return write_bytes(self.root / self.image_name(item_id, kind), jpeg)
+
+    def read_image(self, item_id: str, kind: str) -> bytes:
+        """The JPEG bytes of an item's image."""
+        path = self.root / self.image_name(item_id, kind)
+        if not path.is_file():
+            raise UserError(f"review image not found ({_REVIEW})", path)
+        return path.read_bytes()
+
+    def read_queue(self) -> dict[str, Any]:
+        """``queue.json``: ``queue_id``, ``scan``, ``order``, ``rule``, ``threshold``, ``items``, ``counts``."""
+        queue = _read_json(self.queue_path, True, _REVIEW)
+        if not isinstance(queue.get("queue_id"), str):
+            raise UserError(f"{self.QUEUE} has no queue_id; {_REVIEW}", self.queue_path)
+        return queue
+
+    def write_queue(self, queue: dict[str, Any]) -> Path:
+        """Write ``queue.json`` atomically."""
+        return write_json(self.queue_path, queue)
+
+    def write_items(self, items: Sequence[Mapping[str, Any]]) -> Path:
+        """Write ``items.geojson``: one Point (``lon``, ``lat``) per item, its fields as properties."""
+        features = [{"type": "Feature", "geometry": {"type": "Point", "coordinates": [it["lon"], it["lat"]]},
+                     "properties": {k: it.get(k) for k in self.ITEM_FIELDS}} for it in items]
+        return write_json(self.items_path, {"type": "FeatureCollection", "name": "items", "features": features})
+
+    def read_items(self) -> pd.DataFrame:
+        """The items in review order (one row each, columns :data:`ITEM_FIELDS`)."""
+        data = _read_json(self.items_path, True, _REVIEW)
+        features = data.get("features")
+        if not isinstance(features, list):
+            raise UserError(f"{self.ITEMS} is not a GeoJSON FeatureCollection; {_REVIEW}", self.items_path)
+        rows = [f.get("properties") or {} for f in features if isinstance(f, dict)]
+        frame = pd.DataFrame(rows, columns=list(self.ITEM_FIELDS))
+        frame["id"] = frame["id"].astype(str)
+        return frame

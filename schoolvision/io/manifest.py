@@ -4,7 +4,7 @@
 tool wrote. Every output folder therefore holds ``.schoolvision-manifest``: one relative path a
 line, appended *before* the file is written (by :func:`~schoolvision.io.atomic.atomic_path`
 through :func:`record`), so even a killed run leaves a manifest that lists everything it wrote.
-Lines are appended with ``O_APPEND``, so the ranks of a ``torchrun`` scan can record into the same
+Lines are appended with ``O_APPEND``, so the Ray actors of a scan (``--engine ray``) can record into the same
 folder; duplicates are harmless and a torn last line is ignored. The file is rewritten (atomically)
 only when ``--overwrite`` clears the folder.
 
@@ -133,7 +133,7 @@ def record(target: str | Path) -> None:
     known = _listed(root)
     if target.exists() or target.is_symlink():
         if rel not in known:
-            known.update(read(root))  # another process (a torchrun rank) may have listed it
+            known.update(read(root))  # another process (a Ray actor) may have listed it
         if rel not in known and not any(a in known for a in _ancestors(rel)):
             raise UserError("exists and schoolvision did not write it (its output folder's manifest does not list "
                             "it); move it away or choose another --out", target)
@@ -252,6 +252,22 @@ def remove_temporaries(root: str | Path) -> list[Path]:
             if is_temporary(name):
                 (Path(folder) / name).unlink(missing_ok=True)
                 removed.append(Path(folder) / name)
+    return removed
+
+
+def remove_temporaries_of(targets: Iterable[str | Path]) -> list[Path]:
+    """Delete the temporaries (and GDAL side-cars) a killed writer left of these targets, and no others.
+
+    For a unit retried after its worker died, while other workers write other files in the same folder.
+    """
+    removed = []
+    for target in map(Path, targets):
+        prefix, _ = temporary_affixes(target)
+        if target.parent.is_dir():
+            for path in target.parent.iterdir():
+                if path.name.startswith(prefix) and is_temporary(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
+                    removed.append(path)
     return removed
 
 

@@ -163,8 +163,13 @@ def _listing(names: Sequence[str], limit: int = 25) -> str:
     return ", ".join(names[:limit]) + more
 
 
-def _read_vector(path: Path, layer: str | None) -> tuple[pd.DataFrame, str | None]:
-    """The features of one layer (a DataFrame when the layer has no geometry) and the layer's name."""
+def _read_vector(path: Path, layer: str | None, option: str = "--schools-layer",
+                 **read: object) -> tuple[pd.DataFrame, str | None]:
+    """The features of one layer (a DataFrame when the layer has no geometry) and the layer's name.
+
+    ``option`` names the layer option in messages (``--mask-layer`` for a scan mask); ``read`` goes to
+    ``gpd.read_file`` (e.g. ``columns=[]``: geometry only).
+    """
     try:
         layers = pyogrio.list_layers(path)
     except Exception as exc:  # pyogrio raises several types for unreadable input
@@ -173,17 +178,16 @@ def _read_vector(path: Path, layer: str | None) -> tuple[pd.DataFrame, str | Non
     spatial = [str(name) for name, geom in layers if geom is not None]
     if layer is not None:
         if layer not in names:
-            raise UserError(f"--schools-layer {layer!r} is not a layer of this file; its layers: {_listing(names)}",
-                            path)
+            raise UserError(f"{option} {layer!r} is not a layer of this file; its layers: {_listing(names)}", path)
         chosen = layer
     else:
         candidates = spatial or names
         if len(candidates) > 1:
             raise UserError(f"holds {len(candidates)} layers ({_listing(candidates)}); choose one with "
-                            "--schools-layer NAME", path)
+                            f"{option} NAME", path)
         chosen = candidates[0] if candidates else None
     try:
-        frame = gpd.read_file(path, layer=chosen if len(names) > 1 else None)
+        frame = gpd.read_file(path, layer=chosen if len(names) > 1 else None, **read)
     except Exception as exc:
         raise UserError(f"not a valid GeoJSON/vector file ({_first_line(exc)})", path) from None
     return frame, chosen
@@ -302,8 +306,12 @@ def _numbers(values: pd.Series) -> pd.Series:
     return pd.to_numeric(text, errors="coerce").astype(float)
 
 
-def _table_geometry(frame: pd.DataFrame, path: Path, lonlat: tuple[str, str] | None) -> tuple[gpd.GeoDataFrame, dict]:
-    """Points from longitude/latitude columns, or geometries from a WKT column, in EPSG:4326."""
+def _table_geometry(frame: pd.DataFrame, path: Path, lonlat: tuple[str, str] | None,
+                    hint: str = "name them with --lonlat-columns LON,LAT") -> tuple[gpd.GeoDataFrame, dict]:
+    """Points from longitude/latitude columns, or geometries from a WKT column, in EPSG:4326.
+
+    ``hint`` ends the message of a table without usable columns (what the user can do).
+    """
     columns = [str(c) for c in frame.columns]
     if lonlat is not None:
         found = [_column(columns, name) for name in lonlat]
@@ -322,7 +330,7 @@ def _table_geometry(frame: pd.DataFrame, path: Path, lonlat: tuple[str, str] | N
     if pair is not None:
         return _points(frame, pair[0], pair[1], path)
     raise UserError(f"no longitude/latitude or WKT geometry column found (columns: {_listing(columns)}); "
-                    "name them with --lonlat-columns LON,LAT", path)
+                    f"{hint}", path)
 
 
 def _skipped(path: Path, n_bad: int, n: int, what: str) -> None:

@@ -5,6 +5,9 @@ Two graphs come out of one checkpoint:
 * the **classifier** (:func:`export_onnx`): input ``image`` float32 (N, 3, S, S), RGB in [0, 1]
   (normalisation is inside the graph, as in the torch model); outputs ``logits`` (N, classes) and
   ``embedding`` (N, feature_dim). P(school) = softmax(logits / temperature)[:, school_index].
+  The copy cached for the ``onnx`` runtime (:func:`cached_onnx`) has a third output,
+  ``feature_map`` (N, feature_dim, h, w), the trunk's map before pooling: with the head's weights it
+  gives the class activation map of the scan's CAM peaks without a backward pass.
 * the **Deepness map** (:func:`export_deepness`), for the QGIS Deepness plugin: a ``Regressor``
   whose single output ``p_school`` (N, 1, S, S) is the tile's calibrated P(school), spread over the
   tile. The plugin crops tiles of ``tiles_size`` pixels at ``resolution`` cm/pixel, divides by 255,
@@ -44,6 +47,7 @@ FORMAT = "schoolvision-onnx/1"
 OPSET = 17  # the TorchScript exporter's well-trodden opset; ONNX Runtime >= 1.14 runs it
 INPUT = "image"
 OUTPUTS = ("logits", "embedding")
+FEATURE_MAP = "feature_map"  # third output of the runtime's cached graph (CAMs from a forward pass)
 DEEPNESS_OUTPUT = "p_school"
 DEEPNESS_OVERLAP = 50  # percent: a half-tile stride, like scan's default stride of half a chip
 EXTRA_HINT = "pip install 'schoolvision[onnx]'"
@@ -67,15 +71,17 @@ def require_onnx() -> tuple[Any, Any]:
 
 
 class _ClassifierOutputs(nn.Module):
-    """logits and embedding from one pass (the head is applied to the exported embedding)."""
+    """logits and embedding (and the feature map they pool) from one pass."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, feature_map: bool = False):
         super().__init__()
         self.model = model
+        self.with_feature_map = feature_map
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        emb = self.model.embed(x)
-        return self.model.head(emb), emb
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        fmap = self.model.feature_map(x)
+        emb = self.model.pool(fmap)
+        return (self.model.head(emb), emb, fmap) if self.with_feature_map else (self.model.head(emb), emb)
 
 
 class _SchoolMap(nn.Module):
@@ -98,9 +104,14 @@ def input_gsd_cm(meta: CheckpointMeta, image_size: int) -> float | None:
     return None if meta.gsd is None else round(float(meta.gsd) * meta.chip_size / image_size * 100.0, 6)
 
 
-def classifier_metadata(meta: CheckpointMeta, image_size: int, sha256: str | None = None) -> dict[str, Any]:
-    """What a user of the classifier graph needs, as plain values (written as JSON text)."""
+def classifier_metadata(meta: CheckpointMeta, image_size: int, sha256: str | None = None,
+                        feature_map: bool = False) -> dict[str, Any]:
+    """What a user of the classifier graph needs, as plain values (written as JSON text).
+
+    ``feature_map``: the graph also outputs the trunk's feature map (the runtime's cached copy).
+    """
     info = BACKBONES[meta.backbone]
+    extra = {"feature_map_output": True} if feature_map else {}
     return {
         "schoolvision_format": FORMAT,
         "schoolvision_version": __version__,
@@ -108,8 +119,9 @@ def classifier_metadata(meta: CheckpointMeta, image_size: int, sha256: str | Non
         "classes": list(meta.classes),
         "school_index": SCHOOL,
         "input": f"{INPUT}: float32 (N, 3, {image_size}, {image_size}), RGB in [0, 1]; the graph normalises",
-        "outputs": "logits (N, classes), embedding (N, features); "
-                   "P(school) = softmax(logits / temperature)[:, school_index]",
+        "outputs": "logits (N, classes), embedding (N, features)"
+                   + (", feature_map (N, features, h, w)" if feature_map else "")
+                   + "; P(school) = softmax(logits / temperature)[:, school_index]",
         "image_size": int(image_size),
         "chip_size": int(meta.chip_size),
         "gsd_cm": None if meta.gsd is None else round(float(meta.gsd) * 100.0, 6),
@@ -119,6 +131,7 @@ def classifier_metadata(meta: CheckpointMeta, image_size: int, sha256: str | Non
         "threshold": float(meta.threshold),
         "temperature": float(meta.temperature),
         "checkpoint_sha256": sha256,
+        **extra,
     }
 
 
@@ -177,8 +190,12 @@ def _with_metadata(graph: bytes, metadata: dict[str, Any]) -> bytes:
 
 
 def onnx_bytes(model: nn.Module, meta: CheckpointMeta, image_size: int | None = None, *,
-               sha256: str | None = None, deepness: bool = False, overlap: int = DEEPNESS_OVERLAP) -> bytes:
-    """The serialised ONNX model with its metadata (no file written; see :func:`export_onnx`)."""
+               sha256: str | None = None, deepness: bool = False, overlap: int = DEEPNESS_OVERLAP,
+               feature_map: bool = False) -> bytes:
+    """The serialised ONNX model with its metadata (no file written; see :func:`export_onnx`).
+
+    ``feature_map`` adds the classifier's third output :data:`FEATURE_MAP` (the runtime's graph).
+    """
     require_onnx()
     size = int(image_size or meta.image_size)
     model = getattr(model, "module", model)
@@ -189,8 +206,9 @@ def onnx_bytes(model: nn.Module, meta: CheckpointMeta, image_size: int | None = 
             graph = _export_bytes(school_map, size, (DEEPNESS_OUTPUT,))
             metadata = deepness_metadata(meta, size, sha256, overlap)
         else:
-            graph = _export_bytes(_ClassifierOutputs(model), size, OUTPUTS)
-            metadata = classifier_metadata(meta, size, sha256)
+            outputs = (*OUTPUTS, FEATURE_MAP) if feature_map else OUTPUTS
+            graph = _export_bytes(_ClassifierOutputs(model, feature_map), size, outputs)
+            metadata = classifier_metadata(meta, size, sha256, feature_map)
     finally:
         model.train(was_training)
     return _with_metadata(graph, metadata)
@@ -256,8 +274,9 @@ def cache_path(checkpoint: str | Path, sha256: str, image_size: int) -> Path:
 def cached_onnx(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path, image_size: int | None = None) -> Path:
     """The classifier graph of ``checkpoint`` at ``image_size``: exported once, reused while the weights stay the same.
 
-    A cached file is used only when its recorded ``checkpoint_sha256`` and ``image_size`` equal the
-    checkpoint's; otherwise (another run's file, a retrained ``best.pt``, a damaged file) it is
+    The cached graph also outputs :data:`FEATURE_MAP`. A cached file is used only when its recorded
+    ``checkpoint_sha256`` and ``image_size`` equal the checkpoint's and it has that output; otherwise
+    (another run's file, a retrained ``best.pt``, a damaged file, an older export) it is
     re-exported. Files of the same checkpoint name with another checksum (any size) are deleted.
 
     Args:
@@ -278,9 +297,10 @@ def cached_onnx(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path, 
             recorded = read_metadata(path)
         except Exception:  # noqa: BLE001 - a truncated or foreign file is simply re-exported
             recorded = {}
-        if recorded.get("checkpoint_sha256") == sha and recorded.get("image_size") == size:
+        if (recorded.get("checkpoint_sha256") == sha and recorded.get("image_size") == size
+                and recorded.get("feature_map_output") is True):
             return path
-    export_onnx(model, meta, path, size, sha256=sha)
+    write_bytes(path, onnx_bytes(model, meta, size, sha256=sha, feature_map=True))
     other_weights = re.compile(rf"{re.escape(checkpoint.stem)}-(?!{sha[:12]})[0-9a-f]{{12}}-\d+\.onnx")
     for stale in path.parent.iterdir():
         if other_weights.fullmatch(stale.name):

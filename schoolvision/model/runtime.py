@@ -1,8 +1,10 @@
 """Inference runtimes: one small class per way of running a trained classifier forward.
 
 A runtime takes a batch of chips, float (N, 3, H, W) RGB in [0, 1] as a tensor or an array (the
-model normalises inside), and returns logits as float32 numpy. Gradients (CAMs, SHAP, guided
-backprop) stay with the torch model; runtimes are for the forward passes only.
+model normalises inside), and returns logits as float32 numpy. Gradients (SHAP, guided backprop,
+Grad-CAM on any layer) stay with the torch model; runtimes are for the forward passes only, and
+:meth:`Runtime.feature_maps` gives the trunk's map that a CAM of a linear head needs (the scan's
+CAM peaks: :mod:`schoolvision.scan.peaks`).
 
 ========== =====================================================================================
 name       what runs
@@ -35,7 +37,7 @@ import torch
 from schoolvision.errors import UserError
 from schoolvision.model.checkpoint import CheckpointMeta
 from schoolvision.model.device import resolve_device
-from schoolvision.model.export import INPUT, OUTPUTS, cached_onnx, onnx_bytes, require_onnx
+from schoolvision.model.export import FEATURE_MAP, INPUT, OUTPUTS, cached_onnx, onnx_bytes, require_onnx
 from schoolvision.model.inference import school_probability
 
 AUTOCAST_TOLERANCE = 0.02
@@ -109,6 +111,15 @@ class Runtime:
         """Calibrated P(school) (N,), float64."""
         return school_probability(self.logits(x), self.meta.temperature)
 
+    def feature_maps(self, x: Input) -> tuple[np.ndarray, np.ndarray]:
+        """``(feature map (N, C, h, w), logits (N, classes))`` from one float32 pass, float32.
+
+        The trunk's map before pooling: with the head's weights, the class activation map (equal to
+        Grad-CAM at that map for a linear head; see :func:`schoolvision.explain.layers.linear_cam_weights`).
+        Always float32, also where :meth:`logits` runs in autocast, so the maps equal the gradient ones.
+        """
+        return _torch_feature_maps(self.model, self._tensor(x).contiguous(memory_format=torch.channels_last))
+
     def describe(self) -> str:
         """One line for logs and benchmark reports."""
         return f"{self.name} on {self.device}"
@@ -133,6 +144,12 @@ def register(cls: type[Runtime]) -> type[Runtime]:
 
 def _numpy(t: torch.Tensor | None) -> np.ndarray | None:
     return None if t is None else t.float().cpu().numpy()
+
+
+@torch.inference_mode()
+def _torch_feature_maps(model: torch.nn.Module, x: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    fmap = model.feature_map(x)
+    return _numpy(fmap), _numpy(model.head(model.pool(fmap)))
 
 
 @register
@@ -247,9 +264,9 @@ class OnnxRuntime(Runtime):
                     self.paths[image_size] = cached_onnx(self.model, self.meta, self.checkpoint, image_size)
                     source = str(self.paths[image_size])
                 except OSError:  # read-only run folder: export in memory
-                    source = onnx_bytes(self.model, self.meta, image_size)
+                    source = onnx_bytes(self.model, self.meta, image_size, feature_map=True)
             else:
-                source = onnx_bytes(self.model, self.meta, image_size)
+                source = onnx_bytes(self.model, self.meta, image_size, feature_map=True)
             self._sessions[image_size] = self._ort.InferenceSession(source, sess_options=options,
                                                                     providers=self.providers)
         return self._sessions[image_size]
@@ -265,6 +282,12 @@ class OnnxRuntime(Runtime):
         names = list(OUTPUTS) if embed else [OUTPUTS[0]]
         out = self.session(int(arr.shape[-1])).run(names, {INPUT: arr})
         return (out[1], out[0]) if embed else (None, out[0])
+
+    def feature_maps(self, x: Input) -> tuple[np.ndarray, np.ndarray]:
+        """``(feature map, logits)`` from the cached graph's ``feature_map`` output (same session as :meth:`logits`)."""
+        arr = np.ascontiguousarray(x.detach().cpu().numpy() if torch.is_tensor(x) else x, dtype=np.float32)
+        logits, fmap = self.session(int(arr.shape[-1])).run([OUTPUTS[0], FEATURE_MAP], {INPUT: arr})
+        return fmap, logits
 
 
 def resolve_runtime(name: str, device: str | torch.device = "cpu") -> str:

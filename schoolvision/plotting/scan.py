@@ -92,14 +92,17 @@ def plot_pr_curve(evaluation: dict) -> Figure:
     return fig
 
 
-def plot_cases(chips: np.ndarray, cams: np.ndarray, titles: Sequence[str], columns: int = 6) -> Figure:
-    """Chips (top row of each pair) and their grad-CAM overlays (bottom); chips (N,3,H,W) uint8, cams (N,H,W)."""
+def plot_cases(chips: np.ndarray, cams: np.ndarray, titles: Sequence[str], columns: int = 6,
+               empty: str = "Nothing to show here.") -> Figure | None:
+    """Chips (top row of each pair) and their grad-CAM overlays (bottom); chips (N,3,H,W) uint8, cams (N,H,W).
+
+    With no chip there is no figure: ``empty``, one sentence saying why (e.g. "Every known school was
+    found."), is printed instead of an image that says nothing, and None is returned.
+    """
     n = len(chips)
     if n == 0:
-        fig, ax = plt.subplots(figsize=(4, 1))
-        ax.text(0.5, 0.5, "none", ha="center", va="center")
-        ax.axis("off")
-        return fig
+        print(empty)
+        return None
     cols = min(columns, n)
     rows = int(np.ceil(n / cols))
     fig, axes = plt.subplots(2 * rows, cols, figsize=(2.1 * cols, 4.3 * rows), squeeze=False)

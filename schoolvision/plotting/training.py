@@ -65,7 +65,11 @@ def pr_curve_figure(labels: np.ndarray, probs: np.ndarray, threshold: float, tit
 
 
 def reliability_figure(labels: np.ndarray, probs: np.ndarray, bins: int = 10, title: str = "") -> Figure:
-    """Reliability diagram: observed share of schools per P(school) bin against the diagonal; ECE in the title."""
+    """Reliability diagram: observed share of schools per P(school) bin against the diagonal; ECE in the title.
+
+    Each bar is labelled with its number of chips: most chips sit in the two end bins, and a middle bar of
+    a handful of chips says little about calibration however far it is from the diagonal.
+    """
     rel = reliability(labels, probs, bins)
     centres = (rel["edges"][:-1] + rel["edges"][1:]) / 2
     used = rel["count"] > 0
@@ -75,9 +79,12 @@ def reliability_figure(labels: np.ndarray, probs: np.ndarray, bins: int = 10, ti
     observed = pd.DataFrame({"centre": centres[used], "share": rel["frequency"][used]})
     sns.histplot(observed, x="centre", weights="share", binwidth=1 / bins, binrange=(0, 1), alpha=0.6, edgecolor="k",
                  label="observed", ax=ax)
+    for x, share, n in zip(centres[used], rel["frequency"][used], rel["count"][used]):
+        ax.annotate(f"{n}", (x, min(share, 0.9)), xytext=(0, 3), textcoords="offset points", ha="center",
+                    fontsize=7)
     ax.set(xlabel="predicted P(school)", ylabel="share of schools", xlim=(0, 1), ylim=(0, 1.02),
            title=f"{title}: {ece}" if title else ece)
-    ax.legend(loc="upper left")
+    ax.legend(loc="upper left", title="number on a bar: its chips", title_fontsize=7, fontsize=8)
     fig.tight_layout()
     return fig
 

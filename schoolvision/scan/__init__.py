@@ -2,5 +2,6 @@
 
 ``windows`` (where windows go, how they are read and scored) and ``probability`` (blending them
 into the GeoTIFF) serve ``scene`` (one scene); ``runner`` scans many scenes for ``schoolvision scan``
-and hands the rasters to ``candidates``, ``peaks`` (grad-CAM), ``evaluation`` and ``webmap``.
+and hands the rasters to ``candidates``, ``peaks`` (grad-CAM), ``evaluation``, ``registry`` (the
+``--registry`` audit) and ``webmap``.
 """

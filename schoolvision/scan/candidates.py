@@ -19,8 +19,10 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import rasterio
+import shapely
 from rasterio.features import shapes
-from scipy import ndimage
+from scipy import ndimage, sparse
+from scipy.sparse.csgraph import connected_components
 from shapely.geometry import Point, shape
 from skimage.morphology import h_maxima
 from skimage.segmentation import watershed
@@ -42,6 +44,16 @@ EIGHT = np.ones((3, 3), bool)
 """8-connectivity: regions, markers and watershed all join diagonal neighbours."""
 
 PEAK_FLOOR = 0.05
+
+MIN_AREA_M2 = 100.0
+"""Smallest candidate region (m^2 above the threshold) that is kept: ``scan --min-area``'s default.
+
+A school is a building or a yard of at least a few hundred m^2 (the demo's smallest classroom block is
+about 36 x 7 m, its smallest compound 50 x 30 m), and the blended windows spread a school's
+probability over tens of metres, so a region of a few m^2 is a rounding speck of the raster at the
+threshold, not a school the model saw. 100 m^2 (10 x 10 px at 1 m) is well under half that block:
+it drops specks and keeps every school-sized region; lower it for imagery coarser than 1 m only if
+small schools are lost (0 keeps every region)."""
 """Lowest threshold the log-odds peaks are first computed for (the sweep's lowest); a lower one recomputes them."""
 
 
@@ -70,7 +82,9 @@ class ProbabilityField:
         self.values = np.nan_to_num(prob, nan=0.0)
         self.logit = np.log(self.p / (1 - self.p)).astype(np.float64)
         self._peaks: tuple[float, np.ndarray] | None = None  # (lowest threshold they hold for, h-maxima)
-        self._base: tuple[float, np.ndarray, int] | None = None  # lowest threshold's (threshold, basins, peaks)
+        # lowest threshold's (threshold, basins in box, peaks, box): the box of its pixels above, which holds
+        # every pixel above any higher threshold, so the sweep's per-threshold work runs on that box only
+        self._base: tuple[float, np.ndarray, int, tuple[slice, slice]] | None = None
         self._order: np.ndarray | None = None  # argsort of the values, and each pixel's place in it
         self._rank: np.ndarray | None = None
 
@@ -109,17 +123,39 @@ class ProbabilityField:
 
         ``reuse``: split regions with the basins of the lowest threshold run so far where they agree
         (see :meth:`_from_base`); for the precision-recall sweep, which keeps each region's peak only.
+        That runs on the lower threshold's bounding box (labels in raster order, as on the whole raster).
         """
+        labels, n, box = self._labels_in_box(threshold, reuse)
+        if labels.shape == self.prob.shape:
+            return labels, n
+        full = np.zeros(self.prob.shape, np.int32)
+        full[box] = labels
+        return full, n
+
+    def _labels_in_box(self, threshold: float, reuse: bool) -> tuple[np.ndarray, int, tuple[slice, slice]]:
+        """:meth:`labels` on a box that holds every labelled pixel: (labels in the box, their number, the box)."""
+        if reuse and self._base is not None and threshold >= self._base[0]:
+            box = self._base[3]
+            above = self.finite[box] & (self.p[box] >= threshold)
+            if not above.any():
+                return np.zeros((0, 0), np.int32), 0, np.s_[0:0, 0:0]
+            markers, n = ndimage.label(self.peaks(threshold)[box] & above, structure=EIGHT)
+            reused = self._from_base(threshold, above, markers, n)
+            if reused is not None:
+                return reused[0], reused[1], box
+        return (*self._labels_watershed(threshold), np.s_[:, :])
+
+    def _labels_watershed(self, threshold: float) -> tuple[np.ndarray, int]:
+        """:meth:`labels` by a watershed on the whole raster (the first, lowest threshold sets ``_base``)."""
         above = self.finite & (self.p >= threshold)
         if not above.any():
             return np.zeros(self.prob.shape, np.int32), 0
         markers, n = ndimage.label(self.peaks(threshold) & above, structure=EIGHT)
-        reused = self._from_base(threshold, above, markers, n) if reuse else None
-        if reused is not None:
-            return reused
         labels = self._watershed(above, markers)
         if self._base is None or threshold < self._base[0]:
-            self._base = (threshold, labels.copy(), n)
+            rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
+            box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            self._base = (threshold, labels[box].copy(), n, box)
         rest, m = ndimage.label(above & (labels == 0), structure=EIGHT)  # regions whose peak sits below the threshold
         labels[rest > 0] = rest[rest > 0] + n
         return labels, n + m
@@ -149,11 +185,12 @@ class ProbabilityField:
         to the other basin than a watershed of their own would give them, since skimage breaks such
         ties by the order of its heap: region areas and means can move there. The sweep keeps only
         each region's peak, at its top, so its counts stay those of a watershed per threshold
-        (``tests/test_candidates.py`` compares them on rasters with such ties).
+        (``tests/test_candidates.py`` compares them on rasters with such ties). ``above`` and
+        ``markers`` cover the lower threshold's box (``self._base``), and so do the labels returned.
         """
         if self._base is None or threshold < self._base[0]:
             return None
-        _, base, base_n = self._base
+        _, base, base_n, _ = self._base
         parts, k = ndimage.label(above, structure=EIGHT)
         pixels = np.flatnonzero(markers)
         marker = markers.ravel()[pixels]
@@ -184,26 +221,44 @@ class ProbabilityField:
     def points(self, threshold: float, min_area_m2: float = 0.0,
                reuse: bool = False) -> tuple[gpd.GeoDataFrame, np.ndarray]:
         """(unranked points with their ``label``, region labels) at ``threshold`` (``reuse``: see :meth:`labels`)."""
-        labels, n = self.labels(threshold, reuse)
-        if n == 0:
-            return _empty(self.crs), labels
-        transform, width = self.transform, self.prob.shape[1]
-        px_area = abs(transform.a * transform.e - transform.b * transform.d)
-        maxs, means, counts, peaks = self._stats(labels, n)
-        rows = []
-        for i, (mx, mn, cnt, peak) in enumerate(zip(maxs, means, counts, peaks), start=1):
-            r, c = divmod(int(peak), width)
-            area = float(cnt * px_area)
-            if cnt == 0 or area < min_area_m2:
-                continue
-            x, y = transform @ (c + 0.5, r + 0.5)
-            rows.append({"label": i, "scene": self.scene, "max_prob": float(mx), "mean_prob": float(mn),
-                         "area_m2": area, "peak": "probability", "geometry": Point(x, y)})
+        labels, n, box = self._labels_in_box(threshold, reuse)
+        label, maxs, means, areas, xs, ys = self._peak_arrays(labels, n, box, min_area_m2)
+        if labels.shape != self.prob.shape:
+            full = np.zeros(self.prob.shape, np.int32)
+            full[box] = labels
+            labels = full
+        rows = [{"label": int(i), "scene": self.scene, "max_prob": float(mx), "mean_prob": float(mn),
+                 "area_m2": float(area), "peak": "probability", "geometry": Point(x, y)}
+                for i, mx, mn, area, x, y in zip(label, maxs, means, areas, xs, ys)]
         points = gpd.GeoDataFrame(rows, geometry="geometry", crs=self.crs) if rows else _empty(self.crs)
         return points, labels
 
-    def _stats(self, labels: np.ndarray, n: int) -> tuple[np.ndarray, ...]:
-        """Max, mean, pixel count and flat index of the max of regions ``1..n``.
+    def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
+        """(label, max, mean, area m^2, x, y) of the regions kept at ``threshold``, in label order.
+
+        :meth:`points`'s numbers as arrays, no frame and no full-raster labels: the precision-recall sweep
+        needs them at every threshold (``reuse``: see :meth:`labels`).
+        """
+        return self._peak_arrays(*self._labels_in_box(threshold, reuse), min_area_m2)
+
+    def _peak_arrays(self, labels: np.ndarray, n: int, box: tuple[slice, slice],
+                     min_area_m2: float) -> tuple[np.ndarray, ...]:
+        if n == 0:
+            return (np.zeros(0, np.intp), *(np.zeros(0) for _ in range(5)))
+        transform, width = self.transform, self.prob.shape[1]
+        px_area = abs(transform.a * transform.e - transform.b * transform.d)
+        maxs, means, counts, peaks = self._stats(labels, n, box)
+        areas = counts * px_area
+        keep = (counts > 0) & (areas >= min_area_m2)
+        r, c = np.divmod(peaks[keep], width)
+        xs, ys = transform @ (c + 0.5, r + 0.5)
+        label = np.flatnonzero(keep) + 1
+        return label, maxs[keep], means[keep], areas[keep], np.asarray(xs, float), np.asarray(ys, float)
+
+    def _stats(self, labels: np.ndarray, n: int, box: tuple[slice, slice] | None = None) -> tuple[np.ndarray, ...]:
+        """Max, mean, pixel count and flat index (in the whole raster) of the max of regions ``1..n``.
+
+        ``labels`` cover ``box`` of the raster (default: all of it).
 
         The numbers of ``ndimage.maximum``, ``mean`` and ``maximum_position``, ties included: like them,
         each region's peak is its last pixel in the sort of all values (done once, not per threshold),
@@ -214,8 +269,12 @@ class ProbabilityField:
             self._rank = np.empty(order.size, np.intp)
             self._rank[order] = np.arange(order.size)
             self._order = order
-        pixels = np.flatnonzero(labels)
-        region = labels.ravel()[pixels]
+        inside = np.flatnonzero(labels)
+        region = labels.ravel()[inside]
+        pixels = inside
+        if labels.shape != self.prob.shape:  # box to raster: the same pixels, in the same (raster) order
+            rows, cols = np.divmod(inside, labels.shape[1])
+            pixels = (rows + box[0].start) * self.prob.shape[1] + cols + box[1].start
         values = self.values.ravel()[pixels]
         last = np.full(n + 1, -1, np.intp)
         np.maximum.at(last, region, self._rank[pixels])
@@ -258,6 +317,11 @@ def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene
     return ProbabilityField(prob, transform, crs, scene, dip).candidates(threshold, min_area_m2)
 
 
+def empty_candidates(crs) -> gpd.GeoDataFrame:
+    """No candidates: the columns of a candidates frame, typed, in ``crs``."""
+    return _empty(crs)
+
+
 def _empty(crs) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame({c: pd.Series(dtype="float64" if "prob" in c or c == "area_m2" else "object")
                              for c in COLUMNS if c != "geometry"}, geometry=gpd.GeoSeries([], crs=crs), crs=crs)
@@ -277,29 +341,34 @@ def merge_duplicates(cands: gpd.GeoDataFrame, distance: float, same_scene: float
     """Merge candidates closer than ``distance`` metres from different scenes, keeping the most probable.
 
     One school seen by two overlapping scenes is one candidate; within a scene, ``same_scene`` metres
-    (0: never) merge.
+    (0: never) merge. Close pairs come from a spatial index (shapely's STRtree), never an n x n
+    matrix, so a country's candidates merge in seconds; pairs join transitively (connected
+    components) and each group keeps its most probable member (the first one on ties).
     """
     if len(cands) < 2 or (cands["scene"].nunique() < 2 and same_scene <= 0):
         return cands
     metric = cands if cands.crs.is_projected else cands.to_crs(metric_crs(cands))
-    xy = np.column_stack([metric.geometry.x, metric.geometry.y])
-    scenes = cands["scene"].to_numpy()
-    parent = list(range(len(cands)))
+    keep = merged_rows(metric.geometry.to_numpy(), cands["scene"].to_numpy(), cands["max_prob"].to_numpy(),
+                       distance, same_scene)
+    return rank(cands.iloc[keep].copy())
 
-    def find(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
 
-    d = np.hypot(xy[:, None, 0] - xy[None, :, 0], xy[:, None, 1] - xy[None, :, 1])
-    for i, j in zip(*np.nonzero(np.triu(d <= distance, 1))):
-        if scenes[i] != scenes[j] or d[i, j] <= same_scene:
-            parent[find(i)] = find(j)
-    roots = np.array([find(i) for i in range(len(cands))])
-    probs = cands["max_prob"].to_numpy()
-    keep = [int(np.flatnonzero(roots == r)[np.argmax(probs[roots == r])]) for r in np.unique(roots)]
-    return rank(cands.iloc[sorted(keep)].copy())
+def merged_rows(points: np.ndarray, scenes: np.ndarray, probs: np.ndarray, distance: float,
+                same_scene: float = 0.0) -> np.ndarray:
+    """The rows :func:`merge_duplicates` keeps (sorted), from metric points, scene names and probabilities."""
+    left, right = shapely.STRtree(points).query(points, predicate="dwithin", distance=distance)
+    keep = left < right
+    left, right = left[keep], right[keep]
+    join = scenes[left] != scenes[right]
+    if same_scene > 0:
+        join |= shapely.distance(points[left], points[right]) <= same_scene
+    n = len(points)
+    graph = sparse.coo_matrix((np.ones(int(join.sum()), bool), (left[join], right[join])), shape=(n, n))
+    _, group = connected_components(graph, directed=False)
+    order = np.lexsort((np.arange(n), -probs, group))  # by group, most probable first, then first in order
+    first = np.ones(n, bool)
+    first[1:] = group[order][1:] != group[order][:-1]
+    return np.sort(order[first])
 
 
 def common_crs(crss: Sequence):

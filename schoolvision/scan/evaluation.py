@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import probability_bounds, read_probability
 from schoolvision.io.schools import read_schools
-from schoolvision.scan.candidates import ProbabilityField, extract_candidates, merge_duplicates, rank, read_fields
+from schoolvision.scan.candidates import ProbabilityField, extract_candidates, merged_rows, read_fields
 
 
 def load_schools(path: str | Path | gpd.GeoDataFrame, scenes: Sequence) -> gpd.GeoDataFrame:
@@ -53,8 +53,13 @@ def match(cands: gpd.GeoDataFrame, schools: gpd.GeoDataFrame, distance: float,
     utm = crs or metric_crs(schools)
     c = cands.to_crs(utm).geometry.reset_index(drop=True)
     s = schools.to_crs(utm).geometry.reset_index(drop=True)
-    d = shapely.distance(c.to_numpy()[:, None], s.to_numpy()[None, :]).reshape(len(c), len(s))
-    order = np.argsort(-cands["max_prob"].to_numpy(), kind="stable")
+    return _greedy(c.to_numpy(), s.to_numpy(), cands["max_prob"].to_numpy(), distance)
+
+
+def _greedy(c: np.ndarray, s: np.ndarray, probs: np.ndarray, distance: float) -> list[tuple[int, int, float]]:
+    """:func:`match` on metric geometries: candidates ``c`` (with ``probs``) against schools ``s``."""
+    d = shapely.distance(c[:, None], s[None, :]).reshape(len(c), len(s))
+    order = np.argsort(-probs, kind="stable")
     pairs, taken = [], set()
     for i in order:
         for j in np.argsort(d[i], kind="stable"):
@@ -78,25 +83,54 @@ def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
 def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
              thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
              merge_distance: float = 64.0, fields: Sequence[ProbabilityField] | None = None,
-             progress: bool = False) -> list[dict]:
+             progress: bool = False, min_area_m2: float = 0.0) -> list[dict]:
     """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold.
 
     ``fields``: the scenes' rasters from :func:`~schoolvision.scan.candidates.read_fields` when the
-    caller has them already; ``progress`` shows a bar over the thresholds.
+    caller has them already; ``progress`` shows a bar over the thresholds; ``min_area_m2``: the scan's
+    smallest candidate region, so the curve counts the candidates the scan would report.
     """
     fields = read_fields(scenes) if fields is None else fields
     utm = metric_crs(schools) if len(schools) else None
+    known = schools.to_crs(utm).geometry.to_numpy() if len(schools) else None
     curve = []
     for t in tqdm(thresholds, desc="precision-recall", unit="threshold", leave=False, disable=not progress):
-        parts = [rank(f.points(float(t), reuse=True)[0]).to_crs("EPSG:4326") for f in fields]
-        parts = [p for p in parts if len(p)]
-        cands = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326") if parts else None
-        if cands is not None:
-            cands = merge_duplicates(rank(cands), merge_distance, merge_distance / 2)
-        n = 0 if cands is None else len(cands)
-        tp = len(match(cands, schools, distance, utm)) if n else 0
+        n, tp = _sweep_counts(fields, float(t), min_area_m2, merge_distance, known, utm, distance)
         curve.append({"threshold": float(t), "candidates": n, "true_positives": tp, **scores(n, len(schools), tp)})
     return curve
+
+
+def _sweep_counts(fields: Sequence[ProbabilityField], threshold: float, min_area_m2: float, merge_distance: float,
+                  known: np.ndarray | None, utm, distance: float) -> tuple[int, int]:
+    """(candidates, true positives) at ``threshold``: the numbers of :func:`extract_all` and :func:`match`.
+
+    The same steps on arrays instead of frames (rank each scene, to EPSG:4326, rank all, merge, match),
+    the same sorts (stable, ties in the same order) and the same coordinate transforms, so the same
+    counts at a fraction of the cost of a frame per threshold.
+    """
+    maxs, means, scenes, geoms = [], [], [], []
+    for f in fields:
+        _, mx, mn, _, xs, ys = f.peak_arrays(threshold, min_area_m2, reuse=True)
+        if not len(mx):
+            continue
+        order = np.lexsort((-mn, -mx))  # rank(): max, then mean, descending; stable
+        maxs.append(mx[order].astype(float))
+        means.append(mn[order].astype(float))
+        scenes.append(np.full(len(order), f.scene, dtype=object))
+        geoms.append(gpd.GeoSeries(shapely.points(xs[order], ys[order]), crs=f.crs).to_crs("EPSG:4326").to_numpy())
+    if not maxs:
+        return 0, 0
+    mx, mn, scene, geom = (np.concatenate(a) for a in (maxs, means, scenes, geoms))
+    codes = np.unique(scene.astype(str), return_inverse=True)[1]
+    order = np.lexsort((codes, -mn, -mx))
+    mx, scene, geom = mx[order], scene[order], gpd.GeoSeries(geom[order], crs="EPSG:4326")
+    if len(geom) >= 2 and (merge_distance > 0 or len(set(scene)) > 1):  # merge_duplicates' own early return
+        metric = geom.to_crs(metric_crs(geom)).to_numpy()
+        keep = merged_rows(metric, scene, mx, merge_distance, merge_distance / 2)
+        mx, geom = mx[keep], geom.iloc[keep]
+    if known is None or not len(known):
+        return len(mx), 0
+    return len(mx), len(_greedy(geom.to_crs(utm).to_numpy(), known, mx, distance))
 
 
 def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
@@ -116,12 +150,13 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
 
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path | gpd.GeoDataFrame,
                   distance: float = 50.0, threshold: float | None = None, merge_distance: float = 64.0,
-                  fields: Sequence[ProbabilityField] | None = None,
-                  progress: bool = False) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+                  fields: Sequence[ProbabilityField] | None = None, progress: bool = False,
+                  min_area_m2: float = 0.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms).
 
     ``schools_path``: a schools file, or the schools :func:`~schoolvision.io.schools.read_schools` read from one.
-    ``fields`` (the scenes' rasters, read once by the caller) and ``progress`` go to :func:`pr_curve`.
+    ``fields`` (the scenes' rasters, read once by the caller), ``progress`` and ``min_area_m2`` go to
+    :func:`pr_curve`.
     """
     schools = load_schools(schools_path, scenes)
     pairs = match(cands, schools, distance)
@@ -149,8 +184,9 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
         "candidates": len(cands),
         "true_positives": len(pairs),
         **scores(len(cands), len(schools), len(pairs)),
+        "min_area_m2": min_area_m2,
         "pr_curve": (curve := pr_curve(scenes, schools, distance, merge_distance=merge_distance, fields=fields,
-                                       progress=progress)),
+                                       progress=progress, min_area_m2=min_area_m2)),
         **operating_points(curve),
         "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
                            for _, r in missed.iterrows()],
@@ -181,26 +217,55 @@ def weakest_finds(cands: gpd.GeoDataFrame, known: gpd.GeoDataFrame, n: int = 3) 
 
 
 def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: float, distance: float = 50.0,
-                        floor: float = 0.05, n: int = 6) -> gpd.GeoDataFrame:
+                        floor: float = 0.05, n: int = 6, separation: float = 0.0,
+                        min_area_m2: float = 0.0) -> gpd.GeoDataFrame:
     """The ``n`` strongest regions the threshold turned down that are not known schools (EPSG:4326 points).
 
     Regions above ``floor`` whose peak stays below ``threshold`` and lies more than ``distance`` metres
     from every known school: the next false alarms should the threshold be lowered, so the places to
     look at when a scan reports none (and, in real imagery, where unmapped schools may hide).
+
+    Args:
+        scenes: the scanned scenes (``SceneScan`` items).
+        schools: known schools (any CRS).
+        threshold: the scan's threshold; regions whose peak reaches it are candidates, not look-alikes.
+        distance: metres from a known school within which a region is that school, not a look-alike.
+        floor: lowest peak that counts.
+        n: how many to return, strongest first.
+        separation: metres between any two returned places, strongest kept first (a chip's ground width,
+            ``chip_size x GSD``, shows each place once: the low shoulders of one blob are several small
+            regions, which would otherwise fill the list with the same chip).
+        min_area_m2: smallest region kept (the scan's ``min_area_m2``; specks are no look-alike).
+
+    Returns:
+        Points with ``scene``, ``max_prob`` and ``area_m2``, in EPSG:4326.
     """
     parts = []
     for s in scenes:
         prob, transform, crs = read_probability(s.probability)
-        cands = extract_candidates(prob, transform, crs, floor, s.scene)[0]
+        cands = extract_candidates(prob, transform, crs, floor, s.scene, min_area_m2=min_area_m2)[0]
         if len(cands):
             parts.append(cands[cands["max_prob"] < threshold].to_crs("EPSG:4326"))
     parts = [p for p in parts if len(p)]
     if not parts:
-        return gpd.GeoDataFrame({"scene": [], "max_prob": []}, geometry=[], crs="EPSG:4326")
+        return gpd.GeoDataFrame({"scene": [], "max_prob": [], "area_m2": []}, geometry=[], crs="EPSG:4326")
     out = gpd.GeoDataFrame(pd.concat(parts, ignore_index=True), crs="EPSG:4326")
+    utm = metric_crs(schools if len(schools) else out)
     if len(schools):
-        utm = metric_crs(schools)
         known = schools.to_crs(utm).geometry
         near = out.to_crs(utm).geometry.apply(lambda g: known.distance(g).min() <= distance)
         out = out[~near.to_numpy()]
-    return out.sort_values("max_prob", ascending=False, kind="stable").head(n).reset_index(drop=True)
+    out = out.sort_values("max_prob", ascending=False, kind="stable").reset_index(drop=True)
+    return out.iloc[_spread(out.to_crs(utm).geometry, separation, n)].reset_index(drop=True)
+
+
+def _spread(points: gpd.GeoSeries, separation: float, n: int) -> list[int]:
+    """Indices of the first ``n`` points (in order) farther than ``separation`` from every one kept before."""
+    xy = np.column_stack([points.x, points.y]) if len(points) else np.zeros((0, 2))
+    keep: list[int] = []
+    for i, p in enumerate(xy):
+        if len(keep) == n:
+            break
+        if separation <= 0 or not keep or np.hypot(*(xy[keep] - p).T).min() > separation:
+            keep.append(i)
+    return keep

@@ -4,6 +4,12 @@ The blended probability raster resolves a school to about the stride; the grad-C
 centred on a candidate says where inside that chip the evidence for "school" is, which can be
 sharper. The same chips, with their P(school) and grad-CAM, are what a mapper looks at to judge a
 missed school or a false alarm (chapter 6).
+
+For the backbones whose target layer is pooled straight into a linear head (efficientnet_lite0,
+resnet), Grad-CAM is the plain CAM: the maps come from the scan's own runtime (ONNX Runtime or
+channels_last torch), one forward pass and no backward (:func:`cam_maps`), equal to the gradient
+maps to float noise (``tests/test_cam_peaks.py``), in a fraction of the time; other backbones keep the
+gradients in torch.
 """
 
 from __future__ import annotations
@@ -17,8 +23,9 @@ from rasterio.warp import transform as warp_points
 from rasterio.windows import Window
 from shapely.geometry import Point
 
-from schoolvision.explain.layers import MIN_CAM_CELLS
-from schoolvision.explain.maps import resize_maps
+from schoolvision import SCHOOL
+from schoolvision.explain.layers import MIN_CAM_CELLS, linear_cam_weights
+from schoolvision.explain.maps import cam_from_features, resize_maps
 from schoolvision.explain.methods import explainer
 from schoolvision.io.imagery import open_source
 from schoolvision.model.runtime import Runtime, make_runtime
@@ -62,19 +69,42 @@ def chips_at(points, scenes: Sequence[str], sources: dict, meta, crs, native_res
     return out
 
 
-def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 32) -> np.ndarray:
+def cam_maps(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 32,
+             runtime: Runtime | None = None) -> np.ndarray:
     """Grad-CAM of the school class for uint8 (N,3,H,W) chips, returned at (N,H,W) in [0,1].
 
-    Uses :func:`schoolvision.explain.methods.explainer` (the model's own target layer; gradients in
-    torch, channels_last).
+    With a ``runtime`` and a model whose Grad-CAM is the plain CAM
+    (:func:`~schoolvision.explain.layers.linear_cam_weights`), the maps are the runtime's feature
+    maps times the head's school weights: a forward pass only. Otherwise
+    :func:`schoolvision.explain.methods.explainer` (the model's own target layer; gradients in torch,
+    channels_last). Both give the same maps to float noise.
     """
-    out = []
+    return _cams(model, images, image_size, device, batch_size, runtime)[0]
+
+
+def _cams(model: torch.nn.Module, images: np.ndarray, image_size: int, device, batch_size: int = 32,
+          runtime: Runtime | None = None) -> tuple[np.ndarray, int | None]:
+    """:func:`cam_maps`, and the side of the feature map they localise on (None: no batch, or no ``target_layer``)."""
     h, w = images.shape[-2:]
-    with explainer(model, "gradcam") as explain:
-        for i in range(0, len(images), batch_size):
-            x = to_input(to_float(images[i : i + batch_size]), image_size, device)
-            out.append(resize_maps(explain(x), h, w))
-    return np.concatenate(out) if out else np.zeros((0, h, w), np.float32)
+    if not len(images):
+        return np.zeros((0, h, w), np.float32), None
+    weights = None if runtime is None else linear_cam_weights(getattr(model, "module", model))
+    out = []
+    if weights is None:
+        with cam_cells(model) as cells, explainer(model, "gradcam") as explain:
+            for i in range(0, len(images), batch_size):
+                x = to_input(to_float(images[i : i + batch_size]), image_size, device)
+                out.append(resize_maps(explain(x), h, w))
+        return np.concatenate(out), min(cells) if cells else None
+    school = weights[SCHOOL].cpu().numpy()
+    for i in range(0, len(images), batch_size):
+        x = to_input(to_float(images[i : i + batch_size]), image_size, runtime.device)
+        features, _ = runtime.feature_maps(x)
+        fh, fw = features.shape[-2:]
+        # Grad-CAM's channel weights: the mean gradient of the school logit, W[school] / (h w) at every cell
+        maps = cam_from_features(features, school / np.float32(fh * fw), image_size, image_size)
+        out.append(resize_maps(maps, h, w))
+    return np.concatenate(out), int(min(fh, fw))
 
 
 @contextlib.contextmanager
@@ -121,24 +151,27 @@ def explain_points(model, meta, points, sources: dict, device="cpu", native_reso
     device = torch.device(device) if isinstance(device, str) else device
     runtime = runtime or make_runtime("torch", model.to(device).eval(), meta, device)
     probs = predict_windows(runtime, to_float(chips), meta.image_size)
-    return chips, probs, cam_maps(model, chips, meta.image_size, device)
+    return chips, probs, cam_maps(model, chips, meta.image_size, device, runtime=runtime)
 
 
-def place_at_cam_peaks(model, meta, cands, sources: dict, device, regions=None, native_resolution: bool = False):
+def place_at_cam_peaks(model, meta, cands, sources: dict, device, regions=None, native_resolution: bool = False,
+                       runtime: Runtime | None = None):
     """Move each candidate point to the grad-CAM peak of the chip centred on its probability peak.
 
     Only when the feature map has at least ``MIN_CAM_CELLS`` cells a side (at 64 px, efficientnet's
     2 x 2 map would snap every point to a cell centre 45 m from the school). A CAM peak outside the
     candidate's region (when ``regions`` is given) or a flat CAM keeps the probability peak. The
-    ``peak`` column says which one each point is.
+    ``peak`` column says which one each point is. The CAMs' forward pass runs in ``runtime`` (the
+    scan's; default: float32 channels_last torch) where the model allows (:func:`cam_maps`).
     """
     cands = cands.copy()
     if not len(cands):
         return cands
     chips = chips_at(list(cands.geometry), list(cands["scene"]), sources, meta, cands.crs, native_resolution)
-    with cam_cells(model) as cells:
-        heats = cam_maps(model, np.stack([c[0] for c in chips]), meta.image_size, device)
-    if cells and min(cells) < MIN_CAM_CELLS:
+    device = torch.device(device) if isinstance(device, str) else device
+    runtime = runtime or make_runtime("torch", model.to(device).eval(), meta, device)
+    heats, cells = _cams(model, np.stack([c[0] for c in chips]), meta.image_size, device, runtime=runtime)
+    if cells is not None and cells < MIN_CAM_CELLS:
         return cands
     shapes = {}
     if regions is not None and len(regions) and "label" in cands.columns:
@@ -161,3 +194,28 @@ def place_at_cam_peaks(model, meta, cands, sources: dict, device, regions=None, 
     cands["geometry"] = points
     cands["peak"] = kinds
     return cands
+
+
+def has_heat(cams: np.ndarray) -> np.ndarray:
+    """Whether each (H,W) map of (N,H,W) shows something: finite and not flat (an all-zero grad-CAM says nothing)."""
+    cams = np.asarray(cams, np.float64)
+    if not len(cams):
+        return np.zeros(0, bool)
+    flat = cams.reshape(len(cams), -1)
+    return np.isfinite(flat).all(1) & (np.nan_to_num(flat).max(1) > np.nan_to_num(flat).min(1))
+
+
+def explain_lookalikes(model, meta, points, sources: dict, device="cpu", n: int = 6,
+                       runtime: Runtime | None = None):
+    """:func:`explain_points` for look-alikes, keeping the first ``n`` whose grad-CAM shows where the model looked.
+
+    A look-alike's blended peak can come from windows centred elsewhere; when the chip centred on it
+    holds no evidence for "school" its grad-CAM is all zero, a blank panel that tells a mapper nothing.
+    Pass more places than ``n`` (e.g. 3n from :func:`~schoolvision.scan.evaluation.rejected_lookalikes`).
+
+    Returns:
+        (points kept, chips, probabilities, cams), in the order of ``points``.
+    """
+    chips, probs, cams = explain_points(model, meta, points, sources, device, runtime=runtime)
+    keep = np.flatnonzero(has_heat(cams))[:n]
+    return points.iloc[keep].reset_index(drop=True), chips[keep], probs[keep], cams[keep]

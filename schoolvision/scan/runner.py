@@ -1,19 +1,13 @@
 """``schoolvision scan``: every scene to a probability raster, then candidates, evaluation and a map.
 
-Scenes are scanned one after another (:mod:`schoolvision.scan.scene`); a scene that fails is reported
-and the others go on. Under ``torchrun --nproc-per-node N -m schoolvision -- scan ...`` (the ``--``
-keeps torchrun from reading ``--run``) each rank scans scenes ``rank, rank + N, ...`` (no duplicate,
-no gap) and rank 0 gathers the results and writes candidates, evaluation and map.
-
-Sizing: every window adds ``(stride x GSD)^2`` of new ground, so km^2/hour = windows/s x
-(stride x GSD)^2 x 3600 / 10^6 (14.7 x windows/s at stride 64 and 1 m). Measure windows/s for a
-backbone, chip and input size on the target machine with ``benchmarks/scan_throughput.py`` (per
-runtime, beside each runtime's bare rate, the ceiling; and the share of a scan spent after the
-windows), and memory with ``benchmarks/scan_memory.py``: the blending band grows with a scene's
-width only and GDAL's block cache is capped, so memory does not grow with the number or the height
-of scenes. The windows' forward passes run in the ``--runtime`` (built once per scan); candidates,
-grad-CAM peaks and the evaluation's precision-recall sweep share each raster's preparation
-(:class:`~schoolvision.scan.candidates.ProbabilityField`) and are timed in ``scan.json`` (``seconds``).
+One scene is one unit of work (:mod:`schoolvision.scan.unit`): its probability GeoTIFF, its candidates
+and a done-record, each written atomically. The driver here skips scenes already done (``resume``),
+hands the others to an engine (:mod:`schoolvision.scan.engines`: ``local`` in this process, or
+``ray`` actors on this machine or a cluster), then merges the scenes' candidates across scene borders
+(:mod:`schoolvision.scan.merge`), evaluates them against known schools and draws the map. A scene that
+fails is reported and the others go on; ``scan.json`` counts the scenes done, skipped and failed,
+and times each step (``seconds``; ``windows``, ``candidates`` and ``cam_peaks`` add up the units' own
+times, ``scenes`` is the engine's wall time). Sizing a country: ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -25,21 +19,25 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from rasterio.errors import RasterioError
 from tqdm.auto import tqdm
 
 from schoolvision.errors import UserError, check_range
-from schoolvision.io.folders import ScanFolder, prepare_output
+from schoolvision.io import manifest
+from schoolvision.io.folders import RunFolder, ScanFolder, prepare_output, sha256
 from schoolvision.io.imagery import ImageryOptions, list_sources, parse_bands, parse_scale
 from schoolvision.io.schools import read_schools
 from schoolvision.io.tiles import TileOptions
 from schoolvision.model.checkpoint import load_classifier
-from schoolvision.model.distributed import init_distributed
-from schoolvision.model.runtime import make_runtime, resolve_runtime
-from schoolvision.scan.candidates import extract_all, read_fields, write_candidates
+from schoolvision.model.device import resolve_device
+from schoolvision.model.runtime import resolve_runtime
+from schoolvision.scan.candidates import MIN_AREA_M2, read_fields, write_candidates
+from schoolvision.scan.engines import ENGINES, import_ray, make_engine
 from schoolvision.scan.evaluation import evaluate_scan
-from schoolvision.scan.peaks import place_at_cam_peaks
-from schoolvision.scan.scene import SceneScan, SceneScanner
+from schoolvision.scan.mask import ScanMask
+from schoolvision.scan.merge import read_scene_candidates
+from schoolvision.scan.registry import read_registry, write_audit
+from schoolvision.scan.scene import SceneScan
+from schoolvision.scan.unit import SceneOutcome, UnitSettings, changed_option, expected_record, is_done, model_checksum
 from schoolvision.scan.webmap import save_map, scan_map
 
 
@@ -60,6 +58,12 @@ class ScanConfig:
     schools_where: str | None = None  # attribute filter of the schools file, e.g. "amenity=school"
     lonlat_columns: tuple[str, str] | None = None  # (lon, lat) columns of a CSV schools file; None = by name
     match_distance: float = 50.0
+    min_area_m2: float = MIN_AREA_M2  # candidate regions smaller than this (m^2) are dropped (scan.candidates)
+    registry: Path | None = None  # a school registry to audit (scan.registry; any file read_schools reads)
+    mask: Path | None = None  # building footprints / areas: only windows near them are scanned (scan.mask)
+    mask_distance: float | None = None  # skip windows farther than this (m) from every mask feature; None: half a chip
+    mask_layer: str | None = None  # layer of a multi-layer mask file
+    mask_min_area: float | None = None  # m2: mask polygons smaller than this are left out (e.g. houses)
     bands: tuple[int, int, int] | str | None = None  # RGB band numbers; None = the run's, "auto" = the band rule
     crs: str | None = None  # CRS of rasters without one
     scale: tuple[float, float] | str | None = None  # fixed 8-bit range; None = the run's rule, "auto" = stretch
@@ -73,17 +77,38 @@ class ScanConfig:
     tile_pattern: str | None = None  # tile names, e.g. "{z}/{x}/{y}" or "OAM-{x}-{y}-{z}"; None = z-x-y or z/x/y
     zoom: int | None = None  # zoom level of a tile folder holding several; None = the finest
     separate_scenes: bool = False  # one scene per GeoTIFF, never a mosaic of adjacent tiles
+    engine: str = "local"  # where scene units run: local (this process) or ray (scan.engines)
+    ray_address: str | None = None  # a running Ray cluster ("auto" or HOST:PORT); None: a local Ray instance
+    cpus_per_worker: int = 1  # CPUs (torch threads) of each Ray actor without a GPU
+    resume: bool = False  # continue the scan in out_dir: scenes with a matching done-record are skipped
+    map_candidates: int = 2000  # map.html shows the top N candidates (all are in candidates.gpkg)
 
     def __post_init__(self) -> None:
         check_range("--stride", self.stride, minimum=1)
         check_range("--batch-size", self.batch_size, minimum=1)
+        check_range("--cpus-per-worker", self.cpus_per_worker, minimum=1)
+        check_range("--map-candidates", self.map_candidates, minimum=0)
+        if self.engine not in ENGINES:
+            raise UserError(f"unknown --engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
+        if self.resume and self.overwrite:
+            raise UserError("--resume continues the scan in --out, --overwrite starts it again: pass one of them")
         check_range("--threshold", self.threshold, above=0, below=1)
         check_range("--match-distance", self.match_distance, above=0)
+        check_range("--min-area", self.min_area_m2, minimum=0)
         check_range("prefetch", self.prefetch, minimum=0)
+        check_range("--mask-distance", self.mask_distance, minimum=0)
+        check_range("--mask-min-area", self.mask_min_area, minimum=0)
 
 
 AFTER_WINDOWS = ("candidates", "cam_peaks", "evaluation", "files", "map")
-"""The steps after the windows, timed in ``ScanSummary.seconds`` (``files``: candidates, evaluation.json)."""
+"""The steps after the windows, timed in ``ScanSummary.seconds`` (``files``: candidates, evaluation.json).
+
+``candidates`` and ``cam_peaks`` run in each scene's unit (the driver adds its merge to ``candidates``),
+so they add up the units' times, as ``windows`` does; the rest runs on the driver.
+"""
+
+UNIT_STEPS = ("windows", "candidates", "cam_peaks", "files")
+"""The steps a scene's unit times (``steps`` of its done-record)."""
 
 
 @dataclass
@@ -97,7 +122,8 @@ class ScanSummary:
     candidates: int = 0
     files: dict[str, str] = field(default_factory=dict)
     evaluation: dict | None = None
-    rank: int = 0  # under torchrun, only rank 0 holds the merged results
+    engine: str = "local"  # where the scene units ran (scan.engines)
+    scene_counts: dict[str, int] = field(default_factory=dict)  # done (this run), skipped (done before), failed
     runtime: str = ""  # the runtime that scored the windows (model.runtime), e.g. "onnx"
     seconds: dict[str, float] = field(default_factory=dict)  # setup, windows, AFTER_WINDOWS steps, after_windows
 
@@ -113,8 +139,8 @@ class _Steps:
 
     def done(self) -> None:
         """The current step is done: record its time, show the next one."""
-        now = time.perf_counter()
-        self.seconds[self.current] = round(now - self.start, 3)
+        now = time.perf_counter()  # added to what the scenes' units spent on the step, if anything
+        self.seconds[self.current] = round(self.seconds.get(self.current, 0.0) + now - self.start, 3)
         self.start = now
         self.bar.update()
         self.current = next(self.names, "")
@@ -124,70 +150,144 @@ class _Steps:
             self.bar.close()
 
 
-def shard(items: Sequence, rank: int, world: int) -> list:
-    """Items of ``rank`` out of ``world``: every item in exactly one rank (round robin)."""
-    return list(items[rank::world])
-
-
 def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None) -> ScanSummary:
-    """Scan every scene, then (on rank 0) extract candidates, evaluate against known schools, draw the map.
+    """Scan every scene (skipping those done before, with ``resume``), merge the candidates, evaluate, draw the map.
 
     Args:
-        config: what to scan, with which run, into which folder.
+        config: what to scan, with which run, into which folder, on which engine.
         model: a classifier to use instead of the run's checkpoint (tests, notebooks holding a model).
         meta: its ``CheckpointMeta``; both ``model`` and ``meta`` or neither.
 
     Returns:
-        The summary also written to ``scan.json`` (on rank 0; other ranks return theirs unwritten).
+        The summary also written to ``scan.json``.
 
     Raises:
         UserError: the schools file cannot be read (checked before anything is scanned or written),
-            the output folder is not empty (without ``overwrite``), the run has no readable
-            checkpoint, or no imagery was found. A scene that cannot be read is reported in
-            ``ScanSummary.failed`` instead.
+            the output folder is not empty (without ``overwrite`` or ``resume``), ``resume`` finds
+            scenes done with another run or other options, the run has no readable checkpoint, no
+            imagery was found, or ``engine="ray"`` without Ray installed. A scene that cannot be read
+            is reported in ``ScanSummary.failed`` instead.
     """
     _imagery_options(config, None)  # a bad --bands / --crs / --scale is refused before anything is written
     known = None
     if config.schools is not None:  # a bad labels file must cost nothing: read it before any scene
         known = read_schools(config.schools, point_buffer_m=None, layer=config.schools_layer,
                              where=config.schools_where, lonlat_columns=config.lonlat_columns)
+    registry = None if config.registry is None else read_registry(config.registry)  # bad file: before any scene
+    # a bad mask file costs nothing either; one holding millions of footprints is read once, here
+    mask = None if config.mask is None else ScanMask.read(config.mask, config.mask_layer, config.mask_distance,
+                                                          config.mask_min_area)
     tiles = TileOptions.of(config)  # a bad --tile-pattern / --zoom costs nothing either
     folder = ScanFolder(config.out_dir)
-    ddp, device = init_distributed(config.device)
-    resolve_runtime(config.runtime, device)  # an unknown or missing runtime is refused before anything is written
-    if ddp.main:
-        prepare_output(folder.root, config.overwrite,
-                       inputs={"--run": config.run if model is None else None, "--imagery": config.imagery,
-                               "--schools": config.schools})
-    ddp.barrier()
+    device = resolve_device(config.device)
+    runtime_name = resolve_runtime(config.runtime, device)  # unknown or missing: refused before anything is written
+    if config.engine == "ray":
+        import_ray()  # not installed: one line naming the extra, before anything is written
+    prepare_output(folder.root, config.overwrite,
+                   inputs={"--run": config.run if model is None else None, "--imagery": config.imagery,
+                           "--schools": config.schools, "--registry": config.registry, "--mask": config.mask},
+                   is_same=(lambda _: True) if config.resume else None)
+    if config.resume:
+        manifest.remove_temporaries(folder.root)  # what a killed run was writing; its finished scenes stay
     started = time.perf_counter()
     loaded = model is None or meta is None
     if loaded:
         model, meta = load_classifier(config.run, device)
-    model = model.to(device).eval()
-    # built once for every scene; the ONNX graph is cached beside a checkpoint this function loaded itself
-    runtime = make_runtime(config.runtime, model, meta, device, checkpoint=config.run if loaded else None)
-    scanner = SceneScanner(model, meta, device=device, stride=config.stride, batch_size=config.batch_size,
-                           native_resolution=config.native_resolution, prefetch_depth=config.prefetch,
-                           progress=config.progress, runtime=runtime)
+    checksum = sha256(RunFolder.checkpoint(config.run)) if loaded else model_checksum(model)
     threshold = float(meta.threshold if config.threshold is None else config.threshold)
     sources = list_sources([Path(p) for p in config.imagery], tiles)
     if not sources:
         raise UserError("no imagery found (GeoTIFF files, folders of them, or XYZ tile folders)", config.imagery[0])
     options = _imagery_options(config, meta)
     sources = [s.with_options(options) for s in sources]
+    if mask is not None:  # a mask of another place: one line with both extents, before any window is read
+        mask.check_covers(sources, _mask_distance(mask, meta))
+    merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
+    expected = expected_record(checksum, {
+        "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": runtime_name,
+        "native_resolution": config.native_resolution, "cam_peaks": config.cam_peaks,
+        "imagery": options.record(), "merge_distance": merge_distance, "min_area_m2": config.min_area_m2,
+        **_mask_options(config, mask)})
+    done_before = _check_resume(folder, sources, expected) if config.resume else {}
+    settings = UnitSettings(out_dir=str(folder.root), run=str(config.run), device=config.device,
+                            runtime=config.runtime, threshold=threshold, merge_distance=merge_distance,
+                            stride=config.stride, batch_size=config.batch_size,
+                            native_resolution=config.native_resolution, prefetch=config.prefetch,
+                            cam_peaks=config.cam_peaks, expected=expected, mask=mask,
+                            min_area_m2=config.min_area_m2)
+    todo = [s for s in sources if s.name not in done_before]
     setup = time.perf_counter()
-    scenes, failed = _scan_all(scanner, shard(sources, ddp.rank, ddp.world), folder, config.progress)
-    seconds = {"setup": round(setup - started, 3), "windows": round(time.perf_counter() - setup, 3)}
-    if ddp.world > 1:
-        parts = ddp.gather((scenes, failed))
-        scenes = sorted((s for part in parts for s in part[0]), key=lambda s: s.scene)
-        failed = {k: v for part in parts for k, v in part[1].items()}
-    summary = ScanSummary(out_dir=str(folder.root), scenes=scenes, failed=failed, threshold=threshold, rank=ddp.rank,
-                          runtime=runtime.name, seconds=seconds)
-    if ddp.main:
-        _write_results(config, folder, summary, scanner, {s.name: s for s in sources}, known)
+    outcomes, (runtime, detail) = {}, (runtime_name, "")
+    if todo:
+        local = config.engine == "local"
+        with make_engine(config.engine, settings, model if local or not loaded else None, meta,
+                         from_run=loaded, address=config.ray_address, cpus_per_worker=config.cpus_per_worker,
+                         progress=config.progress) as engine:
+            for outcome in engine.map(todo):
+                outcomes[outcome.scene] = outcome
+                if outcome.status == "failed":
+                    warnings.warn(f"scan failed for {outcome.scene}: {outcome.error}", stacklevel=2)
+            runtime, detail = engine.describe()
+    summary = _summarise(folder, sources, done_before, outcomes, threshold, runtime, config.engine)
+    summary.seconds.update(setup=round(setup - started, 3), scenes=round(time.perf_counter() - setup, 3))
+    _write_results(config, folder, summary, meta, {s.name: s for s in sources}, known, registry=registry,
+                   merge_distance=merge_distance, runtime_detail=detail, mask=mask)
     return summary
+
+
+def _mask_distance(mask, meta) -> float:
+    """Metres a window may lie from a mask feature (as ``SceneScanner.mask_distance`` at the run's GSD)."""
+    return float(mask.distance) if mask.distance is not None else meta.chip_size * float(meta.gsd or 1.0) / 2
+
+
+def _mask_options(config: ScanConfig, mask) -> dict:
+    """The mask options a done-record must match (none without a mask, so older records stay valid)."""
+    if mask is None:
+        return {}
+    return {"mask": sha256(config.mask), "mask_layer": config.mask_layer, "mask_distance": config.mask_distance,
+            "mask_min_area": config.mask_min_area}
+
+
+def _check_resume(folder: ScanFolder, sources: list, expected: dict) -> dict[str, dict]:
+    """The done-records of the scenes finished before; refuse a folder scanned with another run or options.
+
+    Raises:
+        UserError: a done-record names another run checksum or other options (the one line says which).
+    """
+    for name in folder.done_scenes():
+        record = folder.read_done(name)
+        why = None if record is None else changed_option(record, expected)
+        if why is not None:
+            raise UserError(f"--resume: {why} since scene {name} was scanned into this folder; rerun with the same "
+                            "run and options, or scan into another --out", folder.root)
+    done = {}
+    for source in sources:
+        record = folder.read_done(source.name)
+        if record is not None and is_done(folder, source, expected, record):
+            done[source.name] = record
+    return done
+
+
+def _summarise(folder: ScanFolder, sources: list, done_before: dict[str, dict], outcomes: dict[str, SceneOutcome],
+               threshold: float, runtime: str, engine: str) -> ScanSummary:
+    """The summary of the scenes in the order listed: skipped ones from their records, the others from the units."""
+    scenes, failed, seconds = [], {}, dict.fromkeys(UNIT_STEPS, 0.0)
+    for source in sources:
+        if source.name in done_before:
+            scenes.append(SceneScan(**done_before[source.name]["scan"]))
+            continue
+        outcome = outcomes.get(source.name)
+        if outcome is None:
+            continue
+        if outcome.status == "failed":
+            failed[source.name] = outcome.error
+            continue
+        scenes.append(outcome.scan())
+        for step, value in (outcome.record.get("steps") or {}).items():
+            seconds[step] = seconds.get(step, 0.0) + value
+    counts = {"done": len(scenes) - len(done_before), "skipped": len(done_before), "failed": len(failed)}
+    return ScanSummary(out_dir=str(folder.root), scenes=scenes, failed=failed, threshold=threshold, runtime=runtime,
+                       engine=engine, scene_counts=counts, seconds={k: round(v, 3) for k, v in seconds.items()})
 
 
 def _imagery_options(config: ScanConfig, meta) -> ImageryOptions:
@@ -201,42 +301,29 @@ def _imagery_options(config: ScanConfig, meta) -> ImageryOptions:
     return ImageryOptions(bands=bands, crs=config.crs, scale=scale)
 
 
-def _scan_all(scanner: SceneScanner, sources: list, folder: ScanFolder,
-              progress: bool) -> tuple[list[SceneScan], dict[str, str]]:
-    """Scan ``sources`` into ``folder``; a scene that fails is noted and warned about, the others go on."""
-    scenes, failed = [], {}
-    for source in tqdm(sources, unit="scene", desc="scan", disable=not progress or len(sources) < 2):
-        try:
-            scenes.append(scanner.scan(source, folder.probability_path(source.name)))
-        except (UserError, RasterioError, OSError) as exc:
-            failed[source.name] = str(exc).splitlines()[0]
-            warnings.warn(f"scan failed for {source.path}: {failed[source.name]}", stacklevel=3)
-    return scenes, failed
+def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary, meta, by_name: dict,
+                   known=None, registry=None, *, merge_distance: float, runtime_detail: str = "",
+                   mask=None) -> None:
+    """Merged candidates (and evaluation, map) of the scanned scenes, then ``scan.json``; fills ``summary``.
 
-
-def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary, scanner: SceneScanner,
-                   by_name: dict, known=None) -> None:
-    """Candidates (and evaluation, map) of the scanned scenes, then ``scan.json``; fills ``summary``.
-
-    Each probability raster is read and prepared once (:func:`read_fields`) for the candidates and every
-    threshold of the evaluation's precision-recall curve; a bar shows the steps, ``summary.seconds`` their times.
+    The scenes' candidates come from their units' files (:func:`read_scene_candidates`); the evaluation's
+    precision-recall curve reads each probability raster once; a bar shows the steps, ``summary.seconds``
+    their times.
     """
-    meta, scenes = scanner.meta, summary.scenes
+    scenes = summary.scenes
     sources = {s.scene: by_name[s.scene] for s in scenes}
-    merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
     steps = _Steps(AFTER_WINDOWS, summary.seconds, config.progress)
-    fields = read_fields(scenes)
-    cands, regions = extract_all(scenes, summary.threshold, merge_distance=merge_distance, fields=fields)
+    cands, regions = read_scene_candidates(folder, scenes, merge_distance)
     steps.done()
-    if config.cam_peaks and len(cands):
-        cands = place_at_cam_peaks(scanner.model, meta, cands, sources, scanner.device, regions)
-    steps.done()
+    steps.done()  # cam_peaks: in the units
     extra = {"regions": regions}
     if known is not None and scenes:  # with every scene failed there is nothing to evaluate: the failures say why
         evaluation, layers = evaluate_scan(cands, scenes, known, config.match_distance, summary.threshold,
-                                           merge_distance, fields=fields, progress=config.progress)
+                                           merge_distance, fields=read_fields(scenes), progress=config.progress,
+                                           min_area_m2=config.min_area_m2)
         extra.update(layers)
         summary.evaluation = evaluation
+    audit = {} if registry is None else write_audit(folder, cands, scenes, registry, config.match_distance, extra)
     steps.done()
     if summary.evaluation is not None:
         folder.write_evaluation(summary.evaluation)
@@ -246,7 +333,8 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     summary.files.update(candidates_gpkg=str(written["gpkg"]), candidates_geojson=str(written["geojson"]))
     steps.done()
     if config.make_map and scenes:
-        the_map = scan_map(scenes, cands, sources, schools=known, evaluation_layers=extra)
+        the_map = scan_map(scenes, cands, sources, schools=known, evaluation_layers=extra,
+                           max_markers=config.map_candidates)
         summary.files["map"] = str(save_map(the_map, folder.root / "map.html"))
     steps.done()
     summary.seconds["after_windows"] = round(sum(summary.seconds[k] for k in AFTER_WINDOWS), 3)
@@ -254,4 +342,6 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     imagery = {"imagery": next(iter(by_name.values())).options.record()} if by_name else {}  # bands, scale rule
     folder.write_summary({**asdict(summary), "run": str(config.run), "gsd": meta.gsd,
                           "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2, **labels,
-                          **imagery, "runtime_detail": scanner.runtime.describe()})
+                          **imagery, "runtime_detail": runtime_detail, **audit,
+                          **({} if mask is None else  # --mask: the file, the distance, windows skipped
+                             {"mask": mask.record(scenes, _mask_distance(mask, meta))})})

@@ -23,6 +23,7 @@ from schoolvision.io.atomic import atomic_path
 from schoolvision.io.imagery import native_gsd, open_scene, open_source, pixel_scale
 from schoolvision.io.rasters import build_overviews
 from schoolvision.model.runtime import Runtime, make_runtime
+from schoolvision.scan.mask import ScanMask
 from schoolvision.scan.probability import RowBlender, raster_profile, warp_back
 from schoolvision.scan.windows import WindowReader, predict_windows, prefetch, resized, window_offsets
 
@@ -50,6 +51,7 @@ class SceneScan:
     seconds: float
     warnings: list[str] = field(default_factory=list)
     pixels: dict = field(default_factory=dict)  # how the scene became 8-bit (PixelScale.record), as in dataset.json
+    masked_windows: int = 0  # skipped by --mask (far from every mask feature): neither read nor scored
 
 
 def scene_grid(source):
@@ -79,6 +81,7 @@ class SceneScanner:
     prefetch_depth: int = 4
     progress: bool = True
     runtime: Runtime | str = "auto"
+    mask: ScanMask | None = None  # scan --mask: only windows near a mask feature are scanned (scan.mask)
 
     def __post_init__(self) -> None:
         if isinstance(self.runtime, str):
@@ -88,6 +91,15 @@ class SceneScanner:
     def chip(self) -> int:
         """Window side in pixels at the scan GSD: the training chips' size."""
         return int(self.meta.chip_size)
+
+    def mask_distance(self, gsd: float) -> float:
+        """Metres a window may lie from a mask feature: the mask's distance, else half a chip at the run's GSD.
+
+        ``gsd`` stands in for a run without a recorded GSD (the scan grid's).
+        """
+        if self.mask is not None and self.mask.distance is not None:
+            return float(self.mask.distance)
+        return self.chip * float(self.meta.gsd or gsd) / 2
 
     def scan(self, source, out_path: str | Path) -> SceneScan:
         """Scan ``source``; write its float32 probability GeoTIFF on the scene grid to ``out_path``."""
@@ -106,6 +118,9 @@ class SceneScanner:
                 warnings.warn(f"{source.name}: {note}", stacklevel=3)
             rows, cols = window_offsets(ds.height, chip, stride), window_offsets(ds.width, chip, stride)
             windows = [(r, c) for r in rows for c in cols]
+            total = len(windows)
+            if self.mask is not None:  # windows far from every mask feature: never read, nodata in the raster
+                windows = self.mask.select(windows, ds, chip, self.mask_distance(gsd))
             same_grid = (ds.crs == scene.crs and ds.transform == scene.transform
                          and (ds.width, ds.height) == (scene.width, scene.height))
             reader = WindowReader(ds, chip, self.batch_size)
@@ -123,6 +138,7 @@ class SceneScanner:
                 width=scene.width, height=scene.height, scan_gsd=gsd, windows=len(windows) - reader.skipped,
                 skipped_windows=reader.skipped, area_km2=round(_area_km2(ds), 4),
                 seconds=round(time.perf_counter() - t0, 3), warnings=notes, pixels=pixel_scale(source).record(),
+                masked_windows=total - len(windows),
             )
 
     def _notes(self, scene, ds, gsd: float) -> list[str]:
@@ -179,6 +195,7 @@ def scan_scene(
     prefetch_depth: int = 4,
     progress: bool = True,
     runtime: Runtime | str = "auto",
+    mask: ScanMask | None = None,
 ) -> SceneScan:
     """Scan one imagery source; write its float32 probability GeoTIFF on the scene grid to ``out_path``.
 
@@ -195,9 +212,11 @@ def scan_scene(
         progress: show a progress bar.
         runtime: what runs the forward passes: a :class:`~schoolvision.model.runtime.Runtime` built for
             ``model``, or a runtime name (``auto``, ``torch``, ``torch-fast``, ``onnx``).
+        mask: scan only the windows near its features (:class:`~schoolvision.scan.mask.ScanMask`); the
+            others are neither read nor scored and stay nodata.
 
     Returns:
-        What was scanned: grid, windows scored and skipped, area, time, warnings.
+        What was scanned: grid, windows scored, skipped as nodata and skipped by the mask, area, time, warnings.
 
     Raises:
         UserError: the scene is not a readable raster, ``stride`` is not positive, or the runtime is
@@ -205,5 +224,5 @@ def scan_scene(
     """
     scanner = SceneScanner(model, meta, device=device, stride=stride, batch_size=batch_size,
                            native_resolution=native_resolution, prefetch_depth=prefetch_depth, progress=progress,
-                           runtime=runtime)
+                           runtime=runtime, mask=mask)
     return scanner.scan(source, out_path)

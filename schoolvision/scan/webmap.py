@@ -84,6 +84,17 @@ def png_data_uri(rgba: np.ndarray) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def webp_data_uri(rgba: np.ndarray, quality: int = 80) -> str:
+    """(H, W, 3|4) uint8 -> ``data:image/webp;base64,...``: a scene photo with its transparent edges.
+
+    A lossy WebP keeps the alpha mask at a tenth of the PNG's bytes for imagery (a 1024 px scene
+    overlay: megabytes as PNG), and every current browser shows it.
+    """
+    buf = io.BytesIO()
+    Image.fromarray(rgba).save(buf, format="WEBP", quality=quality, method=4)
+    return "data:image/webp;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
 def mercator_overlay(ds, max_side: int = 1024, bands: Sequence[int] = (1, 2, 3)):
     """Read ``ds`` warped to Web Mercator, at most ``max_side`` px: (array (b, h, w), mask (h, w), [[s, w], [n, e]])."""
     with WarpedVRT(ds, crs=MERCATOR, resampling=Resampling.bilinear) as vrt:
@@ -101,7 +112,7 @@ def scene_png(ds, max_side: int = 1024) -> tuple[str, list]:
     rgb = np.moveaxis(arr, 0, -1).astype(np.uint8)
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, -1)
-    return png_data_uri(np.dstack([rgb, (mask * 255).astype(np.uint8)])), bounds
+    return webp_data_uri(np.dstack([rgb, (mask * 255).astype(np.uint8)])), bounds
 
 
 def probability_png(path: str | Path, max_side: int = 1024, cmap: str = "inferno") -> tuple[str, list]:
@@ -129,6 +140,35 @@ def thumbnail(ds, x: float, y: float, crs, size_m: float = 128.0, px: int = 96) 
     if rgb.shape[-1] == 1:
         rgb = np.repeat(rgb, 3, -1)
     return png_data_uri(rgb)
+
+
+class _OpenGrids:
+    """The scenes' grids for the thumbnails, each opened once: opening one probes it and sets up its 8-bit scaling.
+
+    The ``keep`` last used stay open: candidates come by rank, scenes mixed, and a country has thousands.
+    """
+
+    def __init__(self, sources: Mapping, keep: int = 16):
+        self.sources, self.keep, self.open = sources, keep, {}
+
+    def get(self, scene: str):
+        """The open grid of ``scene``, or None when it has no source."""
+        if scene in self.open:
+            self.open[scene] = self.open.pop(scene)  # most recently used last
+            return self.open[scene][1]
+        src = self.sources.get(scene)
+        if src is None:
+            return None
+        if len(self.open) >= self.keep:
+            self.open.pop(next(iter(self.open)))[0].__exit__(None, None, None)
+        grid = scene_grid(src)
+        self.open[scene] = (grid, grid.__enter__())
+        return self.open[scene][1]
+
+    def close(self) -> None:
+        for grid, _ in self.open.values():
+            grid.__exit__(None, None, None)
+        self.open = {}
 
 
 class HtmlPopup(MacroElement):
@@ -164,7 +204,8 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
     """Build the map of a scan (``SceneScan`` items, candidates GeoDataFrame, scene name -> imagery source).
 
     Layers: scene image, P(school), candidates (popups with probability and a chip thumbnail), known
-    schools (found: green, missed: red) when ``evaluation_layers`` holds ``known_schools``.
+    schools (found: green, missed: red) when ``evaluation_layers`` holds ``known_schools``. Only the
+    ``max_markers`` most probable candidates are drawn (``cands`` is ranked); the map then says so.
     """
     m = offline_map()
     g_scene = folium.FeatureGroup(name="scene", show=True).add_to(m)
@@ -186,18 +227,19 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
     g_c = folium.FeatureGroup(name="candidates", show=True).add_to(m)
     if len(cands):
         pts = cands.to_crs("EPSG:4326")
+        grids = _OpenGrids(sources)
         for (_, row), geom, orig in zip(cands.head(max_markers).iterrows(), pts.geometry, cands.geometry):
             thumb = None
-            src = sources.get(row["scene"])
-            if src is not None:
-                with scene_grid(src) as ds:
-                    thumb = thumbnail(ds, orig.x, orig.y, cands.crs)
+            ds = grids.get(row["scene"])
+            if ds is not None:
+                thumb = thumbnail(ds, orig.x, orig.y, cands.crs)
             color = "#ff9800" if matched.get(int(row["rank"])) == "" else "#00e5ff"
             marker = folium.CircleMarker([geom.y, geom.x], radius=9, color=color, weight=3, fill=True, fill_opacity=0.3,
                                          tooltip=f"#{int(row['rank'])} P={row['max_prob']:.2f}",
                                          class_name="sv-candidate")
             _popup(row, thumb).add_to(marker)
             marker.add_to(g_c)
+        grids.close()
     known = layers.get("known_schools")
     if known is None and schools is not None:
         known = schools if isinstance(schools, gpd.GeoDataFrame) else read_schools(schools, point_buffer_m=None)
@@ -210,6 +252,12 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
             label = f"{row.get('name', 'school')}: {'found' if found else 'MISSED'}"
             folium.CircleMarker([p.y, p.x], radius=5, color="#00c853" if found else "#d50000", weight=2, fill=True,
                                 fill_opacity=0.9, tooltip=html.escape(label), class_name="sv-school").add_to(g_k)
+    if len(cands) > max_markers:  # a country's candidates do not fit in one page: say which ones are shown
+        note = (f"showing the top {max_markers:,} of {len(cands):,} candidates (by P(school)); "
+                "all are in candidates.gpkg")
+        m.get_root().html.add_child(Element(
+            '<div class="sv-top-note" style="position:fixed;bottom:12px;left:12px;z-index:1000;background:white;'
+            f'padding:4px 8px;border:1px solid #888;font:13px sans-serif">{html.escape(note)}</div>'))
     folium.LayerControl(collapsed=False).add_to(m)
     if bounds_all:
         s = min(b[0][0] for b in bounds_all)

@@ -33,12 +33,41 @@ def label_array(frame: pd.DataFrame) -> np.ndarray:
     return frame["label"].map(lambda v: 1 if str(v) in ("school", "1") else 0).to_numpy(np.int64)
 
 
+NEGATIVE_BLOCK_M = 256.0
+"""Side (metres) of the ground cells that group ``not_school`` chips for the bootstrap: two 128 px chips at
+1 m, so chips cut from overlapping windows (stride half a chip) mostly share a cell."""
+
+
+def bootstrap_groups(frame: pd.DataFrame, block_m: float = NEGATIVE_BLOCK_M) -> np.ndarray:
+    """One bootstrap group id per chip of a ``chips.csv`` frame: the school, or the ground cell.
+
+    Chips of a school (``school_name``) are one group: its overlapping and centred views are one
+    piece of evidence, not several. ``not_school`` chips are grouped by the ``block_m`` cell of
+    their scene their top-left corner falls in (neighbouring windows overlap too). Frames without
+    these columns give one group per chip.
+    """
+    if not {"scene", "school_name", "minx", "maxy"} <= set(frame.columns):
+        return np.arange(len(frame)).astype(str)
+    names = frame["school_name"].fillna("").astype(str).to_numpy()
+    scenes = frame["scene"].astype(str).to_numpy()
+    cx = np.floor(frame["minx"].to_numpy(np.float64) / block_m).astype(np.int64)
+    cy = np.floor(frame["maxy"].to_numpy(np.float64) / block_m).astype(np.int64)
+    is_school = label_array(frame) == 1
+    return np.array([f"school:{sc}:{n}" if school and n else f"cell:{sc}:{x}:{y}"
+                     for sc, n, x, y, school in zip(scenes, names, cx, cy, is_school)])
+
+
 def split_report(labels: np.ndarray, probs: np.ndarray, threshold: float, temperature: float, n_boot: int = 1000,
-                 seed: int = 0) -> dict[str, Any]:
-    """Metrics of one split at ``threshold`` plus the temperature and bootstrap CIs of F1 and AUPRC."""
+                 seed: int = 0, groups: np.ndarray | None = None) -> dict[str, Any]:
+    """Metrics of one split at ``threshold`` plus the temperature and bootstrap CIs of F1 and AUPRC.
+
+    ``groups``: the chips' bootstrap groups (:func:`bootstrap_groups`); None resamples chips one by one.
+    """
     report = classification_metrics(labels, probs, threshold)
     report["temperature"] = float(temperature)
-    report["bootstrap"] = bootstrap_ci(labels, probs, threshold, n_boot=n_boot, seed=seed)
+    report["bootstrap"] = bootstrap_ci(labels, probs, threshold, n_boot=n_boot, seed=seed, groups=groups)
+    report["bootstrap"]["resampled"] = "chips" if groups is None else (
+        f"schools (a school's chips together) and {NEGATIVE_BLOCK_M:g} m cells of not_school chips")
     return report
 
 
@@ -101,7 +130,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         probs = school_probability(logits, meta.temperature)
         probs_by_split[split] = (ds.frame, probs)
         reports[split] = split_report(label_array(ds.frame), probs, meta.threshold, meta.temperature, config.n_boot,
-                                      config.seed)
+                                      config.seed, groups=bootstrap_groups(ds.frame))
     result = dict(reports[config.split])
     if config.split == "test":
         result["val"] = reports["val"]

@@ -44,14 +44,14 @@ from schoolvision import CLASSES
 from schoolvision.data.dataset import CachedChipDataset, ChipDataset
 from schoolvision.errors import UserError, check_range
 from schoolvision.io import manifest
-from schoolvision.io.folders import ChipsFolder, RunFolder, check_inputs, prepare_output
+from schoolvision.io.folders import ChipsFolder, RunFolder, check_inputs, prepare_output, sha256
 from schoolvision.model.backbones import SchoolClassifier, build_model, pretraining_size
 from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from schoolvision.model.distributed import Distributed, init_distributed
 from schoolvision.model.inference import predict_logits, school_probability
 from schoolvision.model.runtime import bf16_native
 from schoolvision.train import tblog
-from schoolvision.train.evaluation import label_array, prediction_frame, split_report
+from schoolvision.train.evaluation import bootstrap_groups, label_array, prediction_frame, split_report
 from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
 
 # Settings that may differ between an interrupted run and its resumption.
@@ -87,10 +87,13 @@ class TrainConfig:
     log_every: int = 10  # batches between progress-bar updates
     overwrite: bool = False
     n_boot: int = 1000  # bootstrap resamples for the F1 / AUPRC intervals
+    init_from: Path | None = None  # fine-tune: start from this earlier run's best.pt (or a checkpoint file)
 
     def __post_init__(self) -> None:
         self.chips_dir = Path(self.chips_dir)
         self.out_dir = Path(self.out_dir)
+        if self.init_from is not None:
+            self.init_from = Path(self.init_from)
         for option, value, rule in (
             ("--epochs", self.epochs, {"minimum": 1}),
             ("--batch-size", self.batch_size, {"minimum": 1}),
@@ -294,6 +297,11 @@ def _config_record(config: TrainConfig, resolved: dict[str, Any]) -> dict[str, A
     record = {f.name: getattr(config, f.name) for f in fields(config)}
     record["chips_dir"] = str(config.chips_dir.resolve())
     record["out_dir"] = str(config.out_dir.resolve())
+    if config.init_from is None:
+        del record["init_from"]  # config.json of a run from scratch stays as it was
+    else:
+        record["init_from"] = str(RunFolder.checkpoint(config.init_from).resolve())
+        record["init_from_sha256"] = sha256(RunFolder.checkpoint(config.init_from))
     record["resolved"] = resolved
     record["chips_index_sha256"] = ChipsFolder(config.chips_dir).index_sha256()
     record["imagery"] = ChipsFolder(config.chips_dir).read_meta().get("imagery") or {}  # what scan applies
@@ -327,7 +335,7 @@ def _read_last(config: TrainConfig) -> dict[str, Any]:
         now = getattr(config, f.name)
         now = str(Path(now).resolve()) if isinstance(now, Path) else now
         then = saved[f.name]
-        if f.name in ("chips_dir", "out_dir"):
+        if f.name in ("chips_dir", "out_dir", "init_from") and then is not None:
             then = str(Path(then).resolve())
         if now != then:
             raise UserError(f"cannot resume: {f.name} was {then!r} in this run, now {now!r} "
@@ -336,6 +344,42 @@ def _read_last(config: TrainConfig) -> dict[str, Any]:
         raise UserError(f"cannot resume: checkpoint is a {last['meta']['backbone']} model, "
                         f"--backbone is {config.backbone}", path)
     return last
+
+
+def read_init(config: TrainConfig, chips_meta: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """The checkpoint ``config.init_from`` names, checked against this run; ``None`` without ``init_from``.
+
+    Fine-tuning keeps the earlier model's head, so its backbone and class list (in order) must be
+    this run's: a mismatch is refused before anything is written.
+
+    Raises:
+        UserError: the checkpoint is missing or unreadable, or its backbone or classes differ.
+    """
+    if config.init_from is None:
+        return None
+    path = RunFolder.checkpoint(config.init_from)
+    ckpt = read_checkpoint(path)
+    meta = ckpt["meta"]
+    if meta["backbone"] != config.backbone:
+        raise UserError(f"cannot fine-tune: --init-from is a {meta['backbone']} model, --backbone is "
+                        f"{config.backbone}", path)
+    classes = list((chips_meta or {}).get("classes") or CLASSES)
+    if list(meta.get("classes", CLASSES)) != classes:
+        raise UserError(f"cannot fine-tune: --init-from has classes {list(meta['classes'])}, the chips "
+                        f"have {classes}", path)
+    return ckpt
+
+
+def initial_model(config: TrainConfig, init: dict[str, Any] | None = None) -> SchoolClassifier:
+    """The model before the first step: ``init``'s weights (see :func:`read_init`), else a new one.
+
+    A new model has ImageNet weights (``pretrained``) or random ones; call after seeding.
+    """
+    if init is None:
+        return build_model(config.backbone, pretrained=config.pretrained, num_classes=len(CLASSES))
+    model = build_model(config.backbone, pretrained=False, num_classes=len(CLASSES))
+    model.load_state_dict(init["model"], strict=True)
+    return model
 
 
 def _jsonable_config(config: TrainConfig) -> dict[str, Any]:
@@ -383,19 +427,20 @@ def fit(config: TrainConfig, figures: tblog.FigureMaker | None = None) -> dict[s
 
 def _fit(config: TrainConfig, ddp: Distributed, device: torch.device,
          figures: tblog.FigureMaker | None) -> dict[str, Any]:
+    chips_meta = ChipsFolder(config.chips_dir).read_meta()
+    init = read_init(config, chips_meta)  # a refused --init-from costs nothing
     if ddp.main:
         _prepare_run_dir(config)
     ddp.barrier()
     last = _read_last(config) if config.resume else None
 
-    chips_meta = ChipsFolder(config.chips_dir).read_meta()
-    splits, settings = _resolve(config, device, chips_meta)
+    splits, settings = _resolve(config, device, chips_meta, init)
     if ddp.main and not config.resume:
         RunFolder(config.out_dir).write_config(_config_record(config, settings.record(device, ddp.world, splits)))
 
     meta = CheckpointMeta(config.backbone, settings.image_size, settings.chip_size, chips_meta.get("gsd"),
                           imagery=chips_meta.get("imagery") or {})
-    state = _build_state(config, ddp, device, settings, splits, meta)
+    state = _build_state(config, ddp, device, settings, splits, meta, init)
     if last is not None:
         state.restore(last)
     state.writer = tblog.open_writer(state.run.tensorboard) if ddp.main else None
@@ -407,14 +452,16 @@ def _fit(config: TrainConfig, ddp: Distributed, device: torch.device,
             state.writer.close()  # idempotent; _finish already closed and checked it on success
 
 
-def _resolve(config: TrainConfig, device: torch.device,
-             chips_meta: dict[str, Any]) -> tuple[dict[str, ChipDataset], Resolved]:
+def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, Any],
+             init: dict[str, Any] | None = None) -> tuple[dict[str, ChipDataset], Resolved]:
     """Open the train / val / test splits and settle every "auto" setting for this machine.
 
-    ChipDataset raises a one-line error for an empty split or class.
+    ChipDataset raises a one-line error for an empty split or class. A fine-tuned model keeps the
+    input size of the run it starts from unless ``image_size`` says otherwise.
     """
     chip_size = int(chips_meta.get("chip_size", 0)) or None
-    image_size = config.image_size or (pretraining_size(config.backbone) if config.pretrained else chip_size)
+    image_size = config.image_size or (int(init["meta"]["image_size"]) if init is not None else None)
+    image_size = image_size or (pretraining_size(config.backbone) if config.pretrained else chip_size)
     splits = {s: ChipDataset(config.chips_dir, split=s, augment=False, image_size=image_size) for s in SPLITS}
     if image_size is None:
         image_size = int(splits["train"][0]["image"].shape[-1])
@@ -439,14 +486,14 @@ def _resolve(config: TrainConfig, device: torch.device,
 
 
 def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, settings: Resolved,
-                 splits: dict[str, ChipDataset], meta: CheckpointMeta) -> TrainerState:
-    """Seed, then build the model, data loader, optimiser, schedule and loss of a fresh run."""
+                 splits: dict[str, ChipDataset], meta: CheckpointMeta,
+                 init: dict[str, Any] | None = None) -> TrainerState:
+    """Seed, then build a fresh run's model (``init``'s weights when fine-tuning), loader, optimiser and loss."""
     seed_everything(config.seed)
     cuda = device.type == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # speed over bitwise reproducibility on GPU
-    model = build_model(config.backbone, pretrained=config.pretrained, num_classes=len(CLASSES))
-    model = model.to(device)
+    model = initial_model(config, init).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net: nn.Module = model
@@ -600,7 +647,8 @@ def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.
             meta.threshold = tune_threshold(labels, school_probability(logits, meta.temperature), config.threshold_beta)
         probs = school_probability(logits, meta.temperature)
         scores[split] = (labels, probs)
-        reports[split] = split_report(labels, probs, meta.threshold, meta.temperature, config.n_boot, config.seed)
+        reports[split] = split_report(labels, probs, meta.threshold, meta.temperature, config.n_boot, config.seed,
+                                      groups=bootstrap_groups(splits[split].frame))
         frames.append(prediction_frame(splits[split].frame, split, probs, meta.threshold))
     metrics = dict(reports["test"])
     metrics.update(val=reports["val"], best_epoch=meta.epoch, epochs_run=len(state.history), backbone=config.backbone,

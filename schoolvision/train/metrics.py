@@ -144,17 +144,42 @@ def bootstrap_ci(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    groups: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Percentile bootstrap interval for F1 and AUPRC (chips resampled with replacement).
+    """Percentile bootstrap interval for F1 and AUPRC, resampling groups of chips with replacement.
 
-    Resamples without a positive are skipped for AUPRC (undefined there).
+    Chips of one school overlap and share its buildings: resampling them one by one treats them as
+    independent evidence and gives intervals that are too narrow. With ``groups`` (one id per chip,
+    e.g. from :func:`schoolvision.train.evaluation.bootstrap_groups`) a draw takes whole groups (a
+    cluster bootstrap); without, every chip is its own group. Resamples without a positive or without
+    a negative are skipped for AUPRC (undefined there).
+
+    Args:
+        labels: 0/1 per chip (1 = school).
+        probs: P(school) per chip.
+        threshold: the F1 decision threshold.
+        n_boot: number of resamples.
+        seed: seed of the resampling.
+        level: coverage of the interval.
+        groups: group id per chip (chips with the same id are drawn together); None = per chip.
+
+    Returns:
+        ``{"f1": [lo, hi], "auprc": [lo, hi], "level", "n_boot", "groups"}`` (``groups``: the number of
+        units resampled).
     """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
+    if groups is None:
+        members = [np.array([i]) for i in range(len(labels))]
+    else:
+        _, inverse = np.unique(np.asarray(groups).astype(str), return_inverse=True)
+        order = np.argsort(inverse, kind="stable")
+        members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
     rng = np.random.default_rng(seed)
     f1s, aps = [], []
     for _ in range(n_boot):
-        i = rng.integers(0, len(labels), len(labels))
+        picks = rng.integers(0, len(members), len(members))
+        i = np.concatenate([members[k] for k in picks]) if len(members) else np.zeros(0, int)
         y, p = labels[i], probs[i]
         pred = p >= threshold
         tp = int(np.sum(pred & (y == 1)))
@@ -166,4 +191,4 @@ def bootstrap_ci(
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
     out = {"f1": [float(v) for v in np.percentile(f1s, [lo, hi])]}
     out["auprc"] = [float(v) for v in np.percentile(aps, [lo, hi])] if aps else [float("nan")] * 2
-    return {**out, "level": level, "n_boot": n_boot}
+    return {**out, "level": level, "n_boot": n_boot, "groups": len(members)}
