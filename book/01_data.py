@@ -46,7 +46,9 @@ imagery = ""
 # your school labels: GeoJSON, GeoPackage, shapefile, KML, GeoParquet, CSV with lon/lat
 schools = ""
 schools_layer = ""  # the layer of a labels file holding several (GeoPackage, KML)
-schools_where = ""  # keep only features with this attribute value, e.g. "amenity=school"
+schools_where = (
+    ""  # keep only features with this attribute value, e.g. "amenity=school"
+)
 # "LON,LAT" column names of a CSV, when not lon/lat, longitude/latitude or x/y
 lonlat_columns = ""
 bands = ""  # "R,G,B" band numbers of a multispectral raster, e.g. "3,2,1"
@@ -64,7 +66,6 @@ seed = 0
 
 # %%
 import pandas as pd
-
 from schoolvision.data.dataset import ChipDataset
 from schoolvision.data.sources import prepare_data
 from schoolvision.io.folders import ChipsFolder
@@ -91,9 +92,23 @@ data_path, chips_path = resolve(data_dir), resolve(chips_dir)
 # shows your scenes and labels instead.
 
 # %%
-data = prepare_data(data_path, imagery, schools, base=repo_root(), towns=towns, size=size, gsd=gsd, seed=seed,
-                    schools_layer=schools_layer, schools_where=schools_where, lonlat_columns=lonlat_columns,
-                    bands=bands, crs=crs, scale=scale, **data_options)
+data = prepare_data(
+    data_path,
+    imagery,
+    schools,
+    base=repo_root(),
+    towns=towns,
+    size=size,
+    gsd=gsd,
+    seed=seed,
+    schools_layer=schools_layer,
+    schools_where=schools_where,
+    lonlat_columns=lonlat_columns,
+    bands=bands,
+    crs=crs,
+    scale=scale,
+    **data_options,
+)
 scenes, footprints = data.sources(), data.read_schools()
 
 # %% tags=["nbval-check-output"]
@@ -105,12 +120,12 @@ print(data.describe())
 # Mercator is shown, like it is chipped, in the UTM zone of its centre.)
 
 # %%
-plots.plot_towns(data.previews(max_side=512), footprints);
+fig = plots.plot_towns(data.previews(max_side=512), footprints)
 
 # %%
 first = data.first_scene_with(footprints)
 town = data.previews(max_side=1400, names=[first])[first]
-plots.plot_scene(town, footprints, first);
+fig = plots.plot_scene(town, footprints, first)
 
 # %% [markdown]
 # Close-ups at full resolution: schools first, then look-alikes a model must learn to reject
@@ -119,16 +134,28 @@ plots.plot_scene(town, footprints, first);
 # %%
 local = plots.schools_in(footprints, town).head(3)
 zooms = data.zooms(first, local.geometry)
-plots.plot_zooms(zooms, local, [f"school: {n}" for n in local["name"]]) if len(local) else None;
+fig = (
+    plots.plot_zooms(zooms, local, [f"school: {n}" for n in local["name"]])
+    if len(local)
+    else None
+)
 
 # %%
 landmarks = data.read_landmarks()
-hard = plots.schools_in(landmarks, town).groupby("kind").head(1).head(4) if len(landmarks) else landmarks
+hard = (
+    plots.schools_in(landmarks, town).groupby("kind").head(1).head(4)
+    if len(landmarks)
+    else landmarks
+)
 print(f"hard negatives in {first}: {sorted(set(hard.get('kind', [])))}")
 
 # %%
 zooms = data.zooms(first, hard.geometry)
-plots.plot_zooms(zooms, hard, [f"not a school: {k}" for k in hard["kind"]]) if len(hard) else None;
+fig = (
+    plots.plot_zooms(zooms, hard, [f"not a school: {k}" for k in hard["kind"]])
+    if len(hard)
+    else None
+)
 
 # %% [markdown]
 # ### From footprints to labelled chips
@@ -151,11 +178,17 @@ chips = ChipsFolder(chips_path).read_index()
 # and test keep every chip so that their metrics describe a real scan.
 
 # %% tags=["nbval-check-output"]
-pd.crosstab(chips["split"], chips["label"], margins=True).reindex(["train", "val", "test", "All"], fill_value=0)
+pd.crosstab(chips["split"], chips["label"], margins=True).reindex(
+    ["train", "val", "test", "All"], fill_value=0
+)
 
 # %%
-examples, images = ChipDataset(chips_path, split="train").sample_by_class(per_class=6, seed=seed)
-plots.plot_chip_examples(examples, images, title="Chips of the train split, by class");
+examples, images = ChipDataset(chips_path, split="train").sample_by_class(
+    per_class=6, seed=seed
+)
+fig = plots.plot_chip_examples(
+    examples, images, title="Chips of the train split, by class"
+)
 
 # %% [markdown]
 # ### A spatial split
@@ -166,7 +199,7 @@ plots.plot_chip_examples(examples, images, title="Chips of the train split, by c
 # square blocks of each scene go to the splits instead, and chips straddling two blocks are dropped.)
 
 # %%
-plots.plot_split_map(chips, data.previews(max_side=384));
+fig = plots.plot_split_map(chips, data.previews(max_side=384))
 
 # %% tags=["nbval-check-output"]
 print(chips.groupby("split")["scene"].unique().map(sorted).to_dict())
@@ -178,7 +211,12 @@ print(chips.groupby("split")["scene"].unique().map(sorted).to_dict())
 # %% tags=["nbval-check-output"]
 train = ChipDataset(chips_path, split="train")
 item = train[0]
-print(len(train), tuple(item["image"].shape), item["image"].dtype, int(item["label"]) in (0, 1))
+print(
+    len(train),
+    tuple(item["image"].shape),
+    item["image"].dtype,
+    int(item["label"]) in (0, 1),
+)
 print(train.georef(0)[0])
 
 # %% [markdown]

@@ -80,8 +80,17 @@ glue_all("ch2", {"epochs": epochs, "image_size": image_size})
 
 # %%
 config = TrainConfig(
-    chips_dir=chips_path, out_dir=run_path, backbone=backbone, pretrained=pretrained, epochs=epochs,
-    batch_size=batch_size, image_size=image_size, lr=lr, seed=seed, device=device, overwrite=True,
+    chips_dir=chips_path,
+    out_dir=run_path,
+    backbone=backbone,
+    pretrained=pretrained,
+    epochs=epochs,
+    batch_size=batch_size,
+    image_size=image_size,
+    lr=lr,
+    seed=seed,
+    device=device,
+    overwrite=True,
 )
 metrics = fit(config, figures=plots.tensorboard_figures)
 
@@ -101,8 +110,26 @@ print(run_config["resolved"]["counts"])
 print(sorted(metrics))
 
 # %%
-print({k: round(metrics[k], 3) for k in ("auprc", "f1", "f2", "precision", "recall", "roc_auc", "ece", "threshold", "temperature")})
-print("95% bootstrap:", {k: [round(v, 3) for v in metrics["bootstrap"][k]] for k in ("auprc", "f1")})
+print(
+    {
+        k: round(metrics[k], 3)
+        for k in (
+            "auprc",
+            "f1",
+            "f2",
+            "precision",
+            "recall",
+            "roc_auc",
+            "ece",
+            "threshold",
+            "temperature",
+        )
+    }
+)
+print(
+    "95% bootstrap:",
+    {k: [round(v, 3) for v in metrics["bootstrap"][k]] for k in ("auprc", "f1")},
+)
 glue_all("ch2", {"boot_level": metrics["bootstrap"]["level"]})
 
 # %% [markdown]
@@ -112,7 +139,7 @@ glue_all("ch2", {"boot_level": metrics["bootstrap"]["level"]})
 # Validation is a different town from training, so a gap here is the spatial generalisation gap.
 
 # %%
-plots.plot_learning_curves(run.read_history());
+fig = plots.plot_learning_curves(run.read_history())
 
 # %% [markdown]
 # ### Precision and recall on the held-out town
@@ -123,10 +150,10 @@ plots.plot_learning_curves(run.read_history());
 
 # %%
 predictions = run.read_predictions()
-plots.plot_pr_curve(predictions, metrics["threshold"], split="test");
+fig = plots.plot_pr_curve(predictions, metrics["threshold"], split="test")
 
 # %%
-plots.plot_confusion_matrix(predictions, metrics["threshold"], split="test");
+fig = plots.plot_confusion_matrix(predictions, metrics["threshold"], split="test")
 
 # %% [markdown]
 # ### Calibration
@@ -137,7 +164,7 @@ plots.plot_confusion_matrix(predictions, metrics["threshold"], split="test");
 # of chips can stand far from the diagonal by chance alone, so read the bars together with their counts.
 
 # %%
-plots.plot_reliability(predictions, split="test");
+fig = plots.plot_reliability(predictions, split="test")
 
 # %% [markdown]
 # ### The most and least convincing test chips
@@ -147,11 +174,11 @@ plots.plot_reliability(predictions, split="test");
 
 # %%
 best = extreme_chips(predictions, chips_path, split="test", n=8)
-plots.plot_extreme_chips(*best, metrics["threshold"], title="best test chips");
+fig = plots.plot_extreme_chips(*best, metrics["threshold"], title="best test chips")
 
 # %%
 worst = extreme_chips(predictions, chips_path, split="test", n=8, worst=True)
-plots.plot_extreme_chips(*worst, metrics["threshold"], title="worst test chips");
+fig = plots.plot_extreme_chips(*worst, metrics["threshold"], title="worst test chips")
 
 # %% [markdown]
 # ### TensorBoard
@@ -179,12 +206,21 @@ print(f"schoolvision evaluate --run {run_dir} --chips {chips_dir}")
 # %%
 test_chips = ChipsFolder(chips_path).read_index("test")
 test_schools = test_chips.loc[test_chips["label"] == "school", "school_name"]
-glue_all("ch2", {
-    "test_auprc": metrics["auprc"], "test_f1": metrics["f1"],
-    "auprc_lo": metrics["bootstrap"]["auprc"][0], "auprc_hi": metrics["bootstrap"]["auprc"][1],
-    "test_schools": test_schools.nunique(), "test_school_chips": len(test_schools),
-})
-print(f"{test_schools.nunique()} schools in {len(test_schools)} school chips of the test town")
+glue_all(
+    "ch2",
+    {
+        "test_auprc": metrics["auprc"],
+        "test_f1": metrics["f1"],
+        "auprc_lo": metrics["bootstrap"]["auprc"][0],
+        "auprc_hi": metrics["bootstrap"]["auprc"][1],
+        "test_schools": test_schools.nunique(),
+        "test_school_chips": len(test_schools),
+    },
+)
+print(
+    f"{test_schools.nunique()} schools in {len(test_schools)} school chips"
+    " of the test town"
+)
 
 # %% [markdown]
 # - **A saturated test says little.** On the held-out town the test AUPRC is {glue:text}`ch2_test_auprc:.3f`,

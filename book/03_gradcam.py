@@ -42,10 +42,14 @@ device = "auto"
 
 # %%
 import pandas as pd
-
 from schoolvision.commands.explain import write_galleries
 from schoolvision.explain.runner import ExplainConfig, explain_chips
-from schoolvision.explain.samples import check_alignment, compare_methods, focus_chip_ids, pick_chips
+from schoolvision.explain.samples import (
+    check_alignment,
+    compare_methods,
+    focus_chip_ids,
+    pick_chips,
+)
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.notebook import glue_all, require, resolve
@@ -76,15 +80,31 @@ model, meta = load_classifier(run_path, resolve_device(device))
 # %%
 methods = ["gradcam", "gradcam++", "eigencam", "guided-backprop", "guided-gradcam"]
 chip_ids = focus_chip_ids(run_path / "predictions.csv", "test", negatives=negatives)
-config = ExplainConfig(run=run_path, chips_dir=chips_path, out_dir=out_path, methods=methods, split="test",
-                       chip_ids=chip_ids, device=device, seed=seed, overwrite=True)
+config = ExplainConfig(
+    run=run_path,
+    chips_dir=chips_path,
+    out_dir=out_path,
+    methods=methods,
+    split="test",
+    chip_ids=chip_ids,
+    device=device,
+    seed=seed,
+    overwrite=True,
+)
 summary = explain_chips(config)
 galleries = write_galleries(summary)
 
 # %% tags=["nbval-check-output"]
 print("methods:", summary.methods)
 print("table rows:", list(summary.table))
-print("backbone:", meta.backbone, "at", meta.image_size, "px; explained layer:", summary.layer)
+print(
+    "backbone:",
+    meta.backbone,
+    "at",
+    meta.image_size,
+    "px; explained layer:",
+    summary.layer,
+)
 
 # %% [markdown]
 # Each heatmap is a float32 single-band GeoTIFF with the chip's CRS, transform and size (and a nodata
@@ -99,9 +119,19 @@ check_alignment(out_path, chips_path, "gradcam")
 # Correctly found schools of the test town; the white outline is the true school compound.
 
 # %%
-found = pick_chips(out_path / "explanations.csv", chips_path, meta.image_size, outcome="TP", n=n_chips)
-maps = compare_methods(model, found, ["gradcam", "gradcam++", "guided-backprop", "guided-gradcam"])
-plots.plot_methods(found.chips, maps, found.masks, found.probs, title="Correctly found schools (outline: true footprint)");
+found = pick_chips(
+    out_path / "explanations.csv", chips_path, meta.image_size, outcome="TP", n=n_chips
+)
+maps = compare_methods(
+    model, found, ["gradcam", "gradcam++", "guided-backprop", "guided-gradcam"]
+)
+fig = plots.plot_methods(
+    found.chips,
+    maps,
+    found.masks,
+    found.probs,
+    title="Correctly found schools (outline: true footprint)",
+)
 
 # %% [markdown]
 # ### Do the maps point at the school?
@@ -113,9 +143,14 @@ plots.plot_methods(found.chips, maps, found.masks, found.probs, title="Correctly
 # clearly beats them (chips cut around schools often have the school near the middle).
 
 # %%
-glue_all("ch3", {"n_found": next(iter(summary.table.values()))["n_chips"],
-                 "n_all": next(iter(summary.table_all_school_chips.values()))["n_chips"]})
-plots.plot_faithfulness(summary.table);
+glue_all(
+    "ch3",
+    {
+        "n_found": next(iter(summary.table.values()))["n_chips"],
+        "n_all": next(iter(summary.table_all_school_chips.values()))["n_chips"],
+    },
+)
+fig = plots.plot_faithfulness(summary.table)
 
 # %% [markdown]
 # The figure scores the {glue:text}`ch3_n_found` correctly classified school chips. The table below gives
@@ -133,9 +168,22 @@ pd.DataFrame(summary.table_all_school_chips).T.round(3)
 # are what the model confuses with classroom blocks around a yard.
 
 # %%
-near = pick_chips(out_path / "explanations.csv", chips_path, meta.image_size, label=0, by="prob", n=n_chips)
+near = pick_chips(
+    out_path / "explanations.csv",
+    chips_path,
+    meta.image_size,
+    label=0,
+    by="prob",
+    n=n_chips,
+)
 near_maps = compare_methods(model, near, ["gradcam", "guided-gradcam"])
-plots.plot_methods(near.chips, near_maps, None, near.probs, title="Not-school chips with the highest P(school)");
+fig = plots.plot_methods(
+    near.chips,
+    near_maps,
+    None,
+    near.probs,
+    title="Not-school chips with the highest P(school)",
+)
 
 # %% [markdown]
 # ## Summary and next

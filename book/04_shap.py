@@ -45,11 +45,14 @@ device = "auto"
 
 # %%
 import pandas as pd
-
 from schoolvision.commands.explain import write_galleries
 from schoolvision.explain.runner import ExplainConfig, explain_chips
 from schoolvision.explain.samples import compare_methods, pick_chips
-from schoolvision.explain.shap_values import background_from_split, deep_explainer_supported, explain_sample
+from schoolvision.explain.shap_values import (
+    background_from_split,
+    deep_explainer_supported,
+    explain_sample,
+)
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.notebook import glue_all, require, resolve
@@ -71,7 +74,9 @@ model, meta = load_classifier(run_path, resolve_device(device))
 # schools and half not, so it stands for "a typical chip".
 
 # %% tags=["nbval-check-output"]
-background = background_from_split(chips_path, meta.image_size, n=background_size, seed=seed)
+background = background_from_split(
+    chips_path, meta.image_size, n=background_size, seed=seed
+)
 print("background:", tuple(background.shape))
 
 # %% [markdown]
@@ -82,9 +87,16 @@ print("background:", tuple(background.shape))
 # values are summed over the three colour channels for the maps.
 
 # %%
-sample = pick_chips(run_path / "predictions.csv", chips_path, meta.image_size, outcome="TP", n=n_chips)
+sample = pick_chips(
+    run_path / "predictions.csv", chips_path, meta.image_size, outcome="TP", n=n_chips
+)
 shap_result = explain_sample(model, sample, background, nsamples=nsamples, seed=seed)
-plots.plot_shap(sample.chips, shap_result.maps, sample.masks, title="SHAP values (red: for school, blue: against)");
+fig = plots.plot_shap(
+    sample.chips,
+    shap_result.maps,
+    sample.masks,
+    title="SHAP values (red: for school, blue: against)",
+)
 
 # %% tags=["nbval-check-output"]
 print("values:", shap_result.values.shape, "maps:", shap_result.maps.shape)
@@ -106,18 +118,36 @@ print("values:", shap_result.values.shape, "maps:", shap_result.maps.shape)
 # DeepLIFT rule: the ResNets here, not the default EfficientNet-Lite (ReLU6).
 
 # %%
-pd.DataFrame(shap_result.additivity | {"chip_id": sample.chip_ids}).drop(columns="background_mean_output").round(3)
+pd.DataFrame(shap_result.additivity | {"chip_id": sample.chip_ids}).drop(
+    columns="background_mean_output"
+).round(3)
 
 # %%
 more = explain_sample(model, sample, background, nsamples=4 * nsamples, seed=seed)
-gaps = {f"gap at {nsamples}": shap_result.additivity["relative_gap"], f"gap at {4 * nsamples}": more.additivity["relative_gap"]}
+gaps = {
+    f"gap at {nsamples}": shap_result.additivity["relative_gap"],
+    f"gap at {4 * nsamples}": more.additivity["relative_gap"],
+}
 medians = pd.DataFrame(gaps).abs().median()
 ratio = medians.iloc[1] / medians.iloc[0]
-verdict = ("falls at least as fast as sampling noise would: it was sampling noise" if ratio <= 0.4 else
-           "about halves, as sampling noise would" if ratio <= 0.6 else
-           "falls less than sampling noise would: the rest is the small denominator and the path integral's "
-           "approximation, which more samples do not remove")
-glue_all("ch4", {"gap": medians.iloc[0], "gap_more": medians.iloc[1], "gap_ratio": ratio, "gap_verdict": verdict})
+verdict = (
+    "falls at least as fast as sampling noise would: it was sampling noise"
+    if ratio <= 0.4
+    else "about halves, as sampling noise would"
+    if ratio <= 0.6
+    else "falls less than sampling noise would: the rest is the small denominator"
+    " and the path integral's "
+    "approximation, which more samples do not remove"
+)
+glue_all(
+    "ch4",
+    {
+        "gap": medians.iloc[0],
+        "gap_more": medians.iloc[1],
+        "gap_ratio": ratio,
+        "gap_verdict": verdict,
+    },
+)
 pd.DataFrame(gaps, index=sample.chip_ids).round(3)
 
 # %% tags=["nbval-check-output"]
@@ -127,8 +157,16 @@ print(f"DeepExplainer valid for {meta.backbone}: {deep_explainer_supported(model
 # ### SHAP next to Grad-CAM, on the same chips
 
 # %%
-maps = {"shap": shap_result.maps} | compare_methods(model, sample, ["gradcam", "guided-gradcam"])
-plots.plot_methods(sample.chips, maps, sample.masks, sample.probs, title="SHAP and Grad-CAM on the same schools");
+maps = {"shap": shap_result.maps} | compare_methods(
+    model, sample, ["gradcam", "guided-gradcam"]
+)
+fig = plots.plot_methods(
+    sample.chips,
+    maps,
+    sample.masks,
+    sample.probs,
+    title="SHAP and Grad-CAM on the same schools",
+)
 
 # %% [markdown]
 # ### Localisation and cost
@@ -137,17 +175,41 @@ plots.plot_methods(sample.chips, maps, sample.masks, sample.probs, title="SHAP a
 # with the seconds per chip each method took here.
 
 # %%
-ids = pick_chips(run_path / "predictions.csv", chips_path, meta.image_size, outcome="TP", n=n_faithfulness).chip_ids
-config = ExplainConfig(run=run_path, chips_dir=chips_path, out_dir=out_path, methods=["shap", "gradcam"], chip_ids=ids,
-                       background_size=background_size, shap_nsamples=nsamples, device=device, seed=seed, overwrite=True)
+ids = pick_chips(
+    run_path / "predictions.csv",
+    chips_path,
+    meta.image_size,
+    outcome="TP",
+    n=n_faithfulness,
+).chip_ids
+config = ExplainConfig(
+    run=run_path,
+    chips_dir=chips_path,
+    out_dir=out_path,
+    methods=["shap", "gradcam"],
+    chip_ids=ids,
+    background_size=background_size,
+    shap_nsamples=nsamples,
+    device=device,
+    seed=seed,
+    overwrite=True,
+)
 summary = explain_chips(config)
 galleries = write_galleries(summary)
 pd.DataFrame(summary.table).T.round(3)
 
 # %%
-glue_all("ch4", {"shap_seconds": summary.table["shap"]["seconds_per_chip"],
-                 "gradcam_seconds": summary.table["gradcam"]["seconds_per_chip"]})
-print(f"SHAP GradientExplainer: {shap_result.seconds_per_chip:.2f} s per chip at {nsamples} samples")
+glue_all(
+    "ch4",
+    {
+        "shap_seconds": summary.table["shap"]["seconds_per_chip"],
+        "gradcam_seconds": summary.table["gradcam"]["seconds_per_chip"],
+    },
+)
+print(
+    f"SHAP GradientExplainer: {shap_result.seconds_per_chip:.2f} s per chip"
+    f" at {nsamples} samples"
+)
 
 # %% [markdown]
 # ## Summary and next

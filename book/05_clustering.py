@@ -56,7 +56,6 @@ seed = 0
 from dataclasses import replace
 
 import geopandas as gpd
-
 from schoolvision.cluster.algorithms import (
     ClusterConfig,
     cluster_features,
@@ -65,14 +64,23 @@ from schoolvision.cluster.algorithms import (
     framing_verdict,
     structure_verdict,
 )
-from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_scene_preview, recluster_view
+from schoolvision.cluster.runner import (
+    ClusterRunConfig,
+    cluster_chips,
+    read_scene_preview,
+    recluster_view,
+)
 from schoolvision.data.sources import chips_scenes
 from schoolvision.notebook import glue_all, require, resolve
 from schoolvision.plotting import cluster as plots
 from schoolvision.plotting.theme import apply_theme
 
 apply_theme()
-chips_path, run_path, out_path = require(chips_dir, "01_data"), require(run_dir, "02_training"), resolve(out_dir)
+chips_path, run_path, out_path = (
+    require(chips_dir, "01_data"),
+    require(run_dir, "02_training"),
+    resolve(out_dir),
+)
 
 # %% [markdown]
 # ## The work
@@ -90,15 +98,27 @@ chips_path, run_path, out_path = require(chips_dir, "01_data"), require(run_dir,
 
 # %%
 config = ClusterRunConfig(
-    run_path, chips_path, out_path, subset=subset, split=split, device=device, gallery_size=gallery_size, overwrite=True,
-    clustering=ClusterConfig(method=method, k=k, k_max=k_max, variance=variance, seed=seed),
+    run_path,
+    chips_path,
+    out_path,
+    subset=subset,
+    split=split,
+    device=device,
+    gallery_size=gallery_size,
+    overwrite=True,
+    clustering=ClusterConfig(
+        method=method, k=k, k_max=k_max, variance=variance, seed=seed
+    ),
 )
 report = cluster_chips(config, progress=False)
 result, table = report.result, report.table
 glue_all("ch5", {"feature_dim": report.vectors.shape[1], "n_chips": len(table)})
 
 # %% tags=["nbval-check-output"]
-print(f"{len(table)} chips ({subset}, split {split}), {report.vectors.shape[1]}-d features")
+print(
+    f"{len(table)} chips ({subset}, split {split}),"
+    f" {report.vectors.shape[1]}-d features"
+)
 print("chips per town:", table["scene"].value_counts().sort_index().to_dict())
 
 # %% [markdown]
@@ -109,7 +129,7 @@ print("chips per town:", table["scene"].value_counts().sort_index().to_dict())
 # structure.
 
 # %%
-plots.plot_pca_variance(result.explained, result.dims, variance);
+fig = plots.plot_pca_variance(result.explained, result.dims, variance)
 
 # %% [markdown]
 # ### Choosing k
@@ -125,8 +145,11 @@ plots.plot_pca_variance(result.explained, result.dims, variance);
 result.k_selection.drop(columns="method").round(3)
 
 # %%
-plots.plot_k_selection(result.k_selection, result.k);
-print(f"chosen k = {result.k}: silhouette {result.silhouette:.3f}, Davies-Bouldin {result.davies_bouldin:.3f}")
+fig = plots.plot_k_selection(result.k_selection, result.k)
+print(
+    f"chosen k = {result.k}: silhouette {result.silhouette:.3f},"
+    f" Davies-Bouldin {result.davies_bouldin:.3f}"
+)
 
 # %% [markdown]
 # ### The clusters in two dimensions
@@ -136,7 +159,9 @@ print(f"chosen k = {result.k}: silhouette {result.silhouette:.3f}, Davies-Bouldi
 # prediction (detected and missed schools, false positives).
 
 # %%
-plots.plot_embedding(result.embedding_2d, result.labels, plots.chip_outcomes(table), report.thumbnails);
+fig = plots.plot_embedding(
+    result.embedding_2d, result.labels, plots.chip_outcomes(table), report.thumbnails
+)
 
 # %% [markdown]
 # ### What each cluster looks like
@@ -148,7 +173,7 @@ plots.plot_embedding(result.embedding_2d, result.labels, plots.chip_outcomes(tab
 # see that difference as clearly as a difference in the school itself.
 
 # %%
-plots.cluster_gallery(table, result, report.gallery, report.cams, gallery_size);
+fig = plots.cluster_gallery(table, result, report.gallery, report.cams, gallery_size)
 
 # %% [markdown]
 # ### What the clusters separate: chip framing
@@ -159,10 +184,15 @@ plots.cluster_gallery(table, result, report.gallery, report.cams, gallery_size);
 
 # %%
 framing = framing_profile(table)
-glue_all("ch5", {
-    "k": result.k, "silhouette": result.silhouette, "structure": structure_verdict(result.silhouette),
-    "framing_verdict": framing_verdict(framing),
-})
+glue_all(
+    "ch5",
+    {
+        "k": result.k,
+        "silhouette": result.silhouette,
+        "structure": structure_verdict(result.silhouette),
+        "framing_verdict": framing_verdict(framing),
+    },
+)
 framing
 
 # %% [markdown]
@@ -174,12 +204,19 @@ framing
 # same from the command line. The gallery shows the chips nearest each new centre, as thumbnails.
 
 # %%
-centred_table, centred, thumbs = recluster_view(report, "centred", replace(config.clustering, tsne=False))
-glue_all("ch5", {
-    "centred_chips": len(centred_table), "centred_k": centred.k, "centred_silhouette": centred.silhouette,
-    "centred_structure": structure_verdict(centred.silhouette),
-})
-plots.cluster_gallery(centred_table, centred, thumbs, None, gallery_size);
+centred_table, centred, thumbs = recluster_view(
+    report, "centred", replace(config.clustering, tsne=False)
+)
+glue_all(
+    "ch5",
+    {
+        "centred_chips": len(centred_table),
+        "centred_k": centred.k,
+        "centred_silhouette": centred.silhouette,
+        "centred_structure": structure_verdict(centred.silhouette),
+    },
+)
+fig = plots.cluster_gallery(centred_table, centred, thumbs, None, gallery_size)
 
 # %% [markdown]
 # On the {glue:text}`ch5_centred_chips` centred views the chosen *k* is {glue:text}`ch5_centred_k`, at
@@ -196,7 +233,7 @@ plots.cluster_gallery(centred_table, centred, thumbs, None, gallery_size);
 # town-specific colour into the features).
 
 # %%
-plots.plot_composition(table);
+fig = plots.plot_composition(table)
 cluster_profile(table)
 
 # %% [markdown]
@@ -212,16 +249,28 @@ cluster_profile(table)
 
 # %%
 layers = gpd.list_layers(out_path / "clusters.gpkg")["name"]
-glue_all("ch5", {
-    "towns": table["scene"].nunique(), "crs_count": table["crs"].nunique(), "gpkg_layers": len(layers),
-    "layer_crs": gpd.read_file(out_path / "clusters.gpkg", layer="clusters", rows=1).crs.to_string(),
-})
+glue_all(
+    "ch5",
+    {
+        "towns": table["scene"].nunique(),
+        "crs_count": table["crs"].nunique(),
+        "gpkg_layers": len(layers),
+        "layer_crs": gpd.read_file(
+            out_path / "clusters.gpkg", layer="clusters", rows=1
+        ).crs.to_string(),
+    },
+)
 scene = table["scene"].value_counts().idxmax()
-plots.plot_cluster_map(table, read_scene_preview(chips_scenes(chips_path, require=scene)[scene]), scene);
+fig = plots.plot_cluster_map(
+    table, read_scene_preview(chips_scenes(chips_path, require=scene)[scene]), scene
+)
 
 # %% tags=["nbval-check-output"]
 footprints = gpd.read_file(out_path / "clusters.geojson")
-print(f"{len(footprints)} chip footprints in {footprints.crs}, one per clustered chip: {len(footprints) == len(table)}")
+print(
+    f"{len(footprints)} chip footprints in {footprints.crs},"
+    f" one per clustered chip: {len(footprints) == len(table)}"
+)
 
 # %% [markdown]
 # ### How stable are the clusters?
@@ -231,7 +280,10 @@ print(f"{len(footprints)} chip footprints in {footprints.crs}, one per clustered
 # as kinds of schools.
 
 # %%
-print("ARI against the reported clusters, one per extra seed:", [round(a, 3) for a in result.stability])
+print(
+    "ARI against the reported clusters, one per extra seed:",
+    [round(a, 3) for a in result.stability],
+)
 
 # %% [markdown]
 # The cached features make trying another method cheap. HDBSCAN finds the number of clusters itself and
@@ -240,7 +292,14 @@ print("ARI against the reported clusters, one per extra seed:", [round(a, 3) for
 # small clusters (`min_cluster_size=5`).
 
 # %%
-hdbscan = ClusterConfig(method="hdbscan", min_cluster_size=5, max_dims=10, k_max=k_max, seed=seed, tsne=False)
+hdbscan = ClusterConfig(
+    method="hdbscan",
+    min_cluster_size=5,
+    max_dims=10,
+    k_max=k_max,
+    seed=seed,
+    tsne=False,
+)
 other = cluster_features(report.vectors, hdbscan, warn=False)
 print(f"HDBSCAN: {other.k} clusters, {other.noise_fraction:.0%} noise", *other.messages)
 

@@ -55,7 +55,6 @@ mask_min_area = 150.0
 # %%
 import pandas as pd
 import torch
-
 from schoolvision.data.sources import chips_scenes, held_out_scene
 from schoolvision.io.folders import ScanFolder, open_probability
 from schoolvision.io.imagery import open_scene
@@ -76,7 +75,7 @@ scene = scene or held_out_scene(chips_path)
 sources = {scene: chips_scenes(chips_path, require=scene)[scene]}
 scene_path = sources[scene].path
 dev = resolve_device(device)
-torch.manual_seed(seed);
+_ = torch.manual_seed(seed)
 
 # %% [markdown]
 # ## The work
@@ -92,12 +91,24 @@ torch.manual_seed(seed);
 
 # %%
 model, meta = load_classifier(run_path, dev)
-config = ScanConfig(run=run_path, imagery=[scene_path], out_dir=out_path, stride=stride, batch_size=batch_size,
-                    threshold=threshold, device=device, schools=chips_path / "schools.geojson",
-                    match_distance=match_distance, overwrite=True)
+config = ScanConfig(
+    run=run_path,
+    imagery=[scene_path],
+    out_dir=out_path,
+    stride=stride,
+    batch_size=batch_size,
+    threshold=threshold,
+    device=device,
+    schools=chips_path / "schools.geojson",
+    match_distance=match_distance,
+    overwrite=True,
+)
 summary = run_scan(config, model=model, meta=meta)
 scanned = summary.scenes[0]
-print(f"{scanned.windows} windows over {scanned.area_km2:.2f} km2 in {scanned.seconds:.0f} s; threshold {summary.threshold:.3f}")
+print(
+    f"{scanned.windows} windows over {scanned.area_km2:.2f} km2"
+    f" in {scanned.seconds:.0f} s; threshold {summary.threshold:.3f}"
+)
 
 # %% [markdown]
 # The probability raster sits exactly on the scene's pixel grid: same CRS, transform and size, so it
@@ -105,7 +116,13 @@ print(f"{scanned.windows} windows over {scanned.area_km2:.2f} km2 in {scanned.se
 
 # %% tags=["nbval-check-output"]
 with open_probability(scanned.probability) as p, open_scene(sources[scene]) as s:
-    print(p.crs == s.crs, p.transform == s.transform, p.shape == s.shape, p.dtypes[0], p.nodata)
+    print(
+        p.crs == s.crs,
+        p.transform == s.transform,
+        p.shape == s.shape,
+        p.dtypes[0],
+        p.nodata,
+    )
 print(scanned.crs, (scanned.height, scanned.width))
 
 # %% [markdown]
@@ -122,8 +139,14 @@ print(scanned.crs, (scanned.height, scanned.width))
 # %%
 cands = scan_folder.read_layer("candidates")
 known = scan_folder.read_layer("known_schools")
-plots.plot_probability(read_source_preview(sources[scene]), read_band_preview(scanned.probability), cands, known,
-                       threshold=summary.threshold, title=scene);
+fig = plots.plot_probability(
+    read_source_preview(sources[scene]),
+    read_band_preview(scanned.probability),
+    cands,
+    known,
+    threshold=summary.threshold,
+    title=scene,
+)
 
 # %%
 glue_all("ch6", {"min_area_m2": config.min_area_m2, "candidates": len(cands)})
@@ -138,17 +161,30 @@ cands.drop(columns="geometry").head(10).round(3)
 
 # %%
 evaluation = scan_folder.read_evaluation()
-table = {k: evaluation[k] for k in ("schools", "candidates", "true_positives", "recall", "precision", "f1")}
+table = {
+    k: evaluation[k]
+    for k in ("schools", "candidates", "true_positives", "recall", "precision", "f1")
+}
 pd.DataFrame([table])
 
 # %%
-glue_all("ch6", {
-    "threshold": summary.threshold, "f1": evaluation["f1"], "schools": evaluation["schools"],
-    "best_f1": evaluation["best_f1"], "best_f1_threshold": evaluation["best_f1_threshold"],
-    "sweep_steps": len(evaluation["pr_curve"]),
-    "best_f1_from": min(p["threshold"] for p in evaluation["pr_curve"] if p["f1"] == evaluation["best_f1"]),
-})
-plots.plot_pr_curve(evaluation);
+glue_all(
+    "ch6",
+    {
+        "threshold": summary.threshold,
+        "f1": evaluation["f1"],
+        "schools": evaluation["schools"],
+        "best_f1": evaluation["best_f1"],
+        "best_f1_threshold": evaluation["best_f1_threshold"],
+        "sweep_steps": len(evaluation["pr_curve"]),
+        "best_f1_from": min(
+            p["threshold"]
+            for p in evaluation["pr_curve"]
+            if p["f1"] == evaluation["best_f1"]
+        ),
+    },
+)
+fig = plots.plot_pr_curve(evaluation)
 
 # %% [markdown]
 # ### Which threshold?
@@ -181,14 +217,22 @@ plots.plot_pr_curve(evaluation);
 # %%
 missed = scan_folder.read_layer("missed_schools").assign(scene=scene)
 chips, probs, cams = explain_points(model, meta, missed, sources, dev)
-plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(missed["name"], probs)],
-                 empty="No missed school: every known school of this town has a candidate.");
+fig = plots.plot_cases(
+    chips,
+    cams,
+    [f"{name}\nP={p:.2f}" for name, p in zip(missed["name"], probs)],
+    empty="No missed school: every known school of this town has a candidate.",
+)
 
 # %%
 false_alarms = scan_folder.read_layer("false_alarms")
 chips, probs, cams = explain_points(model, meta, false_alarms, sources, dev)
-titles = [f"candidate #{r}\nP={p:.2f}" for r, p in zip(false_alarms.get("rank", []), probs)]
-plots.plot_cases(chips, cams, titles, empty="No false alarm: every candidate is a known school.");
+titles = [
+    f"candidate #{r}\nP={p:.2f}" for r, p in zip(false_alarms.get("rank", []), probs)
+]
+fig = plots.plot_cases(
+    chips, cams, titles, empty="No false alarm: every candidate is a known school."
+)
 
 # %% [markdown]
 # ### The closest calls
@@ -203,16 +247,34 @@ plots.plot_cases(chips, cams, titles, empty="No false alarm: every candidate is 
 # %%
 weakest = weakest_finds(cands, known)
 chips, probs, cams = explain_points(model, meta, weakest, sources, dev)
-plots.plot_cases(chips, cams, [f"{name}\nP={p:.2f}" for name, p in zip(weakest["school"], probs)],
-                 empty="No known school was found, so none is a close call.");
+fig = plots.plot_cases(
+    chips,
+    cams,
+    [f"{name}\nP={p:.2f}" for name, p in zip(weakest["school"], probs)],
+    empty="No known school was found, so none is a close call.",
+)
 
 # %%
-rejected = rejected_lookalikes(summary.scenes, known, summary.threshold, match_distance, n=18,
-                               separation=meta.chip_size * meta.gsd, min_area_m2=config.min_area_m2)
-rejected, chips, probs, cams = explain_lookalikes(model, meta, rejected, sources, dev, n=6)
+rejected = rejected_lookalikes(
+    summary.scenes,
+    known,
+    summary.threshold,
+    match_distance,
+    n=18,
+    separation=meta.chip_size * meta.gsd,
+    min_area_m2=config.min_area_m2,
+)
+rejected, chips, probs, cams = explain_lookalikes(
+    model, meta, rejected, sources, dev, n=6
+)
 titles = [f"peak {m:.2f}\nP={p:.2f}" for m, p in zip(rejected["max_prob"], probs)]
-plots.plot_cases(chips, cams, titles,
-                 empty="Nothing below the threshold, away from the known schools, looks like a school.");
+fig = plots.plot_cases(
+    chips,
+    cams,
+    titles,
+    empty="Nothing below the threshold, away from the known schools,"
+    " looks like a school.",
+)
 
 # %% [markdown]
 # ### The interactive map
@@ -241,8 +303,14 @@ from schoolvision.scan.mask import ScanMask
 
 buildings = require(mask_file or resolve(data_dir) / "buildings.geojson", "01_data")
 n_windows, n_near_a_roof = ScanMask.read(buildings).count(sources[scene], meta, stride)
-glue_all("ch6", {"every_roof_share": 1 - n_near_a_roof / n_windows,
-                 "scan_windows": n_windows, "mask_min_area": mask_min_area})
+glue_all(
+    "ch6",
+    {
+        "every_roof_share": 1 - n_near_a_roof / n_windows,
+        "scan_windows": n_windows,
+        "mask_min_area": mask_min_area,
+    },
+)
 
 # %% [markdown]
 # Only {glue:text}`ch6_every_roof_share:.0%` of the {glue:text}`ch6_scan_windows` windows: the demo towns
@@ -254,17 +322,28 @@ glue_all("ch6", {"every_roof_share": 1 - n_near_a_roof / n_windows,
 
 # %%
 prefilter_path = out_path.with_name(out_path.name + "_prefilter")
-masked_config = replace(config, out_dir=prefilter_path, mask=buildings,
-                        mask_min_area=mask_min_area, make_map=False, progress=False)
+masked_config = replace(
+    config,
+    out_dir=prefilter_path,
+    mask=buildings,
+    mask_min_area=mask_min_area,
+    make_map=False,
+    progress=False,
+)
 masked = run_scan(masked_config, model=model, meta=meta)
-missed = {name: {m["name"] for m in s.evaluation["missed_schools"]}
-          for name, s in (("all", summary), ("masked", masked))}
-glue_all("ch6", {
-    "mask_share": masked.scenes[0].masked_windows / n_windows,
-    "mask_speedup": summary.seconds["windows"] / masked.seconds["windows"],
-    "mask_found": masked.evaluation["true_positives"],
-    "all_found": summary.evaluation["true_positives"],
-})
+missed = {
+    name: {m["name"] for m in s.evaluation["missed_schools"]}
+    for name, s in (("all", summary), ("masked", masked))
+}
+glue_all(
+    "ch6",
+    {
+        "mask_share": masked.scenes[0].masked_windows / n_windows,
+        "mask_speedup": summary.seconds["windows"] / masked.seconds["windows"],
+        "mask_found": masked.evaluation["true_positives"],
+        "all_found": summary.evaluation["true_positives"],
+    },
+)
 
 # %% tags=["nbval-check-output"]
 print("the same known schools found:", missed["masked"] == missed["all"])
@@ -303,17 +382,34 @@ from dataclasses import replace
 from schoolvision.scan.merge import same_outputs
 
 towns = [s.path for s in chips_scenes(chips_path).values()][:2]  # two towns: quick
-quick = replace(config, imagery=towns, stride=2 * meta.chip_size, cam_peaks=False,
-                make_map=False, progress=False, schools=None)
+quick = replace(
+    config,
+    imagery=towns,
+    stride=2 * meta.chip_size,
+    cam_peaks=False,
+    make_map=False,
+    progress=False,
+    schools=None,
+)
 engine_dirs = {e: out_path.with_name(f"{out_path.name}_{e}") for e in ("local", "ray")}
-by_engine = {e: run_scan(replace(quick, out_dir=path, engine=e))
-             for e, path in engine_dirs.items()}
-resumed = run_scan(replace(quick, out_dir=engine_dirs["ray"], engine="ray", resume=True,
-                           overwrite=False))
-glue_all("ch6", {"ray_scenes": len(towns),
-                 "ray_done": by_engine["ray"].scene_counts["done"],
-                 "resume_skipped": resumed.scene_counts["skipped"],
-                 "resume_done": resumed.scene_counts["done"]})
+by_engine = {
+    e: run_scan(replace(quick, out_dir=path, engine=e))
+    for e, path in engine_dirs.items()
+}
+resumed = run_scan(
+    replace(
+        quick, out_dir=engine_dirs["ray"], engine="ray", resume=True, overwrite=False
+    )
+)
+glue_all(
+    "ch6",
+    {
+        "ray_scenes": len(towns),
+        "ray_done": by_engine["ray"].scene_counts["done"],
+        "resume_skipped": resumed.scene_counts["skipped"],
+        "resume_done": resumed.scene_counts["done"],
+    },
+)
 
 # %% tags=["nbval-check-output"]
 print(same_outputs(*engine_dirs.values()))
@@ -356,8 +452,14 @@ print(resumed.scene_counts)
 # %%
 district_km2 = 1000  # an illustration: the area of a district
 km2_per_hour = scanned.area_km2 / scanned.seconds * 3600
-glue_all("ch6", {"km2_per_hour": km2_per_hour, "district_km2": district_km2,
-                 "district_hours": district_km2 / km2_per_hour})
+glue_all(
+    "ch6",
+    {
+        "km2_per_hour": km2_per_hour,
+        "district_km2": district_km2,
+        "district_hours": district_km2 / km2_per_hour,
+    },
+)
 print(f"{km2_per_hour:.0f} km2 per hour of windows on this machine")
 
 # %% [markdown]

@@ -40,12 +40,22 @@ review_dir = "outputs/review"
 
 # %%
 from IPython.display import Markdown
-
-from schoolvision.notebook import glue_runtimes, read_execution_record, repo_root, resolve, toc_chapters
+from schoolvision.notebook import (
+    glue_runtimes,
+    read_execution_record,
+    repo_root,
+    resolve,
+    toc_chapters,
+)
 from schoolvision.results import REFERENCE, default_sources, gather_results
 
-sources = default_sources(resolve(run_dir), resolve(gradcam_dir), resolve(clustering_dir), resolve(mapping_dir),
-                          resolve(review_dir))
+sources = default_sources(
+    resolve(run_dir),
+    resolve(gradcam_dir),
+    resolve(clustering_dir),
+    resolve(mapping_dir),
+    resolve(review_dir),
+)
 results = gather_results(sources, root=repo_root())
 record = read_execution_record()
 runtimes = glue_runtimes("res", toc_chapters(), record)

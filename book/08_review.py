@@ -57,7 +57,6 @@ device = "auto"
 # %%
 import pandas as pd
 from IPython.display import Markdown
-
 from schoolvision.data.synthetic import REGIONS, make_demo
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources

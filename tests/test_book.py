@@ -58,10 +58,12 @@ def test_cells_only_call_the_library(source):
         tree = ast.parse(cell)
         defs = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
         assert not defs, f"definitions belong in schoolvision/, not in a chapter:\n{cell}"
-        # imports are not logic: a cell may import what the chapter needs and still do one thing
-        lines = [line for line in cell.splitlines()
-                 if line.strip() and not line.strip().startswith(("#", "import ", "from "))]
-        assert len(lines) <= MAX_CELL_LINES, f"cell longer than {MAX_CELL_LINES} lines (imports aside):\n{cell}"
+        # imports are not logic: a cell may import what the chapter needs and still do one thing; statements,
+        # not physical lines, are counted, so that a call the formatter wraps at 88 columns counts once
+        statements = [n for n in ast.walk(tree)
+                      if isinstance(n, ast.stmt) and not isinstance(n, (ast.Import, ast.ImportFrom))]
+        assert len(statements) <= MAX_CELL_LINES, (
+            f"cell longer than {MAX_CELL_LINES} statements (imports aside):\n{cell}")
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
