@@ -265,7 +265,8 @@ print(
 # as the chapter, a little less):
 #
 # ```bash
-# papermill book/02_training.ipynb /tmp/02.ipynb -p image_size 128 -p run_dir /tmp/run_128
+# papermill book/02_training.ipynb /tmp/02.ipynb \
+#     -p image_size 128 -p run_dir /tmp/run_128
 # ```
 #
 # The pretrained filters now see roofs and walls at the wrong scale: the test AUPRC drops and the worst
