@@ -1,10 +1,13 @@
-"""Training steps per memory layout and precision, side by side: what ``TrainConfig`` picks by default.
+"""Training steps per memory layout, precision, frozen stem and heap setting, side by side.
 
 Bare training steps (forward + weighted cross-entropy + backward + AdamW, chips already in memory, no
 data loading) of one backbone at one input size, batch 32, for each variant: float32 contiguous (NCHW),
-float32 channels_last (NHWC), and channels_last + bfloat16 autocast where the CPU computes bfloat16
-natively (``bf16_native``; emulated bfloat16 runs at ~0.1x float32 and is never chosen, so it is
-skipped and the reason recorded). Every variant keeps its own model and optimiser; rounds of
+float32 channels_last (NHWC), channels_last with the stem frozen (``TrainConfig.freeze_stem``: no
+gradients through the layers up to output stride 4), the same inside ``kept_heap`` (freed activations
+stay in the heap instead of going back to the system: what ``fit`` does on CPU, so
+``cpu_default`` is what ``TrainConfig`` picks here), and channels_last + bfloat16 autocast where the
+CPU computes bfloat16 natively (``bf16_native``; emulated bfloat16 runs at ~0.1x float32 and is never
+chosen, so it is skipped and the reason recorded). Every variant keeps its own model and optimiser; rounds of
 ``--steps`` steps are interleaved variant by variant, so load from other processes hits every variant
 alike, and the median and the best round are reported (``load_average`` records that load).
 
@@ -17,6 +20,7 @@ weights and batch: layouts compute the same function, so it is float noise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
@@ -29,15 +33,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from schoolvision.model.backbones import build_model
+from schoolvision.model.backbones import build_model, stem_modules
+from schoolvision.model.device import kept_heap
 from schoolvision.model.runtime import bf16_native
 
 
-def variants(native_bf16: bool) -> list[tuple[str, bool, torch.dtype | None]]:
-    """(name, channels_last, autocast dtype) of the variants measured on this CPU."""
-    out = [("fp32_nchw", False, None), ("fp32_channels_last", True, None)]
+def variants(native_bf16: bool) -> list[tuple[str, bool, torch.dtype | None, bool, bool]]:
+    """(name, channels_last, autocast dtype, frozen stem, kept heap) of the variants measured on this CPU."""
+    out = [("fp32_nchw", False, None, False, False), ("fp32_channels_last", True, None, False, False),
+           ("fp32_channels_last_frozen_stem", True, None, True, False),
+           ("cpu_default", True, torch.bfloat16 if native_bf16 else None, True, True)]
     if native_bf16:
-        out.append(("bf16_channels_last", True, torch.bfloat16))
+        out.append(("bf16_channels_last", True, torch.bfloat16, False, False))
     return out
 
 
@@ -45,17 +52,23 @@ class Trainer:
     """One variant's model, optimiser and batch; :meth:`steps` times ``n`` training steps."""
 
     def __init__(self, model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, channels_last: bool,
-                 dtype: torch.dtype | None):
+                 dtype: torch.dtype | None, frozen_stem: bool = False, heap: bool = False):
         self.model = copy.deepcopy(model).train()
+        self.stem = stem_modules(self.model) if frozen_stem else []
+        for layer in self.stem:
+            layer.requires_grad_(False)
+        self.heap = heap
         self.x = x
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
             self.x = x.contiguous(memory_format=torch.channels_last)
         self.y, self.dtype = y, dtype
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-4)
+        self.opt = torch.optim.AdamW([p for p in self.model.parameters() if p.requires_grad], lr=1e-4)
         self.weight = torch.tensor([0.6, 3.0])
 
     def step(self) -> float:
+        for layer in self.stem:
+            layer.eval()
         self.opt.zero_grad(set_to_none=True)
         with torch.autocast("cpu", dtype=self.dtype or torch.bfloat16, enabled=self.dtype is not None):
             logits = self.model(self.x)
@@ -66,10 +79,12 @@ class Trainer:
 
     def steps(self, n: int) -> float:
         """chips/s over ``n`` steps."""
-        t0 = time.perf_counter()
-        for _ in range(n):
-            self.step()
-        return n * len(self.y) / (time.perf_counter() - t0)
+        with kept_heap() if self.heap else contextlib.nullcontext():
+            self.step()  # the heap grows (or is given back) outside the timing
+            t0 = time.perf_counter()
+            for _ in range(n):
+                self.step()
+            return n * len(self.y) / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -87,7 +102,7 @@ def main() -> None:
     x = torch.rand(args.batch_size, 3, args.image_size, args.image_size)
     y = (torch.arange(args.batch_size) % 5 == 0).long()
     native = bf16_native()
-    trainers = {name: Trainer(model, x, y, cl, dt) for name, cl, dt in variants(native)}
+    trainers = {name: Trainer(model, x, y, *rest) for name, *rest in variants(native)}
     first_loss = {}
     for name, t in trainers.items():  # the first step is also the warm-up (oneDNN primitives)
         torch.manual_seed(0)  # the same dropout masks: the losses then differ by the layout only

@@ -286,6 +286,7 @@ def execute(
     # Progress bars belong in a terminal; in the published page they are stderr noise.
     os.environ.setdefault("TQDM_DISABLE", "1")
     timings: dict[str, float] = {}
+    slow: dict[str, list] = {}
     for source in sources:
         if wanted and source.stem not in wanted:
             continue
@@ -307,15 +308,28 @@ def execute(
         finally:
             timings[source.stem] = round(time.perf_counter() - start, 1)
             if executed.exists():
-                nb = normalise(nbformat.read(executed, as_version=4))
+                nb = nbformat.read(executed, as_version=4)
+                slow[source.stem] = slowest_cells(nb)
+                nb = normalise(nb)
                 write_text(executed, nbformat.writes(nb) + "\n")
         if timings_file is not None:  # after every chapter: the results page (last) reads this build's times
-            write_json(timings_file, execution_record(timings_file, profile_file.name, timings))
+            write_json(timings_file, execution_record(timings_file, profile_file.name, timings, slow))
         print(f"[book] {source.stem}: done in {timings[source.stem]:.0f} s", flush=True)
     return timings
 
 
-def execution_record(path: Path, profile: str, timings: dict[str, float]) -> dict[str, Any]:
+def slowest_cells(nb: Any, n: int = 5) -> list[list]:
+    """[cell index, seconds, first line] of the ``n`` slowest code cells, from papermill's timings."""
+    rows = []
+    for index, cell in enumerate(nb.cells):
+        seconds = cell.metadata.get("papermill", {}).get("duration")
+        if cell.cell_type == "code" and seconds:
+            rows.append([index, round(float(seconds), 1), cell.source.strip().splitlines()[0][:80]])
+    return sorted(rows, key=lambda row: -row[1])[:n]
+
+
+def execution_record(path: Path, profile: str, timings: dict[str, float],
+                     slow: dict[str, list] | None = None) -> dict[str, Any]:
     """The record ``_build/execution.json`` holds: seconds per chapter of the latest run of each.
 
     Chapters run alone (``--only``) update their entry in a record of the same profile; another profile
@@ -329,7 +343,10 @@ def execution_record(path: Path, profile: str, timings: dict[str, float]) -> dic
             previous = {}
     seconds = dict(previous.get("seconds", {})) if previous.get("profile") == profile else {}
     seconds.update(timings)
-    return {"profile": profile, "machine": machine(), "seconds": seconds, "total": round(sum(seconds.values()), 1)}
+    cells = dict(previous.get("slowest_cells", {})) if previous.get("profile") == profile else {}
+    cells.update(slow or {})
+    return {"profile": profile, "machine": machine(), "seconds": seconds, "total": round(sum(seconds.values()), 1),
+            "slowest_cells": cells}
 
 
 def machine() -> dict[str, Any]:

@@ -123,3 +123,21 @@ def test_summarise_subsets_and_table():
     assert "gradcam" in text and "random" in text and "pointing_game" in text
     empty = summarise([{"method": "x", "label": 0, "pred": 0, "has_footprint": False}])
     assert empty["x"]["pointing_game"] is None and "-" in format_table(empty)
+
+
+def test_linear_infill_solves_pytorch_grad_cams_system():
+    """The array-built system gives NoisyLinearImputer's values (noise off), borders and corners included."""
+    from pytorch_grad_cam.metrics.road import NoisyLinearImputer
+
+    from schoolvision.explain.faithfulness import linear_infill
+
+    rng = np.random.default_rng(3)
+    img = torch.from_numpy(rng.random((3, 40, 52)).astype(np.float32))
+    removed = rng.random((40, 52)) < 0.6
+    removed[0, :] = removed[:, -1] = True  # whole edges unknown
+    expected = NoisyLinearImputer(noise=0.0)(img, torch.from_numpy((~removed).astype(np.float32)))
+    values = linear_infill(img.numpy(), removed)
+    got = img.reshape(3, -1).clone()
+    got[:, np.flatnonzero(removed)] = torch.tensor(values, dtype=torch.float).t()
+    assert torch.equal(got.reshape_as(img), expected)
+    assert not torch.equal(got.reshape_as(img), img)  # the removed pixels did change

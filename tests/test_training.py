@@ -312,3 +312,50 @@ def test_ddp_two_processes_gloo(fake_chips, tmp_path):
     assert set(METRIC_KEYS) <= set(metrics)
     assert metrics["n_chips"] == {"not_school": 10, "school": 6}
     assert json.loads((out / "config.json").read_text())["resolved"]["world_size"] == 2
+
+
+# --- speed settings: frozen stem, kept heap ------------------------------------------------------
+
+
+def test_frozen_stem_keeps_its_starting_weights(fake_chips, tmp_path):
+    """Pretrained: the stem (to output stride 4) and its BatchNorm statistics stay ImageNet's, the rest learns."""
+    from schoolvision.model.backbones import build_model, stem_modules
+
+    fit(tiny(fake_chips, tmp_path / "frozen", pretrained=True, epochs=1, image_size=64, n_boot=10))
+    trained, _ = load_classifier(tmp_path / "frozen")
+    start = build_model("efficientnet_lite0", pretrained=True)
+    for before, after in zip(stem_modules(start), stem_modules(trained), strict=True):
+        for (name, a), b in zip(before.state_dict().items(), after.state_dict().values(), strict=True):
+            assert torch.equal(a, b), name
+    assert not torch.equal(start.trunk.conv_head.weight, trained.trunk.conv_head.weight)
+    config = json.loads((tmp_path / "frozen" / "config.json").read_text())
+    assert config["resolved"]["freeze_stem"] is True
+
+
+def test_random_weights_train_the_stem(fake_run):
+    out, _ = fake_run
+    config = json.loads((out / "config.json").read_text())
+    assert config["pretrained"] is False and config["resolved"]["freeze_stem"] is False
+
+
+def test_kept_heap_reuses_freed_blocks():
+    """glibc returns a freed 64 MB block to the system and page-faults it back; inside the block it stays."""
+    import resource
+
+    from schoolvision.model.device import kept_heap
+
+    def faults_of_two_allocations() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        for _ in range(2):
+            block = torch.ones(16 * 2**20)  # 64 MB, touched
+            del block
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    outside = faults_of_two_allocations()
+    with kept_heap() as applied:
+        if not applied:
+            pytest.skip("not glibc: the allocator setting does not apply")
+        faults_of_two_allocations()  # the heap grows once
+        inside = min(faults_of_two_allocations() for _ in range(3))  # other threads may touch the heap too
+    assert outside > 20_000  # 2 x 16,384 pages of 4 KiB
+    assert inside < outside / 4, (outside, inside)

@@ -4,8 +4,9 @@ With synthetic towns every school footprint is known, so a heatmap can be scored
 
 * **pointing game**: is the map's peak inside the footprint rasterised onto the chip?
 * **energy share** (energy-based pointing game): share of the positive map mass inside it;
-* **ROAD drop** (most-relevant-first, pytorch-grad-cam): how much P(class) falls when the most
-  relevant pixels are removed by noisy linear imputation (higher = the map found what the model uses).
+* **ROAD drop** (most-relevant-first, as pytorch-grad-cam's ``ROADMostRelevantFirst``): how much
+  P(class) falls when the most relevant pixels are removed by noisy linear imputation (higher = the
+  map found what the model uses).
 
 Two baselines give the numbers meaning: a random map and a centre-Gaussian map (chips labelled
 school are often centred near a school, so "look at the middle" is a strong prior).
@@ -15,16 +16,18 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from pytorch_grad_cam.metrics.perturbation_confidence import RemoveMostRelevantFirst
-from pytorch_grad_cam.metrics.road import NoisyLinearImputer
-from scipy import ndimage
+from pytorch_grad_cam.metrics.road import neighbors_weights
+from scipy import ndimage, sparse
+from scipy.sparse.linalg import spsolve
 
 BASELINES = ("random", "centre-gaussian")
 """Names of the baseline maps, rows of every faithfulness table beside the methods."""
 ROAD_PERCENTILES = (50, 70, 90)  # remove the top 50 %, 30 %, 10 % of pixels
+ROAD_NOISE = 0.01  # the imputer's noise (pytorch-grad-cam's NoisyLinearImputer default)
 
 
 def pointing_game(heatmap: np.ndarray, mask: np.ndarray, tolerance_px: int = 0) -> float:
@@ -80,15 +83,58 @@ def road_drop(model: Callable[[torch.Tensor], torch.Tensor | np.ndarray], x: tor
     """
     if len(x) == 0:
         return np.zeros(0, dtype=np.float32)
-    ranks = torch.from_numpy(_ranks(np.nan_to_num(np.asarray(maps, dtype=np.float32))))
-    imputer = NoisyLinearImputer()
+    ranks = _ranks(np.nan_to_num(np.asarray(maps, dtype=np.float32)))
     xs = x.detach().cpu()
-    perturbed = [RemoveMostRelevantFirst(p, imputer)(xs[i], ranks[i]) for p in percentiles for i in range(len(xs))]
+    jobs = [(xs[i], ranks[i] >= np.percentile(ranks[i], p)) for p in percentiles for i in range(len(xs))]
+    with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:  # SuperLU releases the GIL
+        filled = list(pool.map(lambda job: linear_infill(job[0].numpy(), job[1]), jobs))
+    perturbed = []
+    for (img, removed), values in zip(jobs, filled, strict=True):  # noise in order: the global stream, as before
+        flat = img.reshape(img.shape[0], -1).clone()
+        res = torch.tensor(values, dtype=torch.float).t()
+        flat[:, np.flatnonzero(removed)] = res + ROAD_NOISE * torch.randn_like(res)
+        perturbed.append(flat.reshape_as(img))
     batch = torch.cat([xs, torch.stack(perturbed)]).to(x.device)
     with torch.no_grad():
         prob = torch.softmax(torch.as_tensor(model(batch)).float(), dim=-1)[:, target].cpu().numpy()
     before, after = prob[: len(xs)], prob[len(xs) :].reshape(len(percentiles), len(xs))
     return (before[None] - after).mean(axis=0).astype(np.float32)
+
+
+def linear_infill(img: np.ndarray, removed: np.ndarray) -> np.ndarray:
+    """Values of the removed pixels by ROAD's linear imputation, (n_removed, C), in row-major order.
+
+    Each removed pixel is the weighted mean of its 8 neighbours (pytorch-grad-cam's
+    ``neighbors_weights``; outside the image they count as nothing), removed neighbours being unknowns
+    too: one sparse system for the whole image. The same system and solver as pytorch-grad-cam's
+    ``NoisyLinearImputer`` (so the same values), built with array operations instead of a LIL matrix,
+    which took twice as long as the solve (a chip at 224 px: 46 ms).
+    """
+    h, w = removed.shape
+    known = ~removed.reshape(-1)
+    flat = img.reshape(img.shape[0], -1)
+    unknown = np.flatnonzero(~known)
+    n = len(unknown)
+    var = np.zeros(known.size, dtype=np.int64)
+    var[unknown] = np.arange(n)
+    row, col = unknown // w, unknown % w
+    rhs = np.zeros((n, img.shape[0]))
+    diagonal = np.ones(n)
+    rows, cols, values = [np.arange(n)], [np.arange(n)], []
+    for (dy, dx), weight in neighbors_weights:
+        r, c = row + dy, col + dx
+        inside = (r >= 0) & (c >= 0) & (r < h) & (c < w)
+        ids = np.flatnonzero(inside)
+        neighbour = unknown[ids] + dy * w + dx
+        has_value = known[neighbour]
+        rhs[ids[has_value], :] -= weight * flat[:, neighbour[has_value]].T
+        rows.append(ids[~has_value])
+        cols.append(var[neighbour[~has_value]])
+        values.append(np.full(len(rows[-1]), weight))
+        diagonal[~inside] -= weight
+    values.insert(0, -diagonal)
+    system = sparse.csc_matrix((np.concatenate(values), (np.concatenate(rows), np.concatenate(cols))), shape=(n, n))
+    return np.asarray(spsolve(system, rhs)).reshape(n, -1)
 
 
 def _ranks(maps: np.ndarray, seed: int = 0) -> np.ndarray:

@@ -38,7 +38,7 @@ from schoolvision.io.folders import ChipsFolder, prepare_output
 from schoolvision.io.rasters import write_geotiff
 from schoolvision.io.schools import footprint_mask
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
-from schoolvision.model.device import resolve_device
+from schoolvision.model.device import kept_heap, resolve_device
 from schoolvision.model.runtime import Runtime, make_runtime
 
 NODATA = -9999.0
@@ -151,8 +151,9 @@ def explain_chips(config: ExplainConfig) -> ExplainSummary:
     run, indices = _start(config)
     loader = DataLoader(Subset(run.ds, indices), batch_size=config.batch_size, shuffle=False,
                         pin_memory=run.device.type == "cuda")
-    for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
-        _explain_batch(run, batch)
+    with kept_heap():  # gradients of large batches: see kept_heap
+        for batch in tqdm(loader, desc="explain", unit="batch", leave=False):
+            _explain_batch(run, batch)
     return _finish(run, len(indices))
 
 

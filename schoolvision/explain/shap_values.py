@@ -27,6 +27,7 @@ from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
 from schoolvision.explain.layers import resolve_layer
 from schoolvision.explain.maps import resize_maps
+from schoolvision.model.device import kept_heap
 
 
 class LogOdds(nn.Module):
@@ -209,7 +210,8 @@ def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsampl
                    target: int = SCHOOL) -> ShapResult:
     """GradientExplainer on a :class:`~schoolvision.explain.samples.ChipSample`, timed, with its additivity gap."""
     start = time.perf_counter()
-    values = gradient_shap(model, sample.images, background, nsamples=nsamples, seed=seed, target=target)
+    with kept_heap():  # many backward passes over large batches: see kept_heap
+        values = gradient_shap(model, sample.images, background, nsamples=nsamples, seed=seed, target=target)
     seconds = (time.perf_counter() - start) / len(sample.images)
     h, w = sample.chips[0].shape[-2:]
     return ShapResult(values, resize_maps(values.sum(axis=1), h, w), seconds,

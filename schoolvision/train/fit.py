@@ -18,6 +18,7 @@ decoding does not slow every epoch.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
@@ -45,8 +46,9 @@ from schoolvision.data.dataset import CachedChipDataset, ChipDataset
 from schoolvision.errors import UserError, check_range
 from schoolvision.io import manifest
 from schoolvision.io.folders import ChipsFolder, RunFolder, check_inputs, prepare_output, sha256
-from schoolvision.model.backbones import SchoolClassifier, build_model, pretraining_size
+from schoolvision.model.backbones import SchoolClassifier, build_model, pretraining_size, stem_modules
 from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from schoolvision.model.device import kept_heap
 from schoolvision.model.distributed import Distributed, init_distributed
 from schoolvision.model.inference import predict_logits, school_probability
 from schoolvision.model.runtime import bf16_native
@@ -73,6 +75,8 @@ class TrainConfig:
     weight_decay: float = 1e-2
     warmup_epochs: float = 1.0
     freeze_backbone_epochs: int = 0
+    freeze_stem: bool | None = None  # None: keep the layers up to output stride 4 at their starting weights when
+    # those are learnt (ImageNet or --init-from), train them from random weights: see backbones.stem_modules
     image_size: int | None = None  # None: the backbone's pretraining size (224) if pretrained, else the chip size
     device: str = "auto"
     seed: int = 0
@@ -188,6 +192,7 @@ class Resolved:
     channels_last: bool
     num_workers: int
     preload: bool  # training and validation chips decoded once into memory
+    freeze_stem: bool  # the backbone's stem (layers up to output stride 4) keeps its starting weights
 
     def record(self, device: torch.device, world: int, splits: dict[str, ChipDataset]) -> dict[str, Any]:
         """The ``resolved`` entry of ``config.json``, with the chip counts per split and class."""
@@ -195,6 +200,7 @@ class Resolved:
             "device": str(device), "image_size": self.image_size, "chip_size": self.chip_size, "amp": self.amp,
             "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
             "channels_last": self.channels_last, "num_workers": self.num_workers, "preload": self.preload,
+            "freeze_stem": self.freeze_stem,
             "world_size": world, "imbalance": "cross-entropy weighted by inverse class frequency",
             "counts": {s: dict(zip(CLASSES, np.bincount(label_array(d.frame), minlength=len(CLASSES)).tolist()))
                        for s, d in splits.items()},
@@ -416,7 +422,8 @@ def fit(config: TrainConfig, figures: tblog.FigureMaker | None = None) -> dict[s
     """
     ddp, device = init_distributed(config.device)
     try:
-        return _fit(config, ddp, device, figures)
+        with kept_heap() if device.type == "cpu" else contextlib.nullcontext():
+            return _fit(config, ddp, device, figures)
     except torch.cuda.OutOfMemoryError as exc:
         raise UserError(f"CUDA ran out of memory at batch size {config.batch_size}; try a smaller --batch-size "
                         f"(e.g. {max(1, config.batch_size // 2)}) or --image-size") from exc
@@ -470,6 +477,7 @@ def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, An
     # (8.0 -> 12.7 chips/s at 224 px); emulated bf16 (this AMD EPYC, most laptops) is ~10x slower than fp32.
     cpu_bf16 = device.type == "cpu" and bf16_native()
     n_bytes = len(splits["train"]) * 3 * image_size * image_size
+    learnt_start = config.pretrained or init is not None  # random stem filters must train
     default_workers = min(4, os.cpu_count() or 1) if cuda else 0
     settings = Resolved(
         image_size=image_size,
@@ -481,6 +489,7 @@ def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, An
         channels_last=device.type in ("cuda", "cpu") if config.channels_last is None else config.channels_last,
         num_workers=config.num_workers if config.num_workers is not None else default_workers,
         preload=config.preload if config.preload is not None else n_bytes < 2 * 2**30,
+        freeze_stem=learnt_start if config.freeze_stem is None else config.freeze_stem,
     )
     return splits, settings
 
@@ -496,6 +505,9 @@ def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, se
     model = initial_model(config, init).to(device)
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if settings.freeze_stem:
+        for layer in stem_modules(model):
+            layer.requires_grad_(False)
     net: nn.Module = model
     if ddp.world > 1:
         net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if cuda else None)
@@ -516,8 +528,9 @@ def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, se
     steps_per_epoch = len(loader)
     backbone_ids = {id(p) for p in model.backbone_parameters()}
     head_params = [p for p in model.parameters() if id(p) not in backbone_ids]
+    trained = [p for p in model.backbone_parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(
-        [{"params": model.backbone_parameters()}, {"params": head_params}],
+        [{"params": trained}, {"params": head_params}],
         lr=config.lr, weight_decay=config.weight_decay,
     )
     base = warmup_cosine(max(1, round(config.warmup_epochs * steps_per_epoch)), config.epochs * steps_per_epoch)
@@ -560,6 +573,9 @@ def _train_epoch(state: TrainerState, epoch: int) -> dict[str, float]:
     state.net.train()
     if epoch < config.freeze_backbone_epochs:
         state.model.trunk.eval()  # keep pretrained BatchNorm statistics while the backbone is frozen
+    if settings.freeze_stem:
+        for layer in stem_modules(state.model):
+            layer.eval()  # a frozen stem keeps its BatchNorm statistics too
     loss_sum = torch.zeros((), dtype=torch.float64)
     logits_all, labels_all = [], []
     bar = tqdm(state.loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not state.ddp.main)
