@@ -319,3 +319,35 @@ def test_min_area_reaches_the_candidates_and_the_evaluation(tmp_path):
         ev = json.loads((out / "evaluation.json").read_text())
         assert (ev["candidates"], ev["true_positives"], ev["min_area_m2"]) == (found, found, area)
         assert len(gpd.read_file(out / "candidates.gpkg", layer="candidates")) == found
+
+
+def test_evaluation_from_the_units_kept_sweeps_equals_the_one_from_the_rasters(demo_dir, chips_dir, trained_run,
+                                                                               tmp_path):
+    """Each unit keeps its sweep in the done-record; the curve from them is the curve from re-read rasters."""
+    import json
+
+    from schoolvision.io.folders import ScanFolder
+    from schoolvision.scan.candidates import read_fields
+    from schoolvision.scan.evaluation import load_schools, pr_curve
+    from schoolvision.scan.runner import kept_sweeps
+
+    scenes = sorted((demo_dir / "scenes").glob("*.tif"))[:2]
+    out = tmp_path / "scan"
+    summary = run_scan(ScanConfig(run=trained_run, imagery=scenes, out_dir=out, device="cpu",
+                                  schools=chips_dir / "schools.geojson", cam_peaks=False, make_map=False,
+                                  progress=False))
+    folder = ScanFolder(out)
+    sweeps = kept_sweeps(folder, summary.scenes)
+    assert sorted(sweeps) == sorted(s.scene for s in summary.scenes)
+    assert summary.seconds["evaluation"] > 0
+    schools = load_schools(chips_dir / "schools.geojson", summary.scenes)  # those of the scanned scenes
+    kept = read_fields(summary.scenes, sweeps, summary_min_area := 100.0)
+    assert all(type(f).__name__ == "PeakSweep" for f in kept)
+    from_rasters = pr_curve(summary.scenes, schools, 50.0, min_area_m2=summary_min_area)
+    from_sweeps = pr_curve(summary.scenes, schools, 50.0, fields=kept, min_area_m2=summary_min_area)
+    assert from_sweeps == from_rasters and any(p["candidates"] for p in from_rasters)
+    assert json.loads((out / "evaluation.json").read_text())["pr_curve"] == from_rasters
+    without = tmp_path / "no_schools"
+    run_scan(ScanConfig(run=trained_run, imagery=scenes[:1], out_dir=without, device="cpu", cam_peaks=False,
+                        make_map=False, progress=False))
+    assert "sweep" not in ScanFolder(without).read_done(scenes[0].stem)  # no schools: no sweep to keep

@@ -13,7 +13,9 @@ closer than ``merge_distance`` are merged, keeping the most probable.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -44,6 +46,10 @@ EIGHT = np.ones((3, 3), bool)
 """8-connectivity: regions, markers and watershed all join diagonal neighbours."""
 
 PEAK_FLOOR = 0.05
+"""Lowest threshold the log-odds peaks are first computed for (the sweep's lowest); a lower one recomputes them."""
+
+SWEEP_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2))
+"""Thresholds of the evaluation's precision-recall sweep (:func:`~schoolvision.scan.evaluation.pr_curve`)."""
 
 MIN_AREA_M2 = 100.0
 """Smallest candidate region (m^2 above the threshold) that is kept: ``scan --min-area``'s default.
@@ -54,7 +60,6 @@ probability over tens of metres, so a region of a few m^2 is a rounding speck of
 threshold, not a school the model saw. 100 m^2 (10 x 10 px at 1 m) is well under half that block:
 it drops specks and keeps every school-sized region; lower it for imagery coarser than 1 m only if
 small schools are lost (0 keeps every region)."""
-"""Lowest threshold the log-odds peaks are first computed for (the sweep's lowest); a lower one recomputes them."""
 
 
 class ProbabilityField:
@@ -283,6 +288,15 @@ class ProbabilityField:
         sums = np.bincount(region, weights=values, minlength=n + 1)[1:]
         return self.values.ravel()[peaks], sums / counts, counts, peaks
 
+    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = 0.0) -> PeakSweep:
+        """:meth:`peak_arrays` at every threshold, lowest first, as the evaluation's sweep computes them.
+
+        A scan unit calls it while the raster is in memory, before its own candidates (which then reuse
+        the peaks and the sort computed here), so the evaluation reads no raster and repeats no peak search.
+        """
+        arrays = {float(t): self.peak_arrays(float(t), min_area_m2, reuse=True)[1:] for t in sorted(thresholds)}
+        return PeakSweep(self.scene, self.crs, float(min_area_m2), arrays)
+
     def candidates(self, threshold: float, min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
         """(ranked points, region polygons) at ``threshold``: :func:`extract_candidates`."""
         points, labels = self.points(threshold, min_area_m2)
@@ -377,9 +391,58 @@ def common_crs(crss: Sequence):
     return next(iter(unique)) if len(unique) == 1 else "EPSG:4326"
 
 
-def read_fields(scenes: Sequence) -> list[ProbabilityField]:
-    """The probability raster of each scanned scene (``SceneScan`` items), ready for any threshold."""
-    return [ProbabilityField.read(s.probability, s.scene) for s in scenes]
+@dataclass(frozen=True)
+class PeakSweep:
+    """One scene's region peaks at each threshold of a sweep: what the evaluation needs of its raster.
+
+    Made by :meth:`ProbabilityField.sweep` in the scene's unit and kept in its done-record
+    (:meth:`record`), so that evaluating a scan of many scenes reads no raster again. It answers
+    :meth:`peak_arrays` as the field would, for its own thresholds and minimum area only.
+    """
+
+    scene: str
+    crs: Any
+    min_area_m2: float
+    arrays: dict[float, tuple[np.ndarray, ...]]  # threshold -> (max, mean, area m^2, x, y) of the kept regions
+
+    def covers(self, thresholds: Sequence[float], min_area_m2: float) -> bool:
+        """Whether it holds every one of ``thresholds`` at ``min_area_m2``."""
+        return min_area_m2 == self.min_area_m2 and all(float(t) in self.arrays for t in thresholds)
+
+    def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
+        """(label, max, mean, area m^2, x, y) as :meth:`ProbabilityField.peak_arrays` (labels are 1..n here)."""
+        if not self.covers([threshold], min_area_m2):
+            raise KeyError(f"no sweep at threshold {threshold} and min area {min_area_m2} for scene {self.scene}")
+        values = self.arrays[float(threshold)]
+        return (np.arange(1, len(values[0]) + 1), *values)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready: float64 numbers round-trip exactly, so the evaluation's counts stay the same."""
+        return {"min_area_m2": self.min_area_m2, "crs": self.crs.to_wkt() if self.crs else None,
+                "thresholds": {repr(t): [np.asarray(v, float).tolist() for v in a] for t, a in self.arrays.items()}}
+
+    @classmethod
+    def from_record(cls, scene: str, record: dict[str, Any]) -> PeakSweep:
+        """The sweep :meth:`record` wrote."""
+        crs = rasterio.crs.CRS.from_wkt(record["crs"]) if record.get("crs") else None
+        arrays = {float(t): tuple(np.asarray(v, float) for v in a) for t, a in record["thresholds"].items()}
+        return cls(scene, crs, float(record["min_area_m2"]), arrays)
+
+
+def read_fields(scenes: Sequence, sweeps: Mapping[str, PeakSweep] | None = None,
+                min_area_m2: float = 0.0) -> list[ProbabilityField | PeakSweep]:
+    """The probability raster of each scanned scene (``SceneScan`` items), ready for any threshold.
+
+    ``sweeps``: scenes' kept :class:`PeakSweep` (by scene name); one that covers the sweep's thresholds at
+    ``min_area_m2`` stands in for its raster, the others are read.
+    """
+    sweeps = sweeps or {}
+    out: list[ProbabilityField | PeakSweep] = []
+    for s in scenes:
+        kept = sweeps.get(s.scene)
+        ok = kept is not None and kept.covers(SWEEP_THRESHOLDS, min_area_m2)
+        out.append(kept if ok else ProbabilityField.read(s.probability, s.scene))
+    return out
 
 
 def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,

@@ -24,7 +24,14 @@ from tqdm.auto import tqdm
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import probability_bounds, read_probability
 from schoolvision.io.schools import read_schools
-from schoolvision.scan.candidates import ProbabilityField, extract_candidates, merged_rows, read_fields
+from schoolvision.scan.candidates import (
+    SWEEP_THRESHOLDS,
+    PeakSweep,
+    ProbabilityField,
+    extract_candidates,
+    merged_rows,
+    read_fields,
+)
 
 
 def load_schools(path: str | Path | gpd.GeoDataFrame, scenes: Sequence) -> gpd.GeoDataFrame:
@@ -81,8 +88,8 @@ def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
 
 
 def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
-             thresholds: Sequence[float] = tuple(np.round(np.arange(0.05, 1.0, 0.05), 2)),
-             merge_distance: float = 64.0, fields: Sequence[ProbabilityField] | None = None,
+             thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+             merge_distance: float = 64.0, fields: Sequence[ProbabilityField | PeakSweep] | None = None,
              progress: bool = False, min_area_m2: float = 0.0) -> list[dict]:
     """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold.
 
@@ -100,8 +107,8 @@ def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
     return curve
 
 
-def _sweep_counts(fields: Sequence[ProbabilityField], threshold: float, min_area_m2: float, merge_distance: float,
-                  known: np.ndarray | None, utm, distance: float) -> tuple[int, int]:
+def _sweep_counts(fields: Sequence[ProbabilityField | PeakSweep], threshold: float, min_area_m2: float,
+                  merge_distance: float, known: np.ndarray | None, utm, distance: float) -> tuple[int, int]:
     """(candidates, true positives) at ``threshold``: the numbers of :func:`extract_all` and :func:`match`.
 
     The same steps on arrays instead of frames (rank each scene, to EPSG:4326, rank all, merge, match),
@@ -150,7 +157,7 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
 
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path | gpd.GeoDataFrame,
                   distance: float = 50.0, threshold: float | None = None, merge_distance: float = 64.0,
-                  fields: Sequence[ProbabilityField] | None = None, progress: bool = False,
+                  fields: Sequence[ProbabilityField | PeakSweep] | None = None, progress: bool = False,
                   min_area_m2: float = 0.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms).
 

@@ -30,7 +30,7 @@ from schoolvision.io.tiles import TileOptions
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.model.runtime import resolve_runtime
-from schoolvision.scan.candidates import MIN_AREA_M2, read_fields, write_candidates
+from schoolvision.scan.candidates import MIN_AREA_M2, PeakSweep, read_fields, write_candidates
 from schoolvision.scan.engines import ENGINES, import_ray, make_engine
 from schoolvision.scan.evaluation import evaluate_scan
 from schoolvision.scan.mask import ScanMask
@@ -214,7 +214,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
                             stride=config.stride, batch_size=config.batch_size,
                             native_resolution=config.native_resolution, prefetch=config.prefetch,
                             cam_peaks=config.cam_peaks, expected=expected, mask=mask,
-                            min_area_m2=config.min_area_m2)
+                            min_area_m2=config.min_area_m2, sweep=config.schools is not None)
     todo = [s for s in sources if s.name not in done_before]
     setup = time.perf_counter()
     outcomes, (runtime, detail) = {}, (runtime_name, "")
@@ -290,6 +290,16 @@ def _summarise(folder: ScanFolder, sources: list, done_before: dict[str, dict], 
                        engine=engine, scene_counts=counts, seconds={k: round(v, 3) for k, v in seconds.items()})
 
 
+def kept_sweeps(folder: ScanFolder, scenes: Sequence) -> dict[str, PeakSweep]:
+    """The :class:`PeakSweep` each scene's unit kept in its done-record (scenes scanned without one are left out)."""
+    sweeps = {}
+    for scene in scenes:
+        record = folder.read_done(scene.scene) or {}
+        if record.get("sweep"):
+            sweeps[scene.scene] = PeakSweep.from_record(scene.scene, record["sweep"])
+    return sweeps
+
+
 def _imagery_options(config: ScanConfig, meta) -> ImageryOptions:
     """How scenes are read: an explicit option wins, else what the run's chips used (bands, 8-bit scale rule).
 
@@ -319,7 +329,9 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     extra = {"regions": regions}
     if known is not None and scenes:  # with every scene failed there is nothing to evaluate: the failures say why
         evaluation, layers = evaluate_scan(cands, scenes, known, config.match_distance, summary.threshold,
-                                           merge_distance, fields=read_fields(scenes), progress=config.progress,
+                                           merge_distance, fields=read_fields(scenes, kept_sweeps(folder, scenes),
+                                                                              config.min_area_m2),
+                                           progress=config.progress,
                                            min_area_m2=config.min_area_m2)
         extra.update(layers)
         summary.evaluation = evaluation

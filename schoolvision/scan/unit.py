@@ -57,6 +57,7 @@ class UnitSettings:
     expected: dict = field(default_factory=dict)
     mask: Any = None  # scan --mask: a ScanMask (scan.mask); only windows near its features are scanned
     min_area_m2: float = 0.0  # scan --min-area: smaller candidate regions are dropped
+    sweep: bool = False  # keep the evaluation's per-threshold peaks in the done-record (scan --schools)
 
 
 @dataclass
@@ -174,8 +175,12 @@ class SceneWorker:
         started = time.perf_counter()
         stamp = source_stamp(source)  # before reading: a scene changed during its scan is scanned again
         scan = scanner.scan(source, folder.probability_path(source.name))
+        field = ProbabilityField.read(scan.probability, scan.scene)
+        swept = time.perf_counter()
+        # the sweep first: the candidates then reuse its peaks and sort (the same candidates either way)
+        sweep = field.sweep(min_area_m2=s.min_area_m2).record() if s.sweep else None
         times = [time.perf_counter()]
-        points, regions = ProbabilityField.read(scan.probability, scan.scene).candidates(s.threshold, s.min_area_m2)
+        points, regions = field.candidates(s.threshold, s.min_area_m2)
         points = merge_duplicates(points, s.merge_distance / 2, s.merge_distance / 2)
         times.append(time.perf_counter())
         if s.cam_peaks and len(points):  # CAMs from the windows' runtime: a forward pass
@@ -184,10 +189,11 @@ class SceneWorker:
         times.append(time.perf_counter())
         folder.write_scene_candidates(source.name, points, regions)
         times.append(time.perf_counter())
-        steps = {"windows": times[0] - started, "candidates": times[1] - times[0], "cam_peaks": times[2] - times[1],
-                 "files": times[3] - times[2]}
+        steps = {"windows": swept - started, "candidates": times[1] - times[0], "cam_peaks": times[2] - times[1],
+                 "files": times[3] - times[2], "evaluation": times[0] - swept}
         record = {**s.expected, "scene": source.name, "stamp": stamp, "windows": scan.windows,
                   "candidates": len(points), "seconds": round(time.perf_counter() - started, 3),
-                  "steps": {k: round(v, 4) for k, v in steps.items()}, "scan": asdict(scan)}
+                  "steps": {k: round(v, 4) for k, v in steps.items()}, "scan": asdict(scan),
+                  **({"sweep": sweep} if sweep is not None else {})}
         folder.write_done(source.name, record)
         return record
