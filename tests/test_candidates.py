@@ -381,3 +381,22 @@ def test_an_empty_case_gallery_is_a_sentence_not_an_image(capsys):
     assert capsys.readouterr().out == "Every known school was found.\n"
     fig = plot_cases(np.zeros((2, 3, 8, 8), np.uint8), np.zeros((2, 8, 8)), ["a", "b"])
     assert fig is not None and len(fig.axes) == 4
+
+
+def test_one_sort_h_maxima_is_skimages():
+    """The single-sort h-maxima equals skimage's on smooth fields, with and without plateaus and ties."""
+    from skimage.morphology import h_maxima as skimage_h_maxima
+
+    from schoolvision.scan.candidates import h_maxima
+
+    rng = np.random.default_rng(0)
+    found = 0
+    for trial in range(6):
+        field = rng.normal(size=(50 + 7 * trial, 70)).cumsum(0).cumsum(1) / 10
+        if trial % 2:
+            field = np.round(field, 1)  # plateaus: ties in the sort
+        for h in (0.5, 2.0):
+            expected = skimage_h_maxima(field, h)
+            assert np.array_equal(h_maxima(field, h), expected), (trial, h)
+            found += int(expected.sum())
+    assert found > 0

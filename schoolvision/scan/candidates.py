@@ -13,6 +13,7 @@ closer than ``merge_distance`` are merged, keeping the most probable.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from rasterio.features import shapes
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import Point, shape
-from skimage.morphology import h_maxima
+from skimage.morphology import h_maxima as skimage_h_maxima
 from skimage.segmentation import watershed
 
 from schoolvision.io.crs import metric_crs
@@ -113,7 +114,8 @@ class ProbabilityField:
         parts, n = ndimage.label(self.logit > low, structure=EIGHT)
         boxes = ndimage.find_objects(parts)
         if n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > 0.9 * self.logit.size:
-            peaks = h_maxima(self.logit, self.dip).astype(bool)
+            # below ``low`` nothing matters (as outside a part below): one level there, a faster sort
+            peaks = h_maxima(np.maximum(self.logit, low), self.dip).astype(bool)
         else:
             peaks = np.zeros(self.logit.shape, bool)
             for i, box in enumerate(boxes, start=1):
@@ -144,8 +146,12 @@ class ProbabilityField:
             above = self.finite[box] & (self.p[box] >= threshold)
             if not above.any():
                 return np.zeros((0, 0), np.int32), 0, np.s_[0:0, 0:0]
+            sub = _bounding_box(above)  # a higher threshold's pixels: a smaller box, numbered in the same order
+            above = above[sub]
+            box = (slice(box[0].start + sub[0].start, box[0].start + sub[0].stop),
+                   slice(box[1].start + sub[1].start, box[1].start + sub[1].stop))
             markers, n = ndimage.label(self.peaks(threshold)[box] & above, structure=EIGHT)
-            reused = self._from_base(threshold, above, markers, n)
+            reused = self._from_base(threshold, above, markers, n, sub)
             if reused is not None:
                 return reused[0], reused[1], box
         return (*self._labels_watershed(threshold), np.s_[:, :])
@@ -158,8 +164,7 @@ class ProbabilityField:
         markers, n = ndimage.label(self.peaks(threshold) & above, structure=EIGHT)
         labels = self._watershed(above, markers)
         if self._base is None or threshold < self._base[0]:
-            rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
-            box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            box = _bounding_box(above)
             self._base = (threshold, labels[box].copy(), n, box)
         rest, m = ndimage.label(above & (labels == 0), structure=EIGHT)  # regions whose peak sits below the threshold
         labels[rest > 0] = rest[rest > 0] + n
@@ -170,14 +175,13 @@ class ProbabilityField:
 
         Exactly the whole raster's result: the flood visits the same pixels in the same order.
         """
-        rows, cols = np.flatnonzero(above.any(1)), np.flatnonzero(above.any(0))
-        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        box = _bounding_box(above)
         basins = np.zeros(above.shape, np.int32)
         basins[box] = watershed(-self.logit[box], markers[box], mask=above[box], connectivity=2)
         return basins
 
-    def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray,
-                   n: int) -> tuple[np.ndarray, int] | None:
+    def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray, n: int,
+                   sub: tuple[slice, slice] = np.s_[:, :]) -> tuple[np.ndarray, int] | None:
         """:meth:`labels` at ``threshold`` from the watershed at a lower one; None where they may differ more.
 
         The flood fills higher log-odds first, so within a connected part above ``threshold`` it
@@ -191,11 +195,12 @@ class ProbabilityField:
         ties by the order of its heap: region areas and means can move there. The sweep keeps only
         each region's peak, at its top, so its counts stay those of a watershed per threshold
         (``tests/test_candidates.py`` compares them on rasters with such ties). ``above`` and
-        ``markers`` cover the lower threshold's box (``self._base``), and so do the labels returned.
+        ``markers`` cover ``sub`` of the lower threshold's box (``self._base``), and so do the labels returned.
         """
         if self._base is None or threshold < self._base[0]:
             return None
         _, base, base_n, _ = self._base
+        base = base[sub]
         parts, k = ndimage.label(above, structure=EIGHT)
         pixels = np.flatnonzero(markers)
         marker = markers.ravel()[pixels]
@@ -269,11 +274,7 @@ class ProbabilityField:
         each region's peak is its last pixel in the sort of all values (done once, not per threshold),
         and sums add the region's pixels in raster order. Only labelled pixels are visited.
         """
-        if self._rank is None:
-            order = self.values.ravel().argsort()
-            self._rank = np.empty(order.size, np.intp)
-            self._rank[order] = np.arange(order.size)
-            self._order = order
+        self._sort_values()
         inside = np.flatnonzero(labels)
         region = labels.ravel()[inside]
         pixels = inside
@@ -288,14 +289,37 @@ class ProbabilityField:
         sums = np.bincount(region, weights=values, minlength=n + 1)[1:]
         return self.values.ravel()[peaks], sums / counts, counts, peaks
 
-    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = 0.0) -> PeakSweep:
+    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = 0.0,
+              workers: int = 1) -> PeakSweep:
         """:meth:`peak_arrays` at every threshold, lowest first, as the evaluation's sweep computes them.
 
         A scan unit calls it while the raster is in memory, before its own candidates (which then reuse
         the peaks and the sort computed here), so the evaluation reads no raster and repeats no peak search.
+        The lowest threshold sets what the others reuse (peaks, basins, sort); the others only read it,
+        so ``workers`` threads share them (numpy and scipy release the GIL), with the same arrays.
         """
-        arrays = {float(t): self.peak_arrays(float(t), min_area_m2, reuse=True)[1:] for t in sorted(thresholds)}
-        return PeakSweep(self.scene, self.crs, float(min_area_m2), arrays)
+        ts = sorted(float(t) for t in thresholds)
+        if not ts:
+            return PeakSweep(self.scene, self.crs, float(min_area_m2), {})
+
+        def arrays_at(t: float) -> tuple[np.ndarray, ...]:
+            return self.peak_arrays(t, min_area_m2, reuse=True)[1:]
+
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            sorting = pool.submit(self._sort_values)  # beside the peak search, which does not need it
+            self.peaks(ts[0])
+            sorting.result()
+            first = arrays_at(ts[0])
+            rest = list(pool.map(arrays_at, ts[1:]))
+        return PeakSweep(self.scene, self.crs, float(min_area_m2), dict(zip(ts, [first, *rest], strict=True)))
+
+    def _sort_values(self) -> None:
+        """The sort of the values :meth:`_stats` breaks ties by (once per raster)."""
+        if self._rank is None:
+            order = self.values.ravel().argsort()
+            rank = np.empty(order.size, np.intp)
+            rank[order] = np.arange(order.size)
+            self._order, self._rank = order, rank
 
     def candidates(self, threshold: float, min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
         """(ranked points, region polygons) at ``threshold``: :func:`extract_candidates`."""
@@ -389,6 +413,58 @@ def common_crs(crss: Sequence):
     """The scenes' CRS when they share one, else EPSG:4326 (metric work reprojects to local UTM)."""
     unique = {rasterio.crs.CRS.from_user_input(c).to_string() for c in crss}
     return next(iter(unique)) if len(unique) == 1 else "EPSG:4326"
+
+
+def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+    """The ``h_maxima`` of skimage for a 2-D float64 image (8-connected), sorting the pixels once, not twice.
+
+    skimage 0.26's grey reconstruction sorts its (seed, mask) stack twice, once for the visiting order
+    and once more in ``rank_order`` for the ranks, with the same ``argsort``; this sorts once and feeds
+    the same arrays to skimage's own inner loop, so the answer is skimage's, bit for bit
+    (``tests/test_candidates.py``), in two thirds of the time. Where that loop is not importable
+    (another skimage), skimage's own function runs.
+    """
+    try:
+        from skimage.morphology._grayreconstruct import reconstruction_loop
+    except ImportError:  # pragma: no cover - another skimage layout
+        return skimage_h_maxima(image, h)
+    image = np.asarray(image, np.float64)
+    if image.ndim != 2 or h > np.ptp(image):
+        return skimage_h_maxima(image, h)
+    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
+    seed = image - h - resolution
+    rows, cols = image.shape
+    images = np.full((2, rows + 2, cols + 2), np.min(seed), dtype=np.float64)  # padded by one, as skimage pads
+    images[0, 1:-1, 1:-1] = seed
+    images[1, 1:-1, 1:-1] = image
+    size = images.size
+    signed = np.result_type(np.min_scalar_type(-size), np.int32)
+    width = cols + 2
+    strides = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1], signed)
+    flat = images.reshape(-1)
+    order = flat.argsort()  # the one sort: skimage runs this same argsort twice
+    index_sorted = order.astype(signed, copy=False)[::-1]
+    prev = np.full(size, -1, signed)
+    nxt = np.full(size, -1, signed)
+    prev[index_sorted[1:]] = index_sorted[:-1]
+    nxt[index_sorted[:-1]] = index_sorted[1:]
+    ranked = flat[order]  # rank_order: equal values share a rank
+    different = ranked[:-1] != ranked[1:]
+    sort_rank = np.zeros(size, np.min_scalar_type(size))
+    np.cumsum(different, out=sort_rank[1:])
+    values = np.concatenate([ranked[:1], ranked[1:][different]])
+    rank = np.zeros_like(sort_rank)
+    rank[order] = sort_rank
+    rank = rank.astype(np.dtype(signed.char.upper()), copy=False)
+    reconstruction_loop(rank, prev, nxt, strides, index_sorted[0], size // 2)
+    reconstructed = values[rank[: size // 2]].reshape(rows + 2, cols + 2)[1:-1, 1:-1]
+    return ((image - reconstructed) >= h).astype(np.uint8)
+
+
+def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
+    """The smallest box holding every True pixel of a 2-D mask that has one."""
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
 
 
 @dataclass(frozen=True)

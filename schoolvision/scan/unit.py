@@ -178,7 +178,7 @@ class SceneWorker:
         field = ProbabilityField.read(scan.probability, scan.scene)
         swept = time.perf_counter()
         # the sweep first: the candidates then reuse its peaks and sort (the same candidates either way)
-        sweep = field.sweep(min_area_m2=s.min_area_m2).record() if s.sweep else None
+        sweep = field.sweep(min_area_m2=s.min_area_m2, workers=torch.get_num_threads()).record() if s.sweep else None
         times = [time.perf_counter()]
         points, regions = field.candidates(s.threshold, s.min_area_m2)
         points = merge_duplicates(points, s.merge_distance / 2, s.merge_distance / 2)
