@@ -12,7 +12,8 @@ chosen, so it is skipped and the reason recorded). Every variant keeps its own m
 alike, and the median and the best round are reported (``load_average`` records that load).
 
 ``max_abs_dloss`` compares the first step's loss of each variant with float32 NCHW from the same
-weights and batch: layouts compute the same function, so it is float noise.
+weights and batch: layouts compute the same function, so it is float noise; a frozen stem's BatchNorm
+normalises with its ImageNet statistics instead of the batch's, so there it differs by design.
 
     .venv/bin/python benchmarks/train_precision.py [--image-size 224] [--rounds 6] [--steps 4] [--out FILE.json]
 """

@@ -77,6 +77,12 @@ glue_all("ch2", {"epochs": epochs, "image_size": image_size})
 # every roof and wall at the wrong scale, and the smallest schools of the test town are missed
 # (Exercise 1 at the end of the chapter trains at the chips' own size to show it). The GPU profile
 # (`book/params/gpu.yaml`) uses larger chips and more epochs. The same call runs on either.
+#
+# The backbone's stem and first two stages (edges, colours and textures, at the two highest resolutions)
+# keep their ImageNet weights (`freeze_stem`, on by default whenever training starts from learnt weights):
+# they transfer to overhead imagery almost unchanged, and not back-propagating through them makes a
+# training step on a CPU about twice as fast. The run's `config.json` records what was resolved for this
+# machine under `resolved`: device, memory layout, precision and the frozen stem.
 
 # %%
 config = TrainConfig(

@@ -301,7 +301,9 @@ rounds
 # which nobody reviewed, went from {glue:text}`ch8_recall_before:.2f` to
 # {glue:text}`ch8_recall_after:.2f` (precision {glue:text}`ch8_precision_before:.2f` to
 # {glue:text}`ch8_precision_after:.2f`): {glue:text}`ch8_gap_closed:.0%` of the gap to the home recall
-# closed.
+# closed. Read recall and precision together: the fine-tuned run tunes its own threshold on the home
+# validation town, so a round can trade precision for recall; the places the next round rejects become
+# hard negatives, which is how precision is won back.
 #
 # ## Summary and next
 #
