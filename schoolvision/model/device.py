@@ -49,7 +49,7 @@ def kept_heap() -> Iterator[bool]:
 
     glibc serves every allocation above 32 MB (a 224 px batch's activations) with a fresh ``mmap``
     and returns it on free, so each training step page-faults its activations in again: on the
-    2-core development machine that was a third of a CPU training step (23 -> 31 chips/s without it,
+    2-core development machine that was a third of a CPU training step (23 -> 31 chips/s with it,
     ``benchmarks/train_precision.py``). Inside the block large blocks come from the heap and stay
     there for the next step; on exit glibc's defaults return and ``malloc_trim`` releases the heap.
     Yields whether the setting applied (glibc only; elsewhere the block runs unchanged).

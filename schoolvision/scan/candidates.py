@@ -12,7 +12,7 @@ closer than ``merge_distance`` are merged, keeping the most probable.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,16 +154,20 @@ class ProbabilityField:
             reused = self._from_base(threshold, above, markers, n, sub)
             if reused is not None:
                 return reused[0], reused[1], box
-        return (*self._labels_watershed(threshold), np.s_[:, :])
+        return (*self._labels_watershed(threshold, keep=reuse), np.s_[:, :])
 
-    def _labels_watershed(self, threshold: float) -> tuple[np.ndarray, int]:
-        """:meth:`labels` by a watershed on the whole raster (the first, lowest threshold sets ``_base``)."""
+    def _labels_watershed(self, threshold: float, keep: bool = True) -> tuple[np.ndarray, int]:
+        """:meth:`labels` by a watershed on the whole raster.
+
+        ``keep``: the lowest threshold run so far with it sets ``_base`` (a sweep's calls keep it; a
+        single extraction does not, so it never changes what a sweep running beside it reads).
+        """
         above = self.finite & (self.p >= threshold)
         if not above.any():
             return np.zeros(self.prob.shape, np.int32), 0
         markers, n = ndimage.label(self.peaks(threshold) & above, structure=EIGHT)
         labels = self._watershed(above, markers)
-        if self._base is None or threshold < self._base[0]:
+        if keep and (self._base is None or threshold < self._base[0]):
             box = _bounding_box(above)
             self._base = (threshold, labels[box].copy(), n, box)
         rest, m = ndimage.label(above & (labels == 0), structure=EIGHT)  # regions whose peak sits below the threshold
@@ -293,25 +297,36 @@ class ProbabilityField:
               workers: int = 1) -> PeakSweep:
         """:meth:`peak_arrays` at every threshold, lowest first, as the evaluation's sweep computes them.
 
-        A scan unit calls it while the raster is in memory, before its own candidates (which then reuse
-        the peaks and the sort computed here), so the evaluation reads no raster and repeats no peak search.
-        The lowest threshold sets what the others reuse (peaks, basins, sort); the others only read it,
-        so ``workers`` threads share them (numpy and scipy release the GIL), with the same arrays.
+        A scan unit runs it while the raster is in memory (:meth:`start_sweep`, beside its own
+        candidates, which reuse the peaks and the sort computed here), so the evaluation reads no raster
+        and repeats no peak search. ``workers`` threads share the thresholds.
+        """
+        with ThreadPoolExecutor(max(1, workers)) as pool:
+            return self.start_sweep(pool, thresholds, min_area_m2)()
+
+    def start_sweep(self, pool: ThreadPoolExecutor, thresholds: Sequence[float] = SWEEP_THRESHOLDS,
+                    min_area_m2: float = 0.0) -> Callable[[], PeakSweep]:
+        """Start :meth:`sweep`: returns once the lowest threshold is done; call the result for the sweep.
+
+        The lowest threshold sets what the others reuse (peaks, basins, the sort of the values); from
+        then on the sweep only reads the field, so its other thresholds run on ``pool`` (numpy and scipy
+        release the GIL) while the caller extracts candidates from the same field, with the same arrays
+        as one after the other.
         """
         ts = sorted(float(t) for t in thresholds)
         if not ts:
-            return PeakSweep(self.scene, self.crs, float(min_area_m2), {})
+            return lambda: PeakSweep(self.scene, self.crs, float(min_area_m2), {})
 
         def arrays_at(t: float) -> tuple[np.ndarray, ...]:
             return self.peak_arrays(t, min_area_m2, reuse=True)[1:]
 
-        with ThreadPoolExecutor(max(1, workers)) as pool:
-            sorting = pool.submit(self._sort_values)  # beside the peak search, which does not need it
-            self.peaks(ts[0])
-            sorting.result()
-            first = arrays_at(ts[0])
-            rest = list(pool.map(arrays_at, ts[1:]))
-        return PeakSweep(self.scene, self.crs, float(min_area_m2), dict(zip(ts, [first, *rest], strict=True)))
+        sorting = pool.submit(self._sort_values)  # beside the peak search, which does not need it
+        self.peaks(ts[0])
+        sorting.result()
+        first = arrays_at(ts[0])
+        rest = [pool.submit(arrays_at, t) for t in ts[1:]]
+        return lambda: PeakSweep(self.scene, self.crs, float(min_area_m2),
+                                 dict(zip(ts, [first, *(f.result() for f in rest)], strict=True)))
 
     def _sort_values(self) -> None:
         """The sort of the values :meth:`_stats` breaks ties by (once per raster)."""

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,22 +176,28 @@ class SceneWorker:
         started = time.perf_counter()
         stamp = source_stamp(source)  # before reading: a scene changed during its scan is scanned again
         scan = scanner.scan(source, folder.probability_path(source.name))
+        scanned = time.perf_counter()
         field = ProbabilityField.read(scan.probability, scan.scene)
-        swept = time.perf_counter()
-        # the sweep first: the candidates then reuse its peaks and sort (the same candidates either way)
-        sweep = field.sweep(min_area_m2=s.min_area_m2, workers=torch.get_num_threads()).record() if s.sweep else None
-        times = [time.perf_counter()]
-        points, regions = field.candidates(s.threshold, s.min_area_m2)
-        points = merge_duplicates(points, s.merge_distance / 2, s.merge_distance / 2)
-        times.append(time.perf_counter())
-        if s.cam_peaks and len(points):  # CAMs from the windows' runtime: a forward pass
-            points = place_at_cam_peaks(scanner.model, scanner.meta, points, {source.name: source},
-                                        scanner.device, regions, runtime=scanner.runtime)
-        times.append(time.perf_counter())
+        read = time.perf_counter()  # the read counts with the candidates, as before the sweep moved here
+        with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
+            # the sweep's lowest threshold first (peaks, basins, sort: the candidates reuse them), its other
+            # thresholds on the pool beside the candidates and CAM peaks (the same arrays either way)
+            finish = field.start_sweep(pool, min_area_m2=s.min_area_m2) if s.sweep else None
+            times = [time.perf_counter()]
+            points, regions = field.candidates(s.threshold, s.min_area_m2)
+            points = merge_duplicates(points, s.merge_distance / 2, s.merge_distance / 2)
+            times.append(time.perf_counter())
+            if s.cam_peaks and len(points):  # CAMs from the windows' runtime: a forward pass
+                points = place_at_cam_peaks(scanner.model, scanner.meta, points, {source.name: source},
+                                            scanner.device, regions, runtime=scanner.runtime)
+            times.append(time.perf_counter())
+            sweep = finish().record() if finish is not None else None
+            waited = time.perf_counter()
         folder.write_scene_candidates(source.name, points, regions)
         times.append(time.perf_counter())
-        steps = {"windows": swept - started, "candidates": times[1] - times[0], "cam_peaks": times[2] - times[1],
-                 "files": times[3] - times[2], "evaluation": times[0] - swept}
+        steps = {"windows": scanned - started, "candidates": read - scanned + times[1] - times[0],
+                 "cam_peaks": times[2] - times[1], "files": times[3] - waited,
+                 "evaluation": times[0] - read + waited - times[2]}
         record = {**s.expected, "scene": source.name, "stamp": stamp, "windows": scan.windows,
                   "candidates": len(points), "seconds": round(time.perf_counter() - started, 3),
                   "steps": {k: round(v, 4) for k, v in steps.items()}, "scan": asdict(scan),
