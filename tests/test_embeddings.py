@@ -131,10 +131,14 @@ def test_missing_inputs_are_user_errors(small_chips, small_run, tmp_path):
 
 
 def test_runtimes_give_the_same_features(model):
-    """float32 runtimes agree with eager torch to float noise: their features share one cache."""
+    """Runtimes agree with eager float32 torch within their precision's tolerance (float noise for float32 ones).
+
+    ``torch-fast`` autocasts to bfloat16 where the CPU computes it natively (or SCHOOLVISION_BF16=force): the
+    tolerance is the one of the precision the runtime reports it used, so the test holds on every CPU.
+    """
     import copy
 
-    from schoolvision.model.runtime import make_runtime
+    from schoolvision.model.runtime import PRECISION_TOLERANCE, make_runtime
 
     pytest.importorskip("onnxruntime")
     ds, meta = _Images(7), CheckpointMeta("efficientnet_lite0", 32, 32, 1.0, temperature=2.0)
@@ -143,8 +147,10 @@ def test_runtimes_give_the_same_features(model):
         m = copy.deepcopy(model)  # torch-fast converts the weights to channels_last in place
         runtime = make_runtime(name, m, meta, "cpu")
         got = extract_features(m, ds, batch_size=3, temperature=2.0, progress=False, runtime=runtime)
-        np.testing.assert_allclose(got[0], ref[0], rtol=1e-4, atol=1e-5, err_msg=name)
-        np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=1e-5, err_msg=name)
+        tol = PRECISION_TOLERANCE[runtime.precision]
+        scale = float(np.abs(ref[0]).max())
+        np.testing.assert_allclose(got[0], ref[0], rtol=max(tol, 1e-4), atol=tol * scale, err_msg=name)
+        np.testing.assert_allclose(got[1], ref[1], rtol=0, atol=tol, err_msg=name)
         np.testing.assert_array_equal(got[2], ref[2])
         np.testing.assert_array_equal(got[3], ref[3])  # thumbnails come from the input, not the runtime
 

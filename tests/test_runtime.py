@@ -83,6 +83,29 @@ def test_bf16_only_where_native(monkeypatch):
     assert rt.autocast_dtype(cpu) == torch.bfloat16
 
 
+def test_bf16_switch_forces_or_disables_the_bf16_path(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setenv(rt.BF16_ENV, "force")  # a CPU without AMX takes the path an AMX CPU takes
+    assert rt.bf16_native() and rt.autocast_dtype(cpu) == torch.bfloat16
+    monkeypatch.setenv(rt.BF16_ENV, "off")
+    assert not rt.bf16_native() and rt.autocast_dtype(cpu) is None
+    monkeypatch.setenv(rt.BF16_ENV, "sometimes")
+    with pytest.raises(UserError, match="SCHOOLVISION_BF16"):
+        rt.bf16_native()
+
+
+def test_fast_runtime_reports_the_precision_it_ran_at(run, chips, monkeypatch):
+    model, meta = load_classifier(run)
+    monkeypatch.setenv(rt.BF16_ENV, "force")
+    fast = rt.FastTorchRuntime(model, meta)
+    p = fast.probability(chips[:4])
+    assert fast.precision == ("float32" if fast.autocast_error > rt.AUTOCAST_TOLERANCE else "bfloat16")
+    ref = rt.make_runtime("torch", *load_classifier(run)).probability(chips[:4])
+    np.testing.assert_allclose(p, ref, atol=rt.AUTOCAST_TOLERANCE, rtol=0)
+    monkeypatch.setenv(rt.BF16_ENV, "off")
+    assert rt.FastTorchRuntime(*load_classifier(run)).precision == "float32"
+
+
 def test_cached_onnx_is_reused_and_retrained_weights_get_a_new_file(tmp_path, run):
     model, meta = load_classifier(run)
     path = cached_onnx(model, meta, run)

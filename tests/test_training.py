@@ -21,7 +21,6 @@ from schoolvision.errors import UserError
 from schoolvision.io.folders import RunFolder, read_predictions
 from schoolvision.model.checkpoint import load_classifier, read_checkpoint
 from schoolvision.model.inference import predict
-from schoolvision.model.runtime import bf16_native
 from schoolvision.plotting import training as plots
 from schoolvision.plotting.training import tensorboard_figures
 from schoolvision.train import fit as training
@@ -94,7 +93,9 @@ def test_run_folder_contents(fake_run, fake_chips):
     assert len(config["chips_index_sha256"]) == 64 and "torch" in config["versions"]
     assert config["resolved"]["image_size"] == 32
     assert config["resolved"]["channels_last"] is True  # on for CPU too: 2-3x faster steps (train_precision.py)
-    assert config["resolved"]["amp"] is bf16_native()  # bf16 autocast only where the CPU computes it natively
+    # the same recipe on every CPU: float32, whatever bfloat16 support the CPU has (bf16 is --precision bf16)
+    assert config["resolved"]["amp"] is False and config["resolved"]["precision"] == "fp32"
+    assert metrics["training_precision"] == "fp32" and saved["training_precision"] == "fp32"
     history = json.loads((out / "history.json").read_text())
     assert [r["epoch"] for r in history] == [1, 2]
     last = read_checkpoint(out / "last.pt")  # weights_only=True inside
@@ -124,20 +125,29 @@ def test_evaluate_recomputes_metrics_json(fake_run, fake_chips):
     assert after == before
 
 
-def test_evaluate_metrics_equal_across_runtimes(fake_run, fake_chips, tmp_path):
-    """ONNX Runtime and channels_last: the same metrics within float noise; predictions match within FLOAT_NOISE."""
+def test_evaluate_metrics_equal_across_runtimes(fake_run, fake_chips, tmp_path, monkeypatch):
+    """Two code paths, one function: at float32 (bfloat16 paths off) ONNX Runtime and channels_last give the
+    metrics within float noise; with the bfloat16 path forced (what a CPU with AMX runs) the evaluation says so
+    and its P(school) stay within the autocast tolerance."""
     pytest.importorskip("onnxruntime")
+    from schoolvision.model.runtime import BF16_ENV
+
     out, _ = fake_run
     run = tmp_path / "run"
     shutil.copytree(out, run)  # evaluate rewrites metrics.json; the fixture's run stays as the other tests expect
     before = json.loads((run / "metrics.json").read_text())
+    monkeypatch.setenv(BF16_ENV, "off")
     for name in ("onnx", "torch-fast"):
         result = evaluate_run(EvalConfig(run, fake_chips, n_boot=50, runtime=name))
-        assert result["predictions_match"] is True, name
+        assert result["predictions_match"] is True and result["runtime_precision"] == "float32", name
         for key in ("auprc", "f1", "precision", "recall", "threshold"):
             assert result[key] == pytest.approx(before[key], abs=1e-6), (name, key)
         assert result["bootstrap"]["auprc"] == pytest.approx(before["bootstrap"]["auprc"], abs=1e-6)
     assert (run / "onnx").is_dir()  # exported once, beside the checkpoint
+    monkeypatch.setenv(BF16_ENV, "force")
+    result = evaluate_run(EvalConfig(run, fake_chips, n_boot=50, runtime="torch-fast"))
+    assert result["runtime"] == "torch-fast" and result["runtime_precision"] in ("bfloat16", "float32")
+    assert result["predictions_match"] is True  # within AUTOCAST_TOLERANCE (or float noise after a fall-back)
 
 
 def test_tensorboard_holds_curves_figures_and_hparams(fake_run):
@@ -330,6 +340,20 @@ def test_frozen_stem_keeps_its_starting_weights(fake_chips, tmp_path):
     assert not torch.equal(start.trunk.conv_head.weight, trained.trunk.conv_head.weight)
     config = json.loads((tmp_path / "frozen" / "config.json").read_text())
     assert config["resolved"]["freeze_stem"] is True
+
+
+def test_bf16_training_is_opt_in_and_recorded(fake_chips, tmp_path, monkeypatch):
+    """--precision bf16 autocasts the steps (forced here, as on an AMX CPU) and the run says so; auto stays fp32."""
+    from schoolvision.model.runtime import BF16_ENV
+
+    monkeypatch.setenv(BF16_ENV, "force")
+    metrics = fit(tiny(fake_chips, tmp_path / "bf16", epochs=1, precision="bf16"))
+    resolved = json.loads((tmp_path / "bf16" / "config.json").read_text())["resolved"]
+    assert resolved["amp"] is True and resolved["amp_dtype"] == "bfloat16" and resolved["precision"] == "bf16"
+    assert metrics["training_precision"] == "bf16"
+    assert training._autocast_setting("auto", torch.device("cpu")) == (False, torch.float32)  # even with bf16 forced
+    with pytest.raises(UserError, match="--precision"):
+        tiny(fake_chips, tmp_path / "x", precision="int4")
 
 
 def test_random_weights_train_the_stem(fake_run):

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import os
 import warnings
 from pathlib import Path
 from typing import ClassVar
@@ -51,11 +52,36 @@ largest measured shift, so a model that is as robust as this one keeps its speed
 is clearly less robust falls back to float32.
 """
 
+PRECISION_TOLERANCE: dict[str, float] = {"float32": 1e-5, "bfloat16": 0.05, "float16": 0.01}
+"""Largest |difference| from float32 expected of a runtime's features and logits, by the precision it ran at
+(:attr:`Runtime.precision`), relative to the values' own scale (``atol = rtol = tolerance``). float32 runtimes
+agree to float noise (~1e-6); bfloat16 keeps 8 bits of mantissa (relative rounding 2**-8 per operation,
+accumulated over the trunk: features moved by up to 0.008 at a scale of ~1 on the demo model), float16 10 bits.
+Tests that compare a runtime with float32 take their tolerance from here, so that they hold on every CPU."""
+
 Input = torch.Tensor | np.ndarray
 
 
+BF16_ENV = "SCHOOLVISION_BF16"
+"""Environment switch of the CPU bfloat16 paths (``torch-fast`` autocast, ``--precision bf16`` training):
+``force`` takes them on any CPU (emulated, ~15x slower, where the CPU lacks bfloat16: so that a machine without
+AMX runs, and its tests check, what an AMX machine runs; CI does), ``off`` never, unset or ``auto``: where
+oneDNN computes bfloat16 natively."""
+
+
 def bf16_native() -> bool:
-    """True when oneDNN computes bfloat16 natively on this CPU (avx512_bf16 / AMX); emulated bf16 is ~15x slower."""
+    """True when the CPU bfloat16 paths are taken: natively computed (avx512_bf16 / AMX), or forced by :data:`BF16_ENV`.
+
+    Raises:
+        UserError: an unknown value of :data:`BF16_ENV`.
+    """
+    mode = os.environ.get(BF16_ENV, "auto").strip().lower()
+    if mode in ("force", "on", "1"):
+        return True
+    if mode in ("off", "0"):
+        return False
+    if mode not in ("auto", ""):
+        raise UserError(f"{BF16_ENV}={mode!r}: use force, off or auto")
     try:
         return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # pragma: no cover - builds without oneDNN
@@ -119,6 +145,11 @@ class Runtime:
         Always float32, also where :meth:`logits` runs in autocast, so the maps equal the gradient ones.
         """
         return _torch_feature_maps(self.model, self._tensor(x).contiguous(memory_format=torch.channels_last))
+
+    @property
+    def precision(self) -> str:
+        """The arithmetic of the forward passes run so far: ``float32``, ``bfloat16`` or ``float16``."""
+        return "float32"
 
     def describe(self) -> str:
         """One line for logs and benchmark reports."""
@@ -187,10 +218,14 @@ class FastTorchRuntime(Runtime):
         self.autocast_error: float | None = None
         self._checked = self.dtype is None
 
+    @property
+    def precision(self) -> str:
+        """The autocast dtype in use (``float32`` when none, or after a fall-back on the first batch)."""
+        return "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
+
     def describe(self) -> str:
         """Name, device, layout and the autocast dtype in use."""
-        precision = "float32" if self.dtype is None else str(self.dtype).removeprefix("torch.")
-        return f"{self.name} on {self.device} (channels_last, {precision})"
+        return f"{self.name} on {self.device} (channels_last, {self.precision})"
 
     def _autocast(self):
         if self.dtype is None:

@@ -18,14 +18,15 @@ from schoolvision.errors import UserError, check_range
 from schoolvision.io.folders import RunFolder
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.inference import predict_logits, school_probability
-from schoolvision.model.runtime import make_runtime
+from schoolvision.model.runtime import AUTOCAST_TOLERANCE, make_runtime
 from schoolvision.train.metrics import bootstrap_ci, classification_metrics
 
 PREDICTION_COLUMNS = ["chip_id", "path", "split", "scene", "label", "prob", "pred"]
 
 FLOAT_NOISE = 1e-5
-"""Largest |P(school)| difference from ``predictions.csv`` that still counts as a match for a runtime other
-than ``torch``: float32 runtimes (ONNX Runtime, channels_last) agree with torch to ~1e-6; autocast does not."""
+"""Largest |P(school)| difference from ``predictions.csv`` that still counts as a match for a float32 runtime
+other than ``torch``: float32 runtimes (ONNX Runtime, channels_last) agree with torch to ~1e-6. A runtime that
+ran in autocast is held to the autocast tolerance instead (``AUTOCAST_TOLERANCE``)."""
 
 
 def label_array(frame: pd.DataFrame) -> np.ndarray:
@@ -111,7 +112,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     For ``split="test"`` this rewrites ``RUN/metrics.json`` (test metrics plus the validation
     report, exactly as ``fit`` lays it out); other splits go to ``RUN/metrics_<split>.json``. The
     result has ``predictions_match``: whether the recomputed P(school) equal ``predictions.csv``
-    (bit for bit with ``runtime="torch"``, within :data:`FLOAT_NOISE` with another runtime).
+    (bit for bit with ``runtime="torch"``, within :data:`FLOAT_NOISE` with another float32 runtime, within the
+    autocast tolerance with one that ran in bfloat16 / float16), and the runtime and precision that scored them.
 
     Raises:
         UserError: a missing or unreadable run, an empty split, an unknown runtime or ``onnx`` without the extra.
@@ -138,7 +140,11 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
         for key in ("best_epoch", "epochs_run", "backbone", "pretrained"):
             if key in previous:
                 result[key] = previous[key]
-    tolerance = 0.0 if runtime.name == "torch" else FLOAT_NOISE
+    if runtime.name == "torch":
+        tolerance = 0.0
+    else:
+        tolerance = FLOAT_NOISE if runtime.precision == "float32" else AUTOCAST_TOLERANCE
+    result["runtime"], result["runtime_precision"] = runtime.name, runtime.precision
     result["predictions_match"] = _predictions_match(run, probs_by_split, tolerance)
     run.write_metrics(result, config.split)
     return result

@@ -24,6 +24,7 @@ import os
 import platform
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -57,6 +58,10 @@ from schoolvision.train.evaluation import bootstrap_groups, label_array, predict
 from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
 
 # Settings that may differ between an interrupted run and its resumption.
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+"""Training precisions. ``bf16`` on a CPU is opt-in: on CPUs with AMX it trained 1.6x faster at 224 px, but it
+changes the recipe's numbers (benchmarks/train_precision.py; README), and where the CPU lacks native bfloat16
+it is emulated and ~10x slower than float32."""
 RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every"}
 SPLITS = ("train", "val", "test")
 
@@ -84,8 +89,8 @@ class TrainConfig:
     num_workers: int | None = None  # None: 0 on CPU (data is in memory), min(4, cores) on CUDA
     patience: int | None = 5  # epochs without a better validation AUPRC before stopping; None = never
     threshold_beta: float = 1.0  # 1 tunes the threshold for F1, 2 for F2 (favours recall)
-    amp: bool | None = None  # None: on for CUDA (bf16 where supported, else fp16 + GradScaler) and for a CPU
-    # with native bf16 (AMX / avx512_bf16; never where bf16 is emulated, ~10x slower): see _resolve
+    precision: str = "auto"  # one of PRECISIONS. auto: bf16 autocast on CUDA (fp16 + GradScaler where bf16 is
+    # not supported), float32 on every CPU, so that the same command trains the same recipe on any CPU
     channels_last: bool | None = None  # None: on for CUDA and CPU (2-3x faster training steps on CPU, measured)
     preload: bool | None = None  # None: decode the training chips into memory when they fit in 2 GiB
     log_every: int = 10  # batches between progress-bar updates
@@ -113,6 +118,8 @@ class TrainConfig:
             ("n_boot", self.n_boot, {"minimum": 1}),
         ):
             check_range(option, value, **rule)
+        if self.precision not in PRECISIONS:
+            raise UserError(f"--precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
 
 # --- small helpers -----------------------------------------------------------------------------
@@ -194,11 +201,17 @@ class Resolved:
     preload: bool  # training and validation chips decoded once into memory
     freeze_stem: bool  # the backbone's stem (layers up to output stride 4) keeps its starting weights
 
+    @property
+    def precision_name(self) -> str:
+        """``fp32``, ``bf16`` or ``fp16``: what the training steps computed in (metrics.json records it)."""
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype] if self.amp else "fp32"
+
     def record(self, device: torch.device, world: int, splits: dict[str, ChipDataset]) -> dict[str, Any]:
         """The ``resolved`` entry of ``config.json``, with the chip counts per split and class."""
         return {
             "device": str(device), "image_size": self.image_size, "chip_size": self.chip_size, "amp": self.amp,
             "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
+            "precision": self.precision_name,
             "channels_last": self.channels_last, "num_workers": self.num_workers, "preload": self.preload,
             "freeze_stem": self.freeze_stem,
             "world_size": world, "imbalance": "cross-entropy weighted by inverse class frequency",
@@ -473,17 +486,15 @@ def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, An
     if image_size is None:
         image_size = int(splits["train"][0]["image"].shape[-1])
     cuda = device.type == "cuda"
-    # bf16 autocast on CPU only where oneDNN runs it natively: the issue's Xeon with AMX trained 1.6x faster
-    # (8.0 -> 12.7 chips/s at 224 px); emulated bf16 (this AMD EPYC, most laptops) is ~10x slower than fp32.
-    cpu_bf16 = device.type == "cpu" and bf16_native()
+    amp, amp_dtype = _autocast_setting(config.precision, device)
     n_bytes = len(splits["train"]) * 3 * image_size * image_size
     learnt_start = config.pretrained or init is not None  # random stem filters must train
     default_workers = min(4, os.cpu_count() or 1) if cuda else 0
     settings = Resolved(
         image_size=image_size,
         chip_size=chip_size or image_size,
-        amp=(cuda or cpu_bf16) if config.amp is None else (config.amp and (cuda or cpu_bf16)),
-        amp_dtype=torch.bfloat16 if cpu_bf16 or (cuda and torch.cuda.is_bf16_supported()) else torch.float16,
+        amp=amp,
+        amp_dtype=amp_dtype,
         # channels_last: oneDNN (CPU) and cuDNN (tensor cores) both run NHWC convolutions faster; the
         # same function, so only float noise differs and a resumed run stays bit-identical
         channels_last=device.type in ("cuda", "cpu") if config.channels_last is None else config.channels_last,
@@ -492,6 +503,28 @@ def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, An
         freeze_stem=learnt_start if config.freeze_stem is None else config.freeze_stem,
     )
     return splits, settings
+
+
+def _autocast_setting(precision: str, device: torch.device) -> tuple[bool, torch.dtype]:
+    """(autocast on, its dtype) for a :data:`PRECISIONS` value on ``device``.
+
+    A CPU trains in float32 unless bf16 is asked for, whatever bfloat16 support it has: the recipe (and so
+    the book's numbers and intervals) must not change with the machine. Asked for where the CPU emulates
+    bfloat16, it runs, with a warning that it is slow.
+    """
+    cuda = device.type == "cuda"
+    if precision == "fp32" or (precision == "auto" and not cuda):
+        return False, torch.float32
+    if precision == "fp16":
+        if not cuda:
+            raise UserError("--precision fp16 needs a CUDA device; on a CPU use fp32 or bf16")
+        return True, torch.float16
+    if precision == "auto":
+        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if not cuda and not bf16_native():
+        warnings.warn("--precision bf16: this CPU has no native bfloat16 (emulated, ~10x slower than fp32)",
+                      stacklevel=3)
+    return True, torch.bfloat16
 
 
 def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, settings: Resolved,
@@ -668,7 +701,7 @@ def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.
         frames.append(prediction_frame(splits[split].frame, split, probs, meta.threshold))
     metrics = dict(reports["test"])
     metrics.update(val=reports["val"], best_epoch=meta.epoch, epochs_run=len(state.history), backbone=config.backbone,
-                   pretrained=config.pretrained)
+                   pretrained=config.pretrained, training_precision=state.settings.precision_name)
     if not state.ddp.main:
         return metrics
     meta.metrics = {f"{s}_{k}": float(reports[s][k]) for s in ("val", "test")
