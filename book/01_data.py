@@ -240,7 +240,7 @@ print(train.georef(0)[0])
 #
 # ## Exercises
 #
-# **Exercise 1.** Make the chips with half the overlap: a `stride` equal to `chip_size`. How many chips
+# **Exercise 1.** Make the chips without overlap: a `stride` equal to `chip_size` (the default is half a chip). How many chips
 # does the train split hold now, and why does the split by town matter less for this leakage question?
 #
 # ````{admonition} Solution

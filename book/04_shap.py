@@ -207,7 +207,7 @@ glue_all(
     },
 )
 print(
-    f"SHAP GradientExplainer: {shap_result.seconds_per_chip:.2f} s per chip"
+    f"SHAP GradientExplainer: {summary.table['shap']['seconds_per_chip']:.2f} s per chip"
     f" at {nsamples} samples"
 )
 

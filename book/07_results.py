@@ -77,7 +77,7 @@ Markdown(results.headline_markdown())
 print("\n".join(results.missing) or "Every results file of this build was found.")
 
 # %% [markdown]
-# Every number of the four files, with the file it comes from, and the seconds per chapter of this
+# Every number of the results files listed above, with the file it comes from, and the seconds per chapter of this
 # build, are one click away:
 
 # %% tags=["hide-cell"] mystnb={"code_prompt_show": "Every number of this build", "code_prompt_hide": "Hide them"}

@@ -32,6 +32,10 @@ SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messa
                        "files", "labelling", "scenes"})
 
 
+# Text settings that are results too: they say how the numbers were made (shown, never compared as numbers).
+TEXT_KEYS = frozenset({"training_precision", "runtime_precision"})
+
+
 # The results page's headline table: (section, metric, what a reader calls it), about fifteen rows so
 # that it fits one screen; every other number is one click away on the page.
 HEADLINES = (
@@ -42,6 +46,7 @@ HEADLINES = (
     ("test metrics", "roc_auc", "test ROC AUC"),
     ("test metrics", "ece", "expected calibration error (test)"),
     ("test metrics", "threshold", "decision threshold (tuned on validation)"),
+    ("test metrics", "training_precision", "training arithmetic (fp32 on every CPU unless asked)"),
     ("test metrics", "n_chips.school", "school chips in the test town"),
     ("explanation faithfulness", "n_chips", "chips explained (grad-CAM)"),
     ("clustering", "k", "clusters chosen (k)"),
@@ -117,23 +122,23 @@ def format_value(value: Any, digits: int = 3) -> str:
     """Integers as they are, floats rounded to ``digits``, missing as an em dash."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str)):
         return str(value)
     if isinstance(value, int):
         return str(value)
     return f"{float(value):.{digits}f}"
 
 
-def flatten_numbers(obj: dict, prefix: str = "", depth: int = 2) -> dict[str, float | int]:
-    """Numeric leaves of a JSON object as ``{"a.b": value}``, ``depth`` levels deep, settings skipped."""
-    out: dict[str, float | int] = {}
+def flatten_numbers(obj: dict, prefix: str = "", depth: int = 2) -> dict[str, float | int | str]:
+    """Numeric leaves (and :data:`TEXT_KEYS`) of a JSON object as ``{"a.b": value}``, ``depth`` levels deep."""
+    out: dict[str, float | int | str] = {}
     for key, value in obj.items():
         if key in SKIP_KEYS:
             continue
         name = f"{prefix}{key}"
         if isinstance(value, bool):
             continue
-        if isinstance(value, (int, float)):
+        if isinstance(value, (int, float)) or (key in TEXT_KEYS and isinstance(value, str)):
             out[name] = value
         elif isinstance(value, dict) and depth > 1:
             out.update(flatten_numbers(value, f"{name}.", depth - 1))

@@ -329,7 +329,8 @@ def _results_sources(tmp_path: Path) -> list:
     for folder in (run, grad, clus, scan, review):
         folder.mkdir()
     test = {"auprc": 0.9876, "f1": 0.9123, "precision": 0.88, "recall": 0.95, "roc_auc": 0.99, "ece": 0.031,
-            "threshold": 0.42, "accuracy": 0.97, "n_chips": {"school": 34, "not_school": 432}, "val": {"f1": 0.5}}
+            "threshold": 0.42, "accuracy": 0.97, "n_chips": {"school": 34, "not_school": 432}, "val": {"f1": 0.5},
+            "training_precision": "fp32", "backbone": "efficientnet_lite0"}
     (run / "metrics.json").write_text(json.dumps(test))
     (grad / "faithfulness.json").write_text(json.dumps({"n_chips": 12, "accuracy": 0.5}))
     (clus / "summary.json").write_text(json.dumps({"k": 4, "silhouette": 0.2345}))
@@ -355,6 +356,8 @@ def test_results_page_shows_every_number_of_the_json(tmp_path):
     headline = results.headline_markdown()
     assert "| test AUPRC (chips of the held-out town) | 0.988 | 2 |" in headline
     assert "| school chips in the test town | 34 | 2 |" in headline  # counts stay integers
+    assert "| training arithmetic (fp32 on every CPU unless asked) | fp32 | 2 |" in headline
+    assert "efficientnet_lite0" not in shown  # other text settings stay out
     (sources[0].path).unlink()
     assert any("written by chapter 02_training" in m for m in gather_results(sources).missing)
 
