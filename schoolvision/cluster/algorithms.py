@@ -24,6 +24,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from schoolvision import CLASSES, SCHOOL
+from schoolvision.data.places import distinct_places
 from schoolvision.errors import UserError, check_range
 
 METHODS = ("kmeans", "gmm", "hdbscan")
@@ -288,12 +289,18 @@ def _cluster_features(vectors: np.ndarray, config: ClusterConfig) -> Clustering:
     )
 
 
-def nearest_to_centre(result: Clustering, n: int = 8) -> dict[int, np.ndarray]:
-    """For each cluster, the indices of its ``n`` members closest to the centre (the gallery)."""
+def nearest_to_centre(result: Clustering, n: int = 8, places: pd.DataFrame | None = None) -> dict[int, np.ndarray]:
+    """For each cluster, the indices of its ``n`` members closest to the centre (the gallery).
+
+    ``places``: the chips' rows in the clustering's order (chips.csv columns); given, a school appears
+    once per cluster and other chips a chip apart (:func:`~schoolvision.data.places.distinct_places`).
+    """
     out = {}
+    frame = None if places is None else places.reset_index(drop=True)
     for c in range(result.k):
         members = np.flatnonzero(result.labels == c)
-        out[c] = members[np.argsort(result.distances[members], kind="stable")[:n]]
+        order = members[np.argsort(result.distances[members], kind="stable")]
+        out[c] = order[:n] if frame is None else np.asarray(distinct_places(frame, order, n), dtype=int)
     return out
 
 

@@ -159,7 +159,7 @@ def cluster_chips(
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
     report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
     if config.gallery and result.k > 0:
-        rows = table.iloc[np.concatenate(list(nearest_to_centre(result, config.gallery_size).values()))]
+        rows = table.iloc[np.concatenate(list(nearest_to_centre(result, config.gallery_size, table).values()))]
         ids = rows["chip_id"].astype(str)
         report.gallery = {cid: read_chip_rgb(Path(config.chips_dir) / p) for cid, p in zip(ids, rows["path"])}
         if config.cams_dir:

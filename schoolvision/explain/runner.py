@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from schoolvision import CLASSES, SCHOOL
 from schoolvision.data.dataset import ChipDataset
+from schoolvision.data.places import distinct_places
 from schoolvision.errors import UserError, check_range
 from schoolvision.explain.faithfulness import baseline_maps, energy_share, pointing_game, road_drop, summarise
 from schoolvision.explain.layers import resolve_layer
@@ -246,11 +247,18 @@ def _chip_records(run: _Run, idx: int, label: int, prob: float, maps: dict[str, 
             folder = Path(run.config.out_dir) / name
             rec |= _write_maps(run, folder, chip_id, chip, heat, crs, transform, signed=name == "shap")
             gallery = run.galleries[name].get(outcome)
-            if gallery is not None and len(gallery) < run.config.gallery_size:
+            if gallery is not None and len(gallery) < run.config.gallery_size and _new_place(run, gallery, idx):
                 gallery.append(GalleryItem(chip_id, chip, heat, mask, prob))
         records[name] = rec
         run.records.append(rec)
     return records
+
+
+def _new_place(run: _Run, gallery: list[GalleryItem], idx: int) -> bool:
+    """Whether chip ``idx`` shows a place that ``gallery`` does not show yet (one chip per school)."""
+    frame = run.ds.frame.set_index(run.ds.frame["chip_id"].astype(str))
+    order = [item.chip_id for item in gallery] + [str(run.ds.frame.iloc[idx]["chip_id"])]
+    return len(distinct_places(frame, order)) == len(order)
 
 
 def _footprint(run: _Run, label: int, crs, transform, shape: tuple[int, int]) -> np.ndarray | None:

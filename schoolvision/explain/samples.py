@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from schoolvision.data.dataset import ChipDataset
+from schoolvision.data.places import distinct_places
 from schoolvision.errors import UserError
 from schoolvision.explain.maps import resize_maps
 from schoolvision.explain.methods import explain_batch
@@ -39,7 +40,8 @@ def pick_chips(predictions: str | Path, chips_dir: str | Path, image_size: int |
     ``predictions``: a run's ``predictions.csv`` or an :func:`~schoolvision.explain.runner.explain_chips`
     ``explanations.csv`` (columns chip_id, label, prob, pred). Filter by ``outcome`` (TP, FP, FN, TN) or
     ``label``/``pred``; order by ``chip_id`` or by ``prob`` (highest first: e.g. the not_school chips the
-    model likes most).
+    model likes most). One chip per place: a school shown once, other chips a chip apart
+    (:func:`~schoolvision.data.places.distinct_places`).
     """
     predictions, chips_dir = Path(predictions), Path(chips_dir)
     rec = read_predictions(predictions)
@@ -52,7 +54,10 @@ def pick_chips(predictions: str | Path, chips_dir: str | Path, image_size: int |
         if value is not None:
             rec = rec[rec[col] == value]
     rec = rec.sort_values(["prob", "chip_id"], ascending=[False, True]) if by == "prob" else rec.sort_values("chip_id")
-    rec = rec.head(n)
+    index = ChipsFolder(chips_dir).read_index()
+    places = index.set_index(index["chip_id"].astype(str)).reindex(rec["chip_id"].astype(str))
+    places = places.assign(label=rec["label"].map(lambda v: "school" if int(v) == 1 else "not_school").to_numpy())
+    rec = rec.iloc[[places.index.get_loc(c) for c in distinct_places(places, places.index, n)]]
     if rec.empty:
         raise UserError(f"no chips match outcome={outcome} label={label} pred={pred} in split {split!r}", predictions)
     ds = ChipDataset(chips_dir, split=split, image_size=image_size, require_classes=False)

@@ -154,7 +154,7 @@ def cluster_gallery(
     """
     cams = cams or {}
     images, overlays, captions = {}, {}, {}
-    for c, idx in nearest_to_centre(result, n).items():
+    for c, idx in nearest_to_centre(result, n, table).items():
         rows = table.iloc[idx]
         images[c] = [chips[str(cid)] for cid in rows["chip_id"]]
         overlays[c] = [cams.get(str(cid)) for cid in rows["chip_id"]]
