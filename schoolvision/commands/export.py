@@ -3,7 +3,7 @@
 Beside ``model.onnx``: ``model_deepness.onnx``, a Regressor whose layer holds each tile's P(school) in
 percent (0-100), ``model_deepness.qml``, the QGIS style of that layer classed at the run's threshold,
 and ``model_deepness_segmentor.onnx``, a Segmentor that draws the pixels with P(school) above the
-threshold as a school mask and polygons. Tile size, overlap, resolution, standardisation, output
+threshold as school polygons. Tile size, overlap, resolution, standardisation, output
 scaling and threshold are read from each file's metadata by the plugin's "Load default parameters".
 """
 
