@@ -1,6 +1,6 @@
 """ONNX export of a trained classifier: the graph, its metadata, and the per-checkpoint cache.
 
-Two graphs come out of one checkpoint:
+What comes out of one checkpoint:
 
 * the **classifier** (:func:`export_onnx`): input ``image`` float32 (N, 3, S, S), RGB in [0, 1]
   (normalisation is inside the graph, as in the torch model); outputs ``logits`` (N, classes) and
