@@ -43,6 +43,7 @@ device = "auto"
 # %%
 import pandas as pd
 from schoolvision.commands.explain import write_galleries
+from schoolvision.explain.faithfulness import beats_baseline
 from schoolvision.explain.runner import ExplainConfig, explain_chips
 from schoolvision.explain.samples import (
     check_alignment,
@@ -52,7 +53,7 @@ from schoolvision.explain.samples import (
 )
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import glue_all, require, resolve
+from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import explain as plots
 from schoolvision.plotting.theme import apply_theme
 
@@ -160,12 +161,48 @@ fig = plots.plot_faithfulness(summary.table)
 # %%
 pd.DataFrame(summary.table_all_school_chips).T.round(3)
 
+# %%
+t, verdict = summary.table, beats_baseline(summary.table)
+glued = glue_all(
+    "ch3",
+    {
+        "road_gradcam": t["gradcam"]["road_drop"],
+        "pointing_gradcam": t["gradcam"]["pointing_game"],
+        "road_guided": t["guided-gradcam"]["road_drop"],
+        "pointing_guided": t["guided-gradcam"]["pointing_game"],
+        "road_centre": t["centre-gaussian"]["road_drop"],
+        "pointing_centre": t["centre-gaussian"]["pointing_game"],
+        "road_random": t["random"]["road_drop"],
+        "useful": ", ".join(m for m, v in verdict.items() if all(v.values())) or "none",
+        "pointing_only": ", ".join(
+            m for m, v in verdict.items() if v["pointing_game"] and not v["road_drop"]
+        )
+        or "none",
+        "n_fp": summary.outcomes.get("FP", 0),
+        "n_negatives": negatives,
+    },
+)
+
 # %% [markdown]
-# ### What do the false positives look at?
+# **Reading the table.** The rule is the one stated above: a method counts only where it beats the
+# centre-Gaussian map, which points at the school {glue:text}`ch3_pointing_centre:.2f` of the time and
+# whose removal drops P(school) by {glue:text}`ch3_road_centre:.3f` (random pixels:
+# {glue:text}`ch3_road_random:.3f`). On both pointing and ROAD drop the maps that pass are:
+# {glue:text}`ch3_useful`. Grad-CAM points at the school {glue:text}`ch3_pointing_gradcam:.2f` of the
+# time and removing what it highlights drops P(school) by {glue:text}`ch3_road_gradcam:.3f`: it marks
+# what the prediction rests on. The maps that point well but fail the ROAD test are:
+# {glue:text}`ch3_pointing_only`. Guided Grad-CAM points at the school {glue:text}`ch3_pointing_guided:.2f`
+# of the time, yet removing its pixels drops P(school) by only {glue:text}`ch3_road_guided:.3f`, less
+# than removing the centre of the chip: guided backpropagation draws sharp edges of the whole scene, and
+# those edges are not what the prediction depends on. Show it for its crisp outlines, never as evidence.
 #
-# The not-school chips the model likes most (the false positives first, then the closest calls). If the
-# maps sit on large bright roofs or on open fields, those hard negatives (markets, warehouses, parks)
-# are what the model confuses with classroom blocks around a yard.
+# ### The not-school chips the model likes most
+#
+# The {glue:text}`ch3_n_negatives` not-school chips of the test town with the highest P(school), one chip
+# per place: {glue:text}`ch3_n_fp` of them are false positives at the run's threshold, the others are
+# true negatives, the model's closest calls. If the maps sit on large bright roofs or on open fields,
+# those look-alikes (markets, warehouses, parks) are what the model comes closest to confusing with
+# classroom blocks around a yard.
 
 # %%
 near = pick_chips(
@@ -183,6 +220,27 @@ fig = plots.plot_methods(
     None,
     near.probs,
     title="Not-school chips with the highest P(school)",
+)
+
+# %% [markdown]
+# The claims of this page, checked against its numbers (a rerun whose numbers contradict the prose
+# changes these lines, and `make test` fails):
+
+# %% tags=["checks", "nbval-check-output"]
+ok = check_claims(
+    glued,
+    {
+        "Grad-CAM points at the school more often than the centre baseline": (
+            "ch3_pointing_gradcam > ch3_pointing_centre"
+        ),
+        "removing Grad-CAM's pixels drops P(school) more than removing the centre": (
+            "ch3_road_gradcam > ch3_road_centre"
+        ),
+        "guided Grad-CAM points well but fails the ROAD test": (
+            "ch3_pointing_guided > ch3_pointing_centre and ch3_road_guided < ch3_road_centre"
+        ),
+        "the centre baseline beats random pixels on ROAD": "ch3_road_centre > ch3_road_random",
+    },
 )
 
 # %% [markdown]

@@ -6,6 +6,7 @@ lives in ``build_tools/book.py``, outside the runtime package.
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from collections.abc import Mapping
@@ -158,3 +159,47 @@ def glue_runtimes(prefix: str, chapters: list[str], record: Mapping[str, Any]) -
     values["training_minutes"] = round(seconds.get("02_training", float("nan")) / 60, 1)
     values["profile"] = str(record.get("profile", "none")).removesuffix(".yaml")
     return glue_all(prefix, values)
+
+
+# --------------------------------------------------------------------------------------------------
+# The prose's claims, checked against the glued values (a `checks` cell in every chapter)
+# --------------------------------------------------------------------------------------------------
+_CLAIM_FUNCTIONS = {"abs": abs, "min": min, "max": max, "len": len}
+_CLAIM_NODES = (ast.Expression, ast.Compare, ast.BoolOp, ast.UnaryOp, ast.BinOp, ast.Name, ast.Constant, ast.Load,
+                ast.Call, ast.And, ast.Or, ast.Not, ast.USub, ast.Add, ast.Sub, ast.Mult, ast.Div, ast.Eq, ast.NotEq,
+                ast.Lt, ast.LtE, ast.Gt, ast.GtE, ast.In, ast.NotIn, ast.Tuple, ast.List)
+
+
+def claim_holds(claim: str, values: Mapping[str, Any]) -> bool:
+    """Whether ``claim``, a comparison over the names in ``values`` (``"ch3_road_gradcam > ch3_road_centre"``), holds.
+
+    Only comparisons, ``and``/``or``/``not``, arithmetic, numbers and ``abs``/``min``/``max``/``len`` are allowed:
+    a claim is a sentence of the prose written as a formula, not code.
+
+    Raises:
+        ValueError: a claim with another construct, or a name that is not among ``values``.
+    """
+    tree = ast.parse(claim, mode="eval")
+    for node in ast.walk(tree):
+        if not isinstance(node, _CLAIM_NODES):
+            raise ValueError(f"claim {claim!r}: {type(node).__name__} is not allowed")
+        if isinstance(node, ast.Call) and not (isinstance(node.func, ast.Name) and node.func.id in _CLAIM_FUNCTIONS):
+            raise ValueError(f"claim {claim!r}: only {', '.join(_CLAIM_FUNCTIONS)} may be called")
+        if isinstance(node, ast.Name) and node.id not in values and node.id not in _CLAIM_FUNCTIONS:
+            raise ValueError(f"claim {claim!r}: {node.id!r} is not a glued value")
+    scope = {**_CLAIM_FUNCTIONS, **{k: glue_value(v) for k, v in values.items()}}
+    return bool(eval(compile(tree, "<claim>", "eval"), {"__builtins__": {}}, scope))  # noqa: S307 - names checked above
+
+
+def check_claims(values: Mapping[str, Any], claims: Mapping[str, str]) -> bool:
+    """Print each claim of the prose (sentence: formula over the glued ``values``) with whether it holds.
+
+    The chapter's ``checks`` cell calls this and nbval compares its printed lines with the committed
+    ones: a claim that stops being true on a rerun (another machine, other data) changes a line and
+    fails ``make test``, instead of leaving a page whose prose contradicts its numbers. Only the
+    verdicts are printed, not the values (they vary within their intervals). Returns whether all hold.
+    """
+    results = {sentence: claim_holds(formula, values) for sentence, formula in claims.items()}
+    for sentence, holds in results.items():
+        print(f"{'holds' if holds else 'DOES NOT HOLD'}: {sentence}")
+    return all(results.values())

@@ -383,3 +383,53 @@ def test_committed_results_page_is_one_consistent_table():
         assert value == "—" or value in values, f"headline value {value} is in no results file: {line}"
 
 
+
+
+CHECKS_TAG = "checks"
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_every_chapter_checks_its_claims(source):
+    """A `checks` cell (compared by nbval) states the prose's claims as formulas over the glued values."""
+    cells = [c for c in book.read_source(source).cells
+             if c.cell_type == "code" and CHECKS_TAG in c.metadata.get("tags", [])]
+    assert len(cells) == 1, "one cell tagged checks per chapter"
+    assert NBVAL_TAG in cells[0].metadata["tags"], "nbval must compare the checks cell"
+    assert "check_claims(" in cells[0].source
+
+
+def test_claims_are_formulas_over_glued_values():
+    values = {"a": 1.0, "b": 2.0, "name": "fp32"}
+    assert notebook.claim_holds("a < b and abs(a - b) == 1", values)
+    assert notebook.claim_holds("name == 'fp32'", values)
+    assert not notebook.claim_holds("a > b", values)
+    for bad in ("__import__('os')", "a.real > 0", "c > 0", "[x for x in (a,)]"):
+        with pytest.raises(ValueError):
+            notebook.claim_holds(bad, values)
+
+
+def _claims_notebook(path: Path, a: float) -> Path:
+    """A two-cell chapter: glued values, then its checks cell with the outputs of a run where a < b held."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell(f"from schoolvision.notebook import check_claims\nvalues = {{'a': {a}, 'b': 2.0}}",
+                                  execution_count=1),
+        nbformat.v4.new_code_cell("ok = check_claims(values, {'a is below b': 'a < b'})", execution_count=2,
+                                  metadata={"tags": [CHECKS_TAG, NBVAL_TAG]},
+                                  outputs=[nbformat.v4.new_output("stream", name="stdout", text="holds: a is below b\n")]),
+    ]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return path
+
+
+@pytest.mark.slow
+def test_a_planted_wrong_claim_fails_nbval(tmp_path):
+    """nbval passes the checks cell while the claim holds and fails it once a value makes the claim false."""
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--nbval-lax", "-o", "addopts="]
+    good = subprocess.run([*run, str(_claims_notebook(tmp_path / "good.ipynb", 1.0))], capture_output=True, text=True,
+                          cwd=tmp_path)
+    assert good.returncode == 0, good.stdout[-2000:]
+    planted = subprocess.run([*run, str(_claims_notebook(tmp_path / "planted.ipynb", 3.0))], capture_output=True,
+                             text=True, cwd=tmp_path)
+    assert planted.returncode == 1 and "DOES NOT HOLD: a is below b" in planted.stdout, planted.stdout[-2000:]

@@ -193,3 +193,18 @@ def format_table(table: dict[str, dict[str, float | None]]) -> str:
         )
         lines.append(f"{method:<16}{cells}")
     return "\n".join(lines)
+
+
+def beats_baseline(table: dict[str, dict[str, float | None]], baseline: str = "centre-gaussian",
+                   metrics: Sequence[str] = ("pointing_game", "road_drop")) -> dict[str, dict[str, bool]]:
+    """For each method of a faithfulness table, whether it scores above ``baseline`` on each of ``metrics``.
+
+    Chapter 3's rule: a map is only evidence of what the model uses where it beats the centre-Gaussian
+    map (school chips are cut around schools, so "look at the middle" already points well). Pointing
+    can be won by a sharp map of edges that the prediction does not depend on; the ROAD drop cannot.
+    """
+    base = table[baseline]
+    return {
+        method: {m: (row.get(m) is not None and base.get(m) is not None and row[m] > base[m]) for m in metrics}
+        for method, row in table.items() if method not in BASELINES
+    }

@@ -51,10 +51,11 @@ def chip_rgb(chip: np.ndarray) -> np.ndarray:
 def overlay_rgb(chip: np.ndarray, heat: np.ndarray, alpha: float = 0.5, signed: bool = False) -> np.ndarray:
     """Blend a heatmap over a chip: (H, W, 3) uint8. Signed maps use a diverging colour map around 0."""
     img = chip_rgb(chip)
-    if signed:  # pixel attributions are spiky: scale by the 99th percentile so the pattern shows
+    if signed:  # pixel attributions are spiky: scale by the 99th percentile so the pattern shows, and weight
+        # the colour by the square root of |value| so that the many moderate pixels do not vanish into the chip
         scale = max(float(np.percentile(np.abs(heat), 99)), 1e-12)
         colours = colormaps["RdBu_r"](np.clip(heat / scale, -1, 1) * 0.5 + 0.5)[..., :3]
-        weight = alpha * np.clip(np.abs(heat) / scale, 0, 1)[..., None]
+        weight = alpha * np.sqrt(np.clip(np.abs(heat) / scale, 0, 1))[..., None]
     else:
         scale = max(float(heat.max()), 1e-12)
         colours = colormaps["jet"](np.clip(heat / scale, 0, 1))[..., :3]
