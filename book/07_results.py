@@ -41,6 +41,7 @@ review_dir = "outputs/review"
 # %%
 from IPython.display import Markdown
 from schoolvision.notebook import (
+    check_claims,
     glue_runtimes,
     read_execution_record,
     repo_root,
@@ -110,10 +111,29 @@ results.table("explanation faithfulness").round(3)
 REFERENCE
 
 # %% [markdown]
+# The claims of this page, checked against its numbers:
+
+# %% tags=["checks", "nbval-check-output"]
+ok = check_claims(
+    {
+        "missing": len(results.missing),
+        "schools": results.value("scan", "schools"),
+        "found": results.value("scan", "true_positives"),
+        "precision_used": results.value("test metrics", "training_precision"),
+    },
+    {
+        "every results file of this build was found": "missing == 0",
+        "the scan found at most the schools the town holds": "found <= schools",
+        "the model was trained in float32, as on every CPU by default": "precision_used == 'fp32'",
+    },
+)
+
+# %% [markdown]
 # ## Summary
 #
-# - The numbers above come from `metrics.json`, `faithfulness.json`, `summary.json` and `evaluation.json`
-#   of this build; rerun a chapter (or `make book`) and this page follows.
+# - The numbers above come from the results files of this build (`metrics.json`, `faithfulness.json`,
+#   `summary.json`, `evaluation.json`, `review_round.json`); rerun a chapter (or `make book`) and this
+#   page follows.
 # - For larger chips, more epochs and more towns, build with the GPU profile: `make book PROFILE=gpu`.
 # - To map schools in your own imagery, start again at [chapter 1](01_data.ipynb) with your GeoTIFFs or
 #   tiles and your school GeoJSON, then scan with [chapter 6](06_mapping.ipynb).
