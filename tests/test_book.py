@@ -88,7 +88,7 @@ def test_chapter_follows_the_skeleton(source):
     parts = ("what you will learn", "| prerequisite | importance |", "**time to run**", "**writes**", "summary",
              "## with real data", "## exercises", "{admonition} solution\n:class: dropdown")
     for part in parts:
-        assert part in text, f"{source.name}: no '{part}' (see /work/notes/h16a_template.md or chapter 1)"
+        assert part in text, f"{source.name}: no '{part}' (chapter 1 shows the skeleton)"
     time_key = f"07_results.ipynb::res_time_{source.stem}:s" if source.stem != "07_results" else "**time to run**"
     assert time_key in text, f"{source.name}: the time to run is glued from the results page ({time_key})"
     # every exercise's solution is a rerun of the chapter with a changed parameter
@@ -416,7 +416,8 @@ def _claims_notebook(path: Path, a: float) -> Path:
                                   execution_count=1),
         nbformat.v4.new_code_cell("ok = check_claims(values, {'a is below b': 'a < b'})", execution_count=2,
                                   metadata={"tags": [CHECKS_TAG, NBVAL_TAG]},
-                                  outputs=[nbformat.v4.new_output("stream", name="stdout", text="holds: a is below b\n")]),
+                                  outputs=[nbformat.v4.new_output("stream", name="stdout",
+                                                                  text="holds: a is below b\n")]),
     ]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, path)
