@@ -237,7 +237,7 @@ fig = plots.plot_cases(
 # %% [markdown]
 # ### The closest calls
 #
-# When nothing is missed and nothing is a false alarm, the margins still matter. First the found schools
+# Beyond the misses and the false alarms, the margins matter. First the found schools
 # the model was least sure of (lowest candidate probability), then the strongest places the threshold
 # turned down that are not known schools: the next false alarms should the threshold be lowered. Each
 # look-alike is a different place (at least a chip apart: the weak shoulders of one blob are several
@@ -313,8 +313,9 @@ glue_all(
 )
 
 # %% [markdown]
-# Only {glue:text}`ch6_every_roof_share:.0%` of the {glue:text}`ch6_scan_windows` windows: the demo towns
-# are built up from edge to edge, and a house stands near nearly every window. What sets a school apart
+# A mask of every roof skips only {glue:text}`ch6_every_roof_share:.0%` of the
+# {glue:text}`ch6_scan_windows` windows: the demo towns are built up from edge to edge, and a house
+# stands near nearly every window. What sets a school apart
 # from houses is size: classroom blocks are long, houses small. `--mask-min-area` leaves out footprints
 # smaller than that many square metres; with `mask_min_area` ({glue:text}`ch6_mask_min_area:g` m²) only
 # buildings the size of a classroom block, a clinic or a warehouse remain. The same town, scanned again
@@ -475,7 +476,9 @@ print(f"{km2_per_hour:.0f} km2 per hour of windows on this machine")
 # - The same command scales out: `schoolvision scan --run RUN --imagery FOLDER... --out DIR` streams many
 #   scenes or XYZ folders, one resumable unit each (`--resume`), and `--engine ray` spreads them over
 #   the GPUs and machines of a Ray cluster (sizing: `benchmarks/README.md`).
-# - Next: [the results page](07_results.ipynb) gathers the metrics of every chapter.
+# - Next: [chapter 8](08_review.ipynb) takes the scan to a new region, where a person reviews its
+#   candidates and the model learns from the decisions; the [results page](07_results.ipynb) then
+#   gathers the figures of every chapter.
 #
 # ## With real data
 #
