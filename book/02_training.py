@@ -276,8 +276,8 @@ print(
 # ```
 #
 # The pretrained filters now see roofs and walls at the wrong scale: the test AUPRC drops and the worst
-# chips are the smallest schools. Scanning with that run (chapter 6, `-p run_dir /tmp/run_128`) shows
-# the schools it misses.
+# chips are the smallest schools. Scanning with that run into a scratch folder too (chapter 6,
+# `-p run_dir /tmp/run_128 -p out_dir /tmp/mapping_128`) shows the schools it misses.
 # ````
 #
 # **Exercise 2.** Train for a single epoch (`epochs`). Is the model already useful, and what do the
