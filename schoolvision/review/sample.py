@@ -92,7 +92,7 @@ class SceneGrid:
     def cells(self, lon, lat) -> tuple[np.ndarray, np.ndarray]:
         """(row, col) of the windows holding the WGS84 points."""
         xs, ys = warp_points("EPSG:4326", self.crs, list(lon), list(lat))
-        col, row = ~self.transform * (np.asarray(xs), np.asarray(ys))
+        col, row = ~self.transform @ (np.asarray(xs), np.asarray(ys))
         return np.floor(np.asarray(row)).astype(int) // self.k, np.floor(np.asarray(col)).astype(int) // self.k
 
 
@@ -151,9 +151,9 @@ def _scene_windows(scene: SceneScan, window_m: float) -> tuple[SceneGrid, pd.Dat
     r, c = np.nonzero(np.isfinite(best))
     c0, c1 = c * k, np.minimum((c + 1) * k, w)
     r0, r1 = r * k, np.minimum((r + 1) * k, h)
-    x, y = transform * ((c0 + c1) / 2, (r0 + r1) / 2)
-    x0, y0 = transform * (c0, r0)
-    x1, y1 = transform * (c1, r1)
+    x, y = transform @ ((c0 + c1) / 2, (r0 + r1) / 2)
+    x0, y0 = transform @ (c0, r0)
+    x1, y1 = transform @ (c1, r1)
     lon, lat = warp_points(crs, "EPSG:4326", list(x), list(y)) if len(r) else ([], [])
     bounds = np.stack([np.minimum(x0, x1), np.minimum(y0, y1), np.maximum(x0, x1), np.maximum(y0, y1)], axis=1)
     return SceneGrid(transform, crs, k), pd.DataFrame({
@@ -222,10 +222,10 @@ def neyman_allocation(sizes: dict[str, int], sds: dict[str, float], n: int,
                       minimum: int = MIN_PER_STRATUM) -> dict[str, int]:
     """Sample size per stratum: ``n`` shared in proportion to ``N_h * S_h``, capped at ``N_h``.
 
-    Every stratum holding windows first gets ``min(minimum, N_h)`` (while the budget lasts, largest
-    ``N_h S_h`` first); the rest of ``n`` is shared by Neyman's rule among the strata not yet full
-    (a stratum whose share exceeds what it holds takes all of it, and the others share again),
-    rounded by largest remainders. ``n`` above the frame's size takes every window (a census).
+    A stratum whose share exceeds what it holds takes all of it, and the others share the rest
+    again; shares are rounded by largest remainders. Then every stratum holding windows is raised to
+    ``min(minimum, N_h)`` (while the budget allows), taken from the largest allocations. ``n`` above
+    the frame's size takes every window (a census).
     """
     names = list(sizes)
     cap = np.array([sizes[s] for s in names], dtype=int)
@@ -233,20 +233,25 @@ def neyman_allocation(sizes: dict[str, int], sds: dict[str, float], n: int,
     weight = np.where(weight > 0, weight, cap * 1e-9)  # a stratum with S = 0 still takes what others cannot
     n = int(min(n, cap.sum()))
     alloc = np.zeros(len(names), dtype=int)
-    for i in np.argsort(-weight, kind="stable"):
-        alloc[i] += min(minimum, cap[i], n - alloc.sum())
     while alloc.sum() < n:
         left, room = n - alloc.sum(), cap - alloc
         w = np.where(room > 0, weight, 0.0)
         share = left * w / w.sum()
-        full = share >= room
-        if (full & (room > 0)).any():
+        full = (share >= room) & (room > 0)
+        if full.any():
             alloc[full] = cap[full]
             continue
         whole = np.floor(share).astype(int)
         alloc += whole
-        rest = n - alloc.sum()
-        for i in np.argsort(-(share - whole), kind="stable")[:rest]:
+        for i in np.argsort(-(share - whole), kind="stable")[: n - alloc.sum()]:
+            alloc[i] += 1
+    floor = np.minimum(minimum, cap)
+    for i in np.argsort(-weight, kind="stable"):
+        while alloc[i] < floor[i]:
+            donor = int(np.argmax(alloc - floor))
+            if alloc[donor] <= floor[donor]:
+                break  # the budget cannot give every stratum its minimum
+            alloc[donor] -= 1
             alloc[i] += 1
     return {s: int(a) for s, a in zip(names, alloc)}
 
