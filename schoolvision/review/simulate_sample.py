@@ -51,7 +51,11 @@ def answer_sample(frame: Frame, items: pd.DataFrame, truth: gpd.GeoDataFrame) ->
 
 
 def true_measures(frame: Frame, truth: gpd.GeoDataFrame) -> dict[str, float]:
-    """The value of each measure of :data:`~schoolvision.review.estimate.MEASURES` over the whole frame."""
+    """The value of each measure of :data:`~schoolvision.review.estimate.MEASURES` over the whole frame.
+
+    A window holding two schools counts one, as a mapper's answer does; ``unlisted_schools_one_by_one``
+    counts them all, and ``schools_outside_the_frame`` the true schools whose centroid no window holds.
+    """
     w = frame.windows
     holds = np.zeros(len(w), dtype=bool)
     at = school_windows(frame, truth)
@@ -63,6 +67,7 @@ def true_measures(frame: Frame, truth: gpd.GeoDataFrame) -> dict[str, float]:
     schools = int(per_window.sum())
     return {
         "unlisted_schools": int(holds[~listed].sum()),
+        "unlisted_schools_one_by_one": int(per_window[~listed].sum()),  # two schools in a window count two
         "registry_not_at_school": int(w["registry_rows"].to_numpy()[listed & ~holds].sum()),
         "schools": schools,
         "recall": float(holds[cand].sum() / holds.sum()) if holds.any() else 0.0,
