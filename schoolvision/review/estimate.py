@@ -119,7 +119,8 @@ def read_combined(paths: Sequence[str | Path], queue_dir: str | Path) -> Combine
     folder = ReviewFolder(queue_dir)
     queue = folder.read_queue()
     if not isinstance(queue.get("sample"), dict):
-        raise UserError("the queue is not a sample; build it with review build --sample N", folder.queue_path)
+        raise UserError("the queue is not a sample; build it with schoolvision review build --sample N",
+                        folder.queue_path)
     ids = set(folder.read_items()["id"])
     files = []
     for path in paths:
