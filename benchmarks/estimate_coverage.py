@@ -59,6 +59,14 @@ def summarise(values: list[dict], truth: float) -> dict:
             "max_estimate": round(max(est), 4)}
 
 
+def schools_by_stratum(frame, truth) -> dict[str, int]:
+    """True schools per stratum of the frame (by the window holding their centroid)."""
+    from schoolvision.review.simulate_sample import school_windows
+
+    at = school_windows(frame, truth)
+    return frame.windows.loc[at[at >= 0], "stratum"].value_counts().sort_index().to_dict()
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--demo", default="data/demo", help="demo folder (scenes/, schools.geojson, registry.csv)")
@@ -101,8 +109,8 @@ def main(argv=None) -> dict:
             runs[m].append(measures[m])
         allocation = {s: {"N": v["N"], "n": v["n"]} for s, v in design["strata"].items()}
     review_seconds = time.perf_counter() - start
-    top = top_probability_count(scan, truth, budget, args.floor, float((info.get("registry") or {}).get(
-        "match_distance_m", 50.0)))
+    top = top_probability_count(frame, truth, budget, float((info.get("registry") or {}).get("match_distance_m", 50.0)),
+                                args.floor)
     result = {
         "demo": str(args.demo), "run": str(info.get("run", args.run)), "scenes": names,
         "scan": {"candidates": info.get("candidates"), "threshold": info.get("threshold"),
@@ -113,6 +121,7 @@ def main(argv=None) -> dict:
         "sample": {m: summarise(runs[m], float(true[m])) for m in MEASURES},
         "sample_vs_schools_one_by_one": summarise(runs["unlisted_schools"], float(true["unlisted_schools_one_by_one"])),
         "top_probability": {**top, "bias": top["unlisted_schools_found"] - true["unlisted_schools_one_by_one"]},
+        "schools_by_stratum": schools_by_stratum(frame, truth),
         "target": "unlisted_schools covered >= 18 of 20",
         "seconds_per_review": round(review_seconds / max(args.reviews, 1), 3),
     }

@@ -201,3 +201,11 @@ def test_several_mappers_combine_by_majority_and_report_disagreement(queue, trut
     r = estimate(queue, [one, two], tmp_path / "two.json")
     assert (r["mappers"], r["disagreements"], r["items_with_several_votes"]) == (2, 1, 16)
     assert r["disagreement_rate"] == pytest.approx(1 / 16) and r["counts"]["unsure"] == 1  # the tie
+
+
+def test_a_top_probability_review_counts_only_what_it_saw(frame, truth):
+    from schoolvision.review.simulate_sample import top_probability_count
+
+    top = top_probability_count(frame, truth, budget=4, match_distance=30.0)
+    assert top == {"reviewed": 4, "unlisted_schools_found": 2, "schools_found": 4}  # C and D are not listed
+    assert top_probability_count(frame, truth, budget=1, match_distance=30.0)["schools_found"] == 1

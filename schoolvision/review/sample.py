@@ -111,6 +111,7 @@ class Frame:
     window_m: float  # side of a window in metres
     windows: pd.DataFrame = field(repr=False)
     grids: dict[str, SceneGrid] = field(default_factory=dict, repr=False)  # scene -> its grid of windows
+    scan_dir: str = ""  # the scan folder
 
     def lookup(self) -> dict[tuple[str, int, int], int]:
         """(scene, row, col) -> row label of the window."""
@@ -189,7 +190,7 @@ def build_frame(scan_dir: str | Path, floor: float = 0.05) -> Frame:
     window_m = float(info.get("chip_size", 64)) * float(info.get("gsd") or scenes[0].scan_gsd or 1.0)
     parts = [_scene_windows(s, window_m) for s in scenes]
     frame = Frame(info=info, window_m=window_m, windows=pd.concat([p[1] for p in parts], ignore_index=True),
-                  grids={s.scene: p[0] for s, p in zip(scenes, parts)})
+                  grids={s.scene: p[0] for s, p in zip(scenes, parts)}, scan_dir=str(scan_dir))
     windows = frame.windows
     for column, value in (("candidates", 0), ("near_misses", 0), ("registry_rows", 0), ("candidate_rank", -1),
                           ("name", "")):

@@ -10,15 +10,12 @@ when spent on a ranking instead.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import ScanFolder
-from schoolvision.io.schools import read_schools
 from schoolvision.review.queue import collect_items, order_items
 from schoolvision.review.sample import Frame, locate
 from schoolvision.review.simulate import answer_items
@@ -76,18 +73,21 @@ def true_measures(frame: Frame, truth: gpd.GeoDataFrame) -> dict[str, float]:
     }
 
 
-def top_probability_count(scan_dir: str | Path, truth: gpd.GeoDataFrame | str | Path, budget: int,
-                          floor: float = 0.05, match_distance: float = 50.0) -> dict[str, int]:
+def top_probability_count(frame: Frame, truth: gpd.GeoDataFrame, budget: int, match_distance: float = 50.0,
+                          floor: float = 0.05) -> dict[str, int]:
     """What a review of the ``budget`` most likely items (``review build --order probability``) finds.
 
     The simulated mapper of the ranked queue (:func:`~schoolvision.review.simulate.answer_items`)
-    answers the first ``budget`` items; the naive count of unlisted schools is the distinct true
-    schools it accepted at items that no registry row confirms (``registry_status`` new).
+    answers the first ``budget`` items of the scan's ranked queue; the naive count of unlisted
+    schools is the distinct true schools it accepted whose window holds no registry row (the
+    definition of the estimate's ``unlisted_schools``).
     """
-    schools = truth if isinstance(truth, gpd.GeoDataFrame) else read_schools(truth, point_buffer_m=None)
-    info, items = collect_items(ScanFolder(scan_dir), floor)
+    info, items = collect_items(ScanFolder(frame.scan_dir), floor)
     ranked = pd.DataFrame(order_items(items, "probability", float(info["threshold"]))[:budget])
-    answers = answer_items(ranked, schools, match_distance)
-    new = answers[(answers["decision"] == "school") & (answers["registry_status"] == "new")]
-    return {"reviewed": int(len(answers)), "unlisted_schools_found": int(new["school"].nunique()),
-            "schools_found": int(answers.loc[answers["decision"] == "school", "school"].nunique())}
+    answers = answer_items(ranked, truth, match_distance)
+    found = set(answers.loc[answers["decision"] == "school", "school"])
+    at = school_windows(frame, truth)
+    listed = frame.windows["registry_rows"].to_numpy() > 0
+    unlisted = {str(n) for n, a in zip(truth["name"], at) if a >= 0 and not listed[a]}
+    return {"reviewed": int(len(answers)), "unlisted_schools_found": len(found & unlisted),
+            "schools_found": len(found)}
