@@ -209,3 +209,11 @@ def test_a_top_probability_review_counts_only_what_it_saw(frame, truth):
     top = top_probability_count(frame, truth, budget=4, match_distance=30.0)
     assert top == {"reviewed": 4, "unlisted_schools_found": 2, "schools_found": 4}  # C and D are not listed
     assert top_probability_count(frame, truth, budget=1, match_distance=30.0)["schools_found"] == 1
+
+
+def test_the_books_comparison_puts_the_estimate_beside_the_truth(scan, truth):
+    from schoolvision.review.simulate_sample import sample_vs_ranking
+
+    table = sample_vs_ranking(scan, truth, budget=64, match_distance=30.0)  # every window: a census
+    assert (table["estimate"] == table["truth"]).all() and (table["low"] == table["high"]).all()
+    assert table.loc["unlisted_schools", "ranking"] == 2

@@ -10,14 +10,17 @@ when spent on a ranking instead.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import geopandas as gpd
 import numpy as np
 import pandas as pd
 
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import ScanFolder
+from schoolvision.review.estimate import MEASURES, estimate_measures
 from schoolvision.review.queue import collect_items, order_items
-from schoolvision.review.sample import Frame, locate
+from schoolvision.review.sample import Frame, SampleConfig, build_frame, draw_sample, locate
 from schoolvision.review.simulate import answer_items
 
 WINDOW_RULE = "school when a true school footprint's centroid lies in the window, else not a school (never unsure)"
@@ -91,3 +94,23 @@ def top_probability_count(frame: Frame, truth: gpd.GeoDataFrame, budget: int, ma
     unlisted = {str(n) for n, a in zip(truth["name"], at) if a >= 0 and not listed[a]}
     return {"reviewed": int(len(answers)), "unlisted_schools_found": len(found & unlisted),
             "schools_found": len(found)}
+
+
+def sample_vs_ranking(scan_dir: str | Path, truth: gpd.GeoDataFrame, budget: int, seed: int = 0,
+                      floor: float = 0.05, match_distance: float = 50.0) -> pd.DataFrame:
+    """One simulated sampled review of ``budget`` windows, its estimates beside the truth and a ranking's count.
+
+    Returns:
+        One row per measure of :data:`~schoolvision.review.estimate.MEASURES`: ``estimate``, ``low``,
+        ``high`` (95%), ``truth`` (the whole frame), and ``ranking`` for ``unlisted_schools``: the
+        unlisted schools a review of the ``budget`` most likely items found (:func:`top_probability_count`).
+    """
+    frame = build_frame(scan_dir, floor)
+    items, design = draw_sample(frame, SampleConfig(size=budget, seed=seed, floor=floor))
+    items = pd.DataFrame(items)
+    measures = estimate_measures(design, items, answer_sample(frame, items, truth))
+    true = true_measures(frame, truth)
+    top = top_probability_count(frame, truth, budget, match_distance, floor)
+    rows = [{"measure": m, **{k: measures[m][k] for k in ("estimate", "low", "high")}, "truth": true[m],
+             "ranking": top["unlisted_schools_found"] if m == "unlisted_schools" else None} for m in MEASURES]
+    return pd.DataFrame(rows).set_index("measure")
