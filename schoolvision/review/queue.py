@@ -14,7 +14,9 @@ Ranking rule (``order``), the same for every kind of item, ties broken by the it
   sure of first, which are what teaches it most;
 - ``probability``: P descending: the most likely schools first, which maps fastest.
 
-``limit`` keeps the first N. Every item carries a stable id (a hash of the scan and the place, so a
+``limit`` keeps the first N. ``review build --sample N`` queues a stratified random sample of the
+scanned area's windows instead, for an estimate (:mod:`schoolvision.review.sample`). Every item
+carries a stable id (a hash of the scan and the place, so a
 decisions file from another scan matches no item), its chip, the chip's grad-CAM overlay (the run
 recorded in ``scan.json``, or ``run``), a wider view of its surroundings, its probability and
 registry status. The queue is a :class:`~schoolvision.io.folders.ReviewFolder`, with the offline
