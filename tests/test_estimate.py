@@ -217,3 +217,15 @@ def test_the_books_comparison_puts_the_estimate_beside_the_truth(scan, truth):
     table = sample_vs_ranking(scan, truth, budget=64, match_distance=30.0)  # every window: a census
     assert (table["estimate"] == table["truth"]).all() and (table["low"] == table["high"]).all()
     assert table.loc["unlisted_schools", "ranking"] == 2
+
+
+def test_review_build_sample_cli(scan, small_run, tmp_path, capsys):
+    out = tmp_path / "queue"
+    args = ["review", "build", "--scan", str(scan), "--run", str(small_run), "--device", "cpu", "--sample", "8"]
+    assert main([*args, "--out", str(out), "--seed", "2"]) == 0
+    assert "by sample" in capsys.readouterr().out
+    queue = ReviewFolder(out).read_queue()
+    assert queue["order"] == "sample" and queue["sample"]["seed"] == 2 and queue["items"] == 8
+    assert main([*args, "--out", str(tmp_path / "other"), "--limit", "3"]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "--limit" in err[0] and not (tmp_path / "other").exists()
