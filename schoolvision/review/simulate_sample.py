@@ -18,6 +18,7 @@ import pandas as pd
 
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import ScanFolder
+from schoolvision.io.schools import read_schools
 from schoolvision.review.estimate import MEASURES, estimate_measures
 from schoolvision.review.queue import collect_items, order_items
 from schoolvision.review.sample import Frame, SampleConfig, build_frame, draw_sample, locate
@@ -96,15 +97,18 @@ def top_probability_count(frame: Frame, truth: gpd.GeoDataFrame, budget: int, ma
             "schools_found": len(found)}
 
 
-def sample_vs_ranking(scan_dir: str | Path, truth: gpd.GeoDataFrame, budget: int, seed: int = 0,
+def sample_vs_ranking(scan_dir: str | Path, truth: gpd.GeoDataFrame | str | Path, budget: int, seed: int = 0,
                       floor: float = 0.05, match_distance: float = 50.0) -> pd.DataFrame:
     """One simulated sampled review of ``budget`` windows, its estimates beside the truth and a ranking's count.
+
+    ``truth``: the true school footprints, or a file ``read_schools`` reads (``schools.geojson``).
 
     Returns:
         One row per measure of :data:`~schoolvision.review.estimate.MEASURES`: ``estimate``, ``low``,
         ``high`` (95%), ``truth`` (the whole frame), and ``ranking`` for ``unlisted_schools``: the
         unlisted schools a review of the ``budget`` most likely items found (:func:`top_probability_count`).
     """
+    truth = truth if isinstance(truth, gpd.GeoDataFrame) else read_schools(truth, point_buffer_m=None)
     frame = build_frame(scan_dir, floor)
     items, design = draw_sample(frame, SampleConfig(size=budget, seed=seed, floor=floor))
     items = pd.DataFrame(items)
