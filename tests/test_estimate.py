@@ -229,3 +229,16 @@ def test_review_build_sample_cli(scan, small_run, tmp_path, capsys):
     assert main([*args, "--out", str(tmp_path / "other"), "--limit", "3"]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "--limit" in err[0] and not (tmp_path / "other").exists()
+
+
+def test_a_stratum_without_decisions_is_flagged_and_bounds_the_interval(queue, truth, tmp_path):
+    items = ReviewFolder(queue).read_items()
+    answers = answers_of(queue, truth)
+    some = {i: answers[i] for i in items.loc[items["source"] != "window", "id"]}  # no window decided
+    r = estimate(queue, [write_decisions(tmp_path / "d.geojson", queue, some, timestamp="2026-01-01T00:00:00Z")],
+                 tmp_path / "e.json")
+    design = ReviewFolder(queue).read_queue()["sample"]["strata"]
+    left = [s for s in design if s.startswith("window/") and design[s]["N"]]
+    assert set(left) <= set(r["strata_without_decisions"]) and left
+    m = r["measures"]["schools"]
+    assert m["high"] >= m["estimate"] + sum(design[s]["N"] for s in left)  # every unreviewed window may hold one
