@@ -25,6 +25,8 @@ COMMANDS: dict[str, str] = {
     "export": "Export a run's classifier to ONNX, with a P(school) map model for QGIS's Deepness plugin.",
     "review": "Rank a scan's items for review (review build), offline page review.html; decisions back as labels "
               "(review import).",
+    "estimate": "Estimate the schools missing from the registry, with 95% intervals, from a reviewed sample "
+                "(review build --sample).",
 }
 
 

@@ -12,8 +12,10 @@ import argparse
 from pathlib import Path
 
 from schoolvision.commands import OVERWRITE_HELP, default_of
+from schoolvision.errors import UserError
 from schoolvision.review.decisions import import_decisions
 from schoolvision.review.queue import ORDERS, RULES, ReviewConfig, build_queue
+from schoolvision.review.sample import SampleConfig, sample_items
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +37,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     build.add_argument("--context", type=int, default=default_of(ReviewConfig, "context"),
                        help="the surroundings image covers this many chip sides (default: %(default)s)")
     build.add_argument("--device", default=default_of(ReviewConfig, "device"), help="auto, cpu or cuda")
+    build.add_argument("--sample", type=int, default=None, metavar="N",
+                       help="queue a stratified random sample of N chip-sized windows of the scanned area instead of "
+                            "a ranking, for `schoolvision estimate` (replaces --order and --limit)")
+    build.add_argument("--seed", type=int, default=default_of(SampleConfig, "seed"),
+                       help="seed of --sample's draw (default: %(default)s)")
     build.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
     build.set_defaults(_review=_build)
     imp = sub.add_parser("import", help="turn decisions.geojson into school / hard-negative labels",
@@ -52,9 +59,15 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _build(args: argparse.Namespace) -> int:
-    s = build_queue(ReviewConfig(scan_dir=args.scan, out_dir=args.out, order=args.order, limit=args.limit,
-                                 floor=args.floor, run=args.run, context=args.context, device=args.device,
-                                 overwrite=args.overwrite))
+    config = ReviewConfig(scan_dir=args.scan, out_dir=args.out, order=args.order, limit=args.limit,
+                          floor=args.floor, run=args.run, context=args.context, device=args.device,
+                          overwrite=args.overwrite)
+    selection = None
+    if args.sample is not None:
+        if args.limit is not None:
+            raise UserError("--sample N sets the queue's size; leave out --limit")
+        selection = sample_items(args.scan, SampleConfig(size=args.sample, seed=args.seed, floor=args.floor))
+    s = build_queue(config, selection=selection)
     kinds = ", ".join(f"{n} {k}" for k, n in s.counts.items() if n)
     print(f"queued {s.items} item(s) ({kinds or 'none'}) by {s.order}; queue {s.queue_id} -> {s.page}")
     return 0

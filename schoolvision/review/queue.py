@@ -14,7 +14,9 @@ Ranking rule (``order``), the same for every kind of item, ties broken by the it
   sure of first, which are what teaches it most;
 - ``probability``: P descending: the most likely schools first, which maps fastest.
 
-``limit`` keeps the first N. Every item carries a stable id (a hash of the scan and the place, so a
+``limit`` keeps the first N. ``review build --sample N`` queues a stratified random sample of the
+scanned area's windows instead, for an estimate (:mod:`schoolvision.review.sample`). Every item
+carries a stable id (a hash of the scan and the place, so a
 decisions file from another scan matches no item), its chip, the chip's grad-CAM overlay (the run
 recorded in ``scan.json``, or ``run``), a wider view of its surroundings, its probability and
 registry status. The queue is a :class:`~schoolvision.io.folders.ReviewFolder`, with the offline
@@ -245,13 +247,15 @@ def _context(source, meta, point_xy, crs, context: int, side: int = 256) -> np.n
     return np.asarray(pil)
 
 
-def build_queue(config: ReviewConfig, model=None, meta=None) -> ReviewSummary:
+def build_queue(config: ReviewConfig, model=None, meta=None, selection: tuple | None = None) -> ReviewSummary:
     """Rank a scan's items for review and write them, with their images and ``review.html``, to ``out_dir``.
 
     Args:
         config: the scan, the output folder, the ranking rule.
         model: a classifier to use instead of the run's checkpoint (tests, notebooks holding a model).
         meta: its ``CheckpointMeta``; both or neither.
+        selection: (scan.json, items in review order, design) drawn elsewhere, queued as they are instead
+            of ranked (``review build --sample``: :func:`schoolvision.review.sample.sample_items`).
 
     Returns:
         What was written (queue id, items per source, the page's path).
@@ -261,10 +265,15 @@ def build_queue(config: ReviewConfig, model=None, meta=None) -> ReviewSummary:
             (without ``overwrite``) or lies in an input.
     """
     scan = ScanFolder(config.scan_dir)
-    info, items = collect_items(scan, config.floor)  # a bad scan folder costs nothing
-    items = order_items(items, config.order, float(info["threshold"]))
-    if config.limit is not None:
-        items = items[: config.limit]
+    design = None
+    if selection is not None:
+        info, items, design = selection
+    else:
+        info, items = collect_items(scan, config.floor)  # a bad scan folder costs nothing
+        items = order_items(items, config.order, float(info["threshold"]))
+        if config.limit is not None:
+            items = items[: config.limit]
+    order = config.order if design is None else "sample"
     run = config.run if config.run is not None else Path(info.get("run", ""))
     loaded = model is None or meta is None
     if loaded and not Path(run).exists():
@@ -277,7 +286,7 @@ def build_queue(config: ReviewConfig, model=None, meta=None) -> ReviewSummary:
     if loaded:
         model, meta = load_classifier(run, device)
     key = scan_key(info)
-    queue_id = hashlib.sha256(("|".join([key, config.order] + [it["id"] for it in items])).encode()).hexdigest()[:16]
+    queue_id = hashlib.sha256(("|".join([key, order] + [it["id"] for it in items])).encode()).hexdigest()[:16]
     if items:
         points = gpd.GeoDataFrame({"scene": [it["scene"] for it in items]},
                                   geometry=[Point(it["lon"], it["lat"]) for it in items], crs="EPSG:4326")
@@ -295,14 +304,17 @@ def build_queue(config: ReviewConfig, model=None, meta=None) -> ReviewSummary:
                 it[kind] = out.image_name(it["id"], kind)
     for position, it in enumerate(items, start=1):
         it["position"] = position
-    counts = {s: sum(it["source"] == s for it in items) for s in SOURCES}
+    kinds = [*SOURCES, *sorted({it["source"] for it in items} - set(SOURCES))]
+    counts = {s: sum(it["source"] == s for it in items) for s in kinds}
     queue = {"queue_id": queue_id, "scan_key": key, "scan": str(Path(config.scan_dir).resolve()),
-             "run": str(run), "threshold": float(info["threshold"]), "order": config.order,
-             "rule": RULES[config.order], "limit": config.limit, "floor": config.floor,
-             "items": len(items), "counts": counts, "registry": bool(info.get("registry")),
+             "run": str(run), "threshold": float(info["threshold"]), "order": order,
+             "rule": RULES[config.order] if design is None else design["rule"], "limit": config.limit,
+             "floor": config.floor, "items": len(items), "counts": counts, "registry": bool(info.get("registry")),
              "page": ReviewFolder.PAGE, "items_file": ReviewFolder.ITEMS}
+    if design is not None:
+        queue["sample"] = design
     out.write_items(items)
     page = write_page(out, queue, items)
     out.write_queue(queue)
-    return ReviewSummary(out_dir=str(out.root), queue_id=queue_id, order=config.order, items=len(items),
+    return ReviewSummary(out_dir=str(out.root), queue_id=queue_id, order=order, items=len(items),
                          counts=counts, page=str(page))
