@@ -93,6 +93,22 @@ def latest(decisions: list[dict]) -> tuple[dict[str, dict], int]:
     return kept, len(decisions) - len(kept)
 
 
+def check_queue(decided: Mapping[str, dict], queue_id: str, item_ids: set[str], path: Path) -> None:
+    """Refuse decisions made on another queue: a ``queue_id`` that is not ``queue_id``, or ids not in the queue.
+
+    Raises:
+        UserError: one line naming the decisions file, the two queues or the count of unknown ids.
+    """
+    other = sorted({str(d["queue_id"]) for d in decided.values() if d.get("queue_id") not in (None, "", queue_id)})
+    if other:
+        raise UserError(f"the decisions are from queue {other[0]}, not from --queue {queue_id}: export them from "
+                        "this queue's review.html", path)
+    unknown = [i for i in decided if i not in item_ids]
+    if unknown:
+        raise UserError(f"{len(unknown)} of {len(decided)} decided items are not in the queue {queue_id} "
+                        f"(e.g. {unknown[0]}): a decisions file from another scan or queue?", path)
+
+
 def _comparable(t: datetime) -> float:
     return t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=None).timestamp()
 
@@ -174,10 +190,7 @@ def import_decisions(decisions_path: str | Path, queue_dir: str | Path, out: str
     queue = folder.read_queue()
     items = folder.read_items().set_index("id", drop=False)
     decided, duplicates = latest(read_decisions(decisions_path))
-    unknown = [i for i in decided if i not in items.index]
-    if unknown:
-        raise UserError(f"{len(unknown)} of {len(decided)} decided items are not in the queue {queue['queue_id']} "
-                        f"(e.g. {unknown[0]}): a decisions file from another scan or queue?", decisions_path)
+    check_queue(decided, queue["queue_id"], set(items.index), decisions_path)
     for p in (decisions_path, folder.root):
         if out.resolve() == p.resolve() or p.resolve() in out.resolve().parents:
             raise UserError(f"--out must not be the decisions file nor lie in the queue folder ({p})", out)
