@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import geopandas as gpd
@@ -22,6 +26,7 @@ from schoolvision.data.synthetic import make_demo
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
 from schoolvision.review.decisions import oracle_decisions, write_decisions
 
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCAN = ["--device", "cpu", "--runtime", "torch", "--no-map"]
 
 
@@ -137,8 +142,9 @@ def test_help_of_every_command_shows_every_default():
 def test_registry_audit_carries_the_registry_ids(tmp_path):
     from test_review import META, RedModel
 
-    from fixtures import write_registry_town
     from schoolvision.scan.runner import ScanConfig, run_scan
+
+    from fixtures import write_registry_town
 
     scene, registry = write_registry_town(tmp_path)
     table = np.genfromtxt(registry, delimiter=",", names=True, dtype=None, encoding="utf-8")
@@ -155,3 +161,129 @@ def test_registry_audit_carries_the_registry_ids(tmp_path):
     matched = audit[(audit["kind"] == "candidate") & (audit["status"] == "registry")]
     assert len(matched) and set(matched["registry_id"]) <= set(ids)  # a candidate names the school it confirms
     assert ScanFolder(tmp_path / "scan").read_summary()["registry"]["id_column"] == "School_Code"
+
+
+# --- the page in a browser: the whole queue, the end summary, merged places ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def merged_queue(tmp_path_factory):
+    """The registry town, with school A listed a second time 30 m off: one place, two items, merged into one."""
+    from test_review import META, RedModel
+
+    from schoolvision.review.queue import ReviewConfig, build_queue
+    from schoolvision.scan.runner import ScanConfig, run_scan
+
+    from fixtures import write_registry_town
+
+    root = tmp_path_factory.mktemp("merged")
+    scene, registry = write_registry_town(root)
+    lines = registry.read_text().splitlines()
+    lon, lat = (float(v) for v in lines[1].split(",")[1:3])
+    registry.write_text("\n".join([*lines, f"A again,{lon + 0.00027:.8f},{lat:.8f}"]) + "\n")  # ~30 m east
+    run_scan(ScanConfig(run=root, imagery=[scene], out_dir=root / "scan", registry=registry, runtime="torch",
+                        device="cpu", progress=False, make_map=False), model=RedModel(), meta=META)
+    build_queue(ReviewConfig(scan_dir=root / "scan", out_dir=root / "queue", device="cpu"), model=RedModel(),
+                meta=META)
+    return root / "queue"
+
+
+def test_merged_places_and_registry_hints_in_the_queue(merged_queue):
+    items = ReviewFolder(merged_queue).read_items()
+    assert items["id"].is_unique and len(items) == 8  # 9 items, the second listing of A merged into A's candidate
+    merged = items[items["merged_ids"].map(len) > 0]
+    assert len(merged) == 1 and merged["source"].iloc[0] == "candidate"
+    assert "registry school A again" in merged["merged"].iloc[0][0]
+    c = items[items["name"] == "C listed"].iloc[0]
+    assert c["source"] == "registry" and 150 < c["nearest_new_m"] < 250  # listed 200 m from its school
+
+
+@pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium")
+def test_review_page_whole_queue_end_summary_back_reload_export(merged_queue, tmp_path, capsys):
+    """Every item decided by key, the end summary, keys at the end, back from the end, reload, export, import."""
+    pytest.importorskip("websocket")
+    from test_review import _browser_check
+
+    bc = _browser_check()
+    items = ReviewFolder(merged_queue).read_items()
+    n = len(items)
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with tempfile.TemporaryDirectory(prefix="review-check-") as profile:
+        proc, port = bc.launch(CHROMIUM, Path(profile), 30)
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
+            target = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            tools = bc.DevTools(target["webSocketDebuggerUrl"], 30)
+            for domain in ("Page", "Runtime", "Log"):
+                tools.call(f"{domain}.enable")
+            tools.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+
+            def value(expression):
+                return tools.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+            def text(element_id):
+                return value(f"document.getElementById('{element_id}').innerText")
+
+            def load(action, **params):
+                tools.events.clear()
+                tools.call(action, **params)
+                assert tools.wait_for("Page.loadEventFired", 30)
+
+            def press(key):
+                tools.call("Input.dispatchKeyEvent", type="keyDown", key=key, text={"Backspace": ""}.get(key, key))
+                tools.call("Input.dispatchKeyEvent", type="keyUp", key=key)
+
+            load("Page.navigate", url=ReviewFolder(merged_queue).page_path.as_uri())
+            assert text("progress").startswith(f"item 1 of {n}") and text("undecided") == f"{n} undecided"
+            info = text("info")
+            assert "P(school) of the place:" in info and "P(school) of the chip:" in info
+            hint = value("rows(ITEMS.find(it => it.name === 'C listed')).map(r => r.join(': ')).join('\\n')")
+            assert "possibly misplaced: new candidate" in hint and " m away" in hint, hint
+            merged = value("rows(ITEMS.find(it => it.merged_ids.length)).map(r => r.join(': ')).join('\\n')")
+            assert "also here: registry school A again" in merged, merged
+            keys = ["s" if i % 2 == 0 else "n" for i in range(n)]
+            for key in keys:
+                press(key)
+            assert text("progress").startswith("end of the queue") and text("undecided") == "0 undecided"
+            summary = text("summary")
+            assert value("document.getElementById('item').style.display") == "none"
+            assert f"school\t{keys.count('s')}" in summary and f"not a school\t{keys.count('n')}" in summary, summary
+            assert "Export" in summary and "goes back" in summary
+            press("s")  # a decision key at the end answers and decides nothing
+            assert "End of the queue" in text("note") and text("undecided") == "0 undecided"
+            press("b")  # back from the end: the last item at once
+            assert text("progress").startswith(f"item {n} of {n}")
+            press("u")  # the last item changed: back at the end
+            assert text("progress").startswith("end of the queue")
+            load("Page.reload")
+            assert text("progress").startswith("end of the queue") and text("undecided") == "0 undecided"
+            press("k")  # kind filter: candidates only
+            assert value("document.getElementById('kind').value") == "candidate"
+            press("e")
+            exported = downloads / "decisions.geojson"
+            deadline = time.monotonic() + 20
+            while not exported.is_file() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert exported.is_file(), list(downloads.iterdir())
+            assert tools.errors() == []
+            tools.ws.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()
+    features = json.loads(exported.read_text())["features"]
+    assert len(features) == n
+    decisions = {f["properties"]["id"]: f["properties"]["decision"] for f in features}
+    named = {"s": "school", "n": "not_school"}
+    assert [decisions[i] for i in items["id"]] == [named[k] for k in keys[:-1]] + ["unsure"]
+    assert sum(len(f["properties"]["merged_ids"]) for f in features) == 1
+    out = tmp_path / "labels.geojson"
+    assert main(["review", "import", str(exported), "--queue", str(merged_queue), "--out", str(out)]) == 0
+    labels = gpd.read_file(out).set_index("item_id")
+    assert len(labels) == n - 1  # the unsure one gives no label
+    kept = next(i for i, m in zip(items["id"], items["merged_ids"]) if m)
+    if decisions[kept] != "unsure":
+        assert labels.loc[kept, "merged_ids"] == ",".join(items.set_index("id").loc[kept, "merged_ids"])

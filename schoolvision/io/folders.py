@@ -580,8 +580,9 @@ class ReviewFolder:
     IMAGES = "images"
     PAGE = "review.html"
     IMAGE_KINDS = ("chip", "cam", "context")
-    ITEM_FIELDS = ("id", "position", "source", "registry_status", "probability", "chip_probability",
-                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "chip", "cam", "context")
+    ITEM_FIELDS = ("id", "position", "source", "registry_status", "registry_id", "probability", "chip_probability",
+                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "merged_ids", "merged",
+                   "nearest_new_m", "chip", "cam", "context")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

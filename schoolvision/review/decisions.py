@@ -93,6 +93,17 @@ def latest(decisions: list[dict]) -> tuple[dict[str, dict], int]:
     return kept, len(decisions) - len(kept)
 
 
+def resolve_merged(decided: dict[str, dict], items) -> dict[str, dict]:
+    """``decided`` with the ids of merged items (``merged_ids`` of the queue) replaced by the item they merged into.
+
+    The kept item's own decision wins over one made on a merged id (an export of an older page).
+    """
+    alias = {str(m): str(i) for i, ms in zip(items["id"], items["merged_ids"]) if isinstance(ms, list) for m in ms}
+    out = {alias.get(k, k): v for k, v in decided.items() if k in alias}
+    out.update({k: v for k, v in decided.items() if k not in alias})
+    return out
+
+
 def check_queue(decided: Mapping[str, dict], queue_id: str, item_ids: set[str], path: Path) -> None:
     """Refuse decisions made on another queue: a ``queue_id`` that is not ``queue_id``, or ids not in the queue.
 
@@ -190,6 +201,7 @@ def import_decisions(decisions_path: str | Path, queue_dir: str | Path, out: str
     queue = folder.read_queue()
     items = folder.read_items().set_index("id", drop=False)
     decided, duplicates = latest(read_decisions(decisions_path))
+    decided = resolve_merged(decided, items)
     check_queue(decided, queue["queue_id"], set(items.index), decisions_path)
     for p in (decisions_path, folder.root):
         if out.resolve() == p.resolve() or p.resolve() in out.resolve().parents:
@@ -211,6 +223,8 @@ def import_decisions(decisions_path: str | Path, queue_dir: str | Path, out: str
                          "geometry": {"type": "Point", "coordinates": [float(it["lon"]), float(it["lat"])]},
                          "properties": {"name": name, "label": LABELS[d["decision"]], "decision": d["decision"],
                                         "item_id": item_id, "queue_id": queue["queue_id"],
+                                        "merged_ids": ",".join(m) if isinstance(m := it["merged_ids"], list)
+                                        else "",
                                         "scan": queue.get("scan", ""), "source": it["source"],
                                         "registry_status": it["registry_status"] or "",
                                         "probability": float(it["probability"]),

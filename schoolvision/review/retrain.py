@@ -48,7 +48,7 @@ from schoolvision.io.rasters import write_geotiff
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.model.runtime import make_runtime
-from schoolvision.review.decisions import check_queue, import_decisions, latest, read_decisions
+from schoolvision.review.decisions import check_queue, import_decisions, latest, read_decisions, resolve_merged
 from schoolvision.review.queue import scan_sources
 from schoolvision.scan.peaks import read_chips_at
 from schoolvision.scan.scene import SceneScan
@@ -257,7 +257,7 @@ def retrain(config: RetrainConfig, figures: tblog.FigureMaker | None = None) -> 
     """
     folder = ReviewFolder(config.queue)
     queue, items = folder.read_queue(), folder.read_items()
-    decided, _ = latest(read_decisions(config.decisions))
+    decided = resolve_merged(latest(read_decisions(config.decisions))[0], items)
     check_queue(decided, queue["queue_id"], set(items["id"]), Path(config.decisions))
     home_config, home_chips = _home(Path(config.run), queue)
     home_meta = home_chips.read_meta(required=True)
