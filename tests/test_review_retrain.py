@@ -84,6 +84,9 @@ def test_no_retrain_chip_comes_from_outside_the_reviewed_neighbourhoods(loop):
         assert answers[str(chip["scene"])] in ("school", "not_school")  # its crop is a decided place
     grid_negatives = reviewed[(reviewed["label"] == "not_school") & (reviewed["view"] != "hard_negative")]
     assert set(grid_negatives["scene"]) <= {i for i, d in answers.items() if d == "not_school"}
+    schools = reviewed[reviewed["label"] == "school"]
+    assert len(schools) and set(schools["scene"]) <= {i for i, d in answers.items() if d == "school"}
+    assert record["chips"]["reviewed_school"] == len(schools)
     home = chips[chips["origin"] == "home"]
     home_index = ChipsFolder(RunFolder(record["parent_run"]).read_config()["chips_dir"]).read_index()
     for split in ("val", "test"):  # the home val and test splits whole

@@ -5,9 +5,9 @@ What becomes a label (the rules; nothing else is cut):
 - **where a person looked only.** Each decided place (``school`` or ``not_school``) stands for its
   neighbourhood: the surroundings image of the page, ``context`` chip sides around the place
   (``queue.json``, 4 by default). Imagery nobody reviewed is never read.
-- **accepted places are schools**: their chips (grid and centred views) as
-  :func:`~schoolvision.data.chips.make_chips` labels them, the place standing for a school of
-  ``point_buffer_m`` (the home chips' rule).
+- **accepted places are schools**: the school chips of their own neighbourhood (grid and centred
+  views) as :func:`~schoolvision.data.chips.make_chips` labels them, the place standing for a school
+  of ``point_buffer_m`` (the home chips' rule).
 - **rejected places are hard negatives**: one ``not_school`` chip centred on each.
 - **not_school grid chips** come only from the neighbourhoods of rejected places in which every queue
   item was rejected: no accepted, unsure or undecided item (a school nobody ruled out) touches them.
@@ -31,7 +31,8 @@ from __future__ import annotations
 import io
 import math
 import os
-from dataclasses import dataclass, field, fields, replace
+import warnings
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -39,11 +40,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 from rasterio.warp import transform as warp_points
+from rasterio.windows import Window
 
 from schoolvision.data.chips import HARD_NEGATIVE, SPLITS, ChipConfig, make_chips
 from schoolvision.errors import UserError, check_range
 from schoolvision.io import manifest
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder, prepare_output, sha256
+from schoolvision.io.imagery import open_source
 from schoolvision.io.rasters import write_geotiff
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
 from schoolvision.model.device import resolve_device
@@ -141,27 +144,39 @@ def _neighbourhoods(items: pd.DataFrame, decided: dict[str, dict], side_m: float
     return looked, clean
 
 
-def _write_crops(looked: pd.DataFrame, queue: dict, meta: CheckpointMeta, context: int, out: Path) -> np.ndarray:
-    """Write each decided place's neighbourhood, read as the scan read it, as a GeoTIFF named by the item id.
+def _write_crops(looked: pd.DataFrame, queue: dict, meta: CheckpointMeta, context: int,
+                 out: Path) -> tuple[np.ndarray, pd.DataFrame]:
+    """Write each decided place's neighbourhood as a GeoTIFF named by the item id, read as the scan read it.
+
+    The neighbourhood is the square of ``context`` chip sides centred on the place, cut at the scene's
+    edge (never shifted inwards, so it holds nothing farther from the place).
 
     Returns:
-        The chip at the centre of each place, uint8 (N,3,c,c) in ``looked``'s order.
+        (the chip centred on each place (the page's chip), uint8 (N,3,c,c) in ``looked``'s order; the places by
+        item id: ``decision`` and ``x``, ``y`` in their crop's CRS).
     """
     info = ScanFolder(queue["scan"]).read_summary()
     scenes = {s["scene"]: SceneScan(**s) for s in info["scenes"]}
     sources = scan_sources(info, [scenes[s] for s in sorted(set(looked["scene"]))])
-    chip = int(meta.chip_size)
-    wide = replace(meta, chip_size=chip * context)
-    centres = {}
+    half = int(meta.chip_size) * context // 2
+    centres, where = {}, {}
     for scene, group in looked.groupby("scene"):
         crs = scenes[scene].crs
         xs, ys = warp_points("EPSG:4326", crs, group["lon"].astype(float).tolist(), group["lat"].astype(float).tolist())
-        for item_id, (img, ccrs, transform) in zip(group["id"], read_chips_at(sources[scene], wide, list(zip(xs, ys)),
-                                                                              crs)):
-            write_geotiff(out / f"{item_id}.tif", img, ccrs, transform)
-            r0 = (img.shape[1] - chip) // 2
-            centres[item_id] = img[:, r0:r0 + chip, r0:r0 + chip]
-    return np.stack([centres[i] for i in looked["id"]]).astype(np.uint8)
+        with open_source(sources[scene], gsd=meta.gsd) as ds:
+            for item_id, x, y in zip(group["id"], *warp_points(crs, ds.crs, xs, ys)):
+                row, col = ds.index(x, y)
+                where[item_id] = (x, y)
+                r0, c0 = max(0, row - half), max(0, col - half)
+                win = Window(c0, r0, min(ds.width, col + half) - c0, min(ds.height, row + half) - r0)
+                img = ds.read((1, 2, 3), window=win)
+                img[:, ds.dataset_mask(window=win) == 0] = 0
+                write_geotiff(out / f"{item_id}.tif", img, ds.crs, ds.window_transform(win))
+        chips = read_chips_at(sources[scene], meta, list(zip(xs, ys)), crs)
+        centres.update({item_id: chip[0] for item_id, chip in zip(group["id"], chips)})
+    places = looked.set_index("id")[["decision"]].assign(x=[where[i][0] for i in looked["id"]],
+                                                         y=[where[i][1] for i in looked["id"]])
+    return np.stack([centres[i] for i in looked["id"]]).astype(np.uint8), places
 
 
 def _chip_config(home: dict) -> ChipConfig:
@@ -177,11 +192,20 @@ def _chip_config(home: dict) -> ChipConfig:
     return ChipConfig(**config)
 
 
-def _training_set(out: Path, home: ChipsFolder, reviewed: ChipsFolder, clean: set[str], replay: float,
-                  seed: int) -> dict[str, Any]:
-    """Write the round's chips folder: reviewed chips by the rules, replayed home train chips, home val and test."""
+def _training_set(out: Path, home: ChipsFolder, reviewed: ChipsFolder, places: pd.DataFrame, clean: set[str],
+                  replay: float, seed: int) -> dict[str, Any]:
+    """Write the round's chips folder: reviewed chips by the rules, replayed home train chips, home val and test.
+
+    ``places``: the decided places by item id (``decision``, ``x``, ``y`` in the crops' CRS).
+    """
     rows = reviewed.read_index()
-    keep = (rows["label"] == "school") | (rows["view"] == HARD_NEGATIVE) | rows["scene"].astype(str).isin(clean)
+    scene = rows["scene"].astype(str)
+    own = (((rows["minx"] + rows["maxx"]) / 2 - scene.map(places["x"])).abs() < rows["maxx"] - rows["minx"]) & (
+        ((rows["miny"] + rows["maxy"]) / 2 - scene.map(places["y"])).abs() < rows["maxy"] - rows["miny"])
+    # each place's chips from its own crop only (crops overlap): its school chips, or its hard negative (the one
+    # centred on it), and grid negatives from the clean neighbourhoods
+    keep = ((rows["label"] == "school") & scene.map(places["decision"]).eq("school")) | (
+        (rows["view"] == HARD_NEGATIVE) & own) | ((rows["view"] != HARD_NEGATIVE) & scene.isin(clean))
     rows = rows[keep].assign(split="train", origin="review", chip_id=lambda f: "review-" + f["chip_id"].astype(str))
     rows["path"] = [os.path.relpath(reviewed.root / p, out) for p in rows["path"]]
     base = home.read_index()
@@ -277,13 +301,16 @@ def retrain(config: RetrainConfig, figures: tblog.FigureMaker | None = None) -> 
     manifest.add(out, ["crops", "reviewed_chips", "chips", "run"])  # sub-folders --overwrite may clear
     crops = out / "crops"
     _, meta = load_classifier(config.run, "cpu")
-    place_chips = _write_crops(looked, queue, meta, context, crops)
+    place_chips, places = _write_crops(looked, queue, meta, context, crops)
     reviewed = out / "reviewed_chips"
-    make_chips([crops], labels, reviewed, _chip_config(home_meta), overwrite=True, negatives=labels,
-               negatives_where="label=not_school")
+    with warnings.catch_warnings():  # the crops are all train: the "no school in val / test" notes do not apply
+        warnings.simplefilter("ignore", UserWarning)
+        make_chips([crops], labels, reviewed, _chip_config(home_meta), overwrite=True, negatives=labels,
+                   negatives_where="label=not_school")
     chips = out / "chips"
     prepare_output(chips, True)
-    counts = _training_set(chips, home_chips, ChipsFolder(reviewed), clean, config.replay, config.seed)
+    counts = _training_set(chips, home_chips, ChipsFolder(reviewed), places, clean,
+                           config.replay, config.seed)
 
     device = resolve_device(config.device)
     before_p, before_t = place_probabilities(Path(config.run), place_chips, device)
