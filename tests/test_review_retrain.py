@@ -290,3 +290,33 @@ def test_review_page_whole_queue_end_summary_back_reload_export(merged_queue, tm
     kept = next(i for i, m in zip(items["id"], items["merged_ids"]) if m)
     if decisions[kept] != "unsure":
         assert labels.loc[kept, "merged_ids"] == ",".join(items.set_index("id").loc[kept, "merged_ids"])
+
+
+# --- train: few school chips in val / test, intervals beside every metric ----------------------------------
+
+
+def test_train_warns_of_evaluation_splits_with_few_schools(fake_chips):
+    from schoolvision.data.dataset import ChipDataset
+    from schoolvision.train.fit import few_school_notes
+
+    splits = {s: ChipDataset(fake_chips, split=s) for s in ("val", "test")}
+    schools = splits["val"].class_counts()["school"]
+    notes = few_school_notes(splits, minimum=schools + 1)
+    assert len(notes) == 2 and all("\n" not in n for n in notes)
+    assert f"val split holds {schools} school chip(s), fewer than {schools + 1}" in notes[0]
+    assert few_school_notes(splits, minimum=schools) == []
+
+
+def test_bootstrap_interval_beside_every_printed_metric():
+    from schoolvision.commands.train import metric_line
+    from schoolvision.train.metrics import bootstrap_ci, classification_metrics
+
+    rng = np.random.default_rng(0)
+    labels = (rng.random(200) < 0.2).astype(int)
+    probs = np.clip(labels * 0.5 + rng.random(200) * 0.6, 0, 1)
+    metrics = {**classification_metrics(labels, probs, 0.5), "bootstrap": bootstrap_ci(labels, probs, 0.5, n_boot=200)}
+    line = metric_line(metrics)
+    for key in ("auprc", "f1", "f2", "precision", "recall", "roc_auc"):
+        lo, hi = metrics["bootstrap"][key]
+        assert lo <= metrics[key] <= hi and f"{key}={metrics[key]:.3f} [{lo:.3f}-{hi:.3f}]" in line
+    assert "threshold=0.500" in line and "95% bootstrap intervals" in line
