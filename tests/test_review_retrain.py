@@ -25,6 +25,7 @@ from schoolvision.cli import build_parser, main
 from schoolvision.data.synthetic import make_demo
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
 from schoolvision.review.decisions import oracle_decisions, write_decisions
+from schoolvision.review.retrain import rounds_table
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCAN = ["--device", "cpu", "--runtime", "torch", "--no-map"]
@@ -63,6 +64,11 @@ def test_loop_retrain_helps_a_town_nobody_reviewed(loop, trained_run, capsys):
                      "--schools", str(demo / "schools.geojson"), *SCAN]) == 0
         recall[name] = ScanFolder(out).read_summary()["evaluation"]["recall"]
     assert recall["after"] > recall["before"], recall
+    assert main(["review", "build", "--scan", str(root / "town_02_after"), "--out", str(root / "queue_02"),
+                 "--device", "cpu", "--limit", "2"]) == 0
+    assert f"review round of queue {record['queue_id']}" in capsys.readouterr().out
+    table = rounds_table([trained_run, root / "round" / "run"])
+    assert list(table["queue_id"]) == [record["queue_id"]] and table["home_auprc_before"].notna().all()
 
 
 @pytest.mark.slow

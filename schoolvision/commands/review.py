@@ -12,6 +12,7 @@ import argparse
 from pathlib import Path
 
 from schoolvision.commands import OVERWRITE_HELP, default_of
+from schoolvision.io.folders import ReviewFolder
 from schoolvision.review.decisions import import_decisions
 from schoolvision.review.queue import ORDERS, RULES, ReviewConfig, build_queue
 from schoolvision.review.retrain import RetrainConfig, retrain
@@ -77,6 +78,10 @@ def _build(args: argparse.Namespace) -> int:
                                  overwrite=args.overwrite))
     kinds = ", ".join(f"{n} {k}" for k, n in s.counts.items() if n)
     print(f"queued {s.items} item(s) ({kinds or 'none'}) by {s.order}; queue {s.queue_id} -> {s.page}")
+    made_by = ReviewFolder(s.out_dir).read_queue().get("model_round")
+    if made_by:
+        print(f"the model is from the review round of queue {made_by['queue_id']} (fine-tuned from "
+              f"{made_by['parent_run']})")
     return 0
 
 

@@ -43,7 +43,7 @@ from shapely.geometry import Point
 
 from schoolvision.errors import UserError, check_range
 from schoolvision.explain.maps import overlay_rgb
-from schoolvision.io.folders import ReviewFolder, ScanFolder, prepare_output, read_probability
+from schoolvision.io.folders import ReviewFolder, RunFolder, ScanFolder, prepare_output, read_probability
 from schoolvision.io.imagery import ImageryOptions, list_sources
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
@@ -302,6 +302,12 @@ def _context(source, meta, point_xy, crs, context: int, side: int = 256) -> np.n
     return np.asarray(pil)
 
 
+def _round_of(run: str | Path) -> dict | None:
+    """Which review round made the run (its ``round.json``: queue id, parent run); None for a run trained otherwise."""
+    record = RunFolder(run).read_round() if Path(run).is_dir() else {}
+    return {k: record.get(k) for k in ("queue_id", "parent_run", "decided")} if record else None
+
+
 def build_queue(config: ReviewConfig, model=None, meta=None) -> ReviewSummary:
     """Rank a scan's items for review and write them, with their images and ``review.html``, to ``out_dir``.
 
@@ -358,6 +364,7 @@ def build_queue(config: ReviewConfig, model=None, meta=None) -> ReviewSummary:
              "rule": RULES[config.order], "limit": config.limit, "floor": config.floor, "context": config.context,
              "match_distance_m": match_distance(info),
              "displaced_search_m": (info.get("registry") or {}).get("displaced_search_m"),
+             "model_round": _round_of(run),
              "items": len(items), "counts": counts, "registry": bool(info.get("registry")),
              "page": ReviewFolder.PAGE, "items_file": ReviewFolder.ITEMS}
     out.write_items(items)

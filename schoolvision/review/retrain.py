@@ -260,8 +260,7 @@ HOME_KEYS = ("auprc", "f1", "recall", "precision", "threshold")
 
 def _home_metrics(metrics: dict) -> dict[str, Any]:
     return {**{k: metrics.get(k) for k in HOME_KEYS}, "bootstrap": metrics.get("bootstrap"),
-            "school_chips": (metrics.get("support") or {}).get("school") if isinstance(metrics.get("support"), dict)
-            else None}
+            "school_chips": (metrics.get("n_chips") or {}).get("school")}
 
 
 def retrain(config: RetrainConfig, figures: tblog.FigureMaker | None = None) -> RoundSummary:
@@ -338,3 +337,25 @@ def retrain(config: RetrainConfig, figures: tblog.FigureMaker | None = None) -> 
     }
     RunFolder(new_run).write_round(record)
     return RoundSummary(out=str(out), run=str(new_run), record=record)
+
+
+def rounds_table(runs: list[str | Path]) -> pd.DataFrame:
+    """The review rounds that made ``runs`` side by side: one row per run with a ``round.json``.
+
+    Columns: the run, its parent, the queue, the decisions (school / not_school / unsure), the reviewed chips,
+    and the home test AUPRC, F1, recall and the threshold before and after.
+    """
+    rows = []
+    for run in runs:
+        r = RunFolder(run).read_round()
+        if not r:
+            continue
+        row = {"run": str(run), "parent_run": r["parent_run"], "queue_id": r["queue_id"],
+               **{f"decided_{k}": v for k, v in r["decided"].items()},
+               "reviewed_school_chips": r["chips"]["reviewed_school"],
+               "reviewed_not_school_chips": r["chips"]["reviewed_not_school"]}
+        for when in ("before", "after"):
+            home = r["home_test"][when]
+            row.update({f"home_{k}_{when}": home.get(k) for k in ("auprc", "f1", "recall", "threshold")})
+        rows.append(row)
+    return pd.DataFrame(rows)
