@@ -3,7 +3,9 @@
 ``review build --scan DIR --out DIR`` writes the queue (:mod:`schoolvision.review.queue`: items,
 their chip, grad-CAM and surroundings images, ``review.html``); open ``review.html`` in a browser,
 decide, Export. ``review import decisions.geojson --queue DIR --out LABELS`` writes the decisions as
-school and hard-negative points (:mod:`schoolvision.review.decisions`).
+school and hard-negative points (:mod:`schoolvision.review.decisions`). ``review retrain --queue DIR --decisions
+FILE --run RUN --out ROUND`` cuts chips where a person looked and fine-tunes RUN into ``ROUND/run``
+(:mod:`schoolvision.review.retrain`).
 """
 
 from __future__ import annotations
