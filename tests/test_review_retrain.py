@@ -326,3 +326,22 @@ def test_bootstrap_interval_beside_every_printed_metric():
         lo, hi = metrics["bootstrap"][key]
         assert lo <= metrics[key] <= hi and f"{key}={metrics[key]:.3f} [{lo:.3f}-{hi:.3f}]" in line
     assert "threshold=0.500" in line and "95% bootstrap intervals" in line
+
+
+def test_grid_negatives_only_where_every_item_was_rejected():
+    """Places along the equator: which rejected neighbourhoods (256 m squares) give not_school grid chips."""
+    import pandas as pd
+
+    from schoolvision.review.retrain import neighbourhoods
+
+    metre = 1 / 111_320  # degrees of longitude per metre at the equator
+    east = {"a": 0, "b": 100, "c": 300, "d": 600, "e": 630, "f": 2000}
+    items = pd.DataFrame({"id": list(east), "lon": [m * metre for m in east.values()], "lat": 0.0,
+                          "scene": "s"})
+    decided = {i: {"decision": d} for i, d in (("a", "not_school"), ("c", "not_school"), ("d", "school"),
+                                                ("e", "not_school"), ("f", "unsure"))}
+    looked, clean = neighbourhoods(items, decided, side_m=256.0)
+    assert list(looked["id"]) == ["a", "c", "d", "e"] and list(looked["decision"]) == [
+        "not_school", "not_school", "school", "not_school"]
+    # a: undecided b 100 m away; e: accepted d 30 m away; c: alone within 128 m
+    assert clean == {"c"}

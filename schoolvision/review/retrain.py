@@ -127,7 +127,7 @@ def _home(run: Path, queue: dict) -> tuple[dict, ChipsFolder]:
     return config, chips
 
 
-def _neighbourhoods(items: pd.DataFrame, decided: dict[str, dict], side_m: float) -> tuple[pd.DataFrame, set[str]]:
+def neighbourhoods(items: pd.DataFrame, decided: dict[str, dict], side_m: float) -> tuple[pd.DataFrame, set[str]]:
     """(decided school / not_school items, ids of those whose neighbourhood gives not_school grid chips)."""
     decision = items["id"].map(lambda i: decided[i]["decision"] if i in decided else "")
     looked = items[decision.isin(("school", "not_school"))].copy()
@@ -286,7 +286,7 @@ def retrain(config: RetrainConfig, figures: tblog.FigureMaker | None = None) -> 
     home_meta = home_chips.read_meta(required=True)
     context = int(queue.get("context") or CONTEXT)
     side_m = float(home_meta["chip_size"]) * float(home_meta["gsd"]) * context
-    looked, clean = _neighbourhoods(items, decided, side_m)
+    looked, clean = neighbourhoods(items, decided, side_m)
     accepted = (looked["decision"] == "school").to_numpy()
     if not accepted.any():
         raise UserError("no place was accepted as a school: a round needs at least one school to learn from "
