@@ -175,7 +175,8 @@ def write_decisions(path: str | Path, queue_dir: str | Path, decisions: Mapping[
         lon, lat = float(it["lon"]), float(it["lat"])
         features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
                          "properties": {"id": item_id, "queue_id": queue_id, "decision": decision,
-                                        "timestamp": stamp, "lon": lon, "lat": lat}})
+                                        "timestamp": stamp, "lon": lon, "lat": lat,
+                                        "merged_ids": m if isinstance(m := it["merged_ids"], list) else []}})
     return write_json(path, {"type": "FeatureCollection", "queue_id": queue_id, "features": features})
 
 
