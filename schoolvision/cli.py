@@ -12,6 +12,7 @@ import importlib
 import sys
 import warnings
 
+from schoolvision.commands import use_defaults_help
 from schoolvision.errors import UserError
 
 COMMANDS: dict[str, str] = {
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
+    use_defaults_help(parser)
     return parser
 
 

@@ -493,6 +493,14 @@ ALLOWED[("review", "schoolvision.io.tiles")] = (
 ALLOWED[("review", "schoolvision.io.masks")] = ({"--mask-layer"}, "masks are read by `scan` only")
 ALLOWED[("review", "schoolvision.scan.mask")] = (
     {"--mask", "--mask-distance", "--mask-min-area"}, "review imports scan modules; masks are applied by `scan` only")
+ALLOWED[("review", "schoolvision.data.chips")] = (
+    {"--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
+    "review retrain cuts chips with the home chips' validated config (dataset.json), never the user's options")
+ALLOWED[("review", "schoolvision.train.fit")] = (
+    {"--backbone", "--image-size", "--init-from", "--resume"},
+    "review retrain fine-tunes with the home run's backbone and input size, which `train` validated")
+ALLOWED[("review", "schoolvision.train.evaluation")] = (
+    {"--n-boot"}, "EvalConfig is built by `evaluate` only")
 for _command_name in ("explain", "cluster", "review"):
     ALLOWED[(_command_name, "schoolvision.io.schools")] = (
         {"--lonlat-columns", "--schools-layer", "--schools-where"},

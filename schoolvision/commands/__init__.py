@@ -13,6 +13,33 @@ import inspect
 from typing import Any
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help that shows every option's default: ``(default: X)`` is added where the help does not say it.
+
+    Flags (``store_true``) and help that already names its default are left as they are; ``None``
+    reads "none". Descriptions and epilogs keep their line breaks (``train``'s recipe).
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (not action.option_strings or action.default is argparse.SUPPRESS or action.nargs == 0
+                or "default" in text.lower() or "%(default)" in text):
+            return text
+        value = "none" if action.default is None else "%(default)s"
+        return f"{text} (default: {value})" if text else f"default: {value}"
+
+
+def use_defaults_help(parser: argparse.ArgumentParser) -> None:
+    """Give ``parser`` and every sub-command parser below it :class:`DefaultsHelpFormatter`."""
+    parser.formatter_class = DefaultsHelpFormatter
+    for action in parser._actions:
+        if not action.help and action.option_strings and action.nargs != 0 and action.default is not argparse.SUPPRESS:
+            action.help = "default: none" if action.default is None else "default: %(default)s"  # else not shown
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                use_defaults_help(sub)
+
+
 def default_of(owner: Any, name: str) -> Any:
     """The default of field ``name`` of a config dataclass, or of parameter ``name`` of a function."""
     if dataclasses.is_dataclass(owner):

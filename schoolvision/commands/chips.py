@@ -65,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--point-buffer",
         type=float,
-        default=None,
+        default=default_of(ChipConfig, "point_buffer_m"),
         metavar="M",
         help="radius in metres of the disc standing for a school given as a point",
     )

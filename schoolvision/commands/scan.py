@@ -25,6 +25,7 @@ from schoolvision.io.imagery import parse_bands, parse_scale
 from schoolvision.io.schools import parse_lonlat_columns
 from schoolvision.model.runtime import RUNTIME_CHOICES
 from schoolvision.scan.engines import ENGINES
+from schoolvision.scan.registry import ID_COLUMNS
 from schoolvision.scan.runner import ScanConfig, run_scan
 
 
@@ -65,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="a school registry to audit (read before any scene is scanned; the same formats as "
                              "--schools): registry schools confirmed or not seen, candidates in the registry or new "
                              "(registry_audit.csv, layers of candidates.gpkg, counts in scan.json)")
+    parser.add_argument("--registry-id-column", default=default_of(ScanConfig, "registry_id_column"), metavar="NAME",
+                        help="column of --registry holding its own school ids (default: the first of "
+                             f"{', '.join(ID_COLUMNS)} it has, any case; none: row numbers, and the scan says so)")
     parser.add_argument(
         "--match-distance",
         type=float,
@@ -138,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             match_distance=args.match_distance,
             min_area_m2=args.min_area_m2,
             registry=args.registry,
+            registry_id_column=args.registry_id_column,
             mask=args.mask,
             mask_distance=args.mask_distance,
             mask_layer=args.mask_layer,
@@ -178,6 +183,8 @@ def run(args: argparse.Namespace) -> int:
               f"{audit['not_seen']} not seen ({audit['not_seen_near_new']} with a new candidate within "
               f"{audit['displaced_search_m']:g} m); candidates: {audit['candidates_registry']} in the registry, "
               f"{audit['candidates_new']} new")
+        if audit.get("id_column") is None:
+            print("registry ids: the file has no id column (--registry-id-column), so row numbers stand for them")
     if args.mask is not None and summary.scenes:
         masked = sum(s.masked_windows for s in summary.scenes)
         total = masked + sum(s.windows + s.skipped_windows for s in summary.scenes)

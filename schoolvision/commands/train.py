@@ -127,6 +127,15 @@ def command_line(config: TrainConfig, chips: str | Path | None = None, out: str 
     return " ".join(parts)
 
 
+def metric_line(metrics: dict) -> str:
+    """``auprc=0.950 [0.910-0.980]  f1=...``: each test metric with its bootstrap interval, then the threshold."""
+    ci = metrics.get("bootstrap") or {}
+    parts = [f"{k}={metrics[k]:.3f}" + (f" [{ci[k][0]:.3f}-{ci[k][1]:.3f}]" if k in ci else "")
+             for k in ("auprc", "f1", "f2", "precision", "recall", "roc_auc")]
+    level = f" ({ci['level']:.0%} bootstrap intervals)" if "level" in ci else ""
+    return "  ".join(parts) + f"  threshold={metrics['threshold']:.3f}{level}"
+
+
 def run(args: argparse.Namespace) -> int:
     config = TrainConfig(
         chips_dir=args.chips,
@@ -152,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
     apply_theme()
     metrics = fit(config, figures=tensorboard_figures)
     if int(os.environ.get("RANK", "0")) == 0:
-        keys = ("auprc", "f1", "f2", "precision", "recall", "roc_auc", "threshold")
-        print(f"test: {'  '.join(f'{k}={metrics[k]:.3f}' for k in keys)}  (best epoch {metrics['best_epoch']}, "
-              f"{metrics['training_precision']})")
+        print(f"test: {metric_line(metrics)}  (best epoch {metrics['best_epoch']}, {metrics['training_precision']})")
         print(f"run folder: {args.out}  (tensorboard --logdir {args.out / 'tensorboard'})")
     return 0

@@ -271,7 +271,8 @@ class RunFolder:
     METRICS = "metrics.json"
     PREDICTIONS = "predictions.csv"
     TENSORBOARD = "tensorboard"
-    FILES = (BEST, LAST, CONFIG, METRICS, PREDICTIONS, HISTORY, TENSORBOARD)
+    ROUND = "round.json"
+    FILES = (BEST, LAST, CONFIG, METRICS, PREDICTIONS, HISTORY, TENSORBOARD, ROUND)
     """Everything ``fit`` writes: what ``--overwrite`` clears."""
 
     def __init__(self, root: str | Path):
@@ -340,6 +341,14 @@ class RunFolder:
     def write_metrics(self, metrics: dict[str, Any], split: str = "test") -> Path:
         """Write ``metrics.json`` (or ``metrics_<split>.json``) atomically."""
         return write_json(self.metrics_path(split), metrics)
+
+    def read_round(self) -> dict[str, Any]:
+        """``round.json`` of a run made by ``review retrain`` (queue, decisions, counts, metrics); ``{}`` otherwise."""
+        return _read_json(self.root / self.ROUND, False, "")
+
+    def write_round(self, record: dict[str, Any]) -> Path:
+        """Write ``round.json`` atomically."""
+        return write_json(self.root / self.ROUND, record)
 
     def read_predictions(self) -> pd.DataFrame:
         """``predictions.csv`` with P(school) exactly as written (see :func:`read_predictions`)."""
@@ -571,9 +580,10 @@ class ReviewFolder:
     IMAGES = "images"
     PAGE = "review.html"
     IMAGE_KINDS = ("chip", "cam", "context")
-    ITEM_FIELDS = ("id", "position", "source", "registry_status", "probability", "chip_probability",
-                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "chip", "cam", "context",
-                   "stratum", "inclusion_probability", "registry_rows", "window")
+    ITEM_FIELDS = ("id", "position", "source", "registry_status", "registry_id", "probability", "chip_probability",
+                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "merged_ids", "merged",
+                   "nearest_new_m", "chip", "cam", "context", "stratum", "inclusion_probability", "registry_rows",
+                   "window")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

@@ -65,7 +65,8 @@ _WHERE = re.compile(r"\s*([^=!]+?)\s*(!=|=)(.*)", re.S)
 
 def read_schools(path: str | Path, point_buffer_m: float | None = POINT_BUFFER_M, *, layer: str | None = None,
                  where: str | None = None,
-                 lonlat_columns: str | Sequence[str] | None = None) -> gpd.GeoDataFrame:
+                 lonlat_columns: str | Sequence[str] | None = None,
+                 id_column: str | Sequence[str] | None = None) -> gpd.GeoDataFrame:
     """School footprints in EPSG:4326, with columns ``school_id``, ``name`` (and ``scene`` if given).
 
     The one reader of school files: ``chips --schools`` and ``scan --schools`` accept the same files
@@ -82,6 +83,9 @@ def read_schools(path: str | Path, point_buffer_m: float | None = POINT_BUFFER_M
             applied before the geometries are checked.
         lonlat_columns: ``"LON,LAT"`` or (lon, lat) column names of a table; default: found by
             name (:data:`LONLAT_NAMES`).
+        id_column: keep the file's own ids as ``source_id`` (text): a name must be a column of the
+            file (any case); of a sequence of names the first found (none found: no ``source_id``).
+            ``attrs["source"]["id_column"]`` says which column it was.
 
     Returns:
         One row per school; polygons repaired, empty geometries dropped, missing names filled.
@@ -118,6 +122,9 @@ def read_schools(path: str | Path, point_buffer_m: float | None = POINT_BUFFER_M
     else:
         gdf, used = _table_geometry(frame, path, lonlat)
         source.update(used, crs="EPSG:4326")
+    source["id_column"] = _id_column(gdf, id_column, path)
+    if source["id_column"] is not None:
+        gdf = gdf.assign(source_id=[_as_text(v) for v in gdf[source["id_column"]]])
     out = _footprints(gdf, path, point_buffer_m)
     out.attrs["source"] = {**source, "schools": len(out)}
     return out
@@ -254,6 +261,19 @@ def _column(columns: Sequence, name: str) -> str | None:
         return name
     hits = [c for c in columns if c.strip().lower() == name.strip().lower()]
     return hits[0] if len(hits) == 1 else None
+
+
+def _id_column(frame: pd.DataFrame, id_column: str | Sequence[str] | None, path: Path) -> str | None:
+    """The column of ``frame`` holding the file's own ids (see :func:`read_schools`), or None."""
+    if id_column is None:
+        return None
+    columns = [c for c in frame.columns if not (_has_geometry(frame) and c == frame.geometry.name)]
+    if isinstance(id_column, str):
+        found = _column(columns, id_column)
+        if found is None:
+            raise UserError(f"no id column {id_column!r}; columns: {_listing(columns)}", path)
+        return found
+    return next((c for n in id_column if (c := _column(columns, n)) is not None), None)
 
 
 def _as_text(value) -> str:
@@ -397,8 +417,9 @@ def _footprints(gdf: gpd.GeoDataFrame, path: Path, point_buffer_m: float | None)
         geometry=[g if g is not None else gdf.geometry.iloc[i] for i, g in enumerate(geoms)],
         crs="EPSG:4326",
     )
-    if "scene" in gdf.columns:
-        out["scene"] = gdf["scene"].to_numpy()
+    for column in ("scene", "source_id"):
+        if column in gdf.columns:
+            out[column] = gdf[column].to_numpy()
     if points.any() and point_buffer_m is not None:
         out.loc[points, "geometry"] = _buffer_points(out.loc[points], point_buffer_m).to_numpy()
     out = out[~out.geometry.is_empty].reset_index(drop=True)

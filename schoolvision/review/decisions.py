@@ -93,6 +93,33 @@ def latest(decisions: list[dict]) -> tuple[dict[str, dict], int]:
     return kept, len(decisions) - len(kept)
 
 
+def resolve_merged(decided: dict[str, dict], items) -> dict[str, dict]:
+    """``decided`` with the ids of merged items (``merged_ids`` of the queue) replaced by the item they merged into.
+
+    The kept item's own decision wins over one made on a merged id (an export of an older page).
+    """
+    alias = {str(m): str(i) for i, ms in zip(items["id"], items["merged_ids"]) if isinstance(ms, list) for m in ms}
+    out = {alias.get(k, k): v for k, v in decided.items() if k in alias}
+    out.update({k: v for k, v in decided.items() if k not in alias})
+    return out
+
+
+def check_queue(decided: Mapping[str, dict], queue_id: str, item_ids: set[str], path: Path) -> None:
+    """Refuse decisions made on another queue: a ``queue_id`` that is not ``queue_id``, or ids not in the queue.
+
+    Raises:
+        UserError: one line naming the decisions file, the two queues or the count of unknown ids.
+    """
+    other = sorted({str(d["queue_id"]) for d in decided.values() if d.get("queue_id") not in (None, "", queue_id)})
+    if other:
+        raise UserError(f"the decisions are from queue {other[0]}, not from --queue {queue_id}: export them from "
+                        "this queue's review.html", path)
+    unknown = [i for i in decided if i not in item_ids]
+    if unknown:
+        raise UserError(f"{len(unknown)} of {len(decided)} decided items are not in the queue {queue_id} "
+                        f"(e.g. {unknown[0]}): a decisions file from another scan or queue?", path)
+
+
 def _comparable(t: datetime) -> float:
     return t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=None).timestamp()
 
@@ -148,7 +175,8 @@ def write_decisions(path: str | Path, queue_dir: str | Path, decisions: Mapping[
         lon, lat = float(it["lon"]), float(it["lat"])
         features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
                          "properties": {"id": item_id, "queue_id": queue_id, "decision": decision,
-                                        "timestamp": stamp, "lon": lon, "lat": lat}})
+                                        "timestamp": stamp, "lon": lon, "lat": lat,
+                                        "merged_ids": m if isinstance(m := it["merged_ids"], list) else []}})
     return write_json(path, {"type": "FeatureCollection", "queue_id": queue_id, "features": features})
 
 
@@ -174,10 +202,8 @@ def import_decisions(decisions_path: str | Path, queue_dir: str | Path, out: str
     queue = folder.read_queue()
     items = folder.read_items().set_index("id", drop=False)
     decided, duplicates = latest(read_decisions(decisions_path))
-    unknown = [i for i in decided if i not in items.index]
-    if unknown:
-        raise UserError(f"{len(unknown)} of {len(decided)} decided items are not in the queue {queue['queue_id']} "
-                        f"(e.g. {unknown[0]}): a decisions file from another scan or queue?", decisions_path)
+    decided = resolve_merged(decided, items)
+    check_queue(decided, queue["queue_id"], set(items.index), decisions_path)
     for p in (decisions_path, folder.root):
         if out.resolve() == p.resolve() or p.resolve() in out.resolve().parents:
             raise UserError(f"--out must not be the decisions file nor lie in the queue folder ({p})", out)
@@ -198,6 +224,8 @@ def import_decisions(decisions_path: str | Path, queue_dir: str | Path, out: str
                          "geometry": {"type": "Point", "coordinates": [float(it["lon"]), float(it["lat"])]},
                          "properties": {"name": name, "label": LABELS[d["decision"]], "decision": d["decision"],
                                         "item_id": item_id, "queue_id": queue["queue_id"],
+                                        "merged_ids": ",".join(m) if isinstance(m := it["merged_ids"], list)
+                                        else "",
                                         "scan": queue.get("scan", ""), "source": it["source"],
                                         "registry_status": it["registry_status"] or "",
                                         "probability": float(it["probability"]),

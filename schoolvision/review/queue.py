@@ -14,6 +14,11 @@ Ranking rule (``order``), the same for every kind of item, ties broken by the it
   sure of first, which are what teaches it most;
 - ``probability``: P descending: the most likely schools first, which maps fastest.
 
+One item per place: items within the match distance of each other (a school seen as a candidate and
+as a near miss, or listed by the registry 35 m from its candidate) are merged into the first by kind
+(candidate, registry, near miss), then by P(school); the item keeps the others' ids (``merged_ids``)
+and a line on each (``merged``), and one decision covers them all.
+
 ``limit`` keeps the first N. ``review build --sample N`` queues a stratified random sample of the
 scanned area's windows instead, for an estimate (:mod:`schoolvision.review.sample`). Every item
 carries a stable id (a hash of the scan and the place, so a
@@ -40,7 +45,7 @@ from shapely.geometry import Point
 
 from schoolvision.errors import UserError, check_range
 from schoolvision.explain.maps import overlay_rgb
-from schoolvision.io.folders import ReviewFolder, ScanFolder, prepare_output, read_probability
+from schoolvision.io.folders import ReviewFolder, RunFolder, ScanFolder, prepare_output, read_probability
 from schoolvision.io.imagery import ImageryOptions, list_sources
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
@@ -54,6 +59,12 @@ ORDERS = ("uncertainty", "probability")
 
 SOURCES = ("candidate", "below_threshold", "registry")
 """Kinds of queued items (``source`` of each item)."""
+
+MERGE_PRIORITY = ("candidate", "registry", "below_threshold")
+"""Which item of a place stays when items within the match distance are merged (the others' ids are kept)."""
+
+MATCH_DISTANCE_M = 50.0
+"""Merge distance of a scan whose ``scan.json`` records none (``scan --match-distance``'s default)."""
 
 RULES = {
     "uncertainty": "|P(school) - threshold| ascending (ties: higher P first, then id): least certain first",
@@ -181,17 +192,20 @@ def collect_items(folder: ScanFolder, floor: float) -> tuple[dict, list[dict]]:
     cands = folder.read_layer("candidates")
     cands = cands.to_crs("EPSG:4326") if len(cands) else cands
     status: dict[int, str] = {}
+    listed: dict[int, str] = {}
     registry_rows = []
     if info.get("registry"):
         audit = folder.read_registry_audit()
         for _, row in audit.iterrows():
             if row["kind"] == "candidate":
                 status[int(row["candidate_rank"])] = str(row["status"])
+                listed[int(row["candidate_rank"])] = str(row.get("registry_id") or "")
             elif row["status"] == "not_seen" and row["scene"]:
                 registry_rows.append(row)
     items = []
     for _, c in cands.iterrows():
         items.append({"source": "candidate", "registry_status": status.get(int(c["rank"]), ""),
+                      "registry_id": listed.get(int(c["rank"]), ""),
                       "probability": float(c["max_prob"]), "candidate_rank": int(c["rank"]),
                       "scene": str(c["scene"]), "name": "", "lon": c.geometry.x, "lat": c.geometry.y})
     if floor < threshold:
@@ -206,7 +220,9 @@ def collect_items(folder: ScanFolder, floor: float) -> tuple[dict, list[dict]]:
         if scene is None:
             continue
         lon, lat = float(row["lon"]), float(row["lat"])
-        items.append({"source": "registry", "registry_status": "not_seen",
+        near = float(row["nearest_m"]) if pd.notna(row.get("nearest_m")) else None
+        items.append({"source": "registry", "registry_status": "not_seen", "registry_id": str(row["registry_id"]),
+                      "nearest_new_m": near,
                       "probability": _raster_max_near(scene, lon, lat, radius), "candidate_rank": -1,
                       "scene": scene.scene, "name": str(row["name"]), "lon": lon, "lat": lat})
     seen: set[str] = set()
@@ -219,7 +235,48 @@ def collect_items(folder: ScanFolder, floor: float) -> tuple[dict, list[dict]]:
             uid, n = f"{base}-{n}", n + 1
         seen.add(uid)
         it["id"] = uid
-    return info, items
+    return info, merge_places(items, match_distance(info))
+
+
+def match_distance(info: dict) -> float:
+    """The scan's match distance in metres (``scan.json``; :data:`MATCH_DISTANCE_M` when it records none)."""
+    for part in (info.get("registry") or {}, info.get("evaluation") or {}):
+        if part.get("match_distance_m"):
+            return float(part["match_distance_m"])
+    return MATCH_DISTANCE_M
+
+
+def merge_places(items: list[dict], distance: float) -> list[dict]:
+    """One item per place: items within ``distance`` m of a kept item are merged into it (module docstring).
+
+    Items are kept in :data:`MERGE_PRIORITY` order of kind, then by P(school) descending; each kept
+    item gets ``merged_ids`` and ``merged`` (one line per merged item: its kind, name, P, distance).
+    """
+    if not items:
+        return items
+    pts = gpd.GeoSeries([Point(it["lon"], it["lat"]) for it in items], crs="EPSG:4326")
+    xy = pts.to_crs(pts.estimate_utm_crs())
+    x, y = xy.x.to_numpy(), xy.y.to_numpy()
+    order = sorted(range(len(items)), key=lambda i: (MERGE_PRIORITY.index(items[i]["source"]),
+                                                     -items[i]["probability"], items[i]["id"]))
+    taken = np.zeros(len(items), bool)
+    kept = []
+    for i in order:
+        if taken[i]:
+            continue
+        d = np.hypot(x - x[i], y - y[i])
+        group = [j for j in order if not taken[j] and j != i and d[j] <= distance]
+        taken[[i, *group]] = True
+        kept.append({**items[i], "merged_ids": [items[j]["id"] for j in group],
+                     "merged": [_merged_line(items[j], d[j]) for j in group]})
+    return kept
+
+
+def _merged_line(it: dict, metres: float) -> str:
+    what = {"candidate": "candidate", "below_threshold": "near miss", "registry": "registry school"}[it["source"]]
+    name = f" {it['name']}" if it.get("name") else ""
+    listed = f" (registry id {it['registry_id']})" if it.get("registry_id") else ""
+    return f"{what}{name}{listed}, P(school) {it['probability']:.3f}, {metres:.0f} m away"
 
 
 JPEG_QUALITY = 90
@@ -245,6 +302,12 @@ def _context(source, meta, point_xy, crs, context: int, side: int = 256) -> np.n
     draw = ImageDraw.Draw(pil)
     draw.rectangle([col * f - half, row * f - half, col * f + half, row * f + half], outline=(255, 230, 0), width=2)
     return np.asarray(pil)
+
+
+def _round_of(run: str | Path) -> dict | None:
+    """Which review round made the run (its ``round.json``: queue id, parent run); None for a run trained otherwise."""
+    record = RunFolder(run).read_round() if Path(run).is_dir() else {}
+    return {k: record.get(k) for k in ("queue_id", "parent_run", "decided")} if record else None
 
 
 def build_queue(config: ReviewConfig, model=None, meta=None, selection: tuple | None = None) -> ReviewSummary:
@@ -309,7 +372,11 @@ def build_queue(config: ReviewConfig, model=None, meta=None, selection: tuple | 
     queue = {"queue_id": queue_id, "scan_key": key, "scan": str(Path(config.scan_dir).resolve()),
              "run": str(run), "threshold": float(info["threshold"]), "order": order,
              "rule": RULES[config.order] if design is None else design["rule"], "limit": config.limit,
-             "floor": config.floor, "items": len(items), "counts": counts, "registry": bool(info.get("registry")),
+             "floor": config.floor, "context": config.context,
+             "match_distance_m": match_distance(info),
+             "displaced_search_m": (info.get("registry") or {}).get("displaced_search_m"),
+             "model_round": _round_of(run),
+             "items": len(items), "counts": counts, "registry": bool(info.get("registry")),
              "page": ReviewFolder.PAGE, "items_file": ReviewFolder.ITEMS}
     if design is not None:
         queue["sample"] = design

@@ -11,6 +11,10 @@ A not-seen school with a new candidate within :data:`DISPLACED_SEARCH_M` is coun
 misplaced (``not_seen_near_new``): the list may have the school, at the wrong place. The result is
 four layers of ``candidates.gpkg`` (:data:`LAYERS`), the table ``registry_audit.csv`` (one row per
 registry school and per candidate) and the counts under ``registry`` in ``scan.json``.
+
+Registry schools keep the registry's own ids (``registry_id``): the column ``scan --registry-id-column``
+names, else the first of :data:`ID_COLUMNS` the file has; only a file with none of them gets row
+numbers (0, 1, ...), and ``scan.json`` says so (``id_column`` is null).
 """
 
 from __future__ import annotations
@@ -33,6 +37,9 @@ from schoolvision.scan.evaluation import match
 DISPLACED_SEARCH_M = 500.0
 """A not-seen registry school with a new candidate this close may be misplaced (registries are off by 100-500 m)."""
 
+ID_COLUMNS = ("registry_id", "school_id", "id", "school_code", "code", "emis", "emis_code", "uid", "ref")
+"""Columns that hold a registry's own ids, case-insensitive, first found wins."""
+
 LAYERS = ("registry_confirmed", "registry_not_seen", "candidates_registry", "candidates_new")
 """Layers of ``candidates.gpkg`` written by the audit (empty ones are left out, as for every layer)."""
 
@@ -44,13 +51,19 @@ TABLE_COLUMNS = ["kind", "status", "name", "registry_id", "candidate_rank", "sce
 
 
 def read_registry(path: str | Path, *, layer: str | None = None, where: str | None = None,
-                  lonlat_columns=None) -> gpd.GeoDataFrame:
+                  lonlat_columns=None, id_column: str | None = None) -> gpd.GeoDataFrame:
     """The registry's schools in EPSG:4326, points kept as points (read before anything is scanned).
 
+    ``registry_id`` is the registry's own id (``id_column``, else the first of :data:`ID_COLUMNS`), or
+    the row number when the file has no id column; ``attrs["source"]["id_column"]`` names the column.
+
     Raises:
-        UserError: the file cannot be read as school labels (one line naming it).
+        UserError: the file cannot be read as school labels, or has no column ``id_column`` (one line naming it).
     """
-    return read_schools(path, point_buffer_m=None, layer=layer, where=where, lonlat_columns=lonlat_columns)
+    registry = read_schools(path, point_buffer_m=None, layer=layer, where=where, lonlat_columns=lonlat_columns,
+                            id_column=id_column if id_column is not None else ID_COLUMNS)
+    ids = registry["source_id"] if "source_id" in registry.columns else registry["school_id"].astype(str)
+    return registry.assign(registry_id=ids.to_numpy())
 
 
 def _points(gdf: gpd.GeoDataFrame) -> gpd.GeoSeries:
@@ -102,7 +115,7 @@ def audit_registry(cands: gpd.GeoDataFrame, scenes: Sequence, registry: gpd.GeoD
     rpts = _points(inside) if len(inside) else gpd.GeoSeries([], crs="EPSG:4326")
     reg = gpd.GeoDataFrame({
         "name": inside["name"].astype(str).to_list() if len(inside) else [],
-        "registry_id": inside["school_id"].to_list() if len(inside) else [],
+        "registry_id": [str(v) for v in _ids(inside)] if len(inside) else [],
         "scene": inside["scene"].to_list() if len(inside) else [],
         "status": ["confirmed" if j in by_school else "not_seen" for j in range(len(inside))],
         "candidate_rank": [int(c4326["rank"].iloc[by_school[j][0]]) if j in by_school else -1
@@ -116,12 +129,15 @@ def audit_registry(cands: gpd.GeoDataFrame, scenes: Sequence, registry: gpd.GeoD
     cand["registry_status"] = ["registry" if i in by_cand else "new" for i in range(len(c4326))]
     cand["registry_name"] = [str(inside["name"].iloc[by_cand[i][0]]) if i in by_cand else ""
                              for i in range(len(c4326))]
+    cand["registry_id"] = [str(reg["registry_id"].iloc[by_cand[i][0]]) if i in by_cand else ""
+                           for i in range(len(c4326))]
     cand["nearest_registry_m"] = [round(v, 2) for v in nearest_reg]
 
     confirmed = reg["status"] == "confirmed"
     near_new = (~confirmed) & (reg["nearest_new_m"] <= DISPLACED_SEARCH_M)
     counts = {
         "path": registry.attrs.get("source", {}).get("path", ""),
+        "id_column": registry.attrs.get("source", {}).get("id_column"),  # None: row numbers stand for ids
         "match_distance_m": distance,
         "registry_schools": len(registry),
         "outside_scenes": int(len(registry) - len(inside)),
@@ -146,11 +162,17 @@ def _table(reg: gpd.GeoDataFrame, cand: gpd.GeoDataFrame) -> pd.DataFrame:
              "candidate_rank": r["candidate_rank"], "scene": r["scene"], "max_prob": np.nan,
              "distance_m": r["distance_m"], "nearest_m": r["nearest_new_m"],
              "lon": round(r.geometry.x, 7), "lat": round(r.geometry.y, 7)} for _, r in reg.iterrows()]
-    rows += [{"kind": "candidate", "status": r["registry_status"], "name": r["registry_name"], "registry_id": "",
+    rows += [{"kind": "candidate", "status": r["registry_status"], "name": r["registry_name"],
+              "registry_id": r["registry_id"],
               "candidate_rank": int(r["rank"]), "scene": r["scene"], "max_prob": round(float(r["max_prob"]), 4),
               "distance_m": np.nan, "nearest_m": r["nearest_registry_m"],
               "lon": round(r.geometry.x, 7), "lat": round(r.geometry.y, 7)} for _, r in cand.iterrows()]
     return pd.DataFrame(rows, columns=TABLE_COLUMNS)
+
+
+def _ids(registry: gpd.GeoDataFrame) -> pd.Series:
+    """``registry_id`` of :func:`read_registry`; row numbers for a frame made otherwise."""
+    return registry["registry_id"] if "registry_id" in registry.columns else registry["school_id"]
 
 
 def write_audit(folder: ScanFolder, cands: gpd.GeoDataFrame, scenes: Sequence, registry: gpd.GeoDataFrame,

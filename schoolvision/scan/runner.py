@@ -60,6 +60,7 @@ class ScanConfig:
     match_distance: float = 50.0
     min_area_m2: float = MIN_AREA_M2  # candidate regions smaller than this (m^2) are dropped (scan.candidates)
     registry: Path | None = None  # a school registry to audit (scan.registry; any file read_schools reads)
+    registry_id_column: str | None = None  # the registry's id column; None: found by name (scan.registry.ID_COLUMNS)
     mask: Path | None = None  # building footprints / areas: only windows near them are scanned (scan.mask)
     mask_distance: float | None = None  # skip windows farther than this (m) from every mask feature; None: half a chip
     mask_layer: str | None = None  # layer of a multi-layer mask file
@@ -173,7 +174,8 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if config.schools is not None:  # a bad labels file must cost nothing: read it before any scene
         known = read_schools(config.schools, point_buffer_m=None, layer=config.schools_layer,
                              where=config.schools_where, lonlat_columns=config.lonlat_columns)
-    registry = None if config.registry is None else read_registry(config.registry)  # bad file: before any scene
+    registry = None if config.registry is None else read_registry(  # a bad file: before any scene
+        config.registry, id_column=config.registry_id_column)
     # a bad mask file costs nothing either; one holding millions of footprints is read once, here
     mask = None if config.mask is None else ScanMask.read(config.mask, config.mask_layer, config.mask_distance,
                                                           config.mask_min_area)

@@ -57,11 +57,16 @@ from schoolvision.train import tblog
 from schoolvision.train.evaluation import bootstrap_groups, label_array, prediction_frame, split_report
 from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
 
-# Settings that may differ between an interrupted run and its resumption.
+MIN_EVAL_SCHOOL_CHIPS = 20
+"""``train`` warns when the validation or test split holds fewer school chips: the model is chosen, its threshold
+tuned and its metrics measured on them, and a handful of schools gives a perfect score by luck."""
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 """Training precisions. ``bf16`` on a CPU is opt-in: on CPUs with AMX it trained 1.6x faster at 224 px, but it
 changes the recipe's numbers (benchmarks/train_precision.py; README), and where the CPU lacks native bfloat16
 it is emulated and ~10x slower than float32."""
+
+# Settings that may differ between an interrupted run and its resumption.
 RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every"}
 SPLITS = ("train", "val", "test")
 
@@ -456,6 +461,9 @@ def _fit(config: TrainConfig, ddp: Distributed, device: torch.device,
 
     splits, settings = _resolve(config, device, chips_meta, init)
     if ddp.main and not config.resume:
+        for note in few_school_notes(splits):
+            warnings.warn(note, stacklevel=2)  # before the long work
+    if ddp.main and not config.resume:
         RunFolder(config.out_dir).write_config(_config_record(config, settings.record(device, ddp.world, splits)))
 
     meta = CheckpointMeta(config.backbone, settings.image_size, settings.chip_size, chips_meta.get("gsd"),
@@ -470,6 +478,17 @@ def _fit(config: TrainConfig, ddp: Distributed, device: torch.device,
     finally:
         if state.writer is not None:
             state.writer.close()  # idempotent; _finish already closed and checked it on success
+
+
+def few_school_notes(splits: dict[str, ChipDataset], minimum: int = MIN_EVAL_SCHOOL_CHIPS) -> list[str]:
+    """One line per evaluation split holding fewer than ``minimum`` school chips (see :data:`MIN_EVAL_SCHOOL_CHIPS`)."""
+    notes = []
+    for split, role in (("val", "chooses the model and tunes its threshold"), ("test", "measures it")):
+        n = splits[split].class_counts()["school"]
+        if n < minimum:
+            notes.append(f"the {split} split holds {n} school chip(s), fewer than {minimum}, and {role}: expect "
+                         "wide intervals and a lucky or unlucky score (more scenes, or --val-scenes / --test-scenes)")
+    return notes
 
 
 def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, Any],

@@ -164,8 +164,8 @@ def bootstrap_ci(
         groups: group id per chip (chips with the same id are drawn together); None = per chip.
 
     Returns:
-        ``{"f1": [lo, hi], "auprc": [lo, hi], "level", "n_boot", "groups"}`` (``groups``: the number of
-        units resampled).
+        ``{"f1": [lo, hi], "auprc": [lo, hi], "f2", "precision", "recall", "roc_auc" (the same), "level",
+        "n_boot", "groups"}`` (``groups``: the number of units resampled).
     """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
@@ -176,7 +176,7 @@ def bootstrap_ci(
         order = np.argsort(inverse, kind="stable")
         members = np.split(order, np.flatnonzero(np.diff(inverse[order])) + 1)
     rng = np.random.default_rng(seed)
-    f1s, aps = [], []
+    draws: dict[str, list[float]] = {k: [] for k in ("f1", "auprc", "f2", "precision", "recall", "roc_auc")}
     for _ in range(n_boot):
         picks = rng.integers(0, len(members), len(members))
         i = np.concatenate([members[k] for k in picks]) if len(members) else np.zeros(0, int)
@@ -185,10 +185,14 @@ def bootstrap_ci(
         tp = int(np.sum(pred & (y == 1)))
         fp = int(np.sum(pred & (y == 0)))
         fn = int(np.sum(~pred & (y == 1)))
-        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        draws["f1"].append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+        precision, recall = tp / (tp + fp) if tp + fp else 0.0, tp / (tp + fn) if tp + fn else 0.0
+        draws["precision"].append(precision)
+        draws["recall"].append(recall)
+        draws["f2"].append(fbeta(precision, recall, 2.0))
         if 0 < y.sum() < len(y):
-            aps.append(average_precision_score(y, p))
+            draws["auprc"].append(average_precision_score(y, p))
+            draws["roc_auc"].append(roc_auc_score(y, p))
     lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    out = {"f1": [float(v) for v in np.percentile(f1s, [lo, hi])]}
-    out["auprc"] = [float(v) for v in np.percentile(aps, [lo, hi])] if aps else [float("nan")] * 2
+    out = {k: [float(v) for v in np.percentile(d, [lo, hi])] if d else [float("nan")] * 2 for k, d in draws.items()}
     return {**out, "level": level, "n_boot": n_boot, "groups": len(members)}
