@@ -78,18 +78,30 @@ def test_separate_scenes_and_the_mosaic_rule(tmp_path):
     folder, _ = write_export(tmp_path)
     sources = list_sources([folder], TileOptions(separate_scenes=True))
     assert [s.kind for s in sources] == ["raster"] * 9 and sources[0].name == "tile_r0_c0"
-    # not a tiling: a gap, another pixel size, a grid shifted by half a pixel, another CRS
+    # not a tiling: a gap, pixel sizes 8 times apart, another CRS
     arr = scene_array(0, 64, [])
     write_geotiff_tiles(tmp_path / "gap", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
     write_geotiff_tiles(tmp_path / "gap", arr, 32, origin=(X0 + 100.0, Y0), name="b.tif")
-    write_geotiff_tiles(tmp_path / "res", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
-    write_geotiff_tiles(tmp_path / "res", arr, 32, gsd=0.5, origin=(X0 + 32.0, Y0), name="b.tif")
-    write_geotiff_tiles(tmp_path / "shift", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
-    write_geotiff_tiles(tmp_path / "shift", arr, 32, origin=(X0 + 32.5, Y0), name="b.tif")
+    write_geotiff_tiles(tmp_path / "far", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
+    write_geotiff_tiles(tmp_path / "far", arr, 32, gsd=8.0, origin=(X0 + 32.0, Y0), name="b.tif")
     write_geotiff_tiles(tmp_path / "crs", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
     write_geotiff_tiles(tmp_path / "crs", arr, 32, origin=(X0 + 32.0, Y0), name="b.tif", crs="EPSG:32637")
-    for case in ("gap", "res", "shift", "crs"):
+    for case in ("gap", "far", "crs"):
         assert [s.kind for s in list_sources([tmp_path / case])] == ["raster", "raster"], case
+    # a tiling on differing grids: another pixel size, a grid shifted by half a pixel; one mosaic at the finest
+    one = arr[:, :32, :32]
+    write_geotiff_tiles(tmp_path / "res", one, 32, origin=(X0 + 0.0, Y0), name="a.tif")
+    write_geotiff_tiles(tmp_path / "res", one, 32, gsd=0.5, origin=(X0 + 32.0, Y0), name="b.tif")
+    write_geotiff_tiles(tmp_path / "shift", one, 32, origin=(X0 + 0.0, Y0), name="a.tif")
+    write_geotiff_tiles(tmp_path / "shift", one, 32, origin=(X0 + 32.5, Y0), name="b.tif")
+    for case, res, width in (("res", 0.5, 96), ("shift", 1.0, 64)):
+        (src,) = list_sources([tmp_path / case])
+        assert (src.kind, len(src.parts)) == ("mosaic", 2), case
+        with open_source(src) as ds:
+            assert (ds.transform.a, ds.transform.c, ds.width, ds.transform.f) == (res, X0, width, Y0), case
+            left = ds.read(window=rasterio.windows.Window(0, 0, round(32 / res), round(32 / res)))
+        k = round(1 / res)  # the west tile, resampled to the finest pixel, keeps its pixels
+        assert np.abs(left.reshape(3, 32, k, 32, k).mean((2, 4)) - one).mean() < 4, case  # noise is 0-20
     # two mosaics in one folder: named after the folder, numbered
     write_geotiff_tiles(tmp_path / "two", arr, 32, origin=(X0 + 0.0, Y0), name="a{row}{col}.tif")
     write_geotiff_tiles(tmp_path / "two", arr, 32, origin=(X0 + 1000.0, Y0), name="b{row}{col}.tif")

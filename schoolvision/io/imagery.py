@@ -53,7 +53,7 @@ from rasterio.windows import Window
 from schoolvision.errors import UserError
 from schoolvision.io.crs import utm_crs
 from schoolvision.io.manifest import input_files
-from schoolvision.io.tiles import TileOptions, mosaic_path, parse_tile_names, raster_scenes
+from schoolvision.io.tiles import TileOptions, mosaic_grid, mosaic_path, on_one_grid, parse_tile_names, raster_scenes
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -535,9 +535,14 @@ def open_source(
             yield ds
             return
         dst_crs = warp_crs or ds.crs
-        transform, width, height = calculate_default_transform(
-            ds.crs, dst_crs, ds.width, ds.height, *ds.bounds, resolution=target_gsd
-        )
+        if warp_crs is not None and source.kind == "mosaic" and not on_one_grid(source.parts):
+            grid = mosaic_grid(source.parts)  # tiles on differing grids: one UTM grid over their data
+            dst_crs = CRS.from_user_input(grid.crs)
+            transform, width, height = grid.snapped(target_gsd)
+        else:
+            transform, width, height = calculate_default_transform(
+                ds.crs, dst_crs, ds.width, ds.height, *ds.bounds, resolution=target_gsd
+            )
         coarser = target_gsd > native_gsd(ds) * 1.2
         with WarpedVRT(
             ds,
