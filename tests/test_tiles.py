@@ -242,3 +242,52 @@ def test_small_chips_on_drone_imagery_get_one_warning_line(tmp_path, capsys):
     assert warned == [f"schoolvision chips: warning: {note}"]
     with pytest.warns(UserWarning, match="--gsd"):
         make_chips([folder], schools, tmp_path / "lib", ChipConfig(stride=256))
+
+
+def test_oam_tile_export_is_one_scene_whose_chips_match_the_town(tmp_path):
+    """OpenAerialMap's form: Web Mercator tiles, each warped on its own to EPSG:4326 (every row its own pixel size)."""
+    from schoolvision.data.synthetic import generate_town
+    from schoolvision.io.rasters import write_geotiff
+
+    from fixtures import write_oam_tiles
+
+    town = generate_town(0, 512, 1.0, index=0)
+    write_geotiff(tmp_path / "original" / "town.tif", town.image, town.crs, town.transform)
+    oam = write_oam_tiles(tmp_path / "original" / "town.tif", tmp_path / "oam" / "town", zoom=18)  # scene "town" too
+    tiles = sorted(oam.glob("OAM-*-*-18.tif"))
+    sizes = set()
+    for path in tiles:
+        with rasterio.open(path) as ds:
+            sizes.add(round(ds.transform.e, 12))
+    assert len(tiles) >= 9 and len(sizes) >= 3  # rows of tiles with their own pixel sizes: not one grid
+    schools = tmp_path / "schools.geojson"
+    gpd.GeoDataFrame({"name": [f"s{i}" for i in range(len(town.schools))]}, geometry=town.schools,
+                     crs=town.crs).to_crs("EPSG:4326").to_file(schools, driver="GeoJSON")
+    config = ChipConfig(chip_size=64, stride=32, gsd=1.0, block_size=200, negative_ratio=None)
+    made = {}
+    for name, imagery in (("oam", oam), ("original", tmp_path / "original" / "town.tif")):
+        summary = make_chips([imagery], schools, tmp_path / f"chips_{name}", config)
+        meta = json.loads((tmp_path / f"chips_{name}" / "dataset.json").read_text())
+        made[name] = (summary, meta, pd.read_csv(tmp_path / f"chips_{name}" / "chips.csv", keep_default_na=False))
+    summary, meta, oam_chips = made["oam"]
+    assert list(meta["scenes"]) == ["town"] and meta["scenes"]["town"]["files"] == len(tiles)
+    assert meta["scenes"]["town"]["crs"] == town.crs  # read in the local UTM zone
+    assert f"imagery: {len(tiles)} files formed 1 scene: town 512 x 512 m" in str(summary)
+    _, _, original = made["original"]
+    assert len(oam_chips) == len(original) > 100
+    pairs = oam_chips.merge(original, on=["split", "label"], suffixes=("", "_town"))
+    near = pairs[(abs(pairs.minx - pairs.minx_town) <= 1.0) & (abs(pairs.maxy - pairs.maxy_town) <= 1.0)]
+    assert near.chip_id.nunique() == len(oam_chips) and near.chip_id_town.nunique() == len(original)
+    assert set(original[original.label == "school"].split) == set(oam_chips[oam_chips.label == "school"].split)
+    # the same pixels, within resampling: Web Mercator and EPSG:4326 and back
+    school = original[original.label == "school"].iloc[0]
+    twin = near[near.chip_id_town == school.chip_id].iloc[0]
+    with rasterio.open(tmp_path / "chips_original" / school.path) as a, rasterio.open(
+            tmp_path / "chips_oam" / twin.path) as b:
+        assert np.abs(a.read().astype(int) - b.read()).mean() < 8
+
+    meta_run = CheckpointMeta(backbone="efficientnet_lite0", image_size=64, chip_size=64, gsd=1.0, threshold=0.5)
+    scan = run_scan(ScanConfig(run=tmp_path, imagery=[oam], out_dir=tmp_path / "scan", cam_peaks=False,
+                               make_map=False, progress=False, runtime="torch"), model=RedModel(), meta=meta_run)
+    assert [s.scene for s in scan.scenes] == ["town"] and not scan.failed
+    assert [p.name for p in (tmp_path / "scan").glob("*_probability.tif")] == ["town_probability.tif"]

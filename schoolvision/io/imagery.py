@@ -570,3 +570,22 @@ def read_mask(ds, window: Window, path) -> np.ndarray:
         return ds.dataset_mask(window=window) > 0
     except RasterioError as exc:
         raise UserError(f"raster is truncated or corrupt ({str(exc).splitlines()[0][:120]})", path) from None
+
+
+def file_count(source: ImagerySource) -> int:
+    """How many files make the scene: its tiles (GeoTIFF mosaic, web-map folder) or 1."""
+    return len(source.parts) or len(source.tiles) or 1
+
+
+def scenes_line(scenes: Sequence[tuple[str, int, float, float]], shown: int = 6) -> str:
+    """One line: how many files formed how many scenes, and each scene's size in metres.
+
+    ``scenes``: (name, files, width in metres, height in metres) per scene; after ``shown`` scenes
+    the line gives a count.
+    """
+    files = sum(n for _, n, _, _ in scenes)
+    sizes = [f"{name} {w:,.0f} x {h:,.0f} m" for name, _, w, h in scenes[:shown]]
+    if len(scenes) > shown:
+        sizes.append(f"and {len(scenes) - shown} more")
+    return (f"{files} file{'s' if files != 1 else ''} formed {len(scenes)} scene{'s' if len(scenes) != 1 else ''}: "
+            + ", ".join(sizes))

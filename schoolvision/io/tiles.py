@@ -339,14 +339,14 @@ def mosaic_grid(parts: Sequence[str]) -> MosaicGrid:
             f = max(1, math.ceil(max(ds.width, ds.height) / EXTENT_SAMPLE_PX))
             shape = (max(1, ds.height // f), max(1, ds.width // f))
             valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
-            t = ds.transform * Affine.scale(ds.width / shape[1], ds.height / shape[0])
+            t = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
             corners = transform_points(ds.crs, crs, [ds.bounds.left, ds.bounds.right, ds.bounds.left],
                                        [ds.bounds.top, ds.bounds.top, ds.bounds.bottom])
             res.append(min(math.dist((corners[0][0], corners[1][0]), (corners[0][1], corners[1][1])) / ds.width,
                            math.dist((corners[0][0], corners[1][0]), (corners[0][2], corners[1][2])) / ds.height))
             rows, cols = _edge_pixels(valid)
             if rows.size:
-                x, y = t * (cols + 0.5, rows + 0.5)
+                x, y = t @ (cols + 0.5, rows + 0.5)
                 xs_, ys_ = transform_points(ds.crs, crs, x.tolist(), y.tolist())
                 xs.extend(xs_)
                 ys.extend(ys_)
