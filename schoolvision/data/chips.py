@@ -413,7 +413,7 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
             chosen = sorted([r for r in chosen if (r["row_off"], r["col_off"]) not in taken] + hard,
                             key=lambda r: (r["row_off"], r["col_off"]))
         rows = []
-        for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False):
+        for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False, disable=not chosen):
             window = Window(r["col_off"], r["row_off"], cs, cs)
             arr = read_window(ds, window, source.path)
             valid = read_mask(ds, window, source.path)
