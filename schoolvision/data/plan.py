@@ -12,8 +12,9 @@ sizes, the GSD and the schools' positions choose what ``ChipConfig`` leaves at N
   at least a quarter chip from the window's edges (val and test get grid windows only). Blocks stay
   spatial: chips are never split at random. When the labels allow it (three schools or more) and
   no size works, planning stops with one line saying which ``--block-size`` and ``--seed`` would,
-  or that the schools lie too close together; with fewer than three schools the largest size that
-  still gives every split a block is taken, and the chips' warnings say which split holds no school.
+  or that the schools lie too close together; with fewer than three schools a size that gives every
+  split a block is taken (train holding a school first, then as many splits as possible, then the
+  largest), and the chips' warnings say which split holds no school.
 - **Stride** (``stride``, pixels): half a chip, halved while the scenes' grid gives fewer than
   ``MIN_GRID_WINDOWS`` windows, down to an eighth of a chip. Splits are by blocks or scenes, so the
   more overlapping chips of a small area never leak between splits.
@@ -135,9 +136,10 @@ def plan_chips(layouts: Sequence[SceneLayout], chip_size: int, gsd: float, strid
         held = _schools_by_split(blocked, block, chip_size, stride, fractions, seed)
         if all(held[s] for s in SPLITS):
             return ChipPlan(stride, block, gsd, tuple(chosen), tuple(held.items()))
-    if n_schools < len(SPLITS):  # the labels cannot fill three splits: blocks for every split, the warnings say so
-        block = next((b for b in sizes if all(_block_count(s, b) >= 3 for s in blocked)), sizes[-1])
-        held = _schools_by_split(blocked, block, chip_size, stride, fractions, seed)
+    if n_schools < len(SPLITS):  # the labels cannot fill three splits: blocks for every split, train first
+        fits = [b for b in sizes if all(_block_count(s, b) >= 3 for s in blocked)] or sizes[-1:]
+        options = [(b, _schools_by_split(blocked, b, chip_size, stride, fractions, seed)) for b in fits]
+        block, held = max(options, key=lambda o: (o[1]["train"] > 0, sum(v > 0 for v in o[1].values()), o[0]))
         return ChipPlan(stride, block, gsd, tuple(chosen), tuple(held.items()))
     raise UserError(_no_plan_line(blocked, sizes, chip_size, stride, fractions, seed, gsd, n_schools))
 
