@@ -184,5 +184,5 @@ def test_no_chip_at_all_is_an_error_naming_each_scene(tmp_path, capsys, one_town
     write_scene(tiny, size=48, schools_px=((10, 10, 20),))  # over the first school of one_town
     rc, err, out = run_chips(tmp_path, capsys, [tiny], one_town[1])
     assert_refused(rc, err, out, tiny.stem)
-    assert err.strip().endswith("error: no chip cut from the imagery: tiny: scene of 48 x 48 m gave no chip: smaller than "
-                         "one 64 px chip; use a smaller --chip-size or --gsd"), err
+    assert err.strip().endswith("error: no chip cut from the imagery: tiny: scene of 48 x 48 m gave no chip: "
+                                "smaller than one 64 px chip; use a smaller --chip-size or --gsd"), err

@@ -38,6 +38,7 @@ others, or at ``--zoom``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -212,6 +213,11 @@ def _tile_grids(parts: Sequence[str]) -> list[tuple[str, Affine, int, int, tuple
 
 def on_one_grid(parts: Sequence[str]) -> bool:
     """True when the tiles share their pixel size and their origins lie on one pixel grid (within 1/100 px)."""
+    return _on_one_grid(tuple(parts))
+
+
+@functools.lru_cache(maxsize=256)
+def _on_one_grid(parts: tuple[str, ...]) -> bool:
     grids = _tile_grids(parts)
     t0 = grids[0][1]
     for _, t, *_ in grids[1:]:
