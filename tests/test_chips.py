@@ -191,9 +191,12 @@ SPREAD = [(r, c, 30) for r in (30, 170, 310) for c in (30, 170, 310)]  # 9 schoo
 def test_planned_blocks_give_every_split_a_school(tmp_path):
     scene, schools = write_small_area(tmp_path, SPREAD)
     # the old fixed block (512 px) is the whole area: every school in train, val and test empty
-    make_chips([scene], schools, tmp_path / "fixed", ChipConfig(**SMALL, block_size=512))
-    fixed = pd.read_csv(tmp_path / "fixed" / "chips.csv")
-    assert set(fixed.split) == {"train"}
+    fixed = make_chips([scene], schools, tmp_path / "fixed", ChipConfig(**SMALL, block_size=512))
+    assert set(pd.read_csv(tmp_path / "fixed" / "chips.csv").split) == {"train"}
+    # its warnings name the block size that fixes it, and that size does
+    [value] = {w.split("--block-size ")[1].split()[0] for w in fixed.warnings}
+    again = make_chips([scene], schools, tmp_path / "again", ChipConfig(**SMALL, block_size=float(value)))
+    assert not again.warnings and set(pd.read_csv(tmp_path / "again" / "chips.csv").split) == {"train", "val", "test"}
     summary = make_chips([scene], schools, tmp_path / "planned", ChipConfig(**SMALL))
     frame = check_chips_match_scenes(tmp_path / "planned")
     assert set(frame[frame.label == "school"].split) == {"train", "val", "test"} and not summary.warnings

@@ -473,8 +473,7 @@ def _split_notes(rows: list[dict], scene_split: dict[str, str], plan) -> list[st
             where[r["split"]][r["scene"]] += 1
     held = "; ".join(f"{s}: " + ", ".join(f"{n} ({k})" for n, k in sorted(c.items())) for s, c in where.items() if c)
     by_blocks = any(rule == "blocks" for rule in scene_split.values())
-    fix = ("--seed draws other split blocks, a smaller --block-size (now " f"{plan.block_m:g} m) makes more"
-           if by_blocks else "--val-scenes / --test-scenes choose the scenes")
+    fix = plan.fix() if by_blocks else "--val-scenes / --test-scenes choose the scenes"
     notes = []
     for split in ("val", "test"):
         if not where[split]:

@@ -65,6 +65,7 @@ class ChipPlan:
     gsd: float
     chosen: tuple[str, ...] = ()  # "stride", "block_size": left to the plan by the user
     schools_by_split: tuple[tuple[str, int], ...] = ()  # schools each split can hold, for the blocks scenes
+    better_block_px: int | None = None  # a set block size leaves a split without a school: one that would not
 
     @property
     def block_m(self) -> float:
@@ -75,6 +76,12 @@ class ChipPlan:
         """The ``plan`` entry of ``dataset.json``."""
         return {"stride": self.stride, "block_size_m": self.block_m, "block_size_px": self.block_px,
                 "chosen": list(self.chosen), "schools_by_split": dict(self.schools_by_split)}
+
+    def fix(self) -> str:
+        """What moves schools into a split that holds none, for the warning line."""
+        if self.better_block_px is not None:
+            return f"--block-size {self.better_block_px * self.gsd:g} gives every split a school"
+        return f"--seed draws other split blocks of {self.block_m:g} m"
 
 
 def block_splits(height: int, width: int, block: int, fractions: Sequence[float], seed: int,
@@ -126,7 +133,11 @@ def plan_chips(layouts: Sequence[SceneLayout], chip_size: int, gsd: float, strid
             raise UserError(f"--block-size {block_size_m:g} m is smaller than one chip ({chip_size} px at {gsd:g} m/px "
                             f"= {chip_size * gsd:g} m); pass at least --block-size {math.ceil(chip_size * gsd)}")
         held = _schools_by_split(blocked, block, chip_size, stride, fractions, seed)
-        return ChipPlan(stride, block, gsd, tuple(chosen), tuple(held.items()))
+        better = None
+        if blocked and not all(held[s] for s in SPLITS):
+            better = next((b for b in _block_sizes(blocked, chip_size) if all(
+                _schools_by_split(blocked, b, chip_size, stride, fractions, seed)[s] for s in SPLITS)), None)
+        return ChipPlan(stride, block, gsd, tuple(chosen), tuple(held.items()), better)
     chosen.append("block_size")
     sizes = _block_sizes(blocked, chip_size)
     n_schools = sum(len(s.centres) for s in blocked)
