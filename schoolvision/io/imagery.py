@@ -9,7 +9,8 @@ so chips, scans and explanations share one pixel grid whatever the input looked 
   warped view in the local UTM zone of the raster's centre;
 - an XYZ/TMS tile folder (``z-x-y.png``, ``z/x/y.png`` or ``--tile-pattern``) becomes one VRT mosaic in
   EPSG:3857 (georeferenced with ``mercantile``; missing tiles are nodata), then is warped like the above;
-- a folder of adjacent GeoTIFF tiles on one grid is one VRT mosaic (rule in :mod:`schoolvision.io.tiles`).
+- a folder of adjacent GeoTIFF tiles is one VRT mosaic, even when the tiles do not share a grid (a
+  web-map pyramid warped tile by tile to EPSG:4326 is read on one UTM grid; rule in :mod:`schoolvision.io.tiles`).
 
 Band rule: 3 bands are RGB. RGBA (4 bands, the 4th flagged alpha) uses bands 1-3. Any other band
 count needs ``bands=(r, g, b)`` (``--bands``); ``--bands 1,1,1`` turns a grey band into RGB.
