@@ -260,6 +260,12 @@ def test_oam_tile_export_is_one_scene_whose_chips_match_the_town(tmp_path):
         with rasterio.open(path) as ds:
             sizes.add(round(ds.transform.e, 12))
     assert len(tiles) >= 9 and len(sizes) >= 3  # rows of tiles with their own pixel sizes: not one grid
+    (src,) = list_sources([oam])
+    finest = 2 * 20037508.342789244 / 256 / 2**18 * np.cos(np.radians(source_info(src)["bounds_4326"][1]))
+    assert source_info(src)["native_gsd"] == pytest.approx(finest, rel=0.01)  # the finest tile pixel, in metres
+    with open_source(src) as ds:  # read at it, in the local UTM zone, over the town (the margins trimmed)
+        assert ds.crs == town.crs and ds.transform.a == source_info(src)["native_gsd"]
+        assert ds.width * ds.transform.a == pytest.approx(512, abs=1.0)
     schools = tmp_path / "schools.geojson"
     gpd.GeoDataFrame({"name": [f"s{i}" for i in range(len(town.schools))]}, geometry=town.schools,
                      crs=town.crs).to_crs("EPSG:4326").to_file(schools, driver="GeoJSON")

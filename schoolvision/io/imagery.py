@@ -430,9 +430,10 @@ def source_info(source: ImagerySource, crs: str | None = None, bands: Sequence[i
     Checks that it opens (georeference, CRS, bands) without reading more than a decimated sample.
     """
     with _open_raw(source, *_options(source, crs, bands, scale)) as (ds, pixels):
+        grid = _mosaic_grid(source, ds)
         return {
             "crs": ds.crs.to_string(),
-            "native_gsd": native_gsd(ds),
+            "native_gsd": native_gsd(ds) if grid is None else grid.res,
             "bounds_4326": transform_bounds(ds.crs, "EPSG:4326", *ds.bounds),
             "pixels": pixels.record(),
         }
@@ -529,15 +530,15 @@ def open_source(
     """
     with _open_raw(source, *_options(source, crs, bands, scale)) as (ds, _):
         warp_crs = utm_crs_for(ds, source.path) if needs_utm(ds.crs) else None
-        target_gsd = float(gsd) if gsd else native_gsd(ds)
+        grid = _mosaic_grid(source, ds)
+        target_gsd = float(gsd) if gsd else native_gsd(ds) if grid is None else grid.res
         if warp_crs is None and math.isclose(target_gsd, abs(ds.transform.a), rel_tol=1e-6) and math.isclose(
             target_gsd, abs(ds.transform.e), rel_tol=1e-6
         ):
             yield ds
             return
         dst_crs = warp_crs or ds.crs
-        if warp_crs is not None and source.kind == "mosaic" and not on_one_grid(source.parts):
-            grid = mosaic_grid(source.parts)  # tiles on differing grids: one UTM grid over their data
+        if grid is not None:  # tiles on differing grids: one UTM grid over their data
             dst_crs = CRS.from_user_input(grid.crs)
             transform, width, height = grid.snapped(target_gsd)
         else:
@@ -555,6 +556,13 @@ def open_source(
             resampling=Resampling.average if coarser else Resampling.bilinear,
         ) as vrt:
             yield vrt
+
+
+def _mosaic_grid(source: ImagerySource, ds):
+    """The UTM grid of a mosaic of geographic or Web Mercator tiles on differing grids (io.tiles); else None."""
+    if source.kind != "mosaic" or not needs_utm(ds.crs) or on_one_grid(source.parts):
+        return None
+    return mosaic_grid(source.parts)
 
 
 def read_window(ds, window: Window, path) -> np.ndarray:

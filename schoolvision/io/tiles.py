@@ -356,10 +356,9 @@ def mosaic_grid(parts: Sequence[str]) -> MosaicGrid:
                 xs_, ys_ = transform_points(ds.crs, crs, x.tolist(), y.tolist())
                 xs.extend(xs_)
                 ys.extend(ys_)
-    finest = min(res)
-    if not xs:  # no valid pixel anywhere: the tiles' whole footprint
+    if not xs:
         raise UserError("the tiles' masks (alpha, nodata) hide every pixel", Path(parts[0]).parent)
-    grid = MosaicGrid(crs.to_string(), (min(xs), min(ys), max(xs), max(ys)), finest)
+    grid = MosaicGrid(crs.to_string(), (min(xs), min(ys), max(xs), max(ys)), round(min(res), 4))
     _GRIDS[key] = grid
     return grid
 
