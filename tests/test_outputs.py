@@ -466,8 +466,10 @@ MENTION = re.compile(r"schoolvision (\w+)")
 
 ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
     ("cluster", "schoolvision.data.chips"): (
-        {"--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
+        {"--block-size", "--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
         "cluster imports the module for SPLITS; ChipConfig and make_chips run in `chips` only"),
+    ("cluster", "schoolvision.data.plan"): (
+        {"--block-size"}, "cluster imports data.chips, which imports the plan; chips are planned in `chips` only"),
     ("cluster", "schoolvision.data.synthetic"): (
         {"--gsd", "--size", "--towns"}, "cluster imports demo constants; make_demo runs in `demo` only"),
     ("cluster", "schoolvision.data.registry"): (
