@@ -135,11 +135,11 @@ def plan_chips(layouts: Sequence[SceneLayout], chip_size: int, gsd: float, strid
         held = _schools_by_split(blocked, block, chip_size, stride, fractions, seed)
         better = None
         if blocked and not all(held[s] for s in SPLITS):
-            better = next((b for b in _block_sizes(blocked, chip_size) if all(
+            better = next((b for b in _block_sizes(chip_size) if all(
                 _schools_by_split(blocked, b, chip_size, stride, fractions, seed)[s] for s in SPLITS)), None)
         return ChipPlan(stride, block, gsd, tuple(chosen), tuple(held.items()), better)
     chosen.append("block_size")
-    sizes = _block_sizes(blocked, chip_size)
+    sizes = _block_sizes(chip_size)
     n_schools = sum(len(s.centres) for s in blocked)
     if not blocked or n_schools == 0:
         return ChipPlan(stride, sizes[0], gsd, tuple(chosen))
@@ -160,7 +160,7 @@ def _windows(layouts: Sequence[SceneLayout], cs: int, stride: int) -> int:
                for s in layouts if s.height >= cs and s.width >= cs)
 
 
-def _block_sizes(blocked: Sequence[SceneLayout], cs: int) -> list[int]:
+def _block_sizes(cs: int) -> list[int]:
     """Block sizes to try, largest first: ``DEFAULT_BLOCK_PX`` down to ``MIN_BLOCK_CHIPS`` chips (at least a chip)."""
     smallest = max(cs, math.ceil(MIN_BLOCK_CHIPS * cs))
     sizes, block = [], float(max(DEFAULT_BLOCK_PX, smallest))
