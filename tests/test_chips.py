@@ -204,6 +204,7 @@ def test_planned_blocks_give_every_split_a_school(tmp_path):
     assert meta["plan"]["chosen"] == ["block_size"] and 128 <= meta["block_size_m"] < 384
     assert meta["config"]["block_size"] is None  # what the user set; the plan records what was used
     assert all(meta["plan"]["schools_by_split"][s] >= 1 for s in ("train", "val", "test"))
+    assert f"stride 32 px, split blocks of {meta['block_size_m']:g} m (planned)" in str(summary)
 
 
 def test_planned_stride_gives_a_small_area_more_chips(tmp_path):

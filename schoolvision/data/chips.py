@@ -166,6 +166,7 @@ class ChipSummary:
     scenes: dict[str, dict] = field(default_factory=dict)
     reused: bool = False
     warnings: list[str] = field(default_factory=list)  # one line each: scenes too small, splits without schools
+    plan: dict = field(default_factory=dict)  # stride and split blocks used, and which were planned (data.plan)
 
     @property
     def n_chips(self) -> int:
@@ -177,6 +178,12 @@ class ChipSummary:
         if self.scenes:
             lines.append("  imagery: " + scenes_line([(name, m.get("files", m.get("tiles", 1)), m["width"] * self.gsd,
                                                        m["height"] * self.gsd) for name, m in self.scenes.items()]))
+        if self.plan:
+            planned = set(self.plan.get("chosen", ()))
+            blocks = any(m.get("split") == "blocks" for m in self.scenes.values())
+            lines.append(f"  stride {self.plan['stride']} px" + (" (planned)" if "stride" in planned else "")
+                         + (f", split blocks of {self.plan['block_size_m']:g} m"
+                            + (" (planned)" if "block_size" in planned else "") if blocks else ", split by scene"))
         for split in SPLITS:
             c = self.counts.get(split, {})
             n = sum(c.values())
@@ -668,5 +675,6 @@ def _read_existing(folder: ChipsFolder) -> dict:
 
 def _summary_from_json(out_dir: Path, meta: dict, reused: bool = False) -> ChipSummary:
     return ChipSummary(out_dir=out_dir, counts=meta["counts"], skipped=meta.get("skipped", {}), gsd=meta["gsd"],
-                       chip_size=meta["chip_size"], scenes=meta.get("scenes", {}), reused=reused)
+                       chip_size=meta["chip_size"], scenes=meta.get("scenes", {}), reused=reused,
+                       plan=meta.get("plan", {}))
 
