@@ -296,4 +296,5 @@ def test_oam_tile_export_is_one_scene_whose_chips_match_the_town(tmp_path):
     scan = run_scan(ScanConfig(run=tmp_path, imagery=[oam], out_dir=tmp_path / "scan", cam_peaks=False,
                                make_map=False, progress=False, runtime="torch"), model=RedModel(), meta=meta_run)
     assert [s.scene for s in scan.scenes] == ["town"] and not scan.failed
+    assert scan.scenes[0].files == len(tiles) and scan.scenes[0].size_m == pytest.approx((512, 512), abs=1)
     assert [p.name for p in (tmp_path / "scan").glob("*_probability.tif")] == ["town_probability.tif"]
