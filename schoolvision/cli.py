@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 import warnings
 
 from schoolvision.commands import use_defaults_help
 from schoolvision.errors import UserError
+from schoolvision.io import manifest
 
 COMMANDS: dict[str, str] = {
     "demo": "Generate synthetic georeferenced towns with known school footprints.",
@@ -45,20 +47,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; a :class:`UserError` is one line on stderr and exit code 2."""
+    """Run one command; a :class:`UserError` is one line on stderr and exit code 2.
+
+    A command that fails before writing anything leaves no ``--out`` folder it made behind (an empty
+    folder with a manifest would read as a half-finished output).
+    """
     args = build_parser().parse_args(argv)
     previous = warnings.formatwarning
     warnings.formatwarning = _warning_line(args.command)
+    out = getattr(args, "out", None)
+    fresh = out is not None and not os.path.lexists(out)
+    code = 1
     try:
-        return int(args._run(args) or 0)
+        code = int(args._run(args) or 0)
+        return code
     except UserError as exc:
         print(f"schoolvision {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
+        return code
     except KeyboardInterrupt:
         print(f"schoolvision {args.command}: interrupted", file=sys.stderr)
-        return 130
+        code = 130
+        return code
     finally:
         warnings.formatwarning = previous
+        if fresh and code != 0:
+            manifest.discard_unwritten(out)
 
 
 def _warning_line(command: str):

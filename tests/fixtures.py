@@ -523,3 +523,45 @@ if __name__ == "__main__":
     write_red_scene(out / "red_scene.tif", 300, 333, squares=[(100, 150, 30)])
     make_fake_chips(out / "fake_chips")
     print(f"towns in {scenes}, schools in {schools}, a red-roof scene and fake chips in {out}")
+
+
+# --- OpenAerialMap's tile export: a Web Mercator pyramid level, each tile warped on its own to EPSG:4326 ------
+
+OAM_TILE_PX = 256
+
+
+def write_oam_tiles(scene_tif: Path, out_dir: Path, zoom: int, tile_px: int = OAM_TILE_PX) -> Path:
+    """The scene as OpenAerialMap serves it: ``out_dir/OAM-{x}-{y}-{z}.tif``, one GeoTIFF per web-map tile.
+
+    The scene is reprojected to Web Mercator on the ``zoom`` tile grid (``tile_px`` px a tile), cut
+    into tiles, and each tile is warped on its own to EPSG:4326 with the grid ``gdalwarp`` would
+    choose (``calculate_default_transform``): every row of tiles gets its own pixel size and the
+    tiles' edges do not fall on one grid. Tiles are RGBA, alpha 0 where the scene has no data.
+    Returns ``out_dir``.
+    """
+    import mercantile
+    from rasterio.warp import Resampling, calculate_default_transform, reproject, transform_bounds
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with rasterio.open(scene_tif) as src:
+        image, src_crs, src_transform = src.read((1, 2, 3)), src.crs, src.transform
+        west, south, east, north = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
+    for tile in mercantile.tiles(west, south, east, north, zoom):
+        b = mercantile.xy_bounds(tile)
+        merc = Affine((b.right - b.left) / tile_px, 0, b.left, 0, -(b.top - b.bottom) / tile_px, b.top)
+        rgba = np.zeros((4, tile_px, tile_px), np.uint8)
+        common = {"src_transform": src_transform, "src_crs": src_crs, "dst_transform": merc, "dst_crs": "EPSG:3857"}
+        reproject(image, rgba[:3], resampling=Resampling.bilinear, **common)
+        reproject(np.full(image.shape[1:], 255, np.uint8), rgba[3], resampling=Resampling.nearest, **common)
+        transform, width, height = calculate_default_transform("EPSG:3857", "EPSG:4326", tile_px, tile_px,
+                                                               b.left, b.bottom, b.right, b.top)
+        out = np.zeros((4, height, width), np.uint8)
+        for band in range(4):
+            reproject(rgba[band], out[band], src_transform=merc, src_crs="EPSG:3857", dst_transform=transform,
+                      dst_crs="EPSG:4326", resampling=Resampling.bilinear if band < 3 else Resampling.nearest)
+        with rasterio.open(out_dir / f"OAM-{tile.x}-{tile.y}-{tile.z}.tif", "w", driver="GTiff", width=width,
+                           height=height, count=4, dtype="uint8", crs="EPSG:4326", transform=transform,
+                           photometric="RGB", alpha="YES") as dst:
+            dst.write(out)
+    return out_dir

@@ -136,7 +136,8 @@ def test_out_folder_with_different_dataset_needs_overwrite(tmp_path, capsys, one
     rc, err, out = run_chips(tmp_path, capsys, [one_town[0]], one_town[1], "--seed", "1", "--negative-ratio", "1")
     assert_refused(rc, err, out, out, existing=True)
     assert (out / "chips.csv").read_bytes() == before
-    rc, err, out = run_chips(tmp_path, capsys, [one_town[0]], one_town[1], "--negative-ratio", "1", "--overwrite")
+    rc, err, out = run_chips(tmp_path, capsys, [one_town[0]], one_town[1], "--seed", "1", "--negative-ratio", "1",
+                             "--overwrite")
     assert rc == 0 and (out / "chips.csv").read_bytes() != before
     other = tmp_path / "other"
     other.mkdir()
@@ -159,3 +160,29 @@ def test_16_bit_imagery_is_scaled_not_refused(tmp_path, capsys, one_town):
 def test_bad_scale_is_one_line(tmp_path, capsys, one_town, scale):
     rc, err, out = run_chips(tmp_path, capsys, [one_town[0]], one_town[1], f"--scale={scale}")
     assert rc == 2 and "--scale" in err and len(err.strip().splitlines()) == 1 and not out.exists(), err
+
+
+def test_a_failed_command_leaves_no_out_folder_behind(tmp_path, capsys, one_town):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "best.pt").write_bytes(b"PK\x03\x04" + bytes(range(256)) * 4)  # a truncated checkpoint
+    rc = main(["scan", "--run", str(run), "--imagery", str(one_town[0]), "--out", str(tmp_path / "scan"),
+               "--device", "cpu", "--no-map"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "scan").exists()
+    # a folder that was there before stays, and so does a file the failed run did not write
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "notes.txt").write_text("mine")
+    assert main(["scan", "--run", str(run), "--imagery", str(one_town[0]), "--out", str(tmp_path / "kept"),
+                 "--device", "cpu", "--no-map", "--overwrite"]) == 2
+    assert (tmp_path / "kept" / "notes.txt").read_text() == "mine"
+
+
+def test_no_chip_at_all_is_an_error_naming_each_scene(tmp_path, capsys, one_town):
+    tiny = tmp_path / "tiny.tif"
+    write_scene(tiny, size=48, schools_px=((10, 10, 20),))  # over the first school of one_town
+    rc, err, out = run_chips(tmp_path, capsys, [tiny], one_town[1])
+    assert_refused(rc, err, out, tiny.stem)
+    assert err.strip().endswith("error: no chip cut from the imagery: tiny: scene of 48 x 48 m gave no chip: "
+                                "smaller than one 64 px chip; use a smaller --chip-size or --gsd"), err

@@ -170,3 +170,58 @@ def test_data_figures_draw_what_the_caller_read(towns):
     fig = plots.plot_chip_examples(examples, images, title="train")
     assert fig.axes[0].get_ylabel().startswith("school (") and fig.axes[2].get_ylabel().startswith("not_school (")
     plt.close("all")
+
+
+# --- chips planned for the data: split blocks and stride left at None ----------------------------------
+
+
+def write_small_area(tmp_path, schools_px, size=384):
+    """One scene of ``size`` m at 1 m/px with bright-square schools, and its schools file."""
+    import geopandas as gpd
+
+    polys = write_scene(tmp_path / "area.tif", size=size, schools_px=schools_px)
+    gpd.GeoDataFrame({"name": [f"s{i}" for i in range(len(polys))]}, geometry=polys,
+                     crs="EPSG:32636").to_file(tmp_path / "s.geojson", driver="GeoJSON")
+    return tmp_path / "area.tif", tmp_path / "s.geojson"
+
+
+SPREAD = [(r, c, 30) for r in (30, 170, 310) for c in (30, 170, 310)]  # 9 schools over 384 m
+
+
+def test_planned_blocks_give_every_split_a_school(tmp_path):
+    scene, schools = write_small_area(tmp_path, SPREAD)
+    # the old fixed block (512 px) is the whole area: every school in train, val and test empty
+    fixed = make_chips([scene], schools, tmp_path / "fixed", ChipConfig(**SMALL, block_size=512))
+    assert set(pd.read_csv(tmp_path / "fixed" / "chips.csv").split) == {"train"}
+    # its warnings name the block size that fixes it, and that size does
+    [value] = {w.split("--block-size ")[1].split()[0] for w in fixed.warnings}
+    again = make_chips([scene], schools, tmp_path / "again", ChipConfig(**SMALL, block_size=float(value)))
+    assert not again.warnings and set(pd.read_csv(tmp_path / "again" / "chips.csv").split) == {"train", "val", "test"}
+    summary = make_chips([scene], schools, tmp_path / "planned", ChipConfig(**SMALL))
+    frame = check_chips_match_scenes(tmp_path / "planned")
+    assert set(frame[frame.label == "school"].split) == {"train", "val", "test"} and not summary.warnings
+    meta = json.loads((tmp_path / "planned" / "dataset.json").read_text())
+    assert meta["plan"]["chosen"] == ["block_size"] and 128 <= meta["block_size_m"] < 384
+    assert meta["config"]["block_size"] is None  # what the user set; the plan records what was used
+    assert all(meta["plan"]["schools_by_split"][s] >= 1 for s in ("train", "val", "test"))
+    assert f"stride 32 px, split blocks of {meta['block_size_m']:g} m (planned)" in str(summary)
+
+
+def test_planned_stride_gives_a_small_area_more_chips(tmp_path):
+    scene, schools = write_small_area(tmp_path, SPREAD)
+    make_chips([scene], schools, tmp_path / "c", ChipConfig(chip_size=64))
+    meta = json.loads((tmp_path / "c" / "dataset.json").read_text())
+    assert meta["stride"] < 32 and meta["plan"]["chosen"] == ["stride", "block_size"]  # 11 x 11 windows at 32
+    assert ((384 - 64) // meta["stride"] + 1) ** 2 >= 500
+
+
+def test_splits_that_cannot_hold_a_school_stop_with_what_to_do(tmp_path):
+    clustered = [(20, 20, 20), (20, 60, 20), (60, 20, 20), (60, 60, 20)]  # 4 schools in one corner
+    scene, schools = write_small_area(tmp_path, clustered)
+    with pytest.raises(UserError) as err:
+        make_chips([scene], schools, tmp_path / "c", ChipConfig(**SMALL))
+    line = str(err.value)
+    assert "\n" not in line and not (tmp_path / "c").exists()
+    assert "--block-size" in line or "too close together" in line, line
+    with pytest.raises(UserError, match=r"--block-size 40 m is smaller than one chip .*--block-size 64"):
+        make_chips([scene], schools, tmp_path / "c", ChipConfig(**SMALL, block_size=40))

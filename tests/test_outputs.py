@@ -386,15 +386,16 @@ def test_range_checks_hold_for_the_library_too():
 
 
 def test_chips_warns_when_val_or_test_hold_no_school(tmp_path, capsys, one_town):
-    scenes, schools = one_town  # one 256 px town, one 512 px block: everything is train
+    scenes, schools = one_town  # one 256 px town, one 512 m block: everything is train
     rc, err, lines = run_cli_warned(capsys, "chips", "--imagery", scenes, "--schools", schools, "--out",
-                                    tmp_path / "c", *SMALL)
+                                    tmp_path / "c", *SMALL, "--block-size", "512")
     assert rc == 0 and "Traceback" not in err, err
     assert len(lines) == 2, lines
     for line, split in zip(lines, ("val", "test")):
         assert line.startswith(f"split {split} holds no school chip") and "\n" not in line
         assert "train: town_00 (" in line and "--seed" in line
-    argv = ["chips", "--imagery", str(scenes), "--schools", str(schools), "--out", str(tmp_path / "d"), *SMALL]
+    argv = ["chips", "--imagery", str(scenes), "--schools", str(schools), "--out", str(tmp_path / "d"), *SMALL,
+            "--block-size", "512"]
     proc = subprocess.run([sys.executable, "-m", "schoolvision", *argv], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
     printed = [ln for ln in proc.stderr.replace("\r", "\n").splitlines() if "warning" in ln]
@@ -409,8 +410,8 @@ def test_a_scene_smaller_than_a_chip_is_one_warning(tmp_path, capsys, one_town):
                                     "--out", tmp_path / "c", *SMALL)
     assert rc == 0 and "Traceback" not in err, err
     [line] = [ln for ln in lines if "tiny" in ln]
-    assert line == ("tiny: scene is 48x48 px at the chips' GSD, smaller than one 64 px chip: 0 chips "
-                    "(use a smaller --chip-size or --gsd)")
+    assert line == ("tiny: scene of 48 x 48 m gave no chip: smaller than one 64 px chip; use a smaller --chip-size "
+                    "or --gsd")
     scenes_meta = json.loads((tmp_path / "c" / "dataset.json").read_text())["scenes"]
     assert set(scenes_meta) == {"town_00", "tiny"}
 
@@ -465,8 +466,10 @@ MENTION = re.compile(r"schoolvision (\w+)")
 
 ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
     ("cluster", "schoolvision.data.chips"): (
-        {"--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
+        {"--block-size", "--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
         "cluster imports the module for SPLITS; ChipConfig and make_chips run in `chips` only"),
+    ("cluster", "schoolvision.data.plan"): (
+        {"--block-size"}, "cluster imports data.chips, which imports the plan; chips are planned in `chips` only"),
     ("cluster", "schoolvision.data.synthetic"): (
         {"--gsd", "--size", "--towns"}, "cluster imports demo constants; make_demo runs in `demo` only"),
     ("cluster", "schoolvision.data.registry"): (

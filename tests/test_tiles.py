@@ -78,18 +78,30 @@ def test_separate_scenes_and_the_mosaic_rule(tmp_path):
     folder, _ = write_export(tmp_path)
     sources = list_sources([folder], TileOptions(separate_scenes=True))
     assert [s.kind for s in sources] == ["raster"] * 9 and sources[0].name == "tile_r0_c0"
-    # not a tiling: a gap, another pixel size, a grid shifted by half a pixel, another CRS
+    # not a tiling: a gap, pixel sizes 8 times apart, another CRS
     arr = scene_array(0, 64, [])
     write_geotiff_tiles(tmp_path / "gap", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
     write_geotiff_tiles(tmp_path / "gap", arr, 32, origin=(X0 + 100.0, Y0), name="b.tif")
-    write_geotiff_tiles(tmp_path / "res", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
-    write_geotiff_tiles(tmp_path / "res", arr, 32, gsd=0.5, origin=(X0 + 32.0, Y0), name="b.tif")
-    write_geotiff_tiles(tmp_path / "shift", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
-    write_geotiff_tiles(tmp_path / "shift", arr, 32, origin=(X0 + 32.5, Y0), name="b.tif")
+    write_geotiff_tiles(tmp_path / "far", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
+    write_geotiff_tiles(tmp_path / "far", arr, 32, gsd=8.0, origin=(X0 + 32.0, Y0), name="b.tif")
     write_geotiff_tiles(tmp_path / "crs", arr, 32, origin=(X0 + 0.0, Y0), name="a.tif")
     write_geotiff_tiles(tmp_path / "crs", arr, 32, origin=(X0 + 32.0, Y0), name="b.tif", crs="EPSG:32637")
-    for case in ("gap", "res", "shift", "crs"):
+    for case in ("gap", "far", "crs"):
         assert [s.kind for s in list_sources([tmp_path / case])] == ["raster", "raster"], case
+    # a tiling on differing grids: another pixel size, a grid shifted by half a pixel; one mosaic at the finest
+    one = arr[:, :32, :32]
+    write_geotiff_tiles(tmp_path / "res", one, 32, origin=(X0 + 0.0, Y0), name="a.tif")
+    write_geotiff_tiles(tmp_path / "res", one, 32, gsd=0.5, origin=(X0 + 32.0, Y0), name="b.tif")
+    write_geotiff_tiles(tmp_path / "shift", one, 32, origin=(X0 + 0.0, Y0), name="a.tif")
+    write_geotiff_tiles(tmp_path / "shift", one, 32, origin=(X0 + 32.5, Y0), name="b.tif")
+    for case, res, width in (("res", 0.5, 96), ("shift", 1.0, 64)):
+        (src,) = list_sources([tmp_path / case])
+        assert (src.kind, len(src.parts)) == ("mosaic", 2), case
+        with open_source(src) as ds:
+            assert (ds.transform.a, ds.transform.c, ds.width, ds.transform.f) == (res, X0, width, Y0), case
+            left = ds.read(window=rasterio.windows.Window(0, 0, round(32 / res), round(32 / res)))
+        k = round(1 / res)  # the west tile, resampled to the finest pixel, keeps its pixels
+        assert np.abs(left.reshape(3, 32, k, 32, k).mean((2, 4)) - one).mean() < 4, case  # noise is 0-20
     # two mosaics in one folder: named after the folder, numbered
     write_geotiff_tiles(tmp_path / "two", arr, 32, origin=(X0 + 0.0, Y0), name="a{row}{col}.tif")
     write_geotiff_tiles(tmp_path / "two", arr, 32, origin=(X0 + 1000.0, Y0), name="b{row}{col}.tif")
@@ -230,3 +242,59 @@ def test_small_chips_on_drone_imagery_get_one_warning_line(tmp_path, capsys):
     assert warned == [f"schoolvision chips: warning: {note}"]
     with pytest.warns(UserWarning, match="--gsd"):
         make_chips([folder], schools, tmp_path / "lib", ChipConfig(stride=256))
+
+
+def test_oam_tile_export_is_one_scene_whose_chips_match_the_town(tmp_path):
+    """OpenAerialMap's form: Web Mercator tiles, each warped on its own to EPSG:4326 (every row its own pixel size)."""
+    from schoolvision.data.synthetic import generate_town
+    from schoolvision.io.rasters import write_geotiff
+
+    from fixtures import write_oam_tiles
+
+    town = generate_town(0, 512, 1.0, index=0)
+    write_geotiff(tmp_path / "original" / "town.tif", town.image, town.crs, town.transform)
+    oam = write_oam_tiles(tmp_path / "original" / "town.tif", tmp_path / "oam" / "town", zoom=18)  # scene "town" too
+    tiles = sorted(oam.glob("OAM-*-*-18.tif"))
+    sizes = set()
+    for path in tiles:
+        with rasterio.open(path) as ds:
+            sizes.add(round(ds.transform.e, 12))
+    assert len(tiles) >= 9 and len(sizes) >= 3  # rows of tiles with their own pixel sizes: not one grid
+    (src,) = list_sources([oam])
+    finest = 2 * 20037508.342789244 / 256 / 2**18 * np.cos(np.radians(source_info(src)["bounds_4326"][1]))
+    assert source_info(src)["native_gsd"] == pytest.approx(finest, rel=0.01)  # the finest tile pixel, in metres
+    with open_source(src) as ds:  # read at it, in the local UTM zone, over the town (the margins trimmed)
+        assert ds.crs == town.crs and ds.transform.a == source_info(src)["native_gsd"]
+        assert ds.width * ds.transform.a == pytest.approx(512, abs=1.0)
+    schools = tmp_path / "schools.geojson"
+    gpd.GeoDataFrame({"name": [f"s{i}" for i in range(len(town.schools))]}, geometry=town.schools,
+                     crs=town.crs).to_crs("EPSG:4326").to_file(schools, driver="GeoJSON")
+    config = ChipConfig(chip_size=64, stride=32, gsd=1.0, block_size=200, negative_ratio=None)
+    made = {}
+    for name, imagery in (("oam", oam), ("original", tmp_path / "original" / "town.tif")):
+        summary = make_chips([imagery], schools, tmp_path / f"chips_{name}", config)
+        meta = json.loads((tmp_path / f"chips_{name}" / "dataset.json").read_text())
+        made[name] = (summary, meta, pd.read_csv(tmp_path / f"chips_{name}" / "chips.csv", keep_default_na=False))
+    summary, meta, oam_chips = made["oam"]
+    assert list(meta["scenes"]) == ["town"] and meta["scenes"]["town"]["files"] == len(tiles)
+    assert meta["scenes"]["town"]["crs"] == town.crs  # read in the local UTM zone
+    assert f"imagery: {len(tiles)} files formed 1 scene: town 512 x 512 m" in str(summary)
+    _, _, original = made["original"]
+    assert len(oam_chips) == len(original) > 100
+    pairs = oam_chips.merge(original, on=["split", "label"], suffixes=("", "_town"))
+    near = pairs[(abs(pairs.minx - pairs.minx_town) <= 1.0) & (abs(pairs.maxy - pairs.maxy_town) <= 1.0)]
+    assert near.chip_id.nunique() == len(oam_chips) and near.chip_id_town.nunique() == len(original)
+    assert set(original[original.label == "school"].split) == set(oam_chips[oam_chips.label == "school"].split)
+    # the same pixels, within resampling: Web Mercator and EPSG:4326 and back
+    school = original[original.label == "school"].iloc[0]
+    twin = near[near.chip_id_town == school.chip_id].iloc[0]
+    with rasterio.open(tmp_path / "chips_original" / school.path) as a, rasterio.open(
+            tmp_path / "chips_oam" / twin.path) as b:
+        assert np.abs(a.read().astype(int) - b.read()).mean() < 8
+
+    meta_run = CheckpointMeta(backbone="efficientnet_lite0", image_size=64, chip_size=64, gsd=1.0, threshold=0.5)
+    scan = run_scan(ScanConfig(run=tmp_path, imagery=[oam], out_dir=tmp_path / "scan", cam_peaks=False,
+                               make_map=False, progress=False, runtime="torch"), model=RedModel(), meta=meta_run)
+    assert [s.scene for s in scan.scenes] == ["town"] and not scan.failed
+    assert scan.scenes[0].files == len(tiles) and scan.scenes[0].size_m == pytest.approx((512, 512), abs=1)
+    assert [p.name for p in (tmp_path / "scan").glob("*_probability.tif")] == ["town_probability.tif"]

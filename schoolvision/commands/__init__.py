@@ -129,8 +129,8 @@ def add_tile_options(parser: argparse.ArgumentParser, config: type) -> None:
     parser.add_argument(
         "--separate-scenes",
         action="store_true",
-        help="read every GeoTIFF of an --imagery folder as a scene of its own; default: adjacent tiles on one "
-             "grid (same CRS, pixel size, bands) form one mosaic scene",
+        help="read every GeoTIFF of an --imagery folder as a scene of its own; default: adjacent tiles (same CRS "
+             "and bands, even on differing grids, as per-tile warps to EPSG:4326) form one mosaic scene",
     )
     parser.add_argument(
         "--tile-scheme",

@@ -51,7 +51,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         default=default_of(ChipConfig, "stride"),
         metavar="PX",
-        help="grid step (default chip size / 2)",
+        help="grid step (default: planned: chip size / 2, down to chip size / 8 on a small area)",
+    )
+    parser.add_argument(
+        "--block-size",
+        type=float,
+        default=default_of(ChipConfig, "block_size"),
+        metavar="M",
+        help="side in metres of the square blocks that split one or two scenes into train, val and test (whole "
+        "blocks, never single chips); default: planned, the largest size from 512 px down to two chips whose "
+        "blocks give every split a school",
     )
     parser.add_argument(
         "--gsd",
@@ -98,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     config = ChipConfig(
         chip_size=args.chip_size,
         stride=args.stride,
+        block_size=args.block_size,
         gsd=args.gsd,
         crs=args.crs,
         bands=bands,

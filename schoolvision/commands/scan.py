@@ -21,7 +21,7 @@ from schoolvision.commands import (
 )
 from schoolvision.errors import UserError
 from schoolvision.io.folders import ScanFolder
-from schoolvision.io.imagery import parse_bands, parse_scale
+from schoolvision.io.imagery import parse_bands, parse_scale, scenes_line
 from schoolvision.io.schools import parse_lonlat_columns
 from schoolvision.model.runtime import RUNTIME_CHOICES
 from schoolvision.scan.engines import ENGINES
@@ -168,6 +168,9 @@ def run(args: argparse.Namespace) -> int:
             f"scanned {len(summary.scenes)} scene(s), {area:.2f} km2; {summary.candidates} candidate(s) "
             f"at P(school) >= {summary.threshold:.3f} -> {summary.out_dir}"
         )
+    sized = [(s.scene, s.files, *s.size_m) for s in summary.scenes if any(s.size_m)]  # older records: no size
+    if sized:
+        print("imagery: " + scenes_line(sized))
     if summary.scene_counts.get("skipped"):
         c = summary.scene_counts
         print(f"resumed: {c['skipped']} scene(s) done before, {c['done']} scanned now, {c['failed']} failed")

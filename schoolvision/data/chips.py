@@ -20,8 +20,14 @@ that would touch a school footprint is left out: the school label wins.
 
 Splits are spatial, never per chip: by scene (sorted names: last = test, the one before = val,
 unless ``test_scenes`` / ``val_scenes`` say otherwise), or, with one or two scenes, by square
-blocks of ``block_size`` pixels assigned by ``seed``; chips that straddle blocks of two splits
-are dropped, so overlapping chips never leak between splits.
+blocks of ``block_size`` metres assigned by ``seed``; chips that straddle blocks of two splits
+are dropped, so overlapping chips never leak between splits. A block size and stride left at None
+are planned for the data (:mod:`schoolvision.data.plan`): blocks small enough that train, val and
+test each hold schools where the labels allow it, a stride that gives a small area enough chips.
+
+No silent zero: a scene that gives no chip is named in a warning with its size in metres and the
+reason (smaller than a chip, all masked, every window straddling split blocks or cutting a school,
+no school near it); no chip at all is an error.
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from shapely.geometry import box
 from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
+from schoolvision.data.plan import SceneLayout, block_splits, plan_chips, stable_int, window_split
 from schoolvision.errors import UserError, check_range
 from schoolvision.io import manifest
 from schoolvision.io.atomic import write_text
@@ -55,11 +62,13 @@ from schoolvision.io.folders import ChipsFolder, check_inputs, prepare_output
 from schoolvision.io.imagery import (
     ImageryOptions,
     ImagerySource,
+    file_count,
     list_sources,
     open_source,
     parse_scale,
     read_mask,
     read_window,
+    scenes_line,
     source_info,
     with_options,
 )
@@ -87,7 +96,7 @@ class ChipConfig:
     """Parameters of chip extraction; all of them are recorded in ``dataset.json``."""
 
     chip_size: int = 128
-    stride: int | None = None  # pixels between grid windows; None = chip_size // 2
+    stride: int | None = None  # pixels between grid windows; None = planned: chip_size // 2, less on a small area
     gsd: float | None = None  # metres per pixel; None = native GSD of the first source
     crs: str | None = None  # CRS for rasters without one (e.g. "EPSG:32636")
     bands: tuple[int, int, int] | None = None  # RGB band numbers (1-based) for non-RGB rasters
@@ -105,7 +114,7 @@ class ChipConfig:
     eval_negative_ratio: float | None = None  # same for val/test; None = keep all
     val_scenes: tuple[str, ...] | None = None
     test_scenes: tuple[str, ...] | None = None
-    block_size: int = 512  # pixels per split block when there are fewer than three scenes
+    block_size: float | None = None  # metres a split block's side (one or two scenes); None = planned (data.plan)
     block_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of blocks
     max_nodata_fraction: float = 0.1  # chips with more masked (alpha, mask, nodata) or black pixels are skipped
     tile_scheme: str | None = None  # web-map tiles: "xyz" or "tms"; None = TMS if tilemapresource.xml (io.tiles)
@@ -117,8 +126,6 @@ class ChipConfig:
     def __post_init__(self) -> None:
         check_range("--chip-size", self.chip_size, minimum=32)
         check_range("--stride", self.stride, minimum=1)
-        if self.stride is None:
-            self.stride = max(1, self.chip_size // 2)
         check_range("--gsd", self.gsd, above=0)
         check_range("--point-buffer", self.point_buffer_m, minimum=0)
         check_range("--negative-ratio", self.negative_ratio, above=0)
@@ -128,7 +135,7 @@ class ChipConfig:
         check_range("max_nodata_fraction", self.max_nodata_fraction, minimum=0, maximum=1)
         check_range("centred_views", self.centred_views, minimum=0)
         check_range("jitter", self.jitter, minimum=0, maximum=0.5)
-        check_range("block_size", self.block_size, minimum=self.chip_size)
+        check_range("--block-size", self.block_size, above=0)
         if self.crs is not None:
             try:
                 self.crs = CRS.from_user_input(self.crs).to_string()
@@ -159,6 +166,7 @@ class ChipSummary:
     scenes: dict[str, dict] = field(default_factory=dict)
     reused: bool = False
     warnings: list[str] = field(default_factory=list)  # one line each: scenes too small, splits without schools
+    plan: dict = field(default_factory=dict)  # stride and split blocks used, and which were planned (data.plan)
 
     @property
     def n_chips(self) -> int:
@@ -167,6 +175,15 @@ class ChipSummary:
 
     def __str__(self) -> str:
         lines = [f"{self.n_chips} chips of {self.chip_size} px at {self.gsd:g} m/px in {self.out_dir}"]
+        if self.scenes:
+            lines.append("  imagery: " + scenes_line([(name, m.get("files", m.get("tiles", 1)), m["width"] * self.gsd,
+                                                       m["height"] * self.gsd) for name, m in self.scenes.items()]))
+        if self.plan:
+            planned = set(self.plan.get("chosen", ()))
+            blocks = any(m.get("split") == "blocks" for m in self.scenes.values())
+            lines.append(f"  stride {self.plan['stride']} px" + (" (planned)" if "stride" in planned else "")
+                         + (f", split blocks of {self.plan['block_size_m']:g} m"
+                            + (" (planned)" if "block_size" in planned else "") if blocks else ", split by scene"))
         for split in SPLITS:
             c = self.counts.get(split, {})
             n = sum(c.values())
@@ -246,6 +263,8 @@ def make_chips(
     if note:
         warnings.warn(note, stacklevel=2)  # before the long work: the user may stop and rerun with --gsd
     scene_split = _scene_splits([s.name for s in sources], config)
+    plan = plan_chips([_layout(s, footprints, gsd, scene_split[s.name] == "blocks") for s in sources],
+                      config.chip_size, gsd, config.stride, config.block_size, config.block_fractions, config.seed)
 
     created = not out_dir.exists()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -259,20 +278,28 @@ def make_chips(
         rows: list[dict] = []
         skipped: Counter = Counter()
         scenes: dict[str, dict] = {}
+        empty: dict[str, str] = {}
         for source in sources:
-            scene_rows, scene_meta = _chip_scene(source, footprints, scene_split[source.name], gsd, config, tmp,
-                                                 skipped, places)
+            scene_rows, scene_meta, why = _chip_scene(source, footprints, scene_split[source.name], gsd, config, plan,
+                                                      tmp, skipped, places)
             rows.extend(scene_rows)
             scenes[source.name] = {**scene_meta, "pixels": infos[source.name]["pixels"]}
+            if why:
+                empty[source.name] = why
+        notes = [_empty_note(name, scenes[name], gsd, why) for name, why in empty.items()]
+        if not rows:
+            raise UserError("no chip cut from the imagery: " + "; ".join(notes))
         counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
-        notes = _split_notes(rows, scenes, scene_split, config)
+        notes += _split_notes(rows, scene_split, plan)
         folder = ChipsFolder(tmp)
         folder.write_index(_index_csv(rows))
         write_text(tmp / "schools.geojson", footprints.to_json(drop_id=True, to_wgs84=True))
         meta = {
             "chip_size": config.chip_size,
             "gsd": gsd,
-            "stride": config.stride,
+            "stride": plan.stride,
+            "block_size_m": plan.block_m if "blocks" in scene_split.values() else None,
+            "plan": plan.record(),
             "seed": config.seed,
             "classes": list(CLASSES),
             "counts": counts,
@@ -338,10 +365,25 @@ def small_chip_note(chip_size: int, gsd: float) -> str | None:
             f"{chip_size * better:.0f} m (or a larger --chip-size)")
 
 
-def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, config: ChipConfig, out: Path,
-                skipped: Counter, places=None) -> tuple[list[dict], dict]:
-    """Label, split, sample and write the chips of one scene (with the hard negatives among ``places``)."""
-    cs, rng = config.chip_size, np.random.default_rng([config.seed, _stable_int(source.name)])
+def _layout(source: ImagerySource, footprints, gsd: float, by_blocks: bool) -> SceneLayout:
+    """What the plan reads of a scene at ``gsd``: its size in pixels and its schools' centres."""
+    with open_source(source, gsd=gsd) as ds:
+        schools = footprints.to_crs(ds.crs)
+        schools = schools[schools.intersects(box(*ds.bounds))]
+        inv = ~ds.transform
+        centres = np.array([(inv @ (c.x, c.y))[::-1] for c in schools.geometry.centroid], float).reshape(-1, 2)
+        return SceneLayout(source.name, ds.height, ds.width, centres, by_blocks)
+
+
+def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, config: ChipConfig, plan,
+                out: Path, skipped: Counter, places=None) -> tuple[list[dict], dict, str | None]:
+    """Label, split, sample and write the chips of one scene (with the hard negatives among ``places``).
+
+    Returns the chips' rows, the scene's entry of ``dataset.json`` and, when it gave no chip, why.
+    """
+    cs, rng = config.chip_size, np.random.default_rng([config.seed, stable_int(source.name)])
+    block = plan.block_px
+    mine: Counter = Counter()  # this scene's skipped windows, for the reason it gave no chip
     with open_source(source, gsd=gsd) as ds:  # bands, CRS and scale: the source's options
         crs = ds.crs
         crs_text = crs.to_string()
@@ -350,13 +392,14 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
         schools = schools[schools.intersects(scene_box)].reset_index(drop=True)
         tree = STRtree(list(schools.geometry))
         school_areas = schools.geometry.area.to_numpy()
-        windows = _candidate_windows(ds, schools, cs, config, rng)
-        blocks = _block_splits(ds.height, ds.width, config, source.name) if split_rule == "blocks" else None
+        windows = _candidate_windows(ds, schools, cs, plan.stride, config, rng)
+        blocks = (block_splits(ds.height, ds.width, block, config.block_fractions, config.seed, source.name)
+                  if split_rule == "blocks" else None)
         labelled: list[dict] = []
         for row, col, view in windows:
-            split = split_rule if blocks is None else _window_split(blocks, row, col, cs, config.block_size)
+            split = split_rule if blocks is None else window_split(blocks, row, col, cs, block)
             if split is None:
-                skipped["straddles_split_blocks"] += 1
+                mine["straddles_split_blocks"] += 1
                 continue
             if view == "centred" and split not in config.centred_splits:
                 continue
@@ -364,26 +407,26 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
             chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
             label, frac, cover, name = _label(chip_box, tree, schools, school_areas, config)
             if label is None:
-                skipped["ambiguous"] += 1
+                mine["ambiguous"] += 1
                 continue
             labelled.append({"row_off": row, "col_off": col, "view": view, "split": split, "label": label,
                              "school_fraction": round(frac, 4), "school_cover": round(cover, 4), "school_name": name,
                              "minx": chip_box.bounds[0], "miny": chip_box.bounds[1], "maxx": chip_box.bounds[2],
                              "maxy": chip_box.bounds[3]})
-        chosen = _undersample(labelled, config, rng, skipped)
+        chosen = _undersample(labelled, config, rng, mine)
         if places is not None:
-            hard = _hard_negatives(ds, places, tree, blocks, split_rule, config, skipped)
+            hard = _hard_negatives(ds, places, tree, blocks, split_rule, config, block, mine)
             taken = {(r["row_off"], r["col_off"]) for r in hard}  # same window: the hard negative stands for it
             chosen = sorted([r for r in chosen if (r["row_off"], r["col_off"]) not in taken] + hard,
                             key=lambda r: (r["row_off"], r["col_off"]))
         rows = []
-        for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False):
+        for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False, disable=not chosen):
             window = Window(r["col_off"], r["row_off"], cs, cs)
             arr = read_window(ds, window, source.path)
             valid = read_mask(ds, window, source.path)
             reason = _empty_reason(arr, valid, config.max_nodata_fraction)
             if reason:
-                skipped[reason] += 1
+                mine[reason] += 1
                 continue
             arr[:, ~valid] = 0  # what the mask hides is nodata in the chip too
             chip_id = f"{source.name}_r{r['row_off']:05d}_c{r['col_off']:05d}"
@@ -393,32 +436,52 @@ def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, 
                           tiled=False, overviews=False)
             rows.append({"chip_id": chip_id, "path": rel, "scene": source.name, "crs": crs_text, **r})
         meta = {"path": str(Path(source.path).resolve()), "crs": crs_text, "split": split_rule,
-                "width": ds.width, "height": ds.height, "bounds": list(ds.bounds), "kind": source.kind}
+                "width": ds.width, "height": ds.height, "bounds": list(ds.bounds), "kind": source.kind,
+                "files": file_count(source)}
         if source.parts:  # a mosaic of GeoTIFF tiles: how many files it joins
             meta["tiles"] = len(source.parts)
-    return rows, meta
+        why = None if rows else _no_chip_reason(ds.height, ds.width, cs, len(schools), mine)
+    skipped.update(mine)
+    return rows, meta, why
 
 
-def _split_notes(rows: list[dict], scenes: dict[str, dict], scene_split: dict[str, str],
-                 config: ChipConfig) -> list[str]:
-    """One warning line per scene smaller than a chip and per evaluation split without a school chip.
+def _no_chip_reason(height: int, width: int, cs: int, n_schools: int, skipped: Counter) -> str:
+    """Why a scene gave no chip, from what its windows were skipped for (the most common reason)."""
+    if height < cs or width < cs:
+        return f"smaller than one {cs} px chip; use a smaller --chip-size or --gsd"
+    if not skipped:
+        return "no window"
+    reason = skipped.most_common(1)[0][0]
+    return {
+        "masked": "all masked (its alpha, mask or nodata value hides the windows)",
+        "nodata_or_black": "all masked or black (no data under the windows)",
+        "straddles_split_blocks": "every window straddles two split blocks; pass a larger --block-size",
+        "ambiguous": "every window cuts a school without holding enough of it (ambiguous); pass a larger --chip-size",
+        "undersampled_not_school": ("no label near it: no school in the scene, and its not_school chips were "
+                                    "under-sampled away (--negative-ratio 0 keeps them all)" if n_schools == 0 else
+                                    "its not_school chips were under-sampled away (--negative-ratio 0 keeps them all)"),
+    }.get(reason, reason.replace("_", " "))
 
-    A scene smaller than one chip gives no chip (``scan`` pads such a scene; padded chips would be
-    mostly empty and skipped anyway). A val or test split without schools gives no recall, F1 or
-    threshold: the line says where the school chips are and which option moves them.
+
+def _empty_note(name: str, meta: dict, gsd: float, why: str) -> str:
+    """One line naming a scene that gave no chip, its size in metres and why."""
+    return f"{name}: scene of {meta['width'] * gsd:,.0f} x {meta['height'] * gsd:,.0f} m gave no chip: {why}"
+
+
+def _split_notes(rows: list[dict], scene_split: dict[str, str], plan) -> list[str]:
+    """One warning line per evaluation split without a school chip.
+
+    A val or test split without schools gives no recall, F1 or threshold: the line says where the
+    school chips are and which option moves them.
     """
-    cs, notes = config.chip_size, []
-    for name, meta in scenes.items():
-        if meta["width"] < cs or meta["height"] < cs:
-            notes.append(f"{name}: scene is {meta['width']}x{meta['height']} px at the chips' GSD, smaller than one "
-                         f"{cs} px chip: 0 chips (use a smaller --chip-size or --gsd)")
     where: dict[str, Counter] = {s: Counter() for s in SPLITS}
     for r in rows:
         if r["label"] == "school":
             where[r["split"]][r["scene"]] += 1
     held = "; ".join(f"{s}: " + ", ".join(f"{n} ({k})" for n, k in sorted(c.items())) for s, c in where.items() if c)
     by_blocks = any(rule == "blocks" for rule in scene_split.values())
-    fix = "--seed draws other split blocks" if by_blocks else "--val-scenes / --test-scenes choose the scenes"
+    fix = plan.fix() if by_blocks else "--val-scenes / --test-scenes choose the scenes"
+    notes = []
     for split in ("val", "test"):
         if not where[split]:
             notes.append(f"split {split} holds no school chip, so its metrics are undefined; school chips by split "
@@ -426,7 +489,8 @@ def _split_notes(rows: list[dict], scenes: dict[str, dict], scene_split: dict[st
     return notes
 
 
-def _hard_negatives(ds, places, tree, blocks, split_rule: str, config: ChipConfig, skipped: Counter) -> list[dict]:
+def _hard_negatives(ds, places, tree, blocks, split_rule: str, config: ChipConfig, block: int,
+                    skipped: Counter) -> list[dict]:
     """One not_school window centred on each place inside the scene, labelled and split like the others.
 
     The window's origin is the place's pixel position minus half a chip, rounded: its centre is
@@ -443,7 +507,7 @@ def _hard_negatives(ds, places, tree, blocks, split_rule: str, config: ChipConfi
         cx, cy = inv @ (point.x, point.y)
         row = int(np.clip(round(cy - cs / 2), 0, h - cs))
         col = int(np.clip(round(cx - cs / 2), 0, w - cs))
-        split = split_rule if blocks is None else _window_split(blocks, row, col, cs, config.block_size)
+        split = split_rule if blocks is None else window_split(blocks, row, col, cs, block)
         if split is None:
             skipped["hard_negative_straddles_split_blocks"] += 1
             continue
@@ -459,14 +523,14 @@ def _hard_negatives(ds, places, tree, blocks, split_rule: str, config: ChipConfi
     return list(found.values())
 
 
-def _candidate_windows(ds, schools, cs: int, config: ChipConfig, rng) -> list[tuple[int, int, str]]:
+def _candidate_windows(ds, schools, cs: int, stride: int, config: ChipConfig, rng) -> list[tuple[int, int, str]]:
     """Grid windows plus jittered windows centred on each school; unique by origin, in a stable order."""
     h, w = ds.height, ds.width
     if h < cs or w < cs:
         return []
     seen: dict[tuple[int, int], str] = {}
-    for row in range(0, h - cs + 1, config.stride):
-        for col in range(0, w - cs + 1, config.stride):
+    for row in range(0, h - cs + 1, stride):
+        for col in range(0, w - cs + 1, stride):
             seen[(row, col)] = "grid"
     inv = ~ds.transform
     max_shift = config.jitter * cs
@@ -548,28 +612,6 @@ def _scene_splits(names: list[str], config: ChipConfig) -> dict[str, str]:
     return dict.fromkeys(names, "blocks")
 
 
-def _block_splits(height: int, width: int, config: ChipConfig, scene: str) -> np.ndarray:
-    """Assign each block a split index (0 train, 1 val, 2 test), seeded, each split at least once."""
-    nby, nbx = math.ceil(height / config.block_size), math.ceil(width / config.block_size)
-    n = nby * nbx
-    if n >= 3:
-        counts = np.maximum(1, np.round(np.array(config.block_fractions) * n).astype(int))
-    else:
-        counts = np.array([n, 0, 0])
-    counts[0] = max(0, n - counts[1] - counts[2])
-    split_ids = np.repeat(np.arange(3), counts)[:n]
-    rng = np.random.default_rng([config.seed, _stable_int(scene), 7])
-    return rng.permutation(split_ids).reshape(nby, nbx)
-
-
-def _window_split(blocks: np.ndarray, row: int, col: int, cs: int, block: int) -> str | None:
-    """The split of the blocks under a window, or None if it straddles two splits."""
-    r0, r1 = row // block, (row + cs - 1) // block
-    c0, c1 = col // block, (col + cs - 1) // block
-    values = np.unique(blocks[r0 : r1 + 1, c0 : c1 + 1])
-    return SPLITS[int(values[0])] if len(values) == 1 else None
-
-
 def _check_overlap(footprints, infos: dict[str, dict], schools_path) -> None:
     """Refuse school footprints that lie entirely outside all imagery, naming both extents (EPSG:4326)."""
     boxes = [box(*i["bounds_4326"]) for i in infos.values()]
@@ -633,8 +675,6 @@ def _read_existing(folder: ChipsFolder) -> dict:
 
 def _summary_from_json(out_dir: Path, meta: dict, reused: bool = False) -> ChipSummary:
     return ChipSummary(out_dir=out_dir, counts=meta["counts"], skipped=meta.get("skipped", {}), gsd=meta["gsd"],
-                       chip_size=meta["chip_size"], scenes=meta.get("scenes", {}), reused=reused)
+                       chip_size=meta["chip_size"], scenes=meta.get("scenes", {}), reused=reused,
+                       plan=meta.get("plan", {}))
 
-
-def _stable_int(text: str) -> int:
-    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)

@@ -9,7 +9,8 @@ so chips, scans and explanations share one pixel grid whatever the input looked 
   warped view in the local UTM zone of the raster's centre;
 - an XYZ/TMS tile folder (``z-x-y.png``, ``z/x/y.png`` or ``--tile-pattern``) becomes one VRT mosaic in
   EPSG:3857 (georeferenced with ``mercantile``; missing tiles are nodata), then is warped like the above;
-- a folder of adjacent GeoTIFF tiles on one grid is one VRT mosaic (rule in :mod:`schoolvision.io.tiles`).
+- a folder of adjacent GeoTIFF tiles is one VRT mosaic, even when the tiles do not share a grid (a
+  web-map pyramid warped tile by tile to EPSG:4326 is read on one UTM grid; rule in :mod:`schoolvision.io.tiles`).
 
 Band rule: 3 bands are RGB. RGBA (4 bands, the 4th flagged alpha) uses bands 1-3. Any other band
 count needs ``bands=(r, g, b)`` (``--bands``); ``--bands 1,1,1`` turns a grey band into RGB.
@@ -53,7 +54,7 @@ from rasterio.windows import Window
 from schoolvision.errors import UserError
 from schoolvision.io.crs import utm_crs
 from schoolvision.io.manifest import input_files
-from schoolvision.io.tiles import TileOptions, mosaic_path, parse_tile_names, raster_scenes
+from schoolvision.io.tiles import TileOptions, mosaic_grid, mosaic_path, on_one_grid, parse_tile_names, raster_scenes
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
 TILE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -429,9 +430,10 @@ def source_info(source: ImagerySource, crs: str | None = None, bands: Sequence[i
     Checks that it opens (georeference, CRS, bands) without reading more than a decimated sample.
     """
     with _open_raw(source, *_options(source, crs, bands, scale)) as (ds, pixels):
+        grid = _mosaic_grid(source, ds)
         return {
             "crs": ds.crs.to_string(),
-            "native_gsd": native_gsd(ds),
+            "native_gsd": native_gsd(ds) if grid is None else grid.res,
             "bounds_4326": transform_bounds(ds.crs, "EPSG:4326", *ds.bounds),
             "pixels": pixels.record(),
         }
@@ -528,16 +530,21 @@ def open_source(
     """
     with _open_raw(source, *_options(source, crs, bands, scale)) as (ds, _):
         warp_crs = utm_crs_for(ds, source.path) if needs_utm(ds.crs) else None
-        target_gsd = float(gsd) if gsd else native_gsd(ds)
+        grid = _mosaic_grid(source, ds)
+        target_gsd = float(gsd) if gsd else native_gsd(ds) if grid is None else grid.res
         if warp_crs is None and math.isclose(target_gsd, abs(ds.transform.a), rel_tol=1e-6) and math.isclose(
             target_gsd, abs(ds.transform.e), rel_tol=1e-6
         ):
             yield ds
             return
         dst_crs = warp_crs or ds.crs
-        transform, width, height = calculate_default_transform(
-            ds.crs, dst_crs, ds.width, ds.height, *ds.bounds, resolution=target_gsd
-        )
+        if grid is not None:  # tiles on differing grids: one UTM grid over their data
+            dst_crs = CRS.from_user_input(grid.crs)
+            transform, width, height = grid.snapped(target_gsd)
+        else:
+            transform, width, height = calculate_default_transform(
+                ds.crs, dst_crs, ds.width, ds.height, *ds.bounds, resolution=target_gsd
+            )
         coarser = target_gsd > native_gsd(ds) * 1.2
         with WarpedVRT(
             ds,
@@ -549,6 +556,13 @@ def open_source(
             resampling=Resampling.average if coarser else Resampling.bilinear,
         ) as vrt:
             yield vrt
+
+
+def _mosaic_grid(source: ImagerySource, ds):
+    """The UTM grid of a mosaic of geographic or Web Mercator tiles on differing grids (io.tiles); else None."""
+    if source.kind != "mosaic" or not needs_utm(ds.crs) or on_one_grid(source.parts):
+        return None
+    return mosaic_grid(source.parts)
 
 
 def read_window(ds, window: Window, path) -> np.ndarray:
@@ -565,3 +579,22 @@ def read_mask(ds, window: Window, path) -> np.ndarray:
         return ds.dataset_mask(window=window) > 0
     except RasterioError as exc:
         raise UserError(f"raster is truncated or corrupt ({str(exc).splitlines()[0][:120]})", path) from None
+
+
+def file_count(source: ImagerySource) -> int:
+    """How many files make the scene: its tiles (GeoTIFF mosaic, web-map folder) or 1."""
+    return len(source.parts) or len(source.tiles) or 1
+
+
+def scenes_line(scenes: Sequence[tuple[str, int, float, float]], shown: int = 6) -> str:
+    """One line: how many files formed how many scenes, and each scene's size in metres.
+
+    ``scenes``: (name, files, width in metres, height in metres) per scene; after ``shown`` scenes
+    the line gives a count.
+    """
+    files = sum(n for _, n, _, _ in scenes)
+    sizes = [f"{name} {w:,.0f} x {h:,.0f} m" for name, _, w, h in scenes[:shown]]
+    if len(scenes) > shown:
+        sizes.append(f"and {len(scenes) - shown} more")
+    return (f"{files} file{'s' if files != 1 else ''} formed {len(scenes)} scene{'s' if len(scenes) != 1 else ''}: "
+            + ", ".join(sizes))

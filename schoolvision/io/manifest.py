@@ -240,6 +240,27 @@ def discard_if_empty(root: str | Path) -> None:
         _known.pop(root, None)
 
 
+def discard_unwritten(root: str | Path) -> bool:
+    """Remove ``root``, made by a run that failed before writing a file there; True when it was removed.
+
+    Only a folder holding nothing but its manifest, temporaries of atomic writes and empty folders
+    goes: a file of any kind keeps it (and everything in it).
+    """
+    root = _abs(root)
+    if not root.is_dir() or root.is_symlink() or holds_files(root):
+        return False
+    remove_temporaries(root)
+    (root / MANIFEST).unlink(missing_ok=True)
+    for here, _, _ in sorted(os.walk(root), key=lambda w: len(Path(w[0]).parts), reverse=True):
+        try:
+            Path(here).rmdir()
+        except OSError:  # not empty after all (a file arrived): keep it
+            return False
+    _known.pop(root, None)
+    _registered.discard(root)
+    return True
+
+
 def remove_temporaries(root: str | Path) -> list[Path]:
     """Delete the hidden temporaries a killed run left anywhere under ``root`` (see :data:`TEMPORARY`)."""
     removed = []

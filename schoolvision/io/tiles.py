@@ -6,17 +6,24 @@ alone (no window sees a school across a tile border) and split alone (val/test g
 
 **Mosaic rule.** Inside one ``--imagery`` folder, two GeoTIFFs are *neighbours* when they have
 
-- the same CRS, pixel size (within 1e-6), band count, data types, nodata value, colour
-  interpretation and mask kind, a north-up transform, and origins on one pixel grid (whole-pixel
-  offsets, within 1/100 px);
-- footprints that touch (a gap under half a pixel) or overlap by at most ``MAX_TILE_OVERLAP`` (1/8)
-  of the smaller tile along one axis: a tiling, not two overlapping scenes of the same place.
+- the same CRS, band count, data types, nodata value, colour interpretation and mask kind, a
+  north-up transform, and pixel sizes within ``MAX_RES_RATIO`` of each other;
+- footprints that touch (a gap under half the finer pixel) or overlap by at most ``MAX_TILE_OVERLAP``
+  (1/8) of the smaller tile along one axis: a tiling, not two overlapping scenes of the same place.
 
 Each connected set of two or more neighbours is *one* scene, a GDAL VRT mosaic (built in memory,
 ``/vsimem``; the files are never written to); files with no neighbour stay scenes of their own, as
 before. A folder that forms a single mosaic is named after the folder; several mosaics in one folder
 are ``<folder>_mosaic1``, ``<folder>_mosaic2`` ... (ordered by their first file). ``--separate-scenes``
 (``TileOptions.separate_scenes``) keeps one scene per file.
+
+Tiles on one grid (same pixel size, whole-pixel offsets) are joined pixel for pixel. Tiles whose
+grids differ (a web-map pyramid level warped tile by tile to EPSG:4326, where every row of tiles has
+its own pixel size, or grids shifted by part of a pixel) are joined as ``gdalbuildvrt -resolution
+highest`` does: each tile resampled lazily onto the finest pixel size; such a mosaic in geographic
+or Web Mercator coordinates is then read on one UTM grid (:func:`mosaic_grid`) that covers the
+tiles' data (the transparent margins of a pyramid trimmed) with its origin on whole multiples of
+the pixel size, like ``gdalwarp -tap``.
 
 **Web-map tiles.** A folder of PNG/JPEG tiles is one Web Mercator mosaic. Names follow
 ``--tile-pattern`` (``TileOptions.pattern``): ``{z}``, ``{x}`` and ``{y}`` each once, ``/`` for
@@ -31,6 +38,7 @@ others, or at ``--zoom``.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import string
@@ -41,20 +49,30 @@ from dataclasses import dataclass
 from pathlib import Path
 from xml.sax.saxutils import escape
 
+import numpy as np
 import rasterio
-from rasterio.enums import MaskFlags
+from affine import Affine
+from rasterio.enums import MaskFlags, Resampling
 from rasterio.errors import RasterioError
 from rasterio.io import MemoryFile
+from rasterio.warp import transform as transform_points
+from rasterio.warp import transform_bounds
 from shapely import STRtree
 from shapely.geometry import box
 
 from schoolvision.errors import UserError
+from schoolvision.io.crs import utm_crs
 
 TILE_SCHEMES = ("xyz", "tms")
 DEFAULT_PATTERNS = ("{z}-{x}-{y}", "{z}/{x}/{y}")
 MAX_ZOOM = 24
 MAX_TILE_OVERLAP = 0.125
 """Neighbouring GeoTIFF tiles may overlap by at most this share of the smaller tile (along one axis)."""
+MAX_RES_RATIO = 4.0
+"""Neighbouring GeoTIFF tiles' pixel sizes differ by at most this factor (a drone tile beside a satellite
+scene is two scenes, not one mosaic at the drone's resolution)."""
+EXTENT_SAMPLE_PX = 1024
+"""A tile's data extent (:func:`mosaic_grid`) is found on a mask read at most this many pixels a side."""
 TMS_MARKER = "tilemapresource.xml"
 _GDAL_TYPES = {"uint8": "Byte", "int8": "Int8", "uint16": "UInt16", "int16": "Int16", "uint32": "UInt32",
                "int32": "Int32", "float32": "Float32", "float64": "Float64"}
@@ -172,49 +190,80 @@ def _footprint(path: Path) -> _Footprint | None:
 
 
 def _neighbours(a: _Footprint, b: _Footprint) -> bool:
-    if a.key != b.key or not all(math.isclose(u, v, rel_tol=1e-6) for u, v in zip(a.res, b.res)):
+    if a.key != b.key or any(max(u, v) > MAX_RES_RATIO * min(u, v) for u, v in zip(a.res, b.res)):
         return False
-    rx, ry = a.res
-    for offset in ((a.left - b.left) / rx, (a.top - b.top) / ry):
-        if abs(offset - round(offset)) > 0.01:
-            return False
-    overlap_x = (min(a.right, b.right) - max(a.left, b.left)) / rx  # pixels; negative: a gap
-    overlap_y = (min(a.top, b.top) - max(a.bottom, b.bottom)) / ry
-    if overlap_x < -0.5 or overlap_y < -0.5:
+    rx, ry = min(a.res[0], b.res[0]), min(a.res[1], b.res[1])  # the finer pixel
+    overlap_x = min(a.right, b.right) - max(a.left, b.left)  # map units; negative: a gap
+    overlap_y = min(a.top, b.top) - max(a.bottom, b.bottom)
+    if overlap_x < -0.5 * rx or overlap_y < -0.5 * ry:
         return False
-    share_x = overlap_x / min(a.width, b.width)
-    share_y = overlap_y / min(a.height, b.height)
+    share_x = overlap_x / min(a.right - a.left, b.right - b.left)
+    share_y = overlap_y / min(a.top - a.bottom, b.top - b.bottom)
     return min(share_x, share_y) <= MAX_TILE_OVERLAP
 
 
-def mosaic_vrt_xml(parts: Sequence[str]) -> str:
-    """A GDAL VRT of the GeoTIFF tiles ``parts`` on their common grid: every band, nodata, colours, mask."""
-    infos = []
+def _tile_grids(parts: Sequence[str]) -> list[tuple[str, Affine, int, int, tuple[int, int]]]:
+    """(path, transform, width, height, block shape) of each tile."""
+    out = []
     for path in parts:
         with rasterio.open(path) as ds:
-            infos.append((path, ds.transform, ds.width, ds.height, ds.block_shapes[0]))
-            if len(infos) == 1:
-                crs, count, dtypes, nodata = ds.crs, ds.count, ds.dtypes, ds.nodata
-                colours = [c.name for c in ds.colorinterp]
-                dataset_mask = all(flags == [MaskFlags.per_dataset] for flags in ds.mask_flag_enums)
-    rx, ry = infos[0][1].a, -infos[0][1].e
+            out.append((path, ds.transform, ds.width, ds.height, ds.block_shapes[0]))
+    return out
+
+
+def on_one_grid(parts: Sequence[str]) -> bool:
+    """True when the tiles share their pixel size and their origins lie on one pixel grid (within 1/100 px)."""
+    return _on_one_grid(tuple(parts))
+
+
+@functools.lru_cache(maxsize=256)
+def _on_one_grid(parts: tuple[str, ...]) -> bool:
+    grids = _tile_grids(parts)
+    t0 = grids[0][1]
+    for _, t, *_ in grids[1:]:
+        if not (math.isclose(t.a, t0.a, rel_tol=1e-6) and math.isclose(t.e, t0.e, rel_tol=1e-6)):
+            return False
+        for offset in ((t.c - t0.c) / t0.a, (t.f - t0.f) / t0.e):
+            if abs(offset - round(offset)) > 0.01:
+                return False
+    return True
+
+
+def mosaic_vrt_xml(parts: Sequence[str]) -> str:
+    """A GDAL VRT of the GeoTIFF tiles ``parts``: every band, nodata, colours, mask.
+
+    Tiles on one grid keep their pixels; others are resampled onto the finest pixel size of the set
+    (bilinear for colours, nearest for alpha and masks), as ``gdalbuildvrt -resolution highest``.
+    """
+    infos = _tile_grids(parts)
+    with rasterio.open(parts[0]) as ds:
+        crs, count, dtypes, nodata = ds.crs, ds.count, ds.dtypes, ds.nodata
+        colours = [c.name for c in ds.colorinterp]
+        dataset_mask = all(flags == [MaskFlags.per_dataset] for flags in ds.mask_flag_enums)
+    exact = on_one_grid(parts)
+    rx, ry = min(t.a for _, t, *_ in infos), min(-t.e for _, t, *_ in infos)
     left = min(t.c for _, t, *_ in infos)
     top = max(t.f for _, t, *_ in infos)
-    right = max(t.c + w * rx for _, t, w, _, _ in infos)
-    bottom = min(t.f - h * ry for _, t, _, h, _ in infos)
+    right = max(t.c + w * t.a for _, t, w, _, _ in infos)
+    bottom = min(t.f + h * t.e for _, t, _, h, _ in infos)
     width, height = round((right - left) / rx), round((top - bottom) / ry)
 
-    def sources(band: str, dtype: str) -> str:
+    def sources(band: str, dtype: str, resampling: str) -> str:
         out = []
         for path, t, w, h, (by, bx) in infos:
-            col, row = round((t.c - left) / rx), round((top - t.f) / ry)
+            if exact:
+                dst = (round((t.c - left) / rx), round((top - t.f) / ry), w, h)
+                how = ""
+            else:  # fractional offsets and sizes: GDAL resamples the tile onto the mosaic's grid
+                dst = ((t.c - left) / rx, (top - t.f) / ry, w * t.a / rx, h * -t.e / ry)
+                how = f' resampling="{resampling}"'
             out.append(
-                f'<SimpleSource><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
+                f'<SimpleSource{how}><SourceFilename relativeToVRT="0">{escape(path)}</SourceFilename>'
                 f"<SourceBand>{band}</SourceBand>"
                 f'<SourceProperties RasterXSize="{w}" RasterYSize="{h}" DataType="{dtype}" '
                 f'BlockXSize="{bx}" BlockYSize="{by}"/>'
                 f'<SrcRect xOff="0" yOff="0" xSize="{w}" ySize="{h}"/>'
-                f'<DstRect xOff="{col}" yOff="{row}" xSize="{w}" ySize="{h}"/></SimpleSource>'
+                f'<DstRect xOff="{dst[0]!r}" yOff="{dst[1]!r}" xSize="{dst[2]!r}" ySize="{dst[3]!r}"/></SimpleSource>'
             )
         return "".join(out)
 
@@ -225,9 +274,9 @@ def mosaic_vrt_xml(parts: Sequence[str]) -> str:
         colour = colours[b - 1]
         colour = colour if colour in ("Y", "Cb", "Cr") else colour.capitalize()
         bands.append(f'<VRTRasterBand dataType="{dtype}" band="{b}">{nd}<ColorInterp>{colour}</ColorInterp>'
-                     f"{sources(str(b), dtype)}</VRTRasterBand>")
-    mask = (f'<MaskBand><VRTRasterBand dataType="Byte">{sources("mask,1", "Byte")}</VRTRasterBand></MaskBand>'
-            if dataset_mask else "")
+                     f"{sources(str(b), dtype, 'nearest' if colour == 'Alpha' else 'bilinear')}</VRTRasterBand>")
+    mask = (f'<MaskBand><VRTRasterBand dataType="Byte">{sources("mask,1", "Byte", "nearest")}'
+            "</VRTRasterBand></MaskBand>" if dataset_mask else "")
     return (
         f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}"><SRS>{escape(crs.to_wkt())}</SRS>'
         f"<GeoTransform>{left!r}, {rx!r}, 0.0, {top!r}, 0.0, {-ry!r}</GeoTransform>"
@@ -249,6 +298,79 @@ def mosaic_path(parts: Sequence[str]) -> str:
         name = Path(parts[0]).parent.name or "mosaic"
         _MOSAICS[key] = MemoryFile(mosaic_vrt_xml(key).encode(), filename=f"{name}.vrt")
     return _MOSAICS[key].name
+
+
+@dataclass(frozen=True)
+class MosaicGrid:
+    """The UTM grid a mosaic of tiles on differing grids is read on (module docstring).
+
+    ``bounds`` (left, bottom, right, top, in ``crs``) are the extent of the centres of the tiles'
+    outermost valid pixels: pixels under their mask (alpha, nodata) are left out, so a pyramid's
+    transparent margins do not count; ``res`` is the finest tile pixel in metres.
+    """
+
+    crs: str
+    bounds: tuple[float, float, float, float]
+    res: float
+
+    def snapped(self, gsd: float) -> tuple[Affine, int, int]:
+        """(transform, width, height) at ``gsd`` m/px: the bounds rounded to the nearest whole multiples of ``gsd``.
+
+        The nearest rather than outwards: the outermost valid pixels' centres lie within a tile
+        pixel of the data's true edge on either side, after the pyramid's resampling.
+        """
+        left, bottom, right, top = (round(v / gsd) * gsd for v in self.bounds)
+        width, height = max(1, round((right - left) / gsd)), max(1, round((top - bottom) / gsd))
+        return Affine(gsd, 0.0, left, 0.0, -gsd, top), width, height
+
+
+_GRIDS: dict[tuple[str, ...], MosaicGrid] = {}
+
+
+def mosaic_grid(parts: Sequence[str]) -> MosaicGrid:
+    """The :class:`MosaicGrid` of the tiles ``parts``: the UTM zone of their centre, their data's bounds there.
+
+    Each tile's mask is read (decimated to ``EXTENT_SAMPLE_PX``) and the centres of its outermost
+    valid pixels are carried into UTM; their extent is the grid's. Made once per process.
+    """
+    key = tuple(parts)
+    if key in _GRIDS:
+        return _GRIDS[key]
+    xs, ys, res, crs = [], [], [], None
+    for path in parts:
+        with rasterio.open(path) as ds:
+            if crs is None:
+                w, s, e, n = transform_bounds(ds.crs, "EPSG:4326", *ds.bounds)
+                crs = utm_crs((w + e) / 2, (s + n) / 2)
+            f = max(1, math.ceil(max(ds.width, ds.height) / EXTENT_SAMPLE_PX))
+            shape = (max(1, ds.height // f), max(1, ds.width // f))
+            valid = ds.dataset_mask(out_shape=shape, resampling=Resampling.nearest) > 0
+            t = ds.transform @ Affine.scale(ds.width / shape[1], ds.height / shape[0])
+            corners = transform_points(ds.crs, crs, [ds.bounds.left, ds.bounds.right, ds.bounds.left],
+                                       [ds.bounds.top, ds.bounds.top, ds.bounds.bottom])
+            res.append(min(math.dist((corners[0][0], corners[1][0]), (corners[0][1], corners[1][1])) / ds.width,
+                           math.dist((corners[0][0], corners[1][0]), (corners[0][2], corners[1][2])) / ds.height))
+            rows, cols = _edge_pixels(valid)
+            if rows.size:
+                x, y = t @ (cols + 0.5, rows + 0.5)
+                xs_, ys_ = transform_points(ds.crs, crs, x.tolist(), y.tolist())
+                xs.extend(xs_)
+                ys.extend(ys_)
+    if not xs:
+        raise UserError("the tiles' masks (alpha, nodata) hide every pixel", Path(parts[0]).parent)
+    grid = MosaicGrid(crs.to_string(), (min(xs), min(ys), max(xs), max(ys)), round(min(res), 4))
+    _GRIDS[key] = grid
+    return grid
+
+
+def _edge_pixels(valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the first and last valid pixel of every row and every column of a mask."""
+    h, w = valid.shape
+    rows = np.flatnonzero(valid.any(1))
+    cols = np.flatnonzero(valid.any(0))
+    first_col, last_col = valid[rows].argmax(1), w - 1 - valid[rows][:, ::-1].argmax(1)
+    first_row, last_row = valid[:, cols].argmax(0), h - 1 - valid[:, cols][::-1].argmax(0)
+    return (np.concatenate([rows, rows, first_row, last_row]), np.concatenate([first_col, last_col, cols, cols]))
 
 
 # --------------------------------------------------------------------------------------------- web-map tiles

@@ -20,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from schoolvision.io.atomic import atomic_path
-from schoolvision.io.imagery import native_gsd, open_scene, open_source, pixel_scale
+from schoolvision.io.imagery import file_count, native_gsd, open_scene, open_source, pixel_scale
 from schoolvision.io.rasters import build_overviews
 from schoolvision.model.runtime import Runtime, make_runtime
 from schoolvision.scan.mask import ScanMask
@@ -52,6 +52,8 @@ class SceneScan:
     warnings: list[str] = field(default_factory=list)
     pixels: dict = field(default_factory=dict)  # how the scene became 8-bit (PixelScale.record), as in dataset.json
     masked_windows: int = 0  # skipped by --mask (far from every mask feature): neither read nor scored
+    files: int = 1  # the image files the scene joins (tiles of a mosaic)
+    size_m: tuple[float, float] = (0.0, 0.0)  # width and height in metres, at the scan GSD
 
 
 def scene_grid(source):
@@ -138,7 +140,8 @@ class SceneScanner:
                 width=scene.width, height=scene.height, scan_gsd=gsd, windows=len(windows) - reader.skipped,
                 skipped_windows=reader.skipped, area_km2=round(_area_km2(ds), 4),
                 seconds=round(time.perf_counter() - t0, 3), warnings=notes, pixels=pixel_scale(source).record(),
-                masked_windows=total - len(windows),
+                masked_windows=total - len(windows), files=file_count(source),
+                size_m=(round(ds.width * gsd, 1), round(ds.height * gsd, 1)),
             )
 
     def _notes(self, scene, ds, gsd: float) -> list[str]:
