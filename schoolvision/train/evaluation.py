@@ -137,7 +137,7 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     if config.split == "test":
         result["val"] = reports["val"]
         previous = run.read_metrics(required=False)
-        for key in ("best_epoch", "epochs_run", "backbone", "pretrained"):
+        for key in ("best_epoch", "epochs_run", "backbone", "pretrained", "training_precision"):
             if key in previous:
                 result[key] = previous[key]
     if runtime.name == "torch":
