@@ -497,11 +497,14 @@ ALLOWED[("review", "schoolvision.io.masks")] = ({"--mask-layer"}, "masks are rea
 ALLOWED[("review", "schoolvision.scan.mask")] = (
     {"--mask", "--mask-distance", "--mask-min-area"}, "review imports scan modules; masks are applied by `scan` only")
 ALLOWED[("review", "schoolvision.data.chips")] = (
-    {"--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
+    {"--block-size", "--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
     "review retrain cuts chips with the home chips' validated config (dataset.json), never the user's options")
+ALLOWED[("review", "schoolvision.data.plan")] = (
+    {"--block-size"}, "review retrain keeps the home chips' splits; chips are planned in `chips` only")
 ALLOWED[("review", "schoolvision.train.fit")] = (
-    {"--backbone", "--image-size", "--init-from", "--resume"},
-    "review retrain fine-tunes with the home run's backbone and input size, which `train` validated")
+    {"--backbone", "--image-size", "--init-from", "--precision", "--resume"},
+    "review retrain fine-tunes with the home run's backbone and input size, which `train` validated, in the "
+    "default precision")
 ALLOWED[("review", "schoolvision.train.evaluation")] = (
     {"--n-boot"}, "EvalConfig is built by `evaluate` only")
 for _command_name in ("explain", "cluster", "review"):
