@@ -11,12 +11,15 @@ import pytest
 import rasterio
 import torch
 
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
-from schoolvision.io.folders import sha256
+from schoolvision.io.folders import RunFolder, sha256
 from schoolvision.model import runtime as rt
 from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier, save_checkpoint
 from schoolvision.model.export import cache_path, cached_onnx, read_metadata
+
+from fixtures import make_fake_chips
 
 SIZE = 64
 
@@ -175,10 +178,6 @@ trained run moves P(school) by less (README, "Inference runtimes")."""
 @pytest.fixture(scope="module")
 def int8_run(tmp_path_factory):
     """A run whose config.json names a small chips folder (val chips calibrate, test chips score the int8 graph)."""
-    from fixtures import make_fake_chips
-
-    from schoolvision.io.folders import RunFolder
-
     root = tmp_path_factory.mktemp("int8")
     chips = make_fake_chips(root / "chips", counts=(12, 8), size=48)
     run = _save_run(root / "run", seed=0)
@@ -188,9 +187,6 @@ def int8_run(tmp_path_factory):
 
 def _run_chips(run, split: str = "test") -> np.ndarray:
     """The run's own ``split`` chips at the model's input size, float32 in [0, 1]."""
-    from schoolvision.data.dataset import ChipDataset
-    from schoolvision.io.folders import RunFolder
-
     ds = ChipDataset(RunFolder(run).read_config()["chips_dir"], split=split, image_size=SIZE)
     return torch.stack([ds[i]["image"] for i in range(len(ds))]).numpy()
 
