@@ -272,3 +272,19 @@ def test_int8_native_reads_cpu_flags(tmp_path):
     (tmp_path / "plain").write_text("processor : 0\nflags : fpu sse avx2\n")
     assert int8_native(tmp_path / "vnni") == "avx512_vnni"
     assert int8_native(tmp_path / "plain") is None and int8_native(tmp_path / "missing") is None
+
+
+def test_folding_same_padding_into_the_convolutions_keeps_the_outputs(run, chips):
+    import onnx
+
+    from schoolvision.model.quantize import fold_pads, session
+
+    path = cached_onnx(*load_classifier(run), run)
+    original = onnx.load(str(path))
+    assert any(n.op_type == "Pad" for n in original.graph.node)  # efficientnet_lite0's strided convolutions
+    folded = fold_pads(onnx.load(str(path)), SIZE)
+    assert not any(n.op_type in ("Pad", "Shape", "Ceil") for n in folded.graph.node)
+    before = session(path).run(None, {"image": chips})
+    after = session(folded.SerializeToString()).run(None, {"image": chips})
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)
