@@ -403,16 +403,16 @@ def make_runtime(name: str, model: torch.nn.Module, meta: CheckpointMeta, device
     if name != "auto" or resolved == FastTorchRuntime.name:
         return RUNTIMES[resolved](model, meta, device, checkpoint)
     if resolved == OnnxRuntime.name:
-        why = "not asked for" if not int8 else f"this CPU has none of {', '.join(NATIVE_INT8_FLAGS)}"
         fp32 = OnnxRuntime(model, meta, device, checkpoint)
-        fp32.note = f"float32, int8 {why}"
+        if int8:
+            fp32.note = f"float32, int8 not used: this CPU has none of {', '.join(NATIVE_INT8_FLAGS)}"
         return fp32
     quantized = OnnxInt8Runtime(model, meta, device, checkpoint)
     try:
         quantized.session(meta.image_size)  # made, calibrated and scored here on first use
         why = quantized.accuracy[meta.image_size].shortfall()
-    except UserError as exc:  # no run folder, no chips, read-only run folder
-        why = str(exc)
+    except Exception as exc:  # noqa: BLE001 - no run folder, no chips, read-only, a graph the tools cannot quantise:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # auto runs float32 where that works
     if why is None:
         return quantized
     if checkpoint is not None:  # a model in memory has no chips to calibrate on: nothing to warn about
