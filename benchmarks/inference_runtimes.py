@@ -9,10 +9,18 @@ the CPU lacks it natively (``bf16_native`` false: emulated, on one batch only, a
 than float32; the runtimes never choose it there). Training: forward + backward + AdamW steps at
 224 px per layout and precision (bfloat16 only where native).
 
+int8 (``--run RUN``, a trained run whose chips are still there): ONNX Runtime on the run's float32 graph
+against its int8 graph (``--runtime onnx-int8``, :mod:`schoolvision.model.quantize`) at the run's input
+size on its own test chips, interleaved, ratio in one run (target >= 1.8x on a CPU with native int8);
+the test AUPRC / F1 of both, measured when the int8 graph was made (its metadata); and ONNX Runtime's
+profile of the int8 graph: the kernel time per operator, split into int8 kernels, float32 kernels and
+the conversions between them (QuantizeLinear / DequantizeLinear), which says what limits the ratio.
+
 Runs are interleaved and the best of ``--repeats`` counts, so load from other processes biases no
 runtime; ``load_average`` records that load. Prints one JSON object.
 
     .venv/bin/python benchmarks/inference_runtimes.py [--threads 2] [--batch-size 32] [--repeats 3]
+    .venv/bin/python benchmarks/inference_runtimes.py --run RUN --only int8   # int8 against float32 only
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from schoolvision.io.folders import RunFolder
 from schoolvision.model import runtime as rt
 from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
@@ -128,6 +137,80 @@ def inference(model, meta, checkpoint, images, size, batch_size, repeats, steps)
     } | {"describe": {name: r.describe() for name, r in runtimes.items()}}
 
 
+INT8_KERNELS = ("QLinear", "QGemm", "ConvInteger", "MatMulInteger", "DynamicQuantize")
+CONVERSIONS = ("QuantizeLinear", "DequantizeLinear")
+
+
+def operator_profile(path: Path, batch: np.ndarray, steps: int, threads: int) -> dict:
+    """Kernel milliseconds per operator type of the graph at ``path`` (ONNX Runtime's profiler), by kind."""
+    from schoolvision.model.quantize import session
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = session(path, threads, profile=str(Path(tmp) / "profile"))
+        for _ in range(steps + 1):
+            sess.run(None, {sess.get_inputs()[0].name: batch})
+        events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
+            op = e["args"]["op_name"]
+            per_op[op] = per_op.get(op, 0.0) + e["dur"] / 1000.0 / (steps + 1)
+    total = sum(per_op.values())
+
+    def kind(op: str) -> str:
+        return "conversion" if op in CONVERSIONS else "int8" if op.startswith(INT8_KERNELS) else "float32"
+
+    shares = {k: round(sum(v for op, v in per_op.items() if kind(op) == k) / total, 3)
+              for k in ("int8", "float32", "conversion")}
+    return {
+        "ms_per_batch": round(total, 1),
+        "share": shares,
+        "operators_ms": {op: round(v, 2) for op, v in sorted(per_op.items(), key=lambda kv: -kv[1])},
+        "float32_operators": sorted(op for op in per_op if kind(op) == "float32"),
+    }
+
+
+def int8_against_fp32(run: Path, batch_size: int, repeats: int, steps: int, threads: int) -> dict:
+    """float32 and int8 ONNX Runtime on a trained run's test chips: chips/s, accuracy, the int8 operator profile."""
+    from schoolvision.data.dataset import ChipDataset
+    from schoolvision.model.checkpoint import load_classifier
+    from schoolvision.model.quantize import chips_of, int8_native
+
+    model, meta = load_classifier(run)
+    size = meta.image_size
+    ds = ChipDataset(chips_of(RunFolder.checkpoint(run)), split="test", image_size=size)
+    batch = torch.stack([ds[i]["image"] for i in range(min(batch_size, len(ds)))]).numpy()
+    fp32, int8 = rt.OnnxRuntime(model, meta, checkpoint=run), rt.OnnxInt8Runtime(model, meta, checkpoint=run)
+    t0 = time.perf_counter()
+    int8.probability(batch[:1])  # makes the int8 graph on first use (calibration and scoring): timed once
+    made_s = time.perf_counter() - t0
+    fp32.probability(batch[:1])
+    moved = np.abs(int8.probability(batch) - fp32.probability(batch))
+    runs: dict[str, list[float]] = {"onnx": [], "onnx-int8": []}
+    for _ in range(repeats):
+        for name, r in (("onnx", fp32), ("onnx-int8", int8)):
+            runs[name].append(chips_per_second(r, batch, steps))
+    best = {k: max(v) for k, v in runs.items()}
+    accuracy = int8.accuracy[size]
+    return {
+        "image_size": size,
+        "native_int8": int8_native(),
+        "describe": {"onnx": fp32.describe(), "onnx-int8": int8.describe()},
+        "chips_per_s": {k: round(v, 1) for k, v in best.items()},
+        "int8_over_fp32": round(best["onnx-int8"] / best["onnx"], 2),
+        "target": 1.8,
+        "runs": {k: [round(v, 1) for v in vs] for k, vs in runs.items()},
+        "test": {"fp32": {"auprc": round(accuracy.fp32_auprc, 4), "f1": round(accuracy.fp32_f1, 4)},
+                 "int8": {"auprc": round(accuracy.int8_auprc, 4), "f1": round(accuracy.int8_f1, 4)},
+                 "chips": accuracy.n_chips, "max_abs_dprob": round(accuracy.max_abs_dprob, 4),
+                 "mean_abs_dprob": round(accuracy.mean_abs_dprob, 4)},
+        "max_abs_dprob_timed_batch": round(float(moved.max()), 4),
+        "made_s": round(made_s, 1),  # 0 when RUN/onnx already held the int8 graph
+        "int8_profile": operator_profile(int8.paths[size], batch, steps, threads),
+        "fp32_profile_ms_per_batch": operator_profile(fp32.paths[size], batch, steps, threads)["ms_per_batch"],
+    }
+
+
 def training(model, images, labels, size, batch_size, steps) -> dict:
     x = torch.from_numpy(resize(images[:batch_size], size))
     y = torch.from_numpy(labels[:batch_size]).long()
@@ -166,10 +249,22 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3, help="batches per timing round")
     p.add_argument("--train-steps", type=int, default=3, help="timed training steps per precision (after one warm-up)")
     p.add_argument("--train-size", type=int, default=224)
+    p.add_argument("--run", type=Path, default=None, help="trained run for int8 against float32 (its chips)")
+    p.add_argument("--only", choices=["int8"], default=None, help="measure int8 against float32 only")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     t_start = time.perf_counter()
+    if args.only == "int8":
+        if args.run is None:
+            p.error("--only int8 needs --run RUN")
+        result = {"cpu": platform.processor() or platform.machine(), "torch_threads": torch.get_num_threads(),
+                  "batch_size": args.batch_size, "load_average_before": [round(v, 2) for v in os.getloadavg()],
+                  "int8": int8_against_fp32(args.run, args.batch_size, args.repeats, args.steps, args.threads),
+                  "load_average_after": [round(v, 2) for v in os.getloadavg()],
+                  "seconds": round(time.perf_counter() - t_start, 1)}
+        print(json.dumps(result, indent=2))
+        return
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         images, labels = demo_chips(tmp, args.chips)
@@ -193,6 +288,8 @@ def main() -> None:
             checkpoint = save_checkpoint(tmp / f"run{size}" / "best.pt", model, meta)
             result["inference"][f"{size}px"] = inference(model, meta, checkpoint, images, size, args.batch_size,
                                                         args.repeats, args.steps)
+        if args.run is not None:
+            result["int8"] = int8_against_fp32(args.run, args.batch_size, args.repeats, args.steps, args.threads)
         result["training"] = {f"{args.train_size}px": training(model, images, labels, args.train_size, args.batch_size,
                                                                args.train_steps)}
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]

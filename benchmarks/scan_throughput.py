@@ -6,14 +6,17 @@ hardware can do with that runtime). Scan: ``scan_scene`` with the same runtime o
 Defaults are the book's profile: efficientnet_lite0, 128 px chips at 1 m, 224 px input, stride 64, batch 32.
 Runs are interleaved and the best of each kind counts, so load from other processes on a shared machine
 biases none of them. Targets on CPU: the best scan >= 0.85 x the fastest bare path, and >= 3 x the scan
-windows/s of ``torch`` (float32 eager: what scan ran before runtimes).
+windows/s of ``torch`` (float32 eager: what scan ran before runtimes). With ``onnx-int8`` in ``--runtimes``
+every runtime runs the trained ``--run`` (int8 is calibrated on its chips): target int8 scan >= 1.6 x the
+float32 ``onnx`` scan (``int8_over_fp32_onnx_scan``).
 
 The after-window share: ``run_scan`` with ``--schools`` on a demo town: candidate extraction, grad-CAM
 peaks (for a pooled linear head: the plain CAM, from the runtime's forward pass, ``scan.peaks``) and the
 evaluation with its precision-recall sweep over ``run_scan``'s wall time (target <= 0.20), and everything
 after the windows (those, the files and the map; also reported, with the same target). It needs a
 trained run: ``--run`` and ``--demo`` (default ``runs/quick`` and ``data/demo``, what the book's chapters make);
-without them the section is skipped. Prints one JSON object.
+without them the section is skipped. With two ``--after-runtime`` values (e.g. ``onnx onnx-int8``) each is
+measured and ``same_schools_found`` says whether both found the same known schools. Prints one JSON object.
 """
 
 from __future__ import annotations
@@ -62,17 +65,22 @@ def throughput(args, device) -> dict:
     """Bare and scan windows/s of every runtime, interleaved."""
     from schoolvision.io.imagery import list_sources
     from schoolvision.model.backbones import build_model
-    from schoolvision.model.checkpoint import CheckpointMeta
+    from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
     from schoolvision.model.runtime import make_runtime, onnx_available
     from schoolvision.scan.scene import scan_scene
     from schoolvision.scan.windows import window_offsets
 
     torch.manual_seed(0)
-    model = build_model(args.backbone, pretrained=False).to(device).eval()
-    meta = CheckpointMeta(backbone=args.backbone, image_size=args.image_size, chip_size=args.chip_size, gsd=1.0)
-    names = [n for n in args.runtimes if n != "onnx" or onnx_available()]
+    checkpoint = None
+    if "onnx-int8" in args.runtimes:  # int8 calibrates on a trained run's chips: every runtime runs its weights
+        checkpoint = Path(args.run)
+        model, meta = load_classifier(checkpoint, device)
+    else:
+        model = build_model(args.backbone, pretrained=False).to(device).eval()
+        meta = CheckpointMeta(backbone=args.backbone, image_size=args.image_size, chip_size=args.chip_size, gsd=1.0)
+    names = [n for n in args.runtimes if not n.startswith("onnx") or onnx_available()]
     # one copy of the weights each: torch-fast converts its model to channels_last in place
-    runtimes = {n: make_runtime(n, copy.deepcopy(model), meta, device) for n in names}
+    runtimes = {n: make_runtime(n, copy.deepcopy(model), meta, device, checkpoint=checkpoint) for n in names}
     n_windows = len(window_offsets(args.size, args.chip_size, args.stride)) ** 2
     images = torch.from_numpy(
         np.random.default_rng(0).random((args.batch_size, 3, args.image_size, args.image_size), dtype=np.float32))
@@ -116,14 +124,17 @@ def throughput(args, device) -> dict:
         "scan_over_fastest_bare": {n: round(scan[n] / bare[fastest], 3) for n in names},
         "best_scan": best_scan,
         "best_scan_over_torch_scan": round(scan[best_scan] / scan["torch"], 2) if "torch" in scan else None,
+        "int8_over_fp32_onnx_scan": round(scan["onnx-int8"] / scan["onnx"], 2) if {"onnx", "onnx-int8"} <= set(scan)
+        else None,  # target >= 1.6
         "km2_per_hour_best_scan": round(scan[best_scan] * (args.stride * 1.0) ** 2 / 1e6 * 3600, 1),
         "bare_runs": {n: [round(b, 2) for b in v] for n, v in bares.items()},
         "scan_runs": {n: [round(b, 2) for b in v] for n, v in scans.items()},
     }
 
 
-def after_windows(args, device) -> dict:
+def after_windows(args, device, runtime: str) -> dict:
     """Share of ``run_scan --schools`` wall time spent after the windows, on a demo town with a trained run."""
+    from schoolvision.io.folders import ScanFolder
     from schoolvision.scan.runner import ScanConfig, run_scan
 
     run, demo = Path(args.run), Path(args.demo)
@@ -135,12 +146,14 @@ def after_windows(args, device) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.repeats + 1):  # the first one exports (and caches) the ONNX graph: not counted
             config = ScanConfig(run=run, imagery=[scene], out_dir=Path(tmp) / f"scan{i}", device=str(device),
-                                schools=demo / "schools.geojson", runtime=args.after_runtime, progress=False)
+                                schools=demo / "schools.geojson", runtime=runtime, progress=False)
             t0 = time.perf_counter()
             summary = run_scan(config)
             wall = time.perf_counter() - t0
             if i:
                 runs.append((wall, summary))
+        known = ScanFolder(Path(tmp) / "scan1").read_layer("known_schools")
+        found = sorted(str(n) for n in known.loc[known["found"].astype(bool), "name"])
     wall, summary = min(runs, key=lambda r: r[0])
     sec = summary.seconds
     issue = sum(sec[k] for k in ("candidates", "cam_peaks", "evaluation"))
@@ -156,6 +169,7 @@ def after_windows(args, device) -> dict:
         "walls_s": [round(r[0], 2) for r in runs],
         "candidates": summary.candidates,
         "evaluation": {k: summary.evaluation[k] for k in ("schools", "true_positives", "recall", "precision", "f1")},
+        "schools_found": found,
     }
 
 
@@ -173,7 +187,8 @@ def main() -> int:
     ap.add_argument("--run", default="runs/quick", help="trained run for the after-window share")
     ap.add_argument("--demo", default="data/demo", help="demo folder (scenes/, schools.geojson) of that run")
     ap.add_argument("--scene", default=None, help="demo town to scan (default: the last one)")
-    ap.add_argument("--after-runtime", default="auto", help="runtime of the after-window measurement")
+    ap.add_argument("--after-runtime", nargs="+", default=["auto"],
+                    help="runtime(s) of the after-window measurement; two: are the same schools found?")
     ap.add_argument("--skip", choices=["throughput", "after-windows"], default=None)
     args = ap.parse_args()
 
@@ -197,7 +212,11 @@ def main() -> int:
     if args.skip != "throughput":
         out["throughput"] = throughput(args, device)
     if args.skip != "after-windows":
-        out["after_windows"] = after_windows(args, device)
+        by_runtime = {name: after_windows(args, device, name) for name in args.after_runtime}
+        out["after_windows"] = next(iter(by_runtime.values())) if len(by_runtime) == 1 else by_runtime
+        if len(by_runtime) > 1 and all("schools_found" in r for r in by_runtime.values()):
+            found = [set(r["schools_found"]) for r in by_runtime.values()]
+            out["same_schools_found"] = all(f == found[0] for f in found)
     out["load_average_1min_after"] = round(os.getloadavg()[0], 2)
     print(json.dumps(out))
     return 0

@@ -11,12 +11,15 @@ import pytest
 import rasterio
 import torch
 
+from schoolvision.data.dataset import ChipDataset
 from schoolvision.errors import UserError
-from schoolvision.io.folders import sha256
+from schoolvision.io.folders import RunFolder, sha256
 from schoolvision.model import runtime as rt
 from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier, save_checkpoint
 from schoolvision.model.export import cache_path, cached_onnx, read_metadata
+
+from fixtures import make_fake_chips
 
 SIZE = 64
 
@@ -187,3 +190,124 @@ def test_unknown_runtime_lists_the_choices(run):
     model, meta = load_classifier(run)
     with pytest.raises(UserError, match="torch-fast"):
         rt.make_runtime("tensorrt", model, meta)
+
+
+INT8_DPROB = (0.1, 0.03)
+"""Largest and mean |P(school) int8 - float32| accepted on the small run's test chips. Its head is random
+on an ImageNet trunk at 64 px, less robust than a trained model: 0.063 and 0.017 measured; the demo's
+trained run moves P(school) by less (README, "Inference runtimes")."""
+
+
+@pytest.fixture(scope="module")
+def int8_run(tmp_path_factory):
+    """A run whose config.json names a small chips folder (val chips calibrate, test chips score the int8 graph)."""
+    root = tmp_path_factory.mktemp("int8")
+    chips = make_fake_chips(root / "chips", counts=(12, 8), size=48)
+    run = _save_run(root / "run", seed=0)
+    RunFolder(run).write_config({"chips_dir": str(chips)})
+    return run
+
+
+def _run_chips(run, split: str = "test") -> np.ndarray:
+    """The run's own ``split`` chips at the model's input size, float32 in [0, 1]."""
+    ds = ChipDataset(RunFolder(run).read_config()["chips_dir"], split=split, image_size=SIZE)
+    return torch.stack([ds[i]["image"] for i in range(len(ds))]).numpy()
+
+
+def test_int8_probabilities_near_float32_and_cached_by_checksum(int8_run):
+    from schoolvision.model.quantize import int8_path
+
+    chips = _run_chips(int8_run)
+    model, meta = load_classifier(int8_run)
+    int8 = rt.make_runtime("onnx-int8", model, meta, checkpoint=int8_run)
+    p8 = int8.probability(chips)
+    p32 = rt.make_runtime("onnx", model, meta, checkpoint=int8_run).probability(chips)
+    moved = np.abs(p8 - p32)
+    assert 0 < moved.max() < INT8_DPROB[0] and moved.mean() < INT8_DPROB[1]  # quantised, and close to float32
+    fmap, logits = int8.feature_maps(chips[:2])  # the scan's CAMs come from the same graph
+    assert fmap.shape[:2] == (2, model.feature_dim) and logits.shape == (2, 2)
+
+    path = int8.paths[SIZE]
+    assert path == int8_path(int8_run / "best.pt", sha256(int8_run / "best.pt"), SIZE)
+    recorded = read_metadata(path)
+    accuracy = recorded["int8_accuracy"]
+    assert recorded["checkpoint_sha256"] == sha256(int8_run / "best.pt") and recorded["int8"].startswith("QDQ")
+    assert accuracy["n_chips"] == 20 and accuracy["calibration_chips"] == 20
+    assert 0 <= accuracy["int8_auprc"] <= 1 and 0 <= accuracy["fp32_auprc"] <= 1
+    stamp = path.stat().st_mtime_ns
+    again = rt.make_runtime("onnx-int8", model, meta, checkpoint=int8_run)
+    again.probability(chips[:2])
+    assert again.paths[SIZE] == path and path.stat().st_mtime_ns == stamp  # reused, not remade
+
+
+def test_int8_of_retrained_weights_replaces_the_old_file(tmp_path, int8_run, chips):
+    run = tmp_path / "retrained"
+    shutil.copytree(int8_run, run)
+    old = rt.make_runtime("onnx-int8", *load_classifier(run), checkpoint=run)
+    old.probability(chips[:2])
+    _save_run(run, seed=1)
+    new = rt.make_runtime("onnx-int8", *load_classifier(run), checkpoint=run)
+    new.probability(chips[:2])
+    assert new.paths[SIZE] != old.paths[SIZE] and not old.paths[SIZE].exists()
+
+
+def test_auto_keeps_int8_only_within_tolerance(int8_run, chips, monkeypatch):
+    from schoolvision.model import quantize
+
+    model, meta = load_classifier(int8_run)
+    monkeypatch.setattr(rt, "int8_native", lambda: "avx512_vnni")
+    monkeypatch.setattr(quantize, "AUPRC_TOLERANCE", 1.0)  # any drop passes
+    chosen = rt.make_runtime("auto", model, meta, checkpoint=int8_run)
+    assert chosen.name == "onnx-int8" and "int8 QDQ" in chosen.describe()
+    assert rt.runtime_precision("auto", "cpu") == torch.qint8  # cluster features keyed apart from float32
+
+    monkeypatch.setattr(quantize, "AUPRC_TOLERANCE", -1.0)  # no drop passes (int8 would have to gain 1.0)
+    with pytest.warns(UserWarning, match="not int8: test AUPRC") as record:
+        fallback = rt.make_runtime("auto", model, meta, checkpoint=int8_run)
+    assert len(record) == 1 and "\n" not in str(record[0].message)
+    assert fallback.name == "onnx" and "int8 not used: test AUPRC" in fallback.describe()
+    np.testing.assert_allclose(fallback.probability(chips[:4]),
+                               rt.make_runtime("torch", model, meta).probability(chips[:4]), atol=1e-4, rtol=0)
+    assert rt.make_runtime("auto", model, meta, checkpoint=int8_run, int8=False).name == "onnx"
+
+    monkeypatch.setattr(rt, "int8_native", lambda: None)  # a CPU without VNNI / AMX: float32, and says why
+    plain = rt.make_runtime("auto", model, meta, checkpoint=int8_run)
+    assert plain.name == "onnx" and "avx512_vnni" in plain.describe()
+
+
+def test_int8_without_the_runs_chips_is_one_line(run, monkeypatch):
+    model, meta = load_classifier(run)  # best.pt only: no config.json naming chips
+    int8 = rt.make_runtime("onnx-int8", model, meta, checkpoint=run)
+    with pytest.raises(UserError, match="validation chips") as err:
+        int8.probability(np.zeros((1, 3, SIZE, SIZE), np.float32))
+    assert "\n" not in str(err.value)
+    with pytest.raises(UserError, match="run folder"):
+        rt.make_runtime("onnx-int8", model, meta).probability(np.zeros((1, 3, SIZE, SIZE), np.float32))
+    monkeypatch.setattr(rt, "int8_native", lambda: "amx_int8")
+    with pytest.warns(UserWarning, match="validation chips"):
+        assert rt.make_runtime("auto", model, meta, checkpoint=run).name == "onnx"
+
+
+def test_int8_native_reads_cpu_flags(tmp_path):
+    from schoolvision.model.quantize import int8_native
+
+    (tmp_path / "vnni").write_text("processor : 0\nflags : fpu sse avx2 avx512f avx512_vnni\n")
+    (tmp_path / "plain").write_text("processor : 0\nflags : fpu sse avx2\n")
+    assert int8_native(tmp_path / "vnni") == "avx512_vnni"
+    assert int8_native(tmp_path / "plain") is None and int8_native(tmp_path / "missing") is None
+
+
+def test_folding_same_padding_into_the_convolutions_keeps_the_outputs(run, chips):
+    import onnx
+
+    from schoolvision.model.quantize import fold_pads, session
+
+    path = cached_onnx(*load_classifier(run), run)
+    original = onnx.load(str(path))
+    assert any(n.op_type == "Pad" for n in original.graph.node)  # efficientnet_lite0's strided convolutions
+    folded = fold_pads(onnx.load(str(path)), SIZE)
+    assert not any(n.op_type in ("Pad", "Shape", "Ceil") for n in folded.graph.node)
+    before = session(path).run(None, {"image": chips})
+    after = session(folded.SerializeToString()).run(None, {"image": chips})
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_allclose(b, a, atol=1e-5, rtol=0)

@@ -297,6 +297,31 @@ def test_onnx_and_torch_runtimes_give_the_same_candidates(demo_dir, trained_run,
         np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-4)
 
 
+def test_int8_scan_records_its_runtime_and_stays_near_float32(demo_dir, trained_run, tmp_path):
+    """``scan --runtime onnx-int8`` (CLI): the int8 graph is made in RUN/onnx and scores the windows near float32."""
+    import json
+    import shutil
+
+    from schoolvision.cli import main
+
+    pytest.importorskip("onnxruntime")
+    run = tmp_path / "run"  # the int8 graph is written into the run folder
+    shutil.copytree(trained_run, run)
+    scene = sorted((demo_dir / "scenes").glob("*.tif"))[-1]
+    rasters = {}
+    for name in ("onnx", "onnx-int8"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            assert main(["scan", "--run", str(run), "--imagery", str(scene), "--out", str(tmp_path / name),
+                         "--device", "cpu", "--runtime", name, "--no-map"]) == 0
+        with rasterio.open(tmp_path / name / f"{scene.stem}_probability.tif") as src:
+            rasters[name] = src.read(1)
+    summary = json.loads((tmp_path / "onnx-int8" / "scan.json").read_text())
+    assert summary["runtime"] == "onnx-int8" and list((run / "onnx").glob("best-*-int8.onnx"))
+    moved = np.abs(rasters["onnx-int8"] - rasters["onnx"])
+    assert moved.max() > 0 and moved.mean() < 0.05  # quantised, and close to float32 (README: 0.025 on the demo run)
+
+
 def test_min_area_reaches_the_candidates_and_the_evaluation(tmp_path):
     import json
 

@@ -83,8 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=default_of(ClusterRunConfig, "batch_size"))
     parser.add_argument(
         "--runtime", default=default_of(ClusterRunConfig, "runtime"), choices=RUNTIME_CHOICES,
-        help="feature extraction: auto (ONNX Runtime on CPU when the onnx extra is installed), torch, torch-fast "
-        "or onnx; float32 runtimes share one feature cache (default: %(default)s)",
+        help="feature extraction: auto (ONNX Runtime on CPU when the onnx extra is installed; int8 where native "
+        "and within tolerance), torch, torch-fast, onnx or onnx-int8; float32 runtimes share one feature cache "
+        "(default: %(default)s)",
     )
     parser.add_argument("--seed", type=int, default=default_of(ClusterConfig, "seed"))
     parser.add_argument("--no-tsne", action="store_true", help="skip the t-SNE embedding (slow above ~10,000 chips)")

@@ -19,8 +19,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the intervals")
     parser.add_argument(
         "--runtime", default=default_of(EvalConfig, "runtime"), choices=RUNTIME_CHOICES,
-        help="forward passes: auto (ONNX Runtime on CPU when the onnx extra is installed), torch (reproduces the "
-        "run's predictions bit for bit), torch-fast or onnx (default: %(default)s)",
+        help="forward passes: auto (float32 ONNX Runtime on CPU when the onnx extra is installed), torch "
+        "(reproduces the run's predictions bit for bit), torch-fast, onnx or onnx-int8 (the int8 graph's "
+        "metrics) (default: %(default)s)",
     )
 
 

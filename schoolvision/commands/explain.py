@@ -53,8 +53,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--runtime", default=default_of(ExplainConfig, "runtime"), choices=RUNTIME_CHOICES,
-        help="forward passes (P(school), ROAD): auto (ONNX Runtime on CPU when the onnx extra is installed), "
-        "torch, torch-fast or onnx; the gradient methods always run in torch (default: %(default)s)",
+        help="forward passes (P(school), ROAD): auto (ONNX Runtime on CPU when the onnx extra is installed; int8 "
+        "where native and within tolerance), torch, torch-fast, onnx or onnx-int8; the gradient methods always "
+        "run in torch (default: %(default)s)",
     )
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 

@@ -56,8 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=default_of(ScanConfig, "device"), help="auto, cpu or cuda")
     parser.add_argument(
         "--runtime", default=default_of(ScanConfig, "runtime"), choices=RUNTIME_CHOICES,
-        help="forward passes of the windows: auto (ONNX Runtime on CPU when the onnx extra is installed), torch, "
-        "torch-fast or onnx; grad-CAM peaks always run in torch (default: %(default)s)",
+        help="forward passes of the windows: auto (ONNX Runtime on CPU when the onnx extra is installed: int8 "
+        "where the CPU runs it natively and the run's test AUPRC stays within tolerance, else float32), torch, "
+        "torch-fast, onnx or onnx-int8 (calibrated on the run's validation chips, cached in RUN/onnx) "
+        "(default: %(default)s)",
     )
     parser.add_argument("--schools", type=Path, default=None, metavar="FILE",
                         help="known schools to evaluate against, read before any scene is scanned: " + SCHOOLS_HELP)

@@ -16,7 +16,12 @@ torch-fast channels_last; plus autocast where the hardware computes it natively:
            by more than :data:`AUTOCAST_TOLERANCE`.
 onnx       ONNX Runtime on the exported graph (CPU; CUDA when onnxruntime-gpu is installed), cached
            beside the checkpoint by :func:`~schoolvision.model.export.cached_onnx`
-auto       ``onnx`` on CPU when onnx and onnxruntime are installed, else ``torch-fast``
+onnx-int8  ONNX Runtime on the run's int8 graph (CPU): static QDQ quantisation calibrated on the run's
+           validation chips, scored on its test chips, cached beside the float32 graph
+           (:mod:`schoolvision.model.quantize`)
+auto       on CPU with onnx and onnxruntime installed: ``onnx-int8`` where the CPU runs int8
+           natively (VNNI / AMX / Arm dot product) and its measured drop is within tolerance, else
+           ``onnx`` (one warning and :meth:`Runtime.describe` say why); elsewhere ``torch-fast``
 ========== =====================================================================================
 
 A new runtime is a subclass of :class:`Runtime` with a ``name`` that overrides ``_forward``,
@@ -40,6 +45,7 @@ from schoolvision.model.checkpoint import CheckpointMeta
 from schoolvision.model.device import resolve_device
 from schoolvision.model.export import FEATURE_MAP, INPUT, OUTPUTS, cached_onnx, onnx_bytes, require_onnx
 from schoolvision.model.inference import school_probability
+from schoolvision.model.quantize import NATIVE_INT8_FLAGS, Int8Accuracy, cached_int8, int8_native
 
 AUTOCAST_TOLERANCE = 0.02
 """Largest |P(school) - float32 P(school)| accepted from autocast on the first batch.
@@ -114,6 +120,7 @@ class Runtime:
     """
 
     name: ClassVar[str] = ""
+    note: str = ""  # why ``auto`` chose this runtime, shown by describe()
 
     def __init__(self, model: torch.nn.Module, meta: CheckpointMeta, device: str | torch.device = "cpu",
                  checkpoint: str | Path | None = None):
@@ -284,7 +291,8 @@ class OnnxRuntime(Runtime):
 
     def describe(self) -> str:
         """Name, device, onnxruntime version and execution provider."""
-        return f"{self.name} on {self.device} (onnxruntime {self._ort.__version__}, {self.providers[0]})"
+        note = f"; {self.note}" if self.note else ""
+        return f"{self.name} on {self.device} (onnxruntime {self._ort.__version__}, {self.providers[0]}){note}"
 
     def session(self, image_size: int):
         """The inference session for inputs of ``image_size`` pixels (exported on first use)."""
@@ -293,18 +301,19 @@ class OnnxRuntime(Runtime):
             options.intra_op_num_threads = torch.get_num_threads()
             options.inter_op_num_threads = 1
             options.graph_optimization_level = self._ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            source: str | bytes
-            if self.checkpoint is not None:
-                try:
-                    self.paths[image_size] = cached_onnx(self.model, self.meta, self.checkpoint, image_size)
-                    source = str(self.paths[image_size])
-                except OSError:  # read-only run folder: export in memory
-                    source = onnx_bytes(self.model, self.meta, image_size, feature_map=True)
-            else:
-                source = onnx_bytes(self.model, self.meta, image_size, feature_map=True)
-            self._sessions[image_size] = self._ort.InferenceSession(source, sess_options=options,
+            self._sessions[image_size] = self._ort.InferenceSession(self._source(image_size), sess_options=options,
                                                                     providers=self.providers)
         return self._sessions[image_size]
+
+    def _source(self, image_size: int) -> str | bytes:
+        """The graph to run: the cached file, or bytes exported in memory (no checkpoint, read-only run folder)."""
+        if self.checkpoint is not None:
+            try:
+                self.paths[image_size] = cached_onnx(self.model, self.meta, self.checkpoint, image_size)
+                return str(self.paths[image_size])
+            except OSError:
+                pass
+        return onnx_bytes(self.model, self.meta, image_size, feature_map=True)
 
     def _forward(self, x: Input, embed: bool) -> tuple[np.ndarray | None, np.ndarray]:
         arr = x.detach().cpu().numpy() if torch.is_tensor(x) else x
@@ -325,18 +334,61 @@ class OnnxRuntime(Runtime):
         return fmap, logits
 
 
-def resolve_runtime(name: str, device: str | torch.device = "cpu") -> str:
+@register
+class OnnxInt8Runtime(OnnxRuntime):
+    """ONNX Runtime on the run's int8 graph (:mod:`schoolvision.model.quantize`), CPU only.
+
+    The graph is calibrated on the run's validation chips, so it needs the checkpoint of a run folder
+    whose chips are still there. ``accuracy[size]`` is what was measured when the graph was made (test
+    AUPRC / F1 beside float32). :meth:`feature_maps` come from the same int8 graph. ``dtype`` keys
+    caches of its outputs apart from float32 ones (cluster features).
+    """
+
+    name = "onnx-int8"
+    dtype = torch.qint8
+
+    def __init__(self, model, meta, device="cpu", checkpoint=None):
+        super().__init__(model, meta, device, checkpoint)
+        if self.device.type != "cpu":
+            raise UserError("--runtime onnx-int8 runs on the CPU; on a GPU use --runtime torch-fast")
+        self.accuracy: dict[int, Int8Accuracy] = {}
+
+    def describe(self) -> str:
+        """As :class:`OnnxRuntime`, with the quantisation and its measured test AUPRC."""
+        acc = self.accuracy.get(self.meta.image_size)
+        measured = "" if acc is None else f", test AUPRC {acc.int8_auprc:.4f} vs float32 {acc.fp32_auprc:.4f}"
+        return f"{self.name} on {self.device} (onnxruntime {self._ort.__version__}, int8 QDQ{measured})"
+
+    def _source(self, image_size: int) -> str:
+        if self.checkpoint is None:
+            raise UserError("--runtime onnx-int8 needs the run folder: its graph is calibrated on the run's chips")
+        try:
+            self.paths[image_size], self.accuracy[image_size] = cached_int8(self.model, self.meta, self.checkpoint,
+                                                                            image_size)
+        except OSError as exc:
+            raise UserError(f"the int8 graph is cached in RUN/onnx, which cannot be written ({exc.strerror})",
+                            self.checkpoint) from exc
+        return str(self.paths[image_size])
+
+
+def resolve_runtime(name: str, device: str | torch.device = "cpu", int8: bool = True) -> str:
     """The concrete runtime ``name`` stands for on ``device`` (``auto`` is decided here).
 
+    ``auto`` on a CPU is ``onnx-int8`` where the CPU runs int8 natively (:func:`int8_native`) and
+    ``int8`` allows it, else ``onnx``; :func:`make_runtime` still falls back to ``onnx`` when the
+    int8 graph's measured accuracy is not within tolerance.
+
     Raises:
-        UserError: for an unknown name, or ``onnx`` without the extra installed.
+        UserError: for an unknown name, or ``onnx`` / ``onnx-int8`` without the extra installed.
     """
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     if name == "auto":
-        return "onnx" if device.type == "cpu" and onnx_available() else "torch-fast"
+        if device.type != "cpu" or not onnx_available():
+            return "torch-fast"
+        return OnnxInt8Runtime.name if int8 and int8_native() else OnnxRuntime.name
     if name not in RUNTIMES:
         raise UserError(f"unknown runtime {name!r}; use one of {', '.join(RUNTIME_CHOICES)}")
-    if name == "onnx":
+    if name in (OnnxRuntime.name, OnnxInt8Runtime.name):
         require_onnx()
     return name
 
@@ -353,28 +405,56 @@ def runtime_precision(name: str, device: str | torch.device = "cpu") -> torch.dt
         UserError: as :func:`resolve_runtime`.
     """
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
-    return autocast_dtype(device) if resolve_runtime(name, device) == FastTorchRuntime.name else None
+    resolved = resolve_runtime(name, device)
+    if resolved == OnnxInt8Runtime.name:
+        return OnnxInt8Runtime.dtype
+    return autocast_dtype(device) if resolved == FastTorchRuntime.name else None
 
 
 def make_runtime(name: str, model: torch.nn.Module, meta: CheckpointMeta, device: str | torch.device = "cpu",
-                 checkpoint: str | Path | None = None) -> Runtime:
-    """Build the runtime ``name`` (``auto``, ``torch``, ``torch-fast`` or ``onnx``) for a loaded model.
+                 checkpoint: str | Path | None = None, int8: bool = True) -> Runtime:
+    """Build the runtime ``name`` (``auto``, ``torch``, ``torch-fast``, ``onnx`` or ``onnx-int8``) for a loaded model.
+
+    ``auto`` tries int8 where :func:`resolve_runtime` says so (``int8`` false: never) and keeps it
+    only when its measured drop is within tolerance (:meth:`Int8Accuracy.shortfall`); otherwise it
+    runs float32 ONNX with one warning saying why, and :meth:`Runtime.describe` says why too.
 
     Args:
         name: a registered runtime name or ``auto``.
         model: the classifier, already on ``device``.
         meta: its checkpoint meta.
         device: where batches run.
-        checkpoint: the checkpoint file or run folder (ONNX cache key); optional.
+        checkpoint: the checkpoint file or run folder (ONNX cache key); optional, except for ``onnx-int8``.
+        int8: whether ``auto`` may pick int8 (evaluate keeps the run's float32 numbers).
 
     Returns:
         The runtime.
 
     Raises:
         UserError: unknown name; ``onnx`` without onnx/onnxruntime (names the extra); ``onnx`` on
-            CUDA without onnxruntime-gpu.
+            CUDA without onnxruntime-gpu; ``onnx-int8`` on CUDA, without a run folder or its chips.
     """
-    return RUNTIMES[resolve_runtime(name, device)](model, meta, device, checkpoint)
+    resolved = resolve_runtime(name, device, int8)
+    if name != "auto" or resolved == FastTorchRuntime.name:
+        return RUNTIMES[resolved](model, meta, device, checkpoint)
+    if resolved == OnnxRuntime.name:
+        fp32 = OnnxRuntime(model, meta, device, checkpoint)
+        if int8:
+            fp32.note = f"float32, int8 not used: this CPU has none of {', '.join(NATIVE_INT8_FLAGS)}"
+        return fp32
+    quantized = OnnxInt8Runtime(model, meta, device, checkpoint)
+    try:
+        quantized.session(meta.image_size)  # made, calibrated and scored here on first use
+        why = quantized.accuracy[meta.image_size].shortfall()
+    except Exception as exc:  # noqa: BLE001 - no run folder, no chips, read-only, a graph the tools cannot quantise:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # auto runs float32 where that works
+    if why is None:
+        return quantized
+    if checkpoint is not None:  # a model in memory has no chips to calibrate on: nothing to warn about
+        warnings.warn(f"--runtime auto: float32 ONNX Runtime, not int8: {why}", stacklevel=2)
+    fp32 = OnnxRuntime(model, meta, device, checkpoint)
+    fp32.note = f"float32, int8 not used: {why}"
+    return fp32
 
 
 RUNTIME_CHOICES: tuple[str, ...] = ("auto", *RUNTIMES)

@@ -52,7 +52,7 @@ class ScanConfig:
     batch_size: int = 32
     threshold: float | None = None  # default: the run's tuned threshold
     device: str = "auto"
-    runtime: str = "auto"  # forward passes of the windows: auto, torch, torch-fast or onnx (model.runtime)
+    runtime: str = "auto"  # forward passes of the windows: auto, torch, torch-fast, onnx or onnx-int8 (model.runtime)
     schools: Path | None = None  # known schools to evaluate against (any file read_schools reads)
     schools_layer: str | None = None  # layer of a multi-layer schools file
     schools_where: str | None = None  # attribute filter of the schools file, e.g. "amenity=school"

@@ -120,7 +120,8 @@ def evaluate_run(config: EvalConfig) -> dict[str, Any]:
     """
     run = RunFolder(config.run_dir)
     model, meta = load_classifier(run.best, config.device)
-    runtime = make_runtime(config.runtime, model, meta, config.device, checkpoint=run.best)
+    # auto stays float32 here: evaluate reproduces the run's metrics; --runtime onnx-int8 measures int8's
+    runtime = make_runtime(config.runtime, model, meta, config.device, checkpoint=run.best, int8=False)
     batch_size = config.batch_size or int(run.read_config().get("batch_size", 64))
     splits = [config.split, "val"] if config.split == "test" else [config.split]
     reports, probs_by_split = {}, {}
