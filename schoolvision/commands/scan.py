@@ -170,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
         e = summary.evaluation
         print(
             f"known schools {e['schools']}: recall {e['recall']:.3f}, precision {e['precision']:.3f}, "
-            f"F1 {e['f1']:.3f} ({e['match_distance_m']:g} m matching)"
+            f"F1 {e['f1']:.3f} ({e['match_distance_m']:g} m matching); recall ceiling {e['recall_ceiling']:.3f} "
+            f"(best of the sweep, at {e['recall_ceiling_threshold']:.2f})"
         )
     audit = ScanFolder(summary.out_dir).read_summary().get("registry") if args.registry is not None else None
     if audit:

@@ -141,15 +141,22 @@ def _sweep_counts(fields: Sequence[ProbabilityField | PeakSweep], threshold: flo
 
 
 def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
-    """The curve's best-F1 threshold, and the highest recall with precision >= ``min_precision``."""
+    """The curve's best-F1 threshold, its recall ceiling, and the highest recall with precision >= ``min_precision``.
+
+    The recall ceiling is the highest recall at any swept threshold (the highest such threshold on ties): a
+    school missed there is missed at every threshold, so it is a miss of the candidates' placement or of
+    the model's map, not of the threshold.
+    """
     if not curve:
         return {}
     best = max(curve, key=lambda p: (p["f1"], p["threshold"]))
+    ceiling = max(curve, key=lambda p: (p["recall"], p["threshold"]))
     ok = [p for p in curve if p["precision"] >= min_precision]
     top = max(ok, key=lambda p: (p["recall"], p["precision"])) if ok else None
     return {
         "best_f1": best["f1"], "best_f1_threshold": best["threshold"],
         "best_f1_recall": best["recall"], "best_f1_precision": best["precision"],
+        "recall_ceiling": ceiling["recall"], "recall_ceiling_threshold": ceiling["threshold"],
         f"recall_at_precision_{min_precision:g}": top["recall"] if top else 0.0,
         f"threshold_for_recall_at_precision_{min_precision:g}": top["threshold"] if top else None,
     }
