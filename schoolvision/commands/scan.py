@@ -75,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="M2", help="drop candidate regions smaller than this many square metres above the "
                                            "threshold: specks of the probability raster, far smaller than any "
                                            "school building (default: %(default)g; 0 keeps every region)")
+    parser.add_argument("--min-separation", type=float, default=default_of(ScanConfig, "min_separation"),
+                        metavar="M", help="metres between two probability peaks of one region that make them two "
+                                          "candidates, each with its own point and footprint, however shallow the "
+                                          "valley between them (two schools on adjacent compounds); peaks closer "
+                                          "than this are one school unless a deep valley parts them (default: 3/4 "
+                                          "of a chip's ground width, 96 m for 128 px at 1 m; 0: only valleys split)")
     parser.add_argument("--mask", type=Path, default=default_of(ScanConfig, "mask"), metavar="FILE",
                         help="building footprints or areas of interest (read before any scene is scanned): windows "
                              "farther than --mask-distance from every feature are neither read nor scored and stay "
@@ -137,6 +143,7 @@ def run(args: argparse.Namespace) -> int:
             lonlat_columns=parse_lonlat_columns(args.lonlat_columns),
             match_distance=args.match_distance,
             min_area_m2=args.min_area_m2,
+            min_separation=args.min_separation,
             registry=args.registry,
             mask=args.mask,
             mask_distance=args.mask_distance,
