@@ -109,6 +109,7 @@ class ProbabilityField:
         self.p = np.clip(np.where(self.finite, prob, 0.0), 1 - SATURATION, SATURATION)
         self.values = np.nan_to_num(prob, nan=0.0)
         self.logit = np.log(self.p / (1 - self.p)).astype(np.float64)
+        self._fine: np.ndarray | None = None  # log-odds capped at FINE_SATURATION (with a min_separation)
         self._peaks: tuple[float, np.ndarray] | None = None  # (lowest threshold they hold for, h-maxima)
         # lowest threshold's (threshold, basins in box, peaks, box): the box of its pixels above, which holds
         # every pixel above any higher threshold, so the sweep's per-threshold work runs on that box only
@@ -149,12 +150,23 @@ class ProbabilityField:
         peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
         if self.min_separation > 0:
             # the fine log-odds equal the capped ones below SATURATION: the same parts hold their h-maxima
-            p = np.clip(self.values, 1 - FINE_SATURATION, FINE_SATURATION)
-            fine = np.log(p / (1 - p)).astype(np.float64)
-            candidates = self._h_maxima(fine, SEPARATED_DIP, low, parts, boxes, whole)
-            peaks = separated_peaks(peaks, candidates, fine, self.min_separation / _pixel_size(self.transform))
+            candidates = self._h_maxima(self.surface, SEPARATED_DIP, low, parts, boxes, whole)
+            peaks = separated_peaks(peaks, candidates, self.surface, self.min_separation / _pixel_size(self.transform))
         self._peaks = (floor, peaks)
         return peaks
+
+    @property
+    def surface(self) -> np.ndarray:
+        """The log-odds the watershed floods: capped at ``SATURATION``, or at ``FINE_SATURATION`` with a separation.
+
+        With a ``min_separation`` each separated peak's basin is then its own hill, and its top the peak.
+        """
+        if self.min_separation <= 0:
+            return self.logit
+        if self._fine is None:
+            p = np.clip(self.values, 1 - FINE_SATURATION, FINE_SATURATION)
+            self._fine = np.log(p / (1 - p)).astype(np.float64)
+        return self._fine
 
     @staticmethod
     def _h_maxima(logit: np.ndarray, h: float, low: float, parts: np.ndarray, boxes: list, whole: bool) -> np.ndarray:
@@ -225,7 +237,7 @@ class ProbabilityField:
         """
         box = _bounding_box(above)
         basins = np.zeros(above.shape, np.int32)
-        basins[box] = watershed(-self.logit[box], markers[box], mask=above[box], connectivity=2)
+        basins[box] = watershed(-self.surface[box], markers[box], mask=above[box], connectivity=2)
         return basins
 
     def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray, n: int,
