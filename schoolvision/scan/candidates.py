@@ -1,8 +1,11 @@
 """School candidates: regions of a probability raster above the run's tuned threshold.
 
 Regions with several peaks (neighbouring schools blurred together) are split at the valleys
-between the peaks. Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks
-are placed by :func:`schoolvision.scan.peaks.place_at_cam_peaks`) with its maximum and mean
+between the peaks, and, with a ``min_separation`` (``scan --min-separation``), between peaks that far
+apart however shallow the valley: two schools on adjacent compounds are both seen by the windows
+between them, so one high region often covers both (:meth:`ProbabilityField.peaks`). Each part
+becomes one ranked candidate (a point at its peak; grad-CAM peaks are placed by
+:func:`schoolvision.scan.peaks.place_at_cam_peaks`) with its footprint, its maximum and mean
 probability and its area. Regions are labelled on a decimated read (at most ``max_side`` pixels a
 side, through the raster's overviews) so a country-size raster never has to fit in memory; a
 2048 px side is still finer than the scan stride for scenes up to 2048 x stride pixels (131 km at
