@@ -129,7 +129,12 @@ print(scanned.crs, (scanned.height, scanned.width))
 # ### Probability over the image, and the candidates
 #
 # Connected regions above the threshold become candidates, ranked by their highest probability. A region
-# smaller than `min_area_m2` ({glue:text}`ch6_min_area_m2:g` m² here, `scan --min-area`) is dropped: a speck
+# with several peaks is split between them: where a deep valley parts them, and where they lie at least
+# `min_separation` metres apart ({glue:text}`ch6_min_separation:g` m here, `scan --min-separation`; by
+# default three quarters of a chip's ground width), however shallow the valley. Two schools on adjacent
+# compounds are both seen by the windows between them, so the raster stays high from one to the other;
+# peaks closer than that are one school. Each part is one candidate, with its own point and footprint. A
+# region smaller than `min_area_m2` ({glue:text}`ch6_min_area_m2:g` m² here, `scan --min-area`) is dropped: a speck
 # of the raster that just crosses the threshold, far smaller than any school building, is no school the
 # model saw (the default's reason is in `schoolvision/scan/candidates.py`, `MIN_AREA_M2`). Each is
 # placed at the grad-CAM peak of the window centred on it (where, inside the window, the model saw the
@@ -149,7 +154,14 @@ fig = plots.plot_probability(
 )
 
 # %%
-glue_all("ch6", {"min_area_m2": config.min_area_m2, "candidates": len(cands)})
+glue_all(
+    "ch6",
+    {
+        "min_area_m2": config.min_area_m2,
+        "min_separation": scan_folder.read_summary()["min_separation"],
+        "candidates": len(cands),
+    },
+)
 cands.drop(columns="geometry").head(10).round(3)
 
 # %% [markdown]
@@ -157,13 +169,22 @@ cands.drop(columns="geometry").head(10).round(3)
 #
 # A known school is found when a candidate lies within `match_distance` metres of its footprint, one
 # candidate per school. Recall is the share of known schools found; precision the share of candidates that
-# are schools. The curve re-extracts candidates at every threshold, including ones below the tuned value.
+# are schools. The curve re-extracts candidates at every threshold, including ones below the tuned value;
+# its highest recall is the *recall ceiling*: a school missed even there is missed at every threshold.
 
 # %%
 evaluation = scan_folder.read_evaluation()
 table = {
     k: evaluation[k]
-    for k in ("schools", "candidates", "true_positives", "recall", "precision", "f1")
+    for k in (
+        "schools",
+        "candidates",
+        "true_positives",
+        "recall",
+        "precision",
+        "f1",
+        "recall_ceiling",
+    )
 }
 pd.DataFrame([table])
 
@@ -175,6 +196,8 @@ glue_all(
         "f1": evaluation["f1"],
         "schools": evaluation["schools"],
         "best_f1": evaluation["best_f1"],
+        "recall": evaluation["recall"],
+        "recall_ceiling": evaluation["recall_ceiling"],
         "best_f1_threshold": evaluation["best_f1_threshold"],
         "sweep_steps": len(evaluation["pr_curve"]),
         "best_f1_from": min(
@@ -210,8 +233,12 @@ fig = plots.plot_pr_curve(evaluation)
 # %% [markdown]
 # ### Missed schools and false alarms, explained
 #
-# For each missed school, the chip centred on it, the model's P(school) and its grad-CAM: does the model
-# look at the buildings and yard, or at something else? Then the same for candidates that match no known
+# For each missed school, the chip centred on it, the model's P(school) and its grad-CAM. A low P, or a
+# heatmap away from the buildings and yard, is the model's miss. A high P with the heatmap on the school
+# is a miss of the candidates: the school sits on the slope of a stronger neighbour's high region, with
+# no peak of its own in the blended raster, so no threshold and no separation gives it a candidate (the
+# recall ceiling, {glue:text}`ch6_recall_ceiling:.2f` here against {glue:text}`ch6_recall:.2f` at the
+# threshold, counts such misses with the model's). Then the same for candidates that match no known
 # school. In real imagery some of these are schools missing from the map: the reason to scan at all.
 
 # %%
@@ -237,7 +264,7 @@ fig = plots.plot_cases(
 # %% [markdown]
 # ### The closest calls
 #
-# Beyond the misses and the false alarms, the margins matter. First the found schools
+# Beyond the misses and false alarms, the margins matter too. First the found schools
 # the model was least sure of (lowest candidate probability), then the strongest places the threshold
 # turned down that are not known schools: the next false alarms should the threshold be lowered. Each
 # look-alike is a different place (at least a chip apart: the weak shoulders of one blob are several

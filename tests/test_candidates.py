@@ -17,6 +17,7 @@ from schoolvision.io.rasters import write_geotiff
 from schoolvision.model.checkpoint import CheckpointMeta
 from schoolvision.scan.candidates import (
     MIN_AREA_M2,
+    default_min_separation,
     extract_all,
     extract_candidates,
     merge_duplicates,
@@ -281,8 +282,14 @@ def test_regions_prepared_once_equal_the_per_threshold_extraction():
             assert [(mx, (pt.x, pt.y)) for mx, pt in zip(swept["max_prob"], swept.geometry)] == peaks, (seed, t)
 
 
-def test_evaluation_numbers_are_those_of_the_code_before_the_sweep_reused_regions(tmp_path):
-    """Stored from the per-threshold code (commit 9d413ed) on two overlapping rough scenes and 25 schools."""
+@pytest.mark.parametrize("separation", [0.0, 16.0])
+def test_evaluation_sweep_counts_are_those_of_a_fresh_extraction_at_each_threshold(tmp_path, separation):
+    """The sweep (reused peaks and basins, arrays instead of frames) against the plain path, on the same input.
+
+    Rough fields rounded so that maxima tie, two overlapping scenes (merging across them), 25 schools: at every
+    threshold the curve counts what :func:`extract_all` and :func:`match` give there, whatever the CPU rounds;
+    with a minimum separation too (the peaks it keeps do not depend on the threshold either).
+    """
     scenes = []
     for i, x0 in enumerate((500_000.0, 500_200.0)):
         s, _ = scene_scan(tmp_path, f"s{i}", _rough_field(i), x0=x0)
@@ -290,13 +297,17 @@ def test_evaluation_numbers_are_those_of_the_code_before_the_sweep_reused_region
     xy = np.random.default_rng(7).uniform([500_000, 99_760], [500_520, 100_000], (25, 2))
     schools = gpd.GeoDataFrame({"name": [f"k{i}" for i in range(25)]},
                                geometry=[box(x, y, x + 15, y + 15) for x, y in xy], crs=CRS).to_crs(4326)
-    cands, regions = extract_all(scenes, 0.5, merge_distance=32)
-    assert (len(cands), len(regions)) == (67, 84)
-    assert round(float(cands["mean_prob"].sum()), 6) == 42.219142 and round(float(regions.area.sum()), 1) == 17323.0
-    ev, _ = evaluate_scan(cands, scenes, schools, 30.0, 0.5, 32)
-    assert [(p["candidates"], p["true_positives"]) for p in ev["pr_curve"]] == [
-        (69, 21), (72, 21), (69, 20), (72, 21), (73, 22), (75, 22), (74, 21), (76, 21), (70, 20), (67, 20),
-        (63, 20), (60, 19), (55, 18), (40, 15), (37, 15), (28, 12), (19, 11), (16, 8), (7, 5)]
+    cands, regions = extract_all(scenes, 0.5, merge_distance=32, min_separation=separation)
+    assert 0 < len(cands) <= len(regions)  # a region is one candidate at most; merging across scenes drops some
+    ev, _ = evaluate_scan(cands, scenes, schools, 30.0, 0.5, 32, min_separation=separation)
+    assert (ev["candidates"], ev["true_positives"]) == (len(cands), len(match(cands, schools, 30.0)))
+    expected = []
+    for t in np.round(np.arange(0.05, 1.0, 0.05), 2):
+        fresh, _ = extract_all(scenes, float(t), merge_distance=32, min_separation=separation)
+        expected.append((len(fresh), len(match(fresh, schools, 30.0))))
+    assert [(p["candidates"], p["true_positives"]) for p in ev["pr_curve"]] == expected
+    assert len({n for n, _ in expected}) > 3 and expected[-1][1] < expected[0][1]  # the sweep is not trivial
+    assert ev["recall_ceiling"] == max(p["recall"] for p in ev["pr_curve"]) >= ev["recall"]
 
 
 def test_min_area_drops_a_speck_but_keeps_a_school(tmp_path):
@@ -400,3 +411,65 @@ def test_one_sort_h_maxima_is_skimages():
             assert np.array_equal(h_maxima(field, h), expected), (trial, h)
             found += int(expected.sum())
     assert found > 0
+
+
+# --------------------------------------------------------------------------- one candidate per school, not per blob
+
+
+def blended_scan(shape, schools, chip=128, stride=64, top=14.0, reach=35.0):
+    """A scan's raster of square schools (row, col, side) at 1 m: windows every ``stride`` px, blended as scans do.
+
+    A window's log-odds fall with the distance from its centre to the nearest school's centre; windows between
+    two schools a compound apart still see both, so the raster stays saturated from one school to the other.
+    """
+    from schoolvision.scan.windows import gaussian_weight
+
+    acc, wsum = np.zeros(shape, np.float64), np.zeros(shape, np.float64)
+    weight = gaussian_weight(chip)
+    for r0 in range(0, shape[0] - chip + 1, stride):
+        for c0 in range(0, shape[1] - chip + 1, stride):
+            d = min(np.hypot(r0 + chip / 2 - r, c0 + chip / 2 - c) for r, c, _ in schools)
+            p = 1 / (1 + np.exp(-(top - (d / reach) ** 2)))
+            acc[r0 : r0 + chip, c0 : c0 + chip] += weight * np.float32(p)
+            wsum[r0 : r0 + chip, c0 : c0 + chip] += weight
+    return (acc / wsum).astype(np.float32)
+
+
+def school_boxes(schools, x0=500_000.0, y0=100_000.0):
+    return gpd.GeoDataFrame({"name": [f"s{i}" for i in range(len(schools))]}, crs=CRS, geometry=[
+        box(x0 + c - side / 2, y0 - r - side / 2, x0 + c + side / 2, y0 - r + side / 2) for r, c, side in schools])
+
+
+@pytest.mark.parametrize("gap", [80.0, 100.0, 120.0])
+def test_two_schools_in_one_region_are_two_candidates_each_at_its_school(tmp_path, gap):
+    side = 60.0
+    schools = [(320, 200, side), (320, 200 + side + gap, side)]  # footprints ``gap`` metres apart, edge to edge
+    prob = blended_scan((640, 704), schools)
+    from scipy import ndimage
+
+    assert ndimage.label(prob >= 0.5)[1] == 1 and prob[320, int(200 + (side + gap) / 2)] > 0.999  # one saturated blob
+    s, _ = scene_scan(tmp_path, "pair", prob)
+    known = school_boxes(schools)
+    separation = default_min_separation(128, 1.0)
+    before, _ = extract_all([s], 0.5, merge_distance=64, min_area_m2=MIN_AREA_M2)
+    assert len(before) == 1  # what the valley rule alone gives: one candidate for two schools
+    cands, regions = extract_all([s], 0.5, merge_distance=64, min_area_m2=MIN_AREA_M2, min_separation=separation)
+    assert len(cands) == 2 and len(regions) == 2
+    pairs = match(cands, known.to_crs(4326), 50.0)
+    assert sorted(j for _, j, _ in pairs) == [0, 1]  # each school has its own candidate within the match distance
+    region_of = dict(zip(regions["label"], regions.geometry))
+    assert all(region_of[label].contains(p) for label, p in zip(cands["label"], cands.geometry))
+    assert not region_of[cands["label"].iloc[0]].intersects(cands.geometry.iloc[1])  # a footprint per school
+    ev, _ = evaluate_scan(cands, [s], known.to_crs(4326), 50.0, 0.5, 64, min_area_m2=MIN_AREA_M2,
+                          min_separation=separation)
+    assert (ev["recall"], ev["precision"], ev["recall_ceiling"]) == (1.0, 1.0, 1.0)
+    assert {round(p["threshold"], 2): p for p in ev["pr_curve"]}[0.5]["candidates"] == 2  # the sweep splits too
+
+
+def test_one_school_stays_one_candidate(tmp_path):
+    for side in (40.0, 120.0):
+        schools = [(320, 320, side)]
+        s, _ = scene_scan(tmp_path, f"one{side:g}", blended_scan((640, 640), schools, reach=35.0 + side / 4))
+        cands, _ = extract_all([s], 0.5, merge_distance=64, min_area_m2=MIN_AREA_M2,
+                               min_separation=default_min_separation(128, 1.0))
+        assert len(cands) == 1 and len(match(cands, school_boxes(schools).to_crs(4326), 50.0)) == 1

@@ -366,9 +366,12 @@ def test_evaluation_from_the_units_kept_sweeps_equals_the_one_from_the_rasters(d
     assert sorted(sweeps) == sorted(s.scene for s in summary.scenes)
     assert summary.seconds["evaluation"] > 0
     schools = load_schools(chips_dir / "schools.geojson", summary.scenes)  # those of the scanned scenes
-    kept = read_fields(summary.scenes, sweeps, summary_min_area := 100.0)
+    separation = folder.read_summary()["min_separation"]  # the default's, from the run's chip size
+    assert separation > 0
+    kept = read_fields(summary.scenes, sweeps, summary_min_area := 100.0, separation)
     assert all(type(f).__name__ == "PeakSweep" for f in kept)
-    from_rasters = pr_curve(summary.scenes, schools, 50.0, min_area_m2=summary_min_area)
+    assert not any(type(f).__name__ == "PeakSweep" for f in read_fields(summary.scenes, sweeps, summary_min_area))
+    from_rasters = pr_curve(summary.scenes, schools, 50.0, min_area_m2=summary_min_area, min_separation=separation)
     from_sweeps = pr_curve(summary.scenes, schools, 50.0, fields=kept, min_area_m2=summary_min_area)
     assert from_sweeps == from_rasters and any(p["candidates"] for p in from_rasters)
     assert json.loads((out / "evaluation.json").read_text())["pr_curve"] == from_rasters

@@ -1,8 +1,11 @@
 """School candidates: regions of a probability raster above the run's tuned threshold.
 
 Regions with several peaks (neighbouring schools blurred together) are split at the valleys
-between the peaks. Each region becomes one ranked candidate (a point at its peak; grad-CAM peaks
-are placed by :func:`schoolvision.scan.peaks.place_at_cam_peaks`) with its maximum and mean
+between the peaks, and, with a ``min_separation`` (``scan --min-separation``), between peaks that far
+apart however shallow the valley: two schools on adjacent compounds are both seen by the windows
+between them, so one high region often covers both (:meth:`ProbabilityField.peaks`). Each part
+becomes one ranked candidate (a point at its peak; grad-CAM peaks are placed by
+:func:`schoolvision.scan.peaks.place_at_cam_peaks`) with its footprint, its maximum and mean
 probability and its area. Regions are labelled on a decimated read (at most ``max_side`` pixels a
 side, through the raster's overviews) so a country-size raster never has to fit in memory; a
 2048 px side is still finer than the scan stride for scenes up to 2048 x stride pixels (131 km at
@@ -26,6 +29,7 @@ import shapely
 from rasterio.features import shapes
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
+from scipy.spatial import cKDTree
 from shapely.geometry import Point, shape
 from skimage.morphology import h_maxima as skimage_h_maxima
 from skimage.segmentation import watershed
@@ -39,6 +43,23 @@ SPLIT_DIP = 0.5
 
 SATURATION = 0.999
 """P(school) above which log-odds are capped (one plateau, not many peaks)."""
+
+FINE_SATURATION = 1 - 1e-6
+"""P(school) above which the log-odds that place separated peaks are capped (see :meth:`ProbabilityField.peaks`).
+
+A float32 raster still resolves 1 - P to a few 1e-8 there: a valley between two saturated schools that the
+``SATURATION`` cap flattens shows below this one."""
+
+SEPARATED_DIP = 0.1
+"""Log-odds dip around a peak that makes it a peak of the separation rule (distance does the rest)."""
+
+MIN_SEPARATION_CHIPS = 0.75
+"""``scan --min-separation``'s default, in chips' ground widths (96 m for 128 px chips at 1 m).
+
+A school compound is 40 to 120 m across (the demo draws 50 to 120 m), so two peaks of one school lie
+well within a chip of each other, while the centres of two schools on adjacent compounds lie 80 to 200 m
+apart; each window scores a whole chip, so the raster cannot place two schools much closer than half
+a chip apart anyway."""
 
 COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
 
@@ -79,14 +100,19 @@ class ProbabilityField:
         crs: its CRS.
         scene: the scene name the candidates carry.
         dip: log-odds dip between two peaks that makes them two candidates.
+        min_separation: metres between two peaks of one region that makes them two candidates, however
+            shallow the valley between them (0: only ``dip`` splits; see :meth:`peaks`).
     """
 
-    def __init__(self, prob: np.ndarray, transform, crs, scene: str = "", dip: float = SPLIT_DIP):
+    def __init__(self, prob: np.ndarray, transform, crs, scene: str = "", dip: float = SPLIT_DIP,
+                 min_separation: float = 0.0):
         self.prob, self.transform, self.crs, self.scene, self.dip = prob, transform, crs, scene, dip
+        self.min_separation = float(min_separation)
         self.finite = np.isfinite(prob)
         self.p = np.clip(np.where(self.finite, prob, 0.0), 1 - SATURATION, SATURATION)
         self.values = np.nan_to_num(prob, nan=0.0)
         self.logit = np.log(self.p / (1 - self.p)).astype(np.float64)
+        self._fine: np.ndarray | None = None  # log-odds capped at FINE_SATURATION (with a min_separation)
         self._peaks: tuple[float, np.ndarray] | None = None  # (lowest threshold they hold for, h-maxima)
         # lowest threshold's (threshold, basins in box, peaks, box): the box of its pixels above, which holds
         # every pixel above any higher threshold, so the sweep's per-threshold work runs on that box only
@@ -95,9 +121,10 @@ class ProbabilityField:
         self._rank: np.ndarray | None = None
 
     @classmethod
-    def read(cls, path: str | Path, scene: str = "", dip: float = SPLIT_DIP) -> ProbabilityField:
+    def read(cls, path: str | Path, scene: str = "", dip: float = SPLIT_DIP,
+             min_separation: float = 0.0) -> ProbabilityField:
         """The probability raster at ``path`` (decimated as :func:`read_probability` does)."""
-        return cls(*read_probability(path), scene=scene, dip=dip)
+        return cls(*read_probability(path), scene=scene, dip=dip, min_separation=min_separation)
 
     def peaks(self, threshold: float) -> np.ndarray:
         """The h-maxima of the log-odds, exact where P(school) >= ``threshold`` (bool, full raster).
@@ -106,6 +133,15 @@ class ProbabilityField:
         part of the raster above L - h around it (any path out of it dips by more than h), so the
         h-maxima are computed on each such part's bounding box alone: the same answer, in a
         fraction of the time when most of the raster is far below every threshold.
+
+        With a ``min_separation``, peaks far apart split a region even without a deep valley between
+        them: two schools on adjacent compounds are both seen by the windows between them, so the raster
+        stays high (often saturated) from one to the other. Peaks here are the h-maxima of the log-odds
+        capped at ``FINE_SATURATION`` with a ``SEPARATED_DIP`` dip; the strongest is kept, then every one
+        at least ``min_separation`` metres from all those kept before (:func:`separated_peaks`). A region's
+        h-maximum above (a plateau at ``SATURATION``, or a peak with a shallow valley beside it) that holds
+        two or more kept peaks gives way to them; a kept peak outside every h-maximum becomes a peak of its
+        own. A region whose peaks all lie closer than that stays one, as before.
         """
         if self._peaks is not None and threshold >= self._peaks[0]:
             return self._peaks[1]
@@ -113,16 +149,39 @@ class ProbabilityField:
         low = np.log(floor / (1 - floor)) - self.dip if floor > 0 else -np.inf
         parts, n = ndimage.label(self.logit > low, structure=EIGHT)
         boxes = ndimage.find_objects(parts)
-        if n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > 0.9 * self.logit.size:
-            # below ``low`` nothing matters (as outside a part below): one level there, a faster sort
-            peaks = h_maxima(np.maximum(self.logit, low), self.dip).astype(bool)
-        else:
-            peaks = np.zeros(self.logit.shape, bool)
-            for i, box in enumerate(boxes, start=1):
-                inside = parts[box] == i
-                part = np.where(inside, self.logit[box], low)
-                peaks[box] |= h_maxima(part, self.dip).astype(bool) & inside
+        whole = n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > 0.9 * self.logit.size
+        peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
+        if self.min_separation > 0:
+            # the fine log-odds equal the capped ones below SATURATION: the same parts hold their h-maxima
+            candidates = self._h_maxima(self.surface, SEPARATED_DIP, low, parts, boxes, whole)
+            peaks = separated_peaks(peaks, candidates, self.surface, self.min_separation / _pixel_size(self.transform))
         self._peaks = (floor, peaks)
+        return peaks
+
+    @property
+    def surface(self) -> np.ndarray:
+        """The log-odds the watershed floods: capped at ``SATURATION``, or at ``FINE_SATURATION`` with a separation.
+
+        With a ``min_separation`` each separated peak's basin is then its own hill, and its top the peak.
+        """
+        if self.min_separation <= 0:
+            return self.logit
+        if self._fine is None:
+            p = np.clip(self.values, 1 - FINE_SATURATION, FINE_SATURATION)
+            self._fine = np.log(p / (1 - p)).astype(np.float64)
+        return self._fine
+
+    @staticmethod
+    def _h_maxima(logit: np.ndarray, h: float, low: float, parts: np.ndarray, boxes: list, whole: bool) -> np.ndarray:
+        """h-maxima of ``logit`` where it exceeds ``low`` (bool), on the whole raster or on each part's box."""
+        if whole:
+            # below ``low`` nothing matters (as outside a part below): one level there, a faster sort
+            return h_maxima(np.maximum(logit, low), h).astype(bool)
+        peaks = np.zeros(logit.shape, bool)
+        for i, box in enumerate(boxes, start=1):
+            inside = parts[box] == i
+            part = np.where(inside, logit[box], low)
+            peaks[box] |= h_maxima(part, h).astype(bool) & inside
         return peaks
 
     def labels(self, threshold: float, reuse: bool = False) -> tuple[np.ndarray, int]:
@@ -181,7 +240,7 @@ class ProbabilityField:
         """
         box = _bounding_box(above)
         basins = np.zeros(above.shape, np.int32)
-        basins[box] = watershed(-self.logit[box], markers[box], mask=above[box], connectivity=2)
+        basins[box] = watershed(-self.surface[box], markers[box], mask=above[box], connectivity=2)
         return basins
 
     def _from_base(self, threshold: float, above: np.ndarray, markers: np.ndarray, n: int,
@@ -315,7 +374,7 @@ class ProbabilityField:
         """
         ts = sorted(float(t) for t in thresholds)
         if not ts:
-            return lambda: PeakSweep(self.scene, self.crs, float(min_area_m2), {})
+            return lambda: PeakSweep(self.scene, self.crs, float(min_area_m2), {}, self.min_separation)
 
         def arrays_at(t: float) -> tuple[np.ndarray, ...]:
             return self.peak_arrays(t, min_area_m2, reuse=True)[1:]
@@ -326,7 +385,7 @@ class ProbabilityField:
         first = arrays_at(ts[0])
         rest = [pool.submit(arrays_at, t) for t in ts[1:]]
         return lambda: PeakSweep(self.scene, self.crs, float(min_area_m2),
-                                 dict(zip(ts, [first, *(f.result() for f in rest)], strict=True)))
+                                 dict(zip(ts, [first, *(f.result() for f in rest)], strict=True)), self.min_separation)
 
     def _sort_values(self) -> None:
         """The sort of the values :meth:`_stats` breaks ties by (once per raster)."""
@@ -352,6 +411,44 @@ class ProbabilityField:
         return rank(points), regions
 
 
+def separated_peaks(peaks: np.ndarray, candidates: np.ndarray, level: np.ndarray, separation_px: float) -> np.ndarray:
+    """``peaks`` (bool), where plateaus holding several far-apart ``candidates`` give way to them.
+
+    The rule of :meth:`ProbabilityField.peaks`; a kept candidate outside every plateau is a peak of its own.
+
+    Args:
+        peaks: h-maxima that split regions by their valleys.
+        candidates: finer peaks (bool), ranked by their highest ``level``.
+        level: the surface the candidates are maxima of.
+        separation_px: pixels a kept candidate lies from every stronger kept one, at least.
+    """
+    spots, k = ndimage.label(candidates, structure=EIGHT)
+    if k < 2:
+        return peaks
+    index = np.arange(1, k + 1)
+    top = ndimage.maximum(level, spots, index)
+    centres = np.asarray(ndimage.center_of_mass(np.ones(spots.shape), spots, index), float).reshape(k, 2)
+    tree, kept, near = cKDTree(centres), np.zeros(k, bool), np.zeros(k, bool)
+    for i in np.lexsort((index, -top)):  # strongest first, ties in raster order
+        if not near[i]:
+            kept[i] = True
+            near[tree.query_ball_point(centres[i], np.nextafter(separation_px, 0))] = True
+    plateaus, _ = ndimage.label(peaks, structure=EIGHT)
+    first = np.asarray(ndimage.maximum_position(level, spots, index)).reshape(k, 2)
+    holder = plateaus[first[:, 0], first[:, 1]]  # the plateau of ``peaks`` holding each candidate (0: none)
+    holds = np.bincount(holder[kept], minlength=plateaus.max() + 1)
+    holds[0] = 0
+    split = holds[plateaus] > 1  # plateaus that give way to the candidates they hold
+    chosen = kept & ((holder == 0) | (holds[holder] > 1))
+    lut = np.concatenate([[False], chosen])
+    return (peaks & ~split) | lut[spots]
+
+
+def _pixel_size(transform) -> float:
+    """Metres (CRS units) per pixel side: 1 without a transform (:func:`split_regions` works in pixels)."""
+    return 1.0 if transform is None else float(np.sqrt(abs(transform.a * transform.e - transform.b * transform.d)))
+
+
 def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) -> tuple[np.ndarray, int]:
     """Label regions where ``prob >= threshold``; a region with several peaks is split between them.
 
@@ -365,9 +462,19 @@ def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) ->
 
 
 def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene: str = "",
-                       min_area_m2: float = 0.0, dip: float = SPLIT_DIP) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
-    """(points, region polygons) of regions where ``prob >= threshold`` (see :func:`split_regions`), ranked."""
-    return ProbabilityField(prob, transform, crs, scene, dip).candidates(threshold, min_area_m2)
+                       min_area_m2: float = 0.0, dip: float = SPLIT_DIP,
+                       min_separation: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    """(points, region polygons) of regions where ``prob >= threshold``, ranked.
+
+    Regions split at deep valleys (see :func:`split_regions`) and, with ``min_separation`` metres, between
+    peaks that far apart (see :meth:`ProbabilityField.peaks`).
+    """
+    return ProbabilityField(prob, transform, crs, scene, dip, min_separation).candidates(threshold, min_area_m2)
+
+
+def default_min_separation(chip_size: int, gsd: float | None) -> float:
+    """``scan --min-separation``'s default: ``MIN_SEPARATION_CHIPS`` of a chip's ground width, in metres."""
+    return MIN_SEPARATION_CHIPS * chip_size * float(gsd or 1.0)
 
 
 def empty_candidates(crs) -> gpd.GeoDataFrame:
@@ -498,21 +605,24 @@ class PeakSweep:
     crs: Any
     min_area_m2: float
     arrays: dict[float, tuple[np.ndarray, ...]]  # threshold -> (max, mean, area m^2, x, y) of the kept regions
+    min_separation: float = 0.0
 
-    def covers(self, thresholds: Sequence[float], min_area_m2: float) -> bool:
-        """Whether it holds every one of ``thresholds`` at ``min_area_m2``."""
-        return min_area_m2 == self.min_area_m2 and all(float(t) in self.arrays for t in thresholds)
+    def covers(self, thresholds: Sequence[float], min_area_m2: float, min_separation: float = 0.0) -> bool:
+        """Whether it holds every one of ``thresholds`` at ``min_area_m2`` and ``min_separation``."""
+        return ((min_area_m2, min_separation) == (self.min_area_m2, self.min_separation)
+                and all(float(t) in self.arrays for t in thresholds))
 
     def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
         """(label, max, mean, area m^2, x, y) as :meth:`ProbabilityField.peak_arrays` (labels are 1..n here)."""
-        if not self.covers([threshold], min_area_m2):
+        if not self.covers([threshold], min_area_m2, self.min_separation):
             raise KeyError(f"no sweep at threshold {threshold} and min area {min_area_m2} for scene {self.scene}")
         values = self.arrays[float(threshold)]
         return (np.arange(1, len(values[0]) + 1), *values)
 
     def record(self) -> dict[str, Any]:
         """JSON-ready: float64 numbers round-trip exactly, so the evaluation's counts stay the same."""
-        return {"min_area_m2": self.min_area_m2, "crs": self.crs.to_wkt() if self.crs else None,
+        return {"min_area_m2": self.min_area_m2, "min_separation": self.min_separation,
+                "crs": self.crs.to_wkt() if self.crs else None,
                 "thresholds": {repr(t): [np.asarray(v, float).tolist() for v in a] for t, a in self.arrays.items()}}
 
     @classmethod
@@ -520,39 +630,40 @@ class PeakSweep:
         """The sweep :meth:`record` wrote."""
         crs = rasterio.crs.CRS.from_wkt(record["crs"]) if record.get("crs") else None
         arrays = {float(t): tuple(np.asarray(v, float) for v in a) for t, a in record["thresholds"].items()}
-        return cls(scene, crs, float(record["min_area_m2"]), arrays)
+        return cls(scene, crs, float(record["min_area_m2"]), arrays, float(record.get("min_separation", 0.0)))
 
 
 def read_fields(scenes: Sequence, sweeps: Mapping[str, PeakSweep] | None = None,
-                min_area_m2: float = 0.0) -> list[ProbabilityField | PeakSweep]:
+                min_area_m2: float = 0.0, min_separation: float = 0.0) -> list[ProbabilityField | PeakSweep]:
     """The probability raster of each scanned scene (``SceneScan`` items), ready for any threshold.
 
     ``sweeps``: scenes' kept :class:`PeakSweep` (by scene name); one that covers the sweep's thresholds at
-    ``min_area_m2`` stands in for its raster, the others are read.
+    ``min_area_m2`` and ``min_separation`` stands in for its raster, the others are read.
     """
     sweeps = sweeps or {}
     out: list[ProbabilityField | PeakSweep] = []
     for s in scenes:
         kept = sweeps.get(s.scene)
-        ok = kept is not None and kept.covers(SWEEP_THRESHOLDS, min_area_m2)
-        out.append(kept if ok else ProbabilityField.read(s.probability, s.scene))
+        ok = kept is not None and kept.covers(SWEEP_THRESHOLDS, min_area_m2, min_separation)
+        out.append(kept if ok else ProbabilityField.read(s.probability, s.scene, min_separation=min_separation))
     return out
 
 
 def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,
-                min_area_m2: float = 0.0,
-                fields: Sequence[ProbabilityField] | None = None) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+                min_area_m2: float = 0.0, fields: Sequence[ProbabilityField] | None = None,
+                min_separation: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked.
 
     Points closer than ``merge_distance`` from different scenes, or half that within one scene (a
     school split at a scene edge), are one candidate. ``fields``: the scenes' rasters from
-    :func:`read_fields`, when the caller reuses them (the evaluation's sweep does).
+    :func:`read_fields`, when the caller reuses them (the evaluation's sweep does); else they are read
+    with ``min_separation`` (see :meth:`ProbabilityField.peaks`).
     """
     if not scenes:
         return _empty("EPSG:4326"), gpd.GeoDataFrame({"scene": [], "label": []}, geometry=[], crs="EPSG:4326")
     crs = common_crs([s.crs for s in scenes])
     pts, regs = [], []
-    for field in read_fields(scenes) if fields is None else fields:
+    for field in read_fields(scenes, min_separation=min_separation) if fields is None else fields:
         p, r = field.candidates(threshold, min_area_m2)
         pts.append(p.to_crs(crs))
         regs.append(r.to_crs(crs))

@@ -90,14 +90,14 @@ def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
 def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
              thresholds: Sequence[float] = SWEEP_THRESHOLDS,
              merge_distance: float = 64.0, fields: Sequence[ProbabilityField | PeakSweep] | None = None,
-             progress: bool = False, min_area_m2: float = 0.0) -> list[dict]:
+             progress: bool = False, min_area_m2: float = 0.0, min_separation: float = 0.0) -> list[dict]:
     """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold.
 
     ``fields``: the scenes' rasters from :func:`~schoolvision.scan.candidates.read_fields` when the
-    caller has them already; ``progress`` shows a bar over the thresholds; ``min_area_m2``: the scan's
-    smallest candidate region, so the curve counts the candidates the scan would report.
+    caller has them already; ``progress`` shows a bar over the thresholds; ``min_area_m2`` and
+    ``min_separation``: the scan's, so the curve counts the candidates the scan would report.
     """
-    fields = read_fields(scenes) if fields is None else fields
+    fields = read_fields(scenes, min_separation=min_separation) if fields is None else fields
     utm = metric_crs(schools) if len(schools) else None
     known = schools.to_crs(utm).geometry.to_numpy() if len(schools) else None
     curve = []
@@ -141,15 +141,22 @@ def _sweep_counts(fields: Sequence[ProbabilityField | PeakSweep], threshold: flo
 
 
 def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
-    """The curve's best-F1 threshold, and the highest recall with precision >= ``min_precision``."""
+    """The curve's best-F1 threshold, its recall ceiling, and the highest recall with precision >= ``min_precision``.
+
+    The recall ceiling is the highest recall at any swept threshold (the highest such threshold on ties): a
+    school missed there is missed at every threshold, so it is a miss of the candidates' placement or of
+    the model's map, not of the threshold.
+    """
     if not curve:
         return {}
     best = max(curve, key=lambda p: (p["f1"], p["threshold"]))
+    ceiling = max(curve, key=lambda p: (p["recall"], p["threshold"]))
     ok = [p for p in curve if p["precision"] >= min_precision]
     top = max(ok, key=lambda p: (p["recall"], p["precision"])) if ok else None
     return {
         "best_f1": best["f1"], "best_f1_threshold": best["threshold"],
         "best_f1_recall": best["recall"], "best_f1_precision": best["precision"],
+        "recall_ceiling": ceiling["recall"], "recall_ceiling_threshold": ceiling["threshold"],
         f"recall_at_precision_{min_precision:g}": top["recall"] if top else 0.0,
         f"threshold_for_recall_at_precision_{min_precision:g}": top["threshold"] if top else None,
     }
@@ -158,12 +165,12 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path | gpd.GeoDataFrame,
                   distance: float = 50.0, threshold: float | None = None, merge_distance: float = 64.0,
                   fields: Sequence[ProbabilityField | PeakSweep] | None = None, progress: bool = False,
-                  min_area_m2: float = 0.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+                  min_area_m2: float = 0.0, min_separation: float = 0.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms).
 
     ``schools_path``: a schools file, or the schools :func:`~schoolvision.io.schools.read_schools` read from one.
-    ``fields`` (the scenes' rasters, read once by the caller), ``progress`` and ``min_area_m2`` go to
-    :func:`pr_curve`.
+    ``fields`` (the scenes' rasters, read once by the caller), ``progress``, ``min_area_m2`` and
+    ``min_separation`` go to :func:`pr_curve`.
     """
     schools = load_schools(schools_path, scenes)
     pairs = match(cands, schools, distance)
@@ -192,8 +199,9 @@ def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str |
         "true_positives": len(pairs),
         **scores(len(cands), len(schools), len(pairs)),
         "min_area_m2": min_area_m2,
+        "min_separation_m": min_separation,
         "pr_curve": (curve := pr_curve(scenes, schools, distance, merge_distance=merge_distance, fields=fields,
-                                       progress=progress, min_area_m2=min_area_m2)),
+                                       progress=progress, min_area_m2=min_area_m2, min_separation=min_separation)),
         **operating_points(curve),
         "missed_schools": [{"name": str(r["name"]), "scene": str(r.get("scene", "")), "lon_lat": pt(r.geometry)}
                            for _, r in missed.iterrows()],

@@ -30,7 +30,13 @@ from schoolvision.io.tiles import TileOptions
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.model.runtime import resolve_runtime
-from schoolvision.scan.candidates import MIN_AREA_M2, PeakSweep, read_fields, write_candidates
+from schoolvision.scan.candidates import (
+    MIN_AREA_M2,
+    PeakSweep,
+    default_min_separation,
+    read_fields,
+    write_candidates,
+)
 from schoolvision.scan.engines import ENGINES, import_ray, make_engine
 from schoolvision.scan.evaluation import evaluate_scan
 from schoolvision.scan.mask import ScanMask
@@ -59,6 +65,7 @@ class ScanConfig:
     lonlat_columns: tuple[str, str] | None = None  # (lon, lat) columns of a CSV schools file; None = by name
     match_distance: float = 50.0
     min_area_m2: float = MIN_AREA_M2  # candidate regions smaller than this (m^2) are dropped (scan.candidates)
+    min_separation: float | None = None  # m: peaks this far apart are two candidates; None: 3/4 chip; 0: off
     registry: Path | None = None  # a school registry to audit (scan.registry; any file read_schools reads)
     registry_id_column: str | None = None  # the registry's id column; None: found by name (scan.registry.ID_COLUMNS)
     mask: Path | None = None  # building footprints / areas: only windows near them are scanned (scan.mask)
@@ -96,6 +103,7 @@ class ScanConfig:
         check_range("--threshold", self.threshold, above=0, below=1)
         check_range("--match-distance", self.match_distance, above=0)
         check_range("--min-area", self.min_area_m2, minimum=0)
+        check_range("--min-separation", self.min_separation, minimum=0)
         check_range("prefetch", self.prefetch, minimum=0)
         check_range("--mask-distance", self.mask_distance, minimum=0)
         check_range("--mask-min-area", self.mask_min_area, minimum=0)
@@ -205,18 +213,20 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if mask is not None:  # a mask of another place: one line with both extents, before any window is read
         mask.check_covers(sources, _mask_distance(mask, meta))
     merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
+    min_separation = _min_separation(config, meta)
     expected = expected_record(checksum, {
         "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": runtime_name,
         "native_resolution": config.native_resolution, "cam_peaks": config.cam_peaks,
         "imagery": options.record(), "merge_distance": merge_distance, "min_area_m2": config.min_area_m2,
-        **_mask_options(config, mask)})
+        "min_separation": min_separation, **_mask_options(config, mask)})
     done_before = _check_resume(folder, sources, expected) if config.resume else {}
     settings = UnitSettings(out_dir=str(folder.root), run=str(config.run), device=config.device,
                             runtime=config.runtime, threshold=threshold, merge_distance=merge_distance,
                             stride=config.stride, batch_size=config.batch_size,
                             native_resolution=config.native_resolution, prefetch=config.prefetch,
                             cam_peaks=config.cam_peaks, expected=expected, mask=mask,
-                            min_area_m2=config.min_area_m2, sweep=config.schools is not None)
+                            min_area_m2=config.min_area_m2, min_separation=min_separation,
+                            sweep=config.schools is not None)
     todo = [s for s in sources if s.name not in done_before]
     setup = time.perf_counter()
     outcomes, (runtime, detail) = {}, (runtime_name, "")
@@ -235,6 +245,13 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     _write_results(config, folder, summary, meta, {s.name: s for s in sources}, known, registry=registry,
                    merge_distance=merge_distance, runtime_detail=detail, mask=mask)
     return summary
+
+
+def _min_separation(config: ScanConfig, meta) -> float:
+    """Metres between two peaks of a region that make them two candidates: the option, else a chip's share."""
+    if config.min_separation is not None:
+        return float(config.min_separation)
+    return default_min_separation(meta.chip_size, meta.gsd)
 
 
 def _mask_distance(mask, meta) -> float:
@@ -330,11 +347,12 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     steps.done()  # cam_peaks: in the units
     extra = {"regions": regions}
     if known is not None and scenes:  # with every scene failed there is nothing to evaluate: the failures say why
+        separation = _min_separation(config, meta)
         evaluation, layers = evaluate_scan(cands, scenes, known, config.match_distance, summary.threshold,
                                            merge_distance, fields=read_fields(scenes, kept_sweeps(folder, scenes),
-                                                                              config.min_area_m2),
+                                                                              config.min_area_m2, separation),
                                            progress=config.progress,
-                                           min_area_m2=config.min_area_m2)
+                                           min_area_m2=config.min_area_m2, min_separation=separation)
         extra.update(layers)
         summary.evaluation = evaluation
     audit = {} if registry is None else write_audit(folder, cands, scenes, registry, config.match_distance, extra)
@@ -355,7 +373,8 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     labels = {} if known is None else {"schools_read": known.attrs.get("source", {})}
     imagery = {"imagery": next(iter(by_name.values())).options.record()} if by_name else {}  # bands, scale rule
     folder.write_summary({**asdict(summary), "run": str(config.run), "gsd": meta.gsd,
-                          "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2, **labels,
+                          "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2,
+                          "min_separation": _min_separation(config, meta), **labels,
                           **imagery, "runtime_detail": runtime_detail, **audit,
                           **({} if mask is None else  # --mask: the file, the distance, windows skipped
                              {"mask": mask.record(scenes, _mask_distance(mask, meta))})})

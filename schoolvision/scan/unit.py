@@ -58,6 +58,7 @@ class UnitSettings:
     expected: dict = field(default_factory=dict)
     mask: Any = None  # scan --mask: a ScanMask (scan.mask); only windows near its features are scanned
     min_area_m2: float = 0.0  # scan --min-area: smaller candidate regions are dropped
+    min_separation: float = 0.0  # scan --min-separation: peaks this far apart (m) are two candidates
     sweep: bool = False  # keep the evaluation's per-threshold peaks in the done-record (scan --schools)
 
 
@@ -177,7 +178,7 @@ class SceneWorker:
         stamp = source_stamp(source)  # before reading: a scene changed during its scan is scanned again
         scan = scanner.scan(source, folder.probability_path(source.name))
         scanned = time.perf_counter()
-        field = ProbabilityField.read(scan.probability, scan.scene)
+        field = ProbabilityField.read(scan.probability, scan.scene, min_separation=s.min_separation)
         read = time.perf_counter()  # the read counts with the candidates, as before the sweep moved here
         with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
             # the sweep's lowest threshold first (peaks, basins, sort: the candidates reuse them), its other
