@@ -434,3 +434,9 @@ def test_a_planted_wrong_claim_fails_nbval(tmp_path):
     planted = subprocess.run([*run, str(_claims_notebook(tmp_path / "planted.ipynb", 3.0))], capture_output=True,
                              text=True, cwd=tmp_path)
     assert planted.returncode == 1 and "DOES NOT HOLD: a is below b" in planted.stdout, planted.stdout[-2000:]
+
+
+def test_claims_on_values_a_build_did_not_make_are_not_measured(capsys):
+    assert notebook.check_claims({"a": 1.0}, {"a is positive": "a > 0", "b is small": "b < 1"})
+    assert capsys.readouterr().out == "holds: a is positive\nnot measured here: b is small\n"
+    assert not notebook.check_claims({"a": 1.0}, {"a is negative": "a < 0"})
