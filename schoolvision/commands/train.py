@@ -15,6 +15,7 @@ from schoolvision.model.backbones import available_backbones
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.plotting.training import tensorboard_figures
 from schoolvision.train.fit import TrainConfig, fit
+from schoolvision.train.folds import cross_validate
 
 RECIPE = """\
 recommended recipe (the book's): the defaults. An ImageNet backbone fine-tuned at its pretraining input size
@@ -61,6 +62,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initial weights")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="spatial cross-validation: train K models on spatial folds of every chip (whole scenes, or ground "
+        "blocks of one mosaic), each tested on its fold, and write out-of-fold predictions (every chip scored "
+        "once by a model that never saw it), one row per fold and the pooled metrics to metrics.json; for a "
+        "test split of a few schools",
+    )
     parser.add_argument(
         "--freeze-epochs",
         type=int,
@@ -142,9 +153,25 @@ def run(args: argparse.Namespace) -> int:
         init_from=args.init_from,
     )
     apply_theme()
+    if args.folds is not None:
+        return _report_folds(cross_validate(config, args.folds, figures=tensorboard_figures), args.out)
     metrics = fit(config, figures=tensorboard_figures)
     if int(os.environ.get("RANK", "0")) == 0:
         keys = ("auprc", "f1", "f2", "precision", "recall", "roc_auc", "threshold")
         print(f"test: {'  '.join(f'{k}={metrics[k]:.3f}' for k in keys)}  (best epoch {metrics['best_epoch']})")
         print(f"run folder: {args.out}  (tensorboard --logdir {args.out / 'tensorboard'})")
+    return 0
+
+
+def _report_folds(metrics: dict, out: Path) -> int:
+    """Print one line per fold and the pooled out-of-fold metrics with their bootstrap interval."""
+    for row in metrics["folds"]:
+        print(f"fold {row['fold']}: {row['test_schools']} schools in {row['test_chips']} test chips, "
+              f"auprc={row['auprc']:.3f} f1={row['f1']:.3f} threshold={row['threshold']:.3f}")
+    low, high = metrics["bootstrap"]["auprc"]
+    cv = metrics["cross_validation"]
+    print(f"out-of-fold ({cv['k']} folds of {cv['unit']}, {cv['scored']} chips): auprc={metrics['auprc']:.3f} "
+          f"[{low:.3f}, {high:.3f}] f1={metrics['f1']:.3f} precision={metrics['precision']:.3f} "
+          f"recall={metrics['recall']:.3f}")
+    print(f"run folder: {out}  (one run per fold: {out / 'fold_1'} ...)")
     return 0
