@@ -15,7 +15,7 @@ from schoolvision.model.backbones import available_backbones
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.plotting.training import tensorboard_figures
 from schoolvision.train.fit import TrainConfig, fit
-from schoolvision.train.folds import cross_validate
+from schoolvision.train.folds import cross_validate, fold_lines
 
 RECIPE = """\
 recommended recipe (the book's): the defaults. An ImageNet backbone fine-tuned at its pretraining input size
@@ -165,13 +165,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _report_folds(metrics: dict, out: Path) -> int:
     """Print one line per fold and the pooled out-of-fold metrics with their bootstrap interval."""
-    for row in metrics["folds"]:
-        print(f"fold {row['fold']}: {row['test_schools']} schools in {row['test_chips']} test chips, "
-              f"auprc={row['auprc']:.3f} f1={row['f1']:.3f} threshold={row['threshold']:.3f}")
-    low, high = metrics["bootstrap"]["auprc"]
-    cv = metrics["cross_validation"]
-    print(f"out-of-fold ({cv['k']} folds of {cv['unit']}, {cv['scored']} chips): auprc={metrics['auprc']:.3f} "
-          f"[{low:.3f}, {high:.3f}] f1={metrics['f1']:.3f} precision={metrics['precision']:.3f} "
-          f"recall={metrics['recall']:.3f}")
+    print("\n".join(fold_lines(metrics)))
     print(f"run folder: {out}  (one run per fold: {out / 'fold_1'} ...)")
     return 0

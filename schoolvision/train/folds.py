@@ -63,6 +63,32 @@ def small_data_notice(n_schools: int, folds: int = 0) -> str | None:
             f"{then}.")
 
 
+def small_data_folds(chips_dir: str | Path, folds: int) -> int:
+    """How many folds the book cross-validates with: ``folds`` on small data, 0 otherwise.
+
+    0 when the test split holds :data:`SMALL_TEST_SCHOOLS` schools or more, or ``folds`` is below 2
+    (the profile's way to turn cross-validation off); never more folds than the chips hold schools.
+    """
+    if folds < 2 or count_schools(chips_dir) >= SMALL_TEST_SCHOOLS:
+        return 0
+    total = sum(count_schools(chips_dir, split) for split in ("train", "val", "test"))
+    return min(folds, total) if total >= 2 else 0
+
+
+def fold_lines(metrics: dict[str, Any]) -> list[str]:
+    """A cross-validation's ``metrics.json`` as text: one line per fold, then the pooled out-of-fold metrics."""
+    lines = [f"fold {row['fold']}: {row['test_schools']} school(s) in {row['test_chips']} test chips, "
+             f"auprc={row['auprc']:.3f} f1={row['f1']:.3f} threshold={row['threshold']:.3f}"
+             for row in metrics["folds"]]
+    low, high = metrics["bootstrap"]["auprc"]
+    cv = metrics["cross_validation"]
+    lines.append(f"out-of-fold ({cv['k']} folds of {cv['unit']}, {cv['scored']} chips): "
+                 f"{metrics['bootstrap']['level']:.0%} bootstrap auprc [{low:.3f}, {high:.3f}], "
+                 f"auprc={metrics['auprc']:.3f} f1={metrics['f1']:.3f} precision={metrics['precision']:.3f} "
+                 f"recall={metrics['recall']:.3f}")
+    return lines
+
+
 def fold_block_m(meta: dict[str, Any]) -> float:
     """Side (metres) of the ground blocks that form folds within one scene: two chips' ground extent."""
     return 2.0 * float(meta.get("chip_size") or 128) * float(meta.get("gsd") or 1.0)
