@@ -27,6 +27,7 @@ are dropped, so overlapping chips never leak between splits.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
 import io
 import json
@@ -106,6 +107,7 @@ class ChipConfig:
     val_scenes: tuple[str, ...] | None = None
     test_scenes: tuple[str, ...] | None = None
     block_size: int = 512  # pixels per split block when there are fewer than three scenes
+    block_size_m: float | None = None  # the same in metres (at the chips' GSD); None: block_size pixels
     block_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of blocks
     max_nodata_fraction: float = 0.1  # chips with more masked (alpha, mask, nodata) or black pixels are skipped
     tile_scheme: str | None = None  # web-map tiles: "xyz" or "tms"; None = TMS if tilemapresource.xml (io.tiles)
@@ -129,6 +131,7 @@ class ChipConfig:
         check_range("centred_views", self.centred_views, minimum=0)
         check_range("jitter", self.jitter, minimum=0, maximum=0.5)
         check_range("block_size", self.block_size, minimum=self.chip_size)
+        check_range("block_size_m", self.block_size_m, above=0)
         if self.crs is not None:
             try:
                 self.crs = CRS.from_user_input(self.crs).to_string()
@@ -242,6 +245,8 @@ def make_chips(
     infos = {s.name: source_info(s) for s in sources}
     _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
+    if config.block_size_m is not None:  # metres, as a user measures an area; pixels at the chips' GSD
+        config = dataclasses.replace(config, block_size=max(config.chip_size, round(config.block_size_m / gsd)))
     note = small_chip_note(config.chip_size, gsd)
     if note:
         warnings.warn(note, stacklevel=2)  # before the long work: the user may stop and rerun with --gsd
