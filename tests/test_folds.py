@@ -49,6 +49,7 @@ def test_block_folds_keep_schools_whole_and_give_each_fold_a_school():
     per_school = pd.Series(folds[schools]).groupby(frame.loc[schools, "school_name"].to_numpy()).nunique()
     assert (per_school == 1).all()  # a school's views never straddle two folds
     assert all(frame.loc[schools & (folds == f), "school_name"].nunique() >= 1 for f in range(3))
+    assert all((~schools & (folds == f)).sum() >= 20 for f in range(3))  # not_school chips spread too
     again, _ = assign_folds(frame, 3, block_m=200.0, seed=0)
     assert np.array_equal(folds, again)  # seeded
 

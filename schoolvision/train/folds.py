@@ -100,7 +100,8 @@ def assign_folds(frame: pd.DataFrame, k: int, block_m: float, seed: int = 0) -> 
     Units are whole scenes when the frame holds at least ``k`` of them, else ``block_m`` ground blocks
     of each scene (by chip centre). The chips of one school go to the unit of their mean centre.
     Units are dealt to folds, most schools first, each to the fold with the fewest schools so far (then
-    the fewest chips); ties are broken by a seeded shuffle.
+    the fewest chips); units without a school then go to the fold with the fewest ``not_school`` chips,
+    so that every fold holds both classes. Ties are broken by a seeded shuffle.
 
     Raises:
         UserError: fewer schools than folds (a fold without a school can neither validate nor test).
@@ -129,12 +130,14 @@ def assign_folds(frame: pd.DataFrame, k: int, block_m: float, seed: int = 0) -> 
     shuffled = [names[i] for i in rng.permutation(len(names))]
     chips_in = pd.Series(units).value_counts().to_dict()
     order = sorted(shuffled, key=lambda u: (-schools_in.get(u, 0), -chips_in[u]))
-    load = np.zeros((k, 2))  # schools, chips per fold
+    negatives_in = pd.Series(units[label_array(frame) == 0]).value_counts().to_dict()
+    load = np.zeros((k, 3))  # schools, chips, not_school chips per fold
     fold_of = {}
-    for unit in order:
-        target = int(np.lexsort((load[:, 1], load[:, 0]))[0])
+    for unit in order:  # units with schools balance the schools, the others the not_school chips
+        keys = (load[:, 1], load[:, 0]) if schools_in.get(unit, 0) else (load[:, 1], load[:, 2])
+        target = int(np.lexsort(keys)[0])
         fold_of[unit] = target
-        load[target] += (schools_in.get(unit, 0), chips_in[unit])
+        load[target] += (schools_in.get(unit, 0), chips_in[unit], negatives_in.get(unit, 0))
     return np.array([fold_of[u] for u in units]), "scenes" if by_scene else f"{block_m:g} m blocks"
 
 
