@@ -56,10 +56,10 @@ def small_data_notice(n_schools: int, folds: int = 0) -> str | None:
     """One paragraph for a test split of fewer than :data:`SMALL_TEST_SCHOOLS` schools; None otherwise."""
     if n_schools >= SMALL_TEST_SCHOOLS:
         return None
-    then = (f"so the {folds}-fold spatial cross-validation below scores every chip once, by a model that never "
-            "saw it" if folds >= 2 else "so cross-validate (schoolvision train --folds 3) before you trust them")
+    then = (f"the {folds}-fold spatial cross-validation below scores every chip once, by a model that never saw "
+            "it" if folds >= 2 else "cross-validate (schoolvision train --folds 3) before you trust them")
     return (f"Small data: the test split holds {n_schools} school(s), fewer than {SMALL_TEST_SCHOOLS}. Its metrics "
-            f"can move by a large step with one school more or less found: read the bootstrap interval first, "
+            f"can move by a large step with one school more or less found: read the bootstrap interval first; "
             f"{then}.")
 
 
