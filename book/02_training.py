@@ -114,7 +114,7 @@ metrics = fit(config, figures=plots.tensorboard_figures)
 # %% [markdown]
 # ### What the run used
 #
-# First, how much the test can say. With fewer than 10 schools in the test split (the limit is
+# First, how much the test can say. With fewer than ten schools in the test split (the limit is
 # `SMALL_TEST_SCHOOLS` in `schoolvision/train/folds.py`), one school more or less found moves every metric
 # by a large step, and the chapter says so here, before any number; the bootstrap interval then comes
 # first. The chip counts per split and class come from the chips folder; `metrics.json` holds the test

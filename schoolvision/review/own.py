@@ -112,6 +112,9 @@ def review_own_data(config: OwnRoundConfig) -> OwnRound:
     meta = chips.read_meta(required=True)
     fields = set(ChipConfig.__dataclass_fields__)
     recorded = {k: v for k, v in meta.get("config", {}).items() if k in fields}
+    # the home chips' planned stride and split blocks, so that the reviewed chips keep the home split
+    recorded.update({key: meta[name] for key, name in (("stride", "stride"), ("block_size", "block_size_m"))
+                     if meta.get(name) is not None})
     chip_config = ChipConfig(**{**recorded, "schools_where": "label=school", "schools_layer": None,
                                 "lonlat_columns": None})
     negatives = labels if imported.counts.get("not_school", 0) else None
