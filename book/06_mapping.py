@@ -318,7 +318,7 @@ study = prefilter_study(
     meta=meta,
 )
 print(study.note)
-glue_all("ch6", study.figures)
+_ = glue_all("ch6", study.figures)
 
 # %% [markdown]
 # Only {glue:text}`ch6_every_roof_share:.0%` of the {glue:text}`ch6_scan_windows` windows: the demo towns
