@@ -286,7 +286,9 @@ print(
 #
 # Real imagery is harder than these towns: expect lower and noisier metrics, and read the bootstrap
 # intervals before the point values (an interval that reaches the top means the test set is too small or
-# too easy to rank models). Train longer on a GPU (`book/params/gpu.yaml`), keep `image_size` at the
+# too easy to rank models). On a small area the test split holds a handful of schools: the chapter then
+# says so and cross-validates (`folds`), and the out-of-fold metrics, which count every school, are the
+# ones to quote. Train longer on a GPU (`book/params/gpu.yaml`), keep `image_size` at the
 # backbone's pretraining size, and choose the threshold for the job: F1 balances errors, F2 favours recall
 # (a mapper reviewing candidates can afford false alarms more than missed schools). The threshold is tuned
 # on validation and must stay so: picking it on the test town would report a score no new region gets.
