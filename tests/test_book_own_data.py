@@ -35,6 +35,7 @@ def own_profile(work: Path, imagery: Path, schools: Path) -> Path:
     profile["common"].update(data_dir=str(work / "no_such_demo"), device="cpu")  # read by no chapter
     profile["02_training"]["epochs"] = 1  # CI: four models (the run and three folds) of one epoch
     path = work / "own-data.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(profile))
     return path
 
