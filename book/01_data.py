@@ -62,6 +62,8 @@ size = 1536
 gsd = 1.0  # metres per pixel of the demo towns and the chips; None: the imagery's own
 chip_size = 128
 stride = 64
+# metres a side of the split blocks of a single scene or mosaic; None: 512 px at the chips' GSD
+block_size = None
 seed = 0
 
 # %%
@@ -169,7 +171,9 @@ fig = (
 # `chips_dir` is replaced only when it is a chips folder; a folder holding anything else is refused.
 
 # %%
-config = data.config(chip_size=chip_size, stride=stride, gsd=gsd, seed=seed)
+config = data.config(
+    chip_size=chip_size, stride=stride, gsd=gsd, block_size=block_size, seed=seed
+)
 summary = data.make_chips(chips_path, config)
 chips = ChipsFolder(chips_path).read_index()
 
@@ -196,7 +200,8 @@ fig = plots.plot_chip_examples(
 # Neighbouring chips overlap (the stride is half a chip), so a random split would put almost the same
 # pixels in train and test. Whole towns go to one split instead: the last town is the test town, the one
 # before it validation, the rest training. (With fewer than three scenes, as with one large orthomosaic,
-# square blocks of each scene go to the splits instead, and chips straddling two blocks are dropped.)
+# square blocks of `block_size` metres of each scene go to the splits instead, and chips straddling two
+# blocks are dropped: on a small area, smaller blocks give each split its own schools.)
 
 # %%
 fig = plots.plot_split_map(chips, data.previews(max_side=384))

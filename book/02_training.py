@@ -43,8 +43,12 @@ image_size = 224
 lr = 0.001
 seed = 0
 device = "auto"
+# spatial cross-validation folds when the test split holds fewer than 10 schools; 0: never
+folds = 3
 
 # %%
+from dataclasses import replace
+
 from schoolvision.commands.train import command_line
 from schoolvision.io.folders import ChipsFolder, RunFolder
 from schoolvision.notebook import glue_all, require, resolve
@@ -52,6 +56,13 @@ from schoolvision.plotting import training as plots
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.train.evaluation import extreme_chips
 from schoolvision.train.fit import TrainConfig, fit
+from schoolvision.train.folds import (
+    count_schools,
+    cross_validate,
+    fold_lines,
+    small_data_folds,
+    small_data_notice,
+)
 
 apply_theme()
 chips_path = require(chips_dir, "01_data")
@@ -103,19 +114,29 @@ metrics = fit(config, figures=plots.tensorboard_figures)
 # %% [markdown]
 # ### What the run used
 #
-# The chip counts per split and class come from the chips folder; `metrics.json` holds the test metrics
-# (plus the validation ones under `val`) with bootstrap intervals for F1 and AUPRC (confidence level
+# First, how much the test can say. With fewer than ten schools in the test split (the limit is
+# `SMALL_TEST_SCHOOLS` in `schoolvision/train/folds.py`), one school more or less found moves every metric
+# by a large step, and the chapter says so here, before any number; the bootstrap interval then comes
+# first. The chip counts per split and class come from the chips folder; `metrics.json` holds the test
+# metrics (plus the validation ones under `val`) with bootstrap intervals for F1 and AUPRC (confidence level
 # {glue:text}`ch2_boot_level:.0%`). The bootstrap resamples *schools*, not chips: the several overlapping
 # chips of one school are one piece of evidence, so they are drawn together (and `not_school` chips by
 # ground cells, whose neighbouring windows overlap too); resampling chips one by one would treat them as
 # independent and give intervals that are too narrow.
 
 # %% tags=["nbval-check-output"]
+n_folds = small_data_folds(chips_path, folds)
+notice = small_data_notice(count_schools(chips_path), n_folds)
+print(notice or f"{count_schools(chips_path)} schools in the test split")
 run_config = run.read_config()
 print(run_config["resolved"]["counts"])
 print(sorted(metrics))
 
 # %%
+print(
+    "95% bootstrap:",
+    {k: [round(v, 3) for v in metrics["bootstrap"][k]] for k in ("auprc", "f1")},
+)
 print(
     {
         k: round(metrics[k], 3)
@@ -132,11 +153,22 @@ print(
         )
     }
 )
-print(
-    "95% bootstrap:",
-    {k: [round(v, 3) for v in metrics["bootstrap"][k]] for k in ("auprc", "f1")},
-)
 glue_all("ch2", {"boot_level": metrics["bootstrap"]["level"]})
+
+# %% [markdown]
+# ### Cross-validation on small data
+#
+# On small data the chapter also trains `folds` models on spatial folds of *every* chip (whole scenes,
+# or ground blocks of one mosaic; a school's chips stay in one fold), each tested on its own fold. Every
+# chip is then scored once by a model that never saw it, so all the schools count, not only the test
+# split's. The folds' models go to a sibling of `run_dir` (`_cv`); the later chapters use the single run
+# above. On the command line: `schoolvision train --folds 3`.
+
+# %%
+cv_path = run_path.with_name(run_path.name + "_cv")
+cv = cross_validate(replace(config, out_dir=cv_path), n_folds) if n_folds else None
+skipped = "no cross-validation: the test split holds enough schools (or folds < 2)"
+print("\n".join(fold_lines(cv)) if cv else skipped)
 
 # %% [markdown]
 # ### Learning curves
@@ -254,7 +286,9 @@ print(
 #
 # Real imagery is harder than these towns: expect lower and noisier metrics, and read the bootstrap
 # intervals before the point values (an interval that reaches the top means the test set is too small or
-# too easy to rank models). Train longer on a GPU (`book/params/gpu.yaml`), keep `image_size` at the
+# too easy to rank models). On a small area the test split holds a handful of schools: the chapter then
+# says so and cross-validates (`folds`), and the out-of-fold metrics, which count every school, are the
+# ones to quote. Train longer on a GPU (`book/params/gpu.yaml`), keep `image_size` at the
 # backbone's pretraining size, and choose the threshold for the job: F1 balances errors, F2 favours recall
 # (a mapper reviewing candidates can afford false alarms more than missed schools). The threshold is tuned
 # on validation and must stay so: picking it on the test town would report a score no new region gets.

@@ -34,8 +34,10 @@
 # - **Writes**: `out_dir`: the probability GeoTIFF, `candidates.gpkg` (and a GeoJSON copy),
 #   `evaluation.json`, `scan.json` and the offline `map.html`.
 #
-# The scan here uses the *held-out test town*: the model never saw it, not even for threshold tuning (on
-# imagery split by blocks rather than by scene, the first scene, set `scene` to choose another).
+# The scan here uses the *held-out test town*: the model never saw it, not even for threshold tuning. On
+# imagery split by blocks rather than by scene (a single orthomosaic), it scans the test blocks: the scan
+# is masked to them and measured against the schools inside them only (set `scene` to scan a whole
+# scene instead).
 
 # %% tags=["parameters"]
 chips_dir = "data/chips"
@@ -48,14 +50,14 @@ threshold = None
 match_distance = 50.0
 seed = 0
 device = "auto"
-data_dir = "data/demo"
-mask_file = ""  # building footprints; "": the demo's buildings.geojson in data_dir
+# building footprints for the prefilter section (any vector file or CSV); "": the section is skipped
+mask_file = ""
 mask_min_area = 150.0
 
 # %%
 import pandas as pd
 import torch
-from schoolvision.data.sources import chips_scenes, held_out_scene
+from schoolvision.data.sources import chips_scenes
 from schoolvision.io.folders import ScanFolder, open_probability
 from schoolvision.io.imagery import open_scene
 from schoolvision.io.preview import read_band_preview, read_source_preview
@@ -64,6 +66,7 @@ from schoolvision.model.device import resolve_device
 from schoolvision.notebook import glue_all, require, resolve
 from schoolvision.plotting import scan as plots
 from schoolvision.scan.evaluation import rejected_lookalikes, weakest_finds
+from schoolvision.scan.heldout import held_out_area
 from schoolvision.scan.peaks import explain_lookalikes, explain_points
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.webmap import scan_map_from_dir
@@ -71,9 +74,9 @@ from schoolvision.scan.webmap import scan_map_from_dir
 chips_path, run_path, out_path = (resolve(p) for p in (chips_dir, run_dir, out_dir))
 require(run_path / "best.pt", "02_training")
 scan_folder = ScanFolder(out_path)
-scene = scene or held_out_scene(chips_path)
-sources = {scene: chips_scenes(chips_path, require=scene)[scene]}
-scene_path = sources[scene].path
+held_out = held_out_area(chips_path, out_path.with_name(out_path.name + "_area"), scene)
+scene, sources = held_out.scene, {held_out.scene: held_out.source}
+print(held_out.describe())
 dev = resolve_device(device)
 _ = torch.manual_seed(seed)
 
@@ -93,15 +96,14 @@ _ = torch.manual_seed(seed)
 model, meta = load_classifier(run_path, dev)
 config = ScanConfig(
     run=run_path,
-    imagery=[scene_path],
     out_dir=out_path,
     stride=stride,
     batch_size=batch_size,
     threshold=threshold,
     device=device,
-    schools=chips_path / "schools.geojson",
     match_distance=match_distance,
     overwrite=True,
+    **held_out.scan_options(),
 )
 summary = run_scan(config, model=model, meta=meta)
 scanned = summary.scenes[0]
@@ -320,24 +322,30 @@ scan_map_from_dir(out_path)
 # Google's and Microsoft's open building datasets) and skips every window farther than `--mask-distance`
 # metres (default: half a chip) from all of them: such a window is neither read nor scored, and its
 # pixels stay nodata in the probability raster. The demo writes the footprint of every roof it draws to
-# `buildings.geojson`. First, how many of this town's windows would a mask of every roof skip? The mask
-# can say before anything is scanned.
+# `buildings.geojson`, which the book's profiles give as `mask_file`; with your own data, give your
+# area's footprints (without a `mask_file` this section is skipped and says so). First, how many of this
+# town's windows would a mask of every roof skip? The mask can say before anything is scanned
+# (`ScanMask.read(path).count(source, meta)`). Then the same town is scanned again with the mask.
 
 # %%
-from dataclasses import replace
+from schoolvision.scan.prefilter import prefilter_study
 
-from schoolvision.scan.mask import ScanMask
-
-buildings = require(mask_file or resolve(data_dir) / "buildings.geojson", "01_data")
-n_windows, n_near_a_roof = ScanMask.read(buildings).count(sources[scene], meta, stride)
-glue_all(
-    "ch6",
-    {
-        "every_roof_share": 1 - n_near_a_roof / n_windows,
-        "scan_windows": n_windows,
-        "mask_min_area": mask_min_area,
-    },
+mask_path = (
+    require(mask_file, "a building footprints file (mask_file)") if mask_file else None
 )
+prefilter_path = out_path.with_name(out_path.name + "_prefilter")
+study = prefilter_study(
+    config,
+    summary,
+    sources[scene],
+    mask_path,
+    mask_min_area,
+    prefilter_path,
+    model=model,
+    meta=meta,
+)
+print(study.note)
+_ = glue_all("ch6", study.figures)
 
 # %% [markdown]
 # A mask of every roof skips only {glue:text}`ch6_every_roof_share:.0%` of the
@@ -348,33 +356,8 @@ glue_all(
 # buildings the size of a classroom block, a clinic or a warehouse remain. The same town, scanned again
 # with that mask:
 
-# %%
-prefilter_path = out_path.with_name(out_path.name + "_prefilter")
-masked_config = replace(
-    config,
-    out_dir=prefilter_path,
-    mask=buildings,
-    mask_min_area=mask_min_area,
-    make_map=False,
-    progress=False,
-)
-masked = run_scan(masked_config, model=model, meta=meta)
-missed = {
-    name: {m["name"] for m in s.evaluation["missed_schools"]}
-    for name, s in (("all", summary), ("masked", masked))
-}
-glue_all(
-    "ch6",
-    {
-        "mask_share": masked.scenes[0].masked_windows / n_windows,
-        "mask_speedup": summary.seconds["windows"] / masked.seconds["windows"],
-        "mask_found": masked.evaluation["true_positives"],
-        "all_found": summary.evaluation["true_positives"],
-    },
-)
-
 # %% tags=["nbval-check-output"]
-print("the same known schools found:", missed["masked"] == missed["all"])
+print("the same known schools found:", study.same_schools_found)
 
 # %% [markdown]
 # The mask skipped {glue:text}`ch6_mask_share:.0%` of the windows, and the windows took
@@ -418,6 +401,8 @@ quick = replace(
     make_map=False,
     progress=False,
     schools=None,
+    mask=None,
+    mask_distance=None,
 )
 engine_dirs = {e: out_path.with_name(f"{out_path.name}_{e}") for e in ("local", "ray")}
 by_engine = {

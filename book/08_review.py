@@ -53,10 +53,13 @@ lr = 0.001
 match_distance = 50.0
 seed = 0
 device = "auto"
+# your own data: decisions.geojson exported from the review page; "": stop after the page
+decisions = ""
 
 # %%
 import pandas as pd
-from IPython.display import Markdown
+from IPython.display import Markdown, display
+from schoolvision.data.sources import demo_of
 from schoolvision.data.synthetic import REGIONS, make_demo
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources
@@ -67,6 +70,7 @@ from schoolvision.plotting import scan as scan_plots
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.review import simulate
 from schoolvision.review.decisions import import_decisions
+from schoolvision.review.own import OwnRoundConfig, review_own_data
 from schoolvision.review.queue import ORDERS, ReviewConfig, build_queue
 from schoolvision.train.fit import TrainConfig, fit
 
@@ -76,6 +80,37 @@ chips_path = require(chips_dir, "01_data")
 home_eval = require(resolve(mapping_dir) / "evaluation.json", "06_mapping")
 home = ScanFolder(home_eval.parent).read_evaluation()
 out_path = resolve(out_dir)
+# the new region and the simulated mapper: on the demo's chips only
+on_demo = demo_of(chips_path) is not None
+
+# %% [markdown]
+# ## On your own data
+#
+# With your imagery and school list (chapter 1's `imagery` and `schools`), there is no simulated mapper
+# and no synthetic region: the round is yours. Your imagery is scanned with the model of chapter 2 and
+# your school list as the registry (`scan --registry`: each listed school confirmed or not seen), and the
+# review queue and its page are built for that scan. Open the page, decide the items, press *Export*, and
+# rerun this chapter with `decisions` set to the exported file: it then imports the decisions, cuts
+# chips of the reviewed places and fine-tunes the model (`out_dir/run`). On the demo's chips this
+# section is skipped, and the rest of the chapter runs the simulated round.
+
+# %%
+own_config = OwnRoundConfig(
+    run_path,
+    chips_path,
+    out_path,
+    decisions and resolve(decisions),
+    order=order,
+    k=k,
+    floor=floor,
+    epochs=epochs,
+    lr=lr,
+    match_distance=match_distance,
+    seed=seed,
+    device=device,
+)
+own = None if on_demo else review_own_data(own_config)
+print(own.summary(own_config) if own else "the demo's chips: the simulated round below")
 
 # %% [markdown]
 # ## The work
@@ -86,15 +121,18 @@ out_path = resolve(out_dir)
 # own roofs, its own kind of school and its own look-alikes; the one chosen here, `region`:
 
 # %%
-print(f"{region}: {REGIONS[region].description}")
-demo_dir = out_path / "demo"
-demo = make_demo(demo_dir, towns=2, seed=seed, size=size, region=region, overwrite=True)
-town_a, town_b = sorted(demo.n_schools)
-scene = {s.name: s for s in list_sources(demo.scenes)}
-counts = {"schools_a": demo.n_schools[town_a], "schools_b": demo.n_schools[town_b]}
-glued = glue_all(
-    "ch8", {"region": region, "town_a": town_a, "town_b": town_b, **counts}
-)
+if on_demo:
+    print(f"{region}: {REGIONS[region].description}")
+    demo_dir = out_path / "demo"
+    demo = make_demo(
+        demo_dir, towns=2, seed=seed, size=size, region=region, overwrite=True
+    )
+    town_a, town_b = sorted(demo.n_schools)
+    scene = {s.name: s for s in list_sources(demo.scenes)}
+    counts = {"schools_a": demo.n_schools[town_a], "schools_b": demo.n_schools[town_b]}
+    glued = glue_all(
+        "ch8", {"region": region, "town_a": town_a, "town_b": town_b, **counts}
+    )
 
 # %% [markdown]
 # Town {glue:text}`ch8_town_a` is the one a mapper will review; town {glue:text}`ch8_town_b` nobody
@@ -111,32 +149,42 @@ glued = glue_all(
 # against the registry (`scan --registry`).
 
 # %%
-truth, audit_with = demo.schools, {"registry": demo.registry}
-common = {"truth": truth, "match_distance": match_distance, "device": device}
-scan_a = simulate.scan_town(
-    run_path, scene[town_a].path, out_path / "scan_a", **common, **audit_with
-)
-scan_b = simulate.scan_town(run_path, scene[town_b].path, out_path / "scan_b", **common)
-evaluations = {f"{town_a} (to review)": scan_a.evaluation}
-evaluations |= {
-    f"{town_b} (never reviewed)": scan_b.evaluation,
-    "home (chapter 6)": home,
-}
-simulate.scan_table(evaluations)
+if on_demo:
+    truth, audit_with = demo.schools, {"registry": demo.registry}
+    common = {"truth": truth, "match_distance": match_distance, "device": device}
+    scan_a = simulate.scan_town(
+        run_path, scene[town_a].path, out_path / "scan_a", **common, **audit_with
+    )
+    scan_b = simulate.scan_town(
+        run_path, scene[town_b].path, out_path / "scan_b", **common
+    )
+    evaluations = {f"{town_a} (to review)": scan_a.evaluation}
+    evaluations |= {
+        f"{town_b} (never reviewed)": scan_b.evaluation,
+        "home (chapter 6)": home,
+    }
+    display(simulate.scan_table(evaluations))
 
 # %%
-probability = read_band_preview(scan_b.scenes[0].probability)
-scan_b_folder = ScanFolder(scan_b.out_dir)
-cands, known = (scan_b_folder.read_layer(n) for n in ("candidates", "known_schools"))
-title = f"{town_b} ({region}), before any review"
-image = read_source_preview(scene[town_b])
-fig = scan_plots.plot_probability(
-    image, probability, cands, known, scan_b.threshold, title
-)
+if on_demo:
+    probability = read_band_preview(scan_b.scenes[0].probability)
+    scan_b_folder = ScanFolder(scan_b.out_dir)
+    cands, known = (
+        scan_b_folder.read_layer(n) for n in ("candidates", "known_schools")
+    )
+    title = f"{town_b} ({region}), before any review"
+    image = read_source_preview(scene[town_b])
+    fig = scan_plots.plot_probability(
+        image, probability, cands, known, scan_b.threshold, title
+    )
 # %%
-before = {"recall_before": scan_b.evaluation["recall"], "home_recall": home["recall"]}
-before |= {"precision_before": scan_b.evaluation["precision"]}
-glued = glue_all("ch8", {**before, "recall_a_before": scan_a.evaluation["recall"]})
+if on_demo:
+    before = {
+        "recall_before": scan_b.evaluation["recall"],
+        "home_recall": home["recall"],
+    }
+    before |= {"precision_before": scan_b.evaluation["precision"]}
+    glued = glue_all("ch8", {**before, "recall_a_before": scan_a.evaluation["recall"]})
 
 # %% [markdown]
 # At home the model found {glue:text}`ch8_home_recall:.0%` of the test town's schools; here it finds
@@ -158,11 +206,12 @@ glued = glue_all("ch8", {**before, "recall_a_before": scan_a.evaluation["recall"
 # The queue of town {glue:text}`ch8_town_a`, cut to the review budget `k`:
 
 # %%
-queue_path = out_path / "queue"
-config = ReviewConfig(scan_a.out_dir, queue_path, order=order, limit=k, floor=floor)
-config.device, config.overwrite = device, True
-queue = build_queue(config)
-pd.Series(queue.counts, name="items").to_frame()
+if on_demo:
+    queue_path = out_path / "queue"
+    config = ReviewConfig(scan_a.out_dir, queue_path, order=order, limit=k, floor=floor)
+    config.device, config.overwrite = device, True
+    queue = build_queue(config)
+    display(pd.Series(queue.counts, name="items").to_frame())
 
 # %% [markdown]
 # The page `review.html` in the queue folder is the mapper's tool: one self-contained file that opens
@@ -172,7 +221,8 @@ pd.Series(queue.counts, name="items").to_frame()
 # *Export* downloads `decisions.geojson`.
 
 # %%
-Markdown(f"[Open the review page]({queue.page}) (`{queue.page}`)")
+if on_demo:
+    display(Markdown(f"[Open the review page]({queue.page}) (`{queue.page}`)"))
 
 # %% [markdown]
 # ### Which items first?
@@ -183,13 +233,17 @@ Markdown(f"[Open the review page]({queue.page}) (`{queue.page}`)")
 # each finds schools:
 
 # %%
-curve = simulate.discovery(scan_a.out_dir, truth, ORDERS, floor, match_distance)
-fig = review_plots.plot_discovery(curve, k, demo.n_schools[town_a])
+if on_demo:
+    curve = simulate.discovery(scan_a.out_dir, truth, ORDERS, floor, match_distance)
+    fig = review_plots.plot_discovery(curve, k, demo.n_schools[town_a])
 # %%
-per_hundred = simulate.found_per_hundred(curve, k)
-rates = {f"per_100_{row.order}": row.per_100_items for row in per_hundred.itertuples()}
-glue_all("ch8", rates)
-per_hundred
+if on_demo:
+    per_hundred = simulate.found_per_hundred(curve, k)
+    rates = {
+        f"per_100_{row.order}": row.per_100_items for row in per_hundred.itertuples()
+    }
+    glue_all("ch8", rates)
+    display(per_hundred)
 
 # %% [markdown]
 # Ranked by probability, the first items are the model's surest schools; ranked by uncertainty, its
@@ -205,14 +259,18 @@ per_hundred
 # school points, rejected ones hard-negative points.
 
 # %%
-decisions, labels_path = out_path / "decisions.geojson", out_path / "labels.geojson"
-mapper = simulate.simulate_review(queue_path, truth, decisions, k, match_distance)
-imported = import_decisions(mapper.decisions, queue_path, labels_path, overwrite=True)
-review = {"reviewed": mapper.reviewed, "accepted": mapper.schools}
-glue_all(
-    "ch8", {**review, "rejected": mapper.not_schools, "found_a": mapper.schools_found}
-)
-pd.Series(imported.counts, name="decisions").to_frame()
+if on_demo:
+    decisions, labels_path = out_path / "decisions.geojson", out_path / "labels.geojson"
+    mapper = simulate.simulate_review(queue_path, truth, decisions, k, match_distance)
+    imported = import_decisions(
+        mapper.decisions, queue_path, labels_path, overwrite=True
+    )
+    review = {"reviewed": mapper.reviewed, "accepted": mapper.schools}
+    glue_all(
+        "ch8",
+        {**review, "rejected": mapper.not_schools, "found_a": mapper.schools_found},
+    )
+    display(pd.Series(imported.counts, name="decisions").to_frame())
 
 # %% [markdown]
 # The mapper reviewed {glue:text}`ch8_reviewed` items: {glue:text}`ch8_accepted` answers *school*
@@ -226,14 +284,20 @@ pd.Series(imported.counts, name="decisions").to_frame()
 # what the registry truth says:
 
 # %%
-audit = simulate.registry_review(scan_a.out_dir, demo.registry_truth, mapper.answers)
-counts = audit.set_index("measure")["count"]
-added = counts["review: schools added"]
-glue_all(
-    "ch8",
-    {"added": added, "moved": counts["review: misplaced schools found at their place"]},
-)
-audit
+if on_demo:
+    audit = simulate.registry_review(
+        scan_a.out_dir, demo.registry_truth, mapper.answers
+    )
+    counts = audit.set_index("measure")["count"]
+    added = counts["review: schools added"]
+    glue_all(
+        "ch8",
+        {
+            "added": added,
+            "moved": counts["review: misplaced schools found at their place"],
+        },
+    )
+    display(audit)
 
 # %% [markdown]
 # The review added {glue:text}`ch8_added` schools the registry misses and put
@@ -250,51 +314,57 @@ audit
 # threshold tuned, at home, and its home test score says whether it forgot the home region.
 
 # %%
-home_schools, train_labels = (
-    chips_path / "schools.geojson",
-    out_path / "train_labels.geojson",
-)
-accepted = imported.counts["school"]
-schools = simulate.training_labels(labels_path, home_schools, train_labels, accepted)
-options = {"replay": replay, "seed": seed}
-tuning = out_path / "chips"
-chips = simulate.review_chips(
-    scene[town_a].path, schools, labels_path, chips_path, tuning, **options
-)
-print(chips)
+if on_demo:
+    home_schools, train_labels = (
+        chips_path / "schools.geojson",
+        out_path / "train_labels.geojson",
+    )
+    accepted = imported.counts["school"]
+    schools = simulate.training_labels(
+        labels_path, home_schools, train_labels, accepted
+    )
+    options = {"replay": replay, "seed": seed}
+    tuning = out_path / "chips"
+    chips = simulate.review_chips(
+        scene[town_a].path, schools, labels_path, chips_path, tuning, **options
+    )
+    print(chips)
 
 # %%
-tuned = TrainConfig(
-    chips.out_dir, out_path / "run", epochs=epochs, lr=lr, seed=seed, device=device
-)
-tuned.init_from, tuned.overwrite = run_path, True
-metrics = fit(tuned)
-print(
-    f"home test town, fine-tuned: AUPRC {metrics['auprc']:.3f}, F1 {metrics['f1']:.3f}"
-)
+if on_demo:
+    tuned = TrainConfig(
+        chips.out_dir, out_path / "run", epochs=epochs, lr=lr, seed=seed, device=device
+    )
+    tuned.init_from, tuned.overwrite = run_path, True
+    metrics = fit(tuned)
+    print(
+        f"home test town, fine-tuned: AUPRC {metrics['auprc']:.3f}, F1 {metrics['f1']:.3f}"
+    )
 
 # %% [markdown]
 # ### The town nobody reviewed, again
 
 # %%
-after = simulate.scan_town(
-    out_path / "run", scene[town_b].path, out_path / "scan_b_after", **common
-)
-rounds = simulate.round_table(
-    {"before review": scan_b.evaluation, "after one round": after.evaluation},
-    home["recall"],
-)
-fig = review_plots.plot_rounds(rounds, home["recall"])
+if on_demo:
+    after = simulate.scan_town(
+        out_path / "run", scene[town_b].path, out_path / "scan_b_after", **common
+    )
+    rounds = simulate.round_table(
+        {"before review": scan_b.evaluation, "after one round": after.evaluation},
+        home["recall"],
+    )
+    fig = review_plots.plot_rounds(rounds, home["recall"])
 # %%
-last = rounds.iloc[-1]
-glue_all("ch8", {f"{m}_after": last[m] for m in ("recall", "precision")})
-glue_all("ch8", {"gap_closed": last["gap_closed"]})
-context = {"region": region, "order": order, "k": k, "reviewed_town": town_a}
-result = out_path / "review_round.json"
-simulate.write_round(
-    result, rounds, mapper, home["recall"], **context, measured_town=town_b
-)
-rounds
+if on_demo:
+    last = rounds.iloc[-1]
+    glue_all("ch8", {f"{m}_after": last[m] for m in ("recall", "precision")})
+    glue_all("ch8", {"gap_closed": last["gap_closed"]})
+    context = {"region": region, "order": order, "k": k, "reviewed_town": town_a}
+    result = out_path / "review_round.json"
+    simulate.write_round(
+        result, rounds, mapper, home["recall"], **context, measured_town=town_b
+    )
+    display(rounds)
 
 # %% [markdown]
 # After one round of {glue:text}`ch8_reviewed` reviewed items, recall on town {glue:text}`ch8_town_b`,

@@ -14,6 +14,7 @@ a script to look at the data in a GIS::
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -565,3 +566,30 @@ def write_oam_tiles(scene_tif: Path, out_dir: Path, zoom: int, tile_px: int = OA
                            photometric="RGB", alpha="YES") as dst:
             dst.write(out)
     return out_dir
+
+
+# --- a small foreign area: one demo town as a user's first try delivers it ----------------------------------
+
+SMALL_AREA_PX = 896  # 0.8 km2 at 1 m; seed 0 draws 5 schools there
+
+
+@dataclass
+class SmallArea:
+    """One demo town re-delivered as a user's own data: a GeoTIFF and a school CSV (latitude, longitude)."""
+
+    imagery: Path  # the scene GeoTIFF (``write_oam_tiles`` turns it into OpenAerialMap's tile form)
+    schools_csv: Path
+    n_schools: int
+
+
+def make_small_area(root: Path, size: int = SMALL_AREA_PX, seed: int = 0) -> SmallArea:
+    """A small foreign area under ``root``: ``imagery/area.tif`` and ``schools.csv``; the demo folder is removed."""
+    from schoolvision.data.synthetic import make_demo
+
+    root = Path(root)
+    demo = make_demo(root / "drawn", towns=1, seed=seed, size=size)
+    (root / "imagery").mkdir(parents=True)
+    imagery = Path(shutil.copy(demo.scenes[0], root / "imagery" / "area.tif"))
+    schools = write_schools_csv(root / "schools.csv", root / "drawn" / "schools.geojson")
+    shutil.rmtree(root / "drawn")
+    return SmallArea(imagery, schools, sum(demo.n_schools.values()))

@@ -15,6 +15,7 @@ from schoolvision.model.backbones import available_backbones
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.plotting.training import tensorboard_figures
 from schoolvision.train.fit import PRECISIONS, TrainConfig, fit
+from schoolvision.train.folds import cross_validate, fold_lines
 
 RECIPE = """\
 recommended recipe (the book's): the defaults. An ImageNet backbone fine-tuned at its pretraining input size
@@ -68,6 +69,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random initial weights")
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
+    parser.add_argument(
+        "--folds",
+        type=int,
+        default=None,
+        metavar="K",
+        help="spatial cross-validation: train K models on spatial folds of every chip (whole scenes, or ground "
+        "blocks of one mosaic), each tested on its fold, and write out-of-fold predictions (every chip scored "
+        "once by a model that never saw it), one row per fold and the pooled metrics to metrics.json; for a "
+        "test split of a few schools",
+    )
     parser.add_argument(
         "--freeze-epochs",
         type=int,
@@ -159,8 +170,17 @@ def run(args: argparse.Namespace) -> int:
         init_from=args.init_from,
     )
     apply_theme()
+    if args.folds is not None:
+        return _report_folds(cross_validate(config, args.folds, figures=tensorboard_figures), args.out)
     metrics = fit(config, figures=tensorboard_figures)
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"test: {metric_line(metrics)}  (best epoch {metrics['best_epoch']}, {metrics['training_precision']})")
         print(f"run folder: {args.out}  (tensorboard --logdir {args.out / 'tensorboard'})")
+    return 0
+
+
+def _report_folds(metrics: dict, out: Path) -> int:
+    """Print one line per fold and the pooled out-of-fold metrics with their bootstrap interval."""
+    print("\n".join(fold_lines(metrics)))
+    print(f"run folder: {out}  (one run per fold: {out / 'fold_1'} ...)")
     return 0

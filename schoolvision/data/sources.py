@@ -247,6 +247,13 @@ def chips_scenes(chips_dir: str | Path, require: str | None = None) -> dict[str,
     return dict(zip(scenes, with_options(list(scenes.values()), config.bands, config.crs, config.scale)))
 
 
+def demo_of(chips_dir: str | Path) -> Path | None:
+    """The demo folder the chips were cut from (its schools file lies beside ``demo.json``); None: the user's data."""
+    source = ChipsFolder(chips_dir).read_meta(required=True).get("schools_source")
+    folder = Path(source).parent if source else None
+    return folder if folder is not None and (folder / DEMO_MARKER).is_file() else None
+
+
 def held_out_scene(chips_dir: str | Path) -> str:
     """The scene a chapter scans by default: the test scene, else (scenes split by blocks) the first scene."""
     scenes = ChipsFolder(chips_dir).read_meta(required=True).get("scenes", {})

@@ -274,6 +274,8 @@ class RunFolder:
     ROUND = "round.json"
     FILES = (BEST, LAST, CONFIG, METRICS, PREDICTIONS, HISTORY, TENSORBOARD, ROUND)
     """Everything ``fit`` writes: what ``--overwrite`` clears."""
+    FOLD_FILES = (METRICS, PREDICTIONS, "fold_*", "chips_fold_*")
+    """Everything ``train --folds`` writes: each fold's run and chips index, the pooled metrics and predictions."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -297,6 +299,18 @@ class RunFolder:
     def predictions_path(self) -> Path:
         """``predictions.csv``."""
         return self.root / self.PREDICTIONS
+
+    def fold(self, n: int) -> Path:
+        """``fold_<n>``: the run folder of fold ``n`` (from 1) of a cross-validation (``train --folds``)."""
+        return self.root / f"fold_{n}"
+
+    def fold_chips(self, n: int) -> Path:
+        """``chips_fold_<n>``: the chips index fold ``n`` was trained on (the chips themselves stay in place)."""
+        return self.root / f"chips_fold_{n}"
+
+    def is_cross_validation(self) -> bool:
+        """True for the folder of ``train --folds`` (its ``metrics.json`` has one row per fold)."""
+        return "folds" in self.read_metrics(required=False)
 
     @staticmethod
     def checkpoint(run: str | Path) -> Path:

@@ -113,8 +113,13 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, max_iter: int = 200)
     return float(np.clip(t, 0.05, 20.0)) if np.isfinite(t) else 1.0
 
 
-def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Every metric of ``metrics.json`` for P(school) ``probs`` at ``threshold`` (school = 1)."""
+def classification_metrics(labels: np.ndarray, probs: np.ndarray,
+                           threshold: float | np.ndarray = 0.5) -> dict[str, Any]:
+    """Every metric of ``metrics.json`` for P(school) ``probs`` at ``threshold`` (school = 1).
+
+    ``threshold`` may be one per chip (out-of-fold predictions, each at its model's threshold); the
+    report's ``threshold`` is then None.
+    """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     pred = (probs >= threshold).astype(int)
@@ -131,7 +136,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
         "roc_auc": roc_auc(labels, probs),
         "auprc": auprc(labels, probs),
         "confusion_matrix": cm.tolist(),  # rows = true (not_school, school), columns = predicted
-        "threshold": float(threshold),
+        "threshold": float(threshold) if np.ndim(threshold) == 0 else None,
         "ece": expected_calibration_error(labels, probs),
         "n_chips": {CLASSES[0]: int((labels == 0).sum()), CLASSES[1]: int((labels == 1).sum())},
     }
@@ -140,7 +145,7 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
 def bootstrap_ci(
     labels: np.ndarray,
     probs: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
@@ -157,7 +162,7 @@ def bootstrap_ci(
     Args:
         labels: 0/1 per chip (1 = school).
         probs: P(school) per chip.
-        threshold: the F1 decision threshold.
+        threshold: the F1 decision threshold, or one per chip.
         n_boot: number of resamples.
         seed: seed of the resampling.
         level: coverage of the interval.
@@ -169,6 +174,7 @@ def bootstrap_ci(
     """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
+    thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), probs.shape)
     if groups is None:
         members = [np.array([i]) for i in range(len(labels))]
     else:
@@ -181,7 +187,7 @@ def bootstrap_ci(
         picks = rng.integers(0, len(members), len(members))
         i = np.concatenate([members[k] for k in picks]) if len(members) else np.zeros(0, int)
         y, p = labels[i], probs[i]
-        pred = p >= threshold
+        pred = p >= thresholds[i]
         tp = int(np.sum(pred & (y == 1)))
         fp = int(np.sum(pred & (y == 0)))
         fn = int(np.sum(~pred & (y == 1)))
