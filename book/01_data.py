@@ -71,7 +71,7 @@ import pandas as pd
 from schoolvision.data.dataset import ChipDataset
 from schoolvision.data.sources import prepare_data
 from schoolvision.io.folders import ChipsFolder
-from schoolvision.notebook import repo_root, resolve
+from schoolvision.notebook import check_claims, repo_root, resolve
 from schoolvision.plotting import data as plots
 from schoolvision.plotting.theme import apply_theme
 
@@ -223,6 +223,27 @@ print(
     int(item["label"]) in (0, 1),
 )
 print(train.georef(0)[0])
+
+# %% [markdown]
+# The claims of this page, checked against its chips:
+
+# %% tags=["checks", "nbval-check-output"]
+per_split = chips[chips["label"] == "school"].groupby("split").size()
+ok = check_claims(
+    {f"schools_{s}": int(per_split.get(s, 0)) for s in ("train", "val", "test")}
+    | {
+        "scenes": chips["scene"].nunique(),
+        "splits_per_scene": int(chips.groupby("scene")["split"].nunique().max()),
+    },
+    {
+        "every split holds school chips": (
+            "schools_train > 0 and schools_val > 0 and schools_test > 0"
+        ),
+        "with three scenes or more, each scene lies in one split": (
+            "scenes < 3 or splits_per_scene == 1"
+        ),
+    },
+)
 
 # %% [markdown]
 # ## Summary and next chapter
