@@ -63,7 +63,7 @@ from schoolvision.io.imagery import open_scene
 from schoolvision.io.preview import read_band_preview, read_source_preview
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import glue_all, require, resolve
+from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import scan as plots
 from schoolvision.scan.evaluation import rejected_lookalikes, weakest_finds
 from schoolvision.scan.heldout import held_out_area
@@ -191,7 +191,7 @@ table = {
 pd.DataFrame([table])
 
 # %%
-glue_all(
+eval_glue = glue_all(
     "ch6",
     {
         "threshold": summary.threshold,
@@ -479,6 +479,21 @@ print(f"{km2_per_hour:.0f} km2 per hour of windows on this machine")
 # At this build's rate, {glue:text}`ch6_km2_per_hour:.0f` km² per hour on this machine (windows only),
 # a district of {glue:text}`ch6_district_km2` km² takes about {glue:text}`ch6_district_hours:.1f` hours of
 # scanning; a country is the sum of its districts, divided by the number of machines that share it.
+
+# %% [markdown]
+# The claims of this page, checked against its numbers:
+
+# %% tags=["checks", "nbval-check-output"]
+ok = check_claims(
+    eval_glue,
+    {
+        "the recall ceiling is at least the recall at the threshold": (
+            "ch6_recall_ceiling >= ch6_recall"
+        ),
+        "the sweep's best F1 is at least the F1 at the tuned threshold": "ch6_best_f1 >= ch6_f1",
+        "the scan finds most known schools": "ch6_recall >= 0.5",
+    },
+)
 
 # %% [markdown]
 # ## Summary and next
