@@ -57,6 +57,8 @@ device = "auto"
 decisions = ""
 
 # %%
+from pathlib import Path
+
 import pandas as pd
 from IPython.display import Markdown, display
 from schoolvision.data.sources import demo_of
@@ -64,7 +66,7 @@ from schoolvision.data.synthetic import REGIONS, make_demo
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources
 from schoolvision.io.preview import read_band_preview, read_source_preview
-from schoolvision.notebook import glue_all, require, resolve
+from schoolvision.notebook import check_claims, glue_all, repo_root, require, resolve
 from schoolvision.plotting import review as review_plots
 from schoolvision.plotting import scan as scan_plots
 from schoolvision.plotting.theme import apply_theme
@@ -222,7 +224,9 @@ if on_demo:
 
 # %%
 if on_demo:
-    display(Markdown(f"[Open the review page]({queue.page}) (`{queue.page}`)"))
+    page = Path(queue.page).resolve()
+    shown = page.relative_to(repo_root()) if page.is_relative_to(repo_root()) else page
+    display(Markdown(f"The page: `{shown}` (open it from disk in any browser)"))
 
 # %% [markdown]
 # ### Which items first?
@@ -357,7 +361,9 @@ if on_demo:
 # %%
 if on_demo:
     last = rounds.iloc[-1]
-    glue_all("ch8", {f"{m}_after": last[m] for m in ("recall", "precision")})
+    after_glue = glue_all(
+        "ch8", {f"{m}_after": last[m] for m in ("recall", "precision")}
+    )
     glue_all("ch8", {"gap_closed": last["gap_closed"]})
     context = {"region": region, "order": order, "k": k, "reviewed_town": town_a}
     result = out_path / "review_round.json"
@@ -374,7 +380,25 @@ if on_demo:
 # closed. Read recall and precision together: the fine-tuned run tunes its own threshold on the home
 # validation town, so a round can trade precision for recall; the places the next round rejects become
 # hard negatives, which is how precision is won back.
-#
+
+# %% [markdown]
+# The claims of this page, checked against its numbers (on your own data, where no round is simulated,
+# they are not measured):
+
+# %% tags=["checks", "nbval-check-output"]
+ok = check_claims(
+    glued | after_glue if on_demo else {},
+    {
+        "the home model finds fewer schools in the new region than at home": (
+            "ch8_recall_before < ch8_home_recall"
+        ),
+        "after one round, recall on the town nobody reviewed is higher": (
+            "ch8_recall_after > ch8_recall_before"
+        ),
+    },
+)
+
+# %% [markdown]
 # ## Summary and next
 #
 # - A model meets new regions: at home it found {glue:text}`ch8_home_recall:.0%` of the schools, in the
