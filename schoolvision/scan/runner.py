@@ -39,6 +39,7 @@ from schoolvision.scan.registry import read_registry, write_audit
 from schoolvision.scan.scene import SceneScan
 from schoolvision.scan.unit import SceneOutcome, UnitSettings, changed_option, expected_record, is_done, model_checksum
 from schoolvision.scan.webmap import save_map, scan_map
+from schoolvision.train.novelty import FLAG_PERCENTILE, NO_SUMMARY, WARN_SHARE, read_summary
 
 
 @dataclass
@@ -194,6 +195,9 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if loaded:
         model, meta = load_classifier(config.run, device)
     checksum = sha256(RunFolder.checkpoint(config.run)) if loaded else model_checksum(model)
+    novelty = read_summary(config.run) if loaded else None  # UserError: unreadable or another checkpoint's
+    if loaded and novelty is None:
+        warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=2)
     threshold = float(meta.threshold if config.threshold is None else config.threshold)
     sources = list_sources([Path(p) for p in config.imagery], tiles)
     if not sources:
@@ -207,14 +211,14 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
         "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": runtime_name,
         "native_resolution": config.native_resolution, "cam_peaks": config.cam_peaks,
         "imagery": options.record(), "merge_distance": merge_distance, "min_area_m2": config.min_area_m2,
-        **_mask_options(config, mask)})
+        **_mask_options(config, mask), **_novelty_options(config, novelty)})
     done_before = _check_resume(folder, sources, expected) if config.resume else {}
     settings = UnitSettings(out_dir=str(folder.root), run=str(config.run), device=config.device,
                             runtime=config.runtime, threshold=threshold, merge_distance=merge_distance,
                             stride=config.stride, batch_size=config.batch_size,
                             native_resolution=config.native_resolution, prefetch=config.prefetch,
                             cam_peaks=config.cam_peaks, expected=expected, mask=mask,
-                            min_area_m2=config.min_area_m2, sweep=config.schools is not None)
+                            min_area_m2=config.min_area_m2, sweep=config.schools is not None, novelty=novelty)
     todo = [s for s in sources if s.name not in done_before]
     setup = time.perf_counter()
     outcomes, (runtime, detail) = {}, (runtime_name, "")
@@ -231,7 +235,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     summary = _summarise(folder, sources, done_before, outcomes, threshold, runtime, config.engine)
     summary.seconds.update(setup=round(setup - started, 3), scenes=round(time.perf_counter() - setup, 3))
     _write_results(config, folder, summary, meta, {s.name: s for s in sources}, known, registry=registry,
-                   merge_distance=merge_distance, runtime_detail=detail, mask=mask)
+                   merge_distance=merge_distance, runtime_detail=detail, mask=mask, novelty=novelty)
     return summary
 
 
@@ -246,6 +250,20 @@ def _mask_options(config: ScanConfig, mask) -> dict:
         return {}
     return {"mask": sha256(config.mask), "mask_layer": config.mask_layer, "mask_distance": config.mask_distance,
             "mask_min_area": config.mask_min_area}
+
+
+def _novelty_options(config: ScanConfig, novelty) -> dict:
+    """The novelty summary a done-record must match (none without one, so older records stay valid)."""
+    return {} if novelty is None else {"novelty": sha256(RunFolder(RunFolder.checkpoint(config.run).parent)
+                                                          .novelty_path)}
+
+
+def _novelty_record(scenes: Sequence[SceneScan], novelty) -> dict:
+    """``scan.json``'s ``novelty``: how windows were flagged, and the scenes above the warning share."""
+    if novelty is None:
+        return {"summary": None}
+    return {"summary": novelty.record.get("method"), "flag_percentile": FLAG_PERCENTILE, "warn_share": WARN_SHARE,
+            "scenes_warned": [s.scene for s in scenes if (s.novelty_share or 0.0) > WARN_SHARE]}
 
 
 def _check_resume(folder: ScanFolder, sources: list, expected: dict) -> dict[str, dict]:
@@ -313,7 +331,7 @@ def _imagery_options(config: ScanConfig, meta) -> ImageryOptions:
 
 def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary, meta, by_name: dict,
                    known=None, registry=None, *, merge_distance: float, runtime_detail: str = "",
-                   mask=None) -> None:
+                   mask=None, novelty=None) -> None:
     """Merged candidates (and evaluation, map) of the scanned scenes, then ``scan.json``; fills ``summary``.
 
     The scenes' candidates come from their units' files (:func:`read_scene_candidates`); the evaluation's
@@ -355,5 +373,6 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     folder.write_summary({**asdict(summary), "run": str(config.run), "gsd": meta.gsd,
                           "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2, **labels,
                           **imagery, "runtime_detail": runtime_detail, **audit,
+                          "novelty": _novelty_record(scenes, novelty),
                           **({} if mask is None else  # --mask: the file, the distance, windows skipped
                              {"mask": mask.record(scenes, _mask_distance(mask, meta))})})

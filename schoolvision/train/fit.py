@@ -55,6 +55,7 @@ from schoolvision.model.runtime import bf16_native
 from schoolvision.train import tblog
 from schoolvision.train.evaluation import bootstrap_groups, label_array, prediction_frame, split_report
 from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
+from schoolvision.train.novelty import summarise_run
 
 # Settings that may differ between an interrupted run and its resumption.
 RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every"}
@@ -674,6 +675,7 @@ def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.
     meta.metrics = {f"{s}_{k}": float(reports[s][k]) for s in ("val", "test")
                     for k in ("auprc", "f1", "accuracy", "roc_auc", "ece")}
     save_checkpoint(run.best, model, meta)
+    summarise_run(model, meta, run.best, config.chips_dir, state.device)  # what the scans' trust maps compare with
     run.write_predictions(frames)
     run.write_metrics(metrics)
     step = len(state.history)
