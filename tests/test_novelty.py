@@ -157,3 +157,17 @@ def test_novelty_command_refuses_to_replace_a_summary_without_overwrite(run_with
     assert main(["novelty", "--run", str(run), "--chips", str(small_chips), "--device", "cpu",
                  "--method", "gaussian", "--overwrite"]) == 0
     assert read_summary(run).record["method"] == "gaussian"
+
+
+def test_review_orders_by_novelty_and_by_uncertainty_weighted_by_novelty():
+    from schoolvision.errors import UserError
+    from schoolvision.review.queue import order_items
+
+    items = [{"id": "a", "probability": 0.50, "novelty": 10.0}, {"id": "b", "probability": 0.50, "novelty": 99.5},
+             {"id": "c", "probability": 0.95, "novelty": 100.0}, {"id": "d", "probability": 0.60, "novelty": None}]
+    assert [it["id"] for it in order_items(items, "novelty", 0.5)] == ["c", "b", "a", "d"]
+    # a and b are equally uncertain: the unfamiliar one first; c is unfamiliar but nearly certain
+    assert [it["id"] for it in order_items(items, "uncertainty-novelty", 0.5)] == ["b", "a", "d", "c"]
+    assert [it["id"] for it in order_items(items, "uncertainty", 0.5)][:2] == ["a", "b"]
+    with pytest.raises(UserError, match="novelty summary"):
+        order_items([{**it, "novelty": None} for it in items], "novelty", 0.5)

@@ -608,7 +608,8 @@ class ReviewFolder:
     PAGE = "review.html"
     IMAGE_KINDS = ("chip", "cam", "context")
     ITEM_FIELDS = ("id", "position", "source", "registry_status", "probability", "chip_probability",
-                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "chip", "cam", "context")
+                   "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "chip", "cam", "context",
+                   "novelty")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
