@@ -171,3 +171,18 @@ def test_review_orders_by_novelty_and_by_uncertainty_weighted_by_novelty():
     assert [it["id"] for it in order_items(items, "uncertainty", 0.5)][:2] == ["a", "b"]
     with pytest.raises(UserError, match="novelty summary"):
         order_items([{**it, "novelty": None} for it in items], "novelty", 0.5)
+
+
+def test_plot_novelty_draws_the_flag_contour():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from schoolvision.io.preview import Preview
+    from schoolvision.plotting.scan import plot_novelty
+
+    extent = (500_000.0, 500_100.0, 99_900.0, 100_000.0)
+    rgb = np.full((50, 50, 3), 120, np.uint8)
+    nov = np.ma.masked_less(np.tile(np.linspace(-1, 100, 50, dtype=np.float32), (50, 1)), 0)
+    fig = plot_novelty(Preview(rgb, extent, "EPSG:32636"), Preview(nov, extent, "EPSG:32636"), title="t")
+    assert fig.axes[1].collections  # the contour at the flag percentile
+    assert "99th percentile" in fig.axes[1].get_title()

@@ -71,6 +71,34 @@ def plot_probability(scene: Preview, probability: Preview, candidates: gpd.GeoDa
     return fig
 
 
+def plot_novelty(scene: Preview, novelty: Preview, flag_percentile: float = 99.0, title: str = "") -> Figure:
+    """Scene (left) and its trust map (right): each window's novelty, the percentile of home chips it exceeds.
+
+    Args:
+        scene: RGB preview of the scene.
+        novelty: preview of its novelty raster (same grid; masked where nodata).
+        flag_percentile: the contour of flagged windows.
+        title: title of the scene panel.
+
+    Returns:
+        The figure.
+    """
+    rgb, extent, crs = scene.array, scene.extent, scene.crs
+    nov = np.ma.masked_invalid(novelty.array)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharex=True, sharey=True)
+    axes[0].imshow(rgb, extent=extent)
+    axes[1].imshow(rgb, extent=extent)
+    im = axes[1].imshow(nov, extent=extent, cmap="magma", vmin=0, vmax=100, alpha=0.6)
+    fig.colorbar(im, ax=axes[1], fraction=0.035, label="novelty (percentile of home chips)")
+    axes[1].contour(np.asarray(nov.filled(0)), levels=[flag_percentile], colors="red", linewidths=0.9,
+                    extent=extent, origin="upper")
+    _map_axes(axes[0], crs, title)
+    _map_axes(axes[1], crs, f"novelty; red line: above the home {flag_percentile:g}th percentile")
+    _scale_bar(axes[0], extent)
+    fig.tight_layout()
+    return fig
+
+
 def plot_pr_curve(evaluation: dict) -> Figure:
     """Recall and precision of candidates against known schools over thresholds, the tuned one marked."""
     curve = evaluation["pr_curve"]

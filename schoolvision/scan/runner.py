@@ -156,7 +156,8 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
 
     Args:
         config: what to scan, with which run, into which folder, on which engine.
-        model: a classifier to use instead of the run's checkpoint (tests, notebooks holding a model).
+        model: a classifier to use instead of the run's checkpoint (tests, notebooks holding a model); the
+            run's novelty summary, when it has one, is used with it (so it should be the run's own model).
         meta: its ``CheckpointMeta``; both ``model`` and ``meta`` or neither.
 
     Returns:
@@ -195,8 +196,10 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if loaded:
         model, meta = load_classifier(config.run, device)
     checksum = sha256(RunFolder.checkpoint(config.run)) if loaded else model_checksum(model)
-    novelty = read_summary(config.run) if loaded else None  # UserError: unreadable or another checkpoint's
-    if loaded and novelty is None:
+    # the trust map compares with the run's summary (a model handed in stands for the run's own checkpoint)
+    has_checkpoint = RunFolder.checkpoint(config.run).is_file()
+    novelty = read_summary(config.run) if has_checkpoint else None  # UserError: unreadable, another checkpoint's
+    if has_checkpoint and novelty is None:
         warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=2)
     threshold = float(meta.threshold if config.threshold is None else config.threshold)
     sources = list_sources([Path(p) for p in config.imagery], tiles)
