@@ -186,3 +186,18 @@ def test_plot_novelty_draws_the_flag_contour():
     fig = plot_novelty(Preview(rgb, extent, "EPSG:32636"), Preview(nov, extent, "EPSG:32636"), title="t")
     assert fig.axes[1].collections  # the contour at the flag percentile
     assert "99th percentile" in fig.axes[1].get_title()
+
+
+def test_cluster_reports_each_chips_novelty(run_with_summary, small_chips, tmp_path):
+    import pandas as pd
+
+    out = tmp_path / "clusters"
+    assert main(["cluster", "--run", str(run_with_summary), "--chips", str(small_chips), "--out", str(out),
+                 "--subset", "all", "--split", "all", "--k-max", "3", "--device", "cpu", "--cache",
+                 str(tmp_path / "cache"), "--stability-seeds", "1", "--no-tsne"]) == 0
+    table = pd.read_csv(out / "clusters.csv")
+    train = table["split"] == "train"
+    assert (table.loc[train, "novelty"] == 0).all()  # every training chip is in the bank
+    assert table.loc[~train, "novelty"].between(0, 100).all() and table.loc[~train, "novelty"].max() > 0
+    medians = json.loads((out / "summary.json").read_text())["novelty_median_by_cluster"]
+    assert set(medians) == {str(k) for k in table["cluster"].unique()}
