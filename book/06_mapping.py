@@ -289,12 +289,13 @@ scan_map_from_dir(out_path)
 # ### Where the model is out of its depth: the trust map
 #
 # At the end of training the run summarised the embeddings of its training chips (`novelty.npz`, the
-# features the classifier's head reads), with the same novelty score on the validation town, home imagery
-# it never trained on, as the reference. The scan scores each window's embedding, from the same forward
-# pass as P(school), as the percentile of those home chips it exceeds, into `<scene>_novelty.tif` on the
-# probability raster's grid (and a `novelty` field on every candidate). A window above the home 99th
-# percentile is flagged: at home about 1% should be, and a scene where many more are gets a warning line
-# in `scan.json`. Chapter 8 shows the same map on a region the model has never seen.
+# features the classifier's head reads), with the same novelty score on the held-out towns (validation
+# and test), home imagery it never trained on, as the reference. The scan scores each window's
+# embedding, from the same forward pass as P(school), as the percentile of those home chips it exceeds,
+# into `<scene>_novelty.tif` on the probability raster's grid (and a `novelty` field on every
+# candidate). A window above the home 99th percentile is flagged. This town is one of the held-out
+# towns, so about 1% is expected; a scene where many more are flagged gets a warning line in
+# `scan.json`. Chapter 8 shows the same map on a region the model has never seen.
 
 # %%
 fig = plots.plot_novelty(

@@ -74,15 +74,17 @@ def test_a_training_chip_scores_at_the_bottom_and_noise_at_the_top(run_with_summ
     assert (p_noise > FLAG_PERCENTILE).all()  # farther than every held-out home chip
 
 
-def test_the_reference_is_the_val_split_and_flags_one_percent_of_it(run_with_summary, small_chips):
+def test_the_reference_is_the_held_out_chips_and_flags_one_percent_of_them(run_with_summary, small_chips):
     summary = read_summary(run_with_summary)
-    n_val = len(ChipDataset(small_chips, split="val", require_classes=False))
-    assert summary.record["reference_chips"] == n_val == len(summary.reference)
-    assert np.all(np.diff(summary.reference) >= 0)
+    assert summary.record["reference_splits"] == ["val", "test"]
     model, meta = load_classifier(run_with_summary, "cpu")
-    val = ChipDataset(small_chips, split="val", image_size=meta.image_size, require_classes=False)
-    p = summary.percentile(chip_embeddings(make_runtime("torch", model, meta, "cpu"), val, progress=False))
-    assert (p > FLAG_PERCENTILE).mean() <= 0.01 + 1 / n_val
+    runtime = make_runtime("torch", model, meta, "cpu")
+    held_out = [ChipDataset(small_chips, split=s, image_size=meta.image_size, require_classes=False)
+                for s in ("val", "test")]
+    assert summary.record["reference_chips"] == sum(len(ds) for ds in held_out) == len(summary.reference)
+    assert np.all(np.diff(summary.reference) >= 0)
+    p = summary.percentile(np.concatenate([chip_embeddings(runtime, ds, progress=False) for ds in held_out]))
+    assert (p > FLAG_PERCENTILE).mean() <= 0.01 + 1 / len(p)
 
 
 @pytest.mark.parametrize("method", ["knn", "gaussian"])

@@ -14,7 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", required=True, type=Path, help="run folder (holds best.pt)")
     parser.add_argument("--chips", type=Path, default=None,
                         help="chips folder the run was trained on (default: the one its config.json records); "
-                             "its train split is summarised, its val split is the home reference")
+                             "its train split is summarised, its val and test splits (held out) are the home reference")
     parser.add_argument("--method", default=default_of(NoveltyConfig, "method"), choices=tuple(SCORERS),
                         help="knn: distance to the k-th nearest training embedding; gaussian: Mahalanobis distance "
                              "to the nearest class mean, shrunk covariance (default: %(default)s)")
@@ -31,6 +31,6 @@ def run(args: argparse.Namespace) -> int:
                              runtime=args.runtime, overwrite=args.overwrite)
     record = read_summary(args.run).record
     print(f"novelty summary ({record['method']}) of {record['train_chips']} training chip(s), home reference "
-          f"{record['reference_chips']} val chip(s); windows above its {FLAG_PERCENTILE:g}th percentile are "
+          f"{record['reference_chips']} held-out chip(s); windows above its {FLAG_PERCENTILE:g}th percentile are "
           f"flagged -> {path}")
     return 0

@@ -2,7 +2,7 @@
 
 The raster is written beside the probability raster by :class:`~schoolvision.scan.scene.SceneScanner`
 (the run's summary: :mod:`schoolvision.train.novelty`): float32 on the same grid, the percentile of
-the home validation chips a window's embedding exceeds (blended over its pixels as P(school) is),
+the held-out home chips a window's embedding exceeds (blended over its pixels as P(school) is),
 nodata where nothing was scanned.
 """
 
