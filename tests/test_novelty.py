@@ -203,3 +203,16 @@ def test_cluster_reports_each_chips_novelty(run_with_summary, small_chips, tmp_p
     assert table.loc[~train, "novelty"].between(0, 100).all() and table.loc[~train, "novelty"].max() > 0
     medians = json.loads((out / "summary.json").read_text())["novelty_median_by_cluster"]
     assert set(medians) == {str(k) for k in table["cluster"].unique()}
+
+
+def test_explain_reports_each_chips_novelty(run_with_summary, small_chips, tmp_path):
+    import pandas as pd
+
+    from schoolvision.explain.runner import ExplainConfig, explain_chips
+
+    out = tmp_path / "explain"
+    explain_chips(ExplainConfig(run_with_summary, small_chips, out, split="train", limit=4, device="cpu",
+                                write_maps=False, runtime="torch"))
+    table = pd.read_csv(out / "explanations.csv")
+    assert (table["novelty"] == 0).all()  # training chips: each is its own nearest neighbour
+    assert json.loads((out / "faithfulness.json").read_text())["novelty_median"] == 0

@@ -9,7 +9,6 @@ rest (scene previews, heatmap folders) are here too, so the figures read no file
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,7 +37,7 @@ from schoolvision.io.imagery import ImagerySource, open_source
 from schoolvision.io.vectors import write_vectors
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.train.novelty import read_summary
+from schoolvision.train.novelty import optional_summary
 
 
 @dataclass
@@ -183,11 +182,7 @@ def cluster_chips(
 
 def chip_novelty(run, vectors: np.ndarray) -> np.ndarray | None:
     """The novelty percentile of chip embeddings under the run's summary; None when it has none (or a stale one)."""
-    try:
-        summary = read_summary(run)
-    except UserError as exc:
-        warnings.warn(f"no novelty column: {exc}", stacklevel=3)
-        return None
+    summary = optional_summary(run)
     return None if summary is None else np.round(summary.percentile(vectors), 2)
 
 

@@ -23,6 +23,7 @@ default is the winner (see :class:`NoveltyConfig`).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -296,6 +297,15 @@ def read_summary(run) -> NoveltySummary | None:
     except (KeyError, ValueError) as exc:
         raise UserError(f"{folder.NOVELTY} is not a novelty summary ({exc}); rebuild it: schoolvision novelty "
                         f"--run {folder.root} --chips DIR --overwrite", folder.novelty_path) from None
+
+
+def optional_summary(run) -> NoveltySummary | None:
+    """The run's summary where it only adds a column (explain, cluster): None, with a warning, when unusable."""
+    try:
+        return read_summary(run)
+    except UserError as exc:
+        warnings.warn(f"no novelty: {exc}", stacklevel=3)
+        return None
 
 
 def write_summary(run, summary: NoveltySummary) -> Path:
