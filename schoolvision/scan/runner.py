@@ -199,8 +199,6 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     # the trust map compares with the run's summary (a model handed in stands for the run's own checkpoint)
     has_checkpoint = RunFolder.checkpoint(config.run).is_file()
     novelty = read_summary(config.run) if has_checkpoint else None  # UserError: unreadable, another checkpoint's
-    if has_checkpoint and novelty is None:
-        warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=2)
     threshold = float(meta.threshold if config.threshold is None else config.threshold)
     sources = list_sources([Path(p) for p in config.imagery], tiles)
     if not sources:
@@ -209,6 +207,8 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     sources = [s.with_options(options) for s in sources]
     if mask is not None:  # a mask of another place: one line with both extents, before any window is read
         mask.check_covers(sources, _mask_distance(mask, meta))
+    if has_checkpoint and novelty is None:  # after every refusal: a refused scan says only why
+        warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=2)
     merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
     expected = expected_record(checksum, {
         "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": runtime_name,
