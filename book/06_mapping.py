@@ -70,6 +70,7 @@ from schoolvision.scan.heldout import held_out_area
 from schoolvision.scan.peaks import explain_lookalikes, explain_points
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.webmap import scan_map_from_dir
+from schoolvision.train.novelty import FLAG_PERCENTILE
 
 chips_path, run_path, out_path = (resolve(p) for p in (chips_dir, run_dir, out_dir))
 require(run_path / "best.pt", "02_training")
@@ -313,6 +314,30 @@ fig = plots.plot_cases(
 
 # %%
 scan_map_from_dir(out_path)
+
+# %% [markdown]
+# ### Where the model is out of its depth: the trust map
+#
+# At the end of training the run summarised the embeddings of its training chips (`novelty.npz`, the
+# features the classifier's head reads), with the same novelty score on the held-out towns (validation
+# and test), home imagery it never trained on, as the reference. The scan scores each window's
+# embedding, from the same forward pass as P(school), as the percentile of those home chips it exceeds,
+# into `<scene>_novelty.tif` on the probability raster's grid (and a `novelty` field on every
+# candidate). A window above the home {glue:text}`ch6_flag_percentile:g`th percentile is flagged.
+# This town is one of the held-out towns, so about {glue:text}`ch6_flag_expected:g`% is expected; a
+# scene where many more are flagged gets a warning line in `scan.json`: imagery unlike the training
+# data, such as another region's, where the scores are not to be trusted until reviewed.
+
+# %%
+fig = plots.plot_novelty(
+    read_source_preview(sources[scene]), read_band_preview(scanned.novelty), title=scene
+)
+print(
+    f"{scanned.novelty_share:.1%} of the windows of {scene} look unlike the training data"
+)
+glue_all(
+    "ch6", {"flag_percentile": FLAG_PERCENTILE, "flag_expected": 100 - FLAG_PERCENTILE}
+)
 
 # %% [markdown]
 # ### Skipping empty land: a footprint prefilter

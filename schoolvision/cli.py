@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "explain": "Explain predictions with CAM methods or SHAP; write georeferenced heatmaps.",
     "cluster": "Cluster penultimate-layer features of chips.",
     "scan": "Scan whole scenes; write a probability raster and school candidates.",
+    "novelty": "Summarise what a run was trained on (novelty.npz), so its scans write a trust map.",
     "export": "Export a run's classifier to ONNX, with a P(school) map model for QGIS's Deepness plugin.",
     "review": "Rank a scan's items for review (review build), offline page review.html; decisions back as labels "
               "(review import).",

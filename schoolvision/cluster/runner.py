@@ -37,6 +37,7 @@ from schoolvision.io.imagery import ImagerySource, open_source
 from schoolvision.io.vectors import write_vectors
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
+from schoolvision.train.novelty import optional_summary
 
 
 @dataclass
@@ -133,6 +134,9 @@ def cluster_chips(
     table = feats.frame.copy()
     table["cluster"] = result.labels
     table["distance"] = np.round(result.distances, 6)
+    novelty = chip_novelty(config.run, feats.vectors)
+    if novelty is not None:  # how unlike the training chips each chip is (train.novelty): 0-100
+        table["novelty"] = novelty
     extra = [c for c in table.columns if c not in CLUSTER_COLUMNS]
     table = table[CLUSTER_COLUMNS + extra]
 
@@ -153,6 +157,9 @@ def cluster_chips(
         "feature_dim": int(feats.vectors.shape[1]),
         "config": asdict(config.clustering),
     }
+    if novelty is not None:
+        summary["novelty_median_by_cluster"] = {str(k): round(float(v), 1)
+                                                for k, v in table.groupby("cluster")["novelty"].median().items()}
     if config.projector:
         meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]]
         meta = meta.assign(prob=table["prob"].round(3))
@@ -171,6 +178,12 @@ def cluster_chips(
         summary["figures"] = [Path(p).name for p in save_figures(report)]
     write_json(out / "summary.json", summary)  # an earlier run's maps and projector: removed by prepare_output
     return report
+
+
+def chip_novelty(run, vectors: np.ndarray) -> np.ndarray | None:
+    """The novelty percentile of chip embeddings under the run's summary; None when it has none (or a stale one)."""
+    summary = optional_summary(run)
+    return None if summary is None else np.round(summary.percentile(vectors), 2)
 
 
 def recluster_view(report: ClusterReport, view: str,

@@ -41,6 +41,7 @@ from schoolvision.io.schools import footprint_mask
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
 from schoolvision.model.device import kept_heap, resolve_device
 from schoolvision.model.runtime import Runtime, make_runtime
+from schoolvision.train.novelty import optional_summary
 
 NODATA = -9999.0
 """Nodata value of the heatmap GeoTIFFs."""
@@ -129,6 +130,7 @@ class _Run:
     seconds: dict[str, float] = field(default_factory=dict)
     schools_in: dict[str, Any] = field(default_factory=dict)  # footprints reprojected once per CRS
     warned_crs: bool = False
+    novelty: Any = None  # the run's NoveltySummary (train.novelty): each chip's novelty in explanations.csv
 
 
 def explain_chips(config: ExplainConfig) -> ExplainSummary:
@@ -181,7 +183,8 @@ def _start(config: ExplainConfig) -> tuple[_Run, list[int]]:
     if "shap" in config.methods:
         background = background_from_split(chips_dir, meta.image_size, config.background_size, config.seed).to(device)
     run = _Run(config, model, meta, runtime, device, target, layer_name, ds, schools, background,
-               rng=np.random.default_rng(config.seed), seconds=dict.fromkeys(config.methods, 0.0))
+               rng=np.random.default_rng(config.seed), seconds=dict.fromkeys(config.methods, 0.0),
+               novelty=optional_summary(config.run))
     if config.write_maps:
         run.galleries = {m: {k: [] for k in GALLERY_OUTCOMES} for m in config.methods}
     return run, indices
@@ -204,13 +207,17 @@ def _indices(ds: ChipDataset, config: ExplainConfig) -> list[int]:
 def _explain_batch(run: _Run, batch: dict) -> None:
     """Maps of every method and baseline for one batch, their records, files and ROAD drops."""
     x = batch["image"].to(run.device).contiguous(memory_format=torch.channels_last)
-    logits = torch.as_tensor(run.runtime.logits(x))
+    if run.novelty is None:
+        logits, novelty = torch.as_tensor(run.runtime.logits(x)), [None] * len(x)
+    else:  # the embedding comes with the logits: how unlike the training chips each chip is
+        emb, logits = run.runtime.features(x)
+        logits, novelty = torch.as_tensor(logits), [round(float(v), 2) for v in run.novelty.percentile(emb)]
     prob = torch.softmax(logits / run.meta.temperature, dim=1)[:, SCHOOL].numpy()
     maps = _method_maps(run, x) | baseline_maps(x.shape[0], x.shape[-2:], run.rng)
     batch_records = []  # a loop, not a comprehension: the warnings' stacklevel counts frames
     for b, idx in enumerate(batch["index"].tolist()):
         chip_maps = {name: m[b] for name, m in maps.items()}
-        batch_records.append(_chip_records(run, idx, int(batch["label"][b]), float(prob[b]), chip_maps))
+        batch_records.append(_chip_records(run, idx, int(batch["label"][b]), float(prob[b]), chip_maps, novelty[b]))
     _add_road_drops(run, x, batch["label"].numpy(), maps, batch_records)
 
 
@@ -227,8 +234,9 @@ def _method_maps(run: _Run, x: torch.Tensor) -> dict[str, np.ndarray]:
     return maps
 
 
-def _chip_records(run: _Run, idx: int, label: int, prob: float, maps: dict[str, np.ndarray]) -> dict[str, dict]:
-    """One record per method and baseline for chip ``idx``; writes its heatmaps and overlays."""
+def _chip_records(run: _Run, idx: int, label: int, prob: float, maps: dict[str, np.ndarray],
+                  novelty: float | None = None) -> dict[str, dict]:
+    """One record per method and baseline for chip ``idx`` (its novelty too, with a run's summary); writes its maps."""
     chip_id = str(run.ds.frame.iloc[idx]["chip_id"])
     pred = int(prob >= run.meta.threshold)
     outcome = OUTCOMES[(label, pred)]
@@ -239,7 +247,7 @@ def _chip_records(run: _Run, idx: int, label: int, prob: float, maps: dict[str, 
     for name, m in maps.items():
         heat = resize_maps(m[None], *chip.shape[-2:])[0]
         rec = {"chip_id": chip_id, "method": name, "label": label, "prob": prob, "pred": pred, "outcome": outcome,
-               "has_footprint": mask is not None}
+               "has_footprint": mask is not None, **({} if novelty is None else {"novelty": novelty})}
         if mask is not None:
             rec["pointing_game"] = pointing_game(heat, mask)
             rec["energy_share"] = energy_share(heat, mask)
@@ -322,6 +330,7 @@ def _finish(run: _Run, n: int) -> ExplainSummary:
         "run": str(config.run), "chips_dir": str(Path(config.chips_dir)), "split": config.split, "n_chips": n,
         "layer": run.layer_name, "target_class": CLASSES[run.target], "threshold": run.meta.threshold,
         "runtime": run.runtime.describe(),
+        **({} if run.novelty is None else {"novelty_median": float(np.median([r["novelty"] for r in first]))}),
         "outcomes": outcomes, "subset": "correctly classified school chips with a footprint",
         "table": table, "table_all_school_chips": table_all,
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()},

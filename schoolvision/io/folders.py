@@ -272,7 +272,8 @@ class RunFolder:
     PREDICTIONS = "predictions.csv"
     TENSORBOARD = "tensorboard"
     ROUND = "round.json"
-    FILES = (BEST, LAST, CONFIG, METRICS, PREDICTIONS, HISTORY, TENSORBOARD, ROUND)
+    NOVELTY = "novelty.npz"
+    FILES = (BEST, LAST, CONFIG, METRICS, PREDICTIONS, HISTORY, TENSORBOARD, ROUND, NOVELTY)
     """Everything ``fit`` writes: what ``--overwrite`` clears."""
     FOLD_FILES = (METRICS, PREDICTIONS, "fold_*", "chips_fold_*")
     """Everything ``train --folds`` writes: each fold's run and chips index, the pooled metrics and predictions."""
@@ -317,6 +318,35 @@ class RunFolder:
         """The checkpoint of ``run``: ``run/best.pt`` for a run folder, ``run`` itself for a file."""
         run = Path(run)
         return run / RunFolder.BEST if run.is_dir() else run
+
+    @property
+    def novelty_path(self) -> Path:
+        """``novelty.npz``: the summary of the training chips' embeddings and the home reference (train.novelty)."""
+        return self.root / self.NOVELTY
+
+    def read_novelty(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
+        """``(arrays, record)`` of ``novelty.npz``; None when the run has none (trained before it existed).
+
+        Raises:
+            UserError: the file is there but unreadable.
+        """
+        path = self.novelty_path
+        if not path.is_file():
+            return None
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                arrays = {k: data[k] for k in data.files}
+            record = json.loads(str(arrays.pop("record")))
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"{path.name} is not a readable novelty summary ({type(exc).__name__}); rebuild it: "
+                            "schoolvision novelty --run RUN --chips DIR --overwrite", path) from None
+        return arrays, record
+
+    def write_novelty(self, arrays: Mapping[str, np.ndarray], record: Mapping[str, Any]) -> Path:
+        """Write ``novelty.npz`` atomically: the named arrays and ``record`` (JSON text under ``record``)."""
+        with atomic_path(self.novelty_path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, record=np.array(json.dumps(dict(record))), **arrays)
+        return self.novelty_path
 
     def metrics_path(self, split: str = "test") -> Path:
         """``metrics.json`` for the test split (with the validation report), ``metrics_<split>.json`` otherwise."""
@@ -401,12 +431,14 @@ def read_predictions(path: str | Path) -> pd.DataFrame:
 
 _SCAN = "scan first: schoolvision scan --run RUN --imagery ... --out DIR"
 PROBABILITY_SUFFIX = "_probability.tif"
+NOVELTY_SUFFIX = "_novelty.tif"
 
 
 class ScanFolder:
     """A scan made by ``schoolvision scan``.
 
-    Files: ``<scene>_probability.tif``, ``candidates.gpkg``, ``scan.json``, ``evaluation.json``, and per
+    Files: ``<scene>_probability.tif``, ``<scene>_novelty.tif`` (with a run's novelty summary),
+    ``candidates.gpkg``, ``scan.json``, ``evaluation.json``, and per
     scene under ``scenes/``: ``<scene>.candidates.gpkg`` (GeoPackage, layers ``candidates`` and
     ``regions`` in the scene's CRS) and ``<scene>.done.json`` (the done-record, written last: a scene
     is finished when its record is there and matches, see :mod:`schoolvision.scan.unit`). GeoPackage,
@@ -438,6 +470,10 @@ class ScanFolder:
     def probability_path(self, scene: str) -> Path:
         """Where the probability raster of ``scene`` goes."""
         return self.root / f"{scene}{PROBABILITY_SUFFIX}"
+
+    def novelty_path(self, scene: str) -> Path:
+        """Where the novelty raster (trust map) of ``scene`` goes, on the probability raster's grid."""
+        return self.root / f"{scene}{NOVELTY_SUFFIX}"
 
     def probability_paths(self) -> dict[str, Path]:
         """Scene name -> probability raster of every scanned scene, sorted by name."""
@@ -597,7 +633,7 @@ class ReviewFolder:
     ITEM_FIELDS = ("id", "position", "source", "registry_status", "registry_id", "probability", "chip_probability",
                    "candidate_rank", "scene", "name", "lon", "lat", "x", "y", "crs", "merged_ids", "merged",
                    "nearest_new_m", "chip", "cam", "context", "stratum", "inclusion_probability", "registry_rows",
-                   "window")
+                   "window", "novelty")
 
     def __init__(self, root: str | Path):
         self.root = Path(root)

@@ -20,6 +20,16 @@ from schoolvision.plotting.data import _map_axes, _scale_bar
 from schoolvision.plotting.explain import overlay_rgb
 
 
+def _scene_beside(scene: Preview, values: np.ndarray, label: str, cmap: str, vmax: float, alpha: float):
+    """(figure, axes): the scene on the left, ``values`` over it on the right with a colour bar."""
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharex=True, sharey=True)
+    axes[0].imshow(scene.array, extent=scene.extent)
+    axes[1].imshow(scene.array, extent=scene.extent)
+    im = axes[1].imshow(values, extent=scene.extent, cmap=cmap, vmin=0, vmax=vmax, alpha=alpha)
+    fig.colorbar(im, ax=axes[1], fraction=0.035, label=label)
+    return fig, axes
+
+
 def plot_probability(scene: Preview, probability: Preview, candidates: gpd.GeoDataFrame | None = None,
                      schools: gpd.GeoDataFrame | None = None, threshold: float | None = None,
                      title: str = "") -> Figure:
@@ -36,13 +46,9 @@ def plot_probability(scene: Preview, probability: Preview, candidates: gpd.GeoDa
     Returns:
         The figure.
     """
-    rgb, extent, crs = scene.array, scene.extent, scene.crs
+    extent, crs = scene.extent, scene.crs
     prob = np.ma.masked_invalid(probability.array)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 6.2), sharex=True, sharey=True)
-    axes[0].imshow(rgb, extent=extent)
-    axes[1].imshow(rgb, extent=extent)
-    im = axes[1].imshow(np.ma.masked_less(prob, 0.05), extent=extent, cmap="inferno", vmin=0, vmax=1, alpha=0.65)
-    fig.colorbar(im, ax=axes[1], fraction=0.035, label="P(school)")
+    fig, axes = _scene_beside(scene, np.ma.masked_less(prob, 0.05), "P(school)", cmap="inferno", vmax=1, alpha=0.65)
     if threshold is not None:
         axes[1].contour(np.asarray(prob.filled(0)), levels=[threshold], colors="cyan", linewidths=0.8,
                         extent=extent, origin="upper")
@@ -67,6 +73,30 @@ def plot_probability(scene: Preview, probability: Preview, candidates: gpd.GeoDa
     _scale_bar(axes[0], extent)
     if handles:
         axes[0].legend(handles=handles, loc="upper right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_novelty(scene: Preview, novelty: Preview, flag_percentile: float = 99.0, title: str = "") -> Figure:
+    """Scene (left) and its trust map (right): each window's novelty, the percentile of home chips it exceeds.
+
+    Args:
+        scene: RGB preview of the scene.
+        novelty: preview of its novelty raster (same grid; masked where nodata).
+        flag_percentile: the contour of flagged windows.
+        title: title of the scene panel.
+
+    Returns:
+        The figure.
+    """
+    extent, crs = scene.extent, scene.crs
+    nov = np.ma.masked_invalid(novelty.array)
+    fig, axes = _scene_beside(scene, nov, "novelty (percentile of home chips)", cmap="magma", vmax=100, alpha=0.6)
+    axes[1].contour(np.asarray(nov.filled(0)), levels=[flag_percentile], colors="red", linewidths=0.9,
+                    extent=extent, origin="upper")
+    _map_axes(axes[0], crs, title)
+    _map_axes(axes[1], crs, f"novelty; red line: above the home {flag_percentile:g}th percentile")
+    _scale_bar(axes[0], extent)
     fig.tight_layout()
     return fig
 

@@ -13,6 +13,14 @@ Ranking rule (``order``), the same for every kind of item, ties broken by the it
 - ``uncertainty``: ``|P - threshold|`` ascending, higher P first on a tie: the items the model is least
   sure of first, which are what teaches it most;
 - ``probability``: P descending: the most likely schools first, which maps fastest.
+- ``novelty``: the trust map's novelty descending (a scan with a run's novelty summary): the places
+  least like the training data first, so a mapper's first answers teach the model what it has not seen;
+- ``uncertainty-novelty``: uncertainty weighted by novelty, ``(1 - |P - threshold| / max(threshold,
+  1 - threshold)) * (1 + novelty / 100)`` descending: of two equally uncertain items the unfamiliar one
+  first, a fully unfamiliar one counting twice a fully familiar one.
+
+Every item carries its ``novelty`` (the percentile of home imagery its place exceeds, from the
+scene's novelty raster; None without one).
 
 One item per place: items within the match distance of each other (a school seen as a candidate and
 as a near miss, or listed by the registry 35 m from its candidate) are merged into the first by kind
@@ -51,10 +59,11 @@ from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.review.page import write_page
 from schoolvision.scan.candidates import ProbabilityField, merge_duplicates, rank
+from schoolvision.scan.novelty import sample_novelty
 from schoolvision.scan.peaks import explain_points, read_chips_at
 from schoolvision.scan.scene import SceneScan
 
-ORDERS = ("uncertainty", "probability")
+ORDERS = ("uncertainty", "probability", "novelty", "uncertainty-novelty")
 """Ranking rules of ``review build --order`` (see the module docstring)."""
 
 SOURCES = ("candidate", "below_threshold", "registry")
@@ -69,6 +78,9 @@ MATCH_DISTANCE_M = 50.0
 RULES = {
     "uncertainty": "|P(school) - threshold| ascending (ties: higher P first, then id): least certain first",
     "probability": "P(school) descending (ties: id): most likely schools first",
+    "novelty": "novelty descending (ties: id): least like the training data first",
+    "uncertainty-novelty": "(1 - |P(school) - threshold| / max(threshold, 1 - threshold)) x (1 + novelty / 100) "
+                           "descending (ties: id): uncertain and unfamiliar first",
 }
 
 
@@ -127,6 +139,19 @@ def order_items(items: list[dict], order: str, threshold: float) -> list[dict]:
                                              it["id"]))
     if order == "probability":
         return sorted(items, key=lambda it: (-it["probability"], it["id"]))
+    if order in ("novelty", "uncertainty-novelty"):
+        if items and all(it.get("novelty") is None for it in items):
+            raise UserError(f"--order {order} needs the scan's trust map: give the run a novelty summary "
+                            "(schoolvision novelty --run RUN --chips DIR) and scan again")
+        familiar = max(threshold, 1 - threshold)
+
+        def novelty(it) -> float:
+            return 0.0 if it.get("novelty") is None else float(it["novelty"])
+
+        if order == "novelty":
+            return sorted(items, key=lambda it: (-round(novelty(it), 6), it["id"]))
+        return sorted(items, key=lambda it: (-round((1 - abs(it["probability"] - threshold) / familiar)
+                                                    * (1 + novelty(it) / 100), 9), it["id"]))
     raise UserError(f"--order must be one of {', '.join(ORDERS)}, got {order!r}")
 
 
@@ -235,6 +260,7 @@ def collect_items(folder: ScanFolder, floor: float) -> tuple[dict, list[dict]]:
             uid, n = f"{base}-{n}", n + 1
         seen.add(uid)
         it["id"] = uid
+    _add_novelty(items, scenes)
     return info, merge_places(items, match_distance(info))
 
 
@@ -277,6 +303,21 @@ def _merged_line(it: dict, metres: float) -> str:
     name = f" {it['name']}" if it.get("name") else ""
     listed = f" (registry id {it['registry_id']})" if it.get("registry_id") else ""
     return f"{what}{name}{listed}, P(school) {it['probability']:.3f}, {metres:.0f} m away"
+
+
+def _add_novelty(items: list[dict], scenes: list[SceneScan]) -> None:
+    """Each item's ``novelty``: its scene's novelty raster at its place (None where the scene has none)."""
+    for s in scenes:
+        mine = [it for it in items if it["scene"] == s.scene]
+        if not mine:
+            continue
+        if s.novelty is None or not Path(s.novelty).is_file():
+            for it in mine:
+                it["novelty"] = None
+            continue
+        points = gpd.GeoDataFrame(geometry=[Point(it["lon"], it["lat"]) for it in mine], crs="EPSG:4326")
+        for it, value in zip(mine, sample_novelty(s.novelty, points)):
+            it["novelty"] = None if np.isnan(value) else round(float(value), 2)
 
 
 JPEG_QUALITY = 90

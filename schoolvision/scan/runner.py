@@ -45,6 +45,7 @@ from schoolvision.scan.registry import read_registry, write_audit
 from schoolvision.scan.scene import SceneScan
 from schoolvision.scan.unit import SceneOutcome, UnitSettings, changed_option, expected_record, is_done, model_checksum
 from schoolvision.scan.webmap import save_map, scan_map
+from schoolvision.train.novelty import FLAG_PERCENTILE, NO_SUMMARY, WARN_SHARE, read_summary
 
 
 @dataclass
@@ -164,7 +165,8 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
 
     Args:
         config: what to scan, with which run, into which folder, on which engine.
-        model: a classifier to use instead of the run's checkpoint (tests, notebooks holding a model).
+        model: a classifier to use instead of the run's checkpoint (tests, notebooks holding a model); the
+            run's novelty summary, when it has one, is used with it (so it should be the run's own model).
         meta: its ``CheckpointMeta``; both ``model`` and ``meta`` or neither.
 
     Returns:
@@ -204,6 +206,9 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     if loaded:
         model, meta = load_classifier(config.run, device)
     checksum = sha256(RunFolder.checkpoint(config.run)) if loaded else model_checksum(model)
+    # the trust map compares with the run's summary (a model handed in stands for the run's own checkpoint)
+    has_checkpoint = RunFolder.checkpoint(config.run).is_file()
+    novelty = read_summary(config.run) if has_checkpoint else None  # UserError: unreadable, another checkpoint's
     threshold = float(meta.threshold if config.threshold is None else config.threshold)
     sources = list_sources([Path(p) for p in config.imagery], tiles)
     if not sources:
@@ -212,13 +217,15 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     sources = [s.with_options(options) for s in sources]
     if mask is not None:  # a mask of another place: one line with both extents, before any window is read
         mask.check_covers(sources, _mask_distance(mask, meta))
+    if has_checkpoint and novelty is None:  # after every refusal: a refused scan says only why
+        warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=2)
     merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
     min_separation = _min_separation(config, meta)
     expected = expected_record(checksum, {
         "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": runtime_name,
         "native_resolution": config.native_resolution, "cam_peaks": config.cam_peaks,
         "imagery": options.record(), "merge_distance": merge_distance, "min_area_m2": config.min_area_m2,
-        "min_separation": min_separation, **_mask_options(config, mask)})
+        "min_separation": min_separation, **_mask_options(config, mask), **_novelty_options(config, novelty)})
     done_before = _check_resume(folder, sources, expected) if config.resume else {}
     settings = UnitSettings(out_dir=str(folder.root), run=str(config.run), device=config.device,
                             runtime=config.runtime, threshold=threshold, merge_distance=merge_distance,
@@ -226,7 +233,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
                             native_resolution=config.native_resolution, prefetch=config.prefetch,
                             cam_peaks=config.cam_peaks, expected=expected, mask=mask,
                             min_area_m2=config.min_area_m2, min_separation=min_separation,
-                            sweep=config.schools is not None)
+                            sweep=config.schools is not None, novelty=novelty)
     todo = [s for s in sources if s.name not in done_before]
     setup = time.perf_counter()
     outcomes, (runtime, detail) = {}, (runtime_name, "")
@@ -243,7 +250,7 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     summary = _summarise(folder, sources, done_before, outcomes, threshold, runtime, config.engine)
     summary.seconds.update(setup=round(setup - started, 3), scenes=round(time.perf_counter() - setup, 3))
     _write_results(config, folder, summary, meta, {s.name: s for s in sources}, known, registry=registry,
-                   merge_distance=merge_distance, runtime_detail=detail, mask=mask)
+                   merge_distance=merge_distance, runtime_detail=detail, mask=mask, novelty=novelty)
     return summary
 
 
@@ -265,6 +272,20 @@ def _mask_options(config: ScanConfig, mask) -> dict:
         return {}
     return {"mask": sha256(config.mask), "mask_layer": config.mask_layer, "mask_distance": config.mask_distance,
             "mask_min_area": config.mask_min_area}
+
+
+def _novelty_options(config: ScanConfig, novelty) -> dict:
+    """The novelty summary a done-record must match (none without one, so older records stay valid)."""
+    return {} if novelty is None else {"novelty": sha256(RunFolder(RunFolder.checkpoint(config.run).parent)
+                                                          .novelty_path)}
+
+
+def _novelty_record(scenes: Sequence[SceneScan], novelty) -> dict:
+    """``scan.json``'s ``novelty``: how windows were flagged, and the scenes above the warning share."""
+    if novelty is None:
+        return {"summary": None}
+    return {"summary": novelty.record.get("method"), "flag_percentile": FLAG_PERCENTILE, "warn_share": WARN_SHARE,
+            "scenes_warned": [s.scene for s in scenes if (s.novelty_share or 0.0) > WARN_SHARE]}
 
 
 def _check_resume(folder: ScanFolder, sources: list, expected: dict) -> dict[str, dict]:
@@ -332,7 +353,7 @@ def _imagery_options(config: ScanConfig, meta) -> ImageryOptions:
 
 def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary, meta, by_name: dict,
                    known=None, registry=None, *, merge_distance: float, runtime_detail: str = "",
-                   mask=None) -> None:
+                   mask=None, novelty=None) -> None:
     """Merged candidates (and evaluation, map) of the scanned scenes, then ``scan.json``; fills ``summary``.
 
     The scenes' candidates come from their units' files (:func:`read_scene_candidates`); the evaluation's
@@ -376,5 +397,6 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
                           "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2,
                           "min_separation": _min_separation(config, meta), **labels,
                           **imagery, "runtime_detail": runtime_detail, **audit,
+                          "novelty": _novelty_record(scenes, novelty),
                           **({} if mask is None else  # --mask: the file, the distance, windows skipped
                              {"mask": mask.record(scenes, _mask_distance(mask, meta))})})

@@ -6,10 +6,15 @@ local UTM zone). ``native_resolution=True`` keeps the scene's own GSD, with a wa
 than 1.5x away from the training chips'. Windows are read and scored as in
 :mod:`schoolvision.scan.windows` and blended into the raster as in :mod:`schoolvision.scan.probability`;
 the raster always ends on the scene's own grid (CRS, transform, width, height).
+
+With a run's novelty summary (:mod:`schoolvision.train.novelty`), the same forward pass also gives
+each window's embedding; its novelty percentile is blended the same way into a second raster on the
+same grid (the trust map), and the share of flagged windows is the scene's ``novelty_share``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -25,7 +30,8 @@ from schoolvision.io.rasters import build_overviews
 from schoolvision.model.runtime import Runtime, make_runtime
 from schoolvision.scan.mask import ScanMask
 from schoolvision.scan.probability import RowBlender, raster_profile, warp_back
-from schoolvision.scan.windows import WindowReader, predict_windows, prefetch, resized, window_offsets
+from schoolvision.scan.windows import WindowReader, prefetch, resized, score_windows, window_offsets
+from schoolvision.train.novelty import FLAG_PERCENTILE, NoveltySummary, scene_warning
 
 GDAL_CACHE_MB = 128
 """GDAL block cache while scanning (GDAL's default is 5% of RAM: gigabytes on a big machine)."""
@@ -54,6 +60,8 @@ class SceneScan:
     masked_windows: int = 0  # skipped by --mask (far from every mask feature): neither read nor scored
     files: int = 1  # the image files the scene joins (tiles of a mosaic)
     size_m: tuple[float, float] = (0.0, 0.0)  # width and height in metres, at the scan GSD
+    novelty: str | None = None  # path of the novelty GeoTIFF (percentile of home chips), None without a summary
+    novelty_share: float | None = None  # share of windows above the home FLAG_PERCENTILE
 
 
 def scene_grid(source):
@@ -84,6 +92,7 @@ class SceneScanner:
     progress: bool = True
     runtime: Runtime | str = "auto"
     mask: ScanMask | None = None  # scan --mask: only windows near a mask feature are scanned (scan.mask)
+    novelty: NoveltySummary | None = None  # the run's summary: a trust map beside the probability raster
 
     def __post_init__(self) -> None:
         if isinstance(self.runtime, str):
@@ -103,12 +112,18 @@ class SceneScanner:
             return float(self.mask.distance)
         return self.chip * float(self.meta.gsd or gsd) / 2
 
-    def scan(self, source, out_path: str | Path) -> SceneScan:
-        """Scan ``source``; write its float32 probability GeoTIFF on the scene grid to ``out_path``."""
-        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
-            return self._scan(source, Path(out_path))
+    def scan(self, source, out_path: str | Path, novelty_path: str | Path | None = None) -> SceneScan:
+        """Scan ``source``; write its float32 probability GeoTIFF on the scene grid to ``out_path``.
 
-    def _scan(self, source, out_path: Path) -> SceneScan:
+        With a novelty summary, the novelty GeoTIFF goes to ``novelty_path`` (default: beside
+        ``out_path``, ``_novelty.tif`` for ``_probability.tif``).
+        """
+        if self.novelty is not None and novelty_path is None:
+            novelty_path = Path(out_path).with_name(Path(out_path).stem.removesuffix("_probability") + "_novelty.tif")
+        with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB * 2**20):
+            return self._scan(source, Path(out_path), None if self.novelty is None else Path(novelty_path))
+
+    def _scan(self, source, out_path: Path, novelty_path: Path | None) -> SceneScan:
         chip = self.chip
         stride = int(self.stride or max(1, chip // 2))
         t0 = time.perf_counter()
@@ -126,15 +141,23 @@ class SceneScanner:
             same_grid = (ds.crs == scene.crs and ds.transform == scene.transform
                          and (ds.width, ds.height) == (scene.width, scene.height))
             reader = WindowReader(ds, chip, self.batch_size)
-            with atomic_path(out_path) as final:
-                grid_path = final if same_grid else final.with_name(final.stem + ".scan.tif")
+            with (atomic_path(out_path) as final,
+                  atomic_path(novelty_path) if novelty_path else contextlib.nullcontext() as novelty_final):
+                finals = [final] if novelty_final is None else [final, novelty_final]
+                grids = finals if same_grid else [f.with_name(f.stem + ".scan.tif") for f in finals]
                 try:
-                    self._stream(reader, windows, grid_path, source.name, overviews=same_grid)
+                    share = self._stream(reader, windows, grids, source.name, overviews=same_grid)
                     if not same_grid:
-                        warp_back(grid_path, scene, final)
+                        for grid_path, final_path in zip(grids, finals):
+                            warp_back(grid_path, scene, final_path)
                 finally:
-                    if grid_path != final and grid_path.exists():
-                        grid_path.unlink()
+                    for grid_path, final_path in zip(grids, finals):
+                        if grid_path != final_path and grid_path.exists():
+                            grid_path.unlink()
+            warning = None if share is None else scene_warning(source.name, share)
+            if warning is not None:
+                warnings.warn(warning, stacklevel=3)
+                notes.append(warning)
             return SceneScan(
                 scene=source.name, source=str(source.path), probability=str(out_path), crs=scene.crs.to_string(),
                 width=scene.width, height=scene.height, scan_gsd=gsd, windows=len(windows) - reader.skipped,
@@ -142,6 +165,8 @@ class SceneScanner:
                 seconds=round(time.perf_counter() - t0, 3), warnings=notes, pixels=pixel_scale(source).record(),
                 masked_windows=total - len(windows), files=file_count(source),
                 size_m=(round(ds.width * gsd, 1), round(ds.height * gsd, 1)),
+                novelty=None if novelty_path is None else str(novelty_path),
+                novelty_share=None if share is None else round(share, 4),
             )
 
     def _notes(self, scene, ds, gsd: float) -> list[str]:
@@ -157,27 +182,41 @@ class SceneScanner:
                          "padded")
         return notes
 
-    def _stream(self, reader: WindowReader, windows: list, path: Path, name: str, overviews: bool) -> None:
-        """Score ``windows`` and blend their probabilities into a raster on the scan grid at ``path``."""
+    def _stream(self, reader: WindowReader, windows: list, paths: list[Path], name: str,
+                overviews: bool) -> float | None:
+        """Score ``windows``; blend their probabilities (and novelty) into rasters on the scan grid at ``paths``.
+
+        Returns:
+            The share of scored windows above the home :data:`FLAG_PERCENTILE` (None without a summary).
+        """
         meta, ds, area_km2 = self.meta, reader.ds, _area_km2(reader.ds)
-        with rasterio.open(path, "w", **raster_profile(ds.width, ds.height, ds.crs, ds.transform)) as dst:
-            blender = RowBlender(dst, ds.width, ds.height, self.chip)
+        profile = raster_profile(ds.width, ds.height, ds.crs, ds.transform)
+        flagged = scored = 0
+        with contextlib.ExitStack() as stack:
+            dsts = [stack.enter_context(rasterio.open(p, "w", **profile)) for p in paths]
+            blenders = [RowBlender(dst, ds.width, ds.height, self.chip) for dst in dsts]
             bar = tqdm(total=len(windows), unit="win", desc=name, disable=not self.progress, leave=False)
             batches = reader.batches(windows)
             if self.runtime.device.type == "cpu":  # resize in the reader thread, while the model runs
                 batches = resized(batches, meta.image_size)
             for offs, imgs, masks in prefetch(batches, self.prefetch_depth):
-                probs = predict_windows(self.runtime, imgs, meta.image_size)
-                for (ro, co), p, m in zip(offs, probs, masks):
-                    blender.add(ro, co, float(p), m)
+                values = score_windows(self.runtime, imgs, meta.image_size, self.novelty)
+                for blender, vals in zip(blenders, values):
+                    for (ro, co), v, m in zip(offs, vals, masks):
+                        blender.add(ro, co, float(v), m)
+                if self.novelty is not None:
+                    flagged += int((values[1] > FLAG_PERCENTILE).sum())
+                    scored += len(offs)
                 bar.update(len(offs))
                 done_km2 = area_km2 * (bar.n + reader.skipped) / len(windows)
                 bar.set_postfix(km2=f"{done_km2:.2f}/{area_km2:.2f}", refresh=False)
             bar.update(reader.skipped)
             bar.close()
-            blender.finish()
-            if overviews:
-                build_overviews(dst)
+            for blender, dst in zip(blenders, dsts):
+                blender.finish()
+                if overviews:
+                    build_overviews(dst)
+        return None if self.novelty is None else flagged / max(scored, 1)
 
 
 def _area_km2(ds) -> float:
@@ -199,6 +238,7 @@ def scan_scene(
     progress: bool = True,
     runtime: Runtime | str = "auto",
     mask: ScanMask | None = None,
+    novelty: NoveltySummary | None = None,
 ) -> SceneScan:
     """Scan one imagery source; write its float32 probability GeoTIFF on the scene grid to ``out_path``.
 
@@ -217,6 +257,8 @@ def scan_scene(
             ``model``, or a runtime name (``auto``, ``torch``, ``torch-fast``, ``onnx``).
         mask: scan only the windows near its features (:class:`~schoolvision.scan.mask.ScanMask`); the
             others are neither read nor scored and stay nodata.
+        novelty: the run's novelty summary (:func:`schoolvision.train.novelty.read_summary`): a novelty
+            GeoTIFF (``_novelty.tif`` beside ``out_path``) on the same grid and the scene's flagged share.
 
     Returns:
         What was scanned: grid, windows scored, skipped as nodata and skipped by the mask, area, time, warnings.
@@ -227,5 +269,5 @@ def scan_scene(
     """
     scanner = SceneScanner(model, meta, device=device, stride=stride, batch_size=batch_size,
                            native_resolution=native_resolution, prefetch_depth=prefetch_depth, progress=progress,
-                           runtime=runtime, mask=mask)
+                           runtime=runtime, mask=mask, novelty=novelty)
     return scanner.scan(source, out_path)

@@ -32,6 +32,7 @@ from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.model.runtime import make_runtime
 from schoolvision.scan.candidates import ProbabilityField, merge_duplicates
+from schoolvision.scan.novelty import sample_novelty
 from schoolvision.scan.peaks import place_at_cam_peaks
 from schoolvision.scan.scene import SceneScan, SceneScanner
 
@@ -60,6 +61,7 @@ class UnitSettings:
     min_area_m2: float = 0.0  # scan --min-area: smaller candidate regions are dropped
     min_separation: float = 0.0  # scan --min-separation: peaks this far apart (m) are two candidates
     sweep: bool = False  # keep the evaluation's per-threshold peaks in the done-record (scan --schools)
+    novelty: Any = None  # the run's NoveltySummary (train.novelty): a novelty raster and field per scene
 
 
 @dataclass
@@ -152,7 +154,7 @@ class SceneWorker:
         self.scanner = SceneScanner(model, meta, device=device, stride=settings.stride,
                                     batch_size=settings.batch_size, native_resolution=settings.native_resolution,
                                     prefetch_depth=settings.prefetch, progress=progress, runtime=runtime,
-                                    mask=settings.mask)
+                                    mask=settings.mask, novelty=settings.novelty)
 
     def describe(self) -> tuple[str, str]:
         """(runtime name, its description) for ``scan.json``."""
@@ -162,8 +164,8 @@ class SceneWorker:
         """Run the unit of ``source``; a scene that cannot be read fails with its one-line reason."""
         folder = ScanFolder(self.settings.out_dir)
         # a retry after a worker died mid-scene: its half-written temporaries go (other scenes' stay untouched)
-        manifest.remove_temporaries_of([folder.probability_path(source.name), folder.scene_candidates_path(source.name),
-                                        folder.done_path(source.name)])
+        manifest.remove_temporaries_of([folder.probability_path(source.name), folder.novelty_path(source.name),
+                                        folder.scene_candidates_path(source.name), folder.done_path(source.name)])
         record = folder.read_done(source.name)
         if is_done(folder, source, self.settings.expected, record):
             return SceneOutcome(source.name, "done", record)  # a retry of a scene whose first try finished
@@ -176,7 +178,8 @@ class SceneWorker:
         s, scanner = self.settings, self.scanner
         started = time.perf_counter()
         stamp = source_stamp(source)  # before reading: a scene changed during its scan is scanned again
-        scan = scanner.scan(source, folder.probability_path(source.name))
+        scan = scanner.scan(source, folder.probability_path(source.name),
+                            None if s.novelty is None else folder.novelty_path(source.name))
         scanned = time.perf_counter()
         field = ProbabilityField.read(scan.probability, scan.scene, min_separation=s.min_separation)
         read = time.perf_counter()  # the read counts with the candidates, as before the sweep moved here
@@ -192,6 +195,8 @@ class SceneWorker:
                 points = place_at_cam_peaks(scanner.model, scanner.meta, points, {source.name: source},
                                             scanner.device, regions, runtime=scanner.runtime)
             times.append(time.perf_counter())
+            if scan.novelty is not None:  # how unlike the training data the candidate's surroundings are
+                points["novelty"] = sample_novelty(scan.novelty, points)
             sweep = finish().record() if finish is not None else None
             waited = time.perf_counter()
         folder.write_scene_candidates(source.name, points, regions)

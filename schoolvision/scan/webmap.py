@@ -38,6 +38,7 @@ from schoolvision.io.atomic import write_text
 from schoolvision.io.folders import ScanFolder, open_probability
 from schoolvision.io.imagery import ImageryOptions, list_sources
 from schoolvision.io.schools import read_schools
+from schoolvision.scan.novelty import novelty_rgba
 from schoolvision.scan.scene import SceneScan, scene_grid
 
 MERCATOR = "EPSG:3857"
@@ -142,6 +143,13 @@ def probability_png(path: str | Path, max_side: int = 1024, cmap: str = "inferno
     return png_data_uri(rgba), bounds
 
 
+def novelty_png(path: str | Path, max_side: int = 1024) -> tuple[str, list]:
+    """Novelty overlay (trust map): red where windows look unlike the training data, transparent elsewhere."""
+    with open_probability(path) as ds:
+        arr, mask, bounds = mercator_overlay(ds, max_side, bands=(1,))
+    return png_data_uri(novelty_rgba(arr[0], mask)), bounds
+
+
 def thumbnail(ds, x: float, y: float, crs, size_m: float = 128.0, px: int = 96) -> str:
     """PNG data URI of the scene around (x, y) in ``crs``: what a mapper checks in the popup."""
     xs, ys = warp_points(crs, ds.crs, [x], [y])
@@ -208,6 +216,9 @@ def _popup(row, thumb: str | None) -> HtmlPopup:
              f"P(school) max {row['max_prob']:.3f}, mean {row['mean_prob']:.3f}",
              f"area {row['area_m2']:.0f} m&sup2;, scene {html.escape(str(row['scene']))}",
              f"point at the {html.escape(str(row.get('peak', 'probability')))} peak"]
+    novelty = row.get("novelty")
+    if novelty is not None and np.isfinite(novelty):
+        parts.append(f"novelty: {novelty:.0f}th percentile of home imagery")
     if row.get("matched_school"):
         parts.append(f"known school: {html.escape(str(row['matched_school']))}")
     if thumb:
@@ -220,13 +231,16 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
              max_markers: int = 2000) -> folium.Map:
     """Build the map of a scan (``SceneScan`` items, candidates GeoDataFrame, scene name -> imagery source).
 
-    Layers: scene image, P(school), candidates (popups with probability and a chip thumbnail), known
-    schools (found: green, missed: red) when ``evaluation_layers`` holds ``known_schools``. Only the
+    Layers: scene image, P(school), novelty (hidden until toggled; with a run's novelty summary), candidates
+    (popups with probability and a chip thumbnail), known schools (found: green, missed: red) when
+    ``evaluation_layers`` holds ``known_schools``. Only the
     ``max_markers`` most probable candidates are drawn (``cands`` is ranked); the map then says so.
     """
     m = offline_map()
     g_scene = folium.FeatureGroup(name="scene", show=True).add_to(m)
     g_prob = folium.FeatureGroup(name="P(school)", show=True).add_to(m)
+    trust = [s for s in list(scenes)[:max_overlays] if getattr(s, "novelty", None) and Path(s.novelty).is_file()]
+    g_novelty = folium.FeatureGroup(name="novelty (unlike the training data)", show=False).add_to(m) if trust else None
     bounds_all = []
     for s in list(scenes)[:max_overlays]:
         with scene_grid(sources[s.scene]) as ds:
@@ -235,6 +249,9 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
         uri, bounds = probability_png(s.probability, max_side)
         folium.raster_layers.ImageOverlay(uri, bounds=bounds, opacity=0.6, name=f"P {s.scene}").add_to(g_prob)
         bounds_all.append(bounds)
+    for s in trust:
+        uri, bounds = novelty_png(s.novelty, max_side)
+        folium.raster_layers.ImageOverlay(uri, bounds=bounds, name=f"novelty {s.scene}").add_to(g_novelty)
     layers = dict(evaluation_layers or {})
     fa = layers.get("false_alarms")
     matched = {}

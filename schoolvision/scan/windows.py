@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from rasterio.windows import Window
 
 from schoolvision.errors import UserError
+from schoolvision.model.inference import school_probability
 from schoolvision.model.runtime import Runtime
+from schoolvision.train.novelty import NoveltySummary
 
 
 def window_offsets(length: int, chip: int, stride: int) -> list[int]:
@@ -151,3 +153,15 @@ def predict_windows(runtime: Runtime, images: np.ndarray | torch.Tensor, image_s
     calibrates the probability; a resize runs in torch on the runtime's device.
     """
     return runtime.probability(to_input(images, image_size, runtime.device)).astype(np.float32)
+
+
+def score_windows(runtime: Runtime, images: np.ndarray | torch.Tensor, image_size: int,
+                  novelty: NoveltySummary | None = None) -> list[np.ndarray]:
+    """``[P(school)]`` of a batch of windows, or ``[P(school), novelty percentile]`` with a novelty summary.
+
+    Both come from one forward pass: the embedding the novelty is scored on is the one the head reads.
+    """
+    if novelty is None:
+        return [predict_windows(runtime, images, image_size)]
+    emb, logits = runtime.features(to_input(images, image_size, runtime.device))
+    return [school_probability(logits, runtime.meta.temperature).astype(np.float32), novelty.percentile(emb)]

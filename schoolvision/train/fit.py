@@ -56,6 +56,7 @@ from schoolvision.model.runtime import bf16_native
 from schoolvision.train import tblog
 from schoolvision.train.evaluation import bootstrap_groups, label_array, prediction_frame, split_report
 from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
+from schoolvision.train.novelty import summarise_run
 
 MIN_EVAL_SCHOOL_CHIPS = 20
 """``train`` warns when the validation or test split holds fewer school chips: the model is chosen, its threshold
@@ -726,6 +727,7 @@ def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.
     meta.metrics = {f"{s}_{k}": float(reports[s][k]) for s in ("val", "test")
                     for k in ("auprc", "f1", "accuracy", "roc_auc", "ece")}
     save_checkpoint(run.best, model, meta)
+    summarise_run(model, meta, run.best, config.chips_dir, state.device)  # what the scans' trust maps compare with
     run.write_predictions(frames)
     run.write_metrics(metrics)
     step = len(state.history)
