@@ -449,14 +449,17 @@ def make_runtime(name: str, model: torch.nn.Module, meta: CheckpointMeta, device
             fp32.note = f"float32, int8 not used: this CPU has none of {', '.join(NATIVE_INT8_FLAGS)}"
         return fp32
     quantized = OnnxInt8Runtime(model, meta, device, checkpoint)
+    expected = True  # a run folder whose chips are there: int8 was to be had, so a fall-back is worth a warning
     try:
         quantized.session(meta.image_size)  # made, calibrated and scored here on first use
         why = quantized.accuracy[meta.image_size].shortfall()
-    except Exception as exc:  # noqa: BLE001 - no run folder, no chips, read-only, a graph the tools cannot quantise:
+    except UserError as exc:  # no run folder or no chips to calibrate on: nothing the user asked for is lost
+        why, expected = str(exc).splitlines()[0], False
+    except Exception as exc:  # noqa: BLE001 - read-only, a graph the tools cannot quantise:
         why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # auto runs float32 where that works
     if why is None:
         return quantized
-    if checkpoint is not None:  # a model in memory has no chips to calibrate on: nothing to warn about
+    if checkpoint is not None and expected:  # the note below says why in describe() either way
         warnings.warn(f"--runtime auto: float32 ONNX Runtime, not int8: {why}", stacklevel=2)
     fp32 = OnnxRuntime(model, meta, device, checkpoint)
     fp32.note = f"float32, int8 not used: {why}"
