@@ -46,6 +46,7 @@ def main() -> None:
         "out_of_fold": {"auprc": pooled["auprc"], "auprc_interval": pooled["bootstrap"]["auprc"],
                         "schools": sum(row["test_schools"] for row in pooled["folds"]),
                         "per_fold_auprc": [row["auprc"] for row in pooled["folds"]],
+                        "mean_fold_auprc": pooled["cross_validation"]["mean_fold_auprc"],
                         "unit": pooled["cross_validation"]["unit"],
                         "seconds": round(time.perf_counter() - started - split_seconds, 1)},
         "out_of_fold_within_single_interval": bool(low <= pooled["auprc"] <= high),

@@ -114,6 +114,8 @@ def test_train_folds_scores_every_chip_once_by_a_model_that_never_saw_it(cv_run)
     assert [row["fold"] for row in metrics["folds"]] == [1, 2, 3]
     assert sum(row["test_chips"] for row in metrics["folds"]) == len(index)
     assert metrics["cross_validation"]["unit"] == "scenes"
+    fold_auprc = [row["auprc"] for row in metrics["folds"]]
+    assert metrics["cross_validation"]["mean_fold_auprc"] == pytest.approx(np.mean(fold_auprc))
     pooled = average_precision_score(predictions["label"], predictions["prob"])
     assert metrics["auprc"] == pytest.approx(pooled)
     low, high = metrics["bootstrap"]["auprc"]
