@@ -4,8 +4,8 @@ a Deepness model QGIS can load, and one-line errors without the optional extra."
 from __future__ import annotations
 
 import shutil
-import warnings
 import sys
+import warnings
 
 import numpy as np
 import pytest
