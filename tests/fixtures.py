@@ -582,14 +582,18 @@ class SmallArea:
     n_schools: int
 
 
-def make_small_area(root: Path, size: int = SMALL_AREA_PX, seed: int = 0) -> SmallArea:
-    """A small foreign area under ``root``: ``imagery/area.tif`` and ``schools.csv``; the demo folder is removed."""
+def make_small_area(root: Path, size: int = SMALL_AREA_PX, seed: int = 0, oam_zoom: int | None = None) -> SmallArea:
+    """A small foreign area under ``root``: ``imagery/area.tif`` (or, with ``oam_zoom``, the folder ``imagery`` of
+    OpenAerialMap tiles at that zoom, :func:`write_oam_tiles`) and ``schools.csv``; the demo folder is removed."""
     from schoolvision.data.synthetic import make_demo
 
     root = Path(root)
     demo = make_demo(root / "drawn", towns=1, seed=seed, size=size)
-    (root / "imagery").mkdir(parents=True)
-    imagery = Path(shutil.copy(demo.scenes[0], root / "imagery" / "area.tif"))
+    if oam_zoom is not None:
+        imagery = write_oam_tiles(demo.scenes[0], root / "imagery", oam_zoom)
+    else:
+        (root / "imagery").mkdir(parents=True)
+        imagery = Path(shutil.copy(demo.scenes[0], root / "imagery" / "area.tif"))
     schools = write_schools_csv(root / "schools.csv", root / "drawn" / "schools.geojson")
     shutil.rmtree(root / "drawn")
     return SmallArea(imagery, schools, sum(demo.n_schools.values()))

@@ -1,6 +1,7 @@
 """Every chapter of the book on a user's first small area, with the example profile CI ships.
 
-A new user's first try: one town (about 0.8 km2, 5 schools) as a GeoTIFF and a school CSV with
+A new user's first try: one town (about 0.8 km2, 5 schools) as OpenAerialMap's tiles (each a GeoTIFF warped on its own
+to EPSG:4326) and a school CSV with
 ``latitude,longitude``, and ``book/params/example-own-data.yaml`` with its paths pointed at them. Every
 chapter runs with papermill from its jupytext source (so the test follows the ``.py`` a person edits),
 ``data_dir`` names a folder that does not exist, and chapter 2 must say that the test split is small and
@@ -61,7 +62,7 @@ def _text(nb: nbformat.NotebookNode) -> str:
 @pytest.mark.slow
 def test_every_chapter_runs_on_a_small_foreign_area(tmp_path, monkeypatch):
     monkeypatch.setenv("TQDM_DISABLE", "1")
-    area = make_small_area(tmp_path / "received")
+    area = make_small_area(tmp_path / "received", oam_zoom=17)  # as OpenAerialMap serves it: per-tile warps
     work = tmp_path / "mine"
     profile = own_profile(work, area.imagery, area.schools_csv)
     executed = {source.stem: run_chapter(source, profile, work) for source in book.chapter_sources(ROOT)}
