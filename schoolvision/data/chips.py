@@ -260,8 +260,6 @@ def make_chips(
     infos = {s.name: source_info(s) for s in sources}
     _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
-    if config.block_size_m is not None:  # metres, as a user measures an area; pixels at the chips' GSD
-        config = dataclasses.replace(config, block_size=max(config.chip_size, round(config.block_size_m / gsd)))
     note = small_chip_note(config.chip_size, gsd)
     if note:
         warnings.warn(note, stacklevel=2)  # before the long work: the user may stop and rerun with --gsd
