@@ -33,7 +33,6 @@ no school near it); no chip at all is an error.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import hashlib
 import io
 import json
