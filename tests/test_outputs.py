@@ -513,7 +513,12 @@ for _command_name in ("explain", "cluster", "review"):
         "explain and cluster read the chips folder's own schools.geojson, written by `chips`, never a user file")
 ALLOWED[("review", "schoolvision.model.runtime")] = (
     {"--runtime"}, "review imports scan modules; its few chips are scored and explained in torch")
-for _command_name in ("scan", "explain", "cluster", "export", "evaluate", "review"):
+ALLOWED[("novelty", "schoolvision.io.folders")] = (
+    {"--out"}, "novelty writes its summary into the run folder: it has no output folder")
+for _command_name in ("scan", "review"):
+    ALLOWED[(_command_name, "schoolvision.train.novelty")] = (
+        {"--chips"}, "they read the run's novelty summary; its chips are named by `novelty --chips` (or train)")
+for _command_name in ("scan", "explain", "cluster", "export", "evaluate", "review", "novelty"):
     ALLOWED[(_command_name, "schoolvision.model.backbones")] = (
         {"--no-pretrained"}, "ImageNet weights are loaded by `train` only; checkpoints are rebuilt without them")
 

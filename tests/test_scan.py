@@ -290,8 +290,9 @@ def test_onnx_and_torch_runtimes_give_the_same_candidates(demo_dir, trained_run,
     np.testing.assert_allclose(by["onnx"]["max_prob"], by["torch"]["max_prob"], atol=1e-4)
     # Where only one row of windows covers (a scene's border strip) the blended raster is flat along the strip,
     # and P(school) differing by 1e-6 picks another pixel of that ridge as the peak (and may split its region,
-    # changing area and mean): the same candidate, within half a stride, what the raster resolves.
-    assert by["onnx"].geometry.distance(by["torch"].geometry).max() <= 32
+    # changing area and mean): the same candidate, within a stride (a peak may move along its plateau to the
+    # other side of a window centre now that regions split at their peaks), what the raster resolves.
+    assert by["onnx"].geometry.distance(by["torch"].geometry).max() <= 64
     with rasterio.open(tmp_path / "onnx" / f"{scene.stem}_probability.tif") as a, \
             rasterio.open(tmp_path / "torch" / f"{scene.stem}_probability.tif") as b:
         np.testing.assert_allclose(a.read(1), b.read(1), atol=1e-4)
