@@ -263,10 +263,11 @@ def test_auto_keeps_int8_only_within_tolerance(int8_run, chips, monkeypatch):
     assert rt.runtime_precision("auto", "cpu") == torch.qint8  # cluster features keyed apart from float32
 
     monkeypatch.setattr(quantize, "AUPRC_TOLERANCE", -1.0)  # no drop passes (int8 would have to gain 1.0)
-    with pytest.warns(UserWarning, match="not int8: test AUPRC") as record:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # measured and found short: auto's documented choice, said in describe()
         fallback = rt.make_runtime("auto", model, meta, checkpoint=int8_run)
-    assert len(record) == 1 and "\n" not in str(record[0].message)
     assert fallback.name == "onnx" and "int8 not used: test AUPRC" in fallback.describe()
+    assert "\n" not in fallback.describe()
     np.testing.assert_allclose(fallback.probability(chips[:4]),
                                rt.make_runtime("torch", model, meta).probability(chips[:4]), atol=1e-4, rtol=0)
     assert rt.make_runtime("auto", model, meta, checkpoint=int8_run, int8=False).name == "onnx"

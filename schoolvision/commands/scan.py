@@ -177,6 +177,9 @@ def run(args: argparse.Namespace) -> int:
             f"scanned {len(summary.scenes)} scene(s), {area:.2f} km2; {summary.candidates} candidate(s) "
             f"at P(school) >= {summary.threshold:.3f} -> {summary.out_dir}"
         )
+    detail = ScanFolder(summary.out_dir).read_summary().get("runtime_detail") if summary.scenes else None
+    if detail:  # the runtime auto chose and why (int8 or float32: the one line the runtime issue asks for)
+        print(f"runtime: {detail}")
     sized = [(s.scene, s.files, *s.size_m) for s in summary.scenes if any(s.size_m)]  # older records: no size
     if sized:
         print("imagery: " + scenes_line(sized))

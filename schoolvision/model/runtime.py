@@ -453,6 +453,7 @@ def make_runtime(name: str, model: torch.nn.Module, meta: CheckpointMeta, device
     try:
         quantized.session(meta.image_size)  # made, calibrated and scored here on first use
         why = quantized.accuracy[meta.image_size].shortfall()
+        expected = False  # measured and found short: a choice auto made as documented, said in describe()
     except UserError as exc:  # no run folder or no chips to calibrate on: nothing the user asked for is lost
         why, expected = str(exc).splitlines()[0], False
     except Exception as exc:  # noqa: BLE001 - read-only, a graph the tools cannot quantise:
