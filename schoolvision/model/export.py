@@ -306,7 +306,8 @@ def _export_bytes(module: nn.Module, image_size: int, output_names: tuple[str, .
     return buf.getvalue()
 
 
-def _with_metadata(graph: bytes, metadata: dict[str, Any]) -> bytes:
+def with_metadata(graph: bytes, metadata: dict[str, Any]) -> bytes:
+    """``graph`` with ``metadata`` as JSON text values (what runtimes and QGIS read) and a doc string."""
     onnx, _ = require_onnx()
     proto = onnx.load_from_string(graph)
     del proto.metadata_props[:]
@@ -332,7 +333,7 @@ def onnx_bytes(model: nn.Module, meta: CheckpointMeta, image_size: int | None = 
         graph = _export_bytes(_ClassifierOutputs(model, feature_map), size, outputs)
     finally:
         model.train(was_training)
-    return _with_metadata(graph, classifier_metadata(meta, size, sha256, feature_map))
+    return with_metadata(graph, classifier_metadata(meta, size, sha256, feature_map))
 
 
 def deepness_bytes(model: nn.Module, meta: CheckpointMeta, image_size: int | None = None, *,
@@ -351,7 +352,7 @@ def deepness_bytes(model: nn.Module, meta: CheckpointMeta, image_size: int | Non
         graph = _export_bytes(head.to(_device(model)), size, (output,))
     finally:
         model.train(was_training)
-    return _with_metadata(graph, metadata)
+    return with_metadata(graph, metadata)
 
 
 def export_onnx(model: nn.Module, meta: CheckpointMeta, path: str | Path, image_size: int | None = None, *,

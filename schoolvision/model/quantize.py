@@ -24,13 +24,11 @@ when a new one is made.
 
 from __future__ import annotations
 
-import json
 import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -42,7 +40,15 @@ from schoolvision.io.atomic import write_bytes
 from schoolvision.io.folders import RunFolder
 from schoolvision.io.folders import sha256 as file_sha256
 from schoolvision.model.checkpoint import CheckpointMeta
-from schoolvision.model.export import INPUT, OUTPUTS, cache_path, cached_onnx, read_metadata, require_onnx
+from schoolvision.model.export import (
+    INPUT,
+    OUTPUTS,
+    cache_path,
+    cached_onnx,
+    read_metadata,
+    require_onnx,
+    with_metadata,
+)
 from schoolvision.model.inference import school_probability
 
 AUPRC_TOLERANCE = 0.005
@@ -262,17 +268,6 @@ def score_int8(fp32, int8, chips_dir: Path, meta: CheckpointMeta, image_size: in
                         len(y), calibration_chips)
 
 
-def _with_int8_metadata(graph: bytes, metadata: dict[str, Any]) -> bytes:
-    """``graph`` with ``metadata`` (float32 graph's plus int8 keys) as JSON text values, as export writes them."""
-    onnx, _ = require_onnx()
-    proto = onnx.load_from_string(graph)
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        if value is not None:
-            proto.metadata_props.add(key=key, value=json.dumps(value))
-    return proto.SerializeToString()
-
-
 def cached_int8(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path,
                 image_size: int | None = None) -> tuple[Path, Int8Accuracy]:
     """The int8 graph of ``checkpoint`` at ``image_size`` and its accuracy: made once, reused while the weights stay.
@@ -304,7 +299,7 @@ def cached_int8(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path,
     n_calibration = min(CALIBRATION_CHIPS, len(ChipDataset(chips_dir, split="val")))
     accuracy = score_int8(session(fp32), session(graph), chips_dir, meta, size, n_calibration)
     metadata = {**read_metadata(fp32), "int8": FORMAT, "int8_accuracy": asdict(accuracy)}
-    write_bytes(path, _with_int8_metadata(graph, metadata))
+    write_bytes(path, with_metadata(graph, metadata))
     other_weights = re.compile(rf"{re.escape(checkpoint.stem)}-(?!{sha[:12]})[0-9a-f]{{12}}-\d+-int8\.onnx")
     for stale in path.parent.iterdir():
         if other_weights.fullmatch(stale.name):
