@@ -166,6 +166,7 @@ if on_demo:
         "home (chapter 6)": home,
     }
     display(simulate.scan_table(evaluations))
+    print(simulate.novelty_lines({town_a: scan_a, town_b: scan_b}))
 
 # %%
 if on_demo:

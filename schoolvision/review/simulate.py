@@ -17,6 +17,8 @@ Also here, so that the chapter's cells only call the library:
 
 from __future__ import annotations
 
+import warnings
+
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -270,7 +272,15 @@ def scan_town(run: str | Path, scene: str | Path, out: str | Path, truth: str | 
     config = ScanConfig(run=Path(run), imagery=[Path(scene)], out_dir=Path(out), schools=Path(truth),
                         registry=None if registry is None else Path(registry), match_distance=match_distance,
                         device=device, overwrite=True, make_map=False, progress=False)
-    return run_scan(config)
+    with warnings.catch_warnings():  # a new region is unlike the training data by design: novelty_lines says it
+        warnings.filterwarnings("ignore", message=".*look unlike the training data")
+        return run_scan(config)
+
+
+def novelty_lines(scans: dict[str, ScanSummary]) -> str:
+    """One line per scan (name -> summary): the share of its windows the trust map flags as unlike training."""
+    return "\n".join(f"{name}: {s.novelty_share:.0%} of its windows look unlike the training data"
+                      for name, summary in scans.items() for s in summary.scenes if s.novelty_share is not None)
 
 
 def scan_table(evaluations: dict[str, dict]) -> pd.DataFrame:

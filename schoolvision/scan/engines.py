@@ -15,6 +15,7 @@ cluster (``ray start --head``, ``ray up``, KubeRay), whose nodes must see the sa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -23,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from tqdm.auto import tqdm
 
 from schoolvision.errors import UserError
-from schoolvision.scan.unit import SceneOutcome, SceneWorker, UnitSettings
+from schoolvision.scan.unit import NOVELTY_FROM_RUN, SceneOutcome, SceneWorker, UnitSettings
 
 ENGINES = ("local", "ray")
 
@@ -134,7 +135,10 @@ class RayEngine:
         count = max(1, min(count, n_scenes, self.max_workers or count))
         actor = ray.remote(SceneWorker).options(max_restarts=MAX_RESTARTS, max_task_retries=MAX_TASK_RETRIES,
                                                 **options)
-        self.actors = [actor.remote(self.settings, self.model, self.meta, threads=self.cpus_per_worker,
+        settings = self.settings  # the novelty summary is megabytes of arrays: each actor reads it from the run
+        if settings.novelty is not None:
+            settings = dataclasses.replace(settings, novelty=NOVELTY_FROM_RUN)
+        self.actors = [actor.remote(settings, self.model, self.meta, threads=self.cpus_per_worker,
                                     workdir=os.getcwd())
                        for _ in range(count)]
 

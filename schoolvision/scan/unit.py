@@ -18,7 +18,7 @@ import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,10 @@ from schoolvision.scan.candidates import ProbabilityField, merge_duplicates
 from schoolvision.scan.novelty import sample_novelty
 from schoolvision.scan.peaks import place_at_cam_peaks
 from schoolvision.scan.scene import SceneScan, SceneScanner
+from schoolvision.train.novelty import read_summary
+
+NOVELTY_FROM_RUN = "from-run"
+"""``UnitSettings.novelty`` for a worker that reads the run's novelty summary itself (a Ray actor)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,8 @@ class UnitSettings:
     min_area_m2: float = 0.0  # scan --min-area: smaller candidate regions are dropped
     min_separation: float = 0.0  # scan --min-separation: peaks this far apart (m) are two candidates
     sweep: bool = False  # keep the evaluation's per-threshold peaks in the done-record (scan --schools)
-    novelty: Any = None  # the run's NoveltySummary (train.novelty): a novelty raster and field per scene
+    novelty: Any = None  # the run's NoveltySummary (train.novelty): a novelty raster and field per scene; or
+    # NOVELTY_FROM_RUN: read from the run by the worker (Ray actors: megabytes of arrays stay out of their arguments)
 
 
 @dataclass
@@ -142,6 +147,8 @@ class SceneWorker:
             os.chdir(workdir)
         if threads:
             torch.set_num_threads(int(threads))
+        if isinstance(settings.novelty, str) and settings.novelty == NOVELTY_FROM_RUN:  # a Ray actor reads its own
+            settings = replace(settings, novelty=read_summary(settings.run))
         self.settings = settings
         device = resolve_device(settings.device)
         loaded = model is None or meta is None
