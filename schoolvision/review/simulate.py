@@ -18,7 +18,6 @@ Also here, so that the chapter's cells only call the library:
 from __future__ import annotations
 
 import warnings
-
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
