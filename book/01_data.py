@@ -62,7 +62,7 @@ size = 1536
 gsd = 1.0  # metres per pixel of the demo towns and the chips; None: the imagery's own
 chip_size = 128
 stride = 64
-# metres a side of the split blocks of a single scene or mosaic; None: 512 px at the chips' GSD
+# metres a side of the split blocks of one scene or mosaic; None: planned for the data
 block_size = None
 seed = 0
 

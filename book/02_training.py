@@ -297,7 +297,9 @@ ok = check_claims(
         "the test AUPRC lies in its bootstrap interval": (
             "ch2_auprc_lo <= ch2_test_auprc <= ch2_auprc_hi"
         ),
-        "the test F1 lies in its bootstrap interval": "ch2_f1_lo <= ch2_test_f1 <= ch2_f1_hi",
+        "the test F1 lies in its bootstrap interval": (
+            "ch2_f1_lo <= ch2_test_f1 <= ch2_f1_hi"
+        ),
         "the model ranks schools above chance (AUPRC above the school share)": (
             "ch2_test_auprc > ch2_school_share"
         ),

@@ -237,9 +237,12 @@ ok = check_claims(
             "ch3_road_gradcam > ch3_road_centre"
         ),
         "guided Grad-CAM points well but fails the ROAD test": (
-            "ch3_pointing_guided > ch3_pointing_centre and ch3_road_guided < ch3_road_centre"
+            "ch3_pointing_guided > ch3_pointing_centre"
+            " and ch3_road_guided < ch3_road_centre"
         ),
-        "the centre baseline beats random pixels on ROAD": "ch3_road_centre > ch3_road_random",
+        "the centre baseline beats random pixels on ROAD": (
+            "ch3_road_centre > ch3_road_random"
+        ),
     },
 )
 

@@ -225,7 +225,8 @@ cost_glue = glue_all(
     },
 )
 print(
-    f"SHAP GradientExplainer: {summary.table['shap']['seconds_per_chip']:.2f} s per chip"
+    "SHAP GradientExplainer:"
+    f" {summary.table['shap']['seconds_per_chip']:.2f} s per chip"
     f" at {nsamples} samples"
 )
 
@@ -245,13 +246,22 @@ print(
 ok = check_claims(
     gap_glue | cost_glue,
     {
-        "four times the samples shrink the median additivity gap": "ch4_gap_more < ch4_gap",
-        "Grad-CAM's ROAD drop is more than twice SHAP's": "ch4_road_gradcam > 2 * ch4_road_shap",
-        "SHAP's ROAD drop is nearer the centre baseline's than Grad-CAM's": (
-            "abs(ch4_road_shap - ch4_road_centre) < abs(ch4_road_gradcam - ch4_road_shap)"
+        "four times the samples shrink the median additivity gap": (
+            "ch4_gap_more < ch4_gap"
         ),
-        "Grad-CAM's ROAD drop is above the centre baseline's": "ch4_road_gradcam > ch4_road_centre",
-        "SHAP costs more per chip than Grad-CAM": "ch4_shap_seconds > ch4_gradcam_seconds",
+        "Grad-CAM's ROAD drop is more than twice SHAP's": (
+            "ch4_road_gradcam > 2 * ch4_road_shap"
+        ),
+        "SHAP's ROAD drop is nearer the centre baseline's than Grad-CAM's": (
+            "abs(ch4_road_shap - ch4_road_centre)"
+            " < abs(ch4_road_gradcam - ch4_road_shap)"
+        ),
+        "Grad-CAM's ROAD drop is above the centre baseline's": (
+            "ch4_road_gradcam > ch4_road_centre"
+        ),
+        "SHAP costs more per chip than Grad-CAM": (
+            "ch4_shap_seconds > ch4_gradcam_seconds"
+        ),
     },
 )
 

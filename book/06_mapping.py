@@ -50,7 +50,8 @@ threshold = None
 match_distance = 50.0
 seed = 0
 device = "auto"
-# building footprints for the prefilter section (any vector file or CSV); "": the section is skipped
+# building footprints for the prefilter section (any vector file or CSV);
+# "": the section is skipped
 mask_file = ""
 mask_min_area = 150.0
 
@@ -333,7 +334,8 @@ fig = plots.plot_novelty(
     read_source_preview(sources[scene]), read_band_preview(scanned.novelty), title=scene
 )
 print(
-    f"{scanned.novelty_share:.1%} of the windows of {scene} look unlike the training data"
+    f"{scanned.novelty_share:.1%} of the windows of {scene}"
+    " look unlike the training data"
 )
 glue_all(
     "ch6", {"flag_percentile": FLAG_PERCENTILE, "flag_expected": 100 - FLAG_PERCENTILE}
@@ -515,7 +517,9 @@ ok = check_claims(
         "the recall ceiling is at least the recall at the threshold": (
             "ch6_recall_ceiling >= ch6_recall"
         ),
-        "the sweep's best F1 is at least the F1 at the tuned threshold": "ch6_best_f1 >= ch6_f1",
+        "the sweep's best F1 is at least the F1 at the tuned threshold": (
+            "ch6_best_f1 >= ch6_f1"
+        ),
         "the scan finds most known schools": "ch6_recall >= 0.5",
     },
 )

@@ -343,7 +343,8 @@ if on_demo:
     tuned.init_from, tuned.overwrite = run_path, True
     metrics = fit(tuned)
     print(
-        f"home test town, fine-tuned: AUPRC {metrics['auprc']:.3f}, F1 {metrics['f1']:.3f}"
+        "home test town, fine-tuned:"
+        f" AUPRC {metrics['auprc']:.3f}, F1 {metrics['f1']:.3f}"
     )
 
 # %% [markdown]

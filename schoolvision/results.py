@@ -46,7 +46,6 @@ HEADLINES = (
     ("test metrics", "roc_auc", "test ROC AUC"),
     ("test metrics", "ece", "expected calibration error (test)"),
     ("test metrics", "threshold", "decision threshold (tuned on validation)"),
-    ("test metrics", "training_precision", "training arithmetic (fp32 on every CPU unless asked)"),
     ("test metrics", "n_chips.school", "school chips in the test town"),
     ("explanation faithfulness", "n_chips", "chips explained (grad-CAM)"),
     ("clustering", "k", "clusters chosen (k)"),
