@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from schoolvision.data.chips import ChipConfig, make_chips
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 
 
 def main() -> None:

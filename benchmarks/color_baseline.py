@@ -46,7 +46,7 @@ def baseline(demo: Path | None = None, chips: Path | None = None, *, towns: int 
              region: str = "rural") -> dict:
     """The colour-only model's scores on the held-out test town (demo and chips made in a temp folder if None)."""
     from schoolvision.data.chips import ChipConfig, make_chips
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,7 +16,7 @@ import torch
 
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 
 
 def throughput(ds: ChipDataset, workers: int, batch_size: int, epochs: int) -> float:

@@ -23,7 +23,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from schoolvision.data.synthetic import generate_town, make_demo
+    from schoolvision.demo import generate_town, make_demo
 
     per_town = []
     for i in range(args.towns):

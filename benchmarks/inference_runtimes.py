@@ -51,7 +51,7 @@ def demo_chips(root: Path, n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarra
     """Up to ``n`` labelled 128 px chips (float32 in [0, 1]) from a generated demo, half schools when possible."""
     from schoolvision.data.chips import ChipConfig, make_chips
     from schoolvision.data.dataset import ChipDataset
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     make_demo(root / "demo", towns=3, seed=seed, size=768, gsd=1.0)
     make_chips([root / "demo" / "scenes"], root / "demo" / "schools.geojson", root / "chips", ChipConfig())

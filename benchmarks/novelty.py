@@ -74,7 +74,7 @@ def prepare_run(args) -> tuple[Path, dict]:
 
 def towns(args) -> list[tuple[str, Path, Path]]:
     """(region, scene, schools file) of every generated town, home region first."""
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     out = []
     for region in args.regions:

@@ -21,7 +21,7 @@ from pathlib import Path
 import geopandas as gpd
 
 from schoolvision.data.chips import ChipConfig, make_chips
-from schoolvision.data.synthetic import generate_town
+from schoolvision.demo import generate_town
 from schoolvision.io.rasters import write_geotiff
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))

@@ -23,7 +23,7 @@ import geopandas as gpd
 
 from schoolvision.cli import main
 from schoolvision.data.chips import ChipConfig, make_chips
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 from schoolvision.io.folders import RunFolder, ScanFolder
 from schoolvision.review.decisions import oracle_decisions, write_decisions
 from schoolvision.train.fit import TrainConfig, fit

@@ -63,7 +63,7 @@ def bare_inference(backbone: str, batch_size: int, image_size: int, steps: int) 
 
 def demo_chips(root: Path) -> Path:
     from schoolvision.data.chips import ChipConfig, make_chips
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     make_demo(root / "demo", towns=3, seed=0, size=768, gsd=1.0)
     make_chips([root / "demo" / "scenes"], root / "demo" / "schools.geojson", root / "chips", ChipConfig())

@@ -62,7 +62,7 @@ from pathlib import Path
 import pandas as pd
 from IPython.display import Markdown, display
 from schoolvision.data.sources import demo_of
-from schoolvision.data.synthetic import REGIONS, make_demo
+from schoolvision.demo import REGIONS, make_demo
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources
 from schoolvision.io.preview import read_band_preview, read_source_preview
@@ -140,7 +140,7 @@ if on_demo:
 # Town {glue:text}`ch8_town_a` is the one a mapper will review; town {glue:text}`ch8_town_b` nobody
 # reviews: it only measures. The demo also writes the region's **registry** (`registry.csv`): the
 # official school list a mapping team starts from. It is wrong the way real registries are, by seeded
-# rules (`schoolvision/data/registry.py`): some schools are missing, some are listed hundreds of metres
+# rules (`schoolvision/demo/registry.py`): some schools are missing, some are listed hundreds of metres
 # from their buildings, and a few listed "schools" are something else. `registry_truth.csv` says which,
 # so that the book can check the audit below; a real registry comes without it.
 #

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from schoolvision.data.chips import ChipConfig, ChipSummary, make_chips
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.train.fit import TrainConfig, fit

@@ -162,7 +162,7 @@ def make_foreign_dataset(root: Path, size: int = 512, seed: int = 0) -> ForeignD
     first layer holds every building (schools and look-alikes alike) and whose second holds the schools.
     The schools are the towns' own drawn schools, so chips and scans can be checked against them.
     """
-    from schoolvision.data.synthetic import generate_town
+    from schoolvision.demo import generate_town
 
     root = Path(root)
     towns = {i: generate_town(seed, size, 1.0, index=i) for i in (*FOREIGN_TOWNS["drone"], FOREIGN_TOWNS["tms"],
@@ -585,7 +585,7 @@ class SmallArea:
 def make_small_area(root: Path, size: int = SMALL_AREA_PX, seed: int = 0, oam_zoom: int | None = None) -> SmallArea:
     """A small foreign area under ``root``: ``imagery/area.tif`` (or, with ``oam_zoom``, the folder ``imagery`` of
     OpenAerialMap tiles at that zoom, :func:`write_oam_tiles`) and ``schools.csv``; the demo folder is removed."""
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     root = Path(root)
     demo = make_demo(root / "drawn", towns=1, seed=seed, size=size)

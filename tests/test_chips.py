@@ -129,7 +129,7 @@ def test_scene_overrides_and_unknown_scene(towns, tmp_path):
 
 
 def test_demo_chips_both_classes_per_split_and_pixels_match(request):
-    pytest.importorskip("schoolvision.data.synthetic")
+    pytest.importorskip("schoolvision.demo")
     out = request.getfixturevalue("chips_dir")
     frame = check_chips_match_scenes(out)
     meta = json.loads((out / "dataset.json").read_text())

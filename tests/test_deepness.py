@@ -189,7 +189,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 @pytest.fixture(scope="module")
 def town(tmp_path_factory):
     """One 768 m demo town at 1 m."""
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     info = make_demo(tmp_path_factory.mktemp("deepness") / "demo", towns=1, seed=0, size=768, gsd=1.0)
     return info.scenes[0]

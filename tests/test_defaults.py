@@ -19,7 +19,7 @@ from schoolvision.cluster.algorithms import ClusterConfig
 from schoolvision.cluster.runner import ClusterRunConfig
 from schoolvision.commands import default_of
 from schoolvision.data.chips import ChipConfig
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 from schoolvision.explain.runner import ExplainConfig
 from schoolvision.model.backbones import pretraining_size
 from schoolvision.scan.runner import ScanConfig

@@ -470,9 +470,9 @@ ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
         "cluster imports the module for SPLITS; ChipConfig and make_chips run in `chips` only"),
     ("cluster", "schoolvision.data.plan"): (
         {"--block-size"}, "cluster imports data.chips, which imports the plan; chips are planned in `chips` only"),
-    ("cluster", "schoolvision.data.synthetic"): (
+    ("cluster", "schoolvision.demo.build"): (
         {"--gsd", "--size", "--towns"}, "cluster imports demo constants; make_demo runs in `demo` only"),
-    ("cluster", "schoolvision.data.registry"): (
+    ("cluster", "schoolvision.demo.registry"): (
         {"--registry-displaced", "--registry-false", "--registry-missing"},
         "cluster imports demo constants; the demo registry is drawn in `demo` only"),
     ("cluster", "schoolvision.io.imagery"): (
@@ -481,7 +481,7 @@ ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
     ("cluster", "schoolvision.io.tiles"): (
         {"--tile-pattern", "--tile-scheme", "--zoom"},
         "cluster reads the chips' scenes as `chips` listed them"),
-    ("evaluate", "schoolvision.io.folders"): (
+    ("evaluate", "schoolvision.io.outputs"): (
         {"--out"}, "evaluate has no output folder: it never calls prepare_output/check_inputs"),
     ("train", "schoolvision.model.runtime"): (
         {"--runtime"}, "train imports evaluation helpers; training and its evaluation run in torch"),

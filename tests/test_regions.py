@@ -15,8 +15,8 @@ from shapely.geometry import Point
 
 from schoolvision.cli import main
 from schoolvision.data.chips import ChipConfig, make_chips
-from schoolvision.data.registry import REGISTRY_COLUMNS, TRUTH_COLUMNS
-from schoolvision.data.synthetic import REGIONS, generate_town, make_demo, region_style
+from schoolvision.demo import REGIONS, generate_town, make_demo, region_style
+from schoolvision.demo.registry import REGISTRY_COLUMNS, TRUTH_COLUMNS
 from schoolvision.errors import UserError
 from schoolvision.io.schools import read_schools
 

@@ -22,7 +22,7 @@ import pytest
 from shapely.geometry import box
 
 from schoolvision.cli import build_parser, main
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
 from schoolvision.review.decisions import oracle_decisions, write_decisions
 from schoolvision.review.retrain import rounds_table

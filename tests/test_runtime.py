@@ -44,7 +44,7 @@ def run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def chips(tmp_path_factory):
     """(16, 3, 64, 64) float32 chips in [0, 1] cut from a synthetic demo town."""
-    from schoolvision.data.synthetic import make_demo
+    from schoolvision.demo import make_demo
 
     info = make_demo(tmp_path_factory.mktemp("demo") / "demo", towns=1, seed=0, size=512, gsd=1.0)
     with rasterio.open(info.scenes[0]) as src:

@@ -14,7 +14,7 @@ from shapely import affinity
 from shapely.geometry import box
 
 from schoolvision.cli import main
-from schoolvision.data.synthetic import NEGATIVE_KINDS, generate_town, make_demo
+from schoolvision.demo import NEGATIVE_KINDS, generate_town, make_demo
 from schoolvision.errors import UserError
 
 

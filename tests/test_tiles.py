@@ -246,7 +246,7 @@ def test_small_chips_on_drone_imagery_get_one_warning_line(tmp_path, capsys):
 
 def test_oam_tile_export_is_one_scene_whose_chips_match_the_town(tmp_path):
     """OpenAerialMap's form: Web Mercator tiles, each warped on its own to EPSG:4326 (every row its own pixel size)."""
-    from schoolvision.data.synthetic import generate_town
+    from schoolvision.demo import generate_town
     from schoolvision.io.rasters import write_geotiff
 
     from fixtures import write_oam_tiles

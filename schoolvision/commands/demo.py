@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from schoolvision.commands import OVERWRITE_HELP, default_of
-from schoolvision.data.synthetic import REGIONS, make_demo
+from schoolvision.demo import REGIONS, make_demo
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

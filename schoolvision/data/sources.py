@@ -22,7 +22,7 @@ from rasterio.errors import RasterioError
 from shapely.geometry import box
 
 from schoolvision.data.chips import ChipConfig, ChipSummary, make_chips
-from schoolvision.data.synthetic import make_demo
+from schoolvision.demo import make_demo
 from schoolvision.errors import UserError
 from schoolvision.io.folders import ChipsFolder
 from schoolvision.io.imagery import (
@@ -39,7 +39,7 @@ from schoolvision.io.schools import read_schools
 from schoolvision.io.tiles import TileOptions
 
 DEMO_MARKER = "demo.json"
-"""The file :func:`~schoolvision.data.synthetic.make_demo` writes last: a folder holding it is a demo folder."""
+"""The file :func:`~schoolvision.demo.make_demo` writes last: a folder holding it is a demo folder."""
 
 
 @dataclass
