@@ -24,6 +24,7 @@ from schoolvision.cluster.algorithms import (
 from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_cams, write_cluster_vectors
 from schoolvision.commands.cluster import write_figures
 from schoolvision.errors import UserError
+from schoolvision.io.folders import ClusterFolder
 
 
 def blobs(n_per: int = 40, centres: int = 4, dim: int = 32, spread: float = 0.3, seed: int = 0):
@@ -156,7 +157,7 @@ def test_outputs_are_complete_and_consistent(clustered, small_chips):
     assert len(table) == len(chips)
     for col in ("chip_id", "path", "cluster", "distance", "label", "prediction", "prob", "scene", "split"):
         assert col in table.columns
-    summary = json.loads((out / "summary.json").read_text())
+    summary = ClusterFolder(out).read_summary()
     assert summary["n_chips"] == len(table) and summary["k"] == table["cluster"].nunique()
     assert 2 <= summary["k"] <= 5 and -1 <= summary["silhouette"] <= 1
     assert summary["pca_dims"] >= 1 and len(summary["stability_ari"]) == 2
@@ -221,7 +222,7 @@ def test_rerun_needs_overwrite_and_reuses_features(clustered, monkeypatch):
     # the first run's figures and projector describe other clusters: an overwrite must not leave them behind
     leftovers = [p.name for p in folder.iterdir() if p.suffix == ".png" or p.name == "projector"]
     assert leftovers == [], leftovers
-    assert json.loads((folder / "summary.json").read_text())["k"] == 2
+    assert ClusterFolder(folder).read_summary()["k"] == 2
 
 
 def test_cli_prints_k_table(small_chips, small_run, tmp_path, capsys):
@@ -313,7 +314,7 @@ def test_centred_view_keeps_only_the_chips_cut_around_a_school(clustered, small_
     chips = pd.read_csv(small_chips / "chips.csv")
     assert len(again.table) == (chips["view"] == "centred").sum() > 0
     assert (again.table["view"] == "centred").all() and (again.table["label"] == "school").all()
-    assert json.loads((centred.out_dir / "summary.json").read_text())["view"] == "centred"
+    assert ClusterFolder(centred.out_dir).read_summary()["view"] == "centred"
     assert (framing_profile(again.table)["centred"] == 1).all()
     mixed = framing_profile(report.table)  # every view: grid chips hold schools anywhere, often cut by the edge
     assert list(mixed.columns) == ["chips", "centred", "whole_school", "school_fraction"]

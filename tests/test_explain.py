@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import warnings
 
 import matplotlib.pyplot as plt
@@ -20,6 +19,7 @@ from schoolvision.errors import UserError
 from schoolvision.explain.layers import resolve_layer
 from schoolvision.explain.methods import METHODS, Explainer, explain_batch, explainer
 from schoolvision.explain.runner import ExplainConfig, explain_chips
+from schoolvision.io.folders import ExplainFolder
 from schoolvision.model.backbones import available_backbones, build_model
 from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.plotting.explain import plot_faithfulness
@@ -197,7 +197,7 @@ def test_chips_without_crs_give_png_heatmaps_and_a_warning(png_chips):
     pngs = sorted((out / "gradcam" / "heatmaps").glob("*.png"))
     assert len(pngs) == 6 and Image.open(pngs[0]).size == (48, 48)
     assert len(list((out / "gradcam" / "overlays").glob("*.png"))) == 6
-    assert "gradcam" in json.loads((out / "faithfulness.json").read_text())["table"]
+    assert "gradcam" in ExplainFolder(out).read_faithfulness()["table"]
     assert not list(out.rglob("gallery_*.png"))  # figures are the caller's
     paths = write_galleries(summary)
     assert paths and sorted(p.name for p in (out / "gradcam").glob("gallery_*.png")) == sorted(p.name for p in paths)
@@ -219,7 +219,7 @@ def test_runtimes_give_the_same_probabilities_and_road_drops(png_chips):
             warnings.simplefilter("ignore", UserWarning)  # no CRS, no schools.geojson
             explain_chips(config)
         tables[name] = pd.read_csv(out / "explanations.csv")
-        saved[name] = json.loads((out / "faithfulness.json").read_text())
+        saved[name] = ExplainFolder(out).read_faithfulness()
     a, b = tables["torch"], tables["onnx"]
     assert a[["chip_id", "method", "pred"]].equals(b[["chip_id", "method", "pred"]])
     assert a["prob"].std() > 0 and a["road_drop"].notna().sum() == 3 * 4  # 3 school chips, 2 methods + 2 baselines
@@ -277,7 +277,7 @@ def test_explain_real_run_writes_aligned_geotiffs(chips_dir, trained_run, tmp_pa
             assert h.crs == c.crs and h.transform == c.transform
             assert (h.width, h.height) == (c.width, c.height)
             assert h.count == 1 and h.dtypes[0] == "float32" and h.nodata is not None
-    data = json.loads((out / "faithfulness.json").read_text())
+    data = ExplainFolder(out).read_faithfulness()
     assert set(data["table"]) == {"gradcam", "guided-gradcam", "random", "centre-gaussian"}
     assert data["layer"] == "trunk.blocks.4" and data["n_chips"] == 12  # the fixture run trains at 64 px
     args = ["explain", "--run", str(trained_run), "--chips", str(chips_dir), "--method", "gradcam",

@@ -19,6 +19,7 @@ import torch
 
 from schoolvision.cli import main
 from schoolvision.data.dataset import ChipDataset
+from schoolvision.io.folders import ClusterFolder, ExplainFolder
 from schoolvision.io.imagery import list_sources
 from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier, save_checkpoint
@@ -201,7 +202,7 @@ def test_cluster_reports_each_chips_novelty(run_with_summary, small_chips, tmp_p
     train = table["split"] == "train"
     assert (table.loc[train, "novelty"] == 0).all()  # every training chip is in the bank
     assert table.loc[~train, "novelty"].between(0, 100).all() and table.loc[~train, "novelty"].max() > 0
-    medians = json.loads((out / "summary.json").read_text())["novelty_median_by_cluster"]
+    medians = ClusterFolder(out).read_summary()["novelty_median_by_cluster"]
     assert set(medians) == {str(k) for k in table["cluster"].unique()}
 
 
@@ -215,4 +216,4 @@ def test_explain_reports_each_chips_novelty(run_with_summary, small_chips, tmp_p
                                 write_maps=False, runtime="torch"))
     table = pd.read_csv(out / "explanations.csv")
     assert (table["novelty"] == 0).all()  # training chips: each is its own nearest neighbour
-    assert json.loads((out / "faithfulness.json").read_text())["novelty_median"] == 0
+    assert ExplainFolder(out).read_faithfulness()["novelty_median"] == 0

@@ -513,7 +513,7 @@ for _command_name in ("explain", "cluster", "review"):
         "explain and cluster read the chips folder's own schools.geojson, written by `chips`, never a user file")
 ALLOWED[("review", "schoolvision.model.runtime")] = (
     {"--runtime"}, "review imports scan modules; its few chips are scored and explained in torch")
-ALLOWED[("novelty", "schoolvision.io.folders")] = (
+ALLOWED[("novelty", "schoolvision.io.outputs")] = (
     {"--out"}, "novelty writes its summary into the run folder: it has no output folder")
 for _command_name in ("scan", "review"):
     ALLOWED[(_command_name, "schoolvision.train.novelty")] = (
@@ -608,8 +608,8 @@ def test_the_option_rule_reads_messages_and_attributes_them():
     assert _mentions("pass --overwrite or choose another --out", "scan") == [("scan", "--overwrite"), ("scan", "--out")]
     texts = " ".join(t for _, t in _messages("schoolvision.scan.runner"))
     assert "--threshold" in texts and "--stride" in texts  # check_range names are read
-    assert any("schoolvision train --chips" in t for _, t in _messages("schoolvision.io.folders"))  # constants too
-    assert "schoolvision.io.folders" in _closure("schoolvision.commands.train")
+    assert any("schoolvision train --chips" in t for _, t in _messages("schoolvision.io.runs"))  # constants too
+    assert "schoolvision.io.runs" in _closure("schoolvision.commands.train")
 
 
 def test_every_option_an_error_names_exists_on_its_command():

@@ -31,8 +31,8 @@ from schoolvision.data.dataset import ChipDataset
 from schoolvision.data.sources import chips_scenes
 from schoolvision.errors import UserError, check_range
 from schoolvision.explain.methods import explain_batch
-from schoolvision.io.atomic import atomic_path, write_json
-from schoolvision.io.folders import ChipsFolder, prepare_output
+from schoolvision.io.atomic import atomic_path
+from schoolvision.io.folders import ChipsFolder, ClusterFolder, prepare_output
 from schoolvision.io.imagery import ImagerySource, open_source
 from schoolvision.io.vectors import write_vectors
 from schoolvision.model.checkpoint import load_classifier
@@ -176,7 +176,7 @@ def cluster_chips(
         summary["gallery_cams"] = len(report.cams)
     if save_figures is not None:
         summary["figures"] = [Path(p).name for p in save_figures(report)]
-    write_json(out / "summary.json", summary)  # an earlier run's maps and projector: removed by prepare_output
+    ClusterFolder(out).write_summary(summary)  # an earlier run's maps and projector: removed by prepare_output
     return report
 
 

@@ -34,8 +34,8 @@ from schoolvision.explain.layers import resolve_layer
 from schoolvision.explain.maps import overlay_rgb, resize_maps
 from schoolvision.explain.methods import check_method, class_index, explainer
 from schoolvision.explain.shap_values import background_from_split
-from schoolvision.io.atomic import atomic_path, write_json, write_text
-from schoolvision.io.folders import ChipsFolder, prepare_output
+from schoolvision.io.atomic import atomic_path, write_text
+from schoolvision.io.folders import ChipsFolder, ExplainFolder, prepare_output
 from schoolvision.io.rasters import write_geotiff
 from schoolvision.io.schools import footprint_mask
 from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
@@ -326,7 +326,7 @@ def _finish(run: _Run, n: int) -> ExplainSummary:
     first = [r for r in records if r["method"] == config.methods[0]]
     outcomes = {k: sum(1 for r in first if r["outcome"] == k) for k in ("TP", "FP", "FN", "TN")}
     out_dir = Path(config.out_dir)
-    write_json(out_dir / "faithfulness.json", {
+    ExplainFolder(out_dir).write_faithfulness({
         "run": str(config.run), "chips_dir": str(Path(config.chips_dir)), "split": config.split, "n_chips": n,
         "layer": run.layer_name, "target_class": CLASSES[run.target], "threshold": run.meta.threshold,
         "runtime": run.runtime.describe(),
