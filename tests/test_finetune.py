@@ -69,7 +69,7 @@ def test_fit_with_init_from_starts_from_the_earlier_weights(base_run, fake_chips
         seen["image_size"] = state.settings.image_size
         raise Stop
 
-    monkeypatch.setattr(training, "_epochs", first_epoch)
+    monkeypatch.setattr(training, "run_epochs", first_epoch)
     with pytest.raises(Stop):
         fit(tiny(fake_chips, tmp_path / "ft", init_from=base_run, image_size=None, seed=11))
     with torch.no_grad():

@@ -23,11 +23,11 @@ from schoolvision.model.checkpoint import load_classifier, read_checkpoint
 from schoolvision.model.inference import predict
 from schoolvision.plotting import training as plots
 from schoolvision.plotting.training import tensorboard_figures
-from schoolvision.train import fit as training
-from schoolvision.train import tblog
+from schoolvision.train import loop, tblog
 from schoolvision.train.evaluation import EvalConfig, evaluate_run
-from schoolvision.train.fit import TrainConfig, class_weights, fit, rng_state, set_rng_state, warmup_cosine
+from schoolvision.train.fit import TrainConfig, fit
 from schoolvision.train.metrics import METRIC_KEYS
+from schoolvision.train.state import autocast_setting, class_weights, rng_state, set_rng_state, warmup_cosine
 
 from fixtures import make_fake_chips
 
@@ -222,7 +222,7 @@ def test_refuses_an_existing_run_folder(fake_run, fake_chips):
 def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
     whole = fit(tiny(fake_chips, tmp_path / "whole"))
     calls = {"n": 0}
-    real = training._train_epoch
+    real = loop._train_epoch
 
     def interrupted(*args, **kwargs):
         calls["n"] += 1
@@ -230,12 +230,12 @@ def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
             raise KeyboardInterrupt  # killed during the second epoch
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_train_epoch", interrupted)
+    monkeypatch.setattr(loop, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
         fit(tiny(fake_chips, tmp_path / "split"))
     assert read_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "split" / "metrics.json").exists()
-    monkeypatch.setattr(training, "_train_epoch", real)
+    monkeypatch.setattr(loop, "_train_epoch", real)
     resumed = fit(tiny(fake_chips, tmp_path / "split", resume=True))
     saved = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("split", "whole")]
     assert saved[0] == saved[1]
@@ -352,7 +352,7 @@ def test_bf16_training_is_opt_in_and_recorded(fake_chips, tmp_path, monkeypatch)
     resolved = json.loads((tmp_path / "bf16" / "config.json").read_text())["resolved"]
     assert resolved["amp"] is True and resolved["amp_dtype"] == "bfloat16" and resolved["precision"] == "bf16"
     assert metrics["training_precision"] == "bf16"
-    assert training._autocast_setting("auto", torch.device("cpu")) == (False, torch.float32)  # even with bf16 forced
+    assert autocast_setting("auto", torch.device("cpu")) == (False, torch.float32)  # even with bf16 forced
     with pytest.raises(UserError, match="--precision"):
         tiny(fake_chips, tmp_path / "x", precision="int4")
 

@@ -48,8 +48,8 @@ def kept_heap() -> Iterator[bool]:
     """Keep freed CPU tensors in the process heap for the block, then give the memory back.
 
     glibc serves every allocation above 32 MB (a 224 px batch's activations) with a fresh ``mmap``
-    and returns it on free, so each training step page-faults its activations in again: on 2 CPU cores
-    that is a large share of a training step (``benchmarks/train_precision.py`` measures it). Inside the
+    and returns it on free, so each training step page-faults its activations in again, which on a few
+    CPU cores is a large share of the step (``benchmarks/train_precision.py`` measures it). Inside the
     block large blocks come from the heap and stay there for the next step; on exit glibc's defaults
     return and ``malloc_trim`` releases the heap.
     Yields whether the setting applied (glibc only; elsewhere the block runs unchanged).

@@ -19,13 +19,10 @@ decoding does not slow every epoch.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import platform
-import random
-import time
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import fields
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -39,270 +36,36 @@ import torchvision
 from torch import nn
 from torch.utils.data import DataLoader
 from torch.utils.data.distributed import DistributedSampler
-from torch.utils.tensorboard import SummaryWriter
-from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
 from schoolvision.data.dataset import CachedChipDataset, ChipDataset
-from schoolvision.errors import UserError, check_range
+from schoolvision.errors import UserError
 from schoolvision.io import manifest
 from schoolvision.io.folders import ChipsFolder, RunFolder, check_inputs, prepare_output, sha256
 from schoolvision.model.backbones import SchoolClassifier, build_model, pretraining_size, stem_modules
 from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
 from schoolvision.model.device import kept_heap
 from schoolvision.model.distributed import Distributed, init_distributed
-from schoolvision.model.inference import predict_logits, school_probability
-from schoolvision.model.runtime import bf16_native
+from schoolvision.model.inference import school_probability
 from schoolvision.train import tblog
+from schoolvision.train.config import MIN_EVAL_SCHOOL_CHIPS, PRECISIONS, RESUME_FREE, SPLITS, TrainConfig
 from schoolvision.train.evaluation import bootstrap_groups, label_array, prediction_frame, split_report
-from schoolvision.train.metrics import auprc, classification_metrics, fit_temperature, tune_threshold
+from schoolvision.train.loop import gather_logits, run_epochs
+from schoolvision.train.metrics import fit_temperature, tune_threshold
 from schoolvision.train.novelty import summarise_run
+from schoolvision.train.state import (
+    Resolved,
+    TrainerState,
+    autocast_setting,
+    class_weights,
+    jsonable_config,
+    seed_everything,
+    warmup_cosine,
+    worker_init,
+)
 
-MIN_EVAL_SCHOOL_CHIPS = 20
-"""``train`` warns when the validation or test split holds fewer school chips: the model is chosen, its threshold
-tuned and its metrics measured on them, and a handful of schools gives a perfect score by luck."""
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-"""Training precisions. ``bf16`` on a CPU is opt-in: on CPUs with AMX it trained 1.6x faster at 224 px, but it
-changes the recipe's numbers (benchmarks/train_precision.py; README), and where the CPU lacks native bfloat16
-it is emulated and ~10x slower than float32."""
-
-# Settings that may differ between an interrupted run and its resumption.
-RESUME_FREE = {"resume", "overwrite", "device", "num_workers", "log_every"}
-SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class TrainConfig:
-    """Every training parameter; written to ``RUN/config.json``."""
-
-    chips_dir: Path
-    out_dir: Path
-    backbone: str = "efficientnet_lite0"
-    pretrained: bool = True
-    epochs: int = 6  # with early stopping (patience) on the validation AUPRC
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-2
-    warmup_epochs: float = 1.0
-    freeze_backbone_epochs: int = 0
-    freeze_stem: bool | None = None  # None: keep the layers up to output stride 4 at their starting weights when
-    # those are learnt (ImageNet or --init-from), train them from random weights: see backbones.stem_modules
-    image_size: int | None = None  # None: the backbone's pretraining size (224) if pretrained, else the chip size
-    device: str = "auto"
-    seed: int = 0
-    resume: bool = False
-    num_workers: int | None = None  # None: 0 on CPU (data is in memory), min(4, cores) on CUDA
-    patience: int | None = 5  # epochs without a better validation AUPRC before stopping; None = never
-    threshold_beta: float = 1.0  # 1 tunes the threshold for F1, 2 for F2 (favours recall)
-    precision: str = "auto"  # one of PRECISIONS. auto: bf16 autocast on CUDA (fp16 + GradScaler where bf16 is
-    # not supported), float32 on every CPU, so that the same command trains the same recipe on any CPU
-    channels_last: bool | None = None  # None: on for CUDA and CPU (2-3x faster training steps on CPU, measured)
-    preload: bool | None = None  # None: decode the training chips into memory when they fit in 2 GiB
-    log_every: int = 10  # batches between progress-bar updates
-    overwrite: bool = False
-    n_boot: int = 1000  # bootstrap resamples for the F1 / AUPRC intervals
-    init_from: Path | None = None  # fine-tune: start from this earlier run's best.pt (or a checkpoint file)
-
-    def __post_init__(self) -> None:
-        self.chips_dir = Path(self.chips_dir)
-        self.out_dir = Path(self.out_dir)
-        if self.init_from is not None:
-            self.init_from = Path(self.init_from)
-        for option, value, rule in (
-            ("--epochs", self.epochs, {"minimum": 1}),
-            ("--batch-size", self.batch_size, {"minimum": 1}),
-            ("--lr", self.lr, {"above": 0}),
-            ("--image-size", self.image_size, {"minimum": 32}),
-            ("--freeze-epochs", self.freeze_backbone_epochs, {"minimum": 0}),
-            ("--beta", self.threshold_beta, {"above": 0}),
-            ("--patience", self.patience, {"minimum": 1}),
-            ("--num-workers", self.num_workers, {"minimum": 0}),
-            ("weight_decay", self.weight_decay, {"minimum": 0}),
-            ("warmup_epochs", self.warmup_epochs, {"minimum": 0}),
-            ("log_every", self.log_every, {"minimum": 1}),
-            ("n_boot", self.n_boot, {"minimum": 1}),
-        ):
-            check_range(option, value, **rule)
-        if self.precision not in PRECISIONS:
-            raise UserError(f"--precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
-
-
-# --- small helpers -----------------------------------------------------------------------------
-
-
-def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch (all devices)."""
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The seed of one epoch: data order, augmentation and dropout depend only on (seed, epoch)."""
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
-
-
-def warmup_cosine(warmup_steps: int, total_steps: int):
-    """LambdaLR factor: linear warm-up from ~0 to 1, then cosine decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def class_weights(labels: np.ndarray) -> torch.Tensor:
-    """Inverse-frequency weights n / (k * n_c), so both classes weigh the same in the loss."""
-    counts = np.bincount(labels, minlength=len(CLASSES)).astype(np.float64)
-    return torch.tensor(len(labels) / (len(CLASSES) * np.maximum(counts, 1)), dtype=torch.float32)
-
-
-def _worker_init(worker_id: int) -> None:
-    """Seed numpy and python in a DataLoader worker from its torch seed (torch seeds only itself)."""
-    seed = torch.initial_seed() % 2**32
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def rng_state() -> dict[str, torch.Tensor]:
-    """RNG states as tensors (so ``last.pt`` loads with ``weights_only=True``)."""
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)),
-        "numpy_pos": torch.tensor([np_state[2], np_state[3]], dtype=torch.int64),
-        "numpy_gauss": torch.tensor([np_state[4]], dtype=torch.float64),
-        "python": torch.tensor(py_state[1], dtype=torch.int64),
-        "python_version": torch.tensor([py_state[0]], dtype=torch.int64),
-    }
-
-
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
-    """Restore the RNG states saved by :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    pos, has_gauss = (int(v) for v in state["numpy_pos"])
-    keys = state["numpy_keys"].numpy().astype(np.uint32)
-    np.random.set_state(("MT19937", keys, pos, has_gauss, float(state["numpy_gauss"][0])))
-    random.setstate((int(state["python_version"][0]), tuple(int(v) for v in state["python"]), None))
-
-
-# --- the trainer state ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Resolved:
-    """What :class:`TrainConfig` leaves to the machine (``None`` / "auto"), as this run resolved it."""
-
-    image_size: int  # model input size
-    chip_size: int  # stored chip size
-    amp: bool
-    amp_dtype: torch.dtype
-    channels_last: bool
-    num_workers: int
-    preload: bool  # training and validation chips decoded once into memory
-    freeze_stem: bool  # the backbone's stem (layers up to output stride 4) keeps its starting weights
-
-    @property
-    def precision_name(self) -> str:
-        """``fp32``, ``bf16`` or ``fp16``: what the training steps computed in (metrics.json records it)."""
-        return {torch.bfloat16: "bf16", torch.float16: "fp16"}[self.amp_dtype] if self.amp else "fp32"
-
-    def record(self, device: torch.device, world: int, splits: dict[str, ChipDataset]) -> dict[str, Any]:
-        """The ``resolved`` entry of ``config.json``, with the chip counts per split and class."""
-        return {
-            "device": str(device), "image_size": self.image_size, "chip_size": self.chip_size, "amp": self.amp,
-            "amp_dtype": str(self.amp_dtype).replace("torch.", "") if self.amp else None,
-            "precision": self.precision_name,
-            "channels_last": self.channels_last, "num_workers": self.num_workers, "preload": self.preload,
-            "freeze_stem": self.freeze_stem,
-            "world_size": world, "imbalance": "cross-entropy weighted by inverse class frequency",
-            "counts": {s: dict(zip(CLASSES, np.bincount(label_array(d.frame), minlength=len(CLASSES)).tolist()))
-                       for s, d in splits.items()},
-        }
-
-
-@dataclass
-class TrainerState:
-    """Everything the epoch loop reads and updates, held in one place as torchgeo's ``ClassificationTask`` does.
-
-    The fields from ``epoch`` on are the progress that ``last.pt`` saves and a resumed run restores:
-    ``epoch`` counts finished epochs, ``best_score`` is the best validation AUPRC (reached at
-    ``best_epoch``), ``stale`` counts epochs since, and ``stopped`` says that early stopping ended the run.
-    """
-
-    config: TrainConfig
-    ddp: Distributed
-    device: torch.device
-    settings: Resolved
-    model: SchoolClassifier  # the bare model: checkpoints and evaluation
-    net: nn.Module  # what trains: the model, or its DistributedDataParallel wrapper
-    train_ds: ChipDataset  # augmented
-    val_ds: ChipDataset
-    sampler: DistributedSampler
-    loader: DataLoader
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    scaler: torch.amp.GradScaler
-    loss_fn: nn.CrossEntropyLoss
-    meta: CheckpointMeta  # written into best.pt / last.pt
-    writer: SummaryWriter | None = None  # TensorBoard, on rank 0 only
-    epoch: int = 0
-    best_score: float = -1.0
-    best_epoch: int = -1
-    stale: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    stopped: bool = False
-
-    @property
-    def run(self) -> RunFolder:
-        """The run folder being written."""
-        return RunFolder(self.config.out_dir)
-
-    def restore(self, last: dict[str, Any]) -> None:
-        """Continue from ``last.pt``: weights, optimiser, schedule, progress and RNG states."""
-        self.model.load_state_dict(last["model"])
-        self.optimizer.load_state_dict(last["optimizer"])
-        self.scheduler.load_state_dict(last["scheduler"])
-        self.scaler.load_state_dict(last["scaler"])
-        self.epoch = int(last["epoch"])
-        self.best_score, self.best_epoch = float(last["best_score"]), int(last["best_epoch"])
-        self.stale = int(last["stale"])
-        self.history = list(last["history"])
-        self.stopped = bool(last["stopped"])
-        set_rng_state(last["rng"])
-
-    def save_last(self) -> None:
-        """Write ``last.pt``: everything :meth:`restore` needs, RNG states included."""
-        save_checkpoint(
-            self.run.last, self.model, self.meta, optimizer=self.optimizer.state_dict(),
-            scheduler=self.scheduler.state_dict(), scaler=self.scaler.state_dict(), epoch=self.epoch,
-            best_score=self.best_score, best_epoch=self.best_epoch, stale=self.stale, stopped=self.stopped,
-            history=self.history, rng=rng_state(), config=_jsonable_config(self.config),
-        )
-
-
-# --- distributed -------------------------------------------------------------------------------
-
-
-def _gather_logits(model, dataset, ddp: Distributed, batch_size: int, device,
-                   num_workers: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logits and labels of the whole ``dataset``; under DDP each rank scores a shard, then all gather."""
-    if ddp.world == 1:
-        return predict_logits(model, dataset, batch_size, device, num_workers, progress=False)
-    idx = list(range(ddp.rank, len(dataset), ddp.world))
-    part = predict_logits(model, dataset, batch_size, device, num_workers, indices=idx, progress=False)
-    parts = ddp.gather((idx, part[0], part[1]))
-    order = np.concatenate([p[0] for p in parts]).astype(int)
-    logits = np.concatenate([p[1] for p in parts])
-    labels = np.concatenate([p[2] for p in parts])
-    inv = np.argsort(order)
-    return logits[inv], labels[inv]
-
+__all__ = ["MIN_EVAL_SCHOOL_CHIPS", "PRECISIONS", "RESUME_FREE", "SPLITS", "TrainConfig", "few_school_notes", "fit",
+           "initial_model", "read_init"]
 
 # --- the run folder ----------------------------------------------------------------------------
 
@@ -407,10 +170,6 @@ def initial_model(config: TrainConfig, init: dict[str, Any] | None = None) -> Sc
     return model
 
 
-def _jsonable_config(config: TrainConfig) -> dict[str, Any]:
-    return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(config).items()}
-
-
 # --- fit ---------------------------------------------------------------------------------------
 
 
@@ -474,7 +233,7 @@ def _fit(config: TrainConfig, ddp: Distributed, device: torch.device,
         state.restore(last)
     state.writer = tblog.open_writer(state.run.tensorboard) if ddp.main else None
     try:
-        _epochs(state)
+        run_epochs(state)
         return _finish(state, splits, figures)
     finally:
         if state.writer is not None:
@@ -506,7 +265,7 @@ def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, An
     if image_size is None:
         image_size = int(splits["train"][0]["image"].shape[-1])
     cuda = device.type == "cuda"
-    amp, amp_dtype = _autocast_setting(config.precision, device)
+    amp, amp_dtype = autocast_setting(config.precision, device)
     n_bytes = len(splits["train"]) * 3 * image_size * image_size
     learnt_start = config.pretrained or init is not None  # random stem filters must train
     default_workers = min(4, os.cpu_count() or 1) if cuda else 0
@@ -523,28 +282,6 @@ def _resolve(config: TrainConfig, device: torch.device, chips_meta: dict[str, An
         freeze_stem=learnt_start if config.freeze_stem is None else config.freeze_stem,
     )
     return splits, settings
-
-
-def _autocast_setting(precision: str, device: torch.device) -> tuple[bool, torch.dtype]:
-    """(autocast on, its dtype) for a :data:`PRECISIONS` value on ``device``.
-
-    A CPU trains in float32 unless bf16 is asked for, whatever bfloat16 support it has: the recipe (and so
-    the book's numbers and intervals) must not change with the machine. Asked for where the CPU emulates
-    bfloat16, it runs, with a warning that it is slow.
-    """
-    cuda = device.type == "cuda"
-    if precision == "fp32" or (precision == "auto" and not cuda):
-        return False, torch.float32
-    if precision == "fp16":
-        if not cuda:
-            raise UserError("--precision fp16 needs a CUDA device; on a CPU use fp32 or bf16")
-        return True, torch.float16
-    if precision == "auto":
-        return True, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if not cuda and not bf16_native():
-        warnings.warn("--precision bf16: this CPU has no native bfloat16 (emulated, ~10x slower than fp32)",
-                      stacklevel=3)
-    return True, torch.bfloat16
 
 
 def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, settings: Resolved,
@@ -575,7 +312,7 @@ def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, se
     sampler = DistributedSampler(train_ds, num_replicas=ddp.world, rank=ddp.rank, shuffle=True, seed=config.seed)
     loader = DataLoader(
         train_ds, batch_size=config.batch_size, sampler=sampler, num_workers=settings.num_workers,
-        pin_memory=cuda, persistent_workers=settings.num_workers > 0, worker_init_fn=_worker_init,
+        pin_memory=cuda, persistent_workers=settings.num_workers > 0, worker_init_fn=worker_init,
         generator=torch.Generator().manual_seed(config.seed), drop_last=False,
     )
     steps_per_epoch = len(loader)
@@ -597,108 +334,6 @@ def _build_state(config: TrainConfig, ddp: Distributed, device: torch.device, se
                         scheduler, scaler, loss_fn, meta)
 
 
-def _epochs(state: TrainerState) -> None:
-    """The epoch loop: train, validate, keep the best by val AUPRC, write best.pt / last.pt / history."""
-    config = state.config
-    for epoch in range(state.epoch, config.epochs):
-        if state.stopped:
-            break
-        seed_everything(epoch_seed(config.seed, epoch))
-        state.sampler.set_epoch(epoch)
-        state.train_ds.set_epoch(epoch)
-        t0 = time.perf_counter()
-        train_stats = _train_epoch(state, epoch)
-        train_seconds = time.perf_counter() - t0
-        val_threshold, val_m, val_loss = _validate(state)
-        row = {
-            "epoch": epoch + 1, "lr": state.optimizer.param_groups[1]["lr"], "train_seconds": train_seconds,
-            "train_chips_per_second": train_stats.pop("n") / train_seconds,
-            "train_data_seconds": train_stats.pop("data_seconds"),
-            **{f"train_{k}": v for k, v in train_stats.items()},
-            "val_loss": val_loss, "val_accuracy": val_m["accuracy"], "val_f1": val_m["f1"], "val_auprc": val_m["auprc"],
-        }
-        _end_epoch(state, row, val_threshold, val_m)
-
-
-def _train_epoch(state: TrainerState, epoch: int) -> dict[str, float]:
-    """One pass over the training data; returns mean loss, accuracy, F1 and AUPRC of the epoch."""
-    config, device, settings = state.config, state.device, state.settings
-    state.net.train()
-    if epoch < config.freeze_backbone_epochs:
-        state.model.trunk.eval()  # keep pretrained BatchNorm statistics while the backbone is frozen
-    if settings.freeze_stem:
-        for layer in stem_modules(state.model):
-            layer.eval()  # a frozen stem keeps its BatchNorm statistics too
-    loss_sum = torch.zeros((), dtype=torch.float64)
-    logits_all, labels_all = [], []
-    bar = tqdm(state.loader, desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not state.ddp.main)
-    data_seconds, tick = 0.0, time.perf_counter()
-    for step, batch in enumerate(bar):
-        data_seconds += time.perf_counter() - tick  # waiting for the loader (and the progress bar)
-        x = batch["image"].to(device, non_blocking=True)
-        y = batch["label"].to(device, non_blocking=True)
-        if settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=settings.amp_dtype, enabled=settings.amp):
-            logits = state.net(x)
-            loss = state.loss_fn(logits.float(), y)
-        state.optimizer.zero_grad(set_to_none=True)
-        state.scaler.scale(loss).backward()
-        state.scaler.step(state.optimizer)
-        state.scaler.update()
-        state.scheduler.step()
-        loss_sum += loss.detach().double().cpu() * len(y)
-        logits_all.append(logits.detach().float().cpu())
-        labels_all.append(y.cpu())
-        if step % config.log_every == 0:
-            bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{state.optimizer.param_groups[1]['lr']:.2e}")
-        tick = time.perf_counter()
-    logits_t, labels_t = torch.cat(logits_all), torch.cat(labels_all)
-    if state.ddp.world > 1:
-        parts = state.ddp.gather((float(loss_sum), logits_t, labels_t))
-        loss_sum = torch.tensor(sum(p[0] for p in parts), dtype=torch.float64)
-        logits_t = torch.cat([p[1] for p in parts])
-        labels_t = torch.cat([p[2] for p in parts])
-    probs = school_probability(logits_t)
-    labels = labels_t.numpy()
-    m = classification_metrics(labels, probs, 0.5)
-    return {"loss": float(loss_sum) / len(labels), "accuracy": m["accuracy"], "f1": m["f1"],
-            "auprc": auprc(labels, probs), "n": len(labels), "data_seconds": data_seconds}
-
-
-def _validate(state: TrainerState) -> tuple[float, dict[str, Any], float]:
-    """(tuned threshold, metrics at it, weighted loss) of the current model on the validation split."""
-    net = state.net if state.ddp.world == 1 else state.model
-    logits, labels = _gather_logits(net, state.val_ds, state.ddp, state.config.batch_size, state.device, 0)
-    probs = school_probability(logits, 1.0)
-    threshold = tune_threshold(labels, probs, state.config.threshold_beta)
-    metrics = classification_metrics(labels, probs, threshold)
-    weight = state.loss_fn.weight.cpu()
-    loss = float(nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(labels), weight=weight))
-    return threshold, metrics, loss
-
-
-def _end_epoch(state: TrainerState, row: dict[str, Any], val_threshold: float, val_m: dict[str, Any]) -> None:
-    """Record the epoch; on rank 0 write best.pt (when validation AUPRC improved), last.pt, history, TensorBoard."""
-    state.history.append(row)
-    state.epoch = int(row["epoch"])
-    improved = val_m["auprc"] > state.best_score
-    if improved:
-        state.best_score, state.best_epoch, state.stale = val_m["auprc"], state.epoch, 0
-    else:
-        state.stale += 1
-    state.stopped = state.config.patience is not None and state.stale >= state.config.patience
-    if state.ddp.main:
-        if improved:
-            state.meta.threshold, state.meta.epoch = val_threshold, state.epoch
-            state.meta.metrics = {f"val_{k}": float(val_m[k]) for k in ("auprc", "f1", "accuracy")}
-            save_checkpoint(state.run.best, state.model, state.meta)
-        state.save_last()
-        state.run.write_history(state.history)
-        tblog.log_epoch(state.writer, row)
-    state.ddp.barrier()
-
-
 def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.FigureMaker | None) -> dict[str, Any]:
     """Calibrate and tune the best model on validation, score test, write the run's outputs."""
     config, model, run = state.config, state.model, state.run
@@ -709,7 +344,7 @@ def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.
     meta = CheckpointMeta(**best["meta"])
     reports, frames, scores = {}, [], {}
     for split in ("val", "test"):
-        logits, labels = _gather_logits(model, splits[split], state.ddp, config.batch_size, state.device,
+        logits, labels = gather_logits(model, splits[split], state.ddp, config.batch_size, state.device,
                                         state.settings.num_workers)
         if split == "val":
             meta.temperature = fit_temperature(logits, labels)
@@ -732,7 +367,7 @@ def _finish(state: TrainerState, splits: dict[str, ChipDataset], figures: tblog.
     run.write_metrics(metrics)
     step = len(state.history)
     tblog.log_scores(state.writer, tblog.run_scores(meta.threshold, scores, splits["test"]), step, figures)
-    hparams = {k: v for k, v in _jsonable_config(config).items() if isinstance(v, (int, float, str, bool))}
+    hparams = {k: v for k, v in jsonable_config(config).items() if isinstance(v, (int, float, str, bool))}
     final = {f"hparam/test_{k}": float(metrics[k]) for k in ("auprc", "f1", "f2", "roc_auc", "accuracy", "ece")}
     tblog.log_hparams(state.writer, hparams, final)
     tblog.close(state.writer, run.tensorboard)
