@@ -62,8 +62,8 @@ def scale(n: int, seed: int = 0) -> dict:
     from affine import Affine
     from rasterio.crs import CRS
 
+    from schoolvision.data.windows import window_offsets
     from schoolvision.scan.mask import ScanMask
-    from schoolvision.scan.windows import window_offsets
 
     rng = np.random.default_rng(seed)
     x, y = rng.uniform(400_000, 500_000, n), rng.uniform(0, 100_000, n)

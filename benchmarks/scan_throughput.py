@@ -63,12 +63,12 @@ def make_scene(path: Path, size: int, seed: int = 0) -> Path:
 
 def throughput(args, device) -> dict:
     """Bare and scan windows/s of every runtime, interleaved."""
+    from schoolvision.data.windows import window_offsets
     from schoolvision.io.imagery import list_sources
     from schoolvision.model.backbones import build_model
     from schoolvision.model.checkpoint import CheckpointMeta, load_classifier
     from schoolvision.model.runtime import make_runtime, onnx_available
     from schoolvision.scan.scene import scan_scene
-    from schoolvision.scan.windows import window_offsets
 
     torch.manual_seed(0)
     checkpoint = None

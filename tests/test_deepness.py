@@ -50,13 +50,14 @@ import torch
 from affine import Affine
 from rasterio.warp import Resampling, reproject
 
+from schoolvision.data.windows import window_offsets
 from schoolvision.io.imagery import list_sources
 from schoolvision.model.backbones import build_model
 from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.model.export import read_metadata
 from schoolvision.model.runtime import make_runtime
 from schoolvision.scan.scene import scan_scene
-from schoolvision.scan.windows import to_input, window_offsets
+from schoolvision.scan.windows import to_input
 
 ort = pytest.importorskip("onnxruntime")
 

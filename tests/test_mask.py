@@ -21,6 +21,7 @@ from affine import Affine
 from shapely.geometry import Point, box
 
 from schoolvision.cli import main
+from schoolvision.data.windows import window_offsets
 from schoolvision.errors import UserError
 from schoolvision.io.imagery import list_sources
 from schoolvision.io.masks import read_mask
@@ -28,7 +29,6 @@ from schoolvision.model.checkpoint import CheckpointMeta
 from schoolvision.scan.mask import ScanMask, window_boxes
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.scene import scan_scene
-from schoolvision.scan.windows import window_offsets
 
 from fixtures import ORIGIN, UTM, write_red_scene
 

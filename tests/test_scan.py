@@ -17,6 +17,7 @@ import torch
 from affine import Affine
 from rasterio.crs import CRS
 
+from schoolvision.data.windows import window_offsets
 from schoolvision.errors import UserError
 from schoolvision.io.imagery import list_sources
 from schoolvision.io.rasters import BLOCK
@@ -26,7 +27,7 @@ from schoolvision.scan import scene as scene_module
 from schoolvision.scan.probability import RowBlender
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.scene import scan_scene
-from schoolvision.scan.windows import gaussian_weight, window_offsets
+from schoolvision.scan.windows import gaussian_weight
 
 from fixtures import write_red_scene
 

@@ -5,7 +5,8 @@ Labelling rule (``ChipConfig``): a chip is ``school`` when it holds at least
 ``min_chip_cover`` of the chip (large compounds never fit in one chip); ``not_school`` when it
 touches no school at all; anything in between (a sliver of a school) is ambiguous and left out.
 
-Windows come from a regular grid (``stride``); in the splits listed in ``centred_splits`` (train
+Windows come from the regular grid a scan uses (``stride``, the last window shifted in to end on the
+border: :mod:`schoolvision.data.windows`); in the splits listed in ``centred_splits`` (train
 by default) each school also gives ``centred_views`` jittered windows centred on it, so the model
 sees every school several times. Val and test stay grid-only: an unbiased sample of what a scan
 sees, so their metrics are not flattered by school-centred views. ``not_school`` chips of the train
@@ -36,49 +37,36 @@ import csv
 import hashlib
 import io
 import json
-import math
 import shutil
 import tempfile
 import warnings
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from affine import Affine
-from rasterio.crs import CRS
-from rasterio.errors import CRSError
-from rasterio.windows import Window
-from shapely import STRtree, union_all
 from shapely.geometry import box
-from tqdm.auto import tqdm
 
 from schoolvision import CLASSES
-from schoolvision.data.plan import SceneLayout, block_splits, plan_chips, stable_int, window_split
-from schoolvision.errors import UserError, check_range
+from schoolvision.data.chip_config import HARD_NEGATIVE, SPLITS, ChipConfig
+from schoolvision.data.plan import ChipPlan, plan_chips
+from schoolvision.data.scenes import chip_scene, scene_layout
+from schoolvision.errors import UserError
 from schoolvision.io import manifest
 from schoolvision.io.atomic import write_text
 from schoolvision.io.folders import ChipsFolder, check_inputs, prepare_output
 from schoolvision.io.imagery import (
     ImageryOptions,
     ImagerySource,
-    file_count,
     list_sources,
-    open_source,
-    parse_scale,
-    read_mask,
-    read_window,
     scenes_line,
     source_info,
     with_options,
 )
-from schoolvision.io.rasters import write_geotiff
-from schoolvision.io.schools import POINT_BUFFER_M, parse_lonlat_columns, parse_where, read_schools
+from schoolvision.io.schools import parse_where, read_schools
 from schoolvision.io.tiles import TileOptions
 
-SPLITS = ("train", "val", "test")
-HARD_NEGATIVE = "hard_negative"
-"""``view`` of the chips cut around the places of ``--negatives`` (the others: ``grid``, ``centred``)."""
 MIN_CHIP_GROUND_M = 60.0
 """Chips narrower than this on the ground (chip size x GSD) get a warning: a school spans 50-150 m."""
 SUGGESTED_CHIP_GROUND_M = 128.0
@@ -91,67 +79,8 @@ CSV_COLUMNS = [
 ]
 
 
-@dataclass
-class ChipConfig:
-    """Parameters of chip extraction; all of them are recorded in ``dataset.json``."""
-
-    chip_size: int = 128
-    stride: int | None = None  # pixels between grid windows; None = planned: chip_size // 2, less on a small area
-    gsd: float | None = None  # metres per pixel; None = native GSD of the first source
-    crs: str | None = None  # CRS for rasters without one (e.g. "EPSG:32636")
-    bands: tuple[int, int, int] | None = None  # RGB band numbers (1-based) for non-RGB rasters
-    scale: tuple[float, float] | None = None  # fixed (min, max) to 8 bits; None = per-scene 2-98 percentile stretch
-    min_school_fraction: float = 0.5  # share of a school's footprint inside the chip for `school`
-    min_chip_cover: float = 0.25  # or: share of the chip covered by school footprints
-    point_buffer_m: float = POINT_BUFFER_M  # radius of the disc that stands for a school point
-    schools_layer: str | None = None  # layer of a multi-layer schools file (GeoPackage, KML)
-    schools_where: str | None = None  # attribute filter of the schools file, e.g. "amenity=school"
-    lonlat_columns: tuple[str, str] | None = None  # (lon, lat) columns of a CSV schools file; None = by name
-    centred_views: int = 4  # extra jittered windows centred on each school
-    centred_splits: tuple[str, ...] = ("train",)  # splits that get the centred views
-    jitter: float = 0.25  # max shift of centred views, as a share of chip_size
-    negative_ratio: float | None = 3.0  # not_school per school chip in train; None = keep all
-    eval_negative_ratio: float | None = None  # same for val/test; None = keep all
-    val_scenes: tuple[str, ...] | None = None
-    test_scenes: tuple[str, ...] | None = None
-    block_size: float | None = None  # metres a split block's side (one or two scenes); None = planned (data.plan)
-    block_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)  # train/val/test share of blocks
-    max_nodata_fraction: float = 0.1  # chips with more masked (alpha, mask, nodata) or black pixels are skipped
-    tile_scheme: str | None = None  # web-map tiles: "xyz" or "tms"; None = TMS if tilemapresource.xml (io.tiles)
-    tile_pattern: str | None = None  # tile names, e.g. "{z}/{x}/{y}" or "OAM-{x}-{y}-{z}"; None = z-x-y or z/x/y
-    zoom: int | None = None  # zoom level of a tile folder holding several; None = the finest
-    separate_scenes: bool = False  # one scene per GeoTIFF, never a mosaic of adjacent tiles
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        check_range("--chip-size", self.chip_size, minimum=32)
-        check_range("--stride", self.stride, minimum=1)
-        check_range("--gsd", self.gsd, above=0)
-        check_range("--point-buffer", self.point_buffer_m, minimum=0)
-        check_range("--negative-ratio", self.negative_ratio, above=0)
-        check_range("eval_negative_ratio", self.eval_negative_ratio, above=0)
-        for name in ("min_school_fraction", "min_chip_cover"):
-            check_range(name, getattr(self, name), above=0, maximum=1)
-        check_range("max_nodata_fraction", self.max_nodata_fraction, minimum=0, maximum=1)
-        check_range("centred_views", self.centred_views, minimum=0)
-        check_range("jitter", self.jitter, minimum=0, maximum=0.5)
-        check_range("--block-size", self.block_size, above=0)
-        if self.crs is not None:
-            try:
-                self.crs = CRS.from_user_input(self.crs).to_string()
-            except CRSError:
-                raise UserError(f"--crs {self.crs!r} is not a CRS; use e.g. EPSG:32636") from None
-        if self.bands is not None:
-            self.bands = tuple(int(b) for b in self.bands)
-        self.scale = parse_scale(self.scale)
-        self.lonlat_columns = parse_lonlat_columns(self.lonlat_columns)
-        parse_where(self.schools_where)
-        self.centred_splits = tuple(self.centred_splits)
-        TileOptions.of(self)  # validates the tile options before any work
-        for name in ("val_scenes", "test_scenes"):
-            value = getattr(self, name)
-            if value is not None:
-                setattr(self, name, tuple(value))
+__all__ = ["CSV_COLUMNS", "HARD_NEGATIVE", "MIN_CHIP_GROUND_M", "OWN_FILES", "SPLITS", "SUGGESTED_CHIP_GROUND_M",
+           "ChipConfig", "ChipSummary", "make_chips", "small_chip_note"]
 
 
 @dataclass
@@ -263,91 +192,133 @@ def make_chips(
     if note:
         warnings.warn(note, stacklevel=2)  # before the long work: the user may stop and rerun with --gsd
     scene_split = _scene_splits([s.name for s in sources], config)
-    plan = plan_chips([_layout(s, footprints, gsd, scene_split[s.name] == "blocks") for s in sources],
+    plan = plan_chips([scene_layout(s, footprints, gsd, scene_split[s.name] == "blocks") for s in sources],
                       config.chip_size, gsd, config.stride, config.block_size, config.block_fractions, config.seed)
 
-    created = not out_dir.exists()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest.start(out_dir)
-    # chips are cut into a hidden staging folder inside --out (a killed run's is removed by the next
-    # run) and moved into place at the end, chips.csv and dataset.json last
-    prefix, suffix = manifest.temporary_affixes(out_dir / "chips")
-    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=out_dir))
-    manifest.start(tmp)
-    try:
-        rows: list[dict] = []
-        skipped: Counter = Counter()
-        scenes: dict[str, dict] = {}
-        empty: dict[str, str] = {}
-        for source in sources:
-            scene_rows, scene_meta, why = _chip_scene(source, footprints, scene_split[source.name], gsd, config, plan,
-                                                      tmp, skipped, places)
-            rows.extend(scene_rows)
-            scenes[source.name] = {**scene_meta, "pixels": infos[source.name]["pixels"]}
-            if why:
-                empty[source.name] = why
-        notes = [_empty_note(name, scenes[name], gsd, why) for name, why in empty.items()]
-        if not rows:
-            raise UserError("no chip cut from the imagery: " + "; ".join(notes))
-        counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
-        notes += _split_notes(rows, scene_split, plan)
-        folder = ChipsFolder(tmp)
-        folder.write_index(_index_csv(rows))
-        write_text(tmp / "schools.geojson", footprints.to_json(drop_id=True, to_wgs84=True))
-        meta = {
-            "chip_size": config.chip_size,
-            "gsd": gsd,
-            "stride": plan.stride,
-            "block_size_m": plan.block_m if "blocks" in scene_split.values() else None,
-            "plan": plan.record(),
-            "seed": config.seed,
-            "classes": list(CLASSES),
-            "counts": counts,
-            "skipped": dict(sorted(skipped.items())),
-            "scenes": scenes,
-            "imagery": ImageryOptions(config.bands, config.crs, config.scale).record(),
-            "labelling": {
-                "rule": "school if >= min_school_fraction of a school footprint is inside the chip or footprints "
-                        "cover >= min_chip_cover of the chip; not_school if no footprint touches it; else skipped",
-                "min_school_fraction": config.min_school_fraction,
-                "min_chip_cover": config.min_chip_cover,
-                "point_buffer_m": config.point_buffer_m,
-                "max_nodata_fraction": config.max_nodata_fraction,
-                "masked": "chips with more than max_nodata_fraction of their pixels under the imagery's mask "
-                          "(alpha, internal mask, nodata) are skipped as 'masked', with more masked or black "
-                          "pixels together as 'nodata_or_black'; masked pixels of kept chips are written as 0",
-                "negative_ratio": config.negative_ratio,
-                "eval_negative_ratio": config.eval_negative_ratio,
-            },
-            "schools": "schools.geojson",
-            "schools_source": str(Path(schools).resolve()),
-            "schools_read": footprints.attrs.get("source", {}),
-            "config": _config_dict(config),
-            "fingerprint": fingerprint,
-        }
-        if places is not None:  # provenance of the hard negatives (absent without --negatives)
-            meta["negatives"] = {
-                "source": str(Path(negatives).resolve()), "where": negatives_where,
-                "read": places.attrs.get("source", {}),
-                "places": len(places), "chips": sum(1 for r in rows if r["view"] == HARD_NEGATIVE),
-                "rule": "one not_school chip centred on each place (view hard_negative in chips.csv), in the "
-                        "split the place lies in; left out when it would touch a school footprint",
-            }
-        folder.write_meta(meta)
-        manifest.move_into(tmp, out_dir, last=(ChipsFolder.INDEX, ChipsFolder.META))
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            manifest.discard_if_empty(out_dir)  # a failed run leaves no new folder behind
-        raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    job = _ChipJob(sources, infos, footprints, places, scene_split, plan, gsd, config)
+    meta, notes = _write_folder(out_dir, job, lambda cut: _dataset_meta(job, cut, schools, fingerprint,
+                                                                         negatives, negatives_where))
     for note in notes:
         warnings.warn(note, stacklevel=2)
     summary = _summary_from_json(out_dir, meta)
     summary.warnings = notes
     return summary
+
+
+@dataclass
+class _ChipJob:
+    """What every scene of one ``make_chips`` call shares: the inputs as read, the splits and the plan."""
+
+    sources: list[ImagerySource]
+    infos: dict[str, dict]
+    footprints: Any  # school footprints (GeoDataFrame)
+    places: Any  # hard-negative places (GeoDataFrame) or None
+    scene_split: dict[str, str]
+    plan: ChipPlan
+    gsd: float
+    config: ChipConfig
+
+
+def _cut_scenes(job: _ChipJob, tmp: Path) -> tuple[list[dict], Counter, dict[str, dict], list[str]]:
+    """Cut every scene into ``tmp``: the chips' rows, skipped windows, per-scene metadata and notes.
+
+    Raises:
+        UserError: no scene gave a chip (the notes say why for each).
+    """
+    rows: list[dict] = []
+    skipped: Counter = Counter()
+    scenes: dict[str, dict] = {}
+    empty: dict[str, str] = {}
+    for source in job.sources:
+        scene_rows, scene_meta, why = chip_scene(source, job.footprints, job.scene_split[source.name], job.gsd,
+                                                 job.config, job.plan, tmp, skipped, job.places)
+        rows.extend(scene_rows)
+        scenes[source.name] = {**scene_meta, "pixels": job.infos[source.name]["pixels"]}
+        if why:
+            empty[source.name] = why
+    notes = [_empty_note(name, scenes[name], job.gsd, why) for name, why in empty.items()]
+    if not rows:
+        raise UserError("no chip cut from the imagery: " + "; ".join(notes))
+    return rows, skipped, scenes, notes + _split_notes(rows, job.scene_split, job.plan)
+
+
+def _write_folder(out_dir: Path, job: _ChipJob, make_meta) -> tuple[dict, list[str]]:
+    """Cut the chips into a staging folder inside ``out_dir``, then move them into place, index and meta last.
+
+    ``make_meta(cut)`` gives ``dataset.json`` from what :func:`_cut_scenes` returned. A killed run's
+    staging folder is removed by the next run; a failed run leaves no new folder behind.
+    """
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest.start(out_dir)
+    prefix, suffix = manifest.temporary_affixes(out_dir / "chips")
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=out_dir))
+    manifest.start(tmp)
+    try:
+        cut = _cut_scenes(job, tmp)
+        folder = ChipsFolder(tmp)
+        folder.write_index(_index_csv(cut[0]))
+        write_text(tmp / "schools.geojson", job.footprints.to_json(drop_id=True, to_wgs84=True))
+        meta = make_meta(cut)
+        folder.write_meta(meta)
+        manifest.move_into(tmp, out_dir, last=(ChipsFolder.INDEX, ChipsFolder.META))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            manifest.discard_if_empty(out_dir)
+        raise
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta, cut[3]
+
+
+def _dataset_meta(job: _ChipJob, cut: tuple, schools: str | Path, fingerprint: str, negatives: str | Path | None,
+                  negatives_where: str | None) -> dict:
+    """``dataset.json``: sizes, plan, counts, scenes, the labelling rule, provenance and the fingerprint."""
+    rows, skipped, scenes, _ = cut
+    config, plan, footprints, places, gsd = job.config, job.plan, job.footprints, job.places, job.gsd
+    counts = {s: {c: sum(1 for r in rows if r["split"] == s and r["label"] == c) for c in CLASSES} for s in SPLITS}
+    meta = {
+        "chip_size": config.chip_size,
+        "gsd": gsd,
+        "stride": plan.stride,
+        "block_size_m": plan.block_m if "blocks" in job.scene_split.values() else None,
+        "plan": plan.record(),
+        "seed": config.seed,
+        "classes": list(CLASSES),
+        "counts": counts,
+        "skipped": dict(sorted(skipped.items())),
+        "scenes": scenes,
+        "imagery": ImageryOptions(config.bands, config.crs, config.scale).record(),
+        "labelling": {
+            "rule": "school if >= min_school_fraction of a school footprint is inside the chip or footprints "
+                    "cover >= min_chip_cover of the chip; not_school if no footprint touches it; else skipped",
+            "min_school_fraction": config.min_school_fraction,
+            "min_chip_cover": config.min_chip_cover,
+            "point_buffer_m": config.point_buffer_m,
+            "max_nodata_fraction": config.max_nodata_fraction,
+            "masked": "chips with more than max_nodata_fraction of their pixels under the imagery's mask "
+                      "(alpha, internal mask, nodata) are skipped as 'masked', with more masked or black "
+                      "pixels together as 'nodata_or_black'; masked pixels of kept chips are written as 0",
+            "negative_ratio": config.negative_ratio,
+            "eval_negative_ratio": config.eval_negative_ratio,
+        },
+        "schools": "schools.geojson",
+        "schools_source": str(Path(schools).resolve()),
+        "schools_read": footprints.attrs.get("source", {}),
+        "config": _config_dict(config),
+        "fingerprint": fingerprint,
+    }
+    if places is not None:  # provenance of the hard negatives (absent without --negatives)
+        meta["negatives"] = {
+            "source": str(Path(negatives).resolve()), "where": negatives_where,
+            "read": places.attrs.get("source", {}),
+            "places": len(places), "chips": sum(1 for r in rows if r["view"] == HARD_NEGATIVE),
+            "rule": "one not_school chip centred on each place (view hard_negative in chips.csv), in the "
+                    "split the place lies in; left out when it would touch a school footprint",
+        }
+    return meta
 
 
 def small_chip_note(chip_size: int, gsd: float) -> str | None:
@@ -363,104 +334,6 @@ def small_chip_note(chip_size: int, gsd: float) -> str | None:
     return (f"chips of {chip_size} px at {gsd:g} m/px cover {ground:.0f} m, less than {MIN_CHIP_GROUND_M:g} m "
             f"(a school compound spans 50-150 m); pass --gsd {better:g} for chips of "
             f"{chip_size * better:.0f} m (or a larger --chip-size)")
-
-
-def _layout(source: ImagerySource, footprints, gsd: float, by_blocks: bool) -> SceneLayout:
-    """What the plan reads of a scene at ``gsd``: its size in pixels and its schools' centres."""
-    with open_source(source, gsd=gsd) as ds:
-        schools = footprints.to_crs(ds.crs)
-        schools = schools[schools.intersects(box(*ds.bounds))]
-        inv = ~ds.transform
-        centres = np.array([(inv @ (c.x, c.y))[::-1] for c in schools.geometry.centroid], float).reshape(-1, 2)
-        return SceneLayout(source.name, ds.height, ds.width, centres, by_blocks)
-
-
-def _chip_scene(source: ImagerySource, footprints, split_rule: str, gsd: float, config: ChipConfig, plan,
-                out: Path, skipped: Counter, places=None) -> tuple[list[dict], dict, str | None]:
-    """Label, split, sample and write the chips of one scene (with the hard negatives among ``places``).
-
-    Returns the chips' rows, the scene's entry of ``dataset.json`` and, when it gave no chip, why.
-    """
-    cs, rng = config.chip_size, np.random.default_rng([config.seed, stable_int(source.name)])
-    block = plan.block_px
-    mine: Counter = Counter()  # this scene's skipped windows, for the reason it gave no chip
-    with open_source(source, gsd=gsd) as ds:  # bands, CRS and scale: the source's options
-        crs = ds.crs
-        crs_text = crs.to_string()
-        schools = footprints.to_crs(crs)
-        scene_box = box(*ds.bounds)
-        schools = schools[schools.intersects(scene_box)].reset_index(drop=True)
-        tree = STRtree(list(schools.geometry))
-        school_areas = schools.geometry.area.to_numpy()
-        windows = _candidate_windows(ds, schools, cs, plan.stride, config, rng)
-        blocks = (block_splits(ds.height, ds.width, block, config.block_fractions, config.seed, source.name)
-                  if split_rule == "blocks" else None)
-        labelled: list[dict] = []
-        for row, col, view in windows:
-            split = split_rule if blocks is None else window_split(blocks, row, col, cs, block)
-            if split is None:
-                mine["straddles_split_blocks"] += 1
-                continue
-            if view == "centred" and split not in config.centred_splits:
-                continue
-            t = ds.transform @ Affine.translation(col, row)
-            chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
-            label, frac, cover, name = _label(chip_box, tree, schools, school_areas, config)
-            if label is None:
-                mine["ambiguous"] += 1
-                continue
-            labelled.append({"row_off": row, "col_off": col, "view": view, "split": split, "label": label,
-                             "school_fraction": round(frac, 4), "school_cover": round(cover, 4), "school_name": name,
-                             "minx": chip_box.bounds[0], "miny": chip_box.bounds[1], "maxx": chip_box.bounds[2],
-                             "maxy": chip_box.bounds[3]})
-        chosen = _undersample(labelled, config, rng, mine)
-        if places is not None:
-            hard = _hard_negatives(ds, places, tree, blocks, split_rule, config, block, mine)
-            taken = {(r["row_off"], r["col_off"]) for r in hard}  # same window: the hard negative stands for it
-            chosen = sorted([r for r in chosen if (r["row_off"], r["col_off"]) not in taken] + hard,
-                            key=lambda r: (r["row_off"], r["col_off"]))
-        rows = []
-        for r in tqdm(chosen, desc=f"chips {source.name}", unit="chip", leave=False, disable=not chosen):
-            window = Window(r["col_off"], r["row_off"], cs, cs)
-            arr = read_window(ds, window, source.path)
-            valid = read_mask(ds, window, source.path)
-            reason = _empty_reason(arr, valid, config.max_nodata_fraction)
-            if reason:
-                mine[reason] += 1
-                continue
-            arr[:, ~valid] = 0  # what the mask hides is nodata in the chip too
-            chip_id = f"{source.name}_r{r['row_off']:05d}_c{r['col_off']:05d}"
-            rel = f"{r['split']}/{r['label']}/{chip_id}.tif"
-            write_geotiff(out / rel, arr.astype(np.uint8, copy=False), crs,
-                          ds.transform @ Affine.translation(r["col_off"], r["row_off"]),
-                          tiled=False, overviews=False)
-            rows.append({"chip_id": chip_id, "path": rel, "scene": source.name, "crs": crs_text, **r})
-        meta = {"path": str(Path(source.path).resolve()), "crs": crs_text, "split": split_rule,
-                "width": ds.width, "height": ds.height, "bounds": list(ds.bounds), "kind": source.kind,
-                "files": file_count(source)}
-        if source.parts:  # a mosaic of GeoTIFF tiles: how many files it joins
-            meta["tiles"] = len(source.parts)
-        why = None if rows else _no_chip_reason(ds.height, ds.width, cs, len(schools), mine)
-    skipped.update(mine)
-    return rows, meta, why
-
-
-def _no_chip_reason(height: int, width: int, cs: int, n_schools: int, skipped: Counter) -> str:
-    """Why a scene gave no chip, from what its windows were skipped for (the most common reason)."""
-    if height < cs or width < cs:
-        return f"smaller than one {cs} px chip; use a smaller --chip-size or --gsd"
-    if not skipped:
-        return "no window"
-    reason = skipped.most_common(1)[0][0]
-    return {
-        "masked": "all masked (its alpha, mask or nodata value hides the windows)",
-        "nodata_or_black": "all masked or black (no data under the windows)",
-        "straddles_split_blocks": "every window straddles two split blocks; pass a larger --block-size",
-        "ambiguous": "every window cuts a school without holding enough of it (ambiguous); pass a larger --chip-size",
-        "undersampled_not_school": ("no label near it: no school in the scene, and its not_school chips were "
-                                    "under-sampled away (--negative-ratio 0 keeps them all)" if n_schools == 0 else
-                                    "its not_school chips were under-sampled away (--negative-ratio 0 keeps them all)"),
-    }.get(reason, reason.replace("_", " "))
 
 
 def _empty_note(name: str, meta: dict, gsd: float, why: str) -> str:
@@ -487,113 +360,6 @@ def _split_notes(rows: list[dict], scene_split: dict[str, str], plan) -> list[st
             notes.append(f"split {split} holds no school chip, so its metrics are undefined; school chips by split "
                          f"and scene: {held or 'none'}" + (f" ({fix})" if held else ""))
     return notes
-
-
-def _hard_negatives(ds, places, tree, blocks, split_rule: str, config: ChipConfig, block: int,
-                    skipped: Counter) -> list[dict]:
-    """One not_school window centred on each place inside the scene, labelled and split like the others.
-
-    The window's origin is the place's pixel position minus half a chip, rounded: its centre is
-    within half a pixel of the place (unless the scene's edge shifts it inside).
-    """
-    cs, h, w = config.chip_size, ds.height, ds.width
-    if h < cs or w < cs:
-        return []
-    points = places.to_crs(ds.crs).geometry.centroid  # a polygon stands for its centroid
-    inside = points.within(box(*ds.bounds))
-    inv = ~ds.transform
-    found: dict[tuple[int, int], dict] = {}
-    for point in points[inside]:
-        cx, cy = inv @ (point.x, point.y)
-        row = int(np.clip(round(cy - cs / 2), 0, h - cs))
-        col = int(np.clip(round(cx - cs / 2), 0, w - cs))
-        split = split_rule if blocks is None else window_split(blocks, row, col, cs, block)
-        if split is None:
-            skipped["hard_negative_straddles_split_blocks"] += 1
-            continue
-        t = ds.transform @ Affine.translation(col, row)
-        chip_box = box(t.c, t.f + t.e * cs, t.c + t.a * cs, t.f)
-        if tree.query(chip_box, predicate="intersects").size:
-            skipped["hard_negative_touches_school"] += 1
-            continue
-        found.setdefault((row, col), {
-            "row_off": row, "col_off": col, "view": HARD_NEGATIVE, "split": split, "label": "not_school",
-            "school_fraction": 0.0, "school_cover": 0.0, "school_name": "", "minx": chip_box.bounds[0],
-            "miny": chip_box.bounds[1], "maxx": chip_box.bounds[2], "maxy": chip_box.bounds[3]})
-    return list(found.values())
-
-
-def _candidate_windows(ds, schools, cs: int, stride: int, config: ChipConfig, rng) -> list[tuple[int, int, str]]:
-    """Grid windows plus jittered windows centred on each school; unique by origin, in a stable order."""
-    h, w = ds.height, ds.width
-    if h < cs or w < cs:
-        return []
-    seen: dict[tuple[int, int], str] = {}
-    for row in range(0, h - cs + 1, stride):
-        for col in range(0, w - cs + 1, stride):
-            seen[(row, col)] = "grid"
-    inv = ~ds.transform
-    max_shift = config.jitter * cs
-    for geom in schools.geometry:
-        c = geom.centroid
-        cx, cy = inv @ (c.x, c.y)
-        for k in range(config.centred_views):
-            dx, dy = (0.0, 0.0) if k == 0 else rng.uniform(-max_shift, max_shift, 2)
-            row = int(np.clip(round(cy + dy - cs / 2), 0, h - cs))
-            col = int(np.clip(round(cx + dx - cs / 2), 0, w - cs))
-            seen.setdefault((row, col), "centred")
-    return [(r, c, v) for (r, c), v in sorted(seen.items())]
-
-
-def _label(chip_box, tree, schools, areas, config: ChipConfig) -> tuple[str | None, float, float, str]:
-    """Apply the labelling rule (module docstring) to one chip footprint."""
-    hits = tree.query(chip_box, predicate="intersects")
-    if len(hits) == 0:
-        return "not_school", 0.0, 0.0, ""
-    best, best_frac, covered = "", 0.0, []
-    for i in hits:
-        inter = schools.geometry.iloc[i].intersection(chip_box)
-        frac = inter.area / areas[i] if areas[i] > 0 else 0.0
-        covered.append(inter)
-        if frac > best_frac:
-            best, best_frac = schools["name"].iloc[i], frac
-    cover = union_all(covered).area / chip_box.area
-    if best_frac == 0.0 and cover == 0.0:
-        return "not_school", 0.0, 0.0, ""  # touches a school boundary only
-    if best_frac >= config.min_school_fraction or cover >= config.min_chip_cover:
-        return "school", best_frac, cover, best
-    return None, best_frac, cover, best
-
-
-def _undersample(rows: list[dict], config: ChipConfig, rng, skipped: Counter) -> list[dict]:
-    """Keep at most ratio x positives of not_school chips per split (seeded), in a stable order."""
-    keep = []
-    for split in SPLITS:
-        these = [r for r in rows if r["split"] == split]
-        pos = [r for r in these if r["label"] == "school"]
-        neg = [r for r in these if r["label"] == "not_school"]
-        ratio = config.negative_ratio if split == "train" else config.eval_negative_ratio
-        if ratio is not None and pos and len(neg) > math.ceil(ratio * len(pos)):
-            n = math.ceil(ratio * len(pos))
-            idx = np.sort(rng.choice(len(neg), size=n, replace=False))
-            skipped["undersampled_not_school"] += len(neg) - n
-            neg = [neg[i] for i in idx]
-        keep.extend(pos + neg)
-    return sorted(keep, key=lambda r: (r["row_off"], r["col_off"]))
-
-
-def _empty_reason(arr: np.ndarray, valid: np.ndarray, max_fraction: float) -> str | None:
-    """Why a chip is skipped: "masked" (its dataset mask hides too much), "nodata_or_black", or None (kept).
-
-    ``valid`` is the dataset mask (alpha, internal mask, nodata); pure black pixels (outside a warped
-    scene, or black borders without a declared nodata) count as empty too.
-    """
-    masked = ~valid
-    if masked.mean() > max_fraction:
-        return "masked"
-    if (masked | np.all(arr == 0, axis=0)).mean() > max_fraction:
-        return "nodata_or_black"
-    return None
 
 
 def _scene_splits(names: list[str], config: ChipConfig) -> dict[str, str]:

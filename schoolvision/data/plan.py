@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from schoolvision.data.windows import window_offsets
 from schoolvision.errors import UserError
 
 SPLITS = ("train", "val", "test")
@@ -156,7 +157,7 @@ def plan_chips(layouts: Sequence[SceneLayout], chip_size: int, gsd: float, strid
 
 
 def _windows(layouts: Sequence[SceneLayout], cs: int, stride: int) -> int:
-    return sum(((s.height - cs) // stride + 1) * ((s.width - cs) // stride + 1)
+    return sum(len(window_offsets(s.height, cs, stride)) * len(window_offsets(s.width, cs, stride))
                for s in layouts if s.height >= cs and s.width >= cs)
 
 

@@ -87,58 +87,81 @@ def make_registry(schools: gpd.GeoDataFrame, landmarks: gpd.GeoDataFrame, towns:
     listed_rows, truth_rows = [], []
     for index, town in enumerate(towns):
         rng = np.random.default_rng([seed, index, 7919, stream])
-        scene = town["name"]
-        local = schools[schools["scene"] == scene].to_crs(town["crs"])
-        marks = landmarks[landmarks["scene"] == scene].to_crs(town["crs"])
-        frame = box(*town["bounds"])
-        n = len(local)
-        order = rng.permutation(n)
-        n_missing = min(_half_up(rules.missing * n), n)
-        missing = set(order[:n_missing].tolist())
-        listed = order[n_missing:]
-        displaced = set(listed[rng.permutation(len(listed))[: _half_up(rules.displaced * len(listed))]].tolist())
-        entries = []  # (status, school, kind, true point, listed point) in the town's CRS
-        for k in range(n):
-            true = local.geometry.iloc[k].centroid
-            name = local["name"].iloc[k]
-            if k in missing:
-                entries.append(("missing", name, "school", true, None))
-            elif k in displaced:
-                lo, hi = rules.displacement_m
-                dist = rng.uniform(lo, hi)
-                for _ in range(50):
-                    a = rng.uniform(0, 2 * math.pi)
-                    moved = Point(true.x + dist * math.cos(a), true.y + dist * math.sin(a))
-                    if frame.contains(moved):
-                        break
-                entries.append(("displaced", name, "school", true, moved))
-            else:
-                entries.append(("correct", name, "school", true, true))
-        if rules.false and len(marks):
-            rank = np.lexsort((rng.random(len(marks)), (marks["kind"] != closest).to_numpy()))
-            for j in rank[: rules.false]:
-                point = marks.geometry.iloc[j].centroid
-                entries.append(("false", "", marks["kind"].iloc[j], point, point))
-        shown = [i for i, e in enumerate(entries) if e[4] is not None]
-        rows = dict(zip(shown, rng.permutation(len(shown)).tolist()))  # shuffled row numbers
-        to_wgs = gpd.GeoSeries([e[3] for e in entries] + [e[4] or e[3] for e in entries], crs=town["crs"]).to_crs(
-            "EPSG:4326")
-        for i, e in enumerate(entries):
-            status, school, kind, true, at = e
-            tl, ll = to_wgs.iloc[i], to_wgs.iloc[len(entries) + i]
-            rid = name = ""
-            if at is not None:
-                row = rows[i]
-                rid = f"{scene}-{row + 1:03d}"
-                name = f"{scene} school {row + 1}"
-                listed_rows.append((scene, row, rid, name, scene, round(ll.x, 7), round(ll.y, 7)))
-            truth_rows.append({
-                "registry_id": rid, "status": status, "school": school, "kind": kind, "scene": scene,
-                "offset_m": round(float(true.distance(at)), 1) if at is not None else None,
-                "lon": round(ll.x, 7) if at is not None else None, "lat": round(ll.y, 7) if at is not None else None,
-                "true_lon": round(tl.x, 7), "true_lat": round(tl.y, 7),
-            })
+        local = schools[schools["scene"] == town["name"]].to_crs(town["crs"])
+        marks = landmarks[landmarks["scene"] == town["name"]].to_crs(town["crs"])
+        entries = _school_entries(local, box(*town["bounds"]), rules, rng) + _false_entries(marks, rules, closest, rng)
+        _rows(entries, town, rng, listed_rows, truth_rows)
     listed_rows.sort()
     registry = pd.DataFrame([r[2:] for r in listed_rows], columns=list(REGISTRY_COLUMNS))
     truth = pd.DataFrame(truth_rows, columns=list(TRUTH_COLUMNS))
     return registry, truth
+
+
+def _school_entries(local: gpd.GeoDataFrame, frame, rules: RegistryRules, rng: np.random.Generator) -> list[tuple]:
+    """(status, school, kind, true point, listed point or None) of a town's schools, in the town's CRS."""
+    n = len(local)
+    order = rng.permutation(n)
+    n_missing = min(_half_up(rules.missing * n), n)
+    missing = set(order[:n_missing].tolist())
+    listed = order[n_missing:]
+    displaced = set(listed[rng.permutation(len(listed))[: _half_up(rules.displaced * len(listed))]].tolist())
+    entries = []
+    for k in range(n):
+        true = local.geometry.iloc[k].centroid
+        name = local["name"].iloc[k]
+        if k in missing:
+            entries.append(("missing", name, "school", true, None))
+        elif k in displaced:
+            entries.append(("displaced", name, "school", true, _displaced(true, frame, rules, rng)))
+        else:
+            entries.append(("correct", name, "school", true, true))
+    return entries
+
+
+def _displaced(true: Point, frame, rules: RegistryRules, rng: np.random.Generator) -> Point:
+    """``true`` moved a random distance in a random direction, inside ``frame`` when one of 50 tries allows it."""
+    lo, hi = rules.displacement_m
+    dist = rng.uniform(lo, hi)
+    for _ in range(50):
+        a = rng.uniform(0, 2 * math.pi)
+        moved = Point(true.x + dist * math.cos(a), true.y + dist * math.sin(a))
+        if frame.contains(moved):
+            break
+    return moved
+
+
+def _false_entries(marks: gpd.GeoDataFrame, rules: RegistryRules, closest: str | None,
+                   rng: np.random.Generator) -> list[tuple]:
+    """The look-alikes listed as schools: the closest kind first, then the others in random order."""
+    if not (rules.false and len(marks)):
+        return []
+    rank = np.lexsort((rng.random(len(marks)), (marks["kind"] != closest).to_numpy()))
+    entries = []
+    for j in rank[: rules.false]:
+        point = marks.geometry.iloc[j].centroid
+        entries.append(("false", "", marks["kind"].iloc[j], point, point))
+    return entries
+
+
+def _rows(entries: list[tuple], town: dict, rng: np.random.Generator, listed_rows: list, truth_rows: list) -> None:
+    """Append the town's registry rows (shuffled row numbers) and truth rows, in WGS84."""
+    scene = town["name"]
+    shown = [i for i, e in enumerate(entries) if e[4] is not None]
+    rows = dict(zip(shown, rng.permutation(len(shown)).tolist()))  # shuffled row numbers
+    to_wgs = gpd.GeoSeries([e[3] for e in entries] + [e[4] or e[3] for e in entries], crs=town["crs"]).to_crs(
+        "EPSG:4326")
+    for i, e in enumerate(entries):
+        status, school, kind, true, at = e
+        tl, ll = to_wgs.iloc[i], to_wgs.iloc[len(entries) + i]
+        rid = name = ""
+        if at is not None:
+            row = rows[i]
+            rid = f"{scene}-{row + 1:03d}"
+            name = f"{scene} school {row + 1}"
+            listed_rows.append((scene, row, rid, name, scene, round(ll.x, 7), round(ll.y, 7)))
+        truth_rows.append({
+            "registry_id": rid, "status": status, "school": school, "kind": kind, "scene": scene,
+            "offset_m": round(float(true.distance(at)), 1) if at is not None else None,
+            "lon": round(ll.x, 7) if at is not None else None, "lat": round(ll.y, 7) if at is not None else None,
+            "true_lon": round(tl.x, 7), "true_lat": round(tl.y, 7),
+        })

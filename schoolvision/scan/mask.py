@@ -24,10 +24,10 @@ from rasterio.crs import CRS
 from rasterio.errors import RasterioError
 from rasterio.warp import transform_bounds
 
+from schoolvision.data.windows import window_offsets
 from schoolvision.errors import UserError, check_range
 from schoolvision.io.imagery import open_scene, open_source
 from schoolvision.io.masks import read_mask
-from schoolvision.scan.windows import window_offsets
 
 DEGREE_M = 111_320.0
 """Metres per degree of latitude (and of longitude at the equator): margins in a geographic CRS."""

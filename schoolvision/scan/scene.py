@@ -24,13 +24,14 @@ import rasterio
 import torch
 from tqdm.auto import tqdm
 
+from schoolvision.data.windows import window_offsets
 from schoolvision.io.atomic import atomic_path
 from schoolvision.io.imagery import file_count, native_gsd, open_scene, open_source, pixel_scale
 from schoolvision.io.rasters import build_overviews
 from schoolvision.model.runtime import Runtime, make_runtime
 from schoolvision.scan.mask import ScanMask
 from schoolvision.scan.probability import RowBlender, raster_profile, warp_back
-from schoolvision.scan.windows import WindowReader, prefetch, resized, score_windows, window_offsets
+from schoolvision.scan.windows import WindowReader, prefetch, resized, score_windows
 from schoolvision.train.novelty import FLAG_PERCENTILE, NoveltySummary, scene_warning
 
 GDAL_CACHE_MB = 128

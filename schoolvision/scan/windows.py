@@ -1,7 +1,8 @@
 """Chip-size windows over a scene: where they go, how they are read and scored, how they are weighted.
 
-Windows at ``stride`` tile the scan grid; the last row and column of windows are shifted in to end
-exactly on the border, so no strip is skipped, and a scene smaller than one chip is padded. Windows
+Windows at ``stride`` tile the scan grid (:func:`schoolvision.data.windows.window_offsets`, the grid
+chips are cut on too): the last row and column of windows are shifted in to end exactly on the
+border, so no strip is skipped, and a scene smaller than one chip is padded. Windows
 that hold only nodata (the dataset mask: alpha, internal mask, nodata value) are skipped and counted;
 masked pixels of the others are read as 0. A background thread reads and stacks the next batches
 while the model scores the current one (GDAL releases the GIL), so reading and inference overlap.
@@ -18,26 +19,9 @@ import torch
 import torch.nn.functional as F
 from rasterio.windows import Window
 
-from schoolvision.errors import UserError
 from schoolvision.model.inference import school_probability
 from schoolvision.model.runtime import Runtime
 from schoolvision.train.novelty import NoveltySummary
-
-
-def window_offsets(length: int, chip: int, stride: int) -> list[int]:
-    """Offsets of chip-size windows along one axis so that ``[0, length)`` is fully covered.
-
-    The last window is shifted in to end on the border (no skipped strip, no padding needed);
-    a length shorter than a chip gives one window at 0 (it is padded when read).
-    """
-    if stride <= 0:
-        raise UserError(f"stride must be positive, got {stride}")
-    if length <= chip:
-        return [0]
-    offs = list(range(0, length - chip + 1, stride))
-    if offs[-1] + chip < length:
-        offs.append(length - chip)
-    return offs
 
 
 def gaussian_weight(chip: int, sigma: float = 0.25) -> np.ndarray:
