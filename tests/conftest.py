@@ -11,15 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 from schoolvision.data.chips import ChipConfig, ChipSummary, make_chips
 from schoolvision.demo import make_demo
-from schoolvision.model.backbones import build_model
-from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.train.fit import TrainConfig, fit
 
-from fixtures import make_fake_chips, make_towns
+from fixtures import make_fake_chips, make_towns, save_untrained_run
 
 # --- tiny hand-made towns ---------------------------------------------------------------------
 
@@ -53,11 +50,13 @@ def small_chips(small_chips_summary) -> Path:
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory) -> Path:
     """A fake run folder: ImageNet efficientnet_lite0 with an untrained head, saved as best.pt at 32 px."""
-    run = tmp_path_factory.mktemp("small_run")
-    torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", pretrained=True)
-    save_checkpoint(run / "best.pt", model, CheckpointMeta("efficientnet_lite0", 32, 64, 1.0))
-    return run
+    return save_untrained_run(tmp_path_factory.mktemp("small_run"), pretrained=True, chip_size=64)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """An untrained 32 px efficientnet_lite0 (seed 0, no ImageNet weights) as best.pt: what a command reads."""
+    return save_untrained_run(tmp_path_factory.mktemp("tiny_run"))
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ from rasterio.transform import from_origin
 from shapely.geometry import box
 
 from schoolvision.io.rasters import write_geotiff
+from schoolvision.model.backbones import build_model
+from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.train.fit import TrainConfig
 
 UTM = "EPSG:32636"
 ORIGIN = (500_000.0, 100_000.0)  # upper-left corner (x, y) in UTM metres
@@ -132,6 +135,31 @@ def make_fake_chips(root: Path, counts=(10, 6), size: int = 32, seed: int = 0,
     meta = {"chip_size": size, "gsd": 1.0, "stride": size, "seed": seed, "classes": ["not_school", "school"]}
     (root / "dataset.json").write_text(json.dumps(meta))
     return root
+
+
+# --- runs: an untrained model on disk, and a tiny training config -------------------------------
+
+
+def save_untrained_run(path: Path, backbone: str = "efficientnet_lite0", *, pretrained: bool = False, seed: int = 0,
+                       image_size: int = 32, chip_size: int | None = 32, gsd: float | None = 1.0, **meta) -> Path:
+    """A run folder holding ``best.pt`` of a seeded, untrained model: what a command reads, not what it finds.
+
+    ``pretrained`` loads the offline ImageNet weights (the head stays untrained); ``meta`` goes into
+    the checkpoint's :class:`CheckpointMeta` (threshold, temperature, imagery, ...).
+    """
+    import torch
+
+    torch.manual_seed(seed)
+    model = build_model(backbone, pretrained=pretrained)
+    save_checkpoint(path / "best.pt", model, CheckpointMeta(backbone, image_size, chip_size, gsd, **meta))
+    return path
+
+
+def tiny_train_config(chips: Path, out: Path, **kw) -> TrainConfig:
+    """A CPU training config that runs in seconds on :func:`make_fake_chips` (two epochs, no ImageNet weights)."""
+    args = {"chips_dir": chips, "out_dir": out, "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 0,
+            "pretrained": False, "n_boot": 50}
+    return TrainConfig(**{**args, **kw})
 
 
 # --- a "foreign" dataset: the demo's towns re-encoded the way users receive imagery and labels -----

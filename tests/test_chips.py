@@ -19,7 +19,7 @@ SMALL = {"chip_size": 64, "stride": 32}
 
 
 @pytest.fixture(scope="module")
-def towns(town_scenes, small_chips_summary):
+def chipped_towns(town_scenes, small_chips_summary):
     """(scenes, schools, chips folder, summary) of the shared towns, chipped with ``SMALL`` in conftest."""
     return *town_scenes, small_chips_summary.out_dir, small_chips_summary
 
@@ -42,8 +42,8 @@ def check_chips_match_scenes(out):
     return frame
 
 
-def test_both_classes_in_every_split_and_test_is_a_whole_town(towns):
-    _, _, out, summary = towns
+def test_both_classes_in_every_split_and_test_is_a_whole_town(chipped_towns):
+    _, _, out, summary = chipped_towns
     frame = pd.read_csv(out / "chips.csv", keep_default_na=False)
     assert list(frame.columns) == CSV_COLUMNS
     for split in ("train", "val", "test"):
@@ -61,19 +61,19 @@ def test_both_classes_in_every_split_and_test_is_a_whole_town(towns):
     assert (out / "schools.geojson").is_file()
 
 
-def test_chip_pixels_and_bounds_equal_the_scene(towns):
-    check_chips_match_scenes(towns[2])
+def test_chip_pixels_and_bounds_equal_the_scene(chipped_towns):
+    check_chips_match_scenes(chipped_towns[2])
 
 
-def test_train_negatives_undersampled(towns):
-    frame = pd.read_csv(towns[2] / "chips.csv", keep_default_na=False)
+def test_train_negatives_undersampled(chipped_towns):
+    frame = pd.read_csv(chipped_towns[2] / "chips.csv", keep_default_na=False)
     train = frame[frame.split == "train"]
     assert (train.label == "not_school").sum() <= 3 * (train.label == "school").sum()
-    assert towns[3].skipped.get("ambiguous", 0) > 0
+    assert chipped_towns[3].skipped.get("ambiguous", 0) > 0
 
 
-def test_same_inputs_give_same_chips_and_reuse(towns, tmp_path):
-    scenes, schools, out, _ = towns
+def test_same_inputs_give_same_chips_and_reuse(chipped_towns, tmp_path):
+    scenes, schools, out, _ = chipped_towns
     again = make_chips([scenes], schools, tmp_path / "again", ChipConfig(**SMALL))
     assert (tmp_path / "again" / "chips.csv").read_bytes() == (out / "chips.csv").read_bytes()
     assert make_chips([scenes], schools, out, ChipConfig(**SMALL)).reused
@@ -101,11 +101,11 @@ def test_single_scene_split_by_blocks_without_overlap(tmp_path):
                     assert not overlap.any()
 
 
-def test_interrupted_run_leaves_nothing(towns, tmp_path, monkeypatch):
-    import schoolvision.data.chips as chips_mod
+def test_interrupted_run_leaves_nothing(chipped_towns, tmp_path, monkeypatch):
+    import schoolvision.data.scenes as scenes_mod
 
     calls = {"n": 0}
-    real = chips_mod.write_geotiff
+    real = scenes_mod.write_geotiff
 
     def failing(*args, **kwargs):
         calls["n"] += 1
@@ -113,14 +113,14 @@ def test_interrupted_run_leaves_nothing(towns, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(chips_mod, "write_geotiff", failing)
+    monkeypatch.setattr(scenes_mod, "write_geotiff", failing)
     with pytest.raises(KeyboardInterrupt):
-        make_chips([towns[0]], towns[1], tmp_path / "out", ChipConfig(**SMALL))
+        make_chips([chipped_towns[0]], chipped_towns[1], tmp_path / "out", ChipConfig(**SMALL))
     assert list(tmp_path.iterdir()) == []
 
 
-def test_scene_overrides_and_unknown_scene(towns, tmp_path):
-    scenes, schools, _, _ = towns
+def test_scene_overrides_and_unknown_scene(chipped_towns, tmp_path):
+    scenes, schools, _, _ = chipped_towns
     config = ChipConfig(**SMALL, test_scenes=("town_00",), val_scenes=("town_02",))
     s = make_chips([scenes], schools, tmp_path / "o", config)
     assert s.scenes["town_00"]["split"] == "test" and s.scenes["town_01"]["split"] == "train"
@@ -140,7 +140,7 @@ def test_demo_chips_both_classes_per_split_and_pixels_match(request):
     assert meta["scenes"][scenes[-1]]["split"] == "test"
 
 
-def test_data_figures_draw_what_the_caller_read(towns):
+def test_data_figures_draw_what_the_caller_read(chipped_towns):
     import geopandas as gpd
     import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
@@ -150,7 +150,7 @@ def test_data_figures_draw_what_the_caller_read(towns):
     from schoolvision.io.preview import read_rgb_preview, read_rgb_zooms
     from schoolvision.plotting import data as plots
 
-    scenes, schools_file, out, _ = towns
+    scenes, schools_file, out, _ = chipped_towns
     paths = sorted(scenes.glob("*.tif"))
     previews = {p.stem: read_rgb_preview(p, max_side=64) for p in paths}
     schools = gpd.read_file(schools_file)

@@ -14,7 +14,9 @@ from schoolvision.cluster.embeddings import FeatureConfig, extract_features, loa
 from schoolvision.errors import UserError
 from schoolvision.io.folders import RunFolder
 from schoolvision.model.backbones import build_model
-from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
+from schoolvision.model.checkpoint import CheckpointMeta
+
+from fixtures import save_untrained_run
 
 
 class _Images(torch.utils.data.Dataset):
@@ -114,8 +116,7 @@ def test_true_schools_alone_skip_the_other_chips(small_chips, small_run, tmp_pat
 
 def test_cache_key_follows_checkpoint(small_chips, small_run, tmp_path):
     other = tmp_path / "other"
-    torch.manual_seed(1)
-    save_checkpoint(other / "best.pt", build_model(pretrained=False), CheckpointMeta("efficientnet_lite0", 32, 64, 1.0))
+    save_untrained_run(other, seed=1, chip_size=64)
     cfg = FeatureConfig(small_run, small_chips, split="val", device="cpu", cache_dir=tmp_path / "c")
     a = load_features(cfg, progress=False)
     b = load_features(dataclasses.replace(cfg, run=other), progress=False)

@@ -21,8 +21,9 @@ from schoolvision.explain.methods import METHODS, Explainer, explain_batch, expl
 from schoolvision.explain.runner import ExplainConfig, explain_chips
 from schoolvision.io.folders import ExplainFolder
 from schoolvision.model.backbones import available_backbones, build_model
-from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
 from schoolvision.plotting.explain import plot_faithfulness
+
+from fixtures import save_untrained_run
 
 
 def _hooks(model) -> int:
@@ -179,10 +180,7 @@ def png_chips(tmp_path):
         for i in range(3):
             pixels = rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "chips" / label / f"{label}_{i}.png")
-    torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", pretrained=False)
-    meta = CheckpointMeta("efficientnet_lite0", image_size=64, chip_size=48, gsd=None)
-    save_checkpoint(tmp_path / "run" / "best.pt", model, meta)
+    save_untrained_run(tmp_path / "run", image_size=64, chip_size=48, gsd=None)
     return tmp_path
 
 

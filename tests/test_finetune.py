@@ -21,13 +21,12 @@ from schoolvision.model.checkpoint import CheckpointMeta, load_classifier, read_
 from schoolvision.train import fit as training
 from schoolvision.train.fit import TrainConfig, fit, initial_model, read_init
 
-from fixtures import ORIGIN, UTM
+from fixtures import ORIGIN, UTM, tiny_train_config
 
 
 def tiny(chips, out, **kw) -> TrainConfig:
-    args = {"chips_dir": chips, "out_dir": out, "epochs": 1, "batch_size": 8, "device": "cpu", "seed": 0,
-            "pretrained": False, "n_boot": 20}
-    return TrainConfig(**{**args, **kw})
+    """:func:`tiny_train_config` for one epoch: fine-tuning is checked at its start and end, not its quality."""
+    return tiny_train_config(chips, out, **{"epochs": 1, "n_boot": 20, **kw})
 
 
 @pytest.fixture(scope="module")

@@ -24,8 +24,7 @@ from affine import Affine
 from schoolvision.cli import main
 from schoolvision.io.imagery import ImageryOptions, list_sources, open_source, pixel_scale, with_options
 from schoolvision.io.rasters import write_geotiff
-from schoolvision.model.backbones import build_model
-from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint, save_checkpoint
+from schoolvision.model.checkpoint import CheckpointMeta, read_checkpoint
 from schoolvision.scan.probability import NODATA
 from schoolvision.scan.scene import scan_scene
 from schoolvision.train.fit import TrainConfig, fit
@@ -36,6 +35,7 @@ from fixtures import (
     UTM,
     grey_red_rgb,
     make_fake_chips,
+    save_untrained_run,
     write_rgba_scene,
     write_schools,
     write_uint16_scene,
@@ -76,15 +76,6 @@ class RedModel(torch.nn.Module):
 
 def red_meta(**kw) -> CheckpointMeta:
     return CheckpointMeta(backbone="efficientnet_lite0", image_size=64, chip_size=64, gsd=1.0, **kw)
-
-
-def save_run(path, **meta_kw):
-    """A run folder holding an untrained 32 px efficientnet: enough to check what scan reads, not what it finds."""
-    torch.manual_seed(0)
-    model = build_model("efficientnet_lite0", pretrained=False)
-    meta = CheckpointMeta("efficientnet_lite0", 32, 32, 1.0, **meta_kw)
-    save_checkpoint(path / "best.pt", model, meta)
-    return path
 
 
 # --- masks ---------------------------------------------------------------------------------------
@@ -297,7 +288,7 @@ def test_scan_applies_the_runs_bands_and_stretch(tmp_path, capsys, satellite, sa
 
 
 def test_scan_applies_a_recorded_fixed_scale_unless_told_otherwise(tmp_path, capsys, satellite):
-    run = save_run(tmp_path / "run", imagery=ImageryOptions((3, 2, 1), None, (0, 2047)).record())
+    run = save_untrained_run(tmp_path / "run", imagery=ImageryOptions((3, 2, 1), None, (0, 2047)).record())
     for extra, rule in (([], "fixed"), (["--scale", "auto"], "percentile"), (["--scale", "100,1900"], "fixed")):
         out = tmp_path / f"scan_{len(extra)}_{rule}"
         rc, _, err = cli(capsys, "scan", "--run", run, "--imagery", satellite[0], "--out", out, "--device", "cpu",
@@ -313,7 +304,7 @@ def test_scan_applies_a_recorded_fixed_scale_unless_told_otherwise(tmp_path, cap
 
 
 @pytest.mark.parametrize("crs", [None, "EPSG:4326"])
-def test_no_geotransform_is_one_line_naming_the_file(tmp_path, capsys, crs):
+def test_no_geotransform_is_one_line_naming_the_file(tiny_run, tmp_path, capsys, crs):
     bad = write_ungeoreferenced(tmp_path / "photo.tif", crs=crs)
     schools = write_schools(tmp_path / "s.geojson", write_rgba_scene(tmp_path / "x.tif"), "EPSG:4326")
     for extra in ([], ["--crs", "EPSG:4326"]):
@@ -321,15 +312,15 @@ def test_no_geotransform_is_one_line_naming_the_file(tmp_path, capsys, crs):
                          *SMALL, *extra)
         line = one_line(err)
         assert rc == 2 and str(bad) in line and "no georeference" in line and "UTM" not in line
-    run = save_run(tmp_path / "run")
+    run = tiny_run
     rc, stdout, _ = cli(capsys, "scan", "--run", run, "--imagery", bad, "--out", tmp_path / "scan", "--no-map")
     assert rc == 2 and f"{bad}: raster has no georeference" in stdout
 
 
-def test_scan_crs_option_places_a_raster_without_crs(tmp_path, capsys):
+def test_scan_crs_option_places_a_raster_without_crs(tiny_run, tmp_path, capsys):
     scene = tmp_path / "nocrs.tif"
     write_geotiff(scene, grey_red_rgb(128, 128, ((40, 40, 30),)), None, Affine(1, 0, ORIGIN[0], 0, -1, ORIGIN[1]))
-    run = save_run(tmp_path / "run")
+    run = tiny_run
     rc, stdout, _ = cli(capsys, "scan", "--run", run, "--imagery", scene, "--out", tmp_path / "a", "--no-map",
                         "--no-cam", "--device", "cpu")
     assert rc == 2 and "--crs" in stdout

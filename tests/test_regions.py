@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def towns():
+def region_towns():
     """Town 0 of seed 0 in every region (512 px)."""
     return {name: generate_town(0, 512, 1.0, index=0, region=name) for name in REGIONS}
 
@@ -39,15 +39,15 @@ def test_three_regions_with_their_own_lookalikes():
         region_style("alpine")
 
 
-def test_rural_is_the_original_demo(towns):
+def test_rural_is_the_original_demo(region_towns):
     """The default region draws the very towns the demo drew before regions existed."""
-    assert np.array_equal(generate_town(0, 512, 1.0, index=0).image, towns["rural"].image)
-    assert towns["rural"].place == "Dodoma, Tanzania"
+    assert np.array_equal(generate_town(0, 512, 1.0, index=0).image, region_towns["rural"].image)
+    assert region_towns["rural"].place == "Dodoma, Tanzania"
 
 
 @pytest.mark.parametrize("region", sorted(REGIONS))
-def test_every_region_is_deterministic_and_well_formed(region, towns):
-    town = towns[region]
+def test_every_region_is_deterministic_and_well_formed(region, region_towns):
+    town = region_towns[region]
     again = generate_town(0, 512, 1.0, index=0, region=region)
     assert np.array_equal(town.image, again.image) and town.style == again.style
     assert all(a.equals(b) for a, b in zip(town.schools, again.schools))
@@ -62,10 +62,10 @@ def test_every_region_is_deterministic_and_well_formed(region, towns):
     assert town.image.std(axis=(1, 2)).min() > 10
 
 
-def test_regions_differ_visibly(towns):
+def test_regions_differ_visibly(region_towns):
     """Colour statistics tell the regions apart: arid is sandy (red over blue), urban grey and dense."""
-    mean = {name: t.image.reshape(3, -1).mean(1) for name, t in towns.items()}
-    names = sorted(towns)
+    mean = {name: t.image.reshape(3, -1).mean(1) for name, t in region_towns.items()}
+    names = sorted(region_towns)
     for i, a in enumerate(names):
         for b in names[i + 1 :]:
             assert np.abs(mean[a] - mean[b]).max() > 8, (a, b, mean[a], mean[b])
@@ -73,8 +73,8 @@ def test_regions_differ_visibly(towns):
     assert warmth["arid"] > warmth["urban"] + 15
     saturation = {name: (m.max() - m.min()) for name, m in mean.items()}
     assert saturation["urban"] < saturation["arid"] and saturation["urban"] < saturation["rural"]
-    assert towns["urban"].style["houses"] > 1.5 * towns["rural"].style["houses"]  # dense blocks
-    assert towns["urban"].place != towns["rural"].place != towns["arid"].place
+    assert region_towns["urban"].style["houses"] > 1.5 * region_towns["rural"].style["houses"]  # dense blocks
+    assert region_towns["urban"].place != region_towns["rural"].place != region_towns["arid"].place
 
 
 def _half_up(x: float) -> int:

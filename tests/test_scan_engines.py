@@ -49,7 +49,7 @@ def ray_instance():
 
 
 @pytest.fixture(scope="module")
-def towns(tmp_path_factory) -> tuple[Path, Path]:
+def four_towns(tmp_path_factory) -> tuple[Path, Path]:
     """Four 256 px towns: (scenes folder, schools.geojson)."""
     return make_towns(tmp_path_factory.mktemp("engine_towns"), n=4)
 
@@ -60,10 +60,10 @@ def config(run, scenes, out, **kw) -> ScanConfig:
 
 
 @pytest.fixture(scope="module")
-def local_scan(small_run, towns, tmp_path_factory) -> Path:
+def local_scan(small_run, four_towns, tmp_path_factory) -> Path:
     """An uninterrupted local scan of the towns: the reference the other scans must equal."""
     out = tmp_path_factory.mktemp("local") / "scan"
-    summary = run_scan(config(small_run, towns[0], out))
+    summary = run_scan(config(small_run, four_towns[0], out))
     assert summary.scene_counts == {"done": 4, "skipped": 0, "failed": 0} and summary.candidates >= 2
     return out
 
@@ -82,9 +82,9 @@ def same_outputs(a: Path, b: Path) -> None:
     pd.testing.assert_frame_equal(pd.DataFrame(fa.read_layer("candidates")), pd.DataFrame(fb.read_layer("candidates")))
 
 
-def test_local_and_ray_engines_write_identical_files(ray_instance, small_run, towns, local_scan, tmp_path):
+def test_local_and_ray_engines_write_identical_files(ray_instance, small_run, four_towns, local_scan, tmp_path):
     out = tmp_path / "ray"
-    summary = run_scan(config(small_run, towns[0], out, engine="ray", cpus_per_worker=1))
+    summary = run_scan(config(small_run, four_towns[0], out, engine="ray", cpus_per_worker=1))
     assert summary.engine == "ray" and summary.scene_counts == {"done": 4, "skipped": 0, "failed": 0}
     same_outputs(local_scan, out)
     assert ray_instance.is_initialized()  # the engine used the running instance and left it running
@@ -93,13 +93,13 @@ def test_local_and_ray_engines_write_identical_files(ray_instance, small_run, to
     done = ScanFolder(out).read_done("town_00")
     assert done["stamp"]["size"] > 0 and done["options"]["threshold"] == THRESHOLD and done["run_sha256"]
     # a rerun with --resume on the other engine skips every scene and changes nothing
-    again = run_scan(config(small_run, towns[0], out, resume=True))
+    again = run_scan(config(small_run, four_towns[0], out, resume=True))
     assert again.scene_counts == {"done": 0, "skipped": 4, "failed": 0}
     same_outputs(local_scan, out)
 
 
-def test_a_killed_ray_actor_still_yields_every_scene_once(ray_instance, small_run, towns, tmp_path):
-    sources = list_sources([towns[0]])
+def test_a_killed_ray_actor_still_yields_every_scene_once(ray_instance, small_run, four_towns, tmp_path):
+    sources = list_sources([four_towns[0]])
     settings = UnitSettings(out_dir=str(tmp_path / "out"), run=str(small_run), runtime="torch", threshold=THRESHOLD,
                             expected=expected_record("x", {}))
     outcomes = []
@@ -117,9 +117,9 @@ def test_a_killed_ray_actor_still_yields_every_scene_once(ray_instance, small_ru
     assert not list((tmp_path / "out").rglob(".*.tmp*"))  # no half-written temporary left
 
 
-def test_a_killed_scan_resumes_where_it_stopped(small_run, towns, local_scan, tmp_path):
+def test_a_killed_scan_resumes_where_it_stopped(small_run, four_towns, local_scan, tmp_path):
     out = tmp_path / "scan"
-    cmd = [sys.executable, "-m", "schoolvision", "scan", "--run", str(small_run), "--imagery", str(towns[0]),
+    cmd = [sys.executable, "-m", "schoolvision", "scan", "--run", str(small_run), "--imagery", str(four_towns[0]),
            "--out", str(out), *OPTIONS]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])})
@@ -133,16 +133,16 @@ def test_a_killed_scan_resumes_where_it_stopped(small_run, towns, local_scan, tm
     assert 1 <= len(finished) < 4, "the scan must be killed after its first scene and before its last"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert main(["scan", "--run", str(small_run), "--imagery", str(towns[0]), "--out", str(out), *OPTIONS]) == 2
-        assert main(["scan", "--run", str(small_run), "--imagery", str(towns[0]), "--out", str(out), *OPTIONS,
-                     "--resume"]) == 0
+        argv = ["scan", "--run", str(small_run), "--imagery", str(four_towns[0]), "--out", str(out), *OPTIONS]
+        assert main(argv) == 2
+        assert main([*argv, "--resume"]) == 0
     counts = json.loads((out / "scan.json").read_text())["scene_counts"]
     assert counts["skipped"] >= len(finished) and counts["skipped"] + counts["done"] == 4 and not counts["failed"]
     same_outputs(local_scan, out)
 
 
-def test_resume_with_another_option_or_run_is_refused(small_run, towns, local_scan, tmp_path, capsys):
-    args = ["scan", "--run", str(small_run), "--imagery", str(towns[0]), "--out", str(local_scan), *OPTIONS]
+def test_resume_with_another_option_or_run_is_refused(small_run, four_towns, local_scan, tmp_path, capsys):
+    args = ["scan", "--run", str(small_run), "--imagery", str(four_towns[0]), "--out", str(local_scan), *OPTIONS]
     assert main([*args, "--resume", "--stride", "16"]) == 2
     err = capsys.readouterr().err
     assert "--resume: option stride (32 then, 16 now)" in err and len(err.strip().splitlines()) == 1
@@ -156,13 +156,13 @@ def test_resume_with_another_option_or_run_is_refused(small_run, towns, local_sc
         model, meta = load_classifier(small_run)
         with torch.no_grad():
             next(model.parameters()).add_(1.0)
-        run_scan(config(small_run, towns[0], local_scan, resume=True), model=model, meta=meta)
+        run_scan(config(small_run, four_towns[0], local_scan, resume=True), model=model, meta=meta)
 
 
-def test_engine_ray_without_ray_is_one_line(small_run, towns, tmp_path, monkeypatch, capsys):
+def test_engine_ray_without_ray_is_one_line(small_run, four_towns, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     out = tmp_path / "scan"
-    assert main(["scan", "--run", str(small_run), "--imagery", str(towns[0]), "--out", str(out), *OPTIONS,
+    assert main(["scan", "--run", str(small_run), "--imagery", str(four_towns[0]), "--out", str(out), *OPTIONS,
                  "--engine", "ray"]) == 2
     assert "pip install schoolvision[ray]" in capsys.readouterr().err
     assert not out.exists()  # refused before anything was written

@@ -25,25 +25,21 @@ from schoolvision.plotting import training as plots
 from schoolvision.plotting.training import tensorboard_figures
 from schoolvision.train import loop, tblog
 from schoolvision.train.evaluation import EvalConfig, evaluate_run
-from schoolvision.train.fit import TrainConfig, fit
+from schoolvision.train.fit import fit
 from schoolvision.train.metrics import METRIC_KEYS
 from schoolvision.train.state import autocast_setting, class_weights, rng_state, set_rng_state, warmup_cosine
 
-from fixtures import make_fake_chips
+from fixtures import make_fake_chips, tiny_train_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def tiny(chips, out, **kw) -> TrainConfig:
-    args = {"chips_dir": chips, "out_dir": out, "epochs": 2, "batch_size": 8, "device": "cpu", "seed": 0,
-            "pretrained": False, "n_boot": 50}
-    return TrainConfig(**{**args, **kw})
 
 
 @pytest.fixture(scope="module")
 def fake_run(fake_chips, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    metrics = fit(tiny(fake_chips, out), figures=tensorboard_figures)
+    metrics = fit(tiny_train_config(fake_chips, out), figures=tensorboard_figures)
     return out, metrics
 
 
@@ -215,12 +211,12 @@ def test_figures_come_from_the_callback_only(fake_chips):
 def test_refuses_an_existing_run_folder(fake_run, fake_chips):
     out, _ = fake_run
     with pytest.raises(UserError, match="overwrite"):
-        fit(tiny(fake_chips, out))
+        fit(tiny_train_config(fake_chips, out))
 
 
 @pytest.mark.slow
 def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
-    whole = fit(tiny(fake_chips, tmp_path / "whole"))
+    whole = fit(tiny_train_config(fake_chips, tmp_path / "whole"))
     calls = {"n": 0}
     real = loop._train_epoch
 
@@ -232,11 +228,11 @@ def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
 
     monkeypatch.setattr(loop, "_train_epoch", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        fit(tiny(fake_chips, tmp_path / "split"))
+        fit(tiny_train_config(fake_chips, tmp_path / "split"))
     assert read_checkpoint(tmp_path / "split" / "last.pt")["epoch"] == 1
     assert not (tmp_path / "split" / "metrics.json").exists()
     monkeypatch.setattr(loop, "_train_epoch", real)
-    resumed = fit(tiny(fake_chips, tmp_path / "split", resume=True))
+    resumed = fit(tiny_train_config(fake_chips, tmp_path / "split", resume=True))
     saved = [json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("split", "whole")]
     assert saved[0] == saved[1]
     assert resumed == whole
@@ -245,12 +241,12 @@ def test_resume_reaches_the_same_metrics(fake_chips, tmp_path, monkeypatch):
 def test_resume_refuses_corrupt_or_foreign_checkpoints(fake_run, fake_chips, tmp_path):
     out, _ = fake_run
     with pytest.raises(UserError, match="backbone"):
-        fit(tiny(fake_chips, out, backbone="resnet18", resume=True))
+        fit(tiny_train_config(fake_chips, out, backbone="resnet18", resume=True))
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "last.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="last.pt"):
-        fit(tiny(fake_chips, bad, resume=True))
+        fit(tiny_train_config(fake_chips, bad, resume=True))
     assert (bad / "last.pt").read_bytes() == b"not a checkpoint"
     assert sorted(p.name for p in bad.iterdir()) == ["last.pt"]
     with pytest.raises(UserError, match="best.pt"):
@@ -260,11 +256,11 @@ def test_resume_refuses_corrupt_or_foreign_checkpoints(fake_run, fake_chips, tmp
 def test_missing_class_or_split_is_a_one_line_error(tmp_path):
     chips = make_fake_chips(tmp_path / "noschool", counts=(6, 0))
     with pytest.raises(UserError, match="school") as err:
-        fit(tiny(chips, tmp_path / "r1"))
+        fit(tiny_train_config(chips, tmp_path / "r1"))
     assert "\n" not in str(err.value)
     chips = make_fake_chips(tmp_path / "noval", counts=(4, 3), splits=("train", "test"))
     with pytest.raises(UserError, match="val"):
-        fit(tiny(chips, tmp_path / "r2"))
+        fit(tiny_train_config(chips, tmp_path / "r2"))
 
 
 def test_cli_train_reports_a_bad_chips_folder(tmp_path):
@@ -332,7 +328,7 @@ def test_frozen_stem_keeps_its_starting_weights(fake_chips, tmp_path):
     """Pretrained: the stem (to output stride 4) and its BatchNorm statistics stay ImageNet's, the rest learns."""
     from schoolvision.model.backbones import build_model, stem_modules
 
-    fit(tiny(fake_chips, tmp_path / "frozen", pretrained=True, epochs=1, image_size=64, n_boot=10))
+    fit(tiny_train_config(fake_chips, tmp_path / "frozen", pretrained=True, epochs=1, image_size=64, n_boot=10))
     trained, _ = load_classifier(tmp_path / "frozen")
     start = build_model("efficientnet_lite0", pretrained=True)
     for before, after in zip(stem_modules(start), stem_modules(trained), strict=True):
@@ -348,13 +344,13 @@ def test_bf16_training_is_opt_in_and_recorded(fake_chips, tmp_path, monkeypatch)
     from schoolvision.model.runtime import BF16_ENV
 
     monkeypatch.setenv(BF16_ENV, "force")
-    metrics = fit(tiny(fake_chips, tmp_path / "bf16", epochs=1, precision="bf16"))
+    metrics = fit(tiny_train_config(fake_chips, tmp_path / "bf16", epochs=1, precision="bf16"))
     resolved = json.loads((tmp_path / "bf16" / "config.json").read_text())["resolved"]
     assert resolved["amp"] is True and resolved["amp_dtype"] == "bfloat16" and resolved["precision"] == "bf16"
     assert metrics["training_precision"] == "bf16"
     assert autocast_setting("auto", torch.device("cpu")) == (False, torch.float32)  # even with bf16 forced
     with pytest.raises(UserError, match="--precision"):
-        tiny(fake_chips, tmp_path / "x", precision="int4")
+        tiny_train_config(fake_chips, tmp_path / "x", precision="int4")
 
 
 def test_random_weights_train_the_stem(fake_run):
