@@ -50,6 +50,12 @@ def test_regions_become_ranked_candidates_at_their_peaks():
     prob = blobs((200, 300), [(50, 60, 0.9), (150, 220, 0.7), (150, 60, 0.4)])
     tf = Affine(2.0, 0, 1000.0, 0, -2.0, 5000.0)
     pts, regions = extract_candidates(prob, tf, CRS, 0.5, "s")
+    # the layer's shape: columns in order, their kinds, points and regions in the scene's CRS
+    assert list(pts.columns) == ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry", "label"]
+    assert {c: pts[c].dtype.kind for c in ("rank", "label", "max_prob", "mean_prob", "area_m2")} == {
+        "rank": "i", "label": "i", "max_prob": "f", "mean_prob": "f", "area_m2": "f"}
+    assert pts.crs == CRS and regions.crs == CRS and list(regions.columns) == ["scene", "label", "geometry"]
+    assert set(pts.geom_type) == {"Point"} and set(regions.geom_type) == {"Polygon"}
     assert list(pts["rank"]) == [1, 2] and pts["max_prob"].iloc[0] == pytest.approx(0.9, abs=1e-3)
     assert (pts["max_prob"] >= pts["mean_prob"]).all() and (pts["mean_prob"] >= 0.5).all()
     first = pts.geometry.iloc[0]
@@ -82,6 +88,7 @@ def test_neighbouring_schools_blurred_together_are_split_but_a_plateau_is_not():
 def test_nothing_above_threshold_gives_an_empty_layer_that_still_writes(tmp_path):
     pts, _ = extract_candidates(np.full((50, 50), 0.1, np.float32), Affine(1, 0, 0, 0, -1, 0), CRS, 0.5)
     assert len(pts) == 0 and pts.crs == CRS
+    assert list(pts.columns) == ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
     write_candidates(pts, tmp_path)
     assert gpd.read_file(tmp_path / "candidates.gpkg").empty
     assert json.loads((tmp_path / "candidates.geojson").read_text())["features"] == []
