@@ -23,8 +23,11 @@ from schoolvision.errors import UserError
 from schoolvision.io.atomic import write_json, write_text
 from schoolvision.io.outputs import (
     NOT_EMPTY,
+    Folder,
     Inputs,
+    RecordFolder,
     check_inputs,
+    folder_file,
     prepare_output,
     read_csv_table,
     read_json_object,
@@ -44,7 +47,7 @@ from schoolvision.io.scans import (
 
 __all__ = [
     "NOT_EMPTY", "NOVELTY_SUFFIX", "PREDICTION_COLUMNS", "PROBABILITY_SUFFIX", "ChipsFolder", "ClusterFolder",
-    "DemoFolder", "ExplainFolder", "Inputs", "ReviewFolder", "RunFolder", "ScanFolder", "check_inputs",
+    "DemoFolder", "ExplainFolder", "Folder", "Inputs", "ReviewFolder", "RunFolder", "ScanFolder", "check_inputs",
     "open_probability", "prepare_output", "probability_bounds", "read_predictions", "read_probability", "sha256",
 ]
 
@@ -53,7 +56,7 @@ __all__ = [
 _MAKE_CHIPS = "cut chips first: schoolvision chips --imagery ... --schools ... --out DIR"
 
 
-class ChipsFolder:
+class ChipsFolder(Folder):
     """A chips folder made by ``schoolvision chips``: ``dataset.json``, ``chips.csv``, chip GeoTIFFs, schools."""
 
     META = "dataset.json"
@@ -61,18 +64,8 @@ class ChipsFolder:
     SCHOOLS = "schools.geojson"
     INDEX_COLUMNS = ("path", "label")
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def meta_path(self) -> Path:
-        """``dataset.json``."""
-        return self.root / self.META
-
-    @property
-    def index_path(self) -> Path:
-        """``chips.csv``."""
-        return self.root / self.INDEX
+    meta_path = folder_file(META, "``dataset.json``.")
+    index_path = folder_file(INDEX, "``chips.csv``.")
 
     def has_index(self) -> bool:
         """True when the folder has a ``chips.csv`` (else it may be a plain class-folder tree)."""
@@ -138,84 +131,51 @@ class ChipsFolder:
 _MAKE_DEMO = "write a demo first: schoolvision demo --out DIR"
 
 
-class DemoFolder:
-    """A demo folder made by ``schoolvision demo``: ``demo.json`` (written last), scenes, vectors, the registry."""
+class DemoFolder(RecordFolder):
+    """A demo folder made by ``schoolvision demo``: ``demo.json`` (written last), scenes, vectors, the registry.
 
-    META = "demo.json"
+    ``demo.json`` holds the parameters (compared on a rerun), the towns and the names of the files.
+    """
+
+    RECORD = META = "demo.json"
+    FIX = _MAKE_DEMO
+    REQUIRED = False
     OWN_FILES = ("scenes/town_*.tif", "schools.geojson", "landmarks.geojson", "buildings.geojson", "registry.csv",
                  "registry_truth.csv", META)
     """What the demo writes there: all that ``--overwrite`` may remove."""
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def meta_path(self) -> Path:
-        """``demo.json``."""
-        return self.root / self.META
+    meta_path = RecordFolder.record_path
+    read_meta = RecordFolder.read_record
+    write_meta = RecordFolder.write_record
 
     def is_demo(self) -> bool:
         """True when the folder holds a finished demo (``demo.json`` is written last)."""
         return self.meta_path.is_file()
 
-    def read_meta(self, required: bool = False) -> dict[str, Any]:
-        """``demo.json`` (parameters, towns, file names); ``{}`` if absent and not required."""
-        return read_json_object(self.meta_path, required, _MAKE_DEMO)
 
-    def write_meta(self, meta: dict[str, Any]) -> Path:
-        """Write ``demo.json`` atomically."""
-        return write_json(self.meta_path, meta)
+# --- explanations and clustering: one headline record each ---------------------------------------
 
 
-# --- explanations -------------------------------------------------------------------------------
+class ExplainFolder(RecordFolder):
+    """An explanations folder made by ``schoolvision explain``: ``faithfulness.json``, ``explanations.csv``, maps.
 
-_EXPLAIN = "explain a run first: schoolvision explain --run RUN --chips DIR --out DIR"
+    ``faithfulness.json`` holds the per-method faithfulness table and the outcome counts.
+    """
 
-
-class ExplainFolder:
-    """An explanations folder made by ``schoolvision explain``: ``faithfulness.json``, ``explanations.csv``, maps."""
-
-    FAITHFULNESS = "faithfulness.json"
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def faithfulness_path(self) -> Path:
-        """``faithfulness.json``."""
-        return self.root / self.FAITHFULNESS
-
-    def read_faithfulness(self, required: bool = True) -> dict[str, Any]:
-        """``faithfulness.json``: per-method faithfulness numbers and outcome counts."""
-        return read_json_object(self.faithfulness_path, required, _EXPLAIN)
-
-    def write_faithfulness(self, record: dict[str, Any]) -> Path:
-        """Write ``faithfulness.json`` atomically."""
-        return write_json(self.faithfulness_path, record)
+    RECORD = "faithfulness.json"
+    FIX = "explain a run first: schoolvision explain --run RUN --chips DIR --out DIR"
+    faithfulness_path = RecordFolder.record_path
+    read_faithfulness = RecordFolder.read_record
+    write_faithfulness = RecordFolder.write_record
 
 
-# --- clustering ---------------------------------------------------------------------------------
+class ClusterFolder(RecordFolder):
+    """A clustering folder made by ``schoolvision cluster``: ``summary.json``, ``clusters.csv``, maps.
 
-_CLUSTER = "cluster a run's embeddings first: schoolvision cluster --run RUN --chips DIR --out DIR"
+    ``summary.json`` holds k, the cluster sizes, quality scores, stability and the figures saved.
+    """
 
-
-class ClusterFolder:
-    """A clustering folder made by ``schoolvision cluster``: ``summary.json``, ``clusters.csv``, maps."""
-
-    SUMMARY = "summary.json"
-
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def summary_path(self) -> Path:
-        """``summary.json``."""
-        return self.root / self.SUMMARY
-
-    def read_summary(self, required: bool = True) -> dict[str, Any]:
-        """``summary.json``: k, cluster sizes, quality scores, stability, the figures saved."""
-        return read_json_object(self.summary_path, required, _CLUSTER)
-
-    def write_summary(self, summary: dict[str, Any]) -> Path:
-        """Write ``summary.json`` atomically."""
-        return write_json(self.summary_path, summary)
+    RECORD = "summary.json"
+    FIX = "cluster a run's embeddings first: schoolvision cluster --run RUN --chips DIR --out DIR"
+    summary_path = RecordFolder.record_path
+    read_summary = RecordFolder.read_record
+    write_summary = RecordFolder.write_record

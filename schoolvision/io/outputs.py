@@ -19,6 +19,7 @@ import pandas as pd
 
 from schoolvision.errors import UserError
 from schoolvision.io import manifest
+from schoolvision.io.atomic import write_json
 
 # --- the output guard ---------------------------------------------------------------------------
 
@@ -122,17 +123,59 @@ def prepare_output(out_dir: str | Path, overwrite: bool, *, message: str = NOT_E
 
 def read_json_object(path: Path, required: bool, fix: str) -> dict[str, Any]:
     """A JSON object from ``path``; ``{}`` when it is missing and not ``required``."""
+    return read_json(path, required, fix, dict, "a JSON object") if path.is_file() or required else {}
+
+
+def read_json(path: Path, required: bool, fix: str, kind: type = dict, what: str = "a JSON object") -> Any:
+    """The JSON value of ``path``, which must be a ``kind``; ``None`` when it is missing and not ``required``.
+
+    Raises:
+        UserError: the file is missing (and required), unreadable, or holds no ``what``; the message names ``fix``.
+    """
     if not path.is_file():
         if required:
             raise UserError(f"{path.name} not found ({fix})", path)
-        return {}
+        return None
     try:
         data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"{path.name} is not readable JSON ({type(exc).__name__}); {fix}", path) from None
-    if not isinstance(data, dict):
-        raise UserError(f"{path.name} does not hold a JSON object; {fix}", path)
+    if not isinstance(data, kind):
+        raise UserError(f"{path.name} does not hold {what}; {fix}", path)
     return data
+
+
+def folder_file(name: str, doc: str) -> property:
+    """A read-only property: the path of the file ``name`` in the folder (``self.root / name``)."""
+    return property(lambda self: self.root / name, doc=doc)
+
+
+class Folder:
+    """A folder one stage writes; subclasses name its files and read and write them."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+
+class RecordFolder(Folder):
+    """A folder whose headline is one JSON object, ``RECORD``, written by the command ``FIX`` names."""
+
+    RECORD = ""
+    FIX = ""
+    REQUIRED = True  # whether reading the record without saying so fails when it is absent
+
+    @property
+    def record_path(self) -> Path:
+        """The record file."""
+        return self.root / self.RECORD
+
+    def read_record(self, required: bool | None = None) -> dict[str, Any]:
+        """The record; ``{}`` when it is absent and not ``required`` (default: the class's ``REQUIRED``)."""
+        return read_json_object(self.record_path, self.REQUIRED if required is None else required, self.FIX)
+
+    def write_record(self, record: dict[str, Any]) -> Path:
+        """Write the record atomically."""
+        return write_json(self.record_path, record)
 
 
 def read_csv_table(path: Path, fix: str, **kwargs) -> pd.DataFrame:

@@ -10,12 +10,12 @@ import pandas as pd
 
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import write_bytes, write_json
-from schoolvision.io.outputs import read_json_object
+from schoolvision.io.outputs import Folder, folder_file, read_json_object
 
 _REVIEW = "build a review queue first: schoolvision review build --scan DIR --out DIR"
 
 
-class ReviewFolder:
+class ReviewFolder(Folder):
     """A review queue made by ``schoolvision review build``.
 
     Files: ``queue.json`` (queue id, the scan, the ordering rule, counts), ``items.geojson`` (one
@@ -35,23 +35,9 @@ class ReviewFolder:
                    "nearest_new_m", "chip", "cam", "context", "stratum", "inclusion_probability", "registry_rows",
                    "window", "novelty")
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def queue_path(self) -> Path:
-        """``queue.json``."""
-        return self.root / self.QUEUE
-
-    @property
-    def items_path(self) -> Path:
-        """``items.geojson``."""
-        return self.root / self.ITEMS
-
-    @property
-    def page_path(self) -> Path:
-        """``review.html``."""
-        return self.root / self.PAGE
+    queue_path = folder_file(QUEUE, "``queue.json``.")
+    items_path = folder_file(ITEMS, "``items.geojson``.")
+    page_path = folder_file(PAGE, "``review.html``.")
 
     def image_name(self, item_id: str, kind: str) -> str:
         """Path of an item's image relative to the folder (``images/<id>_<kind>.jpg``)."""

@@ -12,12 +12,12 @@ import pandas as pd
 
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import atomic_path, write_json
-from schoolvision.io.outputs import read_csv_table, read_json_object, require_columns
+from schoolvision.io.outputs import Folder, folder_file, read_csv_table, read_json, read_json_object, require_columns
 
 _TRAIN = "train a model first: schoolvision train --chips DIR --out RUN"
 
 
-class RunFolder:
+class RunFolder(Folder):
     """A training run made by ``schoolvision train``: checkpoints, config, history, metrics, predictions."""
 
     BEST = "best.pt"
@@ -34,28 +34,10 @@ class RunFolder:
     FOLD_FILES = (METRICS, PREDICTIONS, "fold_*", "chips_fold_*")
     """Everything ``train --folds`` writes: each fold's run and chips index, the pooled metrics and predictions."""
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def best(self) -> Path:
-        """``best.pt``: the model selected on validation, calibrated."""
-        return self.root / self.BEST
-
-    @property
-    def last(self) -> Path:
-        """``last.pt``: everything needed to resume."""
-        return self.root / self.LAST
-
-    @property
-    def tensorboard(self) -> Path:
-        """The TensorBoard event folder."""
-        return self.root / self.TENSORBOARD
-
-    @property
-    def predictions_path(self) -> Path:
-        """``predictions.csv``."""
-        return self.root / self.PREDICTIONS
+    best = folder_file(BEST, "``best.pt``: the model selected on validation, calibrated.")
+    last = folder_file(LAST, "``last.pt``: everything needed to resume.")
+    tensorboard = folder_file(TENSORBOARD, "The TensorBoard event folder.")
+    predictions_path = folder_file(PREDICTIONS, "``predictions.csv``.")
 
     def fold(self, n: int) -> Path:
         """``fold_<n>``: the run folder of fold ``n`` (from 1) of a cross-validation (``train --folds``)."""
@@ -75,10 +57,8 @@ class RunFolder:
         run = Path(run)
         return run / RunFolder.BEST if run.is_dir() else run
 
-    @property
-    def novelty_path(self) -> Path:
-        """``novelty.npz``: the summary of the training chips' embeddings and the home reference (train.novelty)."""
-        return self.root / self.NOVELTY
+    novelty_path = folder_file(NOVELTY, "``novelty.npz``: the summary of the training chips' embeddings and the home "
+                                         "reference (train.novelty).")
 
     def read_novelty(self) -> tuple[dict[str, np.ndarray], dict[str, Any]] | None:
         """``(arrays, record)`` of ``novelty.npz``; None when the run has none (trained before it existed).
@@ -118,16 +98,7 @@ class RunFolder:
 
     def read_history(self) -> list[dict[str, Any]]:
         """``history.json``: one dict of train/val loss, F1, AUPRC, learning rate per epoch."""
-        path = self.root / self.HISTORY
-        if not path.is_file():
-            raise UserError(f"{self.HISTORY} not found ({_TRAIN})", path)
-        try:
-            history = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, ValueError) as exc:
-            raise UserError(f"{self.HISTORY} is not readable JSON ({type(exc).__name__}); {_TRAIN}", path) from None
-        if not isinstance(history, list):
-            raise UserError(f"{self.HISTORY} does not hold a list of epochs; {_TRAIN}", path)
-        return history
+        return read_json(self.root / self.HISTORY, True, _TRAIN, list, "a list of epochs")
 
     def write_history(self, history: list[dict[str, Any]]) -> Path:
         """Write ``history.json`` atomically (after every epoch)."""

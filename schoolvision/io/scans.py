@@ -17,7 +17,7 @@ from rasterio.errors import RasterioIOError
 
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import write_json, write_text
-from schoolvision.io.outputs import read_csv_table, read_json_object, require_columns
+from schoolvision.io.outputs import Folder, folder_file, read_csv_table, read_json_object, require_columns
 from schoolvision.io.vectors import read_layer, write_vectors
 
 _SCAN = "scan first: schoolvision scan --run RUN --imagery ... --out DIR"
@@ -25,7 +25,7 @@ PROBABILITY_SUFFIX = "_probability.tif"
 NOVELTY_SUFFIX = "_novelty.tif"
 
 
-class ScanFolder:
+class ScanFolder(Folder):
     """A scan made by ``schoolvision scan``.
 
     Files: ``<scene>_probability.tif``, ``<scene>_novelty.tif`` (with a run's novelty summary),
@@ -45,18 +45,8 @@ class ScanFolder:
     SCENE_CANDIDATES = ".candidates.gpkg"
     DONE = ".done.json"
 
-    def __init__(self, root: str | Path):
-        self.root = Path(root)
-
-    @property
-    def candidates_path(self) -> Path:
-        """``candidates.gpkg``."""
-        return self.root / self.CANDIDATES
-
-    @property
-    def evaluation_path(self) -> Path:
-        """``evaluation.json``."""
-        return self.root / self.EVALUATION
+    candidates_path = folder_file(CANDIDATES, "``candidates.gpkg``.")
+    evaluation_path = folder_file(EVALUATION, "``evaluation.json``.")
 
     def probability_path(self, scene: str) -> Path:
         """Where the probability raster of ``scene`` goes."""
@@ -87,10 +77,7 @@ class ScanFolder:
         """Write ``evaluation.json`` atomically."""
         return write_json(self.evaluation_path, evaluation)
 
-    @property
-    def registry_audit_path(self) -> Path:
-        """``registry_audit.csv`` (scan with ``--registry``)."""
-        return self.root / self.REGISTRY_AUDIT
+    registry_audit_path = folder_file(REGISTRY_AUDIT, "``registry_audit.csv`` (scan with ``--registry``).")
 
     def read_registry_audit(self) -> pd.DataFrame:
         """``registry_audit.csv``: one row per registry school and per candidate (``scan.registry``)."""
