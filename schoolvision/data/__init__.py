@@ -1,1 +1,4 @@
-"""Training data: synthetic demo towns, labelled chips cut from imagery, the PyTorch dataset, augmentations."""
+"""Training data: labelled chips cut from imagery on one window grid, the PyTorch dataset, augmentations.
+
+The synthetic demo towns the book starts from live one layer up, in :mod:`schoolvision.demo`.
+"""

@@ -24,7 +24,7 @@ from shapely.geometry import box
 from schoolvision.data.chips import ChipConfig, ChipSummary, make_chips
 from schoolvision.demo import make_demo
 from schoolvision.errors import UserError
-from schoolvision.io.folders import ChipsFolder
+from schoolvision.io.folders import ChipsFolder, DemoFolder
 from schoolvision.io.imagery import (
     ImagerySource,
     list_sources,
@@ -38,7 +38,7 @@ from schoolvision.io.preview import Preview, read_source_preview, read_source_zo
 from schoolvision.io.schools import read_schools
 from schoolvision.io.tiles import TileOptions
 
-DEMO_MARKER = "demo.json"
+DEMO_MARKER = DemoFolder.META
 """The file :func:`~schoolvision.demo.make_demo` writes last: a folder holding it is a demo folder."""
 
 
@@ -251,7 +251,7 @@ def demo_of(chips_dir: str | Path) -> Path | None:
     """The demo folder the chips were cut from (its schools file lies beside ``demo.json``); None: the user's data."""
     source = ChipsFolder(chips_dir).read_meta(required=True).get("schools_source")
     folder = Path(source).parent if source else None
-    return folder if folder is not None and (folder / DEMO_MARKER).is_file() else None
+    return folder if folder is not None and DemoFolder(folder).is_demo() else None
 
 
 def held_out_scene(chips_dir: str | Path) -> str:
