@@ -465,9 +465,9 @@ OPTION = re.compile(r"--[a-z][a-z0-9-]*")
 MENTION = re.compile(r"schoolvision (\w+)")
 
 ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
-    ("cluster", "schoolvision.data.chips"): (
+    ("cluster", "schoolvision.data.chip_config"): (
         {"--block-size", "--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
-        "cluster imports the module for SPLITS; ChipConfig and make_chips run in `chips` only"),
+        "cluster imports the chips modules for SPLITS; ChipConfig and make_chips run in `chips` only"),
     ("cluster", "schoolvision.data.plan"): (
         {"--block-size"}, "cluster imports data.chips, which imports the plan; chips are planned in `chips` only"),
     ("cluster", "schoolvision.demo.build"): (
@@ -496,15 +496,16 @@ ALLOWED[("review", "schoolvision.io.tiles")] = (
 ALLOWED[("review", "schoolvision.io.masks")] = ({"--mask-layer"}, "masks are read by `scan` only")
 ALLOWED[("review", "schoolvision.scan.mask")] = (
     {"--mask", "--mask-distance", "--mask-min-area"}, "review imports scan modules; masks are applied by `scan` only")
-ALLOWED[("review", "schoolvision.data.chips")] = (
+ALLOWED[("review", "schoolvision.data.chip_config")] = (
     {"--block-size", "--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
     "review retrain cuts chips with the home chips' validated config (dataset.json), never the user's options")
 ALLOWED[("review", "schoolvision.data.plan")] = (
     {"--block-size"}, "review retrain keeps the home chips' splits; chips are planned in `chips` only")
 ALLOWED[("review", "schoolvision.train.fit")] = (
-    {"--backbone", "--image-size", "--init-from", "--precision", "--resume"},
-    "review retrain fine-tunes with the home run's backbone and input size, which `train` validated, in the "
-    "default precision")
+    {"--backbone", "--image-size", "--init-from", "--resume"},
+    "review retrain fine-tunes with the home run's backbone and input size, which `train` validated")
+for _module in ("schoolvision.train.config", "schoolvision.train.state"):
+    ALLOWED[("review", _module)] = ({"--precision"}, "review retrain fine-tunes in the default precision")
 ALLOWED[("review", "schoolvision.train.evaluation")] = (
     {"--n-boot"}, "EvalConfig is built by `evaluate` only")
 for _command_name in ("explain", "cluster", "review"):
@@ -608,7 +609,7 @@ def test_the_option_rule_reads_messages_and_attributes_them():
     assert _mentions("pass --overwrite or choose another --out", "scan") == [("scan", "--overwrite"), ("scan", "--out")]
     texts = " ".join(t for _, t in _messages("schoolvision.scan.runner"))
     assert "--threshold" in texts and "--stride" in texts  # check_range names are read
-    assert any("schoolvision train --chips" in t for _, t in _messages("schoolvision.io.runs"))  # constants too
+    assert any("schoolvision review build" in t for _, t in _messages("schoolvision.io.reviews"))  # constants too
     assert "schoolvision.io.runs" in _closure("schoolvision.commands.train")
 
 
