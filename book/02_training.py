@@ -49,9 +49,9 @@ folds = 3
 # %%
 from dataclasses import replace
 
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
 from schoolvision.commands.train import command_line
 from schoolvision.io.folders import ChipsFolder, RunFolder
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import training as plots
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.train.evaluation import extreme_chips

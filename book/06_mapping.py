@@ -58,13 +58,13 @@ mask_min_area = 150.0
 # %%
 import pandas as pd
 import torch
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
 from schoolvision.data.sources import chips_scenes
 from schoolvision.io.folders import ScanFolder, open_probability
 from schoolvision.io.imagery import open_scene
 from schoolvision.io.preview import read_band_preview, read_source_preview
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import scan as plots
 from schoolvision.scan.evaluation import rejected_lookalikes, weakest_finds
 from schoolvision.scan.heldout import held_out_area

@@ -61,18 +61,24 @@ from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
+from schoolvision.book import simulate
+from schoolvision.book.notebook import (
+    check_claims,
+    glue_all,
+    repo_root,
+    require,
+    resolve,
+)
+from schoolvision.book.own import OwnRoundConfig, review_own_data
 from schoolvision.data.sources import demo_of
 from schoolvision.data.synthetic import REGIONS, make_demo
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources
 from schoolvision.io.preview import read_band_preview, read_source_preview
-from schoolvision.notebook import check_claims, glue_all, repo_root, require, resolve
 from schoolvision.plotting import review as review_plots
 from schoolvision.plotting import scan as scan_plots
 from schoolvision.plotting.theme import apply_theme
-from schoolvision.review import simulate
 from schoolvision.review.decisions import import_decisions
-from schoolvision.review.own import OwnRoundConfig, review_own_data
 from schoolvision.review.queue import ORDERS, ReviewConfig, build_queue
 from schoolvision.train.fit import TrainConfig, fit
 

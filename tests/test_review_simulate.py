@@ -1,16 +1,13 @@
-"""The simulated mapper of chapter 8 and the bookkeeping of a review round (schoolvision.review.simulate)."""
+"""The simulated mapper of chapter 8 and the bookkeeping of a review round (schoolvision.book.simulate)."""
 
 from __future__ import annotations
-
-import json
 
 import geopandas as gpd
 import pandas as pd
 import pytest
 from shapely.geometry import Point, box
 
-from schoolvision.review import simulate
-from schoolvision.review.decisions import latest, read_decisions
+from schoolvision.book import simulate
 
 UTM = "EPSG:32636"
 
@@ -35,18 +32,6 @@ def test_the_mapper_answers_by_distance_to_a_true_footprint(truth):
     assert list(answers["school"]) == ["A", "A", "", ""]
     assert answers["distance_m"].iloc[1] == pytest.approx(40.0, abs=0.5)
     assert list(simulate.answer_items(items, truth, match_distance=70.0)["decision"])[:3] == ["school"] * 3
-
-
-def test_simulated_decisions_read_back_as_an_export(truth, tmp_path):
-    answers = simulate.answer_items(items_at([(500_020, 100_020), (500_500, 100_500)]), truth)
-    path = simulate.write_decisions(answers, "q123", tmp_path / "decisions.geojson")
-    decisions = read_decisions(path)  # the reader of `review import`
-    assert [(d["id"], d["decision"]) for d in decisions] == [("i0", "school"), ("i1", "not_school")]
-    kept, replaced = latest(decisions)
-    assert len(kept) == 2 and replaced == 0
-    assert json.loads(path.read_text())["queue_id"] == "q123"
-    again = simulate.write_decisions(answers, "q123", tmp_path / "again.geojson")
-    assert again.read_bytes() == path.read_bytes()  # fixed timestamps: the same file on every run
 
 
 def test_found_per_hundred_counts_distinct_schools_within_the_budget():

@@ -1,6 +1,6 @@
 """Figures of the review chapter: schools found per item reviewed, and recall per review round.
 
-They take the frames of :mod:`schoolvision.review.simulate` and draw; they open no file.
+They take the frames of :mod:`schoolvision.book.simulate` and draw; they open no file.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ def plot_discovery(curve: pd.DataFrame, k: int | None = None, schools: int | Non
     """Distinct schools found against items reviewed, one line per ranking rule.
 
     Args:
-        curve: :func:`~schoolvision.review.simulate.discovery` (``order``, ``reviewed``, ``schools_found``).
+        curve: :func:`~schoolvision.book.simulate.discovery` (``order``, ``reviewed``, ``schools_found``).
         k: the review budget, drawn as a vertical line.
         schools: the true schools of the town, drawn as a horizontal line (what a perfect review finds).
 
@@ -40,7 +40,7 @@ def plot_rounds(table: pd.DataFrame, home_recall: float | None = None) -> Figure
     """Recall and precision on the never-reviewed town, per review round, with the home recall as target.
 
     Args:
-        table: :func:`~schoolvision.review.simulate.round_table` (``round``, ``recall``, ``precision``).
+        table: :func:`~schoolvision.book.simulate.round_table` (``round``, ``recall``, ``precision``).
         home_recall: the model's recall at home, drawn as a horizontal line.
 
     Returns:

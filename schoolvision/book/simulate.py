@@ -3,8 +3,10 @@
 The book cannot ask a person to review its queue, so the demo's ground truth answers instead, by
 one rule (:data:`MAPPER_RULE`): an item is a school when its place lies within ``match_distance``
 metres of a true school footprint (the scan's own matching distance), else it is not; this mapper
-never answers "unsure" and never errs. Its answers are written as ``review.html`` exports them
-(``decisions.geojson``), so ``review import`` reads them like a person's.
+never answers "unsure" and never errs. Its answers are written by the product's one writer of
+``review.html``'s export (:func:`~schoolvision.review.decisions.write_decisions`), so ``review import``
+reads them like a person's. It is the only simulated mapper of a ranked queue (tests and benchmarks
+use it too); :mod:`~schoolvision.book.simulate_sample` answers a sampled queue by its window rule.
 
 Also here, so that the chapter's cells only call the library:
 
@@ -37,6 +39,7 @@ from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, ScanFolder
 from schoolvision.io.imagery import ImagerySource, list_sources
 from schoolvision.io.schools import read_schools
+from schoolvision.review.decisions import write_decisions
 from schoolvision.review.queue import ORDERS, collect_items, order_items
 from schoolvision.scan.runner import ScanConfig, ScanSummary, run_scan
 
@@ -59,6 +62,11 @@ class MapperRound:
     not_schools: int  # items answered "not_school"
     schools_found: int  # distinct true schools among the "school" answers
     answers: pd.DataFrame  # the reviewed items with ``decision``, ``school`` (true name or "") and ``distance_m``
+
+    @property
+    def by_item(self) -> dict[str, str]:
+        """Item id -> decision, in queue order."""
+        return dict(zip(self.answers["id"].astype(str), self.answers["decision"]))
 
 
 def answer_items(items: pd.DataFrame, truth: gpd.GeoDataFrame, match_distance: float = 50.0) -> pd.DataFrame:
@@ -86,24 +94,11 @@ def answer_items(items: pd.DataFrame, truth: gpd.GeoDataFrame, match_distance: f
     nearest = d.argmin(axis=1)
     dist = d[np.arange(len(out)), nearest]
     hit = dist <= match_distance
-    names = truth["name"].astype(str).to_numpy()
+    names = (truth["name"] if "name" in truth.columns else pd.Series(truth.index)).astype(str).to_numpy()
     out["decision"] = np.where(hit, "school", "not_school")
     out["school"] = np.where(hit, names[nearest], "")
     out["distance_m"] = np.round(dist, 2)
     return out
-
-
-def write_decisions(answers: pd.DataFrame, queue_id: str, out: str | Path, start: datetime = START) -> Path:
-    """Write ``answers`` (``id``, ``decision``, ``lon``, ``lat``) as ``review.html``'s ``decisions.geojson``."""
-    features = []
-    for n, row in enumerate(answers.itertuples(index=False)):
-        stamp = (start + timedelta(seconds=n)).isoformat().replace("+00:00", "Z")
-        features.append({"type": "Feature",
-                         "geometry": {"type": "Point", "coordinates": [float(row.lon), float(row.lat)]},
-                         "properties": {"id": str(row.id), "queue_id": queue_id, "decision": row.decision,
-                                        "timestamp": stamp, "lon": float(row.lon), "lat": float(row.lat),
-                                        "mapper": "simulated: " + MAPPER_RULE}})
-    return write_json(out, {"type": "FeatureCollection", "queue_id": queue_id, "features": features})
 
 
 def simulate_review(queue_dir: str | Path, truth: str | Path | gpd.GeoDataFrame, out: str | Path,
@@ -126,10 +121,12 @@ def simulate_review(queue_dir: str | Path, truth: str | Path | gpd.GeoDataFrame,
     if k is not None and k < 1:
         raise UserError(f"k must be at least 1, got {k}")
     folder = ReviewFolder(queue_dir)
-    queue, items = folder.read_queue(), folder.read_items()
+    items = folder.read_items()
     schools = truth if isinstance(truth, gpd.GeoDataFrame) else read_schools(truth, point_buffer_m=None)
     answers = answer_items(items.head(k) if k is not None else items, schools, match_distance)
-    path = write_decisions(answers, queue["queue_id"], out)
+    stamps = [(START + timedelta(seconds=n)).isoformat().replace("+00:00", "Z") for n in range(len(answers))]
+    path = write_decisions(out, queue_dir, dict(zip(answers["id"].astype(str), answers["decision"])),
+                           timestamp=stamps, mapper="simulated: " + MAPPER_RULE)
     said_school = answers["decision"] == "school"
     return MapperRound(decisions=Path(path), reviewed=len(answers), schools=int(said_school.sum()),
                        not_schools=int((~said_school).sum()),
