@@ -15,7 +15,7 @@ from schoolvision.book.own import OwnRoundConfig, review_own_data
 from schoolvision.book.simulate import simulate_review
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.sources import demo_of
-from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
+from schoolvision.io.folders import ChipsFolder, RunFolder, ScanFolder
 from schoolvision.scan.heldout import held_out_area
 from schoolvision.scan.prefilter import SKIPPED, prefilter_study
 from schoolvision.scan.runner import ScanConfig, run_scan

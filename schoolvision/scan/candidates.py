@@ -291,7 +291,7 @@ class ProbabilityField:
             labels[several] = mapped
         return labels, n + int(none.sum())
 
-    def points(self, threshold: float, min_area_m2: float = 0.0,
+    def points(self, threshold: float, min_area_m2: float = MIN_AREA_M2,
                reuse: bool = False) -> tuple[gpd.GeoDataFrame, np.ndarray]:
         """(unranked points with their ``label``, region labels) at ``threshold`` (``reuse``: see :meth:`labels`)."""
         labels, n, box = self._labels_in_box(threshold, reuse)
@@ -306,7 +306,8 @@ class ProbabilityField:
         points = gpd.GeoDataFrame(rows, geometry="geometry", crs=self.crs) if rows else _empty(self.crs)
         return points, labels
 
-    def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
+    def peak_arrays(self, threshold: float, min_area_m2: float = MIN_AREA_M2,
+                    reuse: bool = False) -> tuple[np.ndarray, ...]:
         """(label, max, mean, area m^2, x, y) of the regions kept at ``threshold``, in label order.
 
         :meth:`points`'s numbers as arrays, no frame and no full-raster labels: the precision-recall sweep
@@ -352,7 +353,7 @@ class ProbabilityField:
         sums = np.bincount(region, weights=values, minlength=n + 1)[1:]
         return self.values.ravel()[peaks], sums / counts, counts, peaks
 
-    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = 0.0,
+    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = MIN_AREA_M2,
               workers: int = 1) -> PeakSweep:
         """:meth:`peak_arrays` at every threshold, lowest first, as the evaluation's sweep computes them.
 
@@ -364,7 +365,7 @@ class ProbabilityField:
             return self.start_sweep(pool, thresholds, min_area_m2)()
 
     def start_sweep(self, pool: ThreadPoolExecutor, thresholds: Sequence[float] = SWEEP_THRESHOLDS,
-                    min_area_m2: float = 0.0) -> Callable[[], PeakSweep]:
+                    min_area_m2: float = MIN_AREA_M2) -> Callable[[], PeakSweep]:
         """Start :meth:`sweep`: returns once the lowest threshold is done; call the result for the sweep.
 
         The lowest threshold sets what the others reuse (peaks, basins, the sort of the values); from
@@ -395,7 +396,8 @@ class ProbabilityField:
             rank[order] = np.arange(order.size)
             self._order, self._rank = order, rank
 
-    def candidates(self, threshold: float, min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    def candidates(self, threshold: float,
+                   min_area_m2: float = MIN_AREA_M2) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
         """(ranked points, region polygons) at ``threshold``: :func:`extract_candidates`."""
         points, labels = self.points(threshold, min_area_m2)
         crs = self.crs
@@ -462,7 +464,7 @@ def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) ->
 
 
 def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene: str = "",
-                       min_area_m2: float = 0.0, dip: float = SPLIT_DIP,
+                       min_area_m2: float = MIN_AREA_M2, dip: float = SPLIT_DIP,
                        min_separation: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """(points, region polygons) of regions where ``prob >= threshold``, ranked.
 
@@ -612,7 +614,8 @@ class PeakSweep:
         return ((min_area_m2, min_separation) == (self.min_area_m2, self.min_separation)
                 and all(float(t) in self.arrays for t in thresholds))
 
-    def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
+    def peak_arrays(self, threshold: float, min_area_m2: float = MIN_AREA_M2,
+                    reuse: bool = False) -> tuple[np.ndarray, ...]:
         """(label, max, mean, area m^2, x, y) as :meth:`ProbabilityField.peak_arrays` (labels are 1..n here)."""
         if not self.covers([threshold], min_area_m2, self.min_separation):
             raise KeyError(f"no sweep at threshold {threshold} and min area {min_area_m2} for scene {self.scene}")
@@ -634,7 +637,7 @@ class PeakSweep:
 
 
 def read_fields(scenes: Sequence, sweeps: Mapping[str, PeakSweep] | None = None,
-                min_area_m2: float = 0.0, min_separation: float = 0.0) -> list[ProbabilityField | PeakSweep]:
+                min_area_m2: float = MIN_AREA_M2, min_separation: float = 0.0) -> list[ProbabilityField | PeakSweep]:
     """The probability raster of each scanned scene (``SceneScan`` items), ready for any threshold.
 
     ``sweeps``: scenes' kept :class:`PeakSweep` (by scene name); one that covers the sweep's thresholds at
@@ -650,7 +653,7 @@ def read_fields(scenes: Sequence, sweeps: Mapping[str, PeakSweep] | None = None,
 
 
 def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,
-                min_area_m2: float = 0.0, fields: Sequence[ProbabilityField] | None = None,
+                min_area_m2: float = MIN_AREA_M2, fields: Sequence[ProbabilityField] | None = None,
                 min_separation: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked.
 
