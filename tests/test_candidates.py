@@ -398,7 +398,7 @@ def test_one_sort_h_maxima_is_skimages():
     """The single-sort h-maxima equals skimage's on smooth fields, with and without plateaus and ties."""
     from skimage.morphology import h_maxima as skimage_h_maxima
 
-    from schoolvision.scan.candidates import h_maxima
+    from schoolvision.scan.maxima import h_maxima
 
     rng = np.random.default_rng(0)
     found = 0

@@ -140,12 +140,7 @@ def cluster_chips(
     extra = [c for c in table.columns if c not in CLUSTER_COLUMNS]
     table = table[CLUSTER_COLUMNS + extra]
 
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "clusters.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(out / "k_selection.csv") as tmp:
-        result.k_selection.round(6).to_csv(tmp, index=False)
-    write_cluster_vectors(table, out / "clusters.gpkg", out / "clusters.geojson")
+    _write_tables(out, table, result)
     summary = {
         **result.summary(),
         "subset": config.subset,
@@ -166,18 +161,34 @@ def cluster_chips(
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
     report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
     if config.gallery and result.k > 0:
-        rows = table.iloc[np.concatenate(list(nearest_to_centre(result, config.gallery_size, table).values()))]
-        ids = rows["chip_id"].astype(str)
-        report.gallery = {cid: read_chip_rgb(Path(config.chips_dir) / p) for cid, p in zip(ids, rows["path"])}
-        if config.cams_dir:
-            report.cams = read_cams(config.cams_dir, ids)
-        elif config.gradcam:
-            report.cams = gallery_cams(config.run, config.chips_dir, ids, config.device)
+        _add_gallery(report, config)
         summary["gallery_cams"] = len(report.cams)
     if save_figures is not None:
         summary["figures"] = [Path(p).name for p in save_figures(report)]
     write_json(out / "summary.json", summary)  # an earlier run's maps and projector: removed by prepare_output
     return report
+
+
+def _write_tables(out: Path, table, result: Clustering) -> None:
+    """``clusters.csv``, ``k_selection.csv`` and the clusters as vectors (``clusters.gpkg``, ``.geojson``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "clusters.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "k_selection.csv") as tmp:
+        result.k_selection.round(6).to_csv(tmp, index=False)
+    write_cluster_vectors(table, out / "clusters.gpkg", out / "clusters.geojson")
+
+
+def _add_gallery(report: ClusterReport, config: ClusterRunConfig) -> None:
+    """The chips nearest each cluster's centre, and their heat maps (read from ``cams_dir`` or grad-CAM)."""
+    table = report.table
+    rows = table.iloc[np.concatenate(list(nearest_to_centre(report.result, config.gallery_size, table).values()))]
+    ids = rows["chip_id"].astype(str)
+    report.gallery = {cid: read_chip_rgb(Path(config.chips_dir) / p) for cid, p in zip(ids, rows["path"])}
+    if config.cams_dir:
+        report.cams = read_cams(config.cams_dir, ids)
+    elif config.gradcam:
+        report.cams = gallery_cams(config.run, config.chips_dir, ids, config.device)
 
 
 def chip_novelty(run, vectors: np.ndarray) -> np.ndarray | None:
