@@ -240,7 +240,7 @@ if on_demo:
 #
 # The mapper of this book is simulated: the demo's ground truth answers each item (a school when the
 # item lies within `match_distance` metres of a true school's footprint,
-# `schoolvision/review/simulate.py`). It can answer the whole queue in both orders, to compare how fast
+# `schoolvision/book/simulate.py`). It can answer the whole queue in both orders, to compare how fast
 # each finds schools:
 
 # %%
