@@ -11,13 +11,13 @@ import geopandas as gpd
 import pytest
 import shapely
 
+from schoolvision.book.heldout import held_out_area
 from schoolvision.book.own import OwnRoundConfig, review_own_data
+from schoolvision.book.prefilter import SKIPPED, prefilter_study
 from schoolvision.book.simulate import simulate_review
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.sources import demo_of
 from schoolvision.io.folders import ChipsFolder, RunFolder, ScanFolder
-from schoolvision.scan.heldout import held_out_area
-from schoolvision.scan.prefilter import SKIPPED, prefilter_study
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.train.fit import TrainConfig, fit
 
