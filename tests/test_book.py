@@ -95,7 +95,7 @@ def test_no_product_module_imports_the_book_layer():
         if path.parent.name == "book":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            module = node.module or "" if isinstance(node, ast.ImportFrom) else ""
+            module = (node.module or "") if isinstance(node, ast.ImportFrom) else ""
             assert not module.startswith("schoolvision.book"), f"{path.relative_to(ROOT)} imports {module}"
 
 
