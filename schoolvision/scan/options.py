@@ -33,17 +33,10 @@ class ScanOptions:
     progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
-        for name, (option, bounds) in RANGES.items():
-            check_range(option, getattr(self, name), **bounds)
-
-
-RANGES = {
-    "stride": ("--stride", {"minimum": 1}),
-    "batch_size": ("--batch-size", {"minimum": 1}),
-    "threshold": ("--threshold", {"above": 0, "below": 1}),
-    "match_distance": ("--match-distance", {"above": 0}),
-    "min_area_m2": ("--min-area", {"minimum": 0}),
-    "min_separation": ("--min-separation", {"minimum": 0}),
-    "prefetch_depth": ("prefetch_depth", {"minimum": 0}),
-}
-"""The range each option must lie in (:func:`~schoolvision.errors.check_range`), by field, with its option's name."""
+        check_range("--stride", self.stride, minimum=1)
+        check_range("--batch-size", self.batch_size, minimum=1)
+        check_range("--threshold", self.threshold, above=0, below=1)
+        check_range("--match-distance", self.match_distance, above=0)
+        check_range("--min-area", self.min_area_m2, minimum=0)
+        check_range("--min-separation", self.min_separation, minimum=0)
+        check_range("prefetch_depth", self.prefetch_depth, minimum=0)
