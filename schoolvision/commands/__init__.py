@@ -2,7 +2,9 @@
 
 Option defaults come from the library's config dataclasses (or entry-point signatures) through
 :func:`default_of`, so the command line, the library and the book's CPU profile cannot drift apart
-(``tests/test_defaults.py`` checks the three against each other).
+(``tests/test_defaults.py`` checks the three against each other). A command builds its config from its
+arguments field by field (:func:`config_from_args`); ``tests/test_options.py`` checks that every command's
+options are its config's fields, with the same names and defaults.
 """
 
 from __future__ import annotations
