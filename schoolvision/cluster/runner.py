@@ -137,9 +137,7 @@ def cluster_chips(
     novelty = chip_novelty(config.run, feats.vectors)
     if novelty is not None:  # how unlike the training chips each chip is (train.novelty): 0-100
         table["novelty"] = novelty
-    extra = [c for c in table.columns if c not in CLUSTER_COLUMNS]
-    table = table[CLUSTER_COLUMNS + extra]
-
+    table = table[CLUSTER_COLUMNS + [c for c in table.columns if c not in CLUSTER_COLUMNS]]
     _write_tables(out, table, result)
     summary = {
         **result.summary(),
@@ -156,8 +154,8 @@ def cluster_chips(
         summary["novelty_median_by_cluster"] = {str(k): round(float(v), 1)
                                                 for k, v in table.groupby("cluster")["novelty"].median().items()}
     if config.projector:
-        meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]]
-        meta = meta.assign(prob=table["prob"].round(3))
+        columns = ["chip_id", "cluster", "label", "prediction", "scene", "split"]
+        meta = table[columns].assign(prob=table["prob"].round(3))
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
     report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
     if config.gallery and result.k > 0:
