@@ -371,6 +371,7 @@ def _results_sources(tmp_path: Path) -> list:
     sources[3].path.write_text(json.dumps({"schools": 9, "true_positives": 8, "candidates": 10,
                                            "precision": 0.8, "recall": 0.889}))
     (review / "review_round.json").write_text(json.dumps({"recall_before": 0.25, "recall_after": 0.5,
+                                                          "precision_before": 0.75, "precision_after": 0.8,
                                                           "items_reviewed": 18}))
     return sources
 
@@ -389,6 +390,7 @@ def test_results_page_shows_every_number_of_the_json(tmp_path):
     headline = results.headline_markdown()
     assert "| test AUPRC (chips of the held-out town) | 0.988 | 2 |" in headline
     assert "| school chips in the test town | 34 | 2 |" in headline  # counts stay integers
+    assert "| precision after that round | 0.800 | 8 |" in headline  # precision beside recall
     assert "| test metrics | training_precision | fp32 |" in shown  # how the numbers were made, one click away
     assert "efficientnet_lite0" not in shown  # other text settings stay out
     (sources[0].path).unlink()

@@ -29,7 +29,7 @@ REFERENCE = pd.DataFrame(
 
 # Sub-trees that are settings or lists rather than results.
 SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messages", "table", "table_all_school_chips",
-                       "files", "labelling", "scenes"})
+                       "files", "labelling", "scenes", "grid"})
 
 
 # Text settings that are results too: they say how the numbers were made (shown, never compared as numbers).
@@ -43,7 +43,6 @@ HEADLINES = (
     ("test metrics", "f1", "test F1 at the tuned threshold"),
     ("test metrics", "precision", "test precision"),
     ("test metrics", "recall", "test recall"),
-    ("test metrics", "roc_auc", "test ROC AUC"),
     ("test metrics", "ece", "expected calibration error (test)"),
     ("test metrics", "threshold", "decision threshold (tuned on validation)"),
     ("test metrics", "n_chips.school", "school chips in the test town"),
@@ -55,9 +54,10 @@ HEADLINES = (
     ("scan", "candidates", "candidates the scan reported"),
     ("scan", "precision", "scan precision (candidates on a school)"),
     ("scan", "recall", "scan recall (schools found)"),
-    ("review", "recall_before", "new region, unreviewed town: recall before review"),
-    ("review", "recall_after", "the same after one review round"),
-    ("review", "items_reviewed", "items reviewed in that round"),
+    ("review", "recall_before", "new region, towns nobody reviewed: recall before review"),
+    ("review", "precision_before", "the same: precision before review"),
+    ("review", "recall_after", "recall after one review round (its own threshold)"),
+    ("review", "precision_after", "precision after that round"),
 )
 
 
