@@ -3,7 +3,7 @@
 One scan of the demo towns with ``--registry`` (or ``--scan DIR``, a scan made so), then ``--reviews``
 seeded stratified samples of its windows (``review build --sample``, budget ``--budget-share`` of the
 windows), each answered by the simulated mapper from the demo's true footprints
-(:data:`~schoolvision.review.simulate_sample.WINDOW_RULE`) and estimated as ``schoolvision estimate``
+(:data:`~schoolvision.book.simulate_sample.WINDOW_RULE`) and estimated as ``schoolvision estimate``
 does. For each measure: how many 95% intervals cover the true value over the whole frame, the mean
 error of the estimate (bias), its RMSE and the intervals' mean width. Target: the interval for the
 number of unlisted schools covers the truth in at least 18 of 20 reviews.
@@ -61,7 +61,7 @@ def summarise(values: list[dict], truth: float) -> dict:
 
 def schools_by_stratum(frame, truth) -> dict[str, int]:
     """True schools per stratum of the frame (by the window holding their centroid)."""
-    from schoolvision.review.simulate_sample import school_windows
+    from schoolvision.book.simulate_sample import school_windows
 
     at = school_windows(frame, truth)
     return frame.windows.loc[at[at >= 0], "stratum"].value_counts().sort_index().to_dict()
@@ -83,11 +83,11 @@ def main(argv=None) -> dict:
     import geopandas as gpd
     import pandas as pd
 
+    from schoolvision.book.simulate_sample import answer_sample, top_probability_count, true_measures
     from schoolvision.io.folders import ScanFolder
     from schoolvision.io.schools import read_schools
     from schoolvision.review.estimate import estimate_measures
     from schoolvision.review.sample import SampleConfig, build_frame, draw_sample
-    from schoolvision.review.simulate_sample import answer_sample, top_probability_count, true_measures
 
     start = time.perf_counter()
     scan = make_scan(args)

@@ -21,11 +21,11 @@ from pathlib import Path
 
 import geopandas as gpd
 
+from schoolvision.book.simulate import simulate_review
 from schoolvision.cli import main
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.demo import make_demo
 from schoolvision.io.folders import RunFolder, ScanFolder
-from schoolvision.review.decisions import oracle_decisions, write_decisions
 from schoolvision.train.fit import TrainConfig, fit
 
 
@@ -48,8 +48,8 @@ def run_round(args: argparse.Namespace) -> dict:
                  "--registry", str(demo / "registry.csv"), *scan]) == 0
     assert main(["review", "build", "--scan", str(out / "scan"), "--out", str(out / "queue"),
                  "--device", args.device]) == 0
-    answers = oracle_decisions(out / "queue", gpd.read_file(demo / "schools.geojson"), distance=50.0)
-    decisions = write_decisions(out / "decisions.geojson", out / "queue", answers)
+    truth = gpd.read_file(demo / "schools.geojson")
+    decisions = simulate_review(out / "queue", truth, out / "decisions.geojson", match_distance=50.0).decisions
     t0 = time.perf_counter()
     assert main(["review", "retrain", "--queue", str(out / "queue"), "--decisions", str(decisions), "--run", str(home),
                  "--out", str(out / "round"), "--epochs", str(args.epochs), "--device", args.device]) == 0

@@ -55,6 +55,7 @@ def engines(args) -> dict:
     from schoolvision.model.backbones import build_model
     from schoolvision.model.checkpoint import CheckpointMeta, save_checkpoint
     from schoolvision.scan.engines import LocalEngine, RayEngine
+    from schoolvision.scan.options import ScanOptions
     from schoolvision.scan.unit import UnitSettings, expected_record
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,9 +66,9 @@ def engines(args) -> dict:
         sources = list_sources([write_scenes(tmp / "scenes", args.scenes, args.size)])
 
         def settings(name):
-            return UnitSettings(out_dir=str(tmp / name), run=str(tmp / "run"), runtime=args.runtime,
-                                threshold=0.5, merge_distance=64.0, stride=args.stride, batch_size=32,
-                                expected=expected_record("bench", {}))
+            options = ScanOptions(runtime=args.runtime, stride=args.stride, batch_size=32)
+            return UnitSettings(out_dir=str(tmp / name), run=str(tmp / "run"), options=options,
+                                threshold=0.5, merge_distance=64.0, expected=expected_record("bench", {}))
 
         torch.set_num_threads(args.threads)
         # as the engine's own local instance: actors at niceness 0 like the local engine (Ray's default is 15)

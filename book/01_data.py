@@ -68,10 +68,10 @@ seed = 0
 
 # %%
 import pandas as pd
+from schoolvision.book.data import prepare_data
+from schoolvision.book.notebook import check_claims, repo_root, resolve
 from schoolvision.data.dataset import ChipDataset
-from schoolvision.data.sources import prepare_data
 from schoolvision.io.folders import ChipsFolder
-from schoolvision.notebook import check_claims, repo_root, resolve
 from schoolvision.plotting import data as plots
 from schoolvision.plotting.theme import apply_theme
 

@@ -49,20 +49,15 @@ folds = 3
 # %%
 from dataclasses import replace
 
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
+from schoolvision.book.small_data import small_data_folds, small_data_notice
 from schoolvision.commands.train import command_line
 from schoolvision.io.folders import ChipsFolder, RunFolder
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import training as plots
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.train.evaluation import extreme_chips
 from schoolvision.train.fit import TrainConfig, fit
-from schoolvision.train.folds import (
-    count_schools,
-    cross_validate,
-    fold_lines,
-    small_data_folds,
-    small_data_notice,
-)
+from schoolvision.train.folds import count_schools, cross_validate, fold_lines
 
 apply_theme()
 chips_path = require(chips_dir, "01_data")
@@ -115,7 +110,7 @@ metrics = fit(config, figures=plots.tensorboard_figures)
 # ### What the run used
 #
 # First, how much the test can say. With fewer than ten schools in the test split (the limit is
-# `SMALL_TEST_SCHOOLS` in `schoolvision/train/folds.py`), one school more or less found moves every metric
+# `SMALL_TEST_SCHOOLS` in `schoolvision/book/small_data.py`), one school more or less found moves every metric
 # by a large step, and the chapter says so here, before any number; the bootstrap interval then comes
 # first. The chip counts per split and class come from the chips folder; `metrics.json` holds the test
 # metrics (plus the validation ones under `val`) with bootstrap intervals for F1 and AUPRC (confidence level

@@ -42,18 +42,18 @@ device = "auto"
 
 # %%
 import pandas as pd
-from schoolvision.commands.explain import write_galleries
-from schoolvision.explain.faithfulness import beats_baseline
-from schoolvision.explain.runner import ExplainConfig, explain_chips
-from schoolvision.explain.samples import (
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
+from schoolvision.book.samples import (
     check_alignment,
     compare_methods,
     focus_chip_ids,
     pick_chips,
 )
+from schoolvision.commands.explain import write_galleries
+from schoolvision.explain.faithfulness import beats_baseline
+from schoolvision.explain.runner import ExplainConfig, explain_chips
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import explain as plots
 from schoolvision.plotting.theme import apply_theme
 

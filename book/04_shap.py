@@ -45,9 +45,10 @@ device = "auto"
 
 # %%
 import pandas as pd
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
+from schoolvision.book.samples import compare_methods, pick_chips
 from schoolvision.commands.explain import write_galleries
 from schoolvision.explain.runner import ExplainConfig, explain_chips
-from schoolvision.explain.samples import compare_methods, pick_chips
 from schoolvision.explain.shap_values import (
     background_from_split,
     deep_explainer_supported,
@@ -55,7 +56,6 @@ from schoolvision.explain.shap_values import (
 )
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import explain as plots
 from schoolvision.plotting.theme import apply_theme
 

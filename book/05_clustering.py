@@ -56,14 +56,14 @@ seed = 0
 from dataclasses import replace
 
 import geopandas as gpd
-from schoolvision.cluster.algorithms import (
-    ClusterConfig,
-    cluster_features,
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
+from schoolvision.book.verdicts import (
     cluster_profile,
     framing_profile,
     framing_verdict,
     structure_verdict,
 )
+from schoolvision.cluster.algorithms import ClusterConfig, cluster_features
 from schoolvision.cluster.runner import (
     ClusterRunConfig,
     cluster_chips,
@@ -71,7 +71,6 @@ from schoolvision.cluster.runner import (
     recluster_view,
 )
 from schoolvision.data.sources import chips_scenes
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import cluster as plots
 from schoolvision.plotting.theme import apply_theme
 

@@ -58,16 +58,16 @@ mask_min_area = 150.0
 # %%
 import pandas as pd
 import torch
+from schoolvision.book.heldout import held_out_area
+from schoolvision.book.notebook import check_claims, glue_all, require, resolve
 from schoolvision.data.sources import chips_scenes
 from schoolvision.io.folders import ScanFolder, open_probability
 from schoolvision.io.imagery import open_scene
 from schoolvision.io.preview import read_band_preview, read_source_preview
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
-from schoolvision.notebook import check_claims, glue_all, require, resolve
 from schoolvision.plotting import scan as plots
 from schoolvision.scan.evaluation import rejected_lookalikes, weakest_finds
-from schoolvision.scan.heldout import held_out_area
 from schoolvision.scan.peaks import explain_lookalikes, explain_points
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.webmap import scan_map_from_dir
@@ -355,7 +355,7 @@ glue_all(
 # (`ScanMask.read(path).count(source, meta)`). Then the same town is scanned again with the mask.
 
 # %%
-from schoolvision.scan.prefilter import prefilter_study
+from schoolvision.book.prefilter import prefilter_study
 
 mask_path = (
     require(mask_file, "a building footprints file (mask_file)") if mask_file else None

@@ -40,7 +40,7 @@ review_dir = "outputs/review"
 
 # %%
 from IPython.display import Markdown
-from schoolvision.notebook import (
+from schoolvision.book.notebook import (
     check_claims,
     glue_runtimes,
     read_execution_record,
@@ -48,7 +48,7 @@ from schoolvision.notebook import (
     resolve,
     toc_chapters,
 )
-from schoolvision.results import REFERENCE, default_sources, gather_results
+from schoolvision.book.results import REFERENCE, default_sources, gather_results
 
 sources = default_sources(
     resolve(run_dir),

@@ -22,8 +22,9 @@
 #   (`review.html`) on which a mapper says "school" or "not a school", item by item;
 # - which items a mapper should look at first: the ones the model is least sure of, or the most likely
 #   schools;
-# - how the mapper's decisions become training data (`review import`, `chips --negatives`) and a better
-#   model (`train --init-from`), measured on a town nobody reviewed.
+# - how the mapper's decisions become training data and a better model in one command
+#   (`schoolvision review retrain`), measured on towns nobody reviewed, with the model's weights and its
+#   threshold told apart.
 #
 # | Prerequisite | Importance | Notes |
 # | --- | --- | --- |
@@ -34,8 +35,9 @@
 #
 # - **Time to run**: {glue:text}`07_results.ipynb::res_time_08_review:s`.
 # - **Writes**: `out_dir`: the new region's towns and registry (`demo/`), the scans before and after
-#   (`scan_*`), the review queue with `review.html` (`queue/`), the decisions and labels, the fine-tuning
-#   chips and run (`chips/`, `run/`) and `review_round.json` (the figures of the results page).
+#   (`scan_*`, `grid/`), the review queue with `review.html` (`queue/`), the decisions and labels, the
+#   round (`round/`: its chips and the fine-tuned run `round/run`, with `round.json`) and
+#   `review_round.json` (the figures of the results page).
 
 # %% tags=["parameters"]
 run_dir = "runs/quick"
@@ -43,13 +45,14 @@ chips_dir = "data/chips"
 mapping_dir = "outputs/mapping"
 out_dir = "outputs/review"
 region = "urban"
+towns = 4
 size = 1024
 k = 100
 order = "uncertainty"
 floor = 0.05
-replay = 1
+replay = 0.2
 epochs = 3
-lr = 0.001
+lr = 0.0003
 match_distance = 50.0
 seed = 0
 device = "auto"
@@ -61,20 +64,26 @@ from pathlib import Path
 
 import pandas as pd
 from IPython.display import Markdown, display
+from schoolvision.book import round_study, simulate
+from schoolvision.book.notebook import (
+    check_claims,
+    glue_all,
+    repo_root,
+    require,
+    resolve,
+)
+from schoolvision.book.own import OwnRoundConfig, review_own_data
 from schoolvision.data.sources import demo_of
 from schoolvision.demo import REGIONS, make_demo
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources
 from schoolvision.io.preview import read_band_preview, read_source_preview
-from schoolvision.notebook import check_claims, glue_all, repo_root, require, resolve
 from schoolvision.plotting import review as review_plots
 from schoolvision.plotting import scan as scan_plots
 from schoolvision.plotting.theme import apply_theme
-from schoolvision.review import simulate
 from schoolvision.review.decisions import import_decisions
-from schoolvision.review.own import OwnRoundConfig, review_own_data
 from schoolvision.review.queue import ORDERS, ReviewConfig, build_queue
-from schoolvision.train.fit import TrainConfig, fit
+from schoolvision.review.retrain import RetrainConfig, retrain
 
 apply_theme()
 run_path = require(run_dir, "02_training")
@@ -84,6 +93,7 @@ home = ScanFolder(home_eval.parent).read_evaluation()
 out_path = resolve(out_dir)
 # the new region and the simulated mapper: on the demo's chips only
 on_demo = demo_of(chips_path) is not None
+
 
 # %% [markdown]
 # ## On your own data
@@ -127,27 +137,30 @@ if on_demo:
     print(f"{region}: {REGIONS[region].description}")
     demo_dir = out_path / "demo"
     demo = make_demo(
-        demo_dir, towns=2, seed=seed, size=size, region=region, overwrite=True
+        demo_dir, towns=towns, seed=seed, size=size, region=region, overwrite=True
     )
-    town_a, town_b = sorted(demo.n_schools)
+    town_a, *unreviewed = sorted(demo.n_schools)
     scene = {s.name: s for s in list_sources(demo.scenes)}
-    counts = {"schools_a": demo.n_schools[town_a], "schools_b": demo.n_schools[town_b]}
-    glued = glue_all(
-        "ch8", {"region": region, "town_a": town_a, "town_b": town_b, **counts}
-    )
+    others = {town: scene[town].path for town in unreviewed}
+    n_other = sum(demo.n_schools[town] for town in unreviewed)
+    counts = {"schools_a": demo.n_schools[town_a], "schools_other": n_other}
+    names = {"town_a": town_a, "n_unreviewed": len(unreviewed)}
+    glued = glue_all("ch8", {"region": region, **names, **counts})
 
 # %% [markdown]
-# Town {glue:text}`ch8_town_a` is the one a mapper will review; town {glue:text}`ch8_town_b` nobody
-# reviews: it only measures. The demo also writes the region's **registry** (`registry.csv`): the
-# official school list a mapping team starts from. It is wrong the way real registries are, by seeded
-# rules (`schoolvision/demo/registry.py`): some schools are missing, some are listed hundreds of metres
-# from their buildings, and a few listed "schools" are something else. `registry_truth.csv` says which,
-# so that the book can check the audit below; a real registry comes without it.
+# Town {glue:text}`ch8_town_a` ({glue:text}`ch8_schools_a` schools) is the one a mapper will review;
+# the other {glue:text}`ch8_n_unreviewed` towns ({glue:text}`ch8_schools_other` schools) nobody
+# reviews: they only measure, and several of them, because one town's handful of schools says little
+# on its own. The demo also writes the region's **registry** (`registry.csv`): the official school
+# list a mapping team starts from. It is wrong the way real registries are, by seeded rules
+# (`schoolvision/demo/registry.py`): some schools are missing, some are listed hundreds of metres
+# from their buildings, and a few listed "schools" are something else. `registry_truth.csv` says
+# which, so that the book can check the audit below; a real registry comes without it.
 #
 # ### The home model in the new region
 #
-# Both towns are scanned with the model of chapter 2 at its tuned threshold, as chapter 6 scanned the
-# home town, and measured against their true schools. Town {glue:text}`ch8_town_a` is also audited
+# Every town is scanned with the model of chapter 2 at its tuned threshold, as chapter 6 scanned the
+# home town, and measured against its true schools. Town {glue:text}`ch8_town_a` is also audited
 # against the registry (`scan --registry`).
 
 # %%
@@ -157,43 +170,48 @@ if on_demo:
     scan_a = simulate.scan_town(
         run_path, scene[town_a].path, out_path / "scan_a", **common, **audit_with
     )
-    scan_b = simulate.scan_town(
-        run_path, scene[town_b].path, out_path / "scan_b", **common
-    )
-    evaluations = {f"{town_a} (to review)": scan_a.evaluation}
-    evaluations |= {
-        f"{town_b} (never reviewed)": scan_b.evaluation,
-        "home (chapter 6)": home,
-    }
+    home_t = {"home threshold": scan_a.threshold}
+    models = {"home model": run_path}
+    grid_path = out_path / "grid"
+    grid = round_study.threshold_grid(models, home_t, others, out=grid_path, **common)
+    shown = ["schools", "candidates", "found", "recall", "precision", "novelty"]
+    display(grid.set_index("town")[shown])
+    start = round_study.pooled(grid, seed=seed).iloc[0]
+    evaluations = {f"{town_a} (to review)": scan_a.evaluation, "home (chapter 6)": home}
     display(simulate.scan_table(evaluations))
-    print(simulate.novelty_lines({town_a: scan_a, town_b: scan_b}))
-
-# %%
-if on_demo:
-    probability = read_band_preview(scan_b.scenes[0].probability)
-    scan_b_folder = ScanFolder(scan_b.out_dir)
-    cands, known = (
-        scan_b_folder.read_layer(n) for n in ("candidates", "known_schools")
-    )
-    title = f"{town_b} ({region}), before any review"
-    image = read_source_preview(scene[town_b])
-    fig = scan_plots.plot_probability(
-        image, probability, cands, known, scan_b.threshold, title
-    )
-# %%
-if on_demo:
-    before = {
-        "recall_before": scan_b.evaluation["recall"],
-        "home_recall": home["recall"],
-    }
-    before |= {"precision_before": scan_b.evaluation["precision"]}
-    glued = glue_all("ch8", {**before, "recall_a_before": scan_a.evaluation["recall"]})
 
 # %% [markdown]
-# At home the model found {glue:text}`ch8_home_recall:.0%` of the test town's schools; here it finds
-# {glue:text}`ch8_recall_a_before:.0%` in town {glue:text}`ch8_town_a` and
-# {glue:text}`ch8_recall_before:.0%` in town {glue:text}`ch8_town_b`. Nothing in the model is broken:
-# it learned what schools look like in the home region, and these do not look like that.
+# The first table is the home model on each town nobody will review (`novelty`: the share of the
+# town's windows that the run's trust map, chapter 6, flags as unlike its training data); the second,
+# the town to review beside the home town of chapter 6. The map of the town to review:
+
+# %%
+if on_demo:
+    probability = read_band_preview(scan_a.scenes[0].probability)
+    scan_a_folder = ScanFolder(scan_a.out_dir)
+    cands, known = (
+        scan_a_folder.read_layer(n) for n in ("candidates", "known_schools")
+    )
+    title = f"{town_a} ({region}), before any review"
+    image = read_source_preview(scene[town_a])
+    fig = scan_plots.plot_probability(
+        image, probability, cands, known, scan_a.threshold, title
+    )
+# %%
+if on_demo:
+    before = {"recall_before": start["recall"], "home_recall": home["recall"]}
+    before |= {"precision_before": start["precision"]}
+    before |= {"recall_before_low": start["recall_low"]}
+    before |= {"recall_before_high": start["recall_high"]}
+    glued |= glue_all("ch8", before)
+
+# %% [markdown]
+# At home the model found {glue:text}`ch8_home_recall:.0%` of the test town's schools; in the
+# {glue:text}`ch8_n_unreviewed` towns nobody will review it finds {glue:text}`ch8_recall_before:.0%`
+# of them (from {glue:text}`ch8_recall_before_low:.0%` to {glue:text}`ch8_recall_before_high:.0%`
+# when whole towns are resampled: the interval says how much one town differs from the next), with
+# precision {glue:text}`ch8_precision_before:.2f`. It learned what schools look like in the home
+# region, and these do not all look like that.
 #
 # ### The review queue
 #
@@ -234,8 +252,8 @@ if on_demo:
 #
 # The mapper of this book is simulated: the demo's ground truth answers each item (a school when the
 # item lies within `match_distance` metres of a true school's footprint,
-# `schoolvision/review/simulate.py`). It can answer the whole queue in both orders, to compare how fast
-# each finds schools:
+# `schoolvision/book/simulate.py`). It can answer the whole queue in both orders, to compare how fast
+# each finds schools, budget by budget:
 
 # %%
 if on_demo:
@@ -243,19 +261,17 @@ if on_demo:
     fig = review_plots.plot_discovery(curve, k, demo.n_schools[town_a])
 # %%
 if on_demo:
-    per_hundred = simulate.found_per_hundred(curve, k)
-    rates = {
-        f"per_100_{row.order}": row.per_100_items for row in per_hundred.itertuples()
-    }
-    glue_all("ch8", rates)
-    display(per_hundred)
+    n_items = int(curve["reviewed"].max())
+    sweep = round_study.budget_sweep(curve, [3, 5, 10, n_items])
+    glue_all("ch8", {"queue_items": n_items, "reviewed_budget": min(k, n_items)})
+    display(sweep)
 
 # %% [markdown]
 # Ranked by probability, the first items are the model's surest schools; ranked by uncertainty, its
-# hardest cases, schools and look-alikes alike. Per hundred items reviewed, the first found
-# {glue:text}`ch8_per_100_probability:.0f` schools here, the second
-# {glue:text}`ch8_per_100_uncertainty:.0f`; the second also shows the model the look-alikes it
-# confuses with schools, as hard negatives. This round reviews in the order `order`.
+# hardest cases, schools and look-alikes alike. The table gives the distinct schools each order has
+# found after a budget of items: where the budget is short of the queue, the orders can differ; at
+# the whole queue ({glue:text}`ch8_queue_items` items) both have found the same. This round's budget,
+# `k`, covers {glue:text}`ch8_reviewed_budget` items of it, in the order `order`.
 #
 # ### The review, and its decisions as labels
 #
@@ -309,79 +325,77 @@ if on_demo:
 # {glue:text}`ch8_moved` listed schools at their true place: the corrections a registry needs, which a
 # scan alone only suggests.
 #
-# ### Fine-tuning on the review
+# ### Review to retrain, in one command
 #
-# The accepted places are school labels; the rejected places, hard negatives: `chips --negatives` cuts a
-# `not_school` chip centred on each. The model of chapter 2 is then trained a few more epochs from its own
-# weights (`train --init-from`), on chips of the reviewed town and of `replay` home training towns (old
-# examples, so that it does not forget the home region while it learns the new one). The home
-# validation and test towns stay the validation and test splits: the model is still chosen, and its
-# threshold tuned, at home, and its home test score says whether it forgot the home region.
+# `schoolvision review retrain --queue QUEUE --decisions decisions.geojson --run RUN --out ROUND` turns
+# the decisions into chips and fine-tunes the model, by rules that cannot mislabel
+# (`schoolvision/review/retrain.py`): chips are cut only where the mapper looked (each decided place
+# and its surroundings), accepted places give school chips, rejected places hard negatives, and
+# `not_school` grid chips come only from neighbourhoods in which every item was rejected; imagery
+# nobody reviewed is never read. A share `replay` of the home training chips is trained on again, so
+# that the model does not forget the home region, for `epochs` epochs at the learning rate `lr`, from
+# the home model's weights. The home validation and test towns stay whole: the model is still chosen,
+# and its threshold tuned, at home, and its home test score is measured on the same chips as in
+# chapter 2.
 
 # %%
 if on_demo:
-    home_schools, train_labels = (
-        chips_path / "schools.geojson",
-        out_path / "train_labels.geojson",
+    options = {"epochs": epochs, "replay": replay, "lr": lr, "seed": seed}
+    round_config = RetrainConfig(
+        queue_path,
+        mapper.decisions,
+        run_path,
+        out_path / "round",
+        **options,
+        device=device,
+        overwrite=True,
     )
-    accepted = imported.counts["school"]
-    schools = simulate.training_labels(
-        labels_path, home_schools, train_labels, accepted
-    )
-    options = {"replay": replay, "seed": seed}
-    tuning = out_path / "chips"
-    chips = simulate.review_chips(
-        scene[town_a].path, schools, labels_path, chips_path, tuning, **options
-    )
-    print(chips)
-
-# %%
-if on_demo:
-    tuned = TrainConfig(
-        chips.out_dir, out_path / "run", epochs=epochs, lr=lr, seed=seed, device=device
-    )
-    tuned.init_from, tuned.overwrite = run_path, True
-    metrics = fit(tuned)
-    print(
-        "home test town, fine-tuned:"
-        f" AUPRC {metrics['auprc']:.3f}, F1 {metrics['f1']:.3f}"
-    )
+    done = retrain(round_config)
+    print(round_study.round_counts(done.record))
+    display(round_study.home_test_table(done.record))
 
 # %% [markdown]
-# ### The town nobody reviewed, again
+# ### The towns nobody reviewed, again
+#
+# A round changes two things: the weights, fine-tuned on the reviewed places, and the threshold,
+# tuned again on the home validation town. Each model is therefore scanned at each threshold, on
+# every town nobody reviewed: the home model at the fine-tuned threshold shows what the threshold
+# alone does, the fine-tuned model at the home threshold what the weights alone do. Recall and
+# precision are pooled over the towns, with intervals that resample whole towns.
 
 # %%
 if on_demo:
-    after = simulate.scan_town(
-        out_path / "run", scene[town_b].path, out_path / "scan_b_after", **common
+    tuned_t = {"fine-tuned threshold": done.record["thresholds"]["after"]}
+    rest = round_study.threshold_grid(
+        models, tuned_t, others, out=grid_path / "home_tuned", **common
     )
-    rounds = simulate.round_table(
-        {"before review": scan_b.evaluation, "after one round": after.evaluation},
-        home["recall"],
+    tuned = {"fine-tuned": Path(done.run)}
+    both = home_t | tuned_t
+    after = round_study.threshold_grid(
+        tuned, both, others, out=grid_path / "tuned", **common
     )
-    fig = review_plots.plot_rounds(rounds, home["recall"])
+    grid = pd.concat([grid, rest, after], ignore_index=True)
+    table = round_study.pooled(grid, seed=seed)
+    fig = review_plots.plot_threshold_grid(table, home["recall"])
 # %%
 if on_demo:
-    last = rounds.iloc[-1]
-    after_glue = glue_all(
-        "ch8", {f"{m}_after": last[m] for m in ("recall", "precision")}
-    )
-    glue_all("ch8", {"gap_closed": last["gap_closed"]})
+    verdict = round_study.round_verdict(table)
+    after_glue = glue_all("ch8", round_study.glue_values(table) | {"verdict": verdict})
     context = {"region": region, "order": order, "k": k, "reviewed_town": town_a}
     result = out_path / "review_round.json"
-    simulate.write_round(
-        result, rounds, mapper, home["recall"], **context, measured_town=town_b
+    round_study.write_round(
+        result, table, grid, done.record, mapper, home["recall"], **context
     )
-    display(rounds)
+    display(table.set_index(["model", "threshold"]).drop(columns="value"))
 
 # %% [markdown]
-# After one round of {glue:text}`ch8_reviewed` reviewed items, recall on town {glue:text}`ch8_town_b`,
-# which nobody reviewed, went from {glue:text}`ch8_recall_before:.2f` to
-# {glue:text}`ch8_recall_after:.2f` (precision {glue:text}`ch8_precision_before:.2f` to
-# {glue:text}`ch8_precision_after:.2f`): {glue:text}`ch8_gap_closed:.0%` of the gap to the home recall
-# closed. Read recall and precision together: the fine-tuned run tunes its own threshold on the home
-# validation town, so a round can trade precision for recall; the places the next round rejects become
-# hard negatives, which is how precision is won back.
+# After one round of {glue:text}`ch8_reviewed` reviewed items, on the towns nobody reviewed, each
+# model at its own threshold: recall went from {glue:text}`ch8_recall_before:.2f` to
+# {glue:text}`ch8_recall_after:.2f` (interval across towns {glue:text}`ch8_recall_after_low:.2f` to
+# {glue:text}`ch8_recall_after_high:.2f`), precision from {glue:text}`ch8_precision_before:.2f` to
+# {glue:text}`ch8_precision_after:.2f`. {glue:text}`ch8_verdict` With so few schools per town, a
+# difference of one or two schools is within the intervals: a round is judged on more towns, or over
+# several rounds.
 
 # %% [markdown]
 # The claims of this page, checked against its numbers (on your own data, where no round is simulated,
@@ -394,8 +408,8 @@ ok = check_claims(
         "the home model finds fewer schools in the new region than at home": (
             "ch8_recall_before < ch8_home_recall"
         ),
-        "after one round, recall on the town nobody reviewed is higher": (
-            "ch8_recall_after > ch8_recall_before"
+        "each model at its own threshold: the round does not lose recall": (
+            "ch8_recall_after >= ch8_recall_before"
         ),
     },
 )
@@ -404,49 +418,53 @@ ok = check_claims(
 # ## Summary and next
 #
 # - A model meets new regions: at home it found {glue:text}`ch8_home_recall:.0%` of the schools, in the
-#   new region far fewer. Measure a scan on known schools of every new region before trusting it.
-# - `review build` ranks what to check, `review.html` records the mapper's decisions offline,
-#   `review import` turns them into labels, `chips --negatives` and `train --init-from` into a better model.
-# - One round of a small review closed {glue:text}`ch8_gap_closed:.0%` of the recall gap on a town nobody
-#   reviewed.
+#   towns of the new region {glue:text}`ch8_recall_before:.0%`. Measure a scan on known schools of
+#   several towns of every new region before trusting it.
+# - `review build` ranks what to check, `review.html` records the mapper's decisions offline, and
+#   `review retrain` turns them into a fine-tuned model by rules that never label imagery nobody saw.
+# - Judge a round with both models at both thresholds, precision beside recall, on towns nobody
+#   reviewed: here recall {glue:text}`ch8_recall_before:.2f` to {glue:text}`ch8_recall_after:.2f`,
+#   precision {glue:text}`ch8_precision_before:.2f` to {glue:text}`ch8_precision_after:.2f`.
 # - Next: [the results page](07_results.ipynb) gathers the figures of every chapter.
 #
 # ## With real data
 #
 # Start a new area from its official school list: `scan --registry` audits it, `review build` queues the
 # candidates and the listed schools the scan did not see. Review with the page, a few dozen items at a
-# time, then `review import`, `chips --schools LABELS --schools-where label=school --negatives LABELS
-# --negatives-where label=not_school` over the reviewed imagery (with the home validation and test
-# scenes, so that the model is still chosen on them), and `train --init-from RUN`. Measure on a town
-# nobody reviewed before trusting the new model there; repeat while the recall climbs.
+# time, press *Export*, then `review retrain --queue QUEUE --decisions decisions.geojson --run RUN --out
+# ROUND`. Scan towns nobody reviewed with both runs before trusting the new one there (`scan
+# --threshold` sets the other run's threshold); repeat while the recall climbs.
 #
 # ## Exercises
 #
-# **Exercise 1.** Review in the other order: `order = "probability"`. Does the fine-tuned model do
-# better or worse on the town nobody reviewed, and why?
+# **Exercise 1.** Review fewer items in the other order: `k = 5` and `order = "probability"`, then
+# `k = 5` and `order = "uncertainty"`. Which round teaches the model more?
 #
 # ```{admonition} Solution
 # :class: dropdown
 #
-# Rerun the chapter with one changed parameter, into a scratch folder:
+# Rerun the chapter with changed parameters, into scratch folders:
 #
-#     papermill book/08_review.ipynb /tmp/08.ipynb -p order probability \
+#     papermill book/08_review.ipynb /tmp/08p.ipynb -p k 5 -p order probability \
 #         -p out_dir /tmp/review_p
+#     papermill book/08_review.ipynb /tmp/08u.ipynb -p k 5 -p order uncertainty \
+#         -p out_dir /tmp/review_u
 #
-# The review finds schools faster but sees fewer look-alikes: the fine-tuning gets more school examples
-# and fewer hard negatives. Compare the two rounds' recall and precision on the town nobody reviewed:
-# school examples mostly move recall, hard negatives mostly precision.
+# The budget table above says how many schools each order has found after 5 items; the round learns
+# from those schools and from the look-alikes it rejected. Compare the two runs' tables of the towns
+# nobody reviewed, each model at its own threshold and at the other's.
 # ```
 #
-# **Exercise 2.** Halve the review: `k = 50`. How much of the gain remains?
+# **Exercise 2.** Review more towns: `towns = 6` (one reviewed, five that measure). How do the
+# intervals across towns change?
 #
 # ```{admonition} Solution
 # :class: dropdown
 #
-#     papermill book/08_review.ipynb /tmp/08.ipynb -p k 50 -p out_dir /tmp/review_50
+#     papermill book/08_review.ipynb /tmp/08.ipynb -p towns 6 -p out_dir /tmp/review_6
 #
-# Fewer reviewed items give fewer new labels: the gain shrinks, but the first items of a good ranking
-# carry most of it, which is why the order of the queue matters.
+# More towns give more resamples and more schools: the intervals narrow, and a difference of one
+# school between the two models weighs less.
 # ```
 #
 # **Exercise 3.** Another region: `region = "arid"`. Does the home model fail there too?
@@ -456,6 +474,7 @@ ok = check_claims(
 #
 #     papermill book/08_review.ipynb /tmp/08.ipynb -p region arid -p out_dir /tmp/review_arid
 #
-# It fails differently: earth-coloured roofs and walled family compounds, whose walls look like a school
-# yard's. Read the false alarms with the review page's grad-CAM.
+# Compare its first table with this one's. The arid region has earth-coloured roofs and walled family
+# compounds, whose walls look like a school yard's: read its false alarms with the review page's
+# grad-CAM.
 # ```

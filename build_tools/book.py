@@ -27,8 +27,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from schoolvision.book.notebook import repo_root
 from schoolvision.errors import UserError
-from schoolvision.notebook import repo_root
 
 INJECTED_TAG = "injected-parameters"
 # How the papermill-injected cell shows in the HTML: collapsed, one click away, so a reader can see

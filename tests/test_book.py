@@ -13,9 +13,9 @@ import pytest
 import yaml
 
 from build_tools import book
-from schoolvision import notebook
+from schoolvision.book import notebook
+from schoolvision.book.results import default_sources, format_value, gather_results
 from schoolvision.errors import UserError
-from schoolvision.results import default_sources, format_value, gather_results
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = book.chapter_sources(ROOT)
@@ -64,6 +64,39 @@ def test_cells_only_call_the_library(source):
                       if isinstance(n, ast.stmt) and not isinstance(n, (ast.Import, ast.ImportFrom))]
         assert len(statements) <= MAX_CELL_LINES, (
             f"cell longer than {MAX_CELL_LINES} statements (imports aside):\n{cell}")
+
+
+PRODUCT = ("io", "data", "model", "train", "explain", "cluster", "scan", "review", "plotting", "commands")
+"""The library's packages a chapter may import beside the book layer (``schoolvision.book``)."""
+
+
+@pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
+def test_chapters_import_only_the_library_and_the_book_layer(source):
+    """A chapter's own imports are the library's public names and the book layer's helpers, nothing else of ours."""
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.Import):
+            modules, names = [a.name for a in node.names], []
+        elif isinstance(node, ast.ImportFrom):
+            modules, names = [node.module or ""], [a.name for a in node.names]
+        else:
+            continue
+        for module in modules:
+            parts = module.split(".")
+            assert parts[0] not in ("build_tools", "tests", "fixtures"), f"{source.name} imports {module}"
+            if parts[0] == "schoolvision":
+                assert len(parts) > 1 and parts[1] in ("book", *PRODUCT), (
+                    f"{source.name} imports {module}: chapters import the library's packages or schoolvision.book")
+                assert not any(n.startswith("_") for n in names), f"{source.name} imports a private name of {module}"
+
+
+def test_no_product_module_imports_the_book_layer():
+    """The book layer sits above the product (also an import-linter contract): the tool runs without it."""
+    for path in (ROOT / "schoolvision").rglob("*.py"):
+        if path.parent.name == "book":
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            module = (node.module or "") if isinstance(node, ast.ImportFrom) else ""
+            assert not module.startswith("schoolvision.book"), f"{path.relative_to(ROOT)} imports {module}"
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=lambda p: p.stem)
@@ -338,6 +371,7 @@ def _results_sources(tmp_path: Path) -> list:
     sources[3].path.write_text(json.dumps({"schools": 9, "true_positives": 8, "candidates": 10,
                                            "precision": 0.8, "recall": 0.889}))
     (review / "review_round.json").write_text(json.dumps({"recall_before": 0.25, "recall_after": 0.5,
+                                                          "precision_before": 0.75, "precision_after": 0.8,
                                                           "items_reviewed": 18}))
     return sources
 
@@ -356,6 +390,7 @@ def test_results_page_shows_every_number_of_the_json(tmp_path):
     headline = results.headline_markdown()
     assert "| test AUPRC (chips of the held-out town) | 0.988 | 2 |" in headline
     assert "| school chips in the test town | 34 | 2 |" in headline  # counts stay integers
+    assert "| precision after that round | 0.800 | 8 |" in headline  # precision beside recall
     assert "| test metrics | training_precision | fp32 |" in shown  # how the numbers were made, one click away
     assert "efficientnet_lite0" not in shown  # other text settings stay out
     (sources[0].path).unlink()
@@ -412,7 +447,8 @@ def _claims_notebook(path: Path, a: float) -> Path:
     """A two-cell chapter: glued values, then its checks cell with the outputs of a run where a < b held."""
     nb = nbformat.v4.new_notebook()
     nb.cells = [
-        nbformat.v4.new_code_cell(f"from schoolvision.notebook import check_claims\nvalues = {{'a': {a}, 'b': 2.0}}",
+        nbformat.v4.new_code_cell("from schoolvision.book.notebook import check_claims\n"
+                                  f"values = {{'a': {a}, 'b': 2.0}}",
                                   execution_count=1),
         nbformat.v4.new_code_cell("ok = check_claims(values, {'a is below b': 'a < b'})", execution_count=2,
                                   metadata={"tags": [CHECKS_TAG, NBVAL_TAG]},

@@ -130,7 +130,7 @@ def test_read_probability_decimates_big_rasters(tmp_path):
 
 def test_evaluation_counts_found_missed_and_false_alarms(tmp_path):
     s, tf = scene_scan(tmp_path, "t", blobs((300, 300), [(50, 50, 0.95), (150, 150, 0.8), (250, 250, 0.6)]))
-    cands, _ = extract_all([s], 0.5)
+    cands, _ = extract_all([s], 0.5, min_area_m2=0)  # toy blobs, some smaller than a school at 0.9
     x0, y0 = 500_000.0, 100_000.0
     schools = gpd.GeoDataFrame(
         {"name": ["near", "second", "far"]},
@@ -141,7 +141,7 @@ def test_evaluation_counts_found_missed_and_false_alarms(tmp_path):
     ).to_crs("EPSG:4326")
     path = tmp_path / "schools.geojson"
     schools.to_file(path)
-    ev, layers = evaluate_scan(cands, [s], path, distance=50, threshold=0.5)
+    ev, layers = evaluate_scan(cands, [s], path, distance=50, threshold=0.5, min_area_m2=0)
     assert (ev["schools"], ev["candidates"], ev["true_positives"]) == (3, 3, 2)
     assert ev["recall"] == pytest.approx(2 / 3, abs=1e-3) and ev["precision"] == pytest.approx(2 / 3, abs=1e-3)
     assert [m["name"] for m in ev["missed_schools"]] == ["far"]
@@ -150,7 +150,7 @@ def test_evaluation_counts_found_missed_and_false_alarms(tmp_path):
     weakest = weakest_finds(cands, layers["known_schools"], n=5)
     assert list(weakest["school"]) == ["second", "near"]  # found schools only, least probable first
     assert list(weakest["max_prob"]) == sorted(weakest["max_prob"])
-    ev20, _ = evaluate_scan(cands, [s], path, distance=20, threshold=0.5)
+    ev20, _ = evaluate_scan(cands, [s], path, distance=20, threshold=0.5, min_area_m2=0)
     assert ev20["true_positives"] == 1  # "second" is 30 m away
     curve = {round(p["threshold"], 2): p for p in ev["pr_curve"]}
     assert curve[0.9]["candidates"] == 1 and curve[0.9]["precision"] == 1.0
@@ -277,7 +277,7 @@ def test_regions_prepared_once_equal_the_per_threshold_extraction():
             expected = _per_threshold_reference(prob, t)
             above = field.finite & (field.p >= t)
             assert np.array_equal(field.peaks(t) & above, every_peak & above), (seed, t)  # cropped per part: the same
-            pts, _ = field.points(t)
+            pts, _ = field.points(t, min_area_m2=0)  # the reference keeps every region
             got = list(zip(pts["max_prob"], pts["mean_prob"], pts["area_m2"], pts.geometry))
             assert len(got) == len(expected), (seed, t)
             peaks = [(float(mx), tf @ (c + 0.5, r + 0.5)) for mx, _, _, (r, c) in expected]
@@ -285,7 +285,7 @@ def test_regions_prepared_once_equal_the_per_threshold_extraction():
                 assert (mx, mn, area) == (float(emx), float(emn), float(ecnt)), (seed, t)
             assert [(mx, (pt.x, pt.y)) for mx, _, _, pt in got] == peaks, (seed, t)  # ties broken as ndimage does
             # the sweep's reuse of the lowest threshold's basins: the same regions, at the same peaks
-            swept, _ = sweep_field.points(t, reuse=True)
+            swept, _ = sweep_field.points(t, min_area_m2=0, reuse=True)
             assert [(mx, (pt.x, pt.y)) for mx, pt in zip(swept["max_prob"], swept.geometry)] == peaks, (seed, t)
 
 
@@ -334,7 +334,7 @@ def test_min_area_drops_a_speck_but_keeps_a_school(tmp_path):
     assert len(layers["false_alarms"]) == 0
     curve = {round(p["threshold"], 2): p for p in ev["pr_curve"]}
     assert curve[0.5]["candidates"] == 1 and curve[0.65]["candidates"] == 1  # the curve drops the speck too
-    ev0, _ = evaluate_scan(every, [s], school.to_crs("EPSG:4326"), threshold=0.5)
+    ev0, _ = evaluate_scan(every, [s], school.to_crs("EPSG:4326"), threshold=0.5, min_area_m2=0)
     assert ev0["precision"] == 0.5 and {round(p["threshold"], 2): p for p in ev0["pr_curve"]}[0.5]["candidates"] == 2
 
 
@@ -405,7 +405,7 @@ def test_one_sort_h_maxima_is_skimages():
     """The single-sort h-maxima equals skimage's on smooth fields, with and without plateaus and ties."""
     from skimage.morphology import h_maxima as skimage_h_maxima
 
-    from schoolvision.scan.candidates import h_maxima
+    from schoolvision.scan.maxima import h_maxima
 
     rng = np.random.default_rng(0)
     found = 0

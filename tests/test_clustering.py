@@ -12,14 +12,12 @@ import pandas as pd
 import pytest
 from shapely.geometry import box
 
+from schoolvision.book.verdicts import framing_profile, framing_verdict, structure_verdict
 from schoolvision.cluster.algorithms import (
     ClusterConfig,
     cluster_features,
-    framing_profile,
-    framing_verdict,
     k_range,
     nearest_to_centre,
-    structure_verdict,
 )
 from schoolvision.cluster.runner import ClusterRunConfig, cluster_chips, read_cams, write_cluster_vectors
 from schoolvision.commands.cluster import write_figures

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 from test_review import META, RedModel
 
+from schoolvision.book.simulate_sample import answer_sample, true_measures
 from schoolvision.cli import main
 from schoolvision.errors import UserError
 from schoolvision.io.folders import ReviewFolder
@@ -24,7 +25,6 @@ from schoolvision.review.decisions import write_decisions
 from schoolvision.review.estimate import combine, estimate, estimate_measures, read_combined
 from schoolvision.review.queue import ReviewConfig, build_queue
 from schoolvision.review.sample import SampleConfig, build_frame, draw_sample, neyman_allocation, sample_items
-from schoolvision.review.simulate_sample import answer_sample, true_measures
 from schoolvision.scan.runner import ScanConfig, run_scan
 
 from fixtures import REVIEW_SCHOOLS_PX, UTM, pixel_boxes, write_registry_town
@@ -204,7 +204,7 @@ def test_several_mappers_combine_by_majority_and_report_disagreement(queue, trut
 
 
 def test_a_top_probability_review_counts_only_what_it_saw(frame, truth):
-    from schoolvision.review.simulate_sample import top_probability_count
+    from schoolvision.book.simulate_sample import top_probability_count
 
     top = top_probability_count(frame, truth, budget=4, match_distance=30.0)
     assert top == {"reviewed": 4, "unlisted_schools_found": 2, "schools_found": 4}  # C and D are not listed
@@ -212,7 +212,7 @@ def test_a_top_probability_review_counts_only_what_it_saw(frame, truth):
 
 
 def test_the_books_comparison_puts_the_estimate_beside_the_truth(scan, truth):
-    from schoolvision.review.simulate_sample import sample_vs_ranking
+    from schoolvision.book.simulate_sample import sample_vs_ranking
 
     table = sample_vs_ranking(scan, truth, budget=64, match_distance=30.0)  # every window: a census
     assert (table["estimate"] == table["truth"]).all() and (table["low"] == table["high"]).all()

@@ -9,16 +9,11 @@ import pandas as pd
 import pytest
 from sklearn.metrics import average_precision_score
 
+from schoolvision.book.small_data import SMALL_TEST_SCHOOLS, small_data_notice
 from schoolvision.cli import main
 from schoolvision.errors import UserError
 from schoolvision.io.folders import ChipsFolder, RunFolder
-from schoolvision.train.folds import (
-    SMALL_TEST_SCHOOLS,
-    assign_folds,
-    count_schools,
-    fold_splits,
-    small_data_notice,
-)
+from schoolvision.train.folds import assign_folds, count_schools, fold_splits
 
 from fixtures import make_fake_chips
 

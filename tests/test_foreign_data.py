@@ -22,9 +22,10 @@ from scipy.ndimage import binary_erosion
 from shapely.geometry import box
 
 from build_tools import book
+from schoolvision.book.data import prepare_data
 from schoolvision.cli import main
 from schoolvision.cluster.runner import read_scene_preview
-from schoolvision.data.sources import chips_scenes, held_out_scene, prepare_data
+from schoolvision.data.sources import chips_scenes, held_out_scene
 from schoolvision.errors import UserError
 from schoolvision.io.folders import ChipsFolder, ScanFolder, read_probability
 

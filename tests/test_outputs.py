@@ -470,11 +470,6 @@ ALLOWED: dict[tuple[str, str], tuple[set[str], str]] = {
         "cluster imports the chips modules for SPLITS; ChipConfig and make_chips run in `chips` only"),
     ("cluster", "schoolvision.data.plan"): (
         {"--block-size"}, "cluster imports data.chips, which imports the plan; chips are planned in `chips` only"),
-    ("cluster", "schoolvision.demo.build"): (
-        {"--gsd", "--size", "--towns"}, "cluster imports demo constants; make_demo runs in `demo` only"),
-    ("cluster", "schoolvision.demo.registry"): (
-        {"--registry-displaced", "--registry-false", "--registry-missing"},
-        "cluster imports demo constants; the demo registry is drawn in `demo` only"),
     ("cluster", "schoolvision.io.imagery"): (
         {"--bands", "--crs", "--imagery", "--scale"},
         "cluster reads the chips' scenes with the options dataset.json records, which `chips` validated"),
@@ -496,6 +491,9 @@ ALLOWED[("review", "schoolvision.io.tiles")] = (
 ALLOWED[("review", "schoolvision.io.masks")] = ({"--mask-layer"}, "masks are read by `scan` only")
 ALLOWED[("review", "schoolvision.scan.mask")] = (
     {"--mask", "--mask-distance", "--mask-min-area"}, "review imports scan modules; masks are applied by `scan` only")
+ALLOWED[("review", "schoolvision.scan.options")] = (
+    {"--match-distance", "--min-area", "--min-separation", "--stride", "--threshold"},
+    "review imports the scene scanner, whose options `scan` validates; review reads them from scan.json")
 ALLOWED[("review", "schoolvision.data.chip_config")] = (
     {"--block-size", "--chip-size", "--crs", "--gsd", "--negative-ratio", "--point-buffer", "--stride"},
     "review retrain cuts chips with the home chips' validated config (dataset.json), never the user's options")
@@ -607,7 +605,7 @@ def test_the_option_rule_reads_messages_and_attributes_them():
     assert _mentions("cut chips first: schoolvision chips --imagery ... --out DIR; or --run", "train") == [
         ("chips", "--imagery"), ("chips", "--out"), ("chips", "--run")]
     assert _mentions("pass --overwrite or choose another --out", "scan") == [("scan", "--overwrite"), ("scan", "--out")]
-    texts = " ".join(t for _, t in _messages("schoolvision.scan.runner"))
+    texts = " ".join(t for _, t in _messages("schoolvision.scan.options"))
     assert "--threshold" in texts and "--stride" in texts  # check_range names are read
     assert any("schoolvision review build" in t for _, t in _messages("schoolvision.io.reviews"))  # constants too
     assert "schoolvision.io.runs" in _closure("schoolvision.commands.train")

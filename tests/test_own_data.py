@@ -11,13 +11,13 @@ import geopandas as gpd
 import pytest
 import shapely
 
+from schoolvision.book.heldout import held_out_area
+from schoolvision.book.own import OwnRoundConfig, review_own_data
+from schoolvision.book.prefilter import SKIPPED, prefilter_study
+from schoolvision.book.simulate import simulate_review
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.sources import demo_of
-from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
-from schoolvision.review.own import OwnRoundConfig, review_own_data
-from schoolvision.review.simulate import answer_items, write_decisions
-from schoolvision.scan.heldout import held_out_area
-from schoolvision.scan.prefilter import SKIPPED, prefilter_study
+from schoolvision.io.folders import ChipsFolder, RunFolder, ScanFolder
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.train.fit import TrainConfig, fit
 
@@ -84,11 +84,10 @@ def test_review_round_stops_after_the_page_then_fine_tunes_with_decisions(own_ch
     assert ScanFolder(first.scan.out_dir).read_summary()["registry"]["in_scenes"] == area.n_schools
     assert (out / "queue" / "review.html").is_file() and first.imported is None
     assert "-p decisions" in first.summary(config) and not (out / "run").exists()
-    items = ReviewFolder(out / "queue").read_items()
     truth = gpd.read_file(ChipsFolder(own_chips).schools_path())
-    answers = answer_items(items, truth)  # a person's answers, as review.html exports them
-    decisions = write_decisions(answers, ReviewFolder(out / "queue").read_queue()["queue_id"], tmp_path / "d.geojson")
-    config.decisions = decisions
+    mapped = simulate_review(out / "queue", truth, tmp_path / "d.geojson")  # a person's answers, exported
+    answers = mapped.answers
+    config.decisions = mapped.decisions
     second = review_own_data(config)
     assert sum(second.imported.counts.values()) == len(answers)
     assert RunFolder(out / "run").read_config()["init_from"].endswith("best.pt")

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from schoolvision.book.samples import pick_chips
 from schoolvision.cluster.algorithms import ClusterConfig, cluster_features, nearest_to_centre
 from schoolvision.data.places import distinct_places, repeated_places
-from schoolvision.explain.samples import pick_chips
 from schoolvision.io.folders import ChipsFolder
 
 

@@ -25,7 +25,7 @@ from schoolvision.errors import UserError
 from schoolvision.io.folders import ReviewFolder, ScanFolder
 from schoolvision.io.schools import read_schools
 from schoolvision.model.checkpoint import CheckpointMeta
-from schoolvision.review.decisions import import_decisions
+from schoolvision.review.decisions import import_decisions, latest, read_decisions
 from schoolvision.review.queue import ReviewConfig, build_queue, order_items
 from schoolvision.scan.runner import ScanConfig, run_scan
 
@@ -302,18 +302,23 @@ def test_review_page_in_headless_chromium(queue, tmp_path, capsys):
 
 def test_simulated_mapper_round_trip(town, queue, tmp_path):
     """The book's simulated mapper: ground-truth answers written as an export, imported as labels."""
-    from schoolvision.review.decisions import oracle_decisions, write_decisions
+    from schoolvision.book.simulate import simulate_review
 
     from fixtures import REVIEW_SCHOOLS_PX, UTM, pixel_boxes
 
     truth = gpd.GeoDataFrame(geometry=pixel_boxes(REVIEW_SCHOOLS_PX.values()), crs=UTM)
-    answers = oracle_decisions(queue, truth, distance=30.0, limit=6)
+    mapped = simulate_review(queue, truth, tmp_path / "decisions.geojson", k=6, match_distance=30.0)
+    answers = mapped.by_item
     items = ReviewFolder(queue).read_items().head(6).set_index("id")
     assert list(answers) == list(items.index)
     schools = {i for i, d in answers.items() if d == "school"}
     assert schools == set(items.index[items["source"] == "candidate"])  # red roofs only, no listing off by 200 m
-    dec = write_decisions(tmp_path / "decisions.geojson", queue, answers, timestamp="2026-01-01T00:00:00Z")
-    s = import_decisions(dec, queue, tmp_path / "labels.geojson")
+    decisions = read_decisions(mapped.decisions)  # the reader of `review import`
+    assert [(d["id"], d["decision"]) for d in decisions] == list(answers.items())
+    assert latest(decisions)[1] == 0  # one second apart, none replaced
+    again = simulate_review(queue, truth, tmp_path / "again.geojson", k=6, match_distance=30.0)
+    assert again.decisions.read_bytes() == mapped.decisions.read_bytes()  # fixed timestamps: the same file
+    s = import_decisions(mapped.decisions, queue, tmp_path / "labels.geojson")
     assert s.labels == len(answers) and s.counts["school"] == len(schools)
 
 

@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 from shapely.geometry import box
 
+from schoolvision.book.simulate import simulate_review
 from schoolvision.cli import build_parser, main
 from schoolvision.demo import make_demo
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
-from schoolvision.review.decisions import oracle_decisions, write_decisions
 from schoolvision.review.retrain import rounds_table
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -43,8 +43,8 @@ def loop(trained_run, tmp_path_factory):
     assert main(["review", "build", "--scan", str(root / "scan"), "--out", str(root / "queue"), "--device",
                  "cpu"]) == 0
     truth = gpd.read_file(demo / "schools.geojson")
-    answers = oracle_decisions(root / "queue", truth, distance=50.0)
-    decisions = write_decisions(root / "decisions.geojson", root / "queue", answers)
+    mapped = simulate_review(root / "queue", truth, root / "decisions.geojson", match_distance=50.0)
+    answers, decisions = mapped.by_item, mapped.decisions
     assert main(["review", "retrain", "--queue", str(root / "queue"), "--decisions", str(decisions), "--run",
                  str(trained_run), "--out", str(root / "round"), "--epochs", "2", "--device", "cpu"]) == 0
     return root, demo, answers

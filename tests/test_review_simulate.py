@@ -1,16 +1,13 @@
-"""The simulated mapper of chapter 8 and the bookkeeping of a review round (schoolvision.review.simulate)."""
+"""The simulated mapper of chapter 8 and the bookkeeping of a review round (schoolvision.book.simulate)."""
 
 from __future__ import annotations
-
-import json
 
 import geopandas as gpd
 import pandas as pd
 import pytest
 from shapely.geometry import Point, box
 
-from schoolvision.review import simulate
-from schoolvision.review.decisions import latest, read_decisions
+from schoolvision.book import simulate
 
 UTM = "EPSG:32636"
 
@@ -37,36 +34,6 @@ def test_the_mapper_answers_by_distance_to_a_true_footprint(truth):
     assert list(simulate.answer_items(items, truth, match_distance=70.0)["decision"])[:3] == ["school"] * 3
 
 
-def test_simulated_decisions_read_back_as_an_export(truth, tmp_path):
-    answers = simulate.answer_items(items_at([(500_020, 100_020), (500_500, 100_500)]), truth)
-    path = simulate.write_decisions(answers, "q123", tmp_path / "decisions.geojson")
-    decisions = read_decisions(path)  # the reader of `review import`
-    assert [(d["id"], d["decision"]) for d in decisions] == [("i0", "school"), ("i1", "not_school")]
-    kept, replaced = latest(decisions)
-    assert len(kept) == 2 and replaced == 0
-    assert json.loads(path.read_text())["queue_id"] == "q123"
-    again = simulate.write_decisions(answers, "q123", tmp_path / "again.geojson")
-    assert again.read_bytes() == path.read_bytes()  # fixed timestamps: the same file on every run
-
-
-def test_found_per_hundred_counts_distinct_schools_within_the_budget():
-    curve = pd.DataFrame({"order": ["probability"] * 4 + ["uncertainty"] * 4, "reviewed": [1, 2, 3, 4] * 2,
-                          "schools_found": [1, 2, 2, 2, 0, 0, 1, 2]})
-    table = simulate.found_per_hundred(curve, k=3).set_index("order")
-    assert table.loc["probability", "schools_found"] == 2 and table.loc["probability", "reviewed"] == 3
-    assert table.loc["probability", "per_100_items"] == pytest.approx(66.7)
-    assert table.loc["uncertainty", "per_100_items"] == pytest.approx(33.3)
-
-
-def test_round_table_measures_the_gap_closed():
-    ev = lambda recall: {"schools": 4, "candidates": 4, "true_positives": int(4 * recall),  # noqa: E731
-                         "recall": recall, "precision": 1.0}
-    table = simulate.round_table({"before": ev(0.25), "after": ev(0.75)}, home_recall=1.0)
-    assert list(table["gap"]) == [0.75, 0.25]
-    assert table["gap_closed"].iloc[-1] == pytest.approx(2 / 3, abs=1e-4)
-    assert table["gap_closed"].iloc[0] == 0.0
-
-
 def test_training_labels_keep_home_footprints_and_review_points(truth, tmp_path):
     home = tmp_path / "home.geojson"
     truth.to_file(home, driver="GeoJSON")
@@ -82,23 +49,3 @@ def test_training_labels_keep_home_footprints_and_review_points(truth, tmp_path)
     assert list(gpd.read_file(only_home)["provenance"]) == ["home", "home"]
 
 
-def test_review_chips_keep_the_home_held_out_towns(town_scenes, small_chips, tmp_path):
-    """The reviewed scene trains; the home chips' validation and test towns stay validation and test."""
-    from schoolvision.io.folders import ChipsFolder
-
-    scenes, _ = town_scenes
-    home = ChipsFolder(small_chips).read_schools()
-    school = home.to_crs(UTM).geometry.iloc[0].centroid  # a school of the reviewed town
-    review = gpd.GeoDataFrame({"name": ["r1", "r2"], "label": ["school", "not_school"]},
-                              geometry=[school, Point(500_200, 99_800)], crs=UTM)
-    review.to_crs("EPSG:4326").to_file(tmp_path / "labels.geojson", driver="GeoJSON")
-    schools = simulate.training_labels(tmp_path / "labels.geojson", small_chips / "schools.geojson",
-                                       tmp_path / "train.geojson", accepted=1)
-    summary = simulate.review_chips(scenes / "town_00.tif", schools, tmp_path / "labels.geojson", small_chips,
-                                    tmp_path / "chips", replay=2, eval_negative_ratio=None)
-    meta = ChipsFolder(summary.out_dir).read_meta()
-    assert {n: s["split"] for n, s in meta["scenes"].items()} == {"town_00": "train", "town_01": "val",
-                                                                  "town_02": "test"}
-    assert meta["chip_size"] == ChipsFolder(small_chips).read_meta()["chip_size"]  # cut like the home chips
-    assert meta["negatives"]["where"] == "label=not_school" and meta["negatives"]["places"] == 1
-    assert summary.counts["val"] == ChipsFolder(small_chips).read_meta()["counts"]["val"]

@@ -30,6 +30,7 @@ from schoolvision.io.folders import ScanFolder
 from schoolvision.io.imagery import list_sources
 from schoolvision.scan.candidates import merge_duplicates
 from schoolvision.scan.engines import RayEngine
+from schoolvision.scan.options import ScanOptions
 from schoolvision.scan.runner import ScanConfig, run_scan
 from schoolvision.scan.unit import UnitSettings, expected_record
 
@@ -100,8 +101,8 @@ def test_local_and_ray_engines_write_identical_files(ray_instance, small_run, fo
 
 def test_a_killed_ray_actor_still_yields_every_scene_once(ray_instance, small_run, four_towns, tmp_path):
     sources = list_sources([four_towns[0]])
-    settings = UnitSettings(out_dir=str(tmp_path / "out"), run=str(small_run), runtime="torch", threshold=THRESHOLD,
-                            expected=expected_record("x", {}))
+    settings = UnitSettings(out_dir=str(tmp_path / "out"), run=str(small_run), options=ScanOptions(runtime="torch"),
+                            threshold=THRESHOLD, expected=expected_record("x", {}))
     outcomes = []
     with RayEngine(settings, cpus_per_worker=1, progress=False) as engine:
         for outcome in engine.map(sources):

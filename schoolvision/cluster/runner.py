@@ -137,15 +137,8 @@ def cluster_chips(
     novelty = chip_novelty(config.run, feats.vectors)
     if novelty is not None:  # how unlike the training chips each chip is (train.novelty): 0-100
         table["novelty"] = novelty
-    extra = [c for c in table.columns if c not in CLUSTER_COLUMNS]
-    table = table[CLUSTER_COLUMNS + extra]
-
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "clusters.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    with atomic_path(out / "k_selection.csv") as tmp:
-        result.k_selection.round(6).to_csv(tmp, index=False)
-    write_cluster_vectors(table, out / "clusters.gpkg", out / "clusters.geojson")
+    table = table[CLUSTER_COLUMNS + [c for c in table.columns if c not in CLUSTER_COLUMNS]]
+    _write_tables(out, table, result)
     summary = {
         **result.summary(),
         "subset": config.subset,
@@ -161,23 +154,39 @@ def cluster_chips(
         summary["novelty_median_by_cluster"] = {str(k): round(float(v), 1)
                                                 for k, v in table.groupby("cluster")["novelty"].median().items()}
     if config.projector:
-        meta = table[["chip_id", "cluster", "label", "prediction", "scene", "split"]]
-        meta = meta.assign(prob=table["prob"].round(3))
+        columns = ["chip_id", "cluster", "label", "prediction", "scene", "split"]
+        meta = table[columns].assign(prob=table["prob"].round(3))
         write_projector(out / "projector", feats.vectors, meta, feats.thumbnails)
     report = ClusterReport(table, result, summary, out, feats.thumbnails, feats.vectors)
     if config.gallery and result.k > 0:
-        rows = table.iloc[np.concatenate(list(nearest_to_centre(result, config.gallery_size, table).values()))]
-        ids = rows["chip_id"].astype(str)
-        report.gallery = {cid: read_chip_rgb(Path(config.chips_dir) / p) for cid, p in zip(ids, rows["path"])}
-        if config.cams_dir:
-            report.cams = read_cams(config.cams_dir, ids)
-        elif config.gradcam:
-            report.cams = gallery_cams(config.run, config.chips_dir, ids, config.device)
+        _add_gallery(report, config)
         summary["gallery_cams"] = len(report.cams)
     if save_figures is not None:
         summary["figures"] = [Path(p).name for p in save_figures(report)]
     ClusterFolder(out).write_summary(summary)  # an earlier run's maps and projector: removed by prepare_output
     return report
+
+
+def _write_tables(out: Path, table, result: Clustering) -> None:
+    """``clusters.csv``, ``k_selection.csv`` and the clusters as vectors (``clusters.gpkg``, ``.geojson``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "clusters.csv") as tmp:
+        table.to_csv(tmp, index=False)
+    with atomic_path(out / "k_selection.csv") as tmp:
+        result.k_selection.round(6).to_csv(tmp, index=False)
+    write_cluster_vectors(table, out / "clusters.gpkg", out / "clusters.geojson")
+
+
+def _add_gallery(report: ClusterReport, config: ClusterRunConfig) -> None:
+    """The chips nearest each cluster's centre, and their heat maps (read from ``cams_dir`` or grad-CAM)."""
+    table = report.table
+    rows = table.iloc[np.concatenate(list(nearest_to_centre(report.result, config.gallery_size, table).values()))]
+    ids = rows["chip_id"].astype(str)
+    report.gallery = {cid: read_chip_rgb(Path(config.chips_dir) / p) for cid, p in zip(ids, rows["path"])}
+    if config.cams_dir:
+        report.cams = read_cams(config.cams_dir, ids)
+    elif config.gradcam:
+        report.cams = gallery_cams(config.run, config.chips_dir, ids, config.device)
 
 
 def chip_novelty(run, vectors: np.ndarray) -> np.ndarray | None:

@@ -2,7 +2,9 @@
 
 Option defaults come from the library's config dataclasses (or entry-point signatures) through
 :func:`default_of`, so the command line, the library and the book's CPU profile cannot drift apart
-(``tests/test_defaults.py`` checks the three against each other).
+(``tests/test_defaults.py`` checks the three against each other). A command builds its config from its
+arguments field by field (:func:`config_from_args`); ``tests/test_options.py`` checks that every command's
+options are its config's fields, with the same names and defaults.
 """
 
 from __future__ import annotations
@@ -55,6 +57,33 @@ def default_of(owner: Any, name: str) -> Any:
     if parameter.default is inspect.Parameter.empty:
         raise KeyError(f"{owner.__name__} has no default for {name!r}")
     return parameter.default
+
+
+def config_from_args(config: type, args: argparse.Namespace, *, renamed: dict[str, str] | None = None,
+                     negated: dict[str, str] | None = None, parsed: dict[str, Any] | None = None) -> Any:
+    """The command's config dataclass built from its parsed arguments, field by field: no hand mapping.
+
+    Every argument whose ``dest`` is a field of ``config`` is passed as it is; the others are left out
+    (``command``, ``func``, options the command uses itself).
+
+    Args:
+        config: the config dataclass (``ScanConfig``).
+        args: what the command's parser returned.
+        renamed: ``dest`` -> field, where the option's name cannot be the field's (``out`` -> ``out_dir``).
+        negated: ``--no-x`` flag's ``dest`` -> the field it turns off (``no_map`` -> ``make_map``).
+        parsed: field -> the function that turns the option's text into the field's value.
+    """
+    renamed, negated, parsed = renamed or {}, negated or {}, parsed or {}
+    names = {f.name for f in dataclasses.fields(config)}
+    values = {}
+    for dest, value in vars(args).items():
+        if dest in negated:
+            values[negated[dest]] = not value
+            continue
+        name = renamed.get(dest, dest)
+        if name in names:
+            values[name] = parsed[name](value) if name in parsed else value
+    return config(**values)
 
 
 SCHOOLS_HELP = ("school Points/Polygons: any OGR vector file in any CRS (GeoJSON, GeoPackage, shapefile, KML ...; "

@@ -16,8 +16,8 @@ from schoolvision.commands import (
     add_imagery_options,
     add_schools_options,
     add_tile_options,
+    config_from_args,
     default_of,
-    tile_arguments,
 )
 from schoolvision.errors import UserError
 from schoolvision.io.folders import ScanFolder
@@ -133,44 +133,29 @@ def run(args: argparse.Namespace) -> int:
                                       ("--mask-min-area", args.mask_min_area)) if value is not None]
     if given and args.mask is None:
         raise UserError(f"{', '.join(given)} says how to use a mask: pass it with --mask FILE")
-    summary = run_scan(
-        ScanConfig(
-            run=args.run,
-            imagery=list(args.imagery),
-            out_dir=args.out,
-            stride=args.stride,
-            batch_size=args.batch_size,
-            threshold=args.threshold,
-            device=args.device,
-            runtime=args.runtime,
-            schools=args.schools,
-            schools_layer=args.schools_layer,
-            schools_where=args.schools_where,
-            lonlat_columns=parse_lonlat_columns(args.lonlat_columns),
-            match_distance=args.match_distance,
-            min_area_m2=args.min_area_m2,
-            min_separation=args.min_separation,
-            registry=args.registry,
-            registry_id_column=args.registry_id_column,
-            mask=args.mask,
-            mask_distance=args.mask_distance,
-            mask_layer=args.mask_layer,
-            mask_min_area=args.mask_min_area,
-            bands=parse_bands(args.bands, keep_auto=True),
-            crs=args.crs,
-            scale=parse_scale(args.scale, keep_auto=True),
-            native_resolution=args.native_resolution,
-            overwrite=args.overwrite,
-            cam_peaks=not args.no_cam,
-            **tile_arguments(args),
-            make_map=not args.no_map,
-            map_candidates=args.map_candidates,
-            resume=args.resume,
-            engine=args.engine,
-            ray_address=args.ray_address,
-            cpus_per_worker=args.cpus_per_worker,
-        )
-    )
+    summary = run_scan(config_of(args))
+    _report(args, summary)
+    return 2 if summary.failed else 0
+
+
+RENAMED = {"out": "out_dir"}
+"""Option ``dest`` -> ``ScanConfig`` field, where they differ (``--out`` is every command's output folder)."""
+
+NEGATED = {"no_cam": "cam_peaks", "no_map": "make_map"}
+"""``--no-x`` flags -> the ``ScanConfig`` field they turn off."""
+
+PARSED = {"lonlat_columns": parse_lonlat_columns, "bands": lambda text: parse_bands(text, keep_auto=True),
+          "scale": lambda text: parse_scale(text, keep_auto=True)}
+"""``ScanConfig`` fields whose option is text to parse."""
+
+
+def config_of(args: argparse.Namespace) -> ScanConfig:
+    """The one options object of the scan, from its arguments (same names, same defaults as the fields)."""
+    return config_from_args(ScanConfig, args, renamed=RENAMED, negated=NEGATED, parsed=PARSED)
+
+
+def _report(args: argparse.Namespace, summary) -> None:
+    """What the scan did, in the terminal: scenes, runtime, imagery, resume, evaluation, registry, mask, failures."""
     if summary.scenes or summary.failed:
         area = sum(s.area_km2 for s in summary.scenes)
         print(
@@ -208,4 +193,3 @@ def run(args: argparse.Namespace) -> int:
               "far from every feature")
     for name, msg in summary.failed.items():
         print(f"FAILED {name}: {msg}")
-    return 2 if summary.failed else 0

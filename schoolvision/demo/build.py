@@ -24,7 +24,7 @@ from schoolvision.io.atomic import atomic_path, write_text
 from schoolvision.io.folders import DemoFolder, prepare_output
 from schoolvision.io.rasters import write_geotiff
 
-GENERATOR = "schoolvision.data.synthetic"
+GENERATOR = "schoolvision.demo"
 """``generator`` in ``demo.json``: the module that wrote the first demos, kept so that the same seed still
 writes the same bytes (and an existing demo folder is recognised as the same demo)."""
 

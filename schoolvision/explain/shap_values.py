@@ -208,7 +208,7 @@ class ShapResult:
 
 def explain_sample(model: nn.Module, sample, background: torch.Tensor, *, nsamples: int = 64, seed: int = 0,
                    target: int = SCHOOL) -> ShapResult:
-    """GradientExplainer on a :class:`~schoolvision.explain.samples.ChipSample`, timed, with its additivity gap."""
+    """GradientExplainer on a :class:`~schoolvision.book.samples.ChipSample`, timed, with its additivity gap."""
     start = time.perf_counter()
     with kept_heap():  # many backward passes over large batches: see kept_heap
         values = gradient_shap(model, sample.images, background, nsamples=nsamples, seed=seed, target=target)

@@ -123,9 +123,6 @@ class ChipsFolder(Folder):
         return gpd.read_file(path) if path.is_file() else None
 
 
-# --- training runs ------------------------------------------------------------------------------
-
-
 # --- the demo -----------------------------------------------------------------------------------
 
 _MAKE_DEMO = "write a demo first: schoolvision demo --out DIR"

@@ -420,6 +420,20 @@ def cache_path(checkpoint: str | Path, sha256: str, image_size: int) -> Path:
     return checkpoint.parent / "onnx" / f"{checkpoint.stem}-{sha256[:12]}-{int(image_size)}.onnx"
 
 
+def cached_record(path: Path, sha: str, size: int) -> dict:
+    """The metadata of a cached graph made from these weights (``sha``) at this size; ``{}`` when there is none.
+
+    A missing, truncated, foreign or stale file gives ``{}``: the caller simply makes it again.
+    """
+    if not path.is_file():
+        return {}
+    try:
+        recorded = read_metadata(path)
+    except Exception:  # noqa: BLE001 - a truncated or foreign file is simply made again
+        return {}
+    return recorded if recorded.get("checkpoint_sha256") == sha and recorded.get("image_size") == size else {}
+
+
 def cached_onnx(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path, image_size: int | None = None) -> Path:
     """The classifier graph of ``checkpoint`` at ``image_size``: exported once, reused while the weights stay the same.
 
@@ -441,14 +455,8 @@ def cached_onnx(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path, 
     size = int(image_size or meta.image_size)
     sha = file_sha256(checkpoint)
     path = cache_path(checkpoint, sha, size)
-    if path.is_file():
-        try:
-            recorded = read_metadata(path)
-        except Exception:  # noqa: BLE001 - a truncated or foreign file is simply re-exported
-            recorded = {}
-        if (recorded.get("checkpoint_sha256") == sha and recorded.get("image_size") == size
-                and recorded.get("feature_map_output") is True):
-            return path
+    if cached_record(path, sha, size).get("feature_map_output") is True:
+        return path
     write_bytes(path, onnx_bytes(model, meta, size, sha256=sha, feature_map=True))
     other_weights = re.compile(rf"{re.escape(checkpoint.stem)}-(?!{sha[:12]})[0-9a-f]{{12}}-\d+\.onnx")
     for stale in path.parent.iterdir():

@@ -45,6 +45,7 @@ from schoolvision.model.export import (
     OUTPUTS,
     cache_path,
     cached_onnx,
+    cached_record,
     read_metadata,
     require_onnx,
     with_metadata,
@@ -285,13 +286,11 @@ def cached_int8(model: nn.Module, meta: CheckpointMeta, checkpoint: str | Path,
     size = int(image_size or meta.image_size)
     sha = file_sha256(checkpoint)
     path = int8_path(checkpoint, sha, size)
-    if path.is_file():
+    recorded = cached_record(path, sha, size)
+    if recorded.get("int8") == FORMAT:
         try:
-            recorded = read_metadata(path)
-            if (recorded.get("checkpoint_sha256") == sha and recorded.get("image_size") == size
-                    and recorded.get("int8") == FORMAT):
-                return path, Int8Accuracy(**recorded["int8_accuracy"])
-        except Exception:  # noqa: BLE001 - a truncated, foreign or older file is simply made again
+            return path, Int8Accuracy(**recorded["int8_accuracy"])
+        except (KeyError, TypeError):  # an older file without its accuracy is simply made again
             pass
     chips_dir = chips_of(checkpoint)
     fp32 = cached_onnx(model, meta, checkpoint, size)

@@ -16,12 +16,10 @@ timestamp.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-
-import geopandas as gpd
 
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import write_json
@@ -124,39 +122,18 @@ def _comparable(t: datetime) -> float:
     return t.timestamp() if t.tzinfo is not None else t.replace(tzinfo=None).timestamp()
 
 
-def oracle_decisions(queue_dir: str | Path, schools, distance: float = 50.0,
-                     limit: int | None = None) -> dict[str, str]:
-    """A simulated mapper that answers with the ground truth (the book's demo).
-
-    ``school`` for an item within ``distance`` m of a true school, else ``not_school``.
-
-    Args:
-        queue_dir: the review queue.
-        schools: the true schools (GeoDataFrame, any CRS; points or footprints).
-        distance: metres from an item to a school (footprint edge) that make it a school.
-        limit: decide the first N items in review order only (None: all).
-
-    Returns:
-        Item id -> decision, in review order (for :func:`write_decisions`).
-    """
-    items = ReviewFolder(queue_dir).read_items()
-    if limit is not None:
-        items = items.head(limit)
-    if not len(items):
-        return {}
-    points = gpd.GeoSeries(gpd.points_from_xy(items["lon"].astype(float), items["lat"].astype(float)),
-                           crs="EPSG:4326")
-    utm = points.estimate_utm_crs()
-    truth = schools.to_crs(utm).geometry.union_all() if len(schools) else None
-    near = (points.to_crs(utm).distance(truth) <= distance).to_numpy() if truth is not None else [False] * len(items)
-    return {str(i): "school" if n else "not_school" for i, n in zip(items["id"], near)}
-
-
 def write_decisions(path: str | Path, queue_dir: str | Path, decisions: Mapping[str, str],
-                    timestamp: str | None = None) -> Path:
+                    timestamp: str | Sequence[str] | None = None, mapper: str | None = None) -> Path:
     """Write ``decisions`` (item id -> decision) as ``review.html``'s Export would (``decisions.geojson``).
 
-    For scripted reviews (the book's simulated mapper) and tests; ``timestamp`` (ISO 8601) defaults to now.
+    The one writer of the export format, for scripted reviews (the book's simulated mapper) and tests.
+
+    Args:
+        path: the ``decisions.geojson`` to write.
+        queue_dir: the review queue the decisions are about.
+        decisions: item id -> decision, in the order to write.
+        timestamp: ISO 8601 time of every decision, or one per decision; None: now.
+        mapper: who decided, kept as each decision's ``mapper`` property (None: not written).
 
     Raises:
         UserError: an id is not in the queue, or a decision is not one of :data:`DECISIONS`.
@@ -164,9 +141,12 @@ def write_decisions(path: str | Path, queue_dir: str | Path, decisions: Mapping[
     folder = ReviewFolder(queue_dir)
     queue_id = folder.read_queue()["queue_id"]
     items = folder.read_items().set_index("id", drop=False)
-    stamp = timestamp or datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    stamps = [timestamp or now] * len(decisions) if timestamp is None or isinstance(timestamp, str) else timestamp
+    if len(stamps) != len(decisions):
+        raise ValueError(f"{len(stamps)} timestamps for {len(decisions)} decisions")
     features = []
-    for item_id, decision in decisions.items():
+    for (item_id, decision), stamp in zip(decisions.items(), stamps):
         if item_id not in items.index:
             raise UserError(f"item {item_id} is not in the queue {queue_id}", folder.items_path)
         if decision not in DECISIONS:
@@ -176,7 +156,8 @@ def write_decisions(path: str | Path, queue_dir: str | Path, decisions: Mapping[
         features.append({"type": "Feature", "geometry": {"type": "Point", "coordinates": [lon, lat]},
                          "properties": {"id": item_id, "queue_id": queue_id, "decision": decision,
                                         "timestamp": stamp, "lon": lon, "lat": lat,
-                                        "merged_ids": m if isinstance(m := it["merged_ids"], list) else []}})
+                                        "merged_ids": m if isinstance(m := it["merged_ids"], list) else [],
+                                        **({"mapper": mapper} if mapper else {})}})
     return write_json(path, {"type": "FeatureCollection", "queue_id": queue_id, "features": features})
 
 

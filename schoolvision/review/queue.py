@@ -58,7 +58,7 @@ from schoolvision.io.imagery import ImageryOptions, list_sources
 from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.review.page import write_page
-from schoolvision.scan.candidates import ProbabilityField, merge_duplicates, rank
+from schoolvision.scan.candidates import MIN_AREA_M2, ProbabilityField, merge_duplicates, rank
 from schoolvision.scan.novelty import sample_novelty
 from schoolvision.scan.peaks import explain_points, read_chips_at
 from schoolvision.scan.scene import SceneScan
@@ -172,11 +172,17 @@ def scan_sources(info: dict, scenes: list[SceneScan]) -> dict:
 
 
 def _below_threshold(scenes: list[SceneScan], cands: gpd.GeoDataFrame, threshold: float, floor: float,
-                     merge_distance: float) -> gpd.GeoDataFrame:
-    """Probability peaks in [floor, threshold) further than ``merge_distance`` from every candidate (EPSG:4326)."""
+                     merge_distance: float, scan: dict) -> gpd.GeoDataFrame:
+    """Probability peaks in [floor, threshold) further than ``merge_distance`` from every candidate (EPSG:4326).
+
+    They are drawn by the scan's own rules (its ``min_area_m2`` and ``min_separation`` in ``scan.json``; a scan
+    that did not record them made its candidates with the defaults).
+    """
+    min_area = float(scan.get("min_area_m2", MIN_AREA_M2))
+    separation = float(scan.get("min_separation") or 0.0)
     parts = []
     for s in scenes:
-        pts = ProbabilityField.read(s.probability, s.scene).candidates(floor)[0]
+        pts = ProbabilityField.read(s.probability, s.scene, min_separation=separation).candidates(floor, min_area)[0]
         pts = pts[pts["max_prob"] < threshold] if len(pts) else pts
         if len(pts):
             parts.append(pts.to_crs("EPSG:4326"))
@@ -234,7 +240,7 @@ def collect_items(folder: ScanFolder, floor: float) -> tuple[dict, list[dict]]:
                       "probability": float(c["max_prob"]), "candidate_rank": int(c["rank"]),
                       "scene": str(c["scene"]), "name": "", "lon": c.geometry.x, "lat": c.geometry.y})
     if floor < threshold:
-        for _, c in _below_threshold(scenes, cands, threshold, floor, merge_distance).iterrows():
+        for _, c in _below_threshold(scenes, cands, threshold, floor, merge_distance, info).iterrows():
             items.append({"source": "below_threshold", "registry_status": "new" if info.get("registry") else "",
                           "probability": float(c["max_prob"]), "candidate_rank": -1, "scene": str(c["scene"]),
                           "name": "", "lon": c.geometry.x, "lat": c.geometry.y})

@@ -29,14 +29,13 @@ import shapely
 from rasterio.features import shapes
 from scipy import ndimage, sparse
 from scipy.sparse.csgraph import connected_components
-from scipy.spatial import cKDTree
 from shapely.geometry import Point, shape
-from skimage.morphology import h_maxima as skimage_h_maxima
 from skimage.segmentation import watershed
 
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import ScanFolder, read_probability
 from schoolvision.io.vectors import write_vectors
+from schoolvision.scan.maxima import EIGHT, bounding_box, h_maxima, separated_peaks
 
 SPLIT_DIP = 0.5
 """Log-odds dip between two peaks that makes them two candidates (see :func:`split_regions`)."""
@@ -63,9 +62,6 @@ a chip apart anyway."""
 
 COLUMNS = ["rank", "scene", "max_prob", "mean_prob", "area_m2", "peak", "geometry"]
 
-
-EIGHT = np.ones((3, 3), bool)
-"""8-connectivity: regions, markers and watershed all join diagonal neighbours."""
 
 PEAK_FLOOR = 0.05
 """Lowest threshold the log-odds peaks are first computed for (the sweep's lowest); a lower one recomputes them."""
@@ -205,7 +201,7 @@ class ProbabilityField:
             above = self.finite[box] & (self.p[box] >= threshold)
             if not above.any():
                 return np.zeros((0, 0), np.int32), 0, np.s_[0:0, 0:0]
-            sub = _bounding_box(above)  # a higher threshold's pixels: a smaller box, numbered in the same order
+            sub = bounding_box(above)  # a higher threshold's pixels: a smaller box, numbered in the same order
             above = above[sub]
             box = (slice(box[0].start + sub[0].start, box[0].start + sub[0].stop),
                    slice(box[1].start + sub[1].start, box[1].start + sub[1].stop))
@@ -227,7 +223,7 @@ class ProbabilityField:
         markers, n = ndimage.label(self.peaks(threshold) & above, structure=EIGHT)
         labels = self._watershed(above, markers)
         if keep and (self._base is None or threshold < self._base[0]):
-            box = _bounding_box(above)
+            box = bounding_box(above)
             self._base = (threshold, labels[box].copy(), n, box)
         rest, m = ndimage.label(above & (labels == 0), structure=EIGHT)  # regions whose peak sits below the threshold
         labels[rest > 0] = rest[rest > 0] + n
@@ -238,7 +234,7 @@ class ProbabilityField:
 
         Exactly the whole raster's result: the flood visits the same pixels in the same order.
         """
-        box = _bounding_box(above)
+        box = bounding_box(above)
         basins = np.zeros(above.shape, np.int32)
         basins[box] = watershed(-self.surface[box], markers[box], mask=above[box], connectivity=2)
         return basins
@@ -291,7 +287,7 @@ class ProbabilityField:
             labels[several] = mapped
         return labels, n + int(none.sum())
 
-    def points(self, threshold: float, min_area_m2: float = 0.0,
+    def points(self, threshold: float, min_area_m2: float = MIN_AREA_M2,
                reuse: bool = False) -> tuple[gpd.GeoDataFrame, np.ndarray]:
         """(unranked points with their ``label``, region labels) at ``threshold`` (``reuse``: see :meth:`labels`)."""
         labels, n, box = self._labels_in_box(threshold, reuse)
@@ -306,7 +302,8 @@ class ProbabilityField:
         points = gpd.GeoDataFrame(rows, geometry="geometry", crs=self.crs) if rows else _empty(self.crs)
         return points, labels
 
-    def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
+    def peak_arrays(self, threshold: float, min_area_m2: float = MIN_AREA_M2,
+                    reuse: bool = False) -> tuple[np.ndarray, ...]:
         """(label, max, mean, area m^2, x, y) of the regions kept at ``threshold``, in label order.
 
         :meth:`points`'s numbers as arrays, no frame and no full-raster labels: the precision-recall sweep
@@ -352,7 +349,7 @@ class ProbabilityField:
         sums = np.bincount(region, weights=values, minlength=n + 1)[1:]
         return self.values.ravel()[peaks], sums / counts, counts, peaks
 
-    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = 0.0,
+    def sweep(self, thresholds: Sequence[float] = SWEEP_THRESHOLDS, min_area_m2: float = MIN_AREA_M2,
               workers: int = 1) -> PeakSweep:
         """:meth:`peak_arrays` at every threshold, lowest first, as the evaluation's sweep computes them.
 
@@ -364,7 +361,7 @@ class ProbabilityField:
             return self.start_sweep(pool, thresholds, min_area_m2)()
 
     def start_sweep(self, pool: ThreadPoolExecutor, thresholds: Sequence[float] = SWEEP_THRESHOLDS,
-                    min_area_m2: float = 0.0) -> Callable[[], PeakSweep]:
+                    min_area_m2: float = MIN_AREA_M2) -> Callable[[], PeakSweep]:
         """Start :meth:`sweep`: returns once the lowest threshold is done; call the result for the sweep.
 
         The lowest threshold sets what the others reuse (peaks, basins, the sort of the values); from
@@ -395,7 +392,8 @@ class ProbabilityField:
             rank[order] = np.arange(order.size)
             self._order, self._rank = order, rank
 
-    def candidates(self, threshold: float, min_area_m2: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
+    def candidates(self, threshold: float,
+                   min_area_m2: float = MIN_AREA_M2) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
         """(ranked points, region polygons) at ``threshold``: :func:`extract_candidates`."""
         points, labels = self.points(threshold, min_area_m2)
         crs = self.crs
@@ -409,39 +407,6 @@ class ProbabilityField:
         if len(regions):
             regions = regions.dissolve(by=["scene", "label"], as_index=False)
         return rank(points), regions
-
-
-def separated_peaks(peaks: np.ndarray, candidates: np.ndarray, level: np.ndarray, separation_px: float) -> np.ndarray:
-    """``peaks`` (bool), where plateaus holding several far-apart ``candidates`` give way to them.
-
-    The rule of :meth:`ProbabilityField.peaks`; a kept candidate outside every plateau is a peak of its own.
-
-    Args:
-        peaks: h-maxima that split regions by their valleys.
-        candidates: finer peaks (bool), ranked by their highest ``level``.
-        level: the surface the candidates are maxima of.
-        separation_px: pixels a kept candidate lies from every stronger kept one, at least.
-    """
-    spots, k = ndimage.label(candidates, structure=EIGHT)
-    if k < 2:
-        return peaks
-    index = np.arange(1, k + 1)
-    top = ndimage.maximum(level, spots, index)
-    centres = np.asarray(ndimage.center_of_mass(np.ones(spots.shape), spots, index), float).reshape(k, 2)
-    tree, kept, near = cKDTree(centres), np.zeros(k, bool), np.zeros(k, bool)
-    for i in np.lexsort((index, -top)):  # strongest first, ties in raster order
-        if not near[i]:
-            kept[i] = True
-            near[tree.query_ball_point(centres[i], np.nextafter(separation_px, 0))] = True
-    plateaus, _ = ndimage.label(peaks, structure=EIGHT)
-    first = np.asarray(ndimage.maximum_position(level, spots, index)).reshape(k, 2)
-    holder = plateaus[first[:, 0], first[:, 1]]  # the plateau of ``peaks`` holding each candidate (0: none)
-    holds = np.bincount(holder[kept], minlength=plateaus.max() + 1)
-    holds[0] = 0
-    split = holds[plateaus] > 1  # plateaus that give way to the candidates they hold
-    chosen = kept & ((holder == 0) | (holds[holder] > 1))
-    lut = np.concatenate([[False], chosen])
-    return (peaks & ~split) | lut[spots]
 
 
 def _pixel_size(transform) -> float:
@@ -462,7 +427,7 @@ def split_regions(prob: np.ndarray, threshold: float, dip: float = SPLIT_DIP) ->
 
 
 def extract_candidates(prob: np.ndarray, transform, crs, threshold: float, scene: str = "",
-                       min_area_m2: float = 0.0, dip: float = SPLIT_DIP,
+                       min_area_m2: float = MIN_AREA_M2, dip: float = SPLIT_DIP,
                        min_separation: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """(points, region polygons) of regions where ``prob >= threshold``, ranked.
 
@@ -537,61 +502,6 @@ def common_crs(crss: Sequence):
     return next(iter(unique)) if len(unique) == 1 else "EPSG:4326"
 
 
-def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
-    """The ``h_maxima`` of skimage for a 2-D float64 image (8-connected), sorting the pixels once, not twice.
-
-    skimage 0.26's grey reconstruction sorts its (seed, mask) stack twice, once for the visiting order
-    and once more in ``rank_order`` for the ranks, with the same ``argsort``; this sorts once and feeds
-    the same arrays to skimage's own inner loop, so the answer is skimage's, bit for bit
-    (``tests/test_candidates.py``), in two thirds of the time. Where that loop is not importable
-    (another skimage), skimage's own function runs.
-    """
-    try:
-        from skimage.morphology._grayreconstruct import reconstruction_loop
-    except ImportError:  # pragma: no cover - another skimage layout
-        return skimage_h_maxima(image, h)
-    image = np.asarray(image, np.float64)
-    if image.ndim != 2 or h > np.ptp(image):
-        return skimage_h_maxima(image, h)
-    resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
-    seed = image - h - resolution
-    rows, cols = image.shape
-    images = np.full((2, rows + 2, cols + 2), np.min(seed), dtype=np.float64)  # padded by one, as skimage pads
-    images[0, 1:-1, 1:-1] = seed
-    images[1, 1:-1, 1:-1] = image
-    size = images.size
-    signed = np.result_type(np.min_scalar_type(-size), np.int32)
-    width = cols + 2
-    strides = np.array([-width - 1, -width, -width + 1, -1, 1, width - 1, width, width + 1], signed)
-    flat = images.reshape(-1)
-    order = flat.argsort()  # the one sort: skimage runs this same argsort twice
-    index_sorted = order.astype(signed, copy=False)[::-1]
-    prev = np.full(size, -1, signed)
-    nxt = np.full(size, -1, signed)
-    prev[index_sorted[1:]] = index_sorted[:-1]
-    nxt[index_sorted[:-1]] = index_sorted[1:]
-    ranked = flat[order]  # rank_order: equal values share a rank
-    different = ranked[:-1] != ranked[1:]
-    sort_rank = np.zeros(size, np.min_scalar_type(size))
-    np.cumsum(different, out=sort_rank[1:])
-    values = np.concatenate([ranked[:1], ranked[1:][different]])
-    rank = np.zeros_like(sort_rank)
-    rank[order] = sort_rank
-    rank = rank.astype(np.dtype(signed.char.upper()), copy=False)
-    try:
-        reconstruction_loop(rank, prev, nxt, strides, index_sorted[0], size // 2)
-    except (TypeError, ValueError):  # pragma: no cover - a skimage whose inner loop takes other arguments
-        return skimage_h_maxima(image, h)
-    reconstructed = values[rank[: size // 2]].reshape(rows + 2, cols + 2)[1:-1, 1:-1]
-    return ((image - reconstructed) >= h).astype(np.uint8)
-
-
-def _bounding_box(mask: np.ndarray) -> tuple[slice, slice]:
-    """The smallest box holding every True pixel of a 2-D mask that has one."""
-    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
-    return np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-
-
 @dataclass(frozen=True)
 class PeakSweep:
     """One scene's region peaks at each threshold of a sweep: what the evaluation needs of its raster.
@@ -612,7 +522,8 @@ class PeakSweep:
         return ((min_area_m2, min_separation) == (self.min_area_m2, self.min_separation)
                 and all(float(t) in self.arrays for t in thresholds))
 
-    def peak_arrays(self, threshold: float, min_area_m2: float = 0.0, reuse: bool = False) -> tuple[np.ndarray, ...]:
+    def peak_arrays(self, threshold: float, min_area_m2: float = MIN_AREA_M2,
+                    reuse: bool = False) -> tuple[np.ndarray, ...]:
         """(label, max, mean, area m^2, x, y) as :meth:`ProbabilityField.peak_arrays` (labels are 1..n here)."""
         if not self.covers([threshold], min_area_m2, self.min_separation):
             raise KeyError(f"no sweep at threshold {threshold} and min area {min_area_m2} for scene {self.scene}")
@@ -634,7 +545,7 @@ class PeakSweep:
 
 
 def read_fields(scenes: Sequence, sweeps: Mapping[str, PeakSweep] | None = None,
-                min_area_m2: float = 0.0, min_separation: float = 0.0) -> list[ProbabilityField | PeakSweep]:
+                min_area_m2: float = MIN_AREA_M2, min_separation: float = 0.0) -> list[ProbabilityField | PeakSweep]:
     """The probability raster of each scanned scene (``SceneScan`` items), ready for any threshold.
 
     ``sweeps``: scenes' kept :class:`PeakSweep` (by scene name); one that covers the sweep's thresholds at
@@ -650,7 +561,7 @@ def read_fields(scenes: Sequence, sweeps: Mapping[str, PeakSweep] | None = None,
 
 
 def extract_all(scenes: Sequence, threshold: float, merge_distance: float = 64.0,
-                min_area_m2: float = 0.0, fields: Sequence[ProbabilityField] | None = None,
+                min_area_m2: float = MIN_AREA_M2, fields: Sequence[ProbabilityField] | None = None,
                 min_separation: float = 0.0) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame]:
     """Candidates and regions of every scanned scene (``SceneScan`` items), in one CRS, merged and ranked.
 

@@ -126,7 +126,7 @@ class RayEngine:
 
     def _start(self, n_scenes: int) -> None:
         ray, resources = self.ray, self.ray.cluster_resources()
-        gpus = int(resources.get("GPU", 0)) if self.settings.device != "cpu" else 0
+        gpus = int(resources.get("GPU", 0)) if self.settings.options.device != "cpu" else 0
         if gpus:
             count, options = gpus, {"num_gpus": 1, "num_cpus": self.cpus_per_worker}
         else:

@@ -25,6 +25,7 @@ from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import probability_bounds, read_probability
 from schoolvision.io.schools import read_schools
 from schoolvision.scan.candidates import (
+    MIN_AREA_M2,
     SWEEP_THRESHOLDS,
     PeakSweep,
     ProbabilityField,
@@ -90,7 +91,7 @@ def scores(n_cands: int, n_schools: int, tp: int) -> dict[str, float]:
 def pr_curve(scenes: Sequence, schools: gpd.GeoDataFrame, distance: float,
              thresholds: Sequence[float] = SWEEP_THRESHOLDS,
              merge_distance: float = 64.0, fields: Sequence[ProbabilityField | PeakSweep] | None = None,
-             progress: bool = False, min_area_m2: float = 0.0, min_separation: float = 0.0) -> list[dict]:
+             progress: bool = False, min_area_m2: float = MIN_AREA_M2, min_separation: float = 0.0) -> list[dict]:
     """Recall/precision/F1 of probability-peak candidates re-extracted (and merged) at each threshold.
 
     ``fields``: the scenes' rasters from :func:`~schoolvision.scan.candidates.read_fields` when the
@@ -165,7 +166,8 @@ def operating_points(curve: Sequence[dict], min_precision: float = 0.8) -> dict:
 def evaluate_scan(cands: gpd.GeoDataFrame, scenes: Sequence, schools_path: str | Path | gpd.GeoDataFrame,
                   distance: float = 50.0, threshold: float | None = None, merge_distance: float = 64.0,
                   fields: Sequence[ProbabilityField | PeakSweep] | None = None, progress: bool = False,
-                  min_area_m2: float = 0.0, min_separation: float = 0.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
+                  min_area_m2: float = MIN_AREA_M2,
+                  min_separation: float = 0.0) -> tuple[dict, dict[str, gpd.GeoDataFrame]]:
     """(evaluation dict for ``evaluation.json``, GeoPackage layers: known_schools, missed_schools, false_alarms).
 
     ``schools_path``: a schools file, or the schools :func:`~schoolvision.io.schools.read_schools` read from one.
@@ -233,7 +235,7 @@ def weakest_finds(cands: gpd.GeoDataFrame, known: gpd.GeoDataFrame, n: int = 3) 
 
 def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: float, distance: float = 50.0,
                         floor: float = 0.05, n: int = 6, separation: float = 0.0,
-                        min_area_m2: float = 0.0) -> gpd.GeoDataFrame:
+                        min_area_m2: float = MIN_AREA_M2) -> gpd.GeoDataFrame:
     """The ``n`` strongest regions the threshold turned down that are not known schools (EPSG:4326 points).
 
     Regions above ``floor`` whose peak stays below ``threshold`` and lies more than ``distance`` metres

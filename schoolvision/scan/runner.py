@@ -17,6 +17,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -31,7 +32,6 @@ from schoolvision.model.checkpoint import load_classifier
 from schoolvision.model.device import resolve_device
 from schoolvision.model.runtime import resolve_runtime
 from schoolvision.scan.candidates import (
-    MIN_AREA_M2,
     PeakSweep,
     default_min_separation,
     read_fields,
@@ -41,6 +41,7 @@ from schoolvision.scan.engines import ENGINES, import_ray, make_engine
 from schoolvision.scan.evaluation import evaluate_scan
 from schoolvision.scan.mask import ScanMask
 from schoolvision.scan.merge import read_scene_candidates
+from schoolvision.scan.options import ScanOptions
 from schoolvision.scan.registry import read_registry, write_audit
 from schoolvision.scan.scene import SceneScan
 from schoolvision.scan.unit import SceneOutcome, UnitSettings, changed_option, expected_record, is_done, model_checksum
@@ -48,25 +49,21 @@ from schoolvision.scan.webmap import save_map, scan_map
 from schoolvision.train.novelty import FLAG_PERCENTILE, NO_SUMMARY, WARN_SHARE, read_summary
 
 
-@dataclass
-class ScanConfig:
-    """Everything ``schoolvision scan`` needs."""
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig(ScanOptions):
+    """Everything ``schoolvision scan`` needs: the scene options (:class:`ScanOptions`), inputs, outputs, engine.
+
+    Frozen and handed down unchanged: the units, the scene scanner and the candidate functions read their
+    options from it (as :class:`ScanOptions`); the done-record of a scene is written from it.
+    """
 
     run: Path
     imagery: list[Path]
     out_dir: Path
-    stride: int | None = None  # pixels at the scan GSD; default chip_size // 2
-    batch_size: int = 32
-    threshold: float | None = None  # default: the run's tuned threshold
-    device: str = "auto"
-    runtime: str = "auto"  # forward passes of the windows: auto, torch, torch-fast, onnx or onnx-int8 (model.runtime)
     schools: Path | None = None  # known schools to evaluate against (any file read_schools reads)
     schools_layer: str | None = None  # layer of a multi-layer schools file
     schools_where: str | None = None  # attribute filter of the schools file, e.g. "amenity=school"
     lonlat_columns: tuple[str, str] | None = None  # (lon, lat) columns of a CSV schools file; None = by name
-    match_distance: float = 50.0
-    min_area_m2: float = MIN_AREA_M2  # candidate regions smaller than this (m^2) are dropped (scan.candidates)
-    min_separation: float | None = None  # m: peaks this far apart are two candidates; None: 3/4 chip; 0: off
     registry: Path | None = None  # a school registry to audit (scan.registry; any file read_schools reads)
     registry_id_column: str | None = None  # the registry's id column; None: found by name (scan.registry.ID_COLUMNS)
     mask: Path | None = None  # building footprints / areas: only windows near them are scanned (scan.mask)
@@ -76,12 +73,8 @@ class ScanConfig:
     bands: tuple[int, int, int] | str | None = None  # RGB band numbers; None = the run's, "auto" = the band rule
     crs: str | None = None  # CRS of rasters without one
     scale: tuple[float, float] | str | None = None  # fixed 8-bit range; None = the run's rule, "auto" = stretch
-    native_resolution: bool = False
     overwrite: bool = False
-    cam_peaks: bool = True  # place candidates at their grad-CAM peak (else the probability peak)
     make_map: bool = True
-    prefetch: int = 4  # batches read ahead
-    progress: bool = True
     tile_scheme: str | None = None  # web-map tiles: "xyz" or "tms"; None = TMS if tilemapresource.xml (io.tiles)
     tile_pattern: str | None = None  # tile names, e.g. "{z}/{x}/{y}" or "OAM-{x}-{y}-{z}"; None = z-x-y or z/x/y
     zoom: int | None = None  # zoom level of a tile folder holding several; None = the finest
@@ -93,19 +86,13 @@ class ScanConfig:
     map_candidates: int = 2000  # map.html shows the top N candidates (all are in candidates.gpkg)
 
     def __post_init__(self) -> None:
-        check_range("--stride", self.stride, minimum=1)
-        check_range("--batch-size", self.batch_size, minimum=1)
+        super().__post_init__()
         check_range("--cpus-per-worker", self.cpus_per_worker, minimum=1)
         check_range("--map-candidates", self.map_candidates, minimum=0)
         if self.engine not in ENGINES:
             raise UserError(f"unknown --engine {self.engine!r}; choose one of {', '.join(ENGINES)}")
         if self.resume and self.overwrite:
             raise UserError("--resume continues the scan in --out, --overwrite starts it again: pass one of them")
-        check_range("--threshold", self.threshold, above=0, below=1)
-        check_range("--match-distance", self.match_distance, above=0)
-        check_range("--min-area", self.min_area_m2, minimum=0)
-        check_range("--min-separation", self.min_separation, minimum=0)
-        check_range("prefetch", self.prefetch, minimum=0)
         check_range("--mask-distance", self.mask_distance, minimum=0)
         check_range("--mask-min-area", self.mask_min_area, minimum=0)
 
@@ -179,6 +166,52 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
             imagery was found, or ``engine="ray"`` without Ray installed. A scene that cannot be read
             is reported in ``ScanSummary.failed`` instead.
     """
+    inputs = _read_inputs(config)  # everything a user can get wrong, refused before anything is written
+    folder = ScanFolder(config.out_dir)
+    prepare_output(folder.root, config.overwrite,
+                   inputs={"--run": config.run if model is None else None, "--imagery": config.imagery,
+                           "--schools": config.schools, "--registry": config.registry, "--mask": config.mask},
+                   is_same=(lambda _: True) if config.resume else None)
+    if config.resume:
+        manifest.remove_temporaries(folder.root)  # what a killed run was writing; its finished scenes stay
+    started = time.perf_counter()
+    plan = _plan(config, inputs, folder, model, meta)
+    todo = [s for s in plan.sources if s.name not in plan.done_before]
+    setup = time.perf_counter()
+    outcomes, (runtime, detail) = {}, (inputs.runtime, "")
+    if todo:
+        local = config.engine == "local"
+        with make_engine(config.engine, plan.settings, plan.model if local or not plan.loaded else None, plan.meta,
+                         from_run=plan.loaded, address=config.ray_address, cpus_per_worker=config.cpus_per_worker,
+                         progress=config.progress) as engine:
+            for outcome in engine.map(todo):
+                outcomes[outcome.scene] = outcome
+                if outcome.status == "failed":
+                    warnings.warn(f"scan failed for {outcome.scene}: {outcome.error}", stacklevel=2)
+            runtime, detail = engine.describe()
+    summary = _summarise(folder, plan.sources, plan.done_before, outcomes, plan.settings.threshold, runtime,
+                         config.engine)
+    summary.seconds.update(setup=round(setup - started, 3), scenes=round(time.perf_counter() - setup, 3))
+    _write_results(config, folder, summary, plan.meta, {s.name: s for s in plan.sources}, inputs.known,
+                   registry=inputs.registry, merge_distance=plan.settings.merge_distance, runtime_detail=detail,
+                   mask=inputs.mask, novelty=plan.novelty)
+    return summary
+
+
+@dataclass
+class _Inputs:
+    """What ``run_scan`` reads and checks before it writes anything."""
+
+    known: Any  # the known schools (GeoDataFrame) or None
+    registry: Any  # the registry (scan.registry) or None
+    mask: ScanMask | None
+    tiles: TileOptions
+    device: Any  # the resolved torch device
+    runtime: str  # the resolved runtime name
+
+
+def _read_inputs(config: ScanConfig) -> _Inputs:
+    """Read the labels, registry and mask files and resolve device and runtime: a bad one costs nothing."""
     _imagery_options(config, None)  # a bad --bands / --crs / --scale is refused before anything is written
     known = None
     if config.schools is not None:  # a bad labels file must cost nothing: read it before any scene
@@ -190,68 +223,57 @@ def run_scan(config: ScanConfig, model: torch.nn.Module | None = None, meta=None
     mask = None if config.mask is None else ScanMask.read(config.mask, config.mask_layer, config.mask_distance,
                                                           config.mask_min_area)
     tiles = TileOptions.of(config)  # a bad --tile-pattern / --zoom costs nothing either
-    folder = ScanFolder(config.out_dir)
     device = resolve_device(config.device)
-    runtime_name = resolve_runtime(config.runtime, device)  # unknown or missing: refused before anything is written
+    runtime = resolve_runtime(config.runtime, device)  # unknown or missing: refused before anything is written
     if config.engine == "ray":
         import_ray()  # not installed: one line naming the extra, before anything is written
-    prepare_output(folder.root, config.overwrite,
-                   inputs={"--run": config.run if model is None else None, "--imagery": config.imagery,
-                           "--schools": config.schools, "--registry": config.registry, "--mask": config.mask},
-                   is_same=(lambda _: True) if config.resume else None)
-    if config.resume:
-        manifest.remove_temporaries(folder.root)  # what a killed run was writing; its finished scenes stay
-    started = time.perf_counter()
+    return _Inputs(known, registry, mask, tiles, device, runtime)
+
+
+@dataclass
+class _Plan:
+    """The model, the scenes and what every unit shares; ``done_before``: the scenes a resume skips."""
+
+    model: Any
+    meta: Any
+    loaded: bool  # the model was loaded from the run's checkpoint
+    sources: list
+    novelty: Any
+    settings: UnitSettings
+    done_before: dict[str, dict]
+
+
+def _plan(config: ScanConfig, inputs: _Inputs, folder: ScanFolder, model, meta) -> _Plan:
+    """Load the model, list the scenes, and write down what a done-record must hold (``expected``)."""
     loaded = model is None or meta is None
     if loaded:
-        model, meta = load_classifier(config.run, device)
+        model, meta = load_classifier(config.run, inputs.device)
     checksum = sha256(RunFolder.checkpoint(config.run)) if loaded else model_checksum(model)
     # the trust map compares with the run's summary (a model handed in stands for the run's own checkpoint)
     has_checkpoint = RunFolder.checkpoint(config.run).is_file()
     novelty = read_summary(config.run) if has_checkpoint else None  # UserError: unreadable, another checkpoint's
-    threshold = float(meta.threshold if config.threshold is None else config.threshold)
-    sources = list_sources([Path(p) for p in config.imagery], tiles)
+    sources = list_sources([Path(p) for p in config.imagery], inputs.tiles)
     if not sources:
         raise UserError("no imagery found (GeoTIFF files, folders of them, or XYZ tile folders)", config.imagery[0])
     options = _imagery_options(config, meta)
     sources = [s.with_options(options) for s in sources]
-    if mask is not None:  # a mask of another place: one line with both extents, before any window is read
-        mask.check_covers(sources, _mask_distance(mask, meta))
+    if inputs.mask is not None:  # a mask of another place: one line with both extents, before any window is read
+        inputs.mask.check_covers(sources, _mask_distance(inputs.mask, meta))
     if has_checkpoint and novelty is None:  # after every refusal: a refused scan says only why
-        warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=2)
+        warnings.warn(NO_SUMMARY.format(run=config.run), stacklevel=3)
+    threshold = float(meta.threshold if config.threshold is None else config.threshold)
     merge_distance = meta.chip_size * (meta.gsd or 1.0) / 2
     min_separation = _min_separation(config, meta)
     expected = expected_record(checksum, {
-        "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": runtime_name,
+        "threshold": threshold, "stride": config.stride or meta.chip_size // 2, "runtime": inputs.runtime,
         "native_resolution": config.native_resolution, "cam_peaks": config.cam_peaks,
         "imagery": options.record(), "merge_distance": merge_distance, "min_area_m2": config.min_area_m2,
-        "min_separation": min_separation, **_mask_options(config, mask), **_novelty_options(config, novelty)})
+        "min_separation": min_separation, **_mask_options(config, inputs.mask), **_novelty_options(config, novelty)})
     done_before = _check_resume(folder, sources, expected) if config.resume else {}
-    settings = UnitSettings(out_dir=str(folder.root), run=str(config.run), device=config.device,
-                            runtime=config.runtime, threshold=threshold, merge_distance=merge_distance,
-                            stride=config.stride, batch_size=config.batch_size,
-                            native_resolution=config.native_resolution, prefetch=config.prefetch,
-                            cam_peaks=config.cam_peaks, expected=expected, mask=mask,
-                            min_area_m2=config.min_area_m2, min_separation=min_separation,
-                            sweep=config.schools is not None, novelty=novelty)
-    todo = [s for s in sources if s.name not in done_before]
-    setup = time.perf_counter()
-    outcomes, (runtime, detail) = {}, (runtime_name, "")
-    if todo:
-        local = config.engine == "local"
-        with make_engine(config.engine, settings, model if local or not loaded else None, meta,
-                         from_run=loaded, address=config.ray_address, cpus_per_worker=config.cpus_per_worker,
-                         progress=config.progress) as engine:
-            for outcome in engine.map(todo):
-                outcomes[outcome.scene] = outcome
-                if outcome.status == "failed":
-                    warnings.warn(f"scan failed for {outcome.scene}: {outcome.error}", stacklevel=2)
-            runtime, detail = engine.describe()
-    summary = _summarise(folder, sources, done_before, outcomes, threshold, runtime, config.engine)
-    summary.seconds.update(setup=round(setup - started, 3), scenes=round(time.perf_counter() - setup, 3))
-    _write_results(config, folder, summary, meta, {s.name: s for s in sources}, known, registry=registry,
-                   merge_distance=merge_distance, runtime_detail=detail, mask=mask, novelty=novelty)
-    return summary
+    settings = UnitSettings(out_dir=str(folder.root), run=str(config.run), options=config, threshold=threshold,
+                            merge_distance=merge_distance, min_separation=min_separation, expected=expected,
+                            mask=inputs.mask, sweep=config.schools is not None, novelty=novelty)
+    return _Plan(model, meta, loaded, sources, novelty, settings, done_before)
 
 
 def _min_separation(config: ScanConfig, meta) -> float:
@@ -395,7 +417,8 @@ def _write_results(config: ScanConfig, folder: ScanFolder, summary: ScanSummary,
     imagery = {"imagery": next(iter(by_name.values())).options.record()} if by_name else {}  # bands, scale rule
     folder.write_summary({**asdict(summary), "run": str(config.run), "gsd": meta.gsd,
                           "chip_size": meta.chip_size, "stride": config.stride or meta.chip_size // 2,
-                          "min_separation": _min_separation(config, meta), **labels,
+                          "min_area_m2": config.min_area_m2, "min_separation": _min_separation(config, meta),
+                          **labels,
                           **imagery, "runtime_detail": runtime_detail, **audit,
                           "novelty": _novelty_record(scenes, novelty),
                           **({} if mask is None else  # --mask: the file, the distance, windows skipped

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import rasterio
@@ -30,6 +30,7 @@ from schoolvision.io.imagery import file_count, native_gsd, open_scene, open_sou
 from schoolvision.io.rasters import build_overviews
 from schoolvision.model.runtime import Runtime, make_runtime
 from schoolvision.scan.mask import ScanMask
+from schoolvision.scan.options import ScanOptions
 from schoolvision.scan.probability import RowBlender, raster_profile, warp_back
 from schoolvision.scan.windows import WindowReader, prefetch, resized, score_windows
 from schoolvision.train.novelty import FLAG_PERCENTILE, NoveltySummary, scene_warning
@@ -77,27 +78,26 @@ def scene_grid(source):
 class SceneScanner:
     """A model ready to scan scenes, with what every scene of a run shares.
 
-    ``stride`` is in pixels at the scan GSD (default half a chip); ``prefetch_depth`` batches are read
-    ahead of the model. ``runtime`` runs the windows' forward passes: a built
-    :class:`~schoolvision.model.runtime.Runtime`, or a name for :func:`~schoolvision.model.runtime.make_runtime`
-    (``auto``: ONNX Runtime on CPU when installed, exported in memory; else channels_last torch).
+    ``options`` are the scan's (:class:`~schoolvision.scan.options.ScanOptions`: ``stride`` in pixels at
+    the scan GSD, default half a chip; ``batch_size``; ``prefetch_depth`` batches read ahead of the model;
+    ``native_resolution``; ``progress``). ``device`` is where ``model`` already is (resolved, not
+    ``options.device``'s "auto"). ``runtime`` runs the windows' forward passes: a built
+    :class:`~schoolvision.model.runtime.Runtime`, or None for ``options.runtime`` made by
+    :func:`~schoolvision.model.runtime.make_runtime` (``auto``: ONNX Runtime on CPU when installed,
+    exported in memory; else channels_last torch).
     """
 
     model: torch.nn.Module
     meta: object  # CheckpointMeta: chip_size, gsd, image_size, temperature
+    options: ScanOptions = field(default_factory=ScanOptions)
     device: str | torch.device = "cpu"
-    stride: int | None = None
-    batch_size: int = 32
-    native_resolution: bool = False
-    prefetch_depth: int = 4
-    progress: bool = True
-    runtime: Runtime | str = "auto"
+    runtime: Runtime | None = None
     mask: ScanMask | None = None  # scan --mask: only windows near a mask feature are scanned (scan.mask)
     novelty: NoveltySummary | None = None  # the run's summary: a trust map beside the probability raster
 
     def __post_init__(self) -> None:
-        if isinstance(self.runtime, str):
-            self.runtime = make_runtime(self.runtime, self.model, self.meta, self.device)
+        if self.runtime is None:
+            self.runtime = make_runtime(self.options.runtime, self.model, self.meta, self.device)
 
     @property
     def chip(self) -> int:
@@ -126,9 +126,9 @@ class SceneScanner:
 
     def _scan(self, source, out_path: Path, novelty_path: Path | None) -> SceneScan:
         chip = self.chip
-        stride = int(self.stride or max(1, chip // 2))
+        stride = int(self.options.stride or max(1, chip // 2))
         t0 = time.perf_counter()
-        run_gsd = None if self.native_resolution else self.meta.gsd
+        run_gsd = None if self.options.native_resolution else self.meta.gsd
         with scene_grid(source) as scene, open_source(source, gsd=run_gsd) as ds:
             gsd = abs(ds.transform.a)
             notes = self._notes(scene, ds, gsd)
@@ -141,7 +141,7 @@ class SceneScanner:
                 windows = self.mask.select(windows, ds, chip, self.mask_distance(gsd))
             same_grid = (ds.crs == scene.crs and ds.transform == scene.transform
                          and (ds.width, ds.height) == (scene.width, scene.height))
-            reader = WindowReader(ds, chip, self.batch_size)
+            reader = WindowReader(ds, chip, self.options.batch_size)
             with (atomic_path(out_path) as final,
                   atomic_path(novelty_path) if novelty_path else contextlib.nullcontext() as novelty_final):
                 finals = [final] if novelty_final is None else [final, novelty_final]
@@ -173,7 +173,7 @@ class SceneScanner:
     def _notes(self, scene, ds, gsd: float) -> list[str]:
         """Warnings about the scan grid: a native GSD far from training's, a scene smaller than a chip."""
         notes = []
-        if self.native_resolution and self.meta.gsd:
+        if self.options.native_resolution and self.meta.gsd:
             ratio = native_gsd(scene) / self.meta.gsd
             if ratio > GSD_TRANSFER_RATIO or ratio < 1 / GSD_TRANSFER_RATIO:
                 notes.append(f"native GSD {native_gsd(scene):.2f} m is {ratio:.2f}x the training GSD "
@@ -196,11 +196,11 @@ class SceneScanner:
         with contextlib.ExitStack() as stack:
             dsts = [stack.enter_context(rasterio.open(p, "w", **profile)) for p in paths]
             blenders = [RowBlender(dst, ds.width, ds.height, self.chip) for dst in dsts]
-            bar = tqdm(total=len(windows), unit="win", desc=name, disable=not self.progress, leave=False)
+            bar = tqdm(total=len(windows), unit="win", desc=name, disable=not self.options.progress, leave=False)
             batches = reader.batches(windows)
             if self.runtime.device.type == "cpu":  # resize in the reader thread, while the model runs
                 batches = resized(batches, meta.image_size)
-            for offs, imgs, masks in prefetch(batches, self.prefetch_depth):
+            for offs, imgs, masks in prefetch(batches, self.options.prefetch_depth):
                 values = score_windows(self.runtime, imgs, meta.image_size, self.novelty)
                 for blender, vals in zip(blenders, values):
                     for (ro, co), v, m in zip(offs, vals, masks):
@@ -230,16 +230,13 @@ def scan_scene(
     meta,
     source,
     out_path: str | Path,
+    options: ScanOptions | None = None,
     *,
-    stride: int | None = None,
-    batch_size: int = 32,
     device: str | torch.device = "cpu",
-    native_resolution: bool = False,
-    prefetch_depth: int = 4,
-    progress: bool = True,
-    runtime: Runtime | str = "auto",
+    runtime: Runtime | str | None = None,
     mask: ScanMask | None = None,
     novelty: NoveltySummary | None = None,
+    **fields,
 ) -> SceneScan:
     """Scan one imagery source; write its float32 probability GeoTIFF on the scene grid to ``out_path``.
 
@@ -248,18 +245,16 @@ def scan_scene(
         meta: its ``CheckpointMeta`` (chip size, GSD, input size, temperature).
         source: an :class:`~schoolvision.io.imagery.ImagerySource`.
         out_path: where the probability GeoTIFF goes (written atomically).
-        stride: window step in pixels at the scan GSD (default half a chip).
-        batch_size: windows per model call.
+        options: the scan's options (:class:`~schoolvision.scan.options.ScanOptions`: stride, batch size,
+            native resolution, read-ahead, progress bar, runtime name); default: the defaults.
         device: where the model runs.
-        native_resolution: scan at the scene's own GSD instead of the run's (warns when far from it).
-        prefetch_depth: batches read ahead in a background thread.
-        progress: show a progress bar.
-        runtime: what runs the forward passes: a :class:`~schoolvision.model.runtime.Runtime` built for
-            ``model``, or a runtime name (``auto``, ``torch``, ``torch-fast``, ``onnx``).
+        runtime: a :class:`~schoolvision.model.runtime.Runtime` built for ``model``, or a runtime name
+            (``options.runtime``: ``auto``, ``torch``, ``torch-fast``, ``onnx``).
         mask: scan only the windows near its features (:class:`~schoolvision.scan.mask.ScanMask`); the
             others are neither read nor scored and stay nodata.
         novelty: the run's novelty summary (:func:`schoolvision.train.novelty.read_summary`): a novelty
             GeoTIFF (``_novelty.tif`` beside ``out_path``) on the same grid and the scene's flagged share.
+        **fields: :class:`ScanOptions` fields instead of ``options`` (``stride=32, progress=False``).
 
     Returns:
         What was scanned: grid, windows scored, skipped as nodata and skipped by the mask, area, time, warnings.
@@ -268,7 +263,8 @@ def scan_scene(
         UserError: the scene is not a readable raster, ``stride`` is not positive, or the runtime is
             unknown or not installed.
     """
-    scanner = SceneScanner(model, meta, device=device, stride=stride, batch_size=batch_size,
-                           native_resolution=native_resolution, prefetch_depth=prefetch_depth, progress=progress,
-                           runtime=runtime, mask=mask, novelty=novelty)
+    if isinstance(runtime, str):
+        fields["runtime"], runtime = runtime, None
+    options = replace(options or ScanOptions(), **fields)
+    scanner = SceneScanner(model, meta, options, device=device, runtime=runtime, mask=mask, novelty=novelty)
     return scanner.scan(source, out_path)

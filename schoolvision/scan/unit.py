@@ -33,6 +33,7 @@ from schoolvision.model.device import resolve_device
 from schoolvision.model.runtime import make_runtime
 from schoolvision.scan.candidates import ProbabilityField, merge_duplicates
 from schoolvision.scan.novelty import sample_novelty
+from schoolvision.scan.options import ScanOptions
 from schoolvision.scan.peaks import place_at_cam_peaks
 from schoolvision.scan.scene import SceneScan, SceneScanner
 from schoolvision.train.novelty import read_summary
@@ -45,25 +46,21 @@ NOVELTY_FROM_RUN = "from-run"
 class UnitSettings:
     """What every scene of a scan shares; picklable, so a Ray actor can be built from it.
 
-    ``expected`` is what a done-record must hold to count as finished: the run's checksum and the
-    options that change a scene's files (see :func:`expected_record`).
+    ``options`` is the scan's options object as the command line made it (the ``ScanConfig``, unchanged);
+    the other fields are what the driver resolved from it and the run: the threshold (``options.threshold``
+    or the run's), the minimum separation (``options.min_separation`` or 3/4 of a chip), the merge distance,
+    the mask read from ``options.mask``. ``expected`` is what a done-record must hold to count as finished:
+    the run's checksum and the options that change a scene's files (see :func:`expected_record`).
     """
 
     out_dir: str
     run: str
-    device: str = "cpu"
-    runtime: str = "auto"
-    threshold: float = 0.5
-    merge_distance: float = 32.0
-    stride: int | None = None
-    batch_size: int = 32
-    native_resolution: bool = False
-    prefetch: int = 4
-    cam_peaks: bool = True
+    options: ScanOptions = field(default_factory=ScanOptions)
+    threshold: float = 0.5  # resolved: options.threshold, else the run's tuned one
+    merge_distance: float = 32.0  # half a chip's ground width
+    min_separation: float = 0.0  # resolved: options.min_separation, else 3/4 of a chip (scan.candidates)
     expected: dict = field(default_factory=dict)
     mask: Any = None  # scan --mask: a ScanMask (scan.mask); only windows near its features are scanned
-    min_area_m2: float = 0.0  # scan --min-area: smaller candidate regions are dropped
-    min_separation: float = 0.0  # scan --min-separation: peaks this far apart (m) are two candidates
     sweep: bool = False  # keep the evaluation's per-threshold peaks in the done-record (scan --schools)
     novelty: Any = None  # the run's NoveltySummary (train.novelty): a novelty raster and field per scene; or
     # NOVELTY_FROM_RUN: read from the run by the worker (Ray actors: megabytes of arrays stay out of their arguments)
@@ -150,18 +147,17 @@ class SceneWorker:
         if isinstance(settings.novelty, str) and settings.novelty == NOVELTY_FROM_RUN:  # a Ray actor reads its own
             settings = replace(settings, novelty=read_summary(settings.run))
         self.settings = settings
-        device = resolve_device(settings.device)
+        options = replace(settings.options, progress=progress)  # the engine decides where bars show
+        device = resolve_device(options.device)
         loaded = model is None or meta is None
         if loaded:
             model, meta = load_classifier(settings.run, device)
         loaded = loaded or from_run
         model = model.to(device).eval()
         # built once per worker; the ONNX graph is cached beside a checkpoint loaded here
-        runtime = make_runtime(settings.runtime, model, meta, device, checkpoint=settings.run if loaded else None)
-        self.scanner = SceneScanner(model, meta, device=device, stride=settings.stride,
-                                    batch_size=settings.batch_size, native_resolution=settings.native_resolution,
-                                    prefetch_depth=settings.prefetch, progress=progress, runtime=runtime,
-                                    mask=settings.mask, novelty=settings.novelty)
+        runtime = make_runtime(options.runtime, model, meta, device, checkpoint=settings.run if loaded else None)
+        self.scanner = SceneScanner(model, meta, options, device=device, runtime=runtime, mask=settings.mask,
+                                    novelty=settings.novelty)
 
     def describe(self) -> tuple[str, str]:
         """(runtime name, its description) for ``scan.json``."""
@@ -193,12 +189,12 @@ class SceneWorker:
         with ThreadPoolExecutor(max(1, torch.get_num_threads())) as pool:
             # the sweep's lowest threshold first (peaks, basins, sort: the candidates reuse them), its other
             # thresholds on the pool beside the candidates and CAM peaks (the same arrays either way)
-            finish = field.start_sweep(pool, min_area_m2=s.min_area_m2) if s.sweep else None
+            finish = field.start_sweep(pool, min_area_m2=s.options.min_area_m2) if s.sweep else None
             times = [time.perf_counter()]
-            points, regions = field.candidates(s.threshold, s.min_area_m2)
+            points, regions = field.candidates(s.threshold, s.options.min_area_m2)
             points = merge_duplicates(points, s.merge_distance / 2, s.merge_distance / 2)
             times.append(time.perf_counter())
-            if s.cam_peaks and len(points):  # CAMs from the windows' runtime: a forward pass
+            if s.options.cam_peaks and len(points):  # CAMs from the windows' runtime: a forward pass
                 points = place_at_cam_peaks(scanner.model, scanner.meta, points, {source.name: source},
                                             scanner.device, regions, runtime=scanner.runtime)
             times.append(time.perf_counter())

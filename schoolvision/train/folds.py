@@ -33,11 +33,6 @@ from schoolvision.train import tblog
 from schoolvision.train.evaluation import bootstrap_groups, label_array, split_report
 from schoolvision.train.fit import TrainConfig, fit
 
-SMALL_TEST_SCHOOLS = 10
-"""Fewer schools than this in the test split make its metrics a coin toss: one school found or missed
-moves recall by a tenth or more, and the bootstrap interval spans most of the scale. The book then
-says so above the metrics and cross-validates (:func:`cross_validate`)."""
-
 FOLD_KEYS = ("auprc", "f1", "precision", "recall", "roc_auc", "threshold", "temperature")
 """The metrics of a fold's row in ``metrics.json``."""
 
@@ -50,29 +45,6 @@ def count_schools(chips_dir: str | Path, split: str = "test") -> int:
         return int(len(part) > 0)
     named = part["school_name"].astype(str)
     return int(named[named != ""].nunique() + (named == "").any())
-
-
-def small_data_notice(n_schools: int, folds: int = 0) -> str | None:
-    """One paragraph for a test split of fewer than :data:`SMALL_TEST_SCHOOLS` schools; None otherwise."""
-    if n_schools >= SMALL_TEST_SCHOOLS:
-        return None
-    then = (f"the {folds}-fold spatial cross-validation below scores every chip once, by a model that never saw "
-            "it" if folds >= 2 else "cross-validate (schoolvision train --folds 3) before you trust them")
-    return (f"Small data: the test split holds {n_schools} school(s), fewer than {SMALL_TEST_SCHOOLS}. Its metrics "
-            f"can move by a large step with one school more or less found: read the bootstrap interval first; "
-            f"{then}.")
-
-
-def small_data_folds(chips_dir: str | Path, folds: int) -> int:
-    """How many folds the book cross-validates with: ``folds`` on small data, 0 otherwise.
-
-    0 when the test split holds :data:`SMALL_TEST_SCHOOLS` schools or more, or ``folds`` is below 2
-    (the profile's way to turn cross-validation off); never more folds than the chips hold schools.
-    """
-    if folds < 2 or count_schools(chips_dir) >= SMALL_TEST_SCHOOLS:
-        return 0
-    total = sum(count_schools(chips_dir, split) for split in ("train", "val", "test"))
-    return min(folds, total) if total >= 2 else 0
 
 
 def fold_lines(metrics: dict[str, Any]) -> list[str]:

@@ -14,12 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schoolvision.book.simulate import training_labels
 from schoolvision.data.chips import ChipConfig, ChipSummary, make_chips
 from schoolvision.data.sources import chips_scenes
 from schoolvision.io.folders import ChipsFolder, ScanFolder
 from schoolvision.review.decisions import ImportSummary, import_decisions
 from schoolvision.review.queue import ReviewConfig, ReviewSummary, build_queue
-from schoolvision.review.simulate import training_labels
 from schoolvision.scan.runner import ScanConfig, ScanSummary, run_scan
 from schoolvision.train.fit import TrainConfig, fit
 

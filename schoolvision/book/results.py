@@ -15,7 +15,7 @@ from typing import Any
 
 import pandas as pd
 
-from schoolvision.io.folders import RunFolder, ScanFolder
+from schoolvision.io.folders import ClusterFolder, ExplainFolder, RunFolder, ScanFolder
 
 # Figures published by the project this one follows, on its own data (real imagery of Colombian
 # schools). A different data set: they say what a good result looks like, they are not a target.
@@ -29,7 +29,7 @@ REFERENCE = pd.DataFrame(
 
 # Sub-trees that are settings or lists rather than results.
 SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messages", "table", "table_all_school_chips",
-                       "files", "labelling", "scenes"})
+                       "files", "labelling", "scenes", "grid"})
 
 
 # Text settings that are results too: they say how the numbers were made (shown, never compared as numbers).
@@ -43,7 +43,6 @@ HEADLINES = (
     ("test metrics", "f1", "test F1 at the tuned threshold"),
     ("test metrics", "precision", "test precision"),
     ("test metrics", "recall", "test recall"),
-    ("test metrics", "roc_auc", "test ROC AUC"),
     ("test metrics", "ece", "expected calibration error (test)"),
     ("test metrics", "threshold", "decision threshold (tuned on validation)"),
     ("test metrics", "n_chips.school", "school chips in the test town"),
@@ -55,9 +54,10 @@ HEADLINES = (
     ("scan", "candidates", "candidates the scan reported"),
     ("scan", "precision", "scan precision (candidates on a school)"),
     ("scan", "recall", "scan recall (schools found)"),
-    ("review", "recall_before", "new region, unreviewed town: recall before review"),
-    ("review", "recall_after", "the same after one review round"),
-    ("review", "items_reviewed", "items reviewed in that round"),
+    ("review", "recall_before", "new region, towns nobody reviewed: recall before review"),
+    ("review", "precision_before", "the same: precision before review"),
+    ("review", "recall_after", "recall after one review round (its own threshold)"),
+    ("review", "precision_after", "precision after that round"),
 )
 
 
@@ -153,10 +153,11 @@ def default_sources(
 ) -> list[Source]:
     """The results files of a build, in book order (chapter 8's ``review_round.json`` when ``review_dir``)."""
     run, scan = RunFolder(run_dir), ScanFolder(mapping_dir)
+    explained, clustered = ExplainFolder(gradcam_dir), ClusterFolder(clustering_dir)
     return [
         Source("test metrics", run.metrics_path(), "02_training", run.read_metrics),
-        Source("explanation faithfulness", Path(gradcam_dir) / "faithfulness.json", "03_gradcam"),
-        Source("clustering", Path(clustering_dir) / "summary.json", "05_clustering"),
+        Source("explanation faithfulness", explained.faithfulness_path, "03_gradcam", explained.read_faithfulness),
+        Source("clustering", clustered.summary_path, "05_clustering", clustered.read_summary),
         Source("scan", scan.evaluation_path, "06_mapping", scan.read_evaluation),
     ] + ([] if review_dir is None else [Source("review", Path(review_dir) / "review_round.json", "08_review")])
 

@@ -16,13 +16,13 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 
+from schoolvision.book.simulate import answer_items
 from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import ScanFolder
 from schoolvision.io.schools import read_schools
 from schoolvision.review.estimate import MEASURES, estimate_measures
 from schoolvision.review.queue import collect_items, order_items
 from schoolvision.review.sample import Frame, SampleConfig, build_frame, draw_sample, locate
-from schoolvision.review.simulate import answer_items
 
 WINDOW_RULE = "school when a true school footprint's centroid lies in the window, else not a school (never unsure)"
 """How the simulated mapper answers a sampled item."""
@@ -81,7 +81,7 @@ def top_probability_count(frame: Frame, truth: gpd.GeoDataFrame, budget: int, ma
                           floor: float = 0.05) -> dict[str, int]:
     """What a review of the ``budget`` most likely items (``review build --order probability``) finds.
 
-    The simulated mapper of the ranked queue (:func:`~schoolvision.review.simulate.answer_items`)
+    The simulated mapper of the ranked queue (:func:`~schoolvision.book.simulate.answer_items`)
     answers the first ``budget`` items of the scan's ranked queue; the naive count of unlisted
     schools is the distinct true schools it accepted whose window holds no registry row (the
     definition of the estimate's ``unlisted_schools``).

@@ -3,16 +3,20 @@
 The book cannot ask a person to review its queue, so the demo's ground truth answers instead, by
 one rule (:data:`MAPPER_RULE`): an item is a school when its place lies within ``match_distance``
 metres of a true school footprint (the scan's own matching distance), else it is not; this mapper
-never answers "unsure" and never errs. Its answers are written as ``review.html`` exports them
-(``decisions.geojson``), so ``review import`` reads them like a person's.
+never answers "unsure" and never errs. Its answers are written by the product's one writer of
+``review.html``'s export (:func:`~schoolvision.review.decisions.write_decisions`), so ``review import``
+reads them like a person's. It is the only simulated mapper of a ranked queue (tests and benchmarks
+use it too); :mod:`~schoolvision.book.simulate_sample` answers a sampled queue by its window rule.
 
 Also here, so that the chapter's cells only call the library:
 
 - :func:`discovery`: schools found against items reviewed, for each ranking rule of ``review build``;
 - :func:`training_labels`: the schools of a fine-tuning: the review's accepted places beside the
   home region's schools (whose held-out towns keep validating and testing the model);
-- :func:`registry_review`: the registry audit of a scan, checked against the demo's registry truth;
-- :func:`round_table`: recall and precision per round, and the share of the recall gap closed.
+- :func:`registry_review`: the registry audit of a scan, checked against the demo's registry truth.
+
+The round's own measures (both models at both thresholds, across towns) are in
+:mod:`~schoolvision.book.round_study`.
 """
 
 from __future__ import annotations
@@ -29,14 +33,12 @@ import pandas as pd
 import shapely
 from shapely.geometry import Point
 
-from schoolvision.data.chips import ChipConfig, ChipSummary, make_chips
-from schoolvision.data.sources import chips_scenes
 from schoolvision.errors import UserError
-from schoolvision.io.atomic import write_json, write_text
+from schoolvision.io.atomic import write_text
 from schoolvision.io.crs import metric_crs
-from schoolvision.io.folders import ChipsFolder, ReviewFolder, ScanFolder
-from schoolvision.io.imagery import ImagerySource, list_sources
+from schoolvision.io.folders import ReviewFolder, ScanFolder
 from schoolvision.io.schools import read_schools
+from schoolvision.review.decisions import write_decisions
 from schoolvision.review.queue import ORDERS, collect_items, order_items
 from schoolvision.scan.runner import ScanConfig, ScanSummary, run_scan
 
@@ -59,6 +61,11 @@ class MapperRound:
     not_schools: int  # items answered "not_school"
     schools_found: int  # distinct true schools among the "school" answers
     answers: pd.DataFrame  # the reviewed items with ``decision``, ``school`` (true name or "") and ``distance_m``
+
+    @property
+    def by_item(self) -> dict[str, str]:
+        """Item id -> decision, in queue order."""
+        return dict(zip(self.answers["id"].astype(str), self.answers["decision"]))
 
 
 def answer_items(items: pd.DataFrame, truth: gpd.GeoDataFrame, match_distance: float = 50.0) -> pd.DataFrame:
@@ -86,24 +93,11 @@ def answer_items(items: pd.DataFrame, truth: gpd.GeoDataFrame, match_distance: f
     nearest = d.argmin(axis=1)
     dist = d[np.arange(len(out)), nearest]
     hit = dist <= match_distance
-    names = truth["name"].astype(str).to_numpy()
+    names = (truth["name"] if "name" in truth.columns else pd.Series(truth.index)).astype(str).to_numpy()
     out["decision"] = np.where(hit, "school", "not_school")
     out["school"] = np.where(hit, names[nearest], "")
     out["distance_m"] = np.round(dist, 2)
     return out
-
-
-def write_decisions(answers: pd.DataFrame, queue_id: str, out: str | Path, start: datetime = START) -> Path:
-    """Write ``answers`` (``id``, ``decision``, ``lon``, ``lat``) as ``review.html``'s ``decisions.geojson``."""
-    features = []
-    for n, row in enumerate(answers.itertuples(index=False)):
-        stamp = (start + timedelta(seconds=n)).isoformat().replace("+00:00", "Z")
-        features.append({"type": "Feature",
-                         "geometry": {"type": "Point", "coordinates": [float(row.lon), float(row.lat)]},
-                         "properties": {"id": str(row.id), "queue_id": queue_id, "decision": row.decision,
-                                        "timestamp": stamp, "lon": float(row.lon), "lat": float(row.lat),
-                                        "mapper": "simulated: " + MAPPER_RULE}})
-    return write_json(out, {"type": "FeatureCollection", "queue_id": queue_id, "features": features})
 
 
 def simulate_review(queue_dir: str | Path, truth: str | Path | gpd.GeoDataFrame, out: str | Path,
@@ -126,10 +120,12 @@ def simulate_review(queue_dir: str | Path, truth: str | Path | gpd.GeoDataFrame,
     if k is not None and k < 1:
         raise UserError(f"k must be at least 1, got {k}")
     folder = ReviewFolder(queue_dir)
-    queue, items = folder.read_queue(), folder.read_items()
+    items = folder.read_items()
     schools = truth if isinstance(truth, gpd.GeoDataFrame) else read_schools(truth, point_buffer_m=None)
     answers = answer_items(items.head(k) if k is not None else items, schools, match_distance)
-    path = write_decisions(answers, queue["queue_id"], out)
+    stamps = [(START + timedelta(seconds=n)).isoformat().replace("+00:00", "Z") for n in range(len(answers))]
+    path = write_decisions(out, queue_dir, dict(zip(answers["id"].astype(str), answers["decision"])),
+                           timestamp=stamps, mapper="simulated: " + MAPPER_RULE)
     said_school = answers["decision"] == "school"
     return MapperRound(decisions=Path(path), reviewed=len(answers), schools=int(said_school.sum()),
                        not_schools=int((~said_school).sum()),
@@ -162,35 +158,6 @@ def discovery(scan_dir: str | Path, truth: str | Path | gpd.GeoDataFrame, orders
     return pd.DataFrame(rows, columns=["order", "reviewed", "schools_found", "school"])
 
 
-def found_per_hundred(curve: pd.DataFrame, k: int) -> pd.DataFrame:
-    """Per order: items reviewed (at most ``k``), distinct schools found, and schools found per 100 items."""
-    rows = []
-    for order, part in curve.groupby("order", sort=False):
-        part = part[part["reviewed"] <= k]
-        n = int(part["reviewed"].max()) if len(part) else 0
-        found = int(part["schools_found"].max()) if len(part) else 0
-        rows.append({"order": order, "reviewed": n, "schools_found": found,
-                     "per_100_items": round(100 * found / n, 1) if n else 0.0})
-    return pd.DataFrame(rows, columns=["order", "reviewed", "schools_found", "per_100_items"])
-
-
-def home_scenes(chips_dir: str | Path) -> dict[str, ImagerySource]:
-    """The validation and test scenes of a chips folder, by split (``val``, ``test``): the held-out home towns.
-
-    Raises:
-        UserError: the folder's splits are not whole scenes (split by blocks), or a split has no scene.
-    """
-    meta = ChipsFolder(chips_dir).read_meta(required=True)
-    sources = chips_scenes(chips_dir)
-    out = {}
-    for split in ("val", "test"):
-        names = [n for n, s in meta.get("scenes", {}).items() if s.get("split") == split and n in sources]
-        if not names:
-            raise UserError(f"the chips hold no whole {split} scene (split by scene, not by blocks)", chips_dir)
-        out[split] = sources[names[0]]
-    return out
-
-
 def training_labels(review_labels: str | Path, home_schools: str | Path, out: str | Path,
                     accepted: int | None = None) -> Path:
     """The school labels of a fine-tuning: the review's accepted places and the home region's schools.
@@ -217,60 +184,16 @@ def training_labels(review_labels: str | Path, home_schools: str | Path, out: st
     return write_text(out, both.to_json(drop_id=True))
 
 
-def review_chips(reviewed: str | Path, schools: str | Path, review_labels: str | Path, home_chips: str | Path,
-                 out: str | Path, replay: int = 1, eval_negative_ratio: float | None = 3.0, seed: int = 0,
-                 overwrite: bool = True) -> ChipSummary:
-    """The chips of a fine-tuning: reviewed imagery and a few home towns to train on, home held-out towns to test.
-
-    Chips are cut like the home chips (their size, stride and GSD, from ``dataset.json``): ``schools``
-    (:func:`training_labels`) for the school labels, and a hard-negative chip centred on every place
-    the review rejected (``label=not_school`` of ``review import``'s labels). The training split is the
-    reviewed imagery and ``replay`` home training towns: the old examples keep the model from
-    forgetting the home region while it learns the new one (rehearsal). The home validation and test
-    towns stay the validation and test splits, so that the model is chosen, and its threshold tuned,
-    where it must keep working too; their not_school chips are sampled to ``eval_negative_ratio`` per
-    school chip, which keeps each epoch's validation short.
-
-    Args:
-        reviewed: the reviewed scene(s): a GeoTIFF, a folder of them or a tile folder.
-        schools: the school labels (:func:`training_labels`).
-        review_labels: the labels ``review import`` wrote (its rejected places are the hard negatives).
-        home_chips: the chips the earlier run was trained on (split by scene).
-        out: the chips folder to write.
-        replay: home training towns (the last, by name, whose names differ from the reviewed scenes')
-            trained on again beside the reviewed imagery.
-        eval_negative_ratio: not_school chips per school chip in validation and test; None keeps all.
-        seed: seeds the sampling of the chips.
-        overwrite: replace what an earlier call wrote in ``out``.
-
-    Returns:
-        What :func:`~schoolvision.data.chips.make_chips` wrote.
-    """
-    meta = ChipsFolder(home_chips).read_meta(required=True)
-    home = home_scenes(home_chips)
-    sources = chips_scenes(home_chips)
-    taken = {s.name for s in list_sources([reviewed])}  # scene names must stay unique in one chips folder
-    trained = sorted(n for n, s in meta.get("scenes", {}).items()
-                     if s.get("split") == "train" and n in sources and n not in taken)
-    config = ChipConfig(chip_size=int(meta["chip_size"]), stride=meta.get("stride"), gsd=meta.get("gsd"),
-                        val_scenes=(home["val"].name,), test_scenes=(home["test"].name,),
-                        schools_where="label=school", eval_negative_ratio=eval_negative_ratio, seed=seed)
-    imagery = [reviewed, *(sources[n].path for n in trained[max(0, len(trained) - replay):]), home["val"].path,
-               home["test"].path]
-    return make_chips(imagery, schools, out, config, overwrite=overwrite, negatives=review_labels,
-                      negatives_where="label=not_school")
-
-
 def scan_town(run: str | Path, scene: str | Path, out: str | Path, truth: str | Path,
               registry: str | Path | None = None, match_distance: float = 50.0,
-              device: str = "auto") -> ScanSummary:
-    """Scan one town as chapter 8 does: at the run's tuned threshold, measured against ``truth``.
+              device: str = "auto", threshold: float | None = None) -> ScanSummary:
+    """Scan one town as chapter 8 does: at the run's tuned threshold (or ``threshold``), measured against ``truth``.
 
     ``registry`` adds the registry audit (``scan --registry``); no web map, no progress bar.
     """
     config = ScanConfig(run=Path(run), imagery=[Path(scene)], out_dir=Path(out), schools=Path(truth),
                         registry=None if registry is None else Path(registry), match_distance=match_distance,
-                        device=device, overwrite=True, make_map=False, progress=False)
+                        device=device, threshold=threshold, overwrite=True, make_map=False, progress=False)
     with warnings.catch_warnings():  # a new region is unlike the training data by design: novelty_lines says it
         warnings.filterwarnings("ignore", message=".*look unlike the training data")
         return run_scan(config)
@@ -335,44 +258,3 @@ def registry_review(scan_dir: str | Path, registry_truth: str | Path, answers: p
     return pd.DataFrame({"measure": list(rows), "count": list(rows.values())})
 
 
-def round_table(rounds: dict[str, dict], home_recall: float) -> pd.DataFrame:
-    """Recall and precision of each round's scan of the never-reviewed town, and the recall gap closed.
-
-    Args:
-        rounds: round name -> ``evaluation.json`` of its scan (``ScanFolder.read_evaluation()``), in order;
-            the first is the model before any review.
-        home_recall: recall of the same model at home (chapter 6's scan): the target.
-
-    Returns:
-        One row per round: ``round``, ``schools``, ``candidates``, ``found``, ``recall``, ``precision``,
-        ``gap`` (home recall minus recall) and ``gap_closed`` (share of the first round's gap closed).
-    """
-    rows, first_gap = [], None
-    for name, ev in rounds.items():
-        gap = home_recall - float(ev["recall"])
-        first_gap = gap if first_gap is None else first_gap
-        closed = (first_gap - gap) / first_gap if first_gap and first_gap > 0 else 0.0
-        rows.append({"round": name, "schools": int(ev["schools"]), "candidates": int(ev["candidates"]),
-                     "found": int(ev["true_positives"]), "recall": float(ev["recall"]),
-                     "precision": float(ev["precision"]), "gap": round(gap, 4), "gap_closed": round(closed, 4)})
-    return pd.DataFrame(rows)
-
-
-def write_round(out: str | Path, rounds: pd.DataFrame, mapper: MapperRound, home_recall: float,
-                **context) -> Path:
-    """``review_round.json``: the figures of a review round, for the results page.
-
-    Holds the measured town's recall and precision before and after (the first and last rows of
-    ``rounds``), the home recall, the share of the recall gap closed, the items reviewed and what
-    the mapper answered, and ``context`` (region, order, budget, town names).
-    """
-    first, last = rounds.iloc[0], rounds.iloc[-1]
-    record = {
-        "recall_before": float(first["recall"]), "recall_after": float(last["recall"]),
-        "precision_before": float(first["precision"]), "precision_after": float(last["precision"]),
-        "home_recall": float(home_recall), "gap_closed": float(last["gap_closed"]),
-        "schools": int(last["schools"]), "items_reviewed": mapper.reviewed, "accepted": mapper.schools,
-        "rejected": mapper.not_schools, "schools_found_by_review": mapper.schools_found,
-        "rounds": rounds.to_dict(orient="records"), **context,
-    }
-    return write_json(out, record)
