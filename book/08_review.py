@@ -170,8 +170,7 @@ if on_demo:
     scan_a = simulate.scan_town(
         run_path, scene[town_a].path, out_path / "scan_a", **common, **audit_with
     )
-    home_t = {"home threshold": scan_a.threshold}
-    models = {"home model": run_path}
+    home_t, models = {"home threshold": scan_a.threshold}, {"home model": run_path}
     grid_path = out_path / "grid"
     grid = round_study.threshold_grid(models, home_t, others, out=grid_path, **common)
     shown = ["schools", "candidates", "found", "recall", "precision", "novelty"]
