@@ -104,3 +104,26 @@ def test_plain_pytest_is_fast_and_make_test_and_ci_run_everything(pyproject):
     assert runs_all, "make test must run the slow tests too"
     assert re.search(r"^test: .*\btest-lib\b", (ROOT / "Makefile").read_text(), re.M)
     assert re.search(r'^step "make test" make test$', (ROOT / ".ci" / "run").read_text(), re.M), "CI must run make test"
+
+
+def test_readme_layout_names_every_module_of_the_package():
+    """The README's layout section is the map a new developer reads: every subpackage and module is on it."""
+    readme = (ROOT / "README.md").read_text()
+    block = readme[readme.index("```\nschoolvision/\n"):readme.index("build_tools/book.py")]
+    sections: dict[str, str] = {}
+    current = None
+    for line in block.splitlines()[2:]:
+        head = line[2:].split(" ", 1)[0] if line.startswith("  ") and not line.startswith("   ") else ""
+        if head.endswith("/"):
+            current = head.rstrip("/")
+            sections[current] = ""
+        if current is not None:
+            sections[current] += line + "\n"
+    package = ROOT / "schoolvision"
+    subpackages = {p.parent.name for p in package.glob("*/__init__.py")}
+    assert subpackages <= set(sections), subpackages - set(sections)
+    assert set(sections) <= subpackages, set(sections) - subpackages  # no folder that is gone
+    for name in sorted(subpackages):
+        modules = {p.stem for p in (package / name).glob("*.py")} - {"__init__"}
+        missing = sorted(m for m in modules if name != "commands" and f"{m}.py" not in sections[name])
+        assert not missing, f"README layout: schoolvision/{name}/ does not name {missing}"

@@ -60,14 +60,8 @@ def predict_logits(
     return torch.cat(logits).numpy(), torch.cat(labels).numpy()
 
 
-def predict(
-    model: torch.nn.Module,
-    dataset: Dataset,
-    batch_size: int = 64,
-    device: str | torch.device = "cpu",
-    temperature: float = 1.0,
-    num_workers: int = 0,
-) -> np.ndarray:
+def predict(model: torch.nn.Module, dataset: Dataset, batch_size: int = 64, device: str | torch.device = "cpu",
+            temperature: float = 1.0, num_workers: int = 0) -> np.ndarray:
     """Calibrated P(school) for every item of ``dataset``, in dataset order."""
     device = resolve_device(device) if isinstance(device, str) else device
     model = model.to(device)
