@@ -83,7 +83,7 @@ from schoolvision.plotting import scan as scan_plots
 from schoolvision.plotting.theme import apply_theme
 from schoolvision.review.decisions import import_decisions
 from schoolvision.review.queue import ORDERS, ReviewConfig, build_queue
-from schoolvision.review.retrain import RetrainConfig, retrain
+from schoolvision.rounds.retrain import RetrainConfig, retrain
 
 apply_theme()
 run_path = require(run_dir, "02_training")
@@ -328,7 +328,7 @@ if on_demo:
 #
 # `schoolvision review retrain --queue QUEUE --decisions decisions.geojson --run RUN --out ROUND` turns
 # the decisions into chips and fine-tunes the model, by rules that cannot mislabel
-# (`schoolvision/review/retrain.py`): chips are cut only where the mapper looked (each decided place
+# (`schoolvision/rounds/retrain.py`): chips are cut only where the mapper looked (each decided place
 # and its surroundings), accepted places give school chips, rejected places hard negatives, and
 # `not_school` grid chips come only from neighbourhoods in which every item was rejected; imagery
 # nobody reviewed is never read. A share `replay` of the home training chips is trained on again, so

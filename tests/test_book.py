@@ -66,7 +66,8 @@ def test_cells_only_call_the_library(source):
             f"cell longer than {MAX_CELL_LINES} statements (imports aside):\n{cell}")
 
 
-PRODUCT = ("io", "data", "demo", "model", "train", "explain", "cluster", "scan", "review", "plotting", "commands")
+PRODUCT = ("io", "data", "demo", "model", "train", "explain", "cluster", "scan", "review", "rounds", "plotting",
+           "commands")
 """The library's packages a chapter may import beside the book layer (``schoolvision.book``)."""
 
 

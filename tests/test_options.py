@@ -26,8 +26,8 @@ from schoolvision.model.export import export_deepness
 from schoolvision.review.decisions import import_decisions
 from schoolvision.review.estimate import estimate
 from schoolvision.review.queue import ReviewConfig
-from schoolvision.review.retrain import RetrainConfig
 from schoolvision.review.sample import SampleConfig
+from schoolvision.rounds.retrain import RetrainConfig
 from schoolvision.scan.candidates import MIN_AREA_M2
 from schoolvision.scan.options import ScanOptions
 from schoolvision.scan.runner import ScanConfig

@@ -25,7 +25,7 @@ from schoolvision.book.simulate import simulate_review
 from schoolvision.cli import build_parser, main
 from schoolvision.demo import make_demo
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
-from schoolvision.review.retrain import rounds_table
+from schoolvision.rounds.retrain import rounds_table
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCAN = ["--device", "cpu", "--runtime", "torch", "--no-map"]
@@ -334,7 +334,7 @@ def test_grid_negatives_only_where_every_item_was_rejected():
     """Places along the equator: which rejected neighbourhoods (256 m squares) give not_school grid chips."""
     import pandas as pd
 
-    from schoolvision.review.retrain import neighbourhoods
+    from schoolvision.rounds.retrain import neighbourhoods
 
     metre = 1 / 111_320  # degrees of longitude per metre at the equator
     east = {"a": 0, "b": 100, "c": 300, "d": 600, "e": 630, "f": 2000}

@@ -5,7 +5,7 @@ their chip, grad-CAM and surroundings images, ``review.html``); open ``review.ht
 decide, Export. ``review import decisions.geojson --queue DIR --out LABELS`` writes the decisions as
 school and hard-negative points (:mod:`schoolvision.review.decisions`). ``review retrain --queue DIR --decisions
 FILE --run RUN --out ROUND`` cuts chips where a person looked and fine-tunes RUN into ``ROUND/run``
-(:mod:`schoolvision.review.retrain`).
+(:mod:`schoolvision.rounds.retrain`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from schoolvision.errors import UserError
 from schoolvision.io.folders import ReviewFolder
 from schoolvision.review.decisions import import_decisions
 from schoolvision.review.queue import ORDERS, RULES, ReviewConfig, build_queue
-from schoolvision.review.retrain import RetrainConfig, retrain
 from schoolvision.review.sample import SampleConfig, sample_items
+from schoolvision.rounds.retrain import RetrainConfig, retrain
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         description="Cut chips where a person looked (accepted places: schools; rejected: hard "
                                     "negatives; not_school grid chips only from rejected neighbourhoods no other item "
                                     "touches), replay the home run's train chips, keep its val and test splits, "
-                                    "fine-tune the run; print before / after. Rules: schoolvision.review.retrain.")
+                                    "fine-tune the run; print before / after. Rules: schoolvision.rounds.retrain.")
     rt.add_argument("--queue", required=True, type=Path, help="the review queue folder (review build --out)")
     rt.add_argument("--decisions", required=True, type=Path, help="decisions.geojson exported from its review.html")
     rt.add_argument("--run", required=True, type=Path, help="the run that made the scan (the home run)")

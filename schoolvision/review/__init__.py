@@ -2,6 +2,6 @@
 
 ``schoolvision review build`` (:mod:`~schoolvision.review.queue`) writes the queue and its offline
 page (:mod:`~schoolvision.review.page`); ``review import`` (:mod:`~schoolvision.review.decisions`)
-reads the decisions back; ``review retrain`` (:mod:`~schoolvision.review.retrain`) turns them into chips where a
+reads the decisions back; ``review retrain`` (:mod:`~schoolvision.rounds.retrain`) turns them into chips where a
 person looked and fine-tunes the run.
 """
