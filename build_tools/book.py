@@ -404,6 +404,50 @@ def flat_parameters(profile: str, chapter: str, root: Path | None = None) -> str
     return yaml.safe_dump(copy.deepcopy(params), sort_keys=True)
 
 
+def glued_values(notebook_text: str) -> dict[str, Any]:
+    """The values a notebook glued (papermill/scrapbook records), by name, from its JSON text."""
+    import ast
+
+    import nbformat
+
+    values = {}
+    for cell in nbformat.reads(notebook_text, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            name = output.get("metadata", {}).get("scrapbook", {}).get("name")
+            text = output.get("data", {}).get("application/papermill.record/text/plain")
+            if name and text is not None:
+                try:
+                    values[name] = ast.literal_eval(text)
+                except (ValueError, SyntaxError):
+                    values[name] = text
+    return values
+
+
+def reproduced(ref: str = "HEAD", profile: str = "cpu", root: Path | None = None) -> dict[str, Any]:
+    """This machine's chapter 2 run against the committed chapter 2's printed intervals (AUPRC and F1).
+
+    The committed notebook is read from git (``ref``), the run from the profile's ``run_dir``: after
+    ``make book`` on another machine, it says whether the same recipe landed inside the book's intervals.
+    """
+    import subprocess
+
+    from schoolvision.io.folders import RunFolder
+
+    root = root or repo_root()
+    text = subprocess.run(["git", "show", f"{ref}:book/02_training.ipynb"], cwd=root, check=True,
+                          capture_output=True, text=True).stdout
+    book = glued_values(text)
+    run_dir = chapter_parameters(profile_path(profile, root), "02_training").get("run_dir", "runs/quick")
+    metrics = RunFolder(root / run_dir).read_metrics("test")
+    report: dict[str, Any] = {"run": str(run_dir), "precision": metrics.get("training_precision")}
+    for key in ("auprc", "f1"):
+        low, high = book[f"ch2_{key}_lo"], book[f"ch2_{key}_hi"]
+        value = float(metrics[key])
+        report[key] = {"here": round(value, 4), "book": round(float(book[f"ch2_test_{key}"]), 4),
+                       "interval": [round(low, 4), round(high, 4)], "inside": low - 1e-9 <= value <= high + 1e-9}
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m build_tools.book", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,6 +465,9 @@ def main(argv: list[str] | None = None) -> int:
     p_check.add_argument("--executed", action="store_true", help="also check outputs of executed notebooks")
     sub.add_parser("list", help="print the notebooks in _toc.yml order")
     sub.add_parser("profile", help="print the profile `auto` picks on this machine")
+    p_repro = sub.add_parser("reproduced", help="this machine's chapter 2 run against the committed intervals (JSON)")
+    p_repro.add_argument("--ref", default="HEAD", help="the commit whose chapter 2 is the reference (default: HEAD)")
+    p_repro.add_argument("--profile", default="cpu", help="the profile whose run_dir holds this machine's run")
     args = parser.parse_args(argv)
     try:
         if args.command == "sync":
@@ -440,6 +487,8 @@ def main(argv: list[str] | None = None) -> int:
             print(" ".join(str(notebook_of(s).relative_to(root)) for s in chapter_sources(root)))
         elif args.command == "profile":
             print(detect_profile())
+        elif args.command == "reproduced":
+            print(json.dumps(reproduced(args.ref, args.profile)))
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

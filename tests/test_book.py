@@ -477,3 +477,34 @@ def test_claims_on_values_a_build_did_not_make_are_not_measured(capsys):
     assert notebook.check_claims({"a": 1.0}, {"a is positive": "a > 0", "b is small": "b < 1"})
     assert capsys.readouterr().out == "holds: a is positive\nnot measured here: b is small\n"
     assert not notebook.check_claims({"a": 1.0}, {"a is negative": "a < 0"})
+
+
+def test_reproduced_reads_the_committed_intervals_and_this_machines_run(tmp_path):
+    """``build_tools.book reproduced``: the committed chapter 2's glued intervals against the run on disk."""
+    import subprocess
+
+    from build_tools.book import glued_values, reproduced
+
+    def record(name, value):
+        return {"output_type": "display_data", "metadata": {"scrapbook": {"name": name}},
+                "data": {"application/papermill.record/text/plain": repr(value)}}
+
+    glued = {"ch2_test_auprc": 0.95, "ch2_auprc_lo": 0.9, "ch2_auprc_hi": 0.99, "ch2_test_f1": 0.8, "ch2_f1_lo": 0.7,
+             "ch2_f1_hi": 0.9, "ch2_training_precision": "fp32"}
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("glue")
+    cell.outputs = [nbformat.from_dict(record(k, v)) for k, v in glued.items()]
+    nb.cells = [cell]
+    (tmp_path / "book" / "params").mkdir(parents=True)
+    (tmp_path / "book" / "02_training.ipynb").write_text(nbformat.writes(nb))
+    (tmp_path / "book" / "params" / "cpu.yaml").write_text("common:\n  run_dir: runs/here\n")
+    assert glued_values((tmp_path / "book" / "02_training.ipynb").read_text()) == glued
+    git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "book"], check=True)
+    (tmp_path / "runs" / "here").mkdir(parents=True)
+    (tmp_path / "runs" / "here" / "metrics.json").write_text(json.dumps({"auprc": 0.93, "f1": 0.95}))
+    report = reproduced(root=tmp_path)
+    assert report["auprc"]["inside"] and report["auprc"]["interval"] == [0.9, 0.99]
+    assert not report["f1"]["inside"] and report["f1"]["here"] == 0.95  # above the book's interval
