@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import geopandas as gpd
 import numpy as np
@@ -186,3 +187,29 @@ def test_no_chip_at_all_is_an_error_naming_each_scene(tmp_path, capsys, one_town
     assert_refused(rc, err, out, tiny.stem)
     assert err.strip().endswith("error: no chip cut from the imagery: tiny: scene of 48 x 48 m gave no chip: "
                                 "smaller than one 64 px chip; use a smaller --chip-size or --gsd"), err
+
+
+def test_check_ranges_names_the_option_and_refuses_what_its_rule_refuses():
+    from dataclasses import dataclass
+
+    from schoolvision.errors import UserError, check_ranges
+
+    @dataclass
+    class Options:
+        stride: int = 8
+        threshold: float = 0.5
+        min_area_m2: float = 0.0
+        variance: float = 1.0
+        seeds: int | None = None  # None passes: it means "the default"
+
+    rules = ("--stride >= 1", "--threshold in (0, 1)", "--min-area (min_area_m2) >= 0", "--variance in (0, 1]",
+             "seeds >= 0")
+    check_ranges(Options(), *rules)
+    for bad, message in ((Options(stride=0), "--stride must be >= 1, got 0"),
+                         (Options(threshold=1.0), "--threshold must be in (0, 1), got 1"),
+                         (Options(min_area_m2=-1), "--min-area must be >= 0, got -1"),
+                         (Options(variance=0.0), "--variance must be in (0, 1], got 0")):
+        with pytest.raises(UserError, match=re.escape(message)):
+            check_ranges(bad, *rules)
+    with pytest.raises(ValueError, match="not a range rule"):
+        check_ranges(Options(), "--stride at least 1")

@@ -502,8 +502,12 @@ ALLOWED[("review", "schoolvision.data.plan")] = (
 ALLOWED[("review", "schoolvision.train.fit")] = (
     {"--backbone", "--image-size", "--init-from", "--resume"},
     "review retrain fine-tunes with the home run's backbone and input size, which `train` validated")
-for _module in ("schoolvision.train.config", "schoolvision.train.state"):
-    ALLOWED[("review", _module)] = ({"--precision"}, "review retrain fine-tunes in the default precision")
+ALLOWED[("review", "schoolvision.train.state")] = (
+    {"--precision"}, "review retrain fine-tunes in the default precision")
+ALLOWED[("review", "schoolvision.train.config")] = (
+    {"--precision", "--beta", "--freeze-epochs", "--image-size", "--num-workers", "--patience"},
+    "review retrain fine-tunes with the home run's backbone, input size and training settings, which `train` "
+    "validated, in the default precision")
 ALLOWED[("review", "schoolvision.train.evaluation")] = (
     {"--n-boot"}, "EvalConfig is built by `evaluate` only")
 for _command_name in ("explain", "cluster", "review"):
@@ -570,6 +574,8 @@ def _messages(name: str) -> list[tuple[int, str]]:
         func = node.func.id if isinstance(node.func, ast.Name) else getattr(node.func, "attr", "")
         if func in ("UserError", "check_range") and node.args:
             found += [(node.lineno, t) for t in texts(node.args[0])]
+        if func == "check_ranges":  # check_ranges(config, "--stride >= 1", ...): each rule names its option
+            found += [(node.lineno, t) for arg in node.args[1:] for t in texts(arg)]
         found += [(node.lineno, t) for kw in node.keywords if kw.arg == "message" for t in texts(kw.value)]
     return found
 

@@ -24,7 +24,7 @@ from sklearn.mixture import GaussianMixture
 from threadpoolctl import threadpool_limits
 
 from schoolvision.data.places import distinct_places
-from schoolvision.errors import UserError, check_range
+from schoolvision.errors import UserError, check_range, check_ranges
 
 METHODS = ("kmeans", "gmm", "hdbscan")
 
@@ -54,16 +54,11 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.k != "auto":
             check_range("--k", self.k, minimum=2)
-        check_range("--k-min", self.k_min, minimum=2)
+        check_ranges(self, "--k-min >= 2")
         check_range("--k-max", self.k_max, minimum=self.k_min)
-        check_range("--variance", self.variance, above=0, maximum=1)
-        check_range("--max-dims", self.max_dims, minimum=1)
-        check_range("--min-cluster-share", self.min_cluster_share, minimum=0, below=1)
-        check_range("--min-cluster-size", self.min_cluster_size, minimum=2)
-        check_range("--stability-seeds", self.stability_seeds, minimum=0)
-        check_range("clip", self.clip, above=0)
-        check_range("silhouette_sample", self.silhouette_sample, minimum=2)
-        check_range("threads", self.threads, minimum=1)
+        check_ranges(self, "--variance in (0, 1]", "--max-dims >= 1", "--min-cluster-share in [0, 1)",
+                     "--min-cluster-size >= 2", "--stability-seeds >= 0", "clip > 0", "silhouette_sample >= 2",
+                     "threads >= 1")
 
 
 @dataclass

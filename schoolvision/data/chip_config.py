@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 
-from schoolvision.errors import UserError, check_range
+from schoolvision.errors import UserError, check_ranges
 from schoolvision.io.imagery import (
     parse_scale,
 )
@@ -55,18 +55,10 @@ class ChipConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        check_range("--chip-size", self.chip_size, minimum=32)
-        check_range("--stride", self.stride, minimum=1)
-        check_range("--gsd", self.gsd, above=0)
-        check_range("--point-buffer", self.point_buffer_m, minimum=0)
-        check_range("--negative-ratio", self.negative_ratio, above=0)
-        check_range("eval_negative_ratio", self.eval_negative_ratio, above=0)
-        for name in ("min_school_fraction", "min_chip_cover"):
-            check_range(name, getattr(self, name), above=0, maximum=1)
-        check_range("max_nodata_fraction", self.max_nodata_fraction, minimum=0, maximum=1)
-        check_range("centred_views", self.centred_views, minimum=0)
-        check_range("jitter", self.jitter, minimum=0, maximum=0.5)
-        check_range("--block-size", self.block_size, above=0)
+        check_ranges(self, "--chip-size >= 32", "--stride >= 1", "--gsd > 0", "--point-buffer (point_buffer_m) >= 0",
+                     "--negative-ratio > 0", "eval_negative_ratio > 0", "min_school_fraction in (0, 1]",
+                     "min_chip_cover in (0, 1]", "max_nodata_fraction in [0, 1]", "centred_views >= 0",
+                     "jitter in [0, 0.5]", "--block-size > 0")
         if self.crs is not None:
             try:
                 self.crs = CRS.from_user_input(self.crs).to_string()

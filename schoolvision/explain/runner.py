@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from schoolvision import CLASSES, SCHOOL
 from schoolvision.data.dataset import ChipDataset
 from schoolvision.data.places import distinct_places
-from schoolvision.errors import UserError, check_range
+from schoolvision.errors import UserError, check_ranges
 from schoolvision.explain.faithfulness import baseline_maps, energy_share, pointing_game, road_drop, summarise
 from schoolvision.explain.layers import resolve_layer
 from schoolvision.explain.maps import overlay_rgb, resize_maps
@@ -76,11 +76,8 @@ class ExplainConfig:
     runtime: str = "auto"  # forward passes (P(school), ROAD); gradients always run in torch
 
     def __post_init__(self) -> None:
-        check_range("--limit", self.limit, minimum=1)
-        check_range("--batch-size", self.batch_size, minimum=1)
-        check_range("--shap-nsamples", self.shap_nsamples, minimum=1)
-        check_range("background_size", self.background_size, minimum=1)
-        check_range("gallery_size", self.gallery_size, minimum=0)
+        check_ranges(self, "--limit >= 1", "--batch-size >= 1", "--shap-nsamples >= 1", "background_size >= 1",
+                     "gallery_size >= 0")
 
 
 class GalleryItem(NamedTuple):

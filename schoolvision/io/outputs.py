@@ -150,6 +150,16 @@ def folder_file(name: str, doc: str) -> property:
     return property(lambda self: self.root / name, doc=doc)
 
 
+def folder_pattern(pattern: str, doc: str):
+    """A method ``(key) -> Path``: the path ``pattern.format(key)`` in the folder (one file per scene, fold ...)."""
+
+    def path(self, key) -> Path:
+        return self.root / pattern.format(key)
+
+    path.__doc__ = doc
+    return path
+
+
 class Folder:
     """A folder one stage writes; subclasses name its files and read and write them."""
 

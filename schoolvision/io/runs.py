@@ -12,7 +12,15 @@ import pandas as pd
 
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import atomic_path, write_json
-from schoolvision.io.outputs import Folder, folder_file, read_csv_table, read_json, read_json_object, require_columns
+from schoolvision.io.outputs import (
+    Folder,
+    folder_file,
+    folder_pattern,
+    read_csv_table,
+    read_json,
+    read_json_object,
+    require_columns,
+)
 
 _TRAIN = "train a model first: schoolvision train --chips DIR --out RUN"
 
@@ -39,13 +47,9 @@ class RunFolder(Folder):
     tensorboard = folder_file(TENSORBOARD, "The TensorBoard event folder.")
     predictions_path = folder_file(PREDICTIONS, "``predictions.csv``.")
 
-    def fold(self, n: int) -> Path:
-        """``fold_<n>``: the run folder of fold ``n`` (from 1) of a cross-validation (``train --folds``)."""
-        return self.root / f"fold_{n}"
-
-    def fold_chips(self, n: int) -> Path:
-        """``chips_fold_<n>``: the chips index fold ``n`` was trained on (the chips themselves stay in place)."""
-        return self.root / f"chips_fold_{n}"
+    fold = folder_pattern("fold_{}", "``fold_<n>``: the run folder of fold ``n`` (from 1) of ``train --folds``.")
+    fold_chips = folder_pattern("chips_fold_{}", "``chips_fold_<n>``: the chips index fold ``n`` was trained on "
+                                "(the chips themselves stay in place).")
 
     def is_cross_validation(self) -> bool:
         """True for the folder of ``train --folds`` (its ``metrics.json`` has one row per fold)."""

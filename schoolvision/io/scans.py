@@ -17,7 +17,14 @@ from rasterio.errors import RasterioIOError
 
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import write_json, write_text
-from schoolvision.io.outputs import Folder, folder_file, read_csv_table, read_json_object, require_columns
+from schoolvision.io.outputs import (
+    Folder,
+    folder_file,
+    folder_pattern,
+    read_csv_table,
+    read_json_object,
+    require_columns,
+)
 from schoolvision.io.vectors import read_layer, write_vectors
 
 _SCAN = "scan first: schoolvision scan --run RUN --imagery ... --out DIR"
@@ -48,13 +55,9 @@ class ScanFolder(Folder):
     candidates_path = folder_file(CANDIDATES, "``candidates.gpkg``.")
     evaluation_path = folder_file(EVALUATION, "``evaluation.json``.")
 
-    def probability_path(self, scene: str) -> Path:
-        """Where the probability raster of ``scene`` goes."""
-        return self.root / f"{scene}{PROBABILITY_SUFFIX}"
-
-    def novelty_path(self, scene: str) -> Path:
-        """Where the novelty raster (trust map) of ``scene`` goes, on the probability raster's grid."""
-        return self.root / f"{scene}{NOVELTY_SUFFIX}"
+    probability_path = folder_pattern("{}" + PROBABILITY_SUFFIX, "Where the probability raster of a scene goes.")
+    novelty_path = folder_pattern("{}" + NOVELTY_SUFFIX, "Where the novelty raster (trust map) of a scene goes, on "
+                                  "the probability raster's grid.")
 
     def probability_paths(self) -> dict[str, Path]:
         """Scene name -> probability raster of every scanned scene, sorted by name."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from schoolvision.errors import check_range
+from schoolvision.errors import check_ranges
 from schoolvision.scan.candidates import MIN_AREA_M2
 
 
@@ -33,10 +33,5 @@ class ScanOptions:
     progress: bool = True  # progress bars
 
     def __post_init__(self) -> None:
-        check_range("--stride", self.stride, minimum=1)
-        check_range("--batch-size", self.batch_size, minimum=1)
-        check_range("--threshold", self.threshold, above=0, below=1)
-        check_range("--match-distance", self.match_distance, above=0)
-        check_range("--min-area", self.min_area_m2, minimum=0)
-        check_range("--min-separation", self.min_separation, minimum=0)
-        check_range("prefetch_depth", self.prefetch_depth, minimum=0)
+        check_ranges(self, "--stride >= 1", "--batch-size >= 1", "--threshold in (0, 1)", "--match-distance > 0",
+                     "--min-area (min_area_m2) >= 0", "--min-separation >= 0", "prefetch_depth >= 0")

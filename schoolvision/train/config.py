@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from schoolvision.errors import UserError, check_range
+from schoolvision.errors import UserError, check_ranges
 
 MIN_EVAL_SCHOOL_CHIPS = 20
 """``train`` warns when the validation or test split holds fewer school chips: the model is chosen, its threshold
@@ -58,21 +58,9 @@ class TrainConfig:
         self.out_dir = Path(self.out_dir)
         if self.init_from is not None:
             self.init_from = Path(self.init_from)
-        for option, value, rule in (
-            ("--epochs", self.epochs, {"minimum": 1}),
-            ("--batch-size", self.batch_size, {"minimum": 1}),
-            ("--lr", self.lr, {"above": 0}),
-            ("--image-size", self.image_size, {"minimum": 32}),
-            ("--freeze-epochs", self.freeze_backbone_epochs, {"minimum": 0}),
-            ("--beta", self.threshold_beta, {"above": 0}),
-            ("--patience", self.patience, {"minimum": 1}),
-            ("--num-workers", self.num_workers, {"minimum": 0}),
-            ("weight_decay", self.weight_decay, {"minimum": 0}),
-            ("warmup_epochs", self.warmup_epochs, {"minimum": 0}),
-            ("log_every", self.log_every, {"minimum": 1}),
-            ("n_boot", self.n_boot, {"minimum": 1}),
-        ):
-            check_range(option, value, **rule)
+        check_ranges(self, "--epochs >= 1", "--batch-size >= 1", "--lr > 0", "--image-size >= 32",
+                     "--freeze-epochs (freeze_backbone_epochs) >= 0", "--beta (threshold_beta) > 0", "--patience >= 1",
+                     "--num-workers >= 0", "weight_decay >= 0", "warmup_epochs >= 0", "log_every >= 1", "n_boot >= 1")
         if self.precision not in PRECISIONS:
             raise UserError(f"--precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
 
