@@ -127,3 +127,14 @@ def test_readme_layout_names_every_module_of_the_package():
         modules = {p.stem for p in (package / name).glob("*.py")} - {"__init__"}
         missing = sorted(m for m in modules if name != "commands" and f"{m}.py" not in sections[name])
         assert not missing, f"README layout: schoolvision/{name}/ does not name {missing}"
+
+
+def test_package_data_ships_every_data_file_the_package_reads(pyproject):
+    """A data file the code opens (the demo's regions.toml) is in the package data, or a wheel install breaks."""
+    patterns = pyproject["tool"]["setuptools"]["package-data"]["schoolvision"]
+    package = ROOT / "schoolvision"
+    data = [p for p in package.rglob("*") if p.is_file() and p.suffix in {".toml", ".json", ".yaml", ".csv"}]
+    assert data, "the demo's regions.toml should be found"
+    for path in data:
+        rel = path.relative_to(package)
+        assert any(rel.match(pattern) for pattern in patterns), f"{rel} is not in [tool.setuptools.package-data]"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -11,7 +12,7 @@ from matplotlib.figure import Figure
 from schoolvision.cluster.algorithms import METHODS, ClusterConfig
 from schoolvision.cluster.embeddings import SPLIT_CHOICES, SUBSETS, VIEWS
 from schoolvision.cluster.runner import ClusterReport, ClusterRunConfig, cluster_chips, read_scene_previews
-from schoolvision.commands import OVERWRITE_HELP, default_of
+from schoolvision.commands import OVERWRITE_HELP, config_from_args, default_of
 from schoolvision.errors import UserError
 from schoolvision.io.atomic import atomic_path
 from schoolvision.model.runtime import RUNTIME_CHOICES
@@ -101,36 +102,14 @@ def _k(value: str) -> int | str:
         raise UserError(f"--k must be 'auto' or an integer, got {value!r}") from None
 
 
+RENAMED = {"chips": "chips_dir", "out": "out_dir", "cache": "cache_dir", "cams": "cams_dir"}
+"""Option ``dest`` -> field of :class:`ClusterRunConfig`, where the option's name is shorter."""
+
+
 def run(args: argparse.Namespace) -> int:
-    clustering = ClusterConfig(
-        method=args.method,
-        k=_k(args.k),
-        k_min=args.k_min,
-        k_max=args.k_max,
-        variance=args.variance,
-        max_dims=args.max_dims,
-        min_cluster_share=args.min_cluster_share,
-        min_cluster_size=args.min_cluster_size,
-        stability_seeds=args.stability_seeds,
-        tsne=not args.no_tsne,
-        seed=args.seed,
-    )
-    config = ClusterRunConfig(
-        run=args.run,
-        chips_dir=args.chips,
-        out_dir=args.out,
-        subset=args.subset,
-        split=args.split,
-        view=args.view,
-        clustering=clustering,
-        device=args.device,
-        batch_size=args.batch_size,
-        cache_dir=args.cache,
-        cams_dir=args.cams,
-        gradcam=not args.no_gradcam,
-        overwrite=args.overwrite,
-        runtime=args.runtime,
-    )
+    clustering = config_from_args(ClusterConfig, args, negated={"no_tsne": "tsne"}, parsed={"k": _k})
+    config = config_from_args(ClusterRunConfig, args, renamed=RENAMED, negated={"no_gradcam": "gradcam"})
+    config = dataclasses.replace(config, clustering=clustering)
     report = cluster_chips(config, save_figures=lambda r: write_figures(r, config.chips_dir, config.gallery_size))
     s = report.summary
     print(report.result.k_selection.drop(columns="method").round(3).to_string(index=False))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from schoolvision.commands import OVERWRITE_HELP, default_of
+from schoolvision.commands import OVERWRITE_HELP, config_from_args, default_of
 from schoolvision.explain.faithfulness import format_table
 from schoolvision.explain.methods import METHODS
 from schoolvision.explain.runner import ExplainConfig, ExplainSummary, explain_chips
@@ -60,24 +60,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help=OVERWRITE_HELP)
 
 
+def _methods(value: str) -> list[str]:
+    """``--method``: ``all`` or a comma-separated list of method names."""
+    return list(METHODS) if value == "all" else [m.strip() for m in value.split(",") if m.strip()]
+
+
 def run(args: argparse.Namespace) -> int:
-    methods = list(METHODS) if args.method == "all" else [m.strip() for m in args.method.split(",") if m.strip()]
-    config = ExplainConfig(
-        run=args.run,
-        chips_dir=args.chips,
-        out_dir=args.out,
-        methods=methods,
-        split=args.split,
-        limit=args.limit,
-        layer=args.layer,
-        target_class=args.target_class,
-        batch_size=args.batch_size,
-        device=args.device,
-        seed=args.seed,
-        shap_nsamples=args.shap_nsamples,
-        overwrite=args.overwrite,
-        runtime=args.runtime,
-    )
+    config = config_from_args(ExplainConfig, args, renamed={"chips": "chips_dir", "out": "out_dir",
+                                                            "method": "methods"}, parsed={"methods": _methods})
     summary = explain_chips(config)
     write_galleries(summary)
     outcomes = ", ".join(f"{k} {v}" for k, v in summary.outcomes.items())
