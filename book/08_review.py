@@ -449,7 +449,7 @@ ok = check_claims(
 #     papermill book/08_review.ipynb /tmp/08u.ipynb -p k 5 -p order uncertainty \
 #         -p out_dir /tmp/review_u
 #
-# The budget table above says how many schools each order has found after 5 items; the round learns
+# The budget table above says how many schools each order has found after `k` items; the round learns
 # from those schools and from the look-alikes it rejected. Compare the two runs' tables of the towns
 # nobody reviewed, each model at its own threshold and at the other's.
 # ```
