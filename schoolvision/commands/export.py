@@ -15,15 +15,8 @@ from pathlib import Path
 from schoolvision.commands import default_of
 from schoolvision.errors import UserError, check_range
 from schoolvision.io.folders import RunFolder, check_inputs, sha256
+from schoolvision.model import export as onnx
 from schoolvision.model.checkpoint import load_classifier
-from schoolvision.model.export import (
-    deepness_resolution,
-    export_deepness,
-    export_onnx,
-    require_onnx,
-    threshold_percent,
-    write_deepness_style,
-)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,7 +30,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "style and the Segmentor <name>_segmentor.onnx are written beside it",
     )
     parser.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the run's)")
-    overlap = default_of(export_deepness, "overlap")
+    overlap = default_of(onnx.export_deepness, "overlap")
     parser.add_argument(
         "--tiles-overlap",
         type=int,
@@ -59,7 +52,7 @@ def deepness_files(deepness: Path) -> dict[str, Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    require_onnx()
+    onnx.require_onnx()
     out, deepness = args.out, args.deepness or deepness_path(args.out)
     if out.suffix != ".onnx" or deepness.suffix != ".onnx":
         raise UserError("output files must end in .onnx", out if out.suffix != ".onnx" else deepness)
@@ -81,12 +74,12 @@ def run(args: argparse.Namespace) -> int:
     model, meta = load_classifier(checkpoint)
     size = int(args.image_size or meta.image_size)
     sha = sha256(checkpoint)
-    export_onnx(model, meta, out, size, sha256=sha)
-    export_deepness(model, meta, deepness, size, sha256=sha, overlap=args.tiles_overlap)
-    write_deepness_style(meta, files["style"])
-    export_deepness(model, meta, files["segmentor"], size, sha256=sha, overlap=args.tiles_overlap,
+    onnx.export_onnx(model, meta, out, size, sha256=sha)
+    onnx.export_deepness(model, meta, deepness, size, sha256=sha, overlap=args.tiles_overlap)
+    onnx.write_deepness_style(meta, files["style"])
+    onnx.export_deepness(model, meta, files["segmentor"], size, sha256=sha, overlap=args.tiles_overlap,
                     model_type="Segmentor")
-    resolution = deepness_resolution(meta, size)
+    resolution = onnx.deepness_resolution(meta, size)
     where = f"{resolution:g} cm/pixel" if resolution is not None else "a resolution to set in Deepness (no GSD)"
     t = meta.threshold
     print(
@@ -94,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         f"temperature {meta.temperature:.3f})"
     )
     print(
-        f"wrote {deepness} (Deepness Regressor: P(school) in percent, school from {threshold_percent(t)}; "
+        f"wrote {deepness} (Deepness Regressor: P(school) in percent, school from {onnx.threshold_percent(t)}; "
         f"tiles {size} px at {where}, {args.tiles_overlap}% overlap) and its style {files['style'].name}"
     )
     print(f"wrote {files['segmentor']} (Deepness Segmentor: school where P(school) > {t:.3f})")
