@@ -146,11 +146,16 @@ class ProbabilityField:
         parts, n = ndimage.label(self.logit > low, structure=EIGHT)
         boxes = ndimage.find_objects(parts)
         whole = n > 256 or sum((r.stop - r.start) * (c.stop - c.start) for r, c in boxes) > 0.9 * self.logit.size
-        peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
         if self.min_separation > 0:
-            # the fine log-odds equal the capped ones below SATURATION: the same parts hold their h-maxima
-            candidates = self._h_maxima(self.surface, SEPARATED_DIP, low, parts, boxes, whole)
+            # the fine log-odds equal the capped ones below SATURATION: the same parts hold their h-maxima;
+            # the two searches run side by side (the sort and skimage's loop release the GIL)
+            with ThreadPoolExecutor(1) as pool:
+                fine = pool.submit(self._h_maxima, self.surface, SEPARATED_DIP, low, parts, boxes, whole)
+                peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
+                candidates = fine.result()
             peaks = separated_peaks(peaks, candidates, self.surface, self.min_separation / _pixel_size(self.transform))
+        else:
+            peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
         self._peaks = (floor, peaks)
         return peaks
 

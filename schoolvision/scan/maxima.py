@@ -30,16 +30,14 @@ def separated_peaks(peaks: np.ndarray, candidates: np.ndarray, level: np.ndarray
     spots, k = ndimage.label(candidates, structure=EIGHT)
     if k < 2:
         return peaks
+    top, first, centres = _spot_stats(spots, k, level)
     index = np.arange(1, k + 1)
-    top = ndimage.maximum(level, spots, index)
-    centres = np.asarray(ndimage.center_of_mass(np.ones(spots.shape), spots, index), float).reshape(k, 2)
     tree, kept, near = cKDTree(centres), np.zeros(k, bool), np.zeros(k, bool)
     for i in np.lexsort((index, -top)):  # strongest first, ties in raster order
         if not near[i]:
             kept[i] = True
             near[tree.query_ball_point(centres[i], np.nextafter(separation_px, 0))] = True
     plateaus, _ = ndimage.label(peaks, structure=EIGHT)
-    first = np.asarray(ndimage.maximum_position(level, spots, index)).reshape(k, 2)
     holder = plateaus[first[:, 0], first[:, 1]]  # the plateau of ``peaks`` holding each candidate (0: none)
     holds = np.bincount(holder[kept], minlength=plateaus.max() + 1)
     holds[0] = 0
@@ -47,6 +45,27 @@ def separated_peaks(peaks: np.ndarray, candidates: np.ndarray, level: np.ndarray
     chosen = kept & ((holder == 0) | (holds[holder] > 1))
     lut = np.concatenate([[False], chosen])
     return (peaks & ~split) | lut[spots]
+
+
+def _spot_stats(spots: np.ndarray, k: int, level: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per spot ``1..k``: its highest ``level``, the (row, col) of its first pixel there, its centre (row, col).
+
+    From the spots' own pixels only (a few thousand of millions): ndimage's ``maximum`` and
+    ``maximum_position`` each sort the whole raster. Ties go to the first pixel in raster order.
+    """
+    flat = np.flatnonzero(spots)
+    label = spots.ravel()[flat]
+    values = level.ravel()[flat]
+    top = np.full(k + 1, -np.inf)
+    np.maximum.at(top, label, values)
+    at_top = values == top[label]
+    _, where = np.unique(label[at_top], return_index=True)  # ``flat`` is in raster order: the first one
+    first = np.column_stack(np.divmod(flat[at_top][where], spots.shape[1]))
+    rows, cols = np.divmod(flat, spots.shape[1])
+    counts = np.bincount(label, minlength=k + 1)[1:]
+    sums = [np.bincount(label, weights, k + 1)[1:] for weights in (rows, cols)]
+    centres = np.column_stack(sums) / counts[:, None]
+    return top[1:], first, centres
 
 
 def h_maxima(image: np.ndarray, h: float) -> np.ndarray:

@@ -14,9 +14,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 import re
 import warnings
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from importlib import resources
 from pathlib import Path
 
@@ -242,16 +244,23 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
     trust = [s for s in list(scenes)[:max_overlays] if getattr(s, "novelty", None) and Path(s.novelty).is_file()]
     g_novelty = folium.FeatureGroup(name="novelty (unlike the training data)", show=False).add_to(m) if trust else None
     bounds_all = []
-    for s in list(scenes)[:max_overlays]:
+    shown = list(scenes)[:max_overlays]
+
+    def scene_overlay(s) -> tuple[str, list]:
         with scene_grid(sources[s.scene]) as ds:
-            uri, bounds = scene_png(ds, max_side)
-        folium.raster_layers.ImageOverlay(uri, bounds=bounds, name=s.scene, interactive=False).add_to(g_scene)
-        uri, bounds = probability_png(s.probability, max_side)
-        folium.raster_layers.ImageOverlay(uri, bounds=bounds, opacity=0.6, name=f"P {s.scene}").add_to(g_prob)
-        bounds_all.append(bounds)
-    for s in trust:
-        uri, bounds = novelty_png(s.novelty, max_side)
-        folium.raster_layers.ImageOverlay(uri, bounds=bounds, name=f"novelty {s.scene}").add_to(g_novelty)
+            return scene_png(ds, max_side)
+
+    # each overlay is warped and encoded on its own thread (GDAL and the encoders release the GIL)
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        images = pool.map(scene_overlay, shown)
+        probabilities = pool.map(lambda s: probability_png(s.probability, max_side), shown)
+        novelties = pool.map(lambda s: novelty_png(s.novelty, max_side), trust)
+        for s, (uri, bounds), (p_uri, p_bounds) in zip(shown, images, probabilities):
+            folium.raster_layers.ImageOverlay(uri, bounds=bounds, name=s.scene, interactive=False).add_to(g_scene)
+            folium.raster_layers.ImageOverlay(p_uri, bounds=p_bounds, opacity=0.6, name=f"P {s.scene}").add_to(g_prob)
+            bounds_all.append(p_bounds)
+        for s, (uri, bounds) in zip(trust, novelties):
+            folium.raster_layers.ImageOverlay(uri, bounds=bounds, name=f"novelty {s.scene}").add_to(g_novelty)
     layers = dict(evaluation_layers or {})
     fa = layers.get("false_alarms")
     matched = {}
