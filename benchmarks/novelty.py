@@ -162,8 +162,8 @@ def separation(rows: list[dict], home: str, key: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", type=Path, default=Path("/work/cache/run"))
-    parser.add_argument("--chips", type=Path, default=Path("/work/cache/chips"))
+    parser.add_argument("--run", type=Path, default=Path("runs/quick"), help="the CLI-default run (chapter 2)")
+    parser.add_argument("--chips", type=Path, default=Path("data/chips"), help="its chips (chapter 1)")
     parser.add_argument("--work", type=Path, default=Path("/tmp/novelty-bench"))
     parser.add_argument("--regions", nargs="+", default=["rural", "urban", "arid"], help="the first is home")
     parser.add_argument("--towns", type=int, default=3)

@@ -128,6 +128,38 @@ def test_read_probability_decimates_big_rasters(tmp_path):
     assert np.nanmax(prob) > 0.8
 
 
+def test_a_scan_raster_is_read_at_a_sixteenth_of_its_window_stride(tmp_path):
+    import rasterio
+
+    from schoolvision.io.scans import STRIDE_TAG
+    from schoolvision.scan.candidates import FIELD_PER_STRIDE
+
+    s, tf = scene_scan(tmp_path, "strided", blobs((256, 192), [(100, 90, 0.9)], sigma=30))
+    full, _, _ = read_probability(s.probability)
+    with rasterio.open(s.probability, "r+") as ds:
+        ds.update_tags(**{STRIDE_TAG: "64"})
+    prob, tf2, _ = read_probability(s.probability, per_stride=FIELD_PER_STRIDE)
+    assert prob.shape == (64, 48) and tf2.a == tf.a * 4 and (tf2.c, tf2.f) == (tf.c, tf.f)
+    np.testing.assert_array_equal(prob, full[2::4, 2::4])  # the raster's own values: a plateau stays flat
+    assert read_probability(s.probability)[0].shape == full.shape  # other readers get every pixel
+
+
+def test_a_plateau_flat_to_float_noise_is_one_candidate():
+    from scipy import ndimage
+
+    from schoolvision.scan.candidates import ProbabilityField
+    from schoolvision.scan.maxima import EIGHT, h_maxima
+
+    prob = np.full((200, 200), 0.01, np.float32)
+    values = np.float32(0.8542508) + np.array([-1, 0, 1], np.float32) * np.spacing(np.float32(0.8542508))
+    prob[40:120, 50:150] = np.random.default_rng(0).choice(values, (80, 100))  # windows a float32 unit apart
+    field = ProbabilityField(prob, Affine(1.0, 0, 500_000.0, 0, -1.0, 100_000.0), CRS, "s")
+    exact = h_maxima(field.logit, field.dip)  # tolerance 0: every pixel at the top value is its own top
+    assert ndimage.label(exact, structure=EIGHT)[1] > 10
+    points, _ = field.candidates(0.5, min_area_m2=0)
+    assert len(points) == 1 and points["area_m2"].iloc[0] == 80 * 100
+
+
 def test_evaluation_counts_found_missed_and_false_alarms(tmp_path):
     s, tf = scene_scan(tmp_path, "t", blobs((300, 300), [(50, 50, 0.95), (150, 150, 0.8), (250, 250, 0.6)]))
     cands, _ = extract_all([s], 0.5, min_area_m2=0)  # toy blobs, some smaller than a school at 0.9
@@ -227,8 +259,10 @@ def test_probability_figure_with_every_school_found_draws_without_warnings(tmp_p
 def _per_threshold_reference(prob, threshold):
     """The extraction as it ran before the sweep reused the log-odds peaks: everything again at each threshold."""
     from scipy import ndimage
-    from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
+
+    from schoolvision.scan.candidates import PLATEAU_TOLERANCE
+    from schoolvision.scan.maxima import h_maxima  # skimage's at tolerance 0 (test_one_sort_h_maxima_is_skimages)
 
     finite = np.isfinite(prob)
     p = np.clip(np.where(finite, prob, 0.0), 1 - 0.999, 0.999)
@@ -237,7 +271,8 @@ def _per_threshold_reference(prob, threshold):
         return []
     logit = np.log(p / (1 - p)).astype(np.float64)
     eight = np.ones((3, 3), bool)
-    markers, n = ndimage.label(h_maxima(logit, 0.5).astype(bool) & above, structure=eight)
+    tops = h_maxima(logit, 0.5, PLATEAU_TOLERANCE / (p * (1 - p))).astype(bool)  # a plateau's top within float noise
+    markers, n = ndimage.label(tops & above, structure=eight)
     labels = watershed(-logit, markers, mask=above, connectivity=2).astype(np.int32)
     rest, m = ndimage.label(above & (labels == 0), structure=eight)
     labels[rest > 0] = rest[rest > 0] + n
@@ -259,9 +294,8 @@ def _rough_field(seed, shape=(240, 320), levels=200, offset=-2.0):
 
 
 def test_regions_prepared_once_equal_the_per_threshold_extraction():
-    from skimage.morphology import h_maxima
-
-    from schoolvision.scan.candidates import ProbabilityField
+    from schoolvision.scan.candidates import PLATEAU_TOLERANCE, ProbabilityField
+    from schoolvision.scan.maxima import h_maxima
 
     tf = Affine(1.0, 0, 500_000.0, 0, -1.0, 100_000.0)
     # sparse schools, two pairs blurred together, weak peaks near the sweep's lowest thresholds: the peaks' crop
@@ -271,7 +305,7 @@ def test_regions_prepared_once_equal_the_per_threshold_extraction():
               for seed, levels, offset in ((0, 200, -2), (1, 20, -2), (2, 10**6, -2), (3, 5, -2), (4, 10**6, -4))]
     for seed, prob in enumerate([*fields, np.maximum(sparse, 0.001)]):
         field, sweep_field = ProbabilityField(prob, tf, CRS, "s"), ProbabilityField(prob, tf, CRS, "s")
-        every_peak = h_maxima(field.logit, 0.5).astype(bool)  # on the whole raster
+        every_peak = h_maxima(field.logit, 0.5, PLATEAU_TOLERANCE / (field.p * (1 - field.p))).astype(bool)  # whole
         sweep = [float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2)]  # python floats, as the sweep passes
         for t in [0.5, *sweep, 0.01]:  # the tuned threshold first, as a scan does; 0.01 recomputes the peaks
             expected = _per_threshold_reference(prob, t)

@@ -169,10 +169,20 @@ def open_probability(path: str | Path) -> Iterator[rasterio.DatasetReader]:
         yield src
 
 
-def read_probability(path: str | Path, max_side: int = 2048):
+STRIDE_TAG = "window_stride_px"
+"""GeoTIFF tag of a probability raster: the scan's window stride in the raster's pixels."""
+
+
+def read_probability(path: str | Path, max_side: int = 2048, per_stride: float | None = None):
     """(P(school) float32 with NaN for nodata, transform, crs) of a probability raster, decimated to ``max_side``.
 
     The read goes through the raster's overviews, so a country-size raster never has to fit in memory.
+    ``per_stride``: read it no finer than ``per_stride`` pixels per window stride (the stride is the
+    raster's :data:`STRIDE_TAG`; a raster without one is read as it is). Windows a stride apart blended
+    with weights a quarter of a chip wide leave no detail finer than that, so the peak search need not
+    visit every pixel of imagery at 5 cm. That decimation takes every f-th pixel (nearest), not block
+    means: a mean in float32 turns a flat plateau (one window alone over a border strip) into float
+    noise with many one-ulp peaks, where the raster's own values keep it flat.
 
     Raises:
         UserError: the raster is missing or unreadable.
@@ -181,9 +191,15 @@ def read_probability(path: str | Path, max_side: int = 2048):
         f = max(1, math.ceil(max(src.width, src.height) / max_side))
         shape_ = (max(1, src.height // f), max(1, src.width // f))
         resampling = Resampling.average if f > 1 else Resampling.nearest
-        prob = src.read(1, out_shape=shape_, resampling=resampling, masked=True)
+        prob = src.read(1, out_shape=shape_, resampling=resampling, masked=True).filled(np.nan).astype(np.float32)
         transform = src.transform @ src.transform.scale(src.width / shape_[1], src.height / shape_[0])
-        return prob.filled(np.nan).astype(np.float32), transform, src.crs
+        stride = src.tags().get(STRIDE_TAG)
+        k = int(float(stride) / f // per_stride) if per_stride and stride else 1
+        if k > 1 and min(prob.shape) >= k:  # the pixel nearest each k x k block's centre
+            rows, cols = prob.shape[0] // k, prob.shape[1] // k
+            prob = np.ascontiguousarray(prob[k // 2 : k // 2 + k * rows : k, k // 2 : k // 2 + k * cols : k])
+            transform = transform @ transform.scale(k)
+        return prob, transform, src.crs
 
 
 def probability_bounds(path: str | Path) -> tuple[float, float, float, float]:

@@ -49,6 +49,10 @@ FINE_SATURATION = 1 - 1e-6
 A float32 raster still resolves 1 - P to a few 1e-8 there: a valley between two saturated schools that the
 ``SATURATION`` cap flattens shows below this one."""
 
+PLATEAU_TOLERANCE = 1e-5
+"""P(school) within which a peak's pixels count as its top (one marker): a model's outputs for windows that
+saw the same pixels differ by float32 units, so a plateau is flat only to about this."""
+
 SEPARATED_DIP = 0.1
 """Log-odds dip around a peak that makes it a peak of the separation rule (distance does the rest)."""
 
@@ -68,6 +72,15 @@ PEAK_FLOOR = 0.05
 
 SWEEP_THRESHOLDS = tuple(float(t) for t in np.round(np.arange(0.05, 1.0, 0.05), 2))
 """Thresholds of the evaluation's precision-recall sweep (:func:`~schoolvision.scan.evaluation.pr_curve`)."""
+
+FIELD_PER_STRIDE = 16
+"""Pixels per window stride at which a scan's raster is searched for peaks (4 m at stride 64 and 1 m).
+
+The raster blends windows a stride apart with weights a quarter of a chip wide: it holds no detail
+finer than a fraction of the stride, and a candidate placed to within a sixteenth of it is placed
+far within the match distance. Imagery finer than that is averaged down on reading, so the peak
+search, the watershed and the sweep visit sixteen times fewer pixels at 1 m (hundreds at 5 cm).
+"""
 
 MIN_AREA_M2 = 100.0
 """Smallest candidate region (m^2 above the threshold) that is kept: ``scan --min-area``'s default.
@@ -120,7 +133,8 @@ class ProbabilityField:
     def read(cls, path: str | Path, scene: str = "", dip: float = SPLIT_DIP,
              min_separation: float = 0.0) -> ProbabilityField:
         """The probability raster at ``path`` (decimated as :func:`read_probability` does)."""
-        return cls(*read_probability(path), scene=scene, dip=dip, min_separation=min_separation)
+        return cls(*read_probability(path, per_stride=FIELD_PER_STRIDE), scene=scene, dip=dip,
+                   min_separation=min_separation)
 
     def peaks(self, threshold: float) -> np.ndarray:
         """The h-maxima of the log-odds, exact where P(school) >= ``threshold`` (bool, full raster).
@@ -151,11 +165,11 @@ class ProbabilityField:
             # the two searches run side by side (the sort and skimage's loop release the GIL)
             with ThreadPoolExecutor(1) as pool:
                 fine = pool.submit(self._h_maxima, self.surface, SEPARATED_DIP, low, parts, boxes, whole)
-                peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
+                peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole, self._tolerance())
                 candidates = fine.result()
             peaks = separated_peaks(peaks, candidates, self.surface, self.min_separation / _pixel_size(self.transform))
         else:
-            peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole)
+            peaks = self._h_maxima(self.logit, self.dip, low, parts, boxes, whole, self._tolerance())
         self._peaks = (floor, peaks)
         return peaks
 
@@ -172,17 +186,25 @@ class ProbabilityField:
             self._fine = np.log(p / (1 - p)).astype(np.float64)
         return self._fine
 
+    def _tolerance(self) -> np.ndarray:
+        """:data:`PLATEAU_TOLERANCE` in log-odds at every pixel (float64)."""
+        return PLATEAU_TOLERANCE / (self.p * (1 - self.p))
+
     @staticmethod
-    def _h_maxima(logit: np.ndarray, h: float, low: float, parts: np.ndarray, boxes: list, whole: bool) -> np.ndarray:
-        """h-maxima of ``logit`` where it exceeds ``low`` (bool), on the whole raster or on each part's box."""
+    def _h_maxima(logit: np.ndarray, h: float, low: float, parts: np.ndarray, boxes: list, whole: bool,
+                  tolerance: np.ndarray | None = None) -> np.ndarray:
+        """h-maxima of ``logit`` where it exceeds ``low`` (bool), on the whole raster or on each part's box.
+
+        ``tolerance``: per pixel, as :func:`~schoolvision.scan.maxima.h_maxima` takes it (None: 0).
+        """
         if whole:
             # below ``low`` nothing matters (as outside a part below): one level there, a faster sort
-            return h_maxima(np.maximum(logit, low), h).astype(bool)
+            return h_maxima(np.maximum(logit, low), h, 0.0 if tolerance is None else tolerance).astype(bool)
         peaks = np.zeros(logit.shape, bool)
         for i, box in enumerate(boxes, start=1):
             inside = parts[box] == i
             part = np.where(inside, logit[box], low)
-            peaks[box] |= h_maxima(part, h).astype(bool) & inside
+            peaks[box] |= h_maxima(part, h, 0.0 if tolerance is None else tolerance[box]).astype(bool) & inside
         return peaks
 
     def labels(self, threshold: float, reuse: bool = False) -> tuple[np.ndarray, int]:

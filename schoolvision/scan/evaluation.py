@@ -25,6 +25,7 @@ from schoolvision.io.crs import metric_crs
 from schoolvision.io.folders import probability_bounds, read_probability
 from schoolvision.io.schools import read_schools
 from schoolvision.scan.candidates import (
+    FIELD_PER_STRIDE,
     MIN_AREA_M2,
     SWEEP_THRESHOLDS,
     PeakSweep,
@@ -259,7 +260,7 @@ def rejected_lookalikes(scenes: Sequence, schools: gpd.GeoDataFrame, threshold: 
     """
     parts = []
     for s in scenes:
-        prob, transform, crs = read_probability(s.probability)
+        prob, transform, crs = read_probability(s.probability, per_stride=FIELD_PER_STRIDE)
         cands = extract_candidates(prob, transform, crs, floor, s.scene, min_area_m2=min_area_m2)[0]
         if len(cands):
             parts.append(cands[cands["max_prob"] < threshold].to_crs("EPSG:4326"))

@@ -68,7 +68,7 @@ def _spot_stats(spots: np.ndarray, k: int, level: np.ndarray) -> tuple[np.ndarra
     return top[1:], first, centres
 
 
-def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
+def h_maxima(image: np.ndarray, h: float, tolerance: np.ndarray | float = 0.0) -> np.ndarray:
     """The ``h_maxima`` of skimage for a 2-D float64 image (8-connected), sorting the pixels once, not twice.
 
     skimage 0.26's grey reconstruction sorts its (seed, mask) stack twice, once for the visiting order
@@ -76,6 +76,11 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
     the same arrays to skimage's own inner loop, so the answer is skimage's, bit for bit
     (``tests/test_candidates.py``), in two thirds of the time. Where that loop is not importable
     (another skimage), skimage's own function runs.
+
+    ``tolerance`` (a number, or one per pixel): a dome's top is every pixel within it of the dome's
+    highest value, not only the pixels at exactly that value. A flat plateau whose values differ by a
+    float32 unit (windows that saw the same nodata, a model's batch noise) is then one top, not
+    hundreds of one-pixel ones; 0 is skimage's answer.
     """
     try:
         from skimage.morphology._grayreconstruct import reconstruction_loop
@@ -83,7 +88,7 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
         return skimage_h_maxima(image, h)
     image = np.asarray(image, np.float64)
     if image.ndim != 2 or h > np.ptp(image):
-        return skimage_h_maxima(image, h)
+        return skimage_h_maxima(image, h)  # no dome of height h: none, whatever the tolerance
     resolution = 2 * np.finfo(image.dtype).resolution * np.abs(image)
     seed = image - h - resolution
     rows, cols = image.shape
@@ -114,7 +119,7 @@ def h_maxima(image: np.ndarray, h: float) -> np.ndarray:
     except (TypeError, ValueError):  # pragma: no cover - a skimage whose inner loop takes other arguments
         return skimage_h_maxima(image, h)
     reconstructed = values[rank[: size // 2]].reshape(rows + 2, cols + 2)[1:-1, 1:-1]
-    return ((image - reconstructed) >= h).astype(np.uint8)
+    return ((image - reconstructed) >= h - np.asarray(tolerance)).astype(np.uint8)
 
 
 def bounding_box(mask: np.ndarray) -> tuple[slice, slice]:

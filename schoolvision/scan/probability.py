@@ -18,6 +18,7 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from schoolvision.io.rasters import BLOCK, build_overviews, geotiff_profile
+from schoolvision.io.scans import STRIDE_TAG
 from schoolvision.scan.windows import gaussian_weight
 
 NODATA = -1.0
@@ -37,8 +38,11 @@ class RowBlender:
     def __init__(self, dst, width: int, height: int, chip: int):
         self.dst, self.width, self.height, self.chip = dst, width, height, chip
         self.rows = BLOCK + chip
-        self.acc = np.zeros((self.rows, width), np.float32)
-        self.wsum = np.zeros((self.rows, width), np.float32)
+        # float64 sums: a float32 weight times a float32 probability is exact there, so where one window
+        # alone covers a pixel (or equal ones do) the blend gives back its probability exactly; float32 sums
+        # left one-ulp noise on such plateaus, which split them into many "peaks"
+        self.acc = np.zeros((self.rows, width), np.float64)
+        self.wsum = np.zeros((self.rows, width), np.float64)
         self.top = 0
         self.weight = gaussian_weight(chip)
 
@@ -71,10 +75,15 @@ class RowBlender:
             self._flush(min(self.rows, self.height - self.top))
 
 
-def warp_back(scan_path: Path, scene, out_path: Path) -> None:
-    """Resample the scan-grid raster onto the scene's exact grid, block rows at a time, nodata outside data."""
+def warp_back(scan_path: Path, scene, out_path: Path, stride_px: float | None = None) -> None:
+    """Resample the scan-grid raster onto the scene's exact grid, block rows at a time, nodata outside data.
+
+    ``stride_px``: the window stride in the scene's pixels, recorded as :data:`~schoolvision.io.scans.STRIDE_TAG`.
+    """
     prof = raster_profile(scene.width, scene.height, scene.crs, scene.transform)
     with rasterio.open(scan_path) as src, rasterio.open(out_path, "w", **prof) as dst:
+        if stride_px:
+            dst.update_tags(**{STRIDE_TAG: f"{stride_px:.6g}"})
         opts = {"crs": scene.crs, "transform": scene.transform, "width": scene.width, "height": scene.height,
                 "src_nodata": NODATA, "nodata": NODATA}
         with (WarpedVRT(src, resampling=Resampling.bilinear, **opts) as vb,

@@ -28,6 +28,7 @@ from schoolvision.data.windows import window_offsets
 from schoolvision.io.atomic import atomic_path
 from schoolvision.io.imagery import file_count, native_gsd, open_scene, open_source, pixel_scale
 from schoolvision.io.rasters import build_overviews
+from schoolvision.io.scans import STRIDE_TAG
 from schoolvision.model.runtime import Runtime, make_runtime
 from schoolvision.scan.mask import ScanMask
 from schoolvision.scan.options import ScanOptions
@@ -147,10 +148,11 @@ class SceneScanner:
                 finals = [final] if novelty_final is None else [final, novelty_final]
                 grids = finals if same_grid else [f.with_name(f.stem + ".scan.tif") for f in finals]
                 try:
-                    share = self._stream(reader, windows, grids, source.name, overviews=same_grid)
-                    if not same_grid:
+                    share = self._stream(reader, windows, grids, source.name, overviews=same_grid, stride=stride)
+                    if not same_grid:  # the stride in the scene's pixels: the scan grid's metres over the scene's
+                        stride_px = stride * native_gsd(ds) / native_gsd(scene)
                         for grid_path, final_path in zip(grids, finals):
-                            warp_back(grid_path, scene, final_path)
+                            warp_back(grid_path, scene, final_path, stride_px)
                 finally:
                     for grid_path, final_path in zip(grids, finals):
                         if grid_path != final_path and grid_path.exists():
@@ -184,8 +186,10 @@ class SceneScanner:
         return notes
 
     def _stream(self, reader: WindowReader, windows: list, paths: list[Path], name: str,
-                overviews: bool) -> float | None:
+                overviews: bool, stride: int) -> float | None:
         """Score ``windows``; blend their probabilities (and novelty) into rasters on the scan grid at ``paths``.
+
+        Each raster records the window ``stride`` (:data:`~schoolvision.io.scans.STRIDE_TAG`).
 
         Returns:
             The share of scored windows above the home :data:`FLAG_PERCENTILE` (None without a summary).
@@ -195,6 +199,8 @@ class SceneScanner:
         flagged = scored = 0
         with contextlib.ExitStack() as stack:
             dsts = [stack.enter_context(rasterio.open(p, "w", **profile)) for p in paths]
+            for dst in dsts:
+                dst.update_tags(**{STRIDE_TAG: str(stride)})
             blenders = [RowBlender(dst, ds.width, ds.height, self.chip) for dst in dsts]
             bar = tqdm(total=len(windows), unit="win", desc=name, disable=not self.options.progress, leave=False)
             batches = reader.batches(windows)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
 import os
 import re
 import warnings
@@ -39,7 +40,9 @@ from rasterio.windows import from_bounds
 from schoolvision.io.atomic import write_text
 from schoolvision.io.folders import ScanFolder, open_probability
 from schoolvision.io.imagery import ImageryOptions, list_sources
+from schoolvision.io.scans import STRIDE_TAG
 from schoolvision.io.schools import read_schools
+from schoolvision.scan.candidates import FIELD_PER_STRIDE
 from schoolvision.scan.novelty import novelty_rgba
 from schoolvision.scan.scene import SceneScan, scene_grid
 
@@ -63,6 +66,20 @@ def leaflet_assets() -> tuple[str, str] | None:
     return js, re.sub(r"url\(images/([\w\-]+\.png)\)", data_uri, css)
 
 
+class RawText(Element):
+    """Text put into the page as it is, with no template of its own to compile.
+
+    ``Element(text)`` compiles ``text`` as a Jinja template on every map: for the inlined Leaflet
+    (160 kB of JavaScript and CSS) that tokenising was a quarter of a scan map's time.
+    """
+
+    _template = Template("{{ this.text }}")
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
 def offline_map(**kwargs) -> folium.Map:
     """A ``folium.Map`` without CDN links, Leaflet inlined (falls back to the CDN with a warning)."""
     m = folium.Map(tiles=None, control_scale=True, **kwargs)
@@ -74,7 +91,7 @@ def offline_map(**kwargs) -> folium.Map:
     js, css = assets
     m.default_js = []
     m.default_css = []
-    m.get_root().header.add_child(Element(f"<style>{css}</style>\n<script>{js}</script>"), name="leaflet_inline")
+    m.get_root().header.add_child(RawText(f"<style>{css}</style>\n<script>{js}</script>"), name="leaflet_inline")
     return m
 
 
@@ -135,10 +152,22 @@ def scene_png(ds, max_side: int = 1024) -> tuple[str, list]:
     return webp_data_uri(np.dstack([rgb, (mask * 255).astype(np.uint8)])), bounds
 
 
+def field_side(ds, max_side: int) -> int:
+    """Side of a scan raster's overlay: ``max_side``, or less where the window stride leaves less detail.
+
+    A probability (or novelty) raster holds nothing finer than a sixteenth of the window stride
+    (``FIELD_PER_STRIDE``); drawn finer, its overlay only costs bytes and encoding time.
+    """
+    stride = ds.tags().get(STRIDE_TAG)
+    if not stride:
+        return max_side
+    return int(min(max_side, max(64, math.ceil(max(ds.width, ds.height) * FIELD_PER_STRIDE / float(stride)))))
+
+
 def probability_png(path: str | Path, max_side: int = 1024, cmap: str = "inferno") -> tuple[str, list]:
     """Probability overlay: colour map, transparent where P is low or nodata."""
     with open_probability(path) as ds:
-        arr, mask, bounds = mercator_overlay(ds, max_side, bands=(1,))
+        arr, mask, bounds = mercator_overlay(ds, field_side(ds, max_side), bands=(1,))
     p = np.clip(arr[0], 0, 1)
     rgba = (colormaps[cmap](p) * 255).astype(np.uint8)
     rgba[..., 3] = np.where(mask, (np.clip(p * 1.5, 0, 1) * 255), 0).astype(np.uint8)
@@ -148,7 +177,7 @@ def probability_png(path: str | Path, max_side: int = 1024, cmap: str = "inferno
 def novelty_png(path: str | Path, max_side: int = 1024) -> tuple[str, list]:
     """Novelty overlay (trust map): red where windows look unlike the training data, transparent elsewhere."""
     with open_probability(path) as ds:
-        arr, mask, bounds = mercator_overlay(ds, max_side, bands=(1,))
+        arr, mask, bounds = mercator_overlay(ds, field_side(ds, max_side), bands=(1,))
     return png_data_uri(novelty_rgba(arr[0], mask)), bounds
 
 
