@@ -19,13 +19,16 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from build_tools.book import glued_values, repo_root
 from schoolvision.train.fit import TrainConfig, fit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # build_tools: the book's glued values
+from build_tools.book import glued_values, repo_root  # noqa: E402
 
 
 def book_intervals(ref: str) -> dict[str, list[float]]:

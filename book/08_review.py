@@ -102,9 +102,10 @@ on_demo = demo_of(chips_path) is not None
 # and no synthetic region: the round is yours. Your imagery is scanned with the model of chapter 2 and
 # your school list as the registry (`scan --registry`: each listed school confirmed or not seen), and the
 # review queue and its page are built for that scan. Open the page, decide the items, press *Export*, and
-# rerun this chapter with `decisions` set to the exported file: it then imports the decisions, cuts
-# chips of the reviewed places and fine-tunes the model (`out_dir/run`). On the demo's chips this
-# section is skipped, and the rest of the chapter runs the simulated round.
+# rerun this chapter with `decisions` set to the exported file: it then runs `review retrain` on them
+# (`out_dir/round`: chips only where you looked, the home chips replayed, the model fine-tuned and measured
+# on chapter 2's test split). On the demo's chips this section is skipped, and the rest of the chapter
+# runs the simulated round.
 
 # %%
 own_config = OwnRoundConfig(
@@ -117,6 +118,7 @@ own_config = OwnRoundConfig(
     floor=floor,
     epochs=epochs,
     lr=lr,
+    replay=replay,
     match_distance=match_distance,
     seed=seed,
     device=device,

@@ -82,15 +82,16 @@ def test_review_round_stops_after_the_page_then_fine_tunes_with_decisions(own_ch
     config = OwnRoundConfig(own_run, own_chips, out, k=12, epochs=1, device="cpu")
     first = review_own_data(config)
     assert ScanFolder(first.scan.out_dir).read_summary()["registry"]["in_scenes"] == area.n_schools
-    assert (out / "queue" / "review.html").is_file() and first.imported is None
-    assert "-p decisions" in first.summary(config) and not (out / "run").exists()
+    assert (out / "queue" / "review.html").is_file() and first.round is None
+    assert "-p decisions" in first.summary(config) and "review retrain --queue" in first.summary(config)
+    assert not (out / "round").exists()
     truth = gpd.read_file(ChipsFolder(own_chips).schools_path())
     mapped = simulate_review(out / "queue", truth, tmp_path / "d.geojson")  # a person's answers, exported
     answers = mapped.answers
     config.decisions = mapped.decisions
     second = review_own_data(config)
-    assert sum(second.imported.counts.values()) == len(answers)
-    assert RunFolder(out / "run").read_config()["init_from"].endswith("best.pt")
+    assert sum(second.round.record["decided"].values()) == len(answers)
+    assert RunFolder(out / "round" / "run").read_config()["init_from"].endswith("best.pt")
     assert "test AUPRC" in second.summary(config)
-    tuned = ChipsFolder(out / "chips").read_index()
+    tuned = ChipsFolder(out / "round" / "chips").read_index()  # review retrain's: the home val and test kept
     assert set(tuned["split"]) == {"train", "val", "test"}
