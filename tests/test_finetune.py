@@ -211,3 +211,18 @@ def test_review_labels_give_schools_and_hard_negatives(town_scenes, tmp_path):
     meta = ChipsFolder(out).read_meta()
     assert meta["negatives"]["where"] == "label=not_school" and meta["negatives"]["places"] == 2
     assert meta["skipped"]["hard_negative_touches_school"] == 1
+
+
+def test_review_labels_as_negatives_without_a_filter_are_refused(town_scenes, tmp_path, capsys):
+    """Leaving out ``--negatives-where`` would turn the accepted schools into negatives: one line, nothing written."""
+    scenes, _ = town_scenes
+    points = gpd.GeoSeries([Point(place_xy(*p)) for p in [(0, 64.0, 64.0), PLACES[0]]], crs=UTM).to_crs("EPSG:4326")
+    labels = gpd.GeoDataFrame({"name": ["a", "b"], "label": ["school", "not_school"]}, geometry=points, crs="EPSG:4326")
+    path = tmp_path / "labels.geojson"
+    labels.to_file(path, driver="GeoJSON")
+    out = tmp_path / "chips"
+    rc = main(["chips", "--imagery", str(scenes / "town_00.tif"), "--schools", str(path), "--schools-where",
+               "label=school", "--out", str(out), "--chip-size", "64", "--negatives", str(path)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--negatives-where label=not_school" in err and str(path) in err and "Traceback" not in err
+    assert not out.exists()

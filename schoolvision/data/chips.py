@@ -185,6 +185,9 @@ def make_chips(
     footprints = read_schools(schools, config.point_buffer_m, layer=config.schools_layer, where=config.schools_where,
                               lonlat_columns=config.lonlat_columns)
     places = None if negatives is None else read_schools(negatives, point_buffer_m=None, where=negatives_where)
+    if places is not None and negatives_where is None and _has_school_labels(negatives):
+        raise UserError("the negatives file has places labelled 'school' (review import's labels?): every one would be "
+                        "a not_school chip; pass --negatives-where label=not_school", negatives)
     infos = {s.name: source_info(s) for s in sources}
     _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
@@ -403,6 +406,14 @@ def _index_csv(rows: list[dict]) -> str:
 
 def _config_dict(config: ChipConfig) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}
+
+
+def _has_school_labels(path: str | Path) -> bool:
+    """Whether a negatives file holds places labelled ``label=school`` (``review import``'s labels file)."""
+    try:
+        return len(read_schools(path, point_buffer_m=None, where="label=school")) > 0
+    except UserError:  # no label column, or no such place
+        return False
 
 
 def _fingerprint(sources: list[ImagerySource], schools: Path, config: ChipConfig,
