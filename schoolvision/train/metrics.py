@@ -172,6 +172,24 @@ def bootstrap_ci(
         ``{"f1": [lo, hi], "auprc": [lo, hi], "f2", "precision", "recall", "roc_auc" (the same), "level",
         "n_boot", "groups"}`` (``groups``: the number of units resampled).
     """
+    draws, n_groups = bootstrap_draws(labels, probs, threshold, n_boot, seed, groups)
+    return {**percentile_intervals(draws, level), "level": level, "n_boot": n_boot, "groups": n_groups}
+
+
+def percentile_intervals(draws: dict[str, np.ndarray], level: float = 0.95) -> dict[str, list[float]]:
+    """The central ``level`` interval of each metric's resampled values (NaN where there are none)."""
+    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
+    return {k: [float(v) for v in np.percentile(d, [lo, hi])] if len(d) else [float("nan")] * 2
+            for k, d in draws.items()}
+
+
+def bootstrap_draws(labels: np.ndarray, probs: np.ndarray, threshold: float | np.ndarray, n_boot: int = 1000,
+                    seed: int = 0, groups: np.ndarray | None = None) -> tuple[dict[str, np.ndarray], int]:
+    """Each metric's values over ``n_boot`` group resamples (:func:`bootstrap_ci`), and the number of groups.
+
+    The values themselves, so that resamples of several runs can be pooled into one interval (the test
+    sample's variation and the training runs' at once: ``benchmarks/training_spread.py``).
+    """
     labels = np.asarray(labels).astype(int)
     probs = np.asarray(probs, dtype=np.float64)
     thresholds = np.broadcast_to(np.asarray(threshold, dtype=np.float64), probs.shape)
@@ -199,6 +217,4 @@ def bootstrap_ci(
         if 0 < y.sum() < len(y):
             draws["auprc"].append(average_precision_score(y, p))
             draws["roc_auc"].append(roc_auc_score(y, p))
-    lo, hi = (1 - level) / 2 * 100, (1 + level) / 2 * 100
-    out = {k: [float(v) for v in np.percentile(d, [lo, hi])] if d else [float("nan")] * 2 for k, d in draws.items()}
-    return {**out, "level": level, "n_boot": n_boot, "groups": len(members)}
+    return {k: np.asarray(v, float) for k, v in draws.items()}, len(members)
