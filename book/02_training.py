@@ -53,7 +53,11 @@ from dataclasses import replace
 
 from schoolvision.book.notebook import check_claims, glue_all, require, resolve
 from schoolvision.book.small_data import small_data_folds, small_data_notice
-from schoolvision.book.training_spread import measured_spread, printed_intervals, run_recipe
+from schoolvision.book.training_spread import (
+    measured_spread,
+    printed_intervals,
+    run_recipe,
+)
 from schoolvision.commands.train import command_line
 from schoolvision.io.folders import ChipsFolder, RunFolder
 from schoolvision.plotting import training as plots
@@ -242,7 +246,9 @@ print(f"schoolvision evaluate --run {run_dir} --chips {chips_dir}")
 # %%
 test_chips = ChipsFolder(chips_path).read_index("test")
 test_schools = test_chips.loc[test_chips["label"] == "school", "school_name"]
-spread, why = measured_spread(training_spread and resolve(training_spread), chips_path, run_recipe(run_config))
+spread, why = measured_spread(
+    training_spread and resolve(training_spread), chips_path, run_recipe(run_config)
+)
 shown = printed_intervals(metrics, spread, why)
 limits = glue_all(
     "ch2",
