@@ -187,7 +187,7 @@ def make_chips(
     places = None if negatives is None else read_schools(negatives, point_buffer_m=None, where=negatives_where)
     if places is not None and negatives_where is None and _has_school_labels(negatives):
         raise UserError("the negatives file has places labelled 'school' (review import's labels?): every one would be "
-                        "a not_school chip; pass --negatives-where label=not_school", negatives)
+                        "a not_school chip; run schoolvision chips with --negatives-where label=not_school", negatives)
     infos = {s.name: source_info(s) for s in sources}
     _check_overlap(footprints, infos, schools)
     gsd = float(config.gsd) if config.gsd else float(infos[sources[0].name]["native_gsd"])
