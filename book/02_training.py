@@ -45,7 +45,7 @@ seed = 0
 device = "auto"
 # spatial cross-validation folds when the test split holds fewer than 10 schools; 0: never
 folds = 3
-# training runs of this recipe on these chips (benchmarks/training_spread.py): widens the intervals
+# training runs measured by benchmarks/training_spread.py: widen the intervals
 training_spread = "book/params/training_spread.json"
 
 # %%
