@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,16 +34,7 @@ from schoolvision.train.fit import TrainConfig, fit
 from schoolvision.train.metrics import bootstrap_draws, percentile_intervals
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # build_tools: the book's glued values
-from build_tools.book import glued_values, repo_root  # noqa: E402
-
-
-def book_intervals(ref: str) -> dict[str, dict]:
-    """Chapter 2's printed AUPRC and F1 intervals and values in the committed notebook at ``ref``."""
-    text = subprocess.run(["git", "show", f"{ref}:book/02_training.ipynb"], cwd=repo_root(), check=True,
-                          capture_output=True, text=True).stdout
-    book = glued_values(text)
-    return {key: {"value": float(book[f"ch2_test_{key}"]),
-                  "interval": [float(book[f"ch2_{key}_lo"]), float(book[f"ch2_{key}_hi"])]} for key in ("auprc", "f1")}
+from build_tools.book import committed_intervals  # noqa: E402
 
 
 def test_draws(run: Path, chips: Path, n_boot: int) -> tuple[dict[str, np.ndarray], dict]:
@@ -72,7 +62,7 @@ def main() -> None:
     parser.add_argument("--ref", default="HEAD", help="git revision of the committed chapter 2")
     parser.add_argument("--write", type=Path, default=None, help="also write the JSON here (chapter 2 reads it)")
     args = parser.parse_args()
-    book = book_intervals(args.ref)
+    book = committed_intervals(args.ref)
     runs = []
     for seed in args.seeds:
         out = args.out / f"seed{seed}"

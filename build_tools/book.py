@@ -423,27 +423,36 @@ def glued_values(notebook_text: str) -> dict[str, Any]:
     return values
 
 
+def committed_intervals(ref: str = "HEAD", root: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The committed chapter 2's test AUPRC and F1 and their printed intervals, read from git at ``ref``.
+
+    ``{"auprc": {"value": v, "interval": [low, high]}, "f1": ...}``.
+    """
+    import subprocess
+
+    text = subprocess.run(["git", "show", f"{ref}:book/02_training.ipynb"], cwd=root or repo_root(), check=True,
+                          capture_output=True, text=True).stdout
+    book = glued_values(text)
+    return {key: {"value": float(book[f"ch2_test_{key}"]),
+                  "interval": [float(book[f"ch2_{key}_lo"]), float(book[f"ch2_{key}_hi"])]} for key in ("auprc", "f1")}
+
+
 def reproduced(ref: str = "HEAD", profile: str = "cpu", root: Path | None = None) -> dict[str, Any]:
     """This machine's chapter 2 run against the committed chapter 2's printed intervals (AUPRC and F1).
 
     The committed notebook is read from git (``ref``), the run from the profile's ``run_dir``: after
     ``make book`` on another machine, it says whether the same recipe landed inside the book's intervals.
     """
-    import subprocess
-
     from schoolvision.io.folders import RunFolder
 
     root = root or repo_root()
-    text = subprocess.run(["git", "show", f"{ref}:book/02_training.ipynb"], cwd=root, check=True,
-                          capture_output=True, text=True).stdout
-    book = glued_values(text)
+    book = committed_intervals(ref, root)
     run_dir = chapter_parameters(profile_path(profile, root), "02_training").get("run_dir", "runs/quick")
     metrics = RunFolder(root / run_dir).read_metrics("test")
     report: dict[str, Any] = {"run": str(run_dir), "precision": metrics.get("training_precision")}
-    for key in ("auprc", "f1"):
-        low, high = book[f"ch2_{key}_lo"], book[f"ch2_{key}_hi"]
-        value = float(metrics[key])
-        report[key] = {"here": round(value, 4), "book": round(float(book[f"ch2_test_{key}"]), 4),
+    for key, entry in book.items():
+        (low, high), value = entry["interval"], float(metrics[key])
+        report[key] = {"here": round(value, 4), "book": round(entry["value"], 4),
                        "interval": [round(low, 4), round(high, 4)], "inside": low - 1e-9 <= value <= high + 1e-9}
     return report
 
