@@ -228,6 +228,40 @@ def test_map_is_self_contained(tmp_path):
     assert "data:image/webp;base64" in html  # the scene photo: WebP with its alpha, a tenth of a PNG's bytes
 
 
+def test_map_threads_leak_no_warning_that_rasterio_silences(tmp_path, monkeypatch):
+    """rasterio silences NotGeoreferencedWarning with catch_warnings, which threads undo for each other."""
+    import time
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    from schoolvision.scan import webmap
+
+    def like_rasterio(enter: float, warn: float, exit_: float, result):
+        def overlay(*_args, **_kwargs):
+            time.sleep(enter)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", NotGeoreferencedWarning)
+                time.sleep(warn)
+                warnings.warn("Dataset has no geotransform", NotGeoreferencedWarning)
+                time.sleep(exit_)
+            return result
+        return overlay
+
+    img = np.random.default_rng(0).integers(0, 255, (3, 200, 200), dtype=np.uint8)
+    write_geotiff(tmp_path / "t.tif", img, CRS, Affine(1, 0, 500_000.0, 0, -1, 100_000.0))
+    s, _ = scene_scan(tmp_path, "t", blobs((200, 200), [(100, 100, 0.9)]))
+    cands, _ = extract_all([s], 0.5)
+    bounds = [[0.0, 0.0], [0.001, 0.001]]
+    # the scene's thread enters first and leaves while the probability's thread is still inside
+    monkeypatch.setattr(webmap, "scene_png", like_rasterio(0.0, 0.0, 0.2, ("data:,", bounds)))
+    monkeypatch.setattr(webmap, "probability_png", like_rasterio(0.1, 0.2, 0.0, ("data:,", bounds)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        webmap.scan_map([s], cands, {"t": list_sources([tmp_path / "t.tif"])[0]})
+    assert not [w for w in caught if issubclass(w.category, NotGeoreferencedWarning)]
+
+
 def test_probability_figure_with_every_school_found_draws_without_warnings(tmp_path):
     import warnings
 

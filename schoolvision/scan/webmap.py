@@ -32,6 +32,7 @@ from jinja2 import Template
 from matplotlib import colormaps
 from PIL import Image
 from rasterio.enums import Resampling
+from rasterio.errors import NotGeoreferencedWarning
 from rasterio.transform import array_bounds
 from rasterio.warp import calculate_default_transform, reproject, transform_bounds
 from rasterio.warp import transform as warp_points
@@ -279,8 +280,12 @@ def scan_map(scenes: Sequence, cands, sources: Mapping, schools: str | Path | gp
         with scene_grid(sources[s.scene]) as ds:
             return scene_png(ds, max_side)
 
-    # each overlay is warped and encoded on its own thread (GDAL and the encoders release the GIL)
-    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+    # each overlay is warped and encoded on its own thread (GDAL and the encoders release the GIL).
+    # rasterio silences its in-memory datasets' NotGeoreferencedWarning with warnings.catch_warnings,
+    # which is not thread-safe: one thread's exit restores the filters another thread is relying on.
+    # Set before the threads start and held until they end, this filter is in every list they restore.
+    with warnings.catch_warnings(), ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
         images = pool.map(scene_overlay, shown)
         probabilities = pool.map(lambda s: probability_png(s.probability, max_side), shown)
         novelties = pool.map(lambda s: novelty_png(s.novelty, max_side), trust)
