@@ -243,7 +243,7 @@ def test_map_threads_leak_no_warning_that_rasterio_silences(tmp_path, monkeypatc
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", NotGeoreferencedWarning)
                 time.sleep(warn)
-                warnings.warn("Dataset has no geotransform", NotGeoreferencedWarning)
+                warnings.warn("Dataset has no geotransform", NotGeoreferencedWarning, stacklevel=1)
                 time.sleep(exit_)
             return result
         return overlay
