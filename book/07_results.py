@@ -122,7 +122,11 @@ ok = check_claims(
         "precision_used": results.value("test metrics", "training_precision"),
     },
     {
-        "every results file of this build was found": "missing == 0",
+        "every results file of this build was found": (
+            "missing == 0",
+            "run the chapters named in the list of files not found, with the"
+            " same parameters as this page's",
+        ),
         "the scan found at most the schools the town holds": "found <= schools",
         "the run records the arithmetic it was trained in": (
             "precision_used in ('fp32', 'bf16', 'fp16')"

@@ -479,6 +479,12 @@ def test_claims_on_values_a_build_did_not_make_are_not_measured(capsys):
     assert not notebook.check_claims({"a": 1.0}, {"a is negative": "a < 0"})
 
 
+def test_a_claim_that_does_not_hold_prints_its_advice(capsys):
+    claims = {"a is positive": ("a > 0", "raise a"), "a is small": ("a < 5", "lower a")}
+    assert not notebook.check_claims({"a": -1.0}, claims)
+    assert capsys.readouterr().out == "DOES NOT HOLD: a is positive\n  what to try: raise a\nholds: a is small\n"
+
+
 def test_reproduced_reads_the_committed_intervals_and_this_machines_run(tmp_path):
     """``build_tools.book reproduced``: the committed chapter 2's glued intervals against the run on disk."""
     import subprocess

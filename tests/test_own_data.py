@@ -14,6 +14,7 @@ import shapely
 from schoolvision.book.heldout import held_out_area
 from schoolvision.book.own import OwnRoundConfig, review_own_data
 from schoolvision.book.prefilter import SKIPPED, prefilter_study
+from schoolvision.book.results import Source, gather_results
 from schoolvision.book.simulate import simulate_review
 from schoolvision.data.chips import ChipConfig, make_chips
 from schoolvision.data.sources import demo_of
@@ -85,6 +86,9 @@ def test_review_round_stops_after_the_page_then_fine_tunes_with_decisions(own_ch
     assert (out / "queue" / "review.html").is_file() and first.round is None
     assert "-p decisions" in first.summary(config) and "review retrain --queue" in first.summary(config)
     assert not (out / "round").exists()
+    results = gather_results([Source("review", out / "review_round.json", "08_review")])
+    assert not results.missing and results.value("review", "status").startswith("review queue built")
+    assert results.value("review", "queue.items") == first.queue.items
     truth = gpd.read_file(ChipsFolder(own_chips).schools_path())
     mapped = simulate_review(out / "queue", truth, tmp_path / "d.geojson")  # a person's answers, exported
     answers = mapped.answers
@@ -93,5 +97,9 @@ def test_review_round_stops_after_the_page_then_fine_tunes_with_decisions(own_ch
     assert sum(second.round.record["decided"].values()) == len(answers)
     assert RunFolder(out / "round" / "run").read_config()["init_from"].endswith("best.pt")
     assert "test AUPRC" in second.summary(config)
+    results = gather_results([Source("review", out / "review_round.json", "08_review")])
+    assert results.value("review", "status").startswith("fine-tuned")
+    after = second.round.record["home_test"]["after"]["auprc"]
+    assert results.value("review", "home_test_after.auprc") == pytest.approx(after)
     tuned = ChipsFolder(out / "round" / "chips").read_index()  # review retrain's: the home val and test kept
     assert set(tuned["split"]) == {"train", "val", "test"}

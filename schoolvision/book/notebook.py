@@ -191,21 +191,27 @@ def claim_holds(claim: str, values: Mapping[str, Any]) -> bool:
     return bool(eval(compile(tree, "<claim>", "eval"), {"__builtins__": {}}, scope))  # noqa: S307 - names checked above
 
 
-def check_claims(values: Mapping[str, Any], claims: Mapping[str, str]) -> bool:
+def check_claims(values: Mapping[str, Any], claims: Mapping[str, str | tuple[str, str]]) -> bool:
     """Print each claim of the prose (sentence: formula over the glued ``values``) with whether it holds.
 
     The chapter's ``checks`` cell calls this and nbval compares its printed lines with the committed
     ones: a claim that stops being true on a rerun (another machine, other data) changes a line and
     fails ``make test``, instead of leaving a page whose prose contradicts its numbers. Only the
     verdicts are printed, not the values (they vary within their intervals). A claim about a value this
-    build did not glue (a demo-only section, skipped on your data) prints as not measured. Returns
-    whether every measured claim holds.
+    build did not glue (a demo-only section, skipped on your data) prints as not measured. A claim may
+    be ``(formula, advice)``: when it does not hold, the advice (what to try next) is printed under it,
+    so a rerun on other data that breaks it ends in a next step, not only a verdict. Returns whether
+    every measured claim holds.
     """
     results: dict[str, bool | None] = {}
-    for sentence, formula in claims.items():
+    advice: dict[str, str] = {}
+    for sentence, claim in claims.items():
+        formula, advice[sentence] = (claim, "") if isinstance(claim, str) else claim
         names = {n.id for n in ast.walk(ast.parse(formula, mode="eval")) if isinstance(n, ast.Name)}
         measured = names <= set(values) | set(_CLAIM_FUNCTIONS)
         results[sentence] = claim_holds(formula, values) if measured else None
     for sentence, holds in results.items():
         print(f"{'not measured here' if holds is None else 'holds' if holds else 'DOES NOT HOLD'}: {sentence}")
+        if holds is False and advice[sentence]:
+            print(f"  what to try: {advice[sentence]}")
     return all(v is not False for v in results.values())

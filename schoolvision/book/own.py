@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from schoolvision.data.sources import chips_scenes
+from schoolvision.io.atomic import write_json
 from schoolvision.io.folders import ChipsFolder, ScanFolder
 from schoolvision.review.queue import ReviewConfig, ReviewSummary, build_queue
 from schoolvision.rounds.retrain import EPOCHS, LR, REPLAY_SHARE, RetrainConfig, RoundSummary, retrain
@@ -84,7 +85,8 @@ def review_own_data(config: OwnRoundConfig) -> OwnRound:
 
     Writes under ``config.out_dir``: ``scan/`` (with the registry audit), ``queue/`` (``review.html``)
     and, with ``config.decisions``, ``round/``: ``review retrain``'s round (its labels, chips and the
-    run fine-tuned from ``config.run_dir``, with ``round.json``).
+    run fine-tuned from ``config.run_dir``, with ``round.json``); and ``review_round.json``
+    (:func:`write_own_round`), the figures the results page reads.
 
     Raises:
         UserError: as the commands it runs (a decisions file of another queue, no accepted school ...).
@@ -99,9 +101,38 @@ def review_own_data(config: OwnRoundConfig) -> OwnRound:
     review = ReviewConfig(out / "scan", out / "queue", order=config.order, limit=config.k, floor=config.floor,
                           device=config.device, overwrite=True)
     queue = build_queue(review)
-    if not config.decisions:
-        return OwnRound(scan, queue)
-    round_ = retrain(RetrainConfig(out / "queue", Path(config.decisions), Path(config.run_dir), out / "round",
-                                   epochs=config.epochs, replay=config.replay, lr=config.lr, seed=config.seed,
-                                   device=config.device, overwrite=True))
-    return OwnRound(scan, queue, round_)
+    round_ = None
+    if config.decisions:
+        round_ = retrain(RetrainConfig(out / "queue", Path(config.decisions), Path(config.run_dir), out / "round",
+                                       epochs=config.epochs, replay=config.replay, lr=config.lr, seed=config.seed,
+                                       device=config.device, overwrite=True))
+    own = OwnRound(scan, queue, round_)
+    write_own_round(out / "review_round.json", own)
+    return own
+
+
+def write_own_round(out: str | Path, own: OwnRound) -> Path:
+    """``review_round.json`` of a round on the user's data: where the round stands and what it measured.
+
+    The demo's round measures recall on towns nobody reviewed; a user's round has no such truth, so
+    this records what there is: the registry audit, the queue, and (once decisions came back) the
+    decisions, the round's chips and chapter 2's test split before and after fine-tuning. ``status``
+    says which: the results page then shows a round waiting for its review as such, not as missing.
+    """
+    audit = ScanFolder(own.scan.out_dir).read_summary().get("registry") or {}
+    result = {
+        "status": "fine-tuned on the review's decisions" if own.round else "review queue built; waiting for decisions",
+        "registry": {k: v for k, v in audit.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+        "candidates": own.scan.candidates, "threshold": own.scan.threshold,
+        "queue": {"items": own.queue.items, **own.queue.counts}, "queue_id": own.queue.queue_id,
+    }
+    if own.round is not None:
+        record = own.round.record
+        result |= {
+            "decided": record["decided"], "thresholds": record["thresholds"],
+            # one level per split and time: the results page reads two levels deep
+            **{f"home_test_{w}": {k: v for k, v in record["home_test"][w].items() if k != "bootstrap"}
+               for w in ("before", "after")},
+            "run": own.round.run,
+        }
+    return write_json(out, result)

@@ -33,7 +33,7 @@ SKIP_KEYS = frozenset({"config", "val", "cluster_sizes", "stability_ari", "messa
 
 
 # Text settings that are results too: they say how the numbers were made (shown, never compared as numbers).
-TEXT_KEYS = frozenset({"training_precision", "runtime_precision"})
+TEXT_KEYS = frozenset({"training_precision", "runtime_precision", "status"})
 
 
 # The results page's headline table: (section, metric, what a reader calls it), about fifteen rows so
