@@ -22,17 +22,22 @@ import torch
 
 
 class TinyNet(torch.nn.Module):
-    """A 2-layer CNN with the SchoolClassifier call signature, for fast memory runs."""
+    """A 2-layer CNN with the SchoolClassifier interface (feature map, embedding, logits), for fast memory runs."""
 
     def __init__(self):
         super().__init__()
-        self.conv = torch.nn.Sequential(
-            torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1)
-        )
+        self.trunk = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, stride=4), torch.nn.ReLU())
+        self.pool = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(1))
         self.head = torch.nn.Linear(8, 2)
 
+    def feature_map(self, x):
+        return self.trunk(x)
+
+    def embed(self, x):
+        return self.pool(self.feature_map(x))
+
     def forward(self, x):
-        return self.head(self.conv(x).flatten(1))
+        return self.head(self.embed(x))
 
 
 def child(scene: Path, out: Path, backbone: str, stride: int) -> dict:
@@ -47,7 +52,10 @@ def child(scene: Path, out: Path, backbone: str, stride: int) -> dict:
     meta = CheckpointMeta(backbone=backbone, image_size=128, chip_size=128, gsd=1.0)
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t0 = time.perf_counter()
-    res = scan_scene(model, meta, list_sources([scene])[0], out, stride=stride, batch_size=32, progress=False)
+    # the tiny net has no ONNX export (no backbone metadata): it runs in torch; a real backbone gets ``auto``
+    runtime = "torch" if backbone == "tiny" else "auto"
+    res = scan_scene(model, meta, list_sources([scene])[0], out, stride=stride, batch_size=32, progress=False,
+                     runtime=runtime)
     cands, _ = extract_all([res], 0.5)
     return {
         "windows": res.windows,
