@@ -13,11 +13,18 @@ a script to look at the data in a GIS::
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import json
 import shutil
 import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import geopandas as gpd
 import numpy as np
@@ -625,3 +632,75 @@ def make_small_area(root: Path, size: int = SMALL_AREA_PX, seed: int = 0, oam_zo
     schools = write_schools_csv(root / "schools.csv", root / "drawn" / "schools.geojson")
     shutil.rmtree(root / "drawn")
     return SmallArea(imagery, schools, sum(demo.n_schools.values()))
+
+
+# --- a page in headless Chromium (the review page tests) -------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+def _browser_check():
+    """``benchmarks/browser_check.py`` as a module: its Chromium launcher and DevTools client."""
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("browser_check", root / "benchmarks" / "browser_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@dataclass
+class PageTab:
+    """One tab on a page: evaluate JavaScript, press keys, reload, wait for a download."""
+
+    tools: Any
+    downloads: Path
+
+    def value(self, expression: str):
+        return self.tools.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def text(self, element_id: str) -> str:
+        return self.value(f"document.getElementById('{element_id}').innerText")
+
+    def load(self, action: str, **params) -> None:
+        self.tools.events.clear()
+        self.tools.call(action, **params)
+        assert self.tools.wait_for("Page.loadEventFired", 30)
+
+    def press(self, key: str) -> None:
+        self.tools.call("Input.dispatchKeyEvent", type="keyDown", key=key, text={"Backspace": ""}.get(key, key))
+        self.tools.call("Input.dispatchKeyEvent", type="keyUp", key=key)
+
+    def downloaded(self, name: str, timeout: float = 20.0) -> Path:
+        path = self.downloads / name
+        deadline = time.monotonic() + timeout
+        while not path.is_file() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert path.is_file(), list(self.downloads.iterdir())
+        return path
+
+
+@contextlib.contextmanager
+def page_in_chromium(page: Path, downloads: Path) -> Iterator[PageTab]:
+    """``page`` open in a fresh headless Chromium, downloads to ``downloads``; no console error by the end."""
+    bc = _browser_check()
+    downloads.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="review-check-") as profile:
+        proc, port = bc.launch(CHROMIUM, Path(profile), 30)
+        try:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
+            target = json.loads(urllib.request.urlopen(request, timeout=30).read())
+            tools = bc.DevTools(target["webSocketDebuggerUrl"], 30)
+            for domain in ("Page", "Runtime", "Log"):
+                tools.call(f"{domain}.enable")
+            tools.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
+            tab = PageTab(tools, downloads)
+            tab.load("Page.navigate", url=page.as_uri())
+            yield tab
+            assert tools.errors() == []
+            tools.ws.close()
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except Exception:
+                proc.kill()

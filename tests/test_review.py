@@ -8,12 +8,7 @@ the DevTools protocol as ``benchmarks/browser_check.py`` does (no browser downlo
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import shutil
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import geopandas as gpd
@@ -29,10 +24,9 @@ from schoolvision.review.decisions import import_decisions, latest, read_decisio
 from schoolvision.review.queue import ReviewConfig, build_queue, order_items
 from schoolvision.scan.runner import ScanConfig, run_scan
 
-from fixtures import REVIEW_DISPLACED_M, write_registry_town
+from fixtures import CHROMIUM, REVIEW_DISPLACED_M, page_in_chromium, write_registry_town
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 
 class RedModel(torch.nn.Module):
@@ -231,66 +225,21 @@ def test_import_never_overwrites_a_file_unasked(queue, tmp_path):
 # --- the page in a browser --------------------------------------------------------------------
 
 
-def _browser_check():
-    spec = importlib.util.spec_from_file_location("browser_check", ROOT / "benchmarks" / "browser_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="needs Chromium")
 def test_review_page_in_headless_chromium(queue, tmp_path, capsys):
     """Five decisions by key, a reload keeps them, Export downloads them, import gives exactly five labels."""
     pytest.importorskip("websocket")
-    bc = _browser_check()
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    with tempfile.TemporaryDirectory(prefix="review-check-") as profile:
-        proc, port = bc.launch(CHROMIUM, Path(profile), 30)
-        try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
-            target = json.loads(urllib.request.urlopen(request, timeout=30).read())
-            tools = bc.DevTools(target["webSocketDebuggerUrl"], 30)
-            for domain in ("Page", "Runtime", "Log"):
-                tools.call(f"{domain}.enable")
-            tools.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
-
-            def value(expression):
-                return tools.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-            def load(action, **params):
-                tools.events.clear()
-                tools.call(action, **params)
-                assert tools.wait_for("Page.loadEventFired", 30)
-
-            def press(key):
-                text = {"Backspace": ""}.get(key, key)
-                tools.call("Input.dispatchKeyEvent", type="keyDown", key=key, text=text)
-                tools.call("Input.dispatchKeyEvent", type="keyUp", key=key)
-
-            load("Page.navigate", url=ReviewFolder(queue).page_path.as_uri())
-            assert value("document.getElementById('progress').textContent").startswith("item 1 of 8")
-            # item 1 school, item 2 not (then back, and school after all), 3 not, 4 school, 5 not
-            for key in ("s", "n", "Backspace", "1", "2", "s", "n"):
-                press(key)
-            progress = value("document.getElementById('progress').textContent")
-            assert progress.endswith("5 decided") and progress.startswith("item 6 of 8"), progress
-            load("Page.reload")
-            assert value("document.getElementById('progress').textContent").endswith("5 decided")
-            value("document.getElementById('export').click()")
-            exported = downloads / "decisions.geojson"
-            deadline = time.monotonic() + 20
-            while not exported.is_file() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert exported.is_file(), list(downloads.iterdir())
-            assert tools.errors() == []
-            tools.ws.close()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except Exception:
-                proc.kill()
+    with page_in_chromium(ReviewFolder(queue).page_path, tmp_path / "downloads") as tab:
+        assert tab.value("document.getElementById('progress').textContent").startswith("item 1 of 8")
+        # item 1 school, item 2 not (then back, and school after all), 3 not, 4 school, 5 not
+        for key in ("s", "n", "Backspace", "1", "2", "s", "n"):
+            tab.press(key)
+        progress = tab.value("document.getElementById('progress').textContent")
+        assert progress.endswith("5 decided") and progress.startswith("item 6 of 8"), progress
+        tab.load("Page.reload")
+        assert tab.value("document.getElementById('progress').textContent").endswith("5 decided")
+        tab.value("document.getElementById('export').click()")
+        exported = tab.downloaded("decisions.geojson")
     items = ReviewFolder(queue).read_items()
     out = tmp_path / "labels.geojson"
     assert main(["review", "import", str(exported), "--queue", str(queue), "--out", str(out)]) == 0

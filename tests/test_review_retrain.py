@@ -10,10 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import geopandas as gpd
@@ -27,7 +23,8 @@ from schoolvision.demo import make_demo
 from schoolvision.io.folders import ChipsFolder, ReviewFolder, RunFolder, ScanFolder
 from schoolvision.rounds.retrain import rounds_table
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from fixtures import CHROMIUM, page_in_chromium
+
 SCAN = ["--device", "cpu", "--runtime", "torch", "--no-map"]
 
 
@@ -213,78 +210,37 @@ def test_merged_places_and_registry_hints_in_the_queue(merged_queue):
 def test_review_page_whole_queue_end_summary_back_reload_export(merged_queue, tmp_path, capsys):
     """Every item decided by key, the end summary, keys at the end, back from the end, reload, export, import."""
     pytest.importorskip("websocket")
-    from test_review import _browser_check
-
-    bc = _browser_check()
     items = ReviewFolder(merged_queue).read_items()
     n = len(items)
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    with tempfile.TemporaryDirectory(prefix="review-check-") as profile:
-        proc, port = bc.launch(CHROMIUM, Path(profile), 30)
-        try:
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/json/new?about:blank", method="PUT")
-            target = json.loads(urllib.request.urlopen(request, timeout=30).read())
-            tools = bc.DevTools(target["webSocketDebuggerUrl"], 30)
-            for domain in ("Page", "Runtime", "Log"):
-                tools.call(f"{domain}.enable")
-            tools.call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(downloads))
-
-            def value(expression):
-                return tools.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
-
-            def text(element_id):
-                return value(f"document.getElementById('{element_id}').innerText")
-
-            def load(action, **params):
-                tools.events.clear()
-                tools.call(action, **params)
-                assert tools.wait_for("Page.loadEventFired", 30)
-
-            def press(key):
-                tools.call("Input.dispatchKeyEvent", type="keyDown", key=key, text={"Backspace": ""}.get(key, key))
-                tools.call("Input.dispatchKeyEvent", type="keyUp", key=key)
-
-            load("Page.navigate", url=ReviewFolder(merged_queue).page_path.as_uri())
-            assert text("progress").startswith(f"item 1 of {n}") and text("undecided") == f"{n} undecided"
-            info = text("info")
-            assert "P(school) of the place:" in info and "P(school) of the chip:" in info
-            hint = value("rows(ITEMS.find(it => it.name === 'C listed')).map(r => r.join(': ')).join('\\n')")
-            assert "possibly misplaced: new candidate" in hint and " m away" in hint, hint
-            merged = value("rows(ITEMS.find(it => it.merged_ids.length)).map(r => r.join(': ')).join('\\n')")
-            assert "also here: registry school A again" in merged, merged
-            keys = ["s" if i % 2 == 0 else "n" for i in range(n)]
-            for key in keys:
-                press(key)
-            assert text("progress").startswith("end of the queue") and text("undecided") == "0 undecided"
-            summary = text("summary")
-            assert value("document.getElementById('item').style.display") == "none"
-            assert f"school\t{keys.count('s')}" in summary and f"not a school\t{keys.count('n')}" in summary, summary
-            assert "Export" in summary and "goes back" in summary
-            press("s")  # a decision key at the end answers and decides nothing
-            assert "End of the queue" in text("note") and text("undecided") == "0 undecided"
-            press("b")  # back from the end: the last item at once
-            assert text("progress").startswith(f"item {n} of {n}")
-            press("u")  # the last item changed: back at the end
-            assert text("progress").startswith("end of the queue")
-            load("Page.reload")
-            assert text("progress").startswith("end of the queue") and text("undecided") == "0 undecided"
-            press("k")  # kind filter: candidates only
-            assert value("document.getElementById('kind').value") == "candidate"
-            press("e")
-            exported = downloads / "decisions.geojson"
-            deadline = time.monotonic() + 20
-            while not exported.is_file() and time.monotonic() < deadline:
-                time.sleep(0.1)
-            assert exported.is_file(), list(downloads.iterdir())
-            assert tools.errors() == []
-            tools.ws.close()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except Exception:
-                proc.kill()
+    with page_in_chromium(ReviewFolder(merged_queue).page_path, tmp_path / "downloads") as tab:
+        text, value, press = tab.text, tab.value, tab.press
+        assert text("progress").startswith(f"item 1 of {n}") and text("undecided") == f"{n} undecided"
+        info = text("info")
+        assert "P(school) of the place:" in info and "P(school) of the chip:" in info
+        hint = value("rows(ITEMS.find(it => it.name === 'C listed')).map(r => r.join(': ')).join('\\n')")
+        assert "possibly misplaced: new candidate" in hint and " m away" in hint, hint
+        merged = value("rows(ITEMS.find(it => it.merged_ids.length)).map(r => r.join(': ')).join('\\n')")
+        assert "also here: registry school A again" in merged, merged
+        keys = ["s" if i % 2 == 0 else "n" for i in range(n)]
+        for key in keys:
+            press(key)
+        assert text("progress").startswith("end of the queue") and text("undecided") == "0 undecided"
+        summary = text("summary")
+        assert value("document.getElementById('item').style.display") == "none"
+        assert f"school\t{keys.count('s')}" in summary and f"not a school\t{keys.count('n')}" in summary, summary
+        assert "Export" in summary and "goes back" in summary
+        press("s")  # a decision key at the end answers and decides nothing
+        assert "End of the queue" in text("note") and text("undecided") == "0 undecided"
+        press("b")  # back from the end: the last item at once
+        assert text("progress").startswith(f"item {n} of {n}")
+        press("u")  # the last item changed: back at the end
+        assert text("progress").startswith("end of the queue")
+        tab.load("Page.reload")
+        assert text("progress").startswith("end of the queue") and text("undecided") == "0 undecided"
+        press("k")  # kind filter: candidates only
+        assert value("document.getElementById('kind').value") == "candidate"
+        press("e")
+        exported = tab.downloaded("decisions.geojson")
     features = json.loads(exported.read_text())["features"]
     assert len(features) == n
     decisions = {f["properties"]["id"]: f["properties"]["decision"] for f in features}
