@@ -49,9 +49,13 @@ class OwnRound:
     queue: ReviewSummary
     round: RoundSummary | None = None
 
+    def registry_audit(self) -> dict:
+        """The scan's registry audit (``scan.json``'s ``registry``): the user's list against the candidates."""
+        return ScanFolder(self.scan.out_dir).read_summary().get("registry") or {}
+
     def summary(self, config: OwnRoundConfig) -> str:
         """What the round did, in a few lines, ending with :meth:`next_step`."""
-        audit = ScanFolder(self.scan.out_dir).read_summary().get("registry") or {}
+        audit = self.registry_audit()
         counts = ", ".join(f"{n} {kind}" for kind, n in self.queue.counts.items())
         lines = [f"scan of {len(self.scan.scenes)} scene(s): {self.scan.candidates} candidates at threshold "
                  f"{self.scan.threshold:.3f}; your school list as the registry: {audit.get('confirmed', 0)} of "
@@ -119,7 +123,7 @@ def write_own_round(out: str | Path, own: OwnRound) -> Path:
     decisions, the round's chips and chapter 2's test split before and after fine-tuning. ``status``
     says which: the results page then shows a round waiting for its review as such, not as missing.
     """
-    audit = ScanFolder(own.scan.out_dir).read_summary().get("registry") or {}
+    audit = own.registry_audit()
     result = {
         "status": "fine-tuned on the review's decisions" if own.round else "review queue built; waiting for decisions",
         "registry": {k: v for k, v in audit.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
