@@ -237,7 +237,10 @@ ok = check_claims(
     },
     {
         "every split holds school chips": (
-            "schools_train > 0 and schools_val > 0 and schools_test > 0"
+            "schools_train > 0 and schools_val > 0 and schools_test > 0",
+            "name scenes that hold schools as val_scenes and test_scenes (in"
+            " data_options), or give more scenes; one scene is split by blocks:"
+            " a smaller block_size, or a larger area",
         ),
         "with three scenes or more, each scene lies in one split": (
             "scenes < 3 or splits_per_scene == 1"

@@ -313,7 +313,10 @@ ok = check_claims(
             "ch2_f1_lo <= ch2_test_f1 <= ch2_f1_hi"
         ),
         "the model ranks schools above chance (AUPRC above the school share)": (
-            "ch2_test_auprc > ch2_school_share"
+            "ch2_test_auprc > ch2_school_share",
+            "check chapter 1's school chips show schools (points on their buildings,"
+            " point_buffer_m about a school's radius), then train longer (epochs) or"
+            " label more schools",
         ),
     },
 )
