@@ -6,10 +6,13 @@ then scans of the other towns, which nobody reviewed, with the home run and the 
 precision there before and after (each run at its own tuned threshold), the home test metrics before and
 after, the round's chip counts and the seconds of ``review retrain``.
 
-Without ``--run`` a tiny home run is trained first (3 rural demo towns, 1 epoch at 64 px: a CPU smoke
-run, not a good model); with the book's run (``--run outputs/run``) it measures the real thing.
+Without ``--run`` a home run is trained first on 3 rural demo towns (seed 0): by default 1 epoch at 64 px, a
+CPU smoke run and not a good model; ``--home-size 160 --home-epochs 4`` gives one (about a minute on two
+cores) that misses the new region's schools for the region's sake, the case a review round is for. With the
+book's run (``--run runs/quick``) it measures the book's model. Measured results: ``benchmarks/README.md``.
 
-    .venv/bin/python benchmarks/review_round.py --out /tmp/review_round [--run RUN] [--epochs 3] [--device cpu]
+    .venv/bin/python benchmarks/review_round.py --out /tmp/review_round [--run RUN | --home-size 160
+        --home-epochs 4] [--seed 7] [--epochs 2] [--device cpu]
 """
 
 from __future__ import annotations
@@ -29,17 +32,18 @@ from schoolvision.io.folders import RunFolder, ScanFolder
 from schoolvision.train.fit import TrainConfig, fit
 
 
-def tiny_home(out: Path, device: str) -> Path:
-    """A one-epoch 64 px run on three rural demo towns (seed 0)."""
+def train_home(out: Path, device: str, image_size: int = 64, epochs: int = 1) -> Path:
+    """A run on three rural demo towns (seed 0), one town per split."""
     make_demo(out / "home_demo", towns=3, seed=0, size=768)
     make_chips([out / "home_demo" / "scenes"], out / "home_demo" / "schools.geojson", out / "home_chips", ChipConfig())
-    fit(TrainConfig(chips_dir=out / "home_chips", out_dir=out / "home_run", epochs=1, image_size=64, device=device))
+    fit(TrainConfig(chips_dir=out / "home_chips", out_dir=out / "home_run", epochs=epochs, image_size=image_size,
+                    device=device))
     return out / "home_run"
 
 
 def run_round(args: argparse.Namespace) -> dict:
     out = args.out
-    home = args.run or tiny_home(out, args.device)
+    home = args.run or train_home(out, args.device, args.home_size, args.home_epochs)
     demo = out / "region"
     make_demo(demo, towns=args.towns, seed=args.seed, size=args.size, region=args.region)
     scenes = sorted((demo / "scenes").glob("*.tif"))
@@ -74,7 +78,9 @@ def run_round(args: argparse.Namespace) -> dict:
 def main_cli() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="work folder (must be new or empty)")
-    parser.add_argument("--run", type=Path, default=None, help="home run (default: a tiny one trained here)")
+    parser.add_argument("--run", type=Path, default=None, help="home run (default: one trained here)")
+    parser.add_argument("--home-size", type=int, default=64, help="image size of a home run trained here (default: 64)")
+    parser.add_argument("--home-epochs", type=int, default=1, help="epochs of the home run trained here (default: 1)")
     parser.add_argument("--region", default="urban", help="demo region of the new area (default: urban)")
     parser.add_argument("--seed", type=int, default=7, help="demo seed of the new area (default: 7)")
     parser.add_argument("--towns", type=int, default=3, help="towns of the new area, the first reviewed (default: 3)")
