@@ -303,3 +303,26 @@ def test_grid_negatives_only_where_every_item_was_rejected():
         "not_school", "not_school", "school", "not_school"]
     # a: undecided b 100 m away; e: accepted d 30 m away; c: alone within 128 m
     assert clean == {"c"}
+
+
+def test_grid_negatives_are_undersampled_to_the_home_negative_ratio():
+    """A round of many rejections keeps ratio x school chips of not_school, every hard negative among them."""
+    import pandas as pd
+
+    from schoolvision.data.chips import HARD_NEGATIVE
+    from schoolvision.rounds.retrain import balance_grid_negatives
+
+    rows = pd.DataFrame({"label": ["school"] * 4 + ["not_school"] * 105,
+                         "view": ["grid"] * 4 + [HARD_NEGATIVE] * 5 + ["grid"] * 100}, index=range(10, 119))
+    kept, dropped = balance_grid_negatives(rows, 3.0, np.random.default_rng(0))
+    assert (kept["label"] == "school").sum() == 4 and (kept["view"] == HARD_NEGATIVE).sum() == 5
+    assert (kept["label"] == "not_school").sum() == 12 and dropped == 100 - 7
+    assert kept.index.is_monotonic_increasing and set(kept.index) <= set(rows.index)
+    again, _ = balance_grid_negatives(rows, 3.0, np.random.default_rng(0))
+    assert list(again.index) == list(kept.index)  # seeded
+    assert balance_grid_negatives(rows, None, np.random.default_rng(0))[1] == 0  # None keeps all
+    few = rows.iloc[:20]  # 4 schools, 5 hard, 11 grid: 16 not_school, more than 12 allowed -> 7 grid kept
+    assert balance_grid_negatives(few, 3.0, np.random.default_rng(0))[1] == 4
+    many_hard = rows.iloc[:9].copy()  # ratio 1: 4 school chips, 5 hard negatives over the budget, all kept
+    out, dropped = balance_grid_negatives(pd.concat([many_hard, rows.iloc[9:12]]), 1.0, np.random.default_rng(0))
+    assert (out["view"] == HARD_NEGATIVE).sum() == 5 and (out["label"] == "not_school").sum() == 5 and dropped == 3

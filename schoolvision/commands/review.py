@@ -122,7 +122,8 @@ def _retrain(args: argparse.Namespace) -> int:
     print(f"round: {d['school']} school, {d['not_school']} not a school, {d['unsure']} unsure (no chip); chips from "
           f"{r['places']} places: {c['reviewed_school']} school, {c['reviewed_not_school']} not_school "
           f"({c['hard_negatives']} hard negatives; grid negatives from {r['neighbourhoods_with_grid_negatives']} "
-          f"rejected neighbourhoods); replayed {sum(c['replayed'].values())} of {sum(c['home_train'].values())} "
+          f"rejected neighbourhoods, {c['undersampled_grid_negatives']} more left out by the negative ratio); "
+          f"replayed {sum(c['replayed'].values())} of {sum(c['home_train'].values())} "
           "home train chips")
     for when in ("before", "after"):
         h, p = r["home_test"][when], r["reviewed_places"][when]

@@ -11,7 +11,11 @@ What becomes a label (the rules; nothing else is cut):
 - **rejected places are hard negatives**: one ``not_school`` chip centred on each.
 - **not_school grid chips** come only from the neighbourhoods of rejected places in which every queue
   item was rejected: no accepted, unsure or undecided item (a school nobody ruled out) touches them.
-  Unsure decisions give no chip.
+  They are under-sampled (seeded) to the home chips' ``negative_ratio``: the round's not_school chips
+  are at most that many per reviewed school chip, hard negatives always kept. A few rejections would
+  otherwise give hundreds of grid chips against a dozen school chips, teach the model that the new
+  region is not a school, and carry more of the schools nobody queued (a mapper judged the place, not
+  every roof of its surroundings). Unsure decisions give no chip.
 
 The round's chips are all in the train split. The home run's training chips are replayed (a seeded
 share, :data:`REPLAY_SHARE` by default, per class) so the model does not forget the home region, and
@@ -73,7 +77,8 @@ CONTEXT = 4
 
 RULES = ("accepted places: school chips; rejected places: one hard-negative chip each; not_school grid chips only "
          "from the neighbourhoods (the page's surroundings image) of rejected places in which every queue item was "
-         "rejected; unsure and undecided places: none; imagery nobody reviewed: never read")
+         "rejected, under-sampled to the home chips' negative_ratio per reviewed school chip; unsure and undecided "
+         "places: none; imagery nobody reviewed: never read")
 """What becomes a label, as ``round.json`` records it (the module docstring says it at length)."""
 
 ROUND_FILES = ("labels.geojson", "crops", "reviewed_chips", "chips", "run")
@@ -193,10 +198,11 @@ def _chip_config(home: dict) -> ChipConfig:
 
 
 def _training_set(out: Path, home: ChipsFolder, reviewed: ChipsFolder, places: pd.DataFrame, clean: set[str],
-                  replay: float, seed: int) -> dict[str, Any]:
+                  ratio: float | None, replay: float, seed: int) -> dict[str, Any]:
     """Write the round's chips folder: reviewed chips by the rules, replayed home train chips, home val and test.
 
-    ``places``: the decided places by item id (``decision``, ``x``, ``y`` in the crops' CRS).
+    ``places``: the decided places by item id (``decision``, ``x``, ``y`` in the crops' CRS); ``ratio``: the
+    home chips' ``negative_ratio``.
     """
     rows = reviewed.read_index()
     scene = rows["scene"].astype(str)
@@ -207,9 +213,11 @@ def _training_set(out: Path, home: ChipsFolder, reviewed: ChipsFolder, places: p
     keep = ((rows["label"] == "school") & scene.map(places["decision"]).eq("school")) | (
         (rows["view"] == HARD_NEGATIVE) & own) | ((rows["view"] != HARD_NEGATIVE) & scene.isin(clean))
     rows = rows[keep].assign(split="train", origin="review", chip_id=lambda f: "review-" + f["chip_id"].astype(str))
+    rng = np.random.default_rng(seed)
+    meta = home.read_meta()
+    rows, dropped = balance_grid_negatives(rows, ratio, rng)
     rows["path"] = [os.path.relpath(reviewed.root / p, out) for p in rows["path"]]
     base = home.read_index()
-    rng = np.random.default_rng(seed)
     train = base[base["split"] == "train"]
     picked = [g.iloc[np.sort(rng.choice(len(g), math.ceil(replay * len(g)), replace=False))]
               for _, g in train.groupby("label", sort=True) if replay > 0]
@@ -220,12 +228,11 @@ def _training_set(out: Path, home: ChipsFolder, reviewed: ChipsFolder, places: p
     buf = io.StringIO()
     index.to_csv(buf, index=False, lineterminator="\n")
     folder.write_index(buf.getvalue())
-    meta = home.read_meta()
     counts = {s: {c: int(((index["split"] == s) & (index["label"] == c)).sum()) for c in meta["classes"]}
               for s in SPLITS}
     review = rows["label"].value_counts().to_dict()
     record = {"reviewed_school": int(review.get("school", 0)), "reviewed_not_school": int(review.get("not_school", 0)),
-              "hard_negatives": int((rows["view"] == HARD_NEGATIVE).sum()),
+              "hard_negatives": int((rows["view"] == HARD_NEGATIVE).sum()), "undersampled_grid_negatives": dropped,
               "replayed": {c: int((kept["split"].eq("train") & kept["label"].eq(c)).sum()) for c in meta["classes"]},
               "home_train": {c: int(train["label"].eq(c).sum()) for c in meta["classes"]}}
     folder.write_meta({**{k: v for k, v in meta.items() if k not in ("fingerprint", "schools", "scenes")},
@@ -234,6 +241,28 @@ def _training_set(out: Path, home: ChipsFolder, reviewed: ChipsFolder, places: p
                        "rule": "reviewed chips (train) + a replayed share of the home train chips + the home val and "
                                "test chips; chips.csv paths are relative to this folder"})
     return record
+
+
+def balance_grid_negatives(rows: pd.DataFrame, ratio: float | None, rng: np.random.Generator
+                           ) -> tuple[pd.DataFrame, int]:
+    """Keep at most ``ratio`` not_school chips per school chip of the round (hard negatives always kept).
+
+    Grid negatives fill what the hard negatives leave of that budget, drawn without replacement (seeded)
+    and kept in their order. ``ratio`` None keeps every chip (the home chips' ``negative_ratio`` rule).
+
+    Returns:
+        (the kept rows, how many grid negatives were left out).
+    """
+    grid = (rows["label"] == "not_school") & (rows["view"] != HARD_NEGATIVE)
+    schools = int((rows["label"] == "school").sum())
+    if ratio is None:
+        return rows, 0
+    room = max(0, math.ceil(ratio * schools) - int((rows["view"] == HARD_NEGATIVE).sum()))
+    where = np.flatnonzero(grid.to_numpy())
+    if len(where) <= room:
+        return rows, 0
+    drop = np.setdiff1d(where, rng.choice(where, room, replace=False))
+    return rows.drop(rows.index[drop]), int(len(drop))
 
 
 def place_probabilities(run: Path, chips: np.ndarray, device) -> tuple[np.ndarray, float]:
@@ -302,13 +331,14 @@ def retrain(config: RetrainConfig, figures: tblog.FigureMaker | None = None) -> 
     _, meta = load_classifier(config.run, "cpu")
     place_chips, places = _write_crops(looked, queue, meta, context, crops)
     reviewed = out / "reviewed_chips"
+    rule = _chip_config(home_meta)
     with warnings.catch_warnings():  # the crops are all train: the "no school in val / test" notes do not apply
         warnings.simplefilter("ignore", UserWarning)
-        make_chips([crops], labels, reviewed, _chip_config(home_meta), overwrite=True, negatives=labels,
+        make_chips([crops], labels, reviewed, rule, overwrite=True, negatives=labels,
                    negatives_where="label=not_school")
     chips = out / "chips"
     prepare_output(chips, True)
-    counts = _training_set(chips, home_chips, ChipsFolder(reviewed), places, clean,
+    counts = _training_set(chips, home_chips, ChipsFolder(reviewed), places, clean, rule.negative_ratio,
                            config.replay, config.seed)
 
     device = resolve_device(config.device)
