@@ -332,8 +332,9 @@ if on_demo:
 # the decisions into chips and fine-tunes the model, by rules that cannot mislabel
 # (`schoolvision/rounds/retrain.py`): chips are cut only where the mapper looked (each decided place
 # and its surroundings), accepted places give school chips, rejected places hard negatives, and
-# `not_school` grid chips come only from neighbourhoods in which every item was rejected; imagery
-# nobody reviewed is never read. A share `replay` of the home training chips is trained on again, so
+# `not_school` grid chips come only from neighbourhoods in which every item was rejected, no more of
+# them than the home chips' ratio of not-school to school chips allows; imagery nobody reviewed is
+# never read. A share `replay` of the home training chips is trained on again, so
 # that the model does not forget the home region, for `epochs` epochs at the learning rate `lr`, from
 # the home model's weights. The home validation and test towns stay whole: the model is still chosen,
 # and its threshold tuned, at home, and its home test score is measured on the same chips as in
