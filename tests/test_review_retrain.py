@@ -44,7 +44,7 @@ def home_run(chips_dir, tmp_path_factory) -> Path:
 def loop(home_run, tmp_path_factory):
     """Scan town_00 of a new region with --registry, build its queue, decide it from the truth, retrain."""
     root = tmp_path_factory.mktemp("loop")
-    demo = root / "urban"
+    demo = root / "region"
     make_demo(demo, towns=3, seed=8, size=768, region="arid")
     scenes = demo / "scenes"
     assert main(["scan", "--run", str(home_run), "--imagery", str(scenes / "town_00.tif"), "--out",
