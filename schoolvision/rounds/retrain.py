@@ -253,12 +253,11 @@ def balance_grid_negatives(rows: pd.DataFrame, ratio: float | None, rng: np.rand
     Returns:
         (the kept rows, how many grid negatives were left out).
     """
-    grid = (rows["label"] == "not_school") & (rows["view"] != HARD_NEGATIVE)
-    schools = int((rows["label"] == "school").sum())
     if ratio is None:
         return rows, 0
-    room = max(0, math.ceil(ratio * schools) - int((rows["view"] == HARD_NEGATIVE).sum()))
-    where = np.flatnonzero(grid.to_numpy())
+    hard = rows["view"] == HARD_NEGATIVE
+    room = max(0, math.ceil(ratio * int((rows["label"] == "school").sum())) - int(hard.sum()))
+    where = np.flatnonzero(((rows["label"] == "not_school") & ~hard).to_numpy())
     if len(where) <= room:
         return rows, 0
     drop = np.setdiff1d(where, rng.choice(where, room, replace=False))
